@@ -1,0 +1,35 @@
+"""ComfyUI-FrameMemory: long, consistent video with a learned, compressed memory of everything generated so far
+(arXiv 2512.23851). ComfyUI-only code is imported lazily inside :func:`comfy_entrypoint` so the package can be
+imported (and its ``memory/`` core tested) without ComfyUI."""
+from __future__ import annotations
+
+import os
+
+__version__ = "0.1.0"
+
+
+async def comfy_entrypoint():
+    """V3 entry point called by ComfyUI when it loads the pack. Registers ``models/memory_encoders`` with
+    ``folder_paths`` and returns the extension. Demo nodes (tiny stand-ins for tests and the embedded default)
+    are registered only when the environment variable ``FRAMEMEMORY_DEMO=1`` is set."""
+    import folder_paths
+    from comfy_api.latest import ComfyExtension
+
+    path = os.path.join(folder_paths.models_dir, "memory_encoders")
+    os.makedirs(path, exist_ok=True)
+    folder_paths.add_model_folder_path("memory_encoders", path)
+    folder_paths.folder_names_and_paths["memory_encoders"][1].update({".safetensors", ".sft"})
+
+    from .nodes import NODES
+
+    node_list = list(NODES)
+    if os.environ.get("FRAMEMEMORY_DEMO") == "1":
+        from .demo.nodes import DEMO_NODES
+
+        node_list += DEMO_NODES
+
+    class FrameMemoryExtension(ComfyExtension):
+        async def get_node_list(self):
+            return node_list
+
+    return FrameMemoryExtension()

@@ -1,0 +1,84 @@
+"""Configuration of the history encoder (arXiv 2512.23851, Sec. 3).
+
+The config is a frozen dataclass; it travels as JSON in the safetensors metadata of an encoder file
+(key ``framememory_config``) so that a file always says which DiT it was made for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+FAMILIES = ("wan21", "wan22", "hunyuan_video")
+
+
+def parse_rate(rate: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    """Parse a rate such as ``"4x4x2"`` (H x W x T, relative to the DiT token grid) into ``(4, 4, 2)``.
+
+    Raises:
+        ValueError: the text is not three positive integers joined by ``x``.
+    """
+    if isinstance(rate, (tuple, list)):
+        parts = tuple(int(r) for r in rate)
+    else:
+        try:
+            parts = tuple(int(p) for p in str(rate).lower().replace(" ", "").split("x"))
+        except ValueError:
+            parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"rate {rate!r} is not of the form HxWxT with positive integers, e.g. '4x4x2'")
+    return parts  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of one history encoder.
+
+    ``dim == 0`` means "not fixed yet": an untrained, LR-branch-only encoder that takes the width of
+    whatever DiT it is applied to (its HR branch is zero-initialised, so it adds nothing anyway).
+    """
+
+    family: str = "wan21"                 # target DiT family: one of FAMILIES
+    dim: int = 1536                       # DiT inner width D (1536 Wan 2.1 1.3B, 5120 14B, 3072 HunyuanVideo)
+    rate: tuple[int, int, int] = (4, 4, 2)  # compression H x W x T relative to the DiT token grid
+    latent_channels: int = 16             # VAE latent channels C
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # DiT patchify (T, H, W) in latent cells
+    vae_stride: tuple[int, int, int] = (4, 8, 8)  # video frames / pixels per latent cell (T, H, W); causal in T
+    hr_channels: tuple[int, ...] = (64, 128, 256, 512)  # HR branch hidden widths; attention at the last one
+    attn_heads: int = 8                   # heads of the HR branch's per-time-step spatial attention
+    use_hr: bool = True                   # False: only the LR branch (ablation "Only LR")
+    use_lr: bool = True                   # False: only the HR branch (ablation "Without LR")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate", parse_rate(self.rate))
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "vae_stride", tuple(int(p) for p in self.vae_stride))
+        object.__setattr__(self, "hr_channels", tuple(int(c) for c in self.hr_channels))
+        if self.family not in FAMILIES:
+            raise ValueError(f"family {self.family!r} is not one of {FAMILIES}")
+        if self.dim < 0:
+            raise ValueError(f"dim must be >= 0 (0 = take the DiT's width), got {self.dim}")
+        if not (self.use_hr or self.use_lr):
+            raise ValueError("at least one of use_hr / use_lr must be True")
+        if self.hr_channels and self.hr_channels[-1] % self.attn_heads:
+            raise ValueError(f"attn_heads {self.attn_heads} must divide the last HR width {self.hr_channels[-1]}")
+
+    @property
+    def rate_str(self) -> str:
+        return "x".join(str(r) for r in self.rate)
+
+    def with_dim(self, dim: int) -> "EncoderConfig":
+        return dataclasses.replace(self, dim=dim)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EncoderConfig":
+        """Inverse of :meth:`to_json`. Raises ValueError naming unknown keys (file from a newer version)."""
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"encoder config has unknown keys {unknown}; is the file from a newer ComfyUI-FrameMemory?")
+        return cls(**data)

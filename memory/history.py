@@ -1,0 +1,127 @@
+"""History buffer: the latents of everything generated so far and their cached memory tokens.
+
+The buffer lives on the CPU. Each appended segment is encoded once (``encode_pending``) and its memory tokens
+are cached; the memory for the next segment is the concatenation of all cached tokens, with RoPE positions
+shifted so that the next segment starts at DiT time 0 (memory at negative, i.e. past, times).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class HistorySegment:
+    """One encoded unit of history.
+
+    latent: ``[C, T, h, w]`` float32 on the CPU (VAE space, as ``VAE.encode`` / the sampler return it).
+    frames: ``[F, H, W, 3]`` uint8 pixels, kept only until the segment is encoded (LR branch), then None.
+    num_frames: ``F``, video frames the segment stands for. start_frame / start_latent: global offsets.
+    tokens: ``[M_i, D]`` memory tokens (CPU, float32) or None until encoded.
+    positions: ``[M_i, 3]`` float32 RoPE positions (t relative to the start of the history, h, w) or None.
+    """
+
+    latent: torch.Tensor
+    frames: torch.Tensor | None
+    num_frames: int
+    start_frame: int
+    start_latent: int
+    tokens: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+    @property
+    def latent_frames(self) -> int:
+        return int(self.latent.shape[1])
+
+
+EncodeFn = Callable[[HistorySegment], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+class HistoryBuffer:
+    """Append-only list of :class:`HistorySegment`. Copies are cheap (segments are immutable and shared)."""
+
+    def __init__(self, segments: list[HistorySegment] | None = None) -> None:
+        self.segments: list[HistorySegment] = list(segments or [])
+
+    def copy(self) -> "HistoryBuffer":
+        return HistoryBuffer(self.segments)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(s.num_frames for s in self.segments)
+
+    @property
+    def latent_frames(self) -> int:
+        return sum(s.latent_frames for s in self.segments)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(int(s.tokens.shape[0]) for s in self.segments if s.tokens is not None)
+
+    @property
+    def encoded_frames(self) -> int:
+        """Video frames whose segments are encoded into memory tokens."""
+        return sum(s.num_frames for s in self.segments if s.tokens is not None)
+
+    def append(self, latent: torch.Tensor, frames: torch.Tensor) -> HistorySegment:
+        """Append one segment.
+
+        Args:
+            latent: ``[C, T, h, w]`` or ``[1, C, T, h, w]`` latent of the segment.
+            frames: ``[F, H, W, 3]`` float 0..1 (or uint8) decoded frames of the same segment.
+        Raises:
+            ValueError: shapes disagree with earlier segments.
+        """
+        if latent.ndim == 5:
+            if latent.shape[0] != 1:
+                raise ValueError(f"history holds one video; got a latent batch of {latent.shape[0]}")
+            latent = latent[0]
+        if latent.ndim != 4 or frames.ndim != 4:
+            raise ValueError(f"expected latent [C,T,h,w] and frames [F,H,W,3], got {tuple(latent.shape)}, {tuple(frames.shape)}")
+        if self.segments:
+            last = self.segments[-1]
+            if latent.shape[0] != last.latent.shape[0] or latent.shape[2:] != last.latent.shape[2:]:
+                raise ValueError(
+                    f"segment latent {tuple(latent.shape)} does not match the history's {tuple(last.latent.shape)} "
+                    "(channels and spatial size must stay the same across a storyboard)")
+        if frames.dtype != torch.uint8:
+            frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        seg = HistorySegment(
+            latent=latent.detach().to("cpu", torch.float32).contiguous(),
+            frames=frames.detach().cpu().contiguous(),
+            num_frames=int(frames.shape[0]),
+            start_frame=self.num_frames,
+            start_latent=self.latent_frames,
+        )
+        self.segments.append(seg)
+        return seg
+
+    def encode_pending(self, encode: EncodeFn) -> int:
+        """Encode every segment that has no tokens yet with ``encode(segment) -> (tokens [M,D], positions [M,3])``
+        where positions are relative to the segment's first latent frame. Returns the number encoded.
+        Already-encoded segments are never re-encoded (arXiv 2512.23851, "almost fully convolutional")."""
+        n = 0
+        for i, seg in enumerate(self.segments):
+            if seg.tokens is not None:
+                continue
+            tokens, positions = encode(seg)
+            positions = positions.to(torch.float32).clone()
+            positions[:, 0] += seg.start_latent
+            self.segments[i] = replace(seg, tokens=tokens.detach().to("cpu", torch.float32), positions=positions, frames=None)
+            n += 1
+        return n
+
+    def memory(self, now_latent: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """All cached memory tokens ``[M, D]`` (float32, CPU) and their positions ``[M, 3]`` with time relative
+        to ``now_latent`` (default: the end of the history, i.e. the next segment starts at time 0).
+        Returns ``(None, None)`` when nothing is encoded yet."""
+        done = [s for s in self.segments if s.tokens is not None]
+        if not done:
+            return None, None
+        now = self.latent_frames if now_latent is None else now_latent
+        tokens = torch.cat([s.tokens for s in done], dim=0)
+        positions = torch.cat([s.positions for s in done], dim=0).clone()
+        positions[:, 0] -= now
+        return tokens, positions

@@ -1,0 +1,173 @@
+"""The storyboard loop (arXiv 2512.23851 Sec. 4, inference): generate a segment, append it to the history,
+encode only the new part, repeat; the prompt of the shot at the current time conditions each segment."""
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management
+import comfy.sample
+import comfy.utils
+
+from ..memory.history import HistoryBuffer
+from ..memory.storyboard import Shot, plan_segments, segment_frames, split_clip
+from . import wan
+from .encoding import MemoryEncoder, encode_pending
+
+log = logging.getLogger("FrameMemory")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What the stock KSampler takes: steps, cfg, sampler and scheduler names, base seed."""
+
+    steps: int = 20
+    cfg: float = 5.0
+    sampler_name: str = "uni_pc"
+    scheduler: str = "simple"
+    seed: int = 0
+
+
+@dataclass
+class Memory:
+    """What the MEMORY socket carries: the history buffer plus the encoder and video geometry it was made with."""
+
+    history: HistoryBuffer
+    encoder: MemoryEncoder
+    fps: float
+    width: int
+    height: int
+
+    def tokens(self):
+        """``(tokens [M, D], positions [M, 3])`` relative to the end of the history, or ``(None, None)``."""
+        return self.history.memory()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def fit_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Center-crop and area-resize IMAGE frames ``[F, H, W, 3]`` to ``[F, height, width, 3]``."""
+    f, h, w, _ = images.shape
+    if (h, w) == (height, width):
+        return images
+    scale = max(height / h, width / w)
+    ch, cw = round(height / scale), round(width / scale)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    crop = images[:, y0:y0 + ch, x0:x0 + cw].movedim(-1, 1).float()
+    return F.interpolate(crop, size=(height, width), mode="area").movedim(1, -1).clamp(0, 1)
+
+
+def history_from_frames(model, vae, encoder: MemoryEncoder, images: torch.Tensor, latent_frames: int,
+                        fps: float, width: int, height: int, memory: Memory | None = None) -> tuple[Memory, int]:
+    """Turn a starting clip into history: frames are fitted to ``width x height``, cut into segments of
+    ``latent_frames`` latent frames (the oldest frames that do not fill a segment are dropped), VAE-encoded and
+    encoded into memory tokens. Returns ``(memory, dropped_frames)``.
+
+    Raises:
+        ValueError: a size not divisible by 16, a clip shorter than one segment, or an encoder/DiT mismatch.
+    """
+    if width % 16 or height % 16:
+        raise ValueError(f"width and height must be multiples of 16 for Wan, got {width}x{height}")
+    encoder.check(model)
+    seg_f = segment_frames(latent_frames)
+    skip, count = split_clip(int(images.shape[0]), seg_f)
+    frames = fit_frames(images[skip:], width, height)
+    mem = Memory(memory.history.copy() if memory else HistoryBuffer(), encoder, fps, width, height)
+    for k in range(count):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        chunk = frames[k * seg_f:(k + 1) * seg_f]
+        mem.history.append(vae.encode(chunk[..., :3]).cpu(), chunk)
+    encode_pending(model, vae, encoder, mem.history)
+    return mem, skip
+
+
+def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, shots: list[Shot],
+                   sampler: SamplerSettings, width: int, height: int, fps: float, latent_frames: int,
+                   start: Memory | None = None) -> tuple[torch.Tensor, Memory, dict]:
+    """Generate a storyboard segment by segment with memory of everything before each segment.
+
+    Args:
+        model: Wan MODEL (patched here). vae: its VAE. clip: text encoder (``tokenize`` /
+        ``encode_from_tokens_scheduled``). negative: CONDITIONING. shots: parsed storyboard.
+        latent_frames: T per segment (4 on Wan = 13 frames, about 1 s at 16 fps).
+        start: history to continue (e.g. a starting clip from :func:`history_from_frames`), or None.
+    Returns:
+        frames ``[F, height, width, 3]`` float32 0..1 (generated part only), the final Memory (every segment
+        encoded), and a report dict (segments, memory tokens per segment, seconds, peak RSS).
+    Raises:
+        ValueError: bad sizes or encoder/DiT mismatch; InterruptProcessingException when the user cancels.
+    """
+    if width % 16 or height % 16:
+        raise ValueError(f"width and height must be multiples of 16 for Wan, got {width}x{height}")
+    if start is not None and (start.width, start.height) != (width, height):
+        raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
+    encoder.check(model)
+    patched = wan.patch_model(model)
+    mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height)
+    encode_pending(model, vae, encoder, mem.history)
+    plans = plan_segments(shots, fps, latent_frames)
+    prompts: dict[int, list] = {}
+    out_frames: list[torch.Tensor] = []
+    segments = []
+    h8, w8 = height // 8, width // 8
+    for plan in plans:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        t0 = time.perf_counter()
+        if plan.shot not in prompts:
+            prompts[plan.shot] = clip.encode_from_tokens_scheduled(clip.tokenize(shots[plan.shot].prompt))
+        tokens, positions = mem.history.memory()
+        covered, total = mem.history.encoded_frames, mem.history.num_frames
+        pos = wan.attach_memory(prompts[plan.shot], tokens, positions)
+        neg = wan.attach_memory(negative, tokens, positions)
+        latent = torch.zeros([1, 16, latent_frames, h8, w8])
+        latent = comfy.sample.fix_empty_latent_channels(patched, latent)
+        seed = sampler.seed + plan.index
+        noise = comfy.sample.prepare_noise(latent, seed)
+        callback = _progress_callback(patched, sampler.steps)
+        samples = comfy.sample.sample(
+            patched, noise, sampler.steps, sampler.cfg, sampler.sampler_name, sampler.scheduler, pos, neg, latent,
+            denoise=1.0, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        images = vae.decode(samples)
+        images = images.reshape(-1, *images.shape[-3:]).float().cpu()  # [F, H, W, 3]
+        out_frames.append(images)
+        mem.history.append(samples.cpu(), images)
+        encode_pending(model, vae, encoder, mem.history)
+        segments.append({
+            "index": plan.index, "shot": plan.shot, "frames": int(images.shape[0]), "latent_frames": latent_frames,
+            "start_frame": total, "memory_tokens": 0 if tokens is None else int(tokens.shape[0]),
+            "history_frames_covered": covered, "history_frames_total": total,
+            "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+        })
+        log.info("FrameMemory: segment %d/%d (shot %d) %d frames, %d memory tokens, %.1fs",
+                 plan.index + 1, len(plans), plan.shot, images.shape[0], segments[-1]["memory_tokens"],
+                 segments[-1]["seconds"])
+    frames = torch.cat(out_frames, dim=0)
+    report = {
+        "model_family": "wan21", "fps": fps, "width": width, "height": height,
+        "start_frames": start.history.num_frames if start else 0,
+        "total_frames": int(frames.shape[0]),
+        "rate": encoder.check(model).rate_str, "encoder": encoder.name,
+        "shots": [{"index": s.index, "prompt": s.prompt, "start_s": s.start_s, "duration_s": s.duration_s} for s in shots],
+        "segments": segments, "final_memory_tokens": mem.history.num_tokens,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    return frames, mem, report
+
+
+def _progress_callback(model, steps: int):
+    """Stock progress bar + latent previews (``latent_preview.prepare_callback``) when running in a server."""
+    try:
+        import latent_preview
+    except ImportError:  # outside a ComfyUI server (tests import comfy only)
+        return None
+    return latent_preview.prepare_callback(model, steps)

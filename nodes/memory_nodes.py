@@ -1,0 +1,106 @@
+"""Load Memory Encoder, Encode History and Apply Memory (arXiv 2512.23851 memory tokens for the stock KSampler)."""
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..models import wan
+from ..models.encoding import UNTRAINED, MemoryEncoder
+from ..models.storyboard import Memory, history_from_frames
+from .sockets import CATEGORY, MemoryEncoderType, MemoryType
+
+FOLDER = "memory_encoders"
+
+
+class LoadMemoryEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FrameMemoryLoadEncoder",
+            display_name="Load Memory Encoder",
+            category=CATEGORY,
+            description="Loads a history encoder (safetensors with its config in the metadata) from "
+                        "models/memory_encoders. It compresses the video history into memory tokens in the DiT's width.",
+            inputs=[
+                io.Combo.Input("encoder_name", options=[UNTRAINED] + folder_paths.get_filename_list(FOLDER),
+                               tooltip="Encoder file in models/memory_encoders. 'untrained (LR branch only)' needs no file: "
+                                       "memory tokens come from the DiT's own VAE and patch embedding of a 4x4x2 "
+                                       "downsampled history (no learned compression)."),
+            ],
+            outputs=[MemoryEncoderType.Output(display_name="memory_encoder",
+                                              tooltip="The history encoder; its width is checked against the model it is used with.")],
+        )
+
+    @classmethod
+    def execute(cls, encoder_name: str) -> io.NodeOutput:
+        if encoder_name == UNTRAINED:
+            return io.NodeOutput(MemoryEncoder.untrained())
+        return io.NodeOutput(MemoryEncoder.from_file(folder_paths.get_full_path_or_raise(FOLDER, encoder_name)))
+
+
+class EncodeHistory(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FrameMemoryEncodeHistory",
+            display_name="Encode History",
+            category=CATEGORY,
+            description="Turns video frames into history and encodes it into memory tokens. Frames are center-cropped to "
+                        "a multiple of 16 pixels and cut into segments; the oldest frames that do not fill a segment are dropped.",
+            inputs=[
+                io.Model.Input("model", tooltip="The Wan 2.1 model the memory is for (its patch embedding is the LR branch)."),
+                io.Vae.Input("vae", tooltip="The model's VAE."),
+                MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
+                io.Image.Input("images", optional=True, tooltip="History frames [F, H, W, 3], oldest first."),
+                io.Latent.Input("latent", optional=True, tooltip="History as a video latent (decoded to frames first); used when no images are given."),
+                MemoryType.Input("memory", optional=True, tooltip="Existing memory to append to (it is not changed; a new one is returned)."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the history in frames per second."),
+                io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
+                             tooltip="Latent frames per history segment (4 on Wan = 13 video frames); a multiple of the encoder's time rate."),
+            ],
+            outputs=[MemoryType.Output(display_name="memory", tooltip="History plus its memory tokens.")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, memory_encoder, fps, segment_latent_frames, images=None, latent=None, memory=None) -> io.NodeOutput:
+        if images is None:
+            if latent is None:
+                raise ValueError("Encode History needs either images or a latent")
+            images = vae.decode(latent["samples"])
+            images = images.reshape(-1, *images.shape[-3:])
+        if memory is not None:
+            width, height = memory.width, memory.height
+        else:
+            width, height = images.shape[2] // 16 * 16, images.shape[1] // 16 * 16
+        mem, _ = history_from_frames(model, vae, memory_encoder, images, segment_latent_frames, fps, width, height, memory)
+        return io.NodeOutput(mem)
+
+
+class ApplyMemory(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FrameMemoryApplyMemory",
+            display_name="Apply Memory",
+            category=CATEGORY,
+            description="Lets the model attend to memory tokens of the history while it generates the next segment. "
+                        "Connect the outputs to the stock KSampler; every sampler and scheduler works.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1 model."),
+                MemoryType.Input("memory", tooltip="From Encode History or Storyboard."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning of the next segment."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (gets the same memory so CFG batches cond and uncond)."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with memory attention installed."),
+                io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning carrying the memory tokens."),
+                io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning carrying the memory tokens."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, memory: Memory, positive, negative) -> io.NodeOutput:
+        memory.encoder.check(model)
+        tokens, positions = memory.tokens()
+        return io.NodeOutput(wan.patch_model(model), wan.attach_memory(positive, tokens, positions),
+                             wan.attach_memory(negative, tokens, positions))

@@ -1,0 +1,80 @@
+"""The Storyboard node: per-shot prompts and durations -> a long video generated segment by segment with memory."""
+from __future__ import annotations
+
+import json
+
+import comfy.samplers
+import torch
+from comfy_api.latest import io
+
+from ..memory.storyboard import parse_storyboard
+from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+from .sockets import CATEGORY, MemoryEncoderType, MemoryType
+
+EXAMPLE = "2.0 | a cyclist rides down a sunny city street\n2.0 | the cyclist passes parked cars, camera follows"
+
+
+class Storyboard(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FrameMemoryStoryboard",
+            display_name="Storyboard (Memory)",
+            category=CATEGORY,
+            description="Generates a storyboard about 1 s at a time: each segment is sampled with memory tokens of "
+                        "everything before it (starting clip included), appended to the history, and only the new "
+                        "segment is encoded (arXiv 2512.23851).",
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1 model (stock Load Diffusion Model; LoRAs may be applied)."),
+                io.Vae.Input("vae", tooltip="The Wan 2.1 VAE."),
+                io.Clip.Input("clip", tooltip="Text encoder for the shot prompts (umt5 for Wan)."),
+                MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning used for every segment."),
+                io.String.Input("storyboard", multiline=True, default=EXAMPLE,
+                                tooltip="One shot per line: 'seconds | prompt'. Lines starting with # are ignored."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels (multiple of 16)."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels (multiple of 16)."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second (16 for Wan 2.1)."),
+                io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
+                             tooltip="Latent frames generated per segment: 4 on Wan = 13 video frames, about 1 s at 16 fps."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the first segment; segment k uses seed + k."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per segment."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="Sampler, as in KSampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler, as in KSampler."),
+                io.Boolean.Input("include_history", default=True,
+                                 tooltip="Put the starting clip's frames before the generated frames in the output."),
+                io.Image.Input("start_images", optional=True,
+                               tooltip="Starting clip: real frames that form the initial history (center-cropped and resized to width x height)."),
+                MemoryType.Input("memory", optional=True, tooltip="History to continue from (e.g. another Storyboard's memory output)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),
+                MemoryType.Output(display_name="memory", tooltip="The final history with every segment encoded, for chaining."),
+                io.String.Output(display_name="report", tooltip="JSON: segments, memory tokens per segment, seconds, peak RSS."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, clip, memory_encoder, negative, storyboard, width, height, fps, segment_latent_frames,
+                seed, steps, cfg, sampler_name, scheduler, include_history, start_images=None, memory=None) -> io.NodeOutput:
+        if clip is None:
+            raise ValueError("the clip input is None: load a text encoder (for Wan: umt5_xxl with type 'wan')")
+        shots = parse_storyboard(storyboard)
+        start, dropped = memory, 0
+        if start_images is not None:
+            start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
+                                                 fps, width, height, memory)
+        frames, final, report = run_storyboard(
+            model, vae, clip, memory_encoder, negative, shots, SamplerSettings(steps, cfg, sampler_name, scheduler, seed),
+            width, height, fps, segment_latent_frames, start)
+        report["start_frames_dropped"] = dropped
+        if include_history and start_images is not None:
+            # the starting clip as the history holds it (fitted to width x height), then the generated frames
+            history_frames = start_images[dropped:]
+            from ..models.storyboard import fit_frames
+            frames = torch.cat([fit_frames(history_frames, width, height).float().cpu(), frames], dim=0)
+        report["output_frames"] = int(frames.shape[0])
+        text = json.dumps(report)
+        return io.NodeOutput(frames, final, text, ui={"framememory_report": [report]})
