@@ -1,0 +1,75 @@
+"""The storyboard loop in-process with tiny models of the real classes, starting from a real clip."""
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def setup(comfy, tmp_path_factory, media_dir):
+    import comfy.sd
+    import comfy.utils
+    from framememory.demo.make_tiny_models import write_tiny_models
+    from framememory.demo.text_encoder import StandInTextEncoder
+    from framememory.models.encoding import MemoryEncoder
+
+    paths = write_tiny_models(str(tmp_path_factory.mktemp("models")))
+    model = comfy.sd.load_diffusion_model(paths["dit"])
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(paths["vae"]))
+    with av.open(str(media_dir / "bikes.mp4")) as c:
+        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(30), c.decode(video=0))]
+    clip = torch.stack(frames).float() / 255.0  # [30, 272, 640, 3] real street video
+    return model, vae, MemoryEncoder.from_file(paths["encoder"]), StandInTextEncoder(), clip
+
+
+def test_storyboard_from_real_clip(setup):
+    from framememory.memory.grid import memory_grid
+    from framememory.memory.storyboard import parse_storyboard
+    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+
+    model, vae, encoder, clip, video = setup
+    start, dropped = history_from_frames(model, vae, encoder, video, 4, 16.0, 256, 128)
+    assert dropped == 4 and start.history.num_frames == 26 and len(start.history.segments) == 2
+    per_segment = int(np.prod(memory_grid((4, 16, 32), encoder.cfg)))  # 2 x 2 x 4 = 16 at 4x4x2
+    assert start.history.num_tokens == 2 * per_segment
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
+    shots = parse_storyboard("0.8 | a cyclist\n0.8 | a car")
+    frames, final, report = run_storyboard(model, vae, clip, encoder, neg, shots, SamplerSettings(2, 3.0, "euler", "simple", 1),
+                                           256, 128, 16.0, 4, start)
+    assert frames.shape == (26, 128, 256, 3) and torch.isfinite(frames).all()
+    assert 0 <= frames.min() and frames.max() <= 1
+    segs = report["segments"]
+    assert [s["shot"] for s in segs] == [0, 1]
+    for k, s in enumerate(segs):
+        assert s["start_frame"] == 26 + 13 * k == s["history_frames_total"] == s["history_frames_covered"]
+        assert s["memory_tokens"] == (2 + k) * per_segment
+    assert final.history.num_tokens == 4 * per_segment and final.history.num_frames == 52
+    assert start.history.num_frames == 26  # the input memory is not mutated
+
+
+def test_encoder_width_mismatch_is_a_clear_error(setup):
+    from framememory.memory.config import EncoderConfig
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import history_from_frames
+
+    model, vae, _, _, video = setup
+    wrong = MemoryEncoder(EncoderConfig(dim=1536), None, "wan14b.safetensors")
+    with pytest.raises(ValueError, match="width 1536 .* this model's width is 128"):
+        history_from_frames(model, vae, wrong, video, 4, 16.0, 256, 128)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        history_from_frames(model, vae, MemoryEncoder.untrained(), video, 4, 16.0, 250, 128)
+    with pytest.raises(ValueError, match="needs 13"):
+        history_from_frames(model, vae, MemoryEncoder.untrained(), video[:10], 4, 16.0, 256, 128)
+
+
+def test_untrained_encoder_takes_the_model_width(setup):
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import history_from_frames
+
+    model, vae, _, _, video = setup
+    mem, _ = history_from_frames(model, vae, MemoryEncoder.untrained(), video[:13], 4, 16.0, 256, 128)
+    tokens, positions = mem.tokens()
+    assert tokens.shape == (16, 128) and tokens.abs().max() > 0  # LR branch: VAE + the DiT's patch embedding
+    assert positions[:, 0].max() < 0

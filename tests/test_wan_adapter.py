@@ -1,0 +1,128 @@
+"""The Wan adapter on a tiny ComfyUI WanModel (CPU): memory tokens reach every block with RoPE at their past
+times and leave before the head; no memory = identity; CFG batching through the stock sampler."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def wan(comfy):
+    from framememory.demo.tiny_models import tiny_wan21_dit
+    from framememory.models import wan as adapter
+
+    return tiny_wan21_dit(seed=0), adapter
+
+
+def _options(adapter, n_blocks):
+    import comfy.patcher_extension
+
+    return {
+        "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, n_blocks) for i in range(n_blocks)}},
+        "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
+    }
+
+
+def _inputs(seed=0, t=6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, t, 8, 12, generator=g)
+    context = torch.randn(1, 5, 4096, generator=g) * 0.1
+    return x, torch.tensor([500.0]), context
+
+
+def test_memory_of_the_past_equals_attending_to_the_past(wan):
+    """Memory = the first 3 latent frames, uncompressed, at their original (negative) times: the output for
+    the last 3 frames must equal that of the whole 6-frame video (RoPE is relative; Wan 2.1 shares the timestep)."""
+    dm, adapter = wan
+    x, t, context = _inputs()
+    with torch.no_grad():
+        whole = dm(x, t, context)[:, :, 3:]
+        past = dm.patch_embedding(x[:, :, :3].float()).flatten(2).transpose(1, 2)  # [1, 3*4*6, D]
+        ids = torch.stack(torch.meshgrid(torch.arange(3) - 3.0, torch.arange(4.0), torch.arange(6.0), indexing="ij"), -1)
+        pos2 = (ids.reshape(1, -1, 3) * 2).long()
+        out = dm(x[:, :, 3:], t, context, transformer_options=_options(adapter, len(dm.blocks)),
+                 memory_tokens=past, memory_positions2=pos2)
+        plain = dm(x[:, :, 3:], t, context)
+    assert out.shape == plain.shape == (1, 16, 3, 8, 12)
+    torch.testing.assert_close(out, whole, atol=2e-4, rtol=1e-3)
+    assert (out - plain).abs().max() > 1e-3  # and memory really changed the output
+
+
+def test_positions_matter_and_no_memory_is_identity(wan):
+    dm, adapter = wan
+    x, t, context = _inputs(1, t=3)
+    opts = _options(adapter, len(dm.blocks))
+    mem = torch.randn(1, 6, dm.dim) * 0.5
+    pos = torch.tensor([[[-3, 0, 0], [-3, 2, 2], [-3, 4, 4], [-1, 0, 0], [-1, 2, 2], [-1, 4, 4]]]) * 2
+    with torch.no_grad():
+        plain = dm(x, t, context)
+        patched_no_memory = dm(x, t, context, transformer_options=opts)
+        empty = dm(x, t, context, transformer_options=opts, memory_tokens=mem[:, :0], memory_positions2=pos[:, :0])
+        a = dm(x, t, context, transformer_options=opts, memory_tokens=mem, memory_positions2=pos)
+        b = dm(x, t, context, transformer_options=opts, memory_tokens=mem, memory_positions2=pos - 20)
+    assert torch.equal(plain, patched_no_memory) and torch.equal(plain, empty)
+    assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-5
+
+
+def test_attach_memory_keeps_input_and_encodes_half_positions(wan):
+    _, adapter = wan
+    cond = [[torch.zeros(1, 5, 4096), {"pooled_output": None}]]
+    pos = torch.tensor([[-1.5, 0.5, 1.5]])
+    out = adapter.attach_memory(cond, torch.ones(1, 128), pos)
+    mc = out[0][1]["model_conds"]
+    assert "model_conds" not in cond[0][1]  # the input conditioning is not mutated
+    assert mc[adapter.POSITIONS_KEY].cond.dtype == torch.int64
+    assert mc[adapter.POSITIONS_KEY].cond.tolist() == [[[-3, 1, 3]]]
+    assert mc[adapter.TOKENS_KEY].cond.shape == (1, 1, 128)
+    assert "model_conds" in adapter.attach_memory(out, None, None)[0][1]
+    assert adapter.TOKENS_KEY not in adapter.attach_memory(out, None, None)[0][1]["model_conds"]
+
+
+def test_stock_sampler_with_cfg_batches_cond_and_uncond(wan, comfy, tmp_path):
+    """Through comfy.sample.sample (stock KSampler path, CFG > 1): a patched model without memory equals the
+    unpatched model; with memory the result differs; cond and uncond arrive in one batched call."""
+    import comfy.sample
+    import comfy.sd
+    from safetensors.torch import save_file
+
+    dm, adapter = wan
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in dm.state_dict().items()}, str(path))
+    model = comfy.sd.load_diffusion_model(str(path))
+    patched = adapter.patch_model(model)
+    seen = []
+
+    def spy(executor, *args, **kwargs):
+        # x batch, and whether memory is present (as a kwarg before our wrapper, in transformer_options after it)
+        seen.append((args[0].shape[0], kwargs.get(adapter.TOKENS_KEY) is not None or adapter.PATCH_KEY in args[5]))
+        return executor(*args, **kwargs)
+
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "spy", spy)
+    g = torch.Generator().manual_seed(3)
+    pos_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
+    neg_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 7)
+
+    def run(m, p, n):
+        return comfy.sample.sample(m, noise, 3, 4.0, "euler", "simple", p, n, latent, seed=7, disable_pbar=True)
+
+    base = run(model, pos_c, neg_c)
+    same = run(patched, pos_c, neg_c)
+    tokens = torch.randn(8, dm.dim) * 0.5
+    positions = torch.tensor([[-1.5 - 2 * (i // 4), 1.5, 1.5 + (i % 4)] for i in range(8)])
+    seen.clear()
+    withmem = run(patched, adapter.attach_memory(pos_c, tokens, positions), adapter.attach_memory(neg_c, tokens, positions))
+    torch.testing.assert_close(base, same)
+    assert (withmem - base).abs().max() > 1e-3
+    assert seen and all(batch == 2 and has for batch, has in seen)  # cond+uncond in one call, memory present
+
+
+def test_non_wan_model_is_a_clear_error(comfy):
+    from framememory.models import wan as adapter
+
+    class Fake:
+        model = type("M", (), {"diffusion_model": torch.nn.Linear(1, 1)})()
+
+    with pytest.raises(TypeError, match="supports Wan 2.1"):
+        adapter.patch_model(Fake())
