@@ -44,6 +44,12 @@ class HistoryBuffer:
 
     def __init__(self, segments: list[HistorySegment] | None = None) -> None:
         self.segments: list[HistorySegment] = list(segments or [])
+        # concatenation cache of encoded tokens/positions: capacity-doubling buffers filled up to _cached_len
+        # tokens from the first _cached_segments segments, so memory() copies only new tokens (amortised O(new))
+        self._tokens_buf: torch.Tensor | None = None
+        self._pos_buf: torch.Tensor | None = None
+        self._cached_len = 0
+        self._cached_segments = 0
 
     def copy(self) -> "HistoryBuffer":
         return HistoryBuffer(self.segments)
@@ -117,11 +123,36 @@ class HistoryBuffer:
         """All cached memory tokens ``[M, D]`` (float32, CPU) and their positions ``[M, 3]`` with time relative
         to ``now_latent`` (default: the end of the history, i.e. the next segment starts at time 0).
         Returns ``(None, None)`` when nothing is encoded yet."""
-        done = [s for s in self.segments if s.tokens is not None]
-        if not done:
+        done = 0
+        while done < len(self.segments) and self.segments[done].tokens is not None:
+            done += 1
+        if any(s.tokens is not None for s in self.segments[done:]):
+            raise ValueError("history segments must be encoded in order (call encode_pending first)")
+        if done == 0:
             return None, None
+        self._extend_cache(done)
         now = self.latent_frames if now_latent is None else now_latent
-        tokens = torch.cat([s.tokens for s in done], dim=0)
-        positions = torch.cat([s.positions for s in done], dim=0).clone()
+        positions = self._pos_buf[: self._cached_len].clone()
         positions[:, 0] -= now
-        return tokens, positions
+        # a view: later appends only write past _cached_len or into a new, larger buffer
+        return self._tokens_buf[: self._cached_len], positions
+
+    def _extend_cache(self, done: int) -> None:
+        new = self.segments[self._cached_segments:done]
+        if not new:
+            return
+        need = self._cached_len + sum(int(s.tokens.shape[0]) for s in new)
+        if self._tokens_buf is None or need > self._tokens_buf.shape[0]:
+            cap = max(need, 2 * (0 if self._tokens_buf is None else self._tokens_buf.shape[0]))
+            tokens = torch.empty(cap, new[0].tokens.shape[1])
+            pos = torch.empty(cap, 3)
+            if self._tokens_buf is not None:
+                tokens[: self._cached_len] = self._tokens_buf[: self._cached_len]
+                pos[: self._cached_len] = self._pos_buf[: self._cached_len]
+            self._tokens_buf, self._pos_buf = tokens, pos
+        for seg in new:
+            m = int(seg.tokens.shape[0])
+            self._tokens_buf[self._cached_len: self._cached_len + m] = seg.tokens
+            self._pos_buf[self._cached_len: self._cached_len + m] = seg.positions
+            self._cached_len += m
+        self._cached_segments = done

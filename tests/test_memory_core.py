@@ -187,3 +187,20 @@ def test_history_buffer_encodes_only_new_segments():
     assert pos[:, 0].tolist() == [0.5 - 12, 2.5 - 12, 4.5 - 12, 6.5 - 12, 8.5 - 12, 10.5 - 12]
     with pytest.raises(ValueError, match="does not match"):
         buf.append(torch.randn(16, 4, 8, 16), torch.rand(13, 64, 128, 3))
+
+
+def test_memory_gather_is_incremental_and_views_stay_valid():
+    buf = HistoryBuffer()
+
+    def encode(seg):
+        return torch.full((3, 4), float(seg.start_latent)), torch.zeros(3, 3)
+
+    first = None
+    for k in range(6):
+        buf.append(torch.randn(16, 4, 2, 2), torch.rand(13, 16, 16, 3))
+        buf.encode_pending(encode)
+        tokens, _ = buf.memory()
+        first = tokens if first is None else first
+        assert tokens.shape == (3 * (k + 1), 4)
+        assert tokens[:, 0].tolist() == [float(4 * (i // 3)) for i in range(3 * (k + 1))]
+    assert first.tolist() == [[0.0] * 4] * 3  # a view handed out earlier is not overwritten by later appends

@@ -1,0 +1,49 @@
+"""Shared helpers of the benchmarks: package import without ComfyUI, machine description, result files."""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def import_pack(name: str = "framememory"):
+    """Load the repository as package ``framememory`` (the root itself must not go on sys.path)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"), submodule_search_locations=[ROOT])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_result(name: str, rows: list[dict], extra: dict | None = None) -> str:
+    out = os.path.join(ROOT, "benchmarks", "results", f"{name}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"benchmark": name, "machine": machine(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                   **(extra or {}), "rows": rows}, f, indent=2)
+    return out
+
+
+def print_table(rows: list[dict], cols: list[str]) -> None:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
