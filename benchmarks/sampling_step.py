@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-full", action="store_true", help="skip the uncompressed 20 s history case")
+    ap.add_argument("--attention", choices=["auto", "sage", "sdpa"], default="sdpa",
+                    help="attention backend (benchmark 5: run once with sage, once with sdpa); sage falls back to SDPA "
+                         "with a one-line notice without CUDA or sageattention")
     args = ap.parse_args()
     p = PRESETS[args.preset]
     sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "ComfyUI"))))
@@ -56,6 +59,11 @@ def main() -> None:
     from framememory.memory.config import EncoderConfig
     from framememory.memory.grid import memory_grid, memory_positions
     from framememory.models import wan as adapter
+    from framememory.models.attention import attention_override, resolve_attention
+
+    backend, notice = resolve_attention(args.attention)
+    if notice:
+        print(notice)
 
     dev, dtype = torch.device(p["device"]), getattr(torch, p["dtype"])
     torch.manual_seed(0)
@@ -75,6 +83,7 @@ def main() -> None:
     opts = {
         "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, p["layers"]) for i in range(p["layers"])}},
         "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
+        "optimized_attention_override": attention_override(backend),
     }
 
     def memory(seconds: int, rate: str):
@@ -136,7 +145,7 @@ def main() -> None:
         speedup = round(full["step_s"] / mem20["step_s"], 1)
         print(f"target: 20 s at 4x4x2 >= 50x faster than the full 20 s history: {speedup}x "
               f"({'met' if speedup >= 50 else 'MISSED'}; FLOP ratio {round(full['flop_ratio'] / mem20['flop_ratio'], 1)}x)")
-    print("written:", write_result(f"sampling_step_{args.preset}", rows, {"preset": p}))
+    print("written:", write_result(f"sampling_step_{args.preset}_{backend}", rows, {"preset": p, "attention": backend}))
 
 
 if __name__ == "__main__":

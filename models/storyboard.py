@@ -2,11 +2,12 @@
 encode only the new part, repeat; the prompt of the shot at the current time conditions each segment."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,23 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+@contextlib.contextmanager
+def phase(stats: dict, name: str):
+    """Time a phase of a segment into ``stats[name + "_s"]``; on CUDA also record the phase's peak allocated and
+    reserved VRAM in MiB (``name + "_peak_alloc_mb"``, ``name + "_peak_reserved_mb"``)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        stats[f"{name}_s"] = round(time.perf_counter() - t0, 3)
+        if cuda:
+            stats[f"{name}_peak_alloc_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            stats[f"{name}_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
 
 
 def fit_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -123,6 +141,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
     for plan in plans:
         comfy.model_management.throw_exception_if_processing_interrupted()
         t0 = time.perf_counter()
+        stats: dict = {}
         if plan.shot not in prompts:
             prompts[plan.shot] = clip.encode_from_tokens_scheduled(clip.tokenize(shots[plan.shot].prompt))
         tokens, positions = mem.history.memory()
@@ -133,25 +152,31 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
         latent = comfy.sample.fix_empty_latent_channels(patched, latent)
         seed = sampler.seed + plan.index
         noise = comfy.sample.prepare_noise(latent, seed)
-        callback = _progress_callback(patched, sampler.steps)
-        samples = comfy.sample.sample(
-            patched, noise, sampler.steps, sampler.cfg, sampler.sampler_name, sampler.scheduler, pos, neg, latent,
-            denoise=1.0, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        images = vae.decode(samples)
-        images = images.reshape(-1, *images.shape[-3:]).float().cpu()  # [F, H, W, 3]
+        with phase(stats, "sample"):
+            samples = comfy.sample.sample(
+                patched, noise, sampler.steps, sampler.cfg, sampler.sampler_name, sampler.scheduler, pos, neg, latent,
+                denoise=1.0, callback=_progress_callback(patched, sampler.steps),
+                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed).cpu()
+        del pos, neg, noise
+        with phase(stats, "decode"):
+            images = vae.decode(samples)  # ComfyUI retries tiled when a full decode runs out of memory
+            images = images.reshape(-1, *images.shape[-3:])  # [F, H, W, 3]
+            images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # 4x less RAM than float32
         out_frames.append(images)
-        mem.history.append(samples.cpu(), images)
-        encode_pending(model, vae, encoder, mem.history)
+        mem.history.append(samples, images)
+        with phase(stats, "encode"):
+            encode_pending(model, vae, encoder, mem.history)
         segments.append({
             "index": plan.index, "shot": plan.shot, "frames": int(images.shape[0]), "latent_frames": latent_frames,
             "start_frame": total, "memory_tokens": 0 if tokens is None else int(tokens.shape[0]),
             "history_frames_covered": covered, "history_frames_total": total,
-            "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "seconds": round(time.perf_counter() - t0, 3), **stats, "peak_rss_mb": round(peak_rss_mb(), 1),
         })
         log.info("FrameMemory: segment %d/%d (shot %d) %d frames, %d memory tokens, %.1fs",
                  plan.index + 1, len(plans), plan.shot, images.shape[0], segments[-1]["memory_tokens"],
                  segments[-1]["seconds"])
-    frames = torch.cat(out_frames, dim=0)
+    frames = torch.cat(out_frames, dim=0).float() / 255.0
+    del out_frames
     report = {
         "model_family": "wan21", "fps": fps, "width": width, "height": height,
         "start_frames": start.history.num_frames if start else 0,

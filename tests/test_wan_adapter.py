@@ -126,3 +126,26 @@ def test_non_wan_model_is_a_clear_error(comfy):
 
     with pytest.raises(TypeError, match="supports Wan 2.1"):
         adapter.patch_model(Fake())
+
+
+def test_attention_falls_back_to_sdpa_with_one_line_notice(wan, monkeypatch):
+    """Without CUDA (this machine) or without sageattention, a request for sage gives SDPA and one line."""
+    import importlib.util
+
+    from framememory.models.attention import attention_override, resolve_attention
+
+    backend, notice = resolve_attention("sage")
+    if not torch.cuda.is_available() or importlib.util.find_spec("sageattention") is None:
+        assert backend == "sdpa" and notice and "\n" not in notice and "using PyTorch SDPA" in notice
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sageattention" else object())
+    backend, notice = resolve_attention("sage")
+    assert backend == "sdpa" and "pip install sageattention" in notice
+    assert resolve_attention("auto") == ("sdpa", None) and resolve_attention("sdpa") == ("sdpa", None)
+    with pytest.raises(ValueError, match="not one of"):
+        resolve_attention("flash3")
+    dm, _ = wan
+    x, t, context = _inputs(2, t=2)
+    with torch.no_grad():
+        default = dm(x, t, context)
+        forced = dm(x, t, context, transformer_options={"optimized_attention_override": attention_override("sdpa")})
+    torch.testing.assert_close(default, forced)

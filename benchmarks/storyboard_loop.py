@@ -1,0 +1,125 @@
+"""Benchmark 4: the whole storyboard loop, with per-phase time, VRAM and host RAM, under a 12 GiB VRAM cap.
+
+Usage:
+  python benchmarks/storyboard_loop.py --preset cpu-tiny [--seconds 60]   # CPU leak check with tiny models
+  python benchmarks/storyboard_loop.py --preset gpu-1.3b [--seconds 60]   # Wan 2.1 1.3B real shapes, bf16, 480p
+  python benchmarks/storyboard_loop.py --preset gpu-14b-fp8               # Wan 2.1 14B real shapes, fp8 weights
+
+Runs ``models.storyboard.run_storyboard`` in-process on ComfyUI's own classes with random weights (the real Wan VAE
+shape, base width 96, on the GPU presets; the tiny one on CPU) and the stand-in text encoder, 1 s segments, with
+ComfyUI's model management doing the offloading. VRAM cap: before ComfyUI is imported, a ballast tensor fills the
+card down to ``--cap-gib`` free (so ComfyUI's own free-memory checks see a 12 GiB card); reported VRAM peaks are
+``torch.cuda.max_memory_allocated/reserved`` per phase minus the ballast. Prints per-segment rows and a summary
+(peaks per phase, RSS slope over the second half = leak check, seconds per generated second) and writes
+benchmarks/results/storyboard_loop_<preset>.json. Target (issue 5): VRAM peak <= 11.5 GiB, no OOM at decode.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from common import import_pack, print_table, write_result
+
+PRESETS = {
+    "cpu-tiny": dict(device="cpu", width=256, height=128, steps=2, dit="tiny", vae="tiny"),
+    "gpu-1.3b": dict(device="cuda", width=832, height=480, steps=4,
+                     dit=dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30), dtype="bfloat16", vae="real"),
+    "gpu-14b-fp8": dict(device="cuda", width=832, height=480, steps=4,
+                        dit=dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40), dtype="float8_e4m3fn", vae="real"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", choices=list(PRESETS), default="cpu-tiny")
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds of video to generate (history grows to this)")
+    ap.add_argument("--cap-gib", type=float, default=12.0, help="VRAM the process may use (GPU presets)")
+    args = ap.parse_args()
+    p = PRESETS[args.preset]
+    ballast_bytes = 0
+    if p["device"] == "cuda":
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        ballast_bytes = max(0, int(free - args.cap_gib * 2**30))
+        ballast = torch.empty(ballast_bytes, dtype=torch.uint8, device="cuda")  # noqa: F841 (held to the end)
+        print(f"VRAM cap: ballast {ballast_bytes / 2**30:.1f} GiB, {torch.cuda.mem_get_info()[0] / 2**30:.1f} GiB free")
+    sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "ComfyUI"))))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = p["device"] == "cpu"
+    import torch
+    import comfy.sd
+    import comfy.ops
+
+    import_pack()
+    from framememory.demo.text_encoder import StandInTextEncoder
+    from framememory.demo.tiny_models import init_weights, tiny_encoder_config, tiny_wan21_dit, tiny_wan21_vae, TINY_DIT
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.storyboard import Shot
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import SamplerSettings, run_storyboard
+    from comfy.ldm.wan.model import WanModel
+    from comfy.ldm.wan.vae import WanVAE
+
+    if p["dit"] == "tiny":
+        dit_sd = tiny_wan21_dit().state_dict()
+        enc_cfg = tiny_encoder_config()
+        model_options = {}
+    else:
+        with torch.device("meta"):
+            skeleton = WanModel(operations=comfy.ops.disable_weight_init, **{**TINY_DIT, **p["dit"]})
+        g = torch.Generator().manual_seed(0)
+        dit_sd = {k: (torch.randn(v.shape, generator=g) * 0.02).to(torch.bfloat16) for k, v in skeleton.state_dict().items()}
+        enc_cfg = EncoderConfig(dim=p["dit"]["dim"])
+        model_options = {"dtype": getattr(torch, p["dtype"])}
+    model = comfy.sd.load_diffusion_model_state_dict(dit_sd, model_options=model_options)
+    del dit_sd
+    vae_module = tiny_wan21_vae() if p["vae"] == "tiny" else init_weights(
+        WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True]), 1)
+    vae = comfy.sd.VAE(sd=vae_module.state_dict())
+    net = HistoryEncoder(enc_cfg)
+    with torch.no_grad():
+        net.proj.weight.normal_(0, 0.02)
+    encoder = MemoryEncoder(enc_cfg, net.state_dict(), "benchmark-random")
+    clip = StandInTextEncoder()
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
+    shots = [Shot(0, "a long walk through a city", 0.0, args.seconds)]
+    t0 = time.perf_counter()
+    frames, mem, report = run_storyboard(model, vae, clip, encoder, neg, shots, SamplerSettings(p["steps"], 3.0, "euler", "simple", 0),
+                                         p["width"], p["height"], 16.0, 4)
+    wall = time.perf_counter() - t0
+    rows = report["segments"]
+    for r in rows:
+        for k in list(r):
+            if k.endswith("_mb") and "peak_" in k and k != "peak_rss_mb":
+                r[k] = round(r[k] - ballast_bytes / 2**20, 1)
+    cols = ["index", "memory_tokens", "sample_s", "decode_s", "encode_s", "peak_rss_mb"]
+    if p["device"] == "cuda":
+        cols += ["sample_peak_alloc_mb", "decode_peak_alloc_mb", "encode_peak_alloc_mb", "sample_peak_reserved_mb"]
+    print_table(rows, cols)
+    half = rows[len(rows) // 2:]
+    slope = (half[-1]["peak_rss_mb"] - half[0]["peak_rss_mb"]) / max(1, len(half) - 1)
+    gen_seconds = frames.shape[0] / 16.0
+    summary = {
+        "segments": len(rows), "generated_s": round(gen_seconds, 2), "wall_s": round(wall, 1),
+        "s_per_generated_s": round(wall / gen_seconds, 2), "final_memory_tokens": report["final_memory_tokens"],
+        "peak_rss_mb": report["peak_rss_mb"], "rss_slope_mb_per_segment_2nd_half": round(slope, 2),
+    }
+    if p["device"] == "cuda":
+        for ph in ("sample", "decode", "encode"):
+            summary[f"{ph}_peak_alloc_gib"] = round(max(r[f"{ph}_peak_alloc_mb"] for r in rows) / 1024, 2)
+            summary[f"{ph}_peak_reserved_gib"] = round(max(r[f"{ph}_peak_reserved_mb"] for r in rows) / 1024, 2)
+        peak = max(summary[f"{ph}_peak_reserved_gib"] for ph in ("sample", "decode", "encode"))
+        summary["target_peak_le_11.5_gib"] = "met" if peak <= 11.5 else f"MISSED ({peak} GiB)"
+    for k, v in summary.items():
+        print(f"{k}: {v}")
+    print("written:", write_result(f"storyboard_loop_{args.preset}", rows, {"summary": summary, "preset": args.preset,
+                                                                          "cap_gib": args.cap_gib if ballast_bytes else None}))
+
+
+if __name__ == "__main__":
+    main()
