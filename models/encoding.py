@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -23,7 +24,7 @@ from ..memory.encoder import HistoryEncoder, combine_branches, lr_frames
 from ..memory.grid import memory_grid
 from ..memory.history import HistoryBuffer, HistorySegment
 from ..memory.io import load_encoder_file
-from . import wan
+from . import families
 
 log = logging.getLogger("FrameMemory")
 UNTRAINED = "untrained (LR branch only)"
@@ -52,15 +53,19 @@ class MemoryEncoder:
         return cls(EncoderConfig(dim=0, rate=rate, use_hr=False))
 
     def check(self, model) -> EncoderConfig:
-        """Return the config resolved for ``model``'s width. Raises ValueError if the widths differ."""
-        width = wan.model_width(model)
+        """Return the config resolved for ``model`` (an untrained encoder takes the model's family, width and
+        latent geometry). Raises ValueError naming every field that does not match the model."""
+        adapter = families.adapter_for(model)
+        width = families.model_width(model)
+        expect = {"family": adapter.FAMILY, "dim": width, "latent_channels": adapter.LATENT_CHANNELS,
+                  "vae_stride": tuple(adapter.VAE_STRIDE), "patch_size": tuple(adapter.PATCH_SIZE)}
         if self.cfg.dim == 0:
-            return self.cfg.with_dim(width)
-        if self.cfg.dim != width:
+            return dataclasses.replace(self.cfg, **expect)
+        wrong = [f"{k} {getattr(self.cfg, k)} (model: {v})" for k, v in expect.items() if getattr(self.cfg, k) != v]
+        if wrong:
             raise ValueError(
-                f"memory encoder '{self.name}' was made for a DiT of width {self.cfg.dim} ({self.cfg.family}) but "
-                f"this model's width is {width}; load the encoder trained for this model "
-                "(1536 = Wan 2.1 1.3B, 5120 = Wan 2.1 14B)")
+                f"memory encoder '{self.name}' does not fit this model: " + "; ".join(wrong) + ". Load the encoder "
+                "trained for this model (width 1536 = Wan 2.1 1.3B, 5120 = Wan 2.1 14B).")
         return self.cfg
 
     def patcher(self, model):
@@ -99,7 +104,7 @@ def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> t
     if cfg.use_lr:
         pixels = lr_frames(seg.frames.float() / 255.0, seg.latent_frames, cfg)
         lr_latent = vae.encode(pixels)  # [1, C, T // rt, h', w']
-        lr = wan.patch_embed(model, model.model.process_latent_in(lr_latent.float().cpu()))
+        lr = families.patch_embed(model, model.model.process_latent_in(lr_latent.float().cpu()))
     if cfg.use_hr:
         comfy.model_management.load_models_gpu([patcher])
         net = patcher.model

@@ -18,7 +18,8 @@ import comfy.utils
 
 from ..memory.history import HistoryBuffer
 from ..memory.storyboard import Shot, plan_segments, segment_frames, split_clip
-from . import wan
+from . import families
+from .conds import attach_memory
 from .encoding import MemoryEncoder, encode_pending
 
 log = logging.getLogger("FrameMemory")
@@ -130,7 +131,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
     if start is not None and (start.width, start.height) != (width, height):
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
     encoder.check(model)
-    patched = wan.patch_model(model)
+    patched = families.patch_model(model)
     mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height)
     encode_pending(model, vae, encoder, mem.history)
     plans = plan_segments(shots, fps, latent_frames)
@@ -146,8 +147,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
             prompts[plan.shot] = clip.encode_from_tokens_scheduled(clip.tokenize(shots[plan.shot].prompt))
         tokens, positions = mem.history.memory()
         covered, total = mem.history.encoded_frames, mem.history.num_frames
-        pos = wan.attach_memory(prompts[plan.shot], tokens, positions)
-        neg = wan.attach_memory(negative, tokens, positions)
+        pos = attach_memory(prompts[plan.shot], tokens, positions)
+        neg = attach_memory(negative, tokens, positions)
         latent = torch.zeros([1, 16, latent_frames, h8, w8])
         latent = comfy.sample.fix_empty_latent_channels(patched, latent)
         seed = sampler.seed + plan.index

@@ -16,32 +16,29 @@ from __future__ import annotations
 
 import torch
 
-import comfy.conds
 import comfy.patcher_extension
 
-PATCH_KEY = "framememory"
-TOKENS_KEY = "memory_tokens"
-POSITIONS_KEY = "memory_positions2"
+from .conds import PATCH_KEY, pop_memory
+
+FAMILY = "wan21"
+LATENT_CHANNELS = 16
+VAE_STRIDE = (4, 8, 8)
+PATCH_SIZE = (1, 2, 2)
 
 
-def diffusion_model_of(model):
-    """The ``WanModel`` inside a ComfyUI MODEL (ModelPatcher). Raises TypeError for other families."""
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+def matches(dm) -> bool:
+    """True for ComfyUI's Wan 2.1 ``WanModel`` (T2V; subclasses with other conds are not supported yet)."""
     import comfy.ldm.wan.model as wan_model
 
-    if not isinstance(dm, wan_model.WanModel):
-        raise TypeError(
-            f"FrameMemory supports Wan 2.1 DiTs so far; this MODEL is {type(dm).__name__}. "
-            "Load a Wan 2.1 diffusion model with the stock 'Load Diffusion Model' node.")
-    return dm
+    return type(dm) is wan_model.WanModel and getattr(dm, "patch_embedding").in_channels == LATENT_CHANNELS
 
 
-def model_width(model) -> int:
+def width(dm) -> int:
     """Inner width D of the DiT (1536 for Wan 2.1 1.3B, 5120 for 14B)."""
-    return int(diffusion_model_of(model).dim)
+    return int(dm.dim)
 
 
-def patch_embed(model, latent: torch.Tensor) -> torch.Tensor:
+def patch_embed(dm, latent: torch.Tensor) -> torch.Tensor:
     """The DiT's own first projection (``patch_embedding``, Conv3d k=s=(1,2,2)) applied to a model-space latent.
 
     Args:
@@ -49,7 +46,6 @@ def patch_embed(model, latent: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, D, T, h // 2, w // 2]`` float32 on the CPU.
     """
-    dm = diffusion_model_of(model)
     weight = dm.patch_embedding.weight
     with torch.no_grad():
         y = dm.patch_embedding(latent.to(weight.device).float())
@@ -78,51 +74,18 @@ def _block_patch(index: int, count: int):
 
 
 def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
-    tokens = kwargs.pop(TOKENS_KEY, None)
-    positions2 = kwargs.pop(POSITIONS_KEY, None)
-    if tokens is not None and tokens.shape[1] > 0:
-        if positions2 is None:
-            raise ValueError(f"conditioning has '{TOKENS_KEY}' but no '{POSITIONS_KEY}'")
+    tokens, ids = pop_memory(kwargs, x.device)  # [B, M, D], [1, M, 3]
+    if tokens is not None:
         dm = executor.class_obj
-        ids = positions2[:1].to(device=x.device, dtype=torch.float32) / 2.0  # [1, M, 3]
         freqs = dm.rope_embedder(ids).movedim(1, 2)  # [1, M, 1, d/2, 2, 2], like WanModel.rope_encode
         transformer_options = {**transformer_options, PATCH_KEY: {"tokens": tokens, "freqs": freqs}}
     return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 
 
-def patch_model(model):
-    """Clone a Wan MODEL and install the memory wrapper and per-block patches (idempotent).
-
-    Sampling with conditioning that carries no memory is unchanged by the patches.
-    Raises TypeError for non-Wan models.
-    """
-    dm = diffusion_model_of(model)
-    m = model.clone()
-    m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY)
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY, _diffusion_wrapper)
+def install(model, dm) -> None:
+    """Install the memory wrapper and per-block patches on ``model`` (a clone; replaces earlier ones)."""
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY, _diffusion_wrapper)
     count = len(dm.blocks)
     for i in range(count):
-        m.set_model_patch_replace(_block_patch(i, count), "dit", "double_block", i)
-    return m
-
-
-def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: torch.Tensor | None) -> list:
-    """Return a copy of a CONDITIONING list with memory tokens in every entry's ``model_conds``.
-
-    Args:
-        conditioning: ComfyUI CONDITIONING, ``[[cond [1, L, C], dict], ...]``.
-        tokens: ``[M, D]`` float memory tokens, or None for no memory (entries are returned without memory).
-        positions: ``[M, 3]`` float RoPE positions (t relative to the segment being generated, h, w).
-    """
-    out = []
-    for cond, extra in conditioning:
-        extra = extra.copy()
-        mc = dict(extra.get("model_conds", {}))
-        mc.pop(TOKENS_KEY, None)
-        mc.pop(POSITIONS_KEY, None)
-        if tokens is not None:
-            mc[TOKENS_KEY] = comfy.conds.CONDRegular(tokens[None].float())
-            mc[POSITIONS_KEY] = comfy.conds.CONDRegular((positions[None].double() * 2).round().long())
-        extra["model_conds"] = mc
-        out.append([cond, extra])
-    return out
+        model.set_model_patch_replace(_block_patch(i, count), "dit", "double_block", i)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..models import wan
+from ..models.conds import attach_memory
+from ..models.families import patch_model
 from ..models.encoding import UNTRAINED, MemoryEncoder
 from ..models.storyboard import Memory, history_from_frames
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
@@ -102,5 +103,5 @@ class ApplyMemory(io.ComfyNode):
     def execute(cls, model, memory: Memory, positive, negative) -> io.NodeOutput:
         memory.encoder.check(model)
         tokens, positions = memory.tokens()
-        return io.NodeOutput(wan.patch_model(model), wan.attach_memory(positive, tokens, positions),
-                             wan.attach_memory(negative, tokens, positions))
+        return io.NodeOutput(patch_model(model), attach_memory(positive, tokens, positions),
+                             attach_memory(negative, tokens, positions))

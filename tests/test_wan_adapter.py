@@ -9,8 +9,14 @@ import torch
 @pytest.fixture(scope="module")
 def wan(comfy):
     from framememory.demo.tiny_models import tiny_wan21_dit
-    from framememory.models import wan as adapter
+    from types import SimpleNamespace
 
+    from framememory.models import conds, families, wan
+
+    adapter = SimpleNamespace(  # the pieces under test, by the names the tests use
+        _block_patch=wan._block_patch, _diffusion_wrapper=wan._diffusion_wrapper, patch_model=families.patch_model,
+        attach_memory=conds.attach_memory, PATCH_KEY=conds.PATCH_KEY, TOKENS_KEY=conds.TOKENS_KEY,
+        POSITIONS_KEY=conds.POSITIONS_KEY)
     return tiny_wan21_dit(seed=0), adapter
 
 
@@ -119,12 +125,12 @@ def test_stock_sampler_with_cfg_batches_cond_and_uncond(wan, comfy, tmp_path):
 
 
 def test_non_wan_model_is_a_clear_error(comfy):
-    from framememory.models import wan as adapter
+    from framememory.models import families as adapter
 
     class Fake:
         model = type("M", (), {"diffusion_model": torch.nn.Linear(1, 1)})()
 
-    with pytest.raises(TypeError, match="supports Wan 2.1"):
+    with pytest.raises(TypeError, match="supports wan21 so far; this MODEL is Linear"):
         adapter.patch_model(Fake())
 
 

@@ -1,0 +1,52 @@
+"""How memory tokens travel from a node to the diffusion model: two ``CONDRegular`` entries in every
+conditioning entry's ``model_conds`` (DESIGN.md section 2). ComfyUI batches them for cond/uncond like any
+model cond, casts floats to the model dtype and passes them to the diffusion model's forward as keyword
+arguments, where a family adapter's ``DIFFUSION_MODEL`` wrapper takes them out.
+
+``memory_positions2`` holds *twice* the RoPE positions as int64: token centres are half-integers and int64 is
+not cast to the model dtype (bf16 cannot hold e.g. -300.5 exactly).
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.conds
+
+TOKENS_KEY = "memory_tokens"
+POSITIONS_KEY = "memory_positions2"
+PATCH_KEY = "framememory"  # wrapper key and transformer_options key
+
+
+def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: torch.Tensor | None) -> list:
+    """Return a copy of a CONDITIONING list with memory tokens in every entry's ``model_conds``.
+
+    Args:
+        conditioning: ComfyUI CONDITIONING, ``[[cond [1, L, C], dict], ...]`` (not modified).
+        tokens: ``[M, D]`` float memory tokens, or None to remove memory.
+        positions: ``[M, 3]`` float RoPE positions ``(t, h, w)`` in DiT-token units, t relative to the segment
+            being generated (negative = past).
+    """
+    out = []
+    for cond, extra in conditioning:
+        extra = extra.copy()
+        mc = dict(extra.get("model_conds", {}))
+        mc.pop(TOKENS_KEY, None)
+        mc.pop(POSITIONS_KEY, None)
+        if tokens is not None:
+            mc[TOKENS_KEY] = comfy.conds.CONDRegular(tokens[None].float())
+            mc[POSITIONS_KEY] = comfy.conds.CONDRegular((positions[None].double() * 2).round().long())
+        extra["model_conds"] = mc
+        out.append([cond, extra])
+    return out
+
+
+def pop_memory(kwargs: dict, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Take the memory out of a diffusion model's forward kwargs: ``(tokens [B, M, D], positions [1, M, 3] float32)``
+    or ``(None, None)`` when absent or empty. Raises ValueError when tokens come without positions."""
+    tokens = kwargs.pop(TOKENS_KEY, None)
+    positions2 = kwargs.pop(POSITIONS_KEY, None)
+    if tokens is None or tokens.shape[1] == 0:
+        return None, None
+    if positions2 is None:
+        raise ValueError(f"conditioning has '{TOKENS_KEY}' but no '{POSITIONS_KEY}'")
+    return tokens, positions2[:1].to(device=device, dtype=torch.float32) / 2.0

@@ -1,0 +1,45 @@
+"""Which model family a ComfyUI MODEL belongs to, and the one entry point to patch it for memory tokens.
+
+Each family module (``wan.py``; HunyuanVideo and Wan 2.2 to come) provides: ``FAMILY``, ``LATENT_CHANNELS``,
+``VAE_STRIDE``, ``PATCH_SIZE``, ``matches(dm)``, ``width(dm)``, ``patch_embed(dm, latent)`` and
+``install(model_patcher, dm)``.
+"""
+from __future__ import annotations
+
+from . import wan
+
+ADAPTERS = [wan]
+
+
+def diffusion_model(model):
+    return getattr(getattr(model, "model", None), "diffusion_model", None)
+
+
+def adapter_for(model):
+    """The family module for a ComfyUI MODEL (ModelPatcher). Raises TypeError naming the supported families."""
+    dm = diffusion_model(model)
+    for adapter in ADAPTERS:
+        if dm is not None and adapter.matches(dm):
+            return adapter
+    raise TypeError(
+        f"FrameMemory supports {', '.join(a.FAMILY for a in ADAPTERS)} so far; this MODEL is {type(dm).__name__}. "
+        "Load a Wan 2.1 T2V diffusion model with the stock 'Load Diffusion Model' node.")
+
+
+def model_width(model) -> int:
+    """Inner width D of the MODEL's DiT."""
+    return adapter_for(model).width(diffusion_model(model))
+
+
+def patch_embed(model, latent):
+    """The DiT's own first projection of a model-space latent ``[B, C, T, h, w]`` -> ``[B, D, T', Ht, Wt]`` (CPU fp32)."""
+    return adapter_for(model).patch_embed(diffusion_model(model), latent)
+
+
+def patch_model(model):
+    """Clone a MODEL and install memory attention (idempotent). Without memory in the conditioning the
+    model's output is unchanged. Raises TypeError for unsupported families."""
+    adapter = adapter_for(model)
+    m = model.clone()
+    adapter.install(m, diffusion_model(model))
+    return m
