@@ -74,6 +74,17 @@ def phase(stats: dict, name: str):
             stats[f"{name}_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
 
 
+def check_size(model, width: int, height: int):
+    """Return the model's family adapter; raise ValueError unless width and height are multiples of the
+    family's pixel-per-token stride (VAE stride x patch size: 16 for Wan 2.1 and HunyuanVideo)."""
+    adapter = families.adapter_for(model)
+    mh = adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
+    mw = adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2]
+    if width % mw or height % mh:
+        raise ValueError(f"width and height must be multiples of {mw}x{mh} for {adapter.FAMILY}, got {width}x{height}")
+    return adapter
+
+
 def fit_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Center-crop and area-resize IMAGE frames ``[F, H, W, 3]`` to ``[F, height, width, 3]``."""
     f, h, w, _ = images.shape
@@ -95,8 +106,7 @@ def history_from_frames(model, vae, encoder: MemoryEncoder, images: torch.Tensor
     Raises:
         ValueError: a size not divisible by 16, a clip shorter than one segment, or an encoder/DiT mismatch.
     """
-    if width % 16 or height % 16:
-        raise ValueError(f"width and height must be multiples of 16 for Wan, got {width}x{height}")
+    check_size(model, width, height)
     encoder.check(model)
     seg_f = segment_frames(latent_frames)
     skip, count = split_clip(int(images.shape[0]), seg_f)
@@ -126,8 +136,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
     Raises:
         ValueError: bad sizes or encoder/DiT mismatch; InterruptProcessingException when the user cancels.
     """
-    if width % 16 or height % 16:
-        raise ValueError(f"width and height must be multiples of 16 for Wan, got {width}x{height}")
+    adapter = check_size(model, width, height)
     if start is not None and (start.width, start.height) != (width, height):
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
     encoder.check(model)
@@ -138,7 +147,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
     prompts: dict[int, list] = {}
     out_frames: list[torch.Tensor] = []
     segments = []
-    h8, w8 = height // 8, width // 8
+    _, sh, sw = adapter.VAE_STRIDE
     for plan in plans:
         comfy.model_management.throw_exception_if_processing_interrupted()
         t0 = time.perf_counter()
@@ -149,7 +158,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
         covered, total = mem.history.encoded_frames, mem.history.num_frames
         pos = attach_memory(prompts[plan.shot], tokens, positions)
         neg = attach_memory(negative, tokens, positions)
-        latent = torch.zeros([1, 16, latent_frames, h8, w8])
+        latent = torch.zeros([1, adapter.LATENT_CHANNELS, latent_frames, height // sh, width // sw])
         latent = comfy.sample.fix_empty_latent_channels(patched, latent)
         seed = sampler.seed + plan.index
         noise = comfy.sample.prepare_noise(latent, seed)
@@ -179,7 +188,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
     frames = torch.cat(out_frames, dim=0).float() / 255.0
     del out_frames
     report = {
-        "model_family": "wan21", "fps": fps, "width": width, "height": height,
+        "model_family": adapter.FAMILY, "fps": fps, "width": width, "height": height,
         "start_frames": start.history.num_frames if start else 0,
         "total_frames": int(frames.shape[0]),
         "rate": encoder.check(model).rate_str, "encoder": encoder.name,

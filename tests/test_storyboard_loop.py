@@ -58,7 +58,7 @@ def test_encoder_width_mismatch_is_a_clear_error(setup):
     wrong = MemoryEncoder(EncoderConfig(dim=1536), None, "wan14b.safetensors")
     with pytest.raises(ValueError, match="dim 1536 \\(model: 128\\)"):
         history_from_frames(model, vae, wrong, video, 4, 16.0, 256, 128)
-    with pytest.raises(ValueError, match="multiples of 16"):
+    with pytest.raises(ValueError, match="multiples of 16x16 for wan21"):
         history_from_frames(model, vae, MemoryEncoder.untrained(), video, 4, 16.0, 250, 128)
     with pytest.raises(ValueError, match="needs 13"):
         history_from_frames(model, vae, MemoryEncoder.untrained(), video[:10], 4, 16.0, 256, 128)
