@@ -32,8 +32,15 @@ def model_width(model) -> int:
 
 
 def patch_embed(model, latent):
-    """The DiT's own first projection of a model-space latent ``[B, C, T, h, w]`` -> ``[B, D, T', Ht, Wt]`` (CPU fp32)."""
-    return adapter_for(model).patch_embed(diffusion_model(model), latent)
+    """The DiT's own first projection of a model-space latent ``[B, C, T, h, w]`` -> ``[B, D, T', Ht, Wt]`` (CPU fp32).
+
+    The model is loaded through ComfyUI's model management first, so weight patches (LoRAs from the stock
+    loaders) apply and low-VRAM partial loading casts the projection's weights to the load device on the fly."""
+    import comfy.model_management
+
+    adapter = adapter_for(model)
+    comfy.model_management.load_models_gpu([model])
+    return adapter.patch_embed(diffusion_model(model), latent.to(model.load_device))
 
 
 def patch_model(model):

@@ -46,9 +46,8 @@ def patch_embed(dm, latent: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, D, T, h // 2, w // 2]`` float32 on the CPU.
     """
-    weight = dm.patch_embedding.weight
-    with torch.no_grad():
-        y = dm.patch_embedding(latent.to(weight.device).float())
+    with torch.no_grad():  # Wan keeps patch_embedding in fp32 and feeds it x.float() (WanModel.forward_orig)
+        y = dm.patch_embedding(latent.float())
     return y.float().cpu()
 
 

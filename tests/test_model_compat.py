@@ -1,0 +1,96 @@
+"""Memory with DiTs as users load them: fp8 weights (UNETLoader weight_dtype) and LoRAs applied by the stock
+LoraLoaderModelOnly path; the encoder under ComfyUI's model management."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+
+@pytest.fixture(scope="module")
+def files(comfy, tmp_path_factory):
+    from framememory.demo.tiny_models import tiny_wan21_dit
+
+    d = tmp_path_factory.mktemp("compat")
+    dm = tiny_wan21_dit(seed=0)
+    save_file({k: v.contiguous() for k, v in dm.state_dict().items()}, str(d / "dit.safetensors"))
+    g = torch.Generator().manual_seed(5)
+    lora = {}
+    for name, shape_a, shape_b in (
+        ("blocks.0.self_attn.q", (8, 128), (128, 8)),
+        ("blocks.1.ffn.0", (8, 128), (256, 8)),
+        ("patch_embedding", (8, 16, 1, 2, 2), (128, 8, 1, 1, 1)),
+    ):
+        lora[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(shape_a, generator=g) * 0.2
+        lora[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(shape_b, generator=g) * 0.2
+    save_file(lora, str(d / "lora.safetensors"))
+    return d
+
+
+def _sample(model, memory):
+    import comfy.sample
+    from framememory.models.conds import attach_memory
+    from framememory.models.families import patch_model
+
+    g = torch.Generator().manual_seed(3)
+    pos = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
+    neg = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    if memory is not None:
+        pos, neg = attach_memory(pos, *memory), attach_memory(neg, *memory)
+    noise = comfy.sample.prepare_noise(latent, 1)
+    return comfy.sample.sample(patch_model(model), noise, 2, 3.0, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
+
+
+def _memory(dim=128):
+    g = torch.Generator().manual_seed(9)
+    return torch.randn(8, dim, generator=g) * 0.5, torch.tensor([[-1.5, 1.5, 1.5 + i % 4] for i in range(8)])
+
+
+def test_fp8_weights_sample_with_memory(files):
+    import comfy.sd
+    from framememory.models.families import patch_embed
+
+    model = comfy.sd.load_diffusion_model(str(files / "dit.safetensors"), model_options={"dtype": torch.float8_e4m3fn})
+    assert model.model.diffusion_model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    with_mem = _sample(model, _memory())
+    without = _sample(model, None)
+    assert torch.isfinite(with_mem).all() and (with_mem - without).abs().max() > 1e-3
+    assert patch_embed(model, torch.randn(1, 16, 2, 8, 8)).shape == (1, 128, 2, 4, 4)
+
+
+def test_stock_lora_applies_to_memory_sampling_and_lr_branch(files):
+    import comfy.sd
+    import comfy.utils
+    from framememory.models.families import patch_embed
+
+    base = comfy.sd.load_diffusion_model(str(files / "dit.safetensors"))
+    lora_sd = comfy.utils.load_torch_file(str(files / "lora.safetensors"))
+    lora_model, _ = comfy.sd.load_lora_for_models(base, None, lora_sd, 1.0, 0)  # what LoraLoaderModelOnly does
+    assert len(lora_model.patches) == 3  # every LoRA key was recognised
+    mem = _memory()
+    a, b = _sample(base, mem), _sample(lora_model, mem)
+    assert torch.isfinite(b).all() and (a - b).abs().max() > 1e-3
+    latent = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    # the LR branch goes through the DiT's own (LoRA-patched) patch embedding
+    assert (patch_embed(lora_model, latent) - patch_embed(base, latent)).abs().max() > 1e-3
+
+
+def test_encoder_is_a_managed_model(files):
+    """The encoder runs as a ComfyUI model patcher: load_models_gpu puts it in current_loaded_models and the
+    patcher's offload device is ComfyUI's unet offload device."""
+    import comfy.model_management as mm
+    import comfy.sd
+    from framememory.demo.tiny_models import tiny_encoder_config
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.models.encoding import MemoryEncoder
+
+    model = comfy.sd.load_diffusion_model(str(files / "dit.safetensors"))
+    enc = MemoryEncoder(tiny_encoder_config(), HistoryEncoder(tiny_encoder_config()).state_dict(), "t")
+    patcher = enc.patcher(model)
+    assert patcher is enc.patcher(model)  # built once per width
+    assert patcher.offload_device == mm.unet_offload_device() and patcher.load_device == mm.get_torch_device()
+    mm.load_models_gpu([patcher])
+    assert any(lm.model is patcher for lm in mm.current_loaded_models)
+    assert all(p.device == patcher.load_device for p in patcher.model.parameters())
+    assert type(patcher.model.proj).__module__ == "comfy.ops"  # comfy.ops layers: streamable under low VRAM
