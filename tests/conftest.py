@@ -1,0 +1,104 @@
+"""Shared pytest set-up for ComfyUI-FrameMemory.
+
+* The repository root is loaded as the package ``framememory`` (so ``from framememory.memory.encoder import
+  HistoryEncoder`` works) without putting the root itself on ``sys.path``: our ``nodes/`` and ``models/`` would
+  shadow ComfyUI's ``nodes.py`` and ``models``.
+* COMFYUI_DIR (default ``.cache/ComfyUI``, made by ``scripts/setup.sh``) goes on ``sys.path`` and
+  ``comfy.cli_args.args.cpu`` is set to True before anything imports ``comfy.model_management``
+  (set FRAMEMEMORY_TEST_GPU=1 to leave ComfyUI's device choice alone).
+* Fixtures: ``comfy`` (session; the ``comfy`` package with model_management imported on CPU),
+  ``repo_root``, ``comfyui_dir``, ``media_dir``.
+* Marker ``slow``: tests over ~3 minutes; ``scripts/run_tests.sh`` runs ``-m "not slow"``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR") or REPO_ROOT / ".cache" / "ComfyUI").resolve()
+MEDIA_DIR = REPO_ROOT / ".cache" / "media"
+
+
+def _drop_repo_root_from_path() -> None:
+    """`python -m pytest` run from the repo root puts it (or '') first on sys.path: remove it."""
+    cwd = Path.cwd().resolve()
+    keep = []
+    for entry in sys.path:
+        resolved = Path(entry or ".").resolve() if entry != "" else cwd
+        if resolved == REPO_ROOT:
+            continue
+        keep.append(entry)
+    sys.path[:] = keep
+
+
+def _load_framememory() -> None:
+    if "framememory" in sys.modules:
+        return
+    init = REPO_ROOT / "__init__.py"
+    if not init.exists():
+        return
+    spec = importlib.util.spec_from_file_location("framememory", init, submodule_search_locations=[str(REPO_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["framememory"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["framememory"]
+        raise
+
+
+def _add_comfyui() -> None:
+    if not (COMFYUI_DIR / "comfy").is_dir():
+        return  # tests that need ComfyUI fail with a pointer to scripts/setup.sh (see the comfy fixture)
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFYUI_DIR))
+    if os.environ.get("FRAMEMEMORY_TEST_GPU") != "1":
+        import comfy.cli_args  # light: argparse only; parses [] (comfy.options.args_parsing is False)
+
+        comfy.cli_args.args.cpu = True
+
+
+_drop_repo_root_from_path()
+_add_comfyui()
+_load_framememory()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than ~3 minutes; deselect with -m 'not slow'")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def comfyui_dir() -> Path:
+    if not (COMFYUI_DIR / "main.py").exists():
+        pytest.fail(f"no ComfyUI at {COMFYUI_DIR}: run `bash scripts/setup.sh` (or set COMFYUI_DIR)")
+    return COMFYUI_DIR
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    if not (MEDIA_DIR / "bikes.mp4").exists():
+        pytest.fail(f"test media missing in {MEDIA_DIR}: run `bash scripts/setup.sh`")
+    return MEDIA_DIR
+
+
+@pytest.fixture(scope="session")
+def comfy(comfyui_dir):
+    """The ``comfy`` package, on CPU (``args.cpu = True`` before ``comfy.model_management`` is imported)."""
+    import comfy.cli_args
+
+    if os.environ.get("FRAMEMEMORY_TEST_GPU") != "1":
+        comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401  (device chosen here, once per process)
+    import comfy.ops  # noqa: F401
+
+    return comfy
