@@ -104,19 +104,38 @@ class HistoryBuffer:
         self.segments.append(seg)
         return seg
 
-    def encode_pending(self, encode: EncodeFn) -> int:
-        """Encode every segment that has no tokens yet with ``encode(segment) -> (tokens [M,D], positions [M,3])``
-        where positions are relative to the segment's first latent frame. Returns the number encoded.
-        Already-encoded segments are never re-encoded (arXiv 2512.23851, "almost fully convolutional")."""
+    def encode_pending(self, encode: EncodeFn, unit: int = 1) -> int:
+        """Encode the segments that have no tokens yet with ``encode(segment) -> (tokens [M,D], positions [M,3])``
+        (positions relative to the segment's first latent frame). Returns the number of segments encoded.
+
+        ``unit`` is the encoder's temporal rate ``rt``: consecutive pending segments are encoded together once their
+        latent frames add up to a multiple of ``unit`` (e.g. two 4-frame segments at 2x2x8), so no latent frame
+        falls between memory tokens; a trailing group that does not fill a unit waits for the next segment.
+        The group's tokens are stored on its last segment (the others get zero tokens). Already-encoded segments
+        are never re-encoded (arXiv 2512.23851, "almost fully convolutional")."""
         n = 0
+        group: list[int] = []
         for i, seg in enumerate(self.segments):
             if seg.tokens is not None:
                 continue
-            tokens, positions = encode(seg)
+            group.append(i)
+            if sum(self.segments[j].latent_frames for j in group) % unit:
+                continue
+            first = self.segments[group[0]]
+            unit_seg = first if len(group) == 1 else HistorySegment(
+                latent=torch.cat([self.segments[j].latent for j in group], dim=1),
+                frames=torch.cat([self.segments[j].frames for j in group], dim=0),
+                num_frames=sum(self.segments[j].num_frames for j in group),
+                start_frame=first.start_frame, start_latent=first.start_latent)
+            tokens, positions = encode(unit_seg)
+            tokens = tokens.detach().to("cpu", torch.float32)
             positions = positions.to(torch.float32).clone()
-            positions[:, 0] += seg.start_latent
-            self.segments[i] = replace(seg, tokens=tokens.detach().to("cpu", torch.float32), positions=positions, frames=None)
-            n += 1
+            positions[:, 0] += first.start_latent
+            for j in group[:-1]:
+                self.segments[j] = replace(self.segments[j], tokens=tokens[:0], positions=positions[:0], frames=None)
+            self.segments[group[-1]] = replace(self.segments[group[-1]], tokens=tokens, positions=positions, frames=None)
+            n += len(group)
+            group = []
         return n
 
     def memory(self, now_latent: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -119,4 +119,5 @@ def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> t
 
 def encode_pending(model, vae, encoder: MemoryEncoder, history: HistoryBuffer) -> int:
     """Encode the segments of ``history`` that have no memory tokens yet (in place). Returns how many."""
-    return history.encode_pending(lambda seg: encode_segment(model, vae, encoder, seg))
+    unit = encoder.check(model).rate[2]
+    return history.encode_pending(lambda seg: encode_segment(model, vae, encoder, seg), unit=unit)

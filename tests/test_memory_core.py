@@ -204,3 +204,25 @@ def test_memory_gather_is_incremental_and_views_stay_valid():
         assert tokens.shape == (3 * (k + 1), 4)
         assert tokens[:, 0].tolist() == [float(4 * (i // 3)) for i in range(3 * (k + 1))]
     assert first.tolist() == [[0.0] * 4] * 3  # a view handed out earlier is not overwritten by later appends
+
+
+def test_segments_shorter_than_the_time_rate_are_encoded_in_groups():
+    """At 2x2x8 one memory time step spans 8 latent frames = two 4-frame segments: the pair is encoded together
+    and equals encoding the 8 frames at once; a lone trailing segment waits."""
+    cfg = EncoderConfig(rate="2x2x8", **SMALL)
+    enc = _randomise_proj(HistoryEncoder(cfg))
+    latent = torch.randn(16, 12, 16, 16)
+
+    def encode(seg):
+        tokens = combine_branches(enc(seg.latent[None]), None)[0]
+        return tokens, memory_positions(memory_grid(tuple(seg.latent.shape[1:]), cfg), cfg, 0.0)
+
+    buf = HistoryBuffer()
+    for k in range(3):
+        buf.append(latent[:, 4 * k:4 * k + 4], torch.rand(13, 32, 32, 3))
+    assert buf.encode_pending(encode, unit=8) == 2
+    assert buf.segments[2].tokens is None and buf.encoded_frames == 26
+    tokens, pos = buf.memory()
+    whole = combine_branches(enc(latent[None, :, :8]), None)[0]
+    assert (tokens - whole).abs().max() <= 1e-4 and tokens.shape[0] == 16
+    assert pos[:, 0].unique().tolist() == [3.5 - 12]  # centre of latent frames 0..7, relative to the end (12)
