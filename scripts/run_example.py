@@ -269,6 +269,25 @@ def summary_table(report: dict) -> str:
 
 
 # ---- main ---------------------------------------------------------------------------------------
+def server_device_options(embedded: bool) -> dict:
+    """CPU for the embedded default (tiny models) or when no CUDA device exists; otherwise the GPU, with the
+    attention backend from FRAMEMEMORY_ATTENTION (auto | sage | sdpa): sage only with CUDA and the
+    sageattention package, else PyTorch SDPA with a one-line notice (models/attention.py)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("framememory_attention", REPO_ROOT / "models" / "attention.py")
+    attention = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(attention)
+    backend, notice = attention.resolve_attention(os.environ.get("FRAMEMEMORY_ATTENTION", "auto"))
+    if notice:
+        log(notice)
+    use_gpu = not embedded and torch.cuda.is_available() and os.environ.get("FRAMEMEMORY_DEVICE", "auto") != "cpu"
+    log(f"device: {'GPU' if use_gpu else 'CPU'}; attention: {backend if use_gpu else 'sdpa (CPU)'}")
+    return {"cpu": not use_gpu, "extra_args": ["--use-sage-attention"] if use_gpu and backend == "sage" else []}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="JSON file with keys wan_model, t5, vae, encoder (paths to weight files)")
@@ -301,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = Path(args.base_dir).resolve() if args.base_dir else Path(tempfile.mkdtemp(prefix="framememory_example_"))
     log(f"comfyui: {comfyui_dir}; base dir: {base}; workflow: {workflow_path.relative_to(REPO_ROOT) if workflow_path.is_relative_to(REPO_ROOT) else workflow_path}")
-    server = ComfyServer(base, comfyui_dir=comfyui_dir, python=sys.executable)
+    server = ComfyServer(base, comfyui_dir=comfyui_dir, python=sys.executable, **server_device_options(embedded))
     server.prepare_base()
     try:
         names = (make_tiny_models(sys.executable, comfyui_dir, server.models_dir) if embedded

@@ -86,6 +86,7 @@ class ComfyServer:
         port: TCP port on 127.0.0.1 (default: a free one).
         env: extra environment variables for the server (FRAMEMEMORY_DEMO=1 is always set).
         extra_args: more command-line arguments for main.py.
+        cpu: pass --cpu (the default, for tests and the embedded default); False lets ComfyUI use the GPU.
         startup_timeout: seconds to wait for GET /object_info to answer.
         require_pack: raise if the server log says our custom node pack failed to import.
         keep_base: keep a temporary base dir after stop() (for debugging).
@@ -93,7 +94,7 @@ class ComfyServer:
 
     def __init__(self, base_dir: str | os.PathLike | None = None, *, comfyui_dir=None, python=None,
                  port: int | None = None, env: dict | None = None, extra_args: Iterable[str] = (),
-                 startup_timeout: float = 300.0, require_pack: bool = True, keep_base: bool = False):
+                 startup_timeout: float = 300.0, require_pack: bool = True, keep_base: bool = False, cpu: bool = True):
         self.comfyui_dir = Path(comfyui_dir).resolve() if comfyui_dir else default_comfyui_dir()
         self.python = str(python or default_python())
         self.port = port or free_port()
@@ -101,6 +102,7 @@ class ComfyServer:
         self.url = f"http://{self.host}:{self.port}"
         self.extra_env = dict(env or {})
         self.extra_args = list(extra_args)
+        self.cpu = cpu
         self.startup_timeout = startup_timeout
         self.require_pack = require_pack
         self._own_base = base_dir is None
@@ -153,7 +155,7 @@ class ComfyServer:
         if not (self.comfyui_dir / "main.py").exists():
             raise ServerError(f"no ComfyUI at {self.comfyui_dir} (run: bash scripts/setup.sh, or set COMFYUI_DIR)")
         self.prepare_base()
-        cmd = [self.python, "main.py", "--cpu", "--listen", self.host, "--port", str(self.port),
+        cmd = [self.python, "main.py", *(["--cpu"] if self.cpu else []), "--listen", self.host, "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", *self.extra_args]
         if "--database-url" in (self.comfyui_dir / "comfy" / "cli_args.py").read_text(errors="replace") \
                 and "--database-url" not in self.extra_args:
