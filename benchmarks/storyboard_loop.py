@@ -97,17 +97,24 @@ def main() -> None:
         for k in list(r):
             if k.endswith("_mb") and "peak_" in k and k != "peak_rss_mb":
                 r[k] = round(r[k] - ballast_bytes / 2**20, 1)
-    cols = ["index", "memory_tokens", "sample_s", "decode_s", "encode_s", "peak_rss_mb"]
+    cols = ["index", "memory_tokens", "sample_s", "decode_s", "encode_s", "rss_mb", "peak_rss_mb"]
     if p["device"] == "cuda":
         cols += ["sample_peak_alloc_mb", "decode_peak_alloc_mb", "encode_peak_alloc_mb", "sample_peak_reserved_mb"]
     print_table(rows, cols)
     half = rows[len(rows) // 2:]
-    slope = (half[-1]["peak_rss_mb"] - half[0]["peak_rss_mb"]) / max(1, len(half) - 1)
+    # least-squares slope of the current RSS over the second half (the output frames themselves add
+    # 13 * W * H * 3 bytes per segment: uint8 frames kept for the IMAGE output)
+    xs = [r["index"] for r in half]
+    ys = [r["rss_mb"] for r in half]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-9, sum((x - mx) ** 2 for x in xs))
+    frames_mb = 13 * p["width"] * p["height"] * 3 / 2**20
     gen_seconds = frames.shape[0] / 16.0
     summary = {
         "segments": len(rows), "generated_s": round(gen_seconds, 2), "wall_s": round(wall, 1),
         "s_per_generated_s": round(wall / gen_seconds, 2), "final_memory_tokens": report["final_memory_tokens"],
         "peak_rss_mb": report["peak_rss_mb"], "rss_slope_mb_per_segment_2nd_half": round(slope, 2),
+        "output_frames_mb_per_segment": round(frames_mb, 2),
     }
     if p["device"] == "cuda":
         for ph in ("sample", "decode", "encode"):

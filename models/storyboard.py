@@ -85,6 +85,13 @@ def check_size(model, width: int, height: int):
     return adapter
 
 
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB (psutil), for leak checks; ru_maxrss only grows."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def fit_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Center-crop and area-resize IMAGE frames ``[F, H, W, 3]`` to ``[F, height, width, 3]``."""
     f, h, w, _ = images.shape
@@ -180,7 +187,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
             "index": plan.index, "shot": plan.shot, "frames": int(images.shape[0]), "latent_frames": latent_frames,
             "start_frame": total, "memory_tokens": 0 if tokens is None else int(tokens.shape[0]),
             "history_frames_covered": covered, "history_frames_total": total,
-            "seconds": round(time.perf_counter() - t0, 3), **stats, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "seconds": round(time.perf_counter() - t0, 3), **stats, "rss_mb": round(rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
         })
         log.info("FrameMemory: segment %d/%d (shot %d) %d frames, %d memory tokens, %.1fs",
                  plan.index + 1, len(plans), plan.shot, images.shape[0], segments[-1]["memory_tokens"],
