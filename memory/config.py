@@ -48,6 +48,8 @@ class EncoderConfig:
     attn_heads: int = 8                   # heads of the HR branch's per-time-step spatial attention
     use_hr: bool = True                   # False: only the LR branch (ablation "Only LR")
     use_lr: bool = True                   # False: only the HR branch (ablation "Without LR")
+    attn_layout: str = "per_time_step"    # HR attention: spatial, local to one memory time step (see encoder.py)
+    overlap_latent_frames: int = 0        # add-on: the last N latent frames also as uncompressed tokens (paper: 3)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rate", parse_rate(self.rate))
@@ -60,6 +62,10 @@ class EncoderConfig:
             raise ValueError(f"dim must be >= 0 (0 = take the DiT's width), got {self.dim}")
         if not (self.use_hr or self.use_lr):
             raise ValueError("at least one of use_hr / use_lr must be True")
+        if self.attn_layout != "per_time_step":
+            raise ValueError(f"attn_layout {self.attn_layout!r} is not supported (only 'per_time_step')")
+        if self.overlap_latent_frames < 0:
+            raise ValueError(f"overlap_latent_frames must be >= 0, got {self.overlap_latent_frames}")
         if self.hr_channels and self.hr_channels[-1] % self.attn_heads:
             raise ValueError(f"attn_heads {self.attn_heads} must divide the last HR width {self.hr_channels[-1]}")
 

@@ -156,6 +156,17 @@ class HistoryBuffer:
         # a view: later appends only write past _cached_len or into a new, larger buffer
         return self._tokens_buf[: self._cached_len], positions
 
+    def last_latents(self, count: int) -> torch.Tensor | None:
+        """The last ``count`` latent frames of the history ``[C, count', h, w]`` (fewer if the history is shorter),
+        taken across segment boundaries; None for an empty history."""
+        parts, need = [], count
+        for seg in reversed(self.segments):
+            if need <= 0:
+                break
+            parts.append(seg.latent[:, -need:])
+            need -= parts[-1].shape[1]
+        return torch.cat(parts[::-1], dim=1) if parts else None
+
     def _extend_cache(self, done: int) -> None:
         new = self.segments[self._cached_segments:done]
         if not new:

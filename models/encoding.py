@@ -121,3 +121,28 @@ def encode_pending(model, vae, encoder: MemoryEncoder, history: HistoryBuffer) -
     """Encode the segments of ``history`` that have no memory tokens yet (in place). Returns how many."""
     unit = encoder.check(model).rate[2]
     return history.encode_pending(lambda seg: encode_segment(model, vae, encoder, seg), unit=unit)
+
+
+def next_memory(model, encoder: MemoryEncoder, history: HistoryBuffer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Memory for the segment that follows ``history``: ``(tokens [M, D], positions [M, 3])``, time relative to the
+    end of the history, or ``(None, None)``.
+
+    The encoded history tokens, plus, with the add-on ``overlap_latent_frames = N`` (arXiv 2512.23851's sliding
+    window of 3 latent frames), the last N latent frames uncompressed: the DiT's own patch embedding of their
+    model-space latent at rate 1x1x1, at their original times -N .. -1.
+    """
+    from ..memory.grid import memory_positions
+
+    tokens, positions = history.memory()
+    cfg = encoder.check(model)
+    n = cfg.overlap_latent_frames
+    last = history.last_latents(n) if n else None
+    if last is None:
+        return tokens, positions
+    emb = families.patch_embed(model, model.model.process_latent_in(last[None].float()))  # [1, D, n, Ht, Wt]
+    window = emb[0].flatten(1).T  # [n * Ht * Wt, D]
+    grid = tuple(emb.shape[2:])
+    pos = memory_positions(grid, dataclasses.replace(cfg, rate=(1, 1, 1)), t_start=-float(last.shape[1]))
+    if tokens is None:
+        return window, pos
+    return torch.cat([tokens, window], dim=0), torch.cat([positions, pos], dim=0)

@@ -20,7 +20,7 @@ from ..memory.history import HistoryBuffer
 from ..memory.storyboard import Shot, plan_segments, segment_frames, split_clip
 from . import families
 from .conds import attach_memory
-from .encoding import MemoryEncoder, encode_pending
+from .encoding import MemoryEncoder, encode_pending, next_memory
 
 log = logging.getLogger("FrameMemory")
 
@@ -46,9 +46,10 @@ class Memory:
     width: int
     height: int
 
-    def tokens(self):
-        """``(tokens [M, D], positions [M, 3])`` relative to the end of the history, or ``(None, None)``."""
-        return self.history.memory()
+    def tokens(self, model):
+        """``(tokens [M, D], positions [M, 3])`` for the segment after the history (time relative to its end),
+        including the encoder's add-ons, or ``(None, None)``."""
+        return next_memory(model, self.encoder, self.history)
 
 
 def peak_rss_mb() -> float:
@@ -161,7 +162,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
         stats: dict = {}
         if plan.shot not in prompts:
             prompts[plan.shot] = clip.encode_from_tokens_scheduled(clip.tokenize(shots[plan.shot].prompt))
-        tokens, positions = mem.history.memory()
+        tokens, positions = mem.tokens(model)
         covered, total = mem.history.encoded_frames, mem.history.num_frames
         pos = attach_memory(prompts[plan.shot], tokens, positions)
         neg = attach_memory(negative, tokens, positions)

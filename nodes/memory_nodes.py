@@ -102,6 +102,6 @@ class ApplyMemory(io.ComfyNode):
     @classmethod
     def execute(cls, model, memory: Memory, positive, negative) -> io.NodeOutput:
         memory.encoder.check(model)
-        tokens, positions = memory.tokens()
+        tokens, positions = memory.tokens(model)
         return io.NodeOutput(patch_model(model), attach_memory(positive, tokens, positions),
                              attach_memory(negative, tokens, positions))

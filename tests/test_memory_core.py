@@ -124,6 +124,8 @@ def test_config_validation():
         EncoderConfig(family="sd15")
     with pytest.raises(ValueError, match="use_hr / use_lr"):
         EncoderConfig(use_hr=False, use_lr=False)
+    with pytest.raises(ValueError, match="attn_layout"):
+        EncoderConfig(attn_layout="global")
     with pytest.raises(ValueError, match="with_dim"):
         HistoryEncoder(EncoderConfig(dim=0))
 

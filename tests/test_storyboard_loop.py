@@ -70,6 +70,28 @@ def test_untrained_encoder_takes_the_model_width(setup):
 
     model, vae, _, _, video = setup
     mem, _ = history_from_frames(model, vae, MemoryEncoder.untrained(), video[:13], 4, 16.0, 256, 128)
-    tokens, positions = mem.tokens()
+    tokens, positions = mem.tokens(model)
     assert tokens.shape == (16, 128) and tokens.abs().max() > 0  # LR branch: VAE + the DiT's patch embedding
     assert positions[:, 0].max() < 0
+
+
+def test_overlap_window_add_on(setup):
+    """With overlap_latent_frames=3 the memory also holds the last 3 latent frames uncompressed (the DiT's own patch
+    embedding at rate 1x1x1) at times -3..-1; the report's token counts include them."""
+    import dataclasses
+
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.families import patch_embed
+    from framememory.models.storyboard import history_from_frames
+
+    model, vae, encoder, _, video = setup
+    overlap = MemoryEncoder(dataclasses.replace(encoder.cfg, overlap_latent_frames=3), encoder.state_dict, "overlap")
+    mem, _ = history_from_frames(model, vae, overlap, video, 4, 16.0, 256, 128)
+    plain_tokens, _ = mem.history.memory()
+    tokens, positions = mem.tokens(model)
+    window = 3 * 8 * 16  # 3 latent frames x DiT grid 8 x 16 at 256x128
+    assert tokens.shape[0] == plain_tokens.shape[0] + window
+    assert sorted(positions[-window:, 0].unique().tolist()) == [-3.0, -2.0, -1.0]
+    last = mem.history.segments[-1].latent[:, -3:]
+    expected = patch_embed(model, model.model.process_latent_in(last[None]))[0].flatten(1).T
+    torch.testing.assert_close(tokens[-window:], expected)
