@@ -86,6 +86,22 @@ def check_size(model, width: int, height: int):
     return adapter
 
 
+def release_host_memory() -> None:
+    """Give freed host memory back to the OS after a segment: ``gc.collect()`` plus glibc's ``malloc_trim(0)``
+    where available. Without it glibc keeps freed VAE/sampler temporaries mapped: measured with tiny models on
+    CPU, RSS sat ~1.1 GB higher and rose ~3.9 MB per segment instead of the 1.4 MB of frames and latents kept."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # musl or another libc without malloc_trim
+            pass
+
+
 def rss_mb() -> float:
     """Current resident set size of this process in MiB (psutil), for leak checks; ru_maxrss only grows."""
     import psutil
@@ -184,6 +200,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
         mem.history.append(samples, images)
         with phase(stats, "encode"):
             encode_pending(model, vae, encoder, mem.history)
+        release_host_memory()
         segments.append({
             "index": plan.index, "shot": plan.shot, "frames": int(images.shape[0]), "latent_frames": latent_frames,
             "start_frame": total, "memory_tokens": 0 if tokens is None else int(tokens.shape[0]),
