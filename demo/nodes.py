@@ -24,4 +24,23 @@ class DemoTextEncoder(io.ComfyNode):
         return io.NodeOutput(StandInTextEncoder(width))
 
 
-DEMO_NODES = [DemoTextEncoder]
+class DemoHunyuanTextEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FrameMemoryDemoTextEncoderHunyuanVideo",
+            display_name="Demo Text Encoder for HunyuanVideo (stand-in, not LLaVA/CLIP-L)",
+            category="FrameMemory/demo",
+            description="DEMO ONLY: a weightless stand-in for HunyuanVideo's text encoders (a 4096-wide sequence plus "
+                        "the 768-wide pooled vector HunyuanVideo needs). Prompts carry no meaning.",
+            inputs=[io.Int.Input("width", default=4096, min=8, max=8192, tooltip="Sequence width (4096 = HunyuanVideo's LLaVA-Llama-3)."),
+                    io.Int.Input("pooled_width", default=768, min=1, max=8192, tooltip="Pooled vector width (768 = CLIP-L).")],
+            outputs=[io.Clip.Output(display_name="clip", tooltip="A stand-in CLIP usable by CLIPTextEncode and Storyboard.")],
+        )
+
+    @classmethod
+    def execute(cls, width: int, pooled_width: int) -> io.NodeOutput:
+        return io.NodeOutput(StandInTextEncoder(width, pooled_dim=pooled_width))
+
+
+DEMO_NODES = [DemoTextEncoder, DemoHunyuanTextEncoder]

@@ -65,7 +65,7 @@ class MemoryEncoder:
         if wrong:
             raise ValueError(
                 f"memory encoder '{self.name}' does not fit this model: " + "; ".join(wrong) + ". Load the encoder "
-                "trained for this model (width 1536 = Wan 2.1 1.3B, 5120 = Wan 2.1 14B).")
+                "trained for this model (width 1536 = Wan 2.1 1.3B, 5120 = Wan 2.1 14B, 3072 = Wan 2.2 5B and HunyuanVideo).")
         return self.cfg
 
     def patcher(self, model):

@@ -1,14 +1,14 @@
 """Which model family a ComfyUI MODEL belongs to, and the one entry point to patch it for memory tokens.
 
-Each family module (``wan.py``; HunyuanVideo and Wan 2.2 to come) provides: ``FAMILY``, ``LATENT_CHANNELS``,
+Each family module (``wan.py`` Wan 2.1 T2V/I2V, ``wan22.py`` Wan 2.2 TI2V 5B, ``hunyuan.py`` HunyuanVideo) provides: ``FAMILY``, ``LATENT_CHANNELS``,
 ``VAE_STRIDE``, ``PATCH_SIZE``, ``matches(dm)``, ``width(dm)``, ``patch_embed(dm, latent)`` and
 ``install(model_patcher, dm)``.
 """
 from __future__ import annotations
 
-from . import wan
+from . import hunyuan, wan, wan22
 
-ADAPTERS = [wan]
+ADAPTERS = [wan, wan22, hunyuan]  # disjoint matches: wan = 16 latent channels, wan22 = 48
 
 
 def diffusion_model(model):
@@ -23,7 +23,7 @@ def adapter_for(model):
             return adapter
     raise TypeError(
         f"FrameMemory supports {', '.join(a.FAMILY for a in ADAPTERS)} so far; this MODEL is {type(dm).__name__}. "
-        "Load a Wan 2.1 T2V diffusion model with the stock 'Load Diffusion Model' node.")
+        "Load a Wan 2.1 / Wan 2.2 TI2V 5B / HunyuanVideo T2V diffusion model with the stock 'Load Diffusion Model' node.")
 
 
 def model_width(model) -> int:

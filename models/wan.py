@@ -1,4 +1,7 @@
-"""Memory tokens in ComfyUI's Wan 2.1 DiT (``comfy.ldm.wan.model.WanModel``), arXiv 2512.23851 Sec. 3.
+"""Memory tokens in ComfyUI's Wan DiT (``comfy.ldm.wan.model.WanModel``), arXiv 2512.23851 Sec. 3.
+
+This module is the ``wan21`` family (Wan 2.1 T2V and I2V, 16 latent channels; also the Wan 2.2 A14B experts,
+which have the Wan 2.1 architecture) and holds the mechanism that ``wan22.py`` (Wan 2.2 TI2V 5B) reuses.
 
 Mechanism (DESIGN.md section 2), with no re-implementation of ComfyUI's forward:
 
@@ -8,11 +11,33 @@ Mechanism (DESIGN.md section 2), with no re-implementation of ComfyUI's forward:
 - A ``DIFFUSION_MODEL`` wrapper takes them out of the forward's kwargs, embeds the positions with the model's
   own ``rope_embedder`` and puts both into ``transformer_options["framememory"]``.
 - ``patches_replace["dit"][("double_block", i)]`` on every block: block 0 appends the memory tokens to the video
-  tokens, every block extends ``pe`` with the memory RoPE, the last block drops the memory tokens again, so
-  the head and ``unpatchify`` see only the video tokens. Memory tokens thus pass through every block as clean
-  context that the video tokens attend to in self-attention.
+  tokens, every block extends ``pe`` with the memory RoPE (and, where needed, the modulation ``vec``, below),
+  the last block drops the memory tokens again, so the head and ``unpatchify`` see only the video tokens.
+  Memory tokens thus pass through every block as clean context that the video tokens attend to in self-attention.
+
+Timestep of the memory tokens. Wan modulates every token with ``vec = e0`` ``[B, L, 6, D]`` (``L = 1``: one
+timestep per sample; ``L = T``: one per latent frame, Wan 2.2's per-token timesteps, expanded to the tokens by
+``repeat_e``, which repeats each row ``N // L`` times).
+
+- Wan 2.1 (a shared timestep, ``L = 1``): memory tokens get the sampling timestep like every token (the model
+  was trained with one timestep per sample); ``vec`` is passed unchanged.
+- Per-token timesteps (Wan 2.2 TI2V 5B always, as its clean first frame is trained at timestep 0; any Wan whose
+  ``vec`` has ``L > 1``): memory tokens get the modulation of timestep 0, computed with the model's own
+  ``time_embedding`` / ``time_projection``, as Wan 2.2 S2V does for its motion frames. ``vec`` is extended to
+  ``(N + M) / r`` rows (``r`` = gcd of the video tokens per row and M) so that ``repeat_e`` repeats every row
+  exactly ``r`` times: video rows keep their own timestep, memory rows timestep 0. It is built once per forward
+  and used by every block. The head gets the model's own per-frame ``e``, never this ``vec``, and only video
+  tokens (the memory is dropped after the last block).
+
+Wan 2.1 I2V (``in_dim`` 36 = 16 noise + 4 mask + 16 image channels, ``clip_fea``): the LR branch's patch embedding
+feeds a memory latent as the I2V model sees a *known, clean* frame: noise channels = the clean latent, mask = 1
+(``WAN21.concat_cond`` gives known frames ``1 - concat_mask = 1``), image channels = the same latent (see
+:func:`model_input`). This puts the history's content where the I2V model learned to copy it from, and makes a
+memory token exactly the token of a clean known frame (``tests/test_wan22_adapter.py``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -24,47 +49,119 @@ FAMILY = "wan21"
 LATENT_CHANNELS = 16
 VAE_STRIDE = (4, 8, 8)
 PATCH_SIZE = (1, 2, 2)
+I2V_MASK_CHANNELS = 4  # WAN21.concat_cond: [noise C | mask 4 | image C]
 
 
 def matches(dm) -> bool:
-    """True for ComfyUI's Wan 2.1 ``WanModel`` (T2V; subclasses with other conds are not supported yet)."""
+    """True for ComfyUI's ``WanModel`` with 16 latent channels out: T2V (``in_dim`` 16) or I2V / FLF2V
+    (``model_type`` i2v, ``in_dim`` 36). Not Wan 2.2 TI2V 5B (48 channels: ``wan22.py``), Fun Control
+    (``in_dim`` 48), VACE, S2V, HuMo, Animate or camera models (subclasses or other inputs)."""
     import comfy.ldm.wan.model as wan_model
 
-    return type(dm) is wan_model.WanModel and getattr(dm, "patch_embedding").in_channels == LATENT_CHANNELS
+    if type(dm) is not wan_model.WanModel or dm.out_dim != LATENT_CHANNELS:
+        return False
+    in_dim = dm.patch_embedding.in_channels
+    if dm.model_type == "t2v":
+        return in_dim == LATENT_CHANNELS
+    return dm.model_type == "i2v" and in_dim == 2 * LATENT_CHANNELS + I2V_MASK_CHANNELS
 
 
 def width(dm) -> int:
-    """Inner width D of the DiT (1536 for Wan 2.1 1.3B, 5120 for 14B)."""
+    """Inner width D of the DiT (1536 for Wan 2.1 1.3B, 5120 for 14B, 3072 for Wan 2.2 5B)."""
     return int(dm.dim)
 
 
+def model_input(dm, latent: torch.Tensor) -> torch.Tensor:
+    """The DiT's input channels for a clean model-space latent: the latent itself (T2V, Wan 2.2 5B), or for I2V
+    ``[latent | ones(4) | latent]``, the channels of a known clean frame (module docstring).
+
+    Args:
+        latent: ``[B, C, T, h, w]`` float, model space (after ``process_latent_in``).
+    Returns:
+        ``[B, in_dim, T, h, w]``, same dtype and device.
+    Raises:
+        ValueError: the model's ``in_dim`` is neither ``C`` nor ``2 C + 4``.
+    """
+    c = latent.shape[1]
+    in_dim = dm.patch_embedding.in_channels
+    if in_dim == c:
+        return latent
+    if in_dim == 2 * c + I2V_MASK_CHANNELS:
+        mask = latent.new_ones((latent.shape[0], I2V_MASK_CHANNELS, *latent.shape[2:]))
+        return torch.cat([latent, mask, latent], dim=1)
+    raise ValueError(f"cannot feed a {c}-channel latent to a Wan patch embedding with {in_dim} input channels")
+
+
 def patch_embed(dm, latent: torch.Tensor) -> torch.Tensor:
-    """The DiT's own first projection (``patch_embedding``, Conv3d k=s=(1,2,2)) applied to a model-space latent.
+    """The DiT's own first projection (``patch_embedding``, Conv3d k=s=(1,2,2)) applied to a model-space latent
+    (through :func:`model_input` for I2V models).
 
     Args:
         latent: ``[B, C, T, h, w]`` float (after ``process_latent_in``).
     Returns:
         ``[B, D, T, h // 2, w // 2]`` float32 on the CPU.
+    Raises:
+        ValueError: see :func:`model_input`.
     """
     with torch.no_grad():  # Wan keeps patch_embedding in fp32 and feeds it x.float() (WanModel.forward_orig)
-        y = dm.patch_embedding(latent.float())
+        y = dm.patch_embedding(model_input(dm, latent.float()))
     return y.float().cpu()
 
 
-def _block_patch(index: int, count: int):
+def timestep_zero_modulation(dm, dtype: torch.dtype, device) -> torch.Tensor:
+    """``e0`` of timestep 0, ``[1, 1, 6, D]`` in ``dtype``: the model's own ``time_embedding`` and
+    ``time_projection`` of a zero timestep, as ``WanModel.forward_orig`` computes them."""
+    from comfy.ldm.wan.model import sinusoidal_embedding_1d
+
+    t = torch.zeros(1, device=device)
+    e = dm.time_embedding(sinusoidal_embedding_1d(dm.freq_dim, t).to(dtype=dtype))  # [1, D]
+    return dm.time_projection(e).unflatten(-1, (6, dm.dim))[:, None]  # [1, 1, 6, D]
+
+
+def memory_vec(dm, vec: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Extend a block's modulation ``vec`` from ``n`` video tokens to ``n + m`` tokens (video + memory), memory
+    tokens at timestep 0 (module docstring).
+
+    Args:
+        vec: ``[B, L, 6, D]`` (or ``[B, 6, D]``, one row); row ``l`` modulates tokens ``l * n // L ...``, as in
+            ``repeat_e``.
+    Returns:
+        ``[B, (n + m) // r, 6, D]`` with ``r = gcd(n // L, m)`` (``gcd(1, m)`` when ``L`` does not divide ``n``),
+        so that ``repeat_e`` repeats every row exactly ``r`` times.
+    """
+    from comfy.ldm.wan.model import repeat_e
+
+    if vec.ndim == 3:
+        vec = vec[:, None]
+    rows = vec.shape[1]
+    if n % rows:  # repeat_e's uneven case: expand to one row per token exactly as the model would
+        vec, rows = repeat_e(vec, vec.new_empty((1, n, 0))), n
+    per = n // rows  # video tokens per row
+    r = math.gcd(per, m)
+    video = vec.repeat_interleave(per // r, dim=1) if per > r else vec  # [B, n / r, 6, D]
+    zero = timestep_zero_modulation(dm, vec.dtype, vec.device)
+    return torch.cat([video, zero.expand(vec.shape[0], m // r, -1, -1)], dim=1)
+
+
+def _block_patch(index: int, count: int, memory_t0: bool = False):
+    """Replacement for block ``index`` of ``count``. ``memory_t0``: memory tokens always get timestep 0 (Wan 2.2
+    5B); otherwise only when the model is running with per-token timesteps (``vec`` with more than one row)."""
+
     def patch(args: dict, extra: dict) -> dict:
         mem = args["transformer_options"].get(PATCH_KEY)
         if mem is None:
             return extra["original_block"](args)
         x, vec = args["img"], args["vec"]
-        if vec.ndim == 4 and vec.shape[1] > 1:
-            raise NotImplementedError(
-                "this Wan model uses per-token timesteps (Wan 2.2 TI2V); FrameMemory supports Wan 2.1 so far")
         m = mem["tokens"].shape[1]
         if index == 0:
             x = torch.cat([x, mem["tokens"].to(device=x.device, dtype=x.dtype)], dim=1)
+        if memory_t0 or (vec.ndim == 4 and vec.shape[1] > 1):
+            cached = mem.get("vec")
+            if cached is None or cached[0] is not vec:  # once per forward: every block gets the same e0
+                cached = mem["vec"] = (vec, memory_vec(mem["model"], vec, x.shape[1] - m, m))
+            vec = cached[1]
         pe = torch.cat([args["pe"], mem["freqs"].to(device=args["pe"].device, dtype=args["pe"].dtype)], dim=1)
-        out = extra["original_block"]({**args, "img": x, "pe": pe})
+        out = extra["original_block"]({**args, "img": x, "vec": vec, "pe": pe})
         if index == count - 1:
             out = {**out, "img": out["img"][:, : out["img"].shape[1] - m]}
         return out
@@ -77,14 +174,15 @@ def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_c
     if tokens is not None:
         dm = executor.class_obj
         freqs = dm.rope_embedder(ids).movedim(1, 2)  # [1, M, 1, d/2, 2, 2], like WanModel.rope_encode
-        transformer_options = {**transformer_options, PATCH_KEY: {"tokens": tokens, "freqs": freqs}}
+        transformer_options = {**transformer_options, PATCH_KEY: {"tokens": tokens, "freqs": freqs, "model": dm}}
     return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 
 
-def install(model, dm) -> None:
-    """Install the memory wrapper and per-block patches on ``model`` (a clone; replaces earlier ones)."""
+def install(model, dm, memory_t0: bool = False) -> None:
+    """Install the memory wrapper and per-block patches on ``model`` (a clone; replaces earlier ones).
+    ``memory_t0``: give memory tokens timestep 0 even when the sampler passes one timestep per sample."""
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY, _diffusion_wrapper)
     count = len(dm.blocks)
     for i in range(count):
-        model.set_model_patch_replace(_block_patch(i, count), "dit", "double_block", i)
+        model.set_model_patch_replace(_block_patch(i, count, memory_t0), "dit", "double_block", i)

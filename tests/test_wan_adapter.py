@@ -130,7 +130,7 @@ def test_non_wan_model_is_a_clear_error(comfy):
     class Fake:
         model = type("M", (), {"diffusion_model": torch.nn.Linear(1, 1)})()
 
-    with pytest.raises(TypeError, match="supports wan21 so far; this MODEL is Linear"):
+    with pytest.raises(TypeError, match=r"supports wan21, wan22, hunyuan_video so far; this MODEL is Linear"):
         adapter.patch_model(Fake())
 
 

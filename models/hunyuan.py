@@ -1,0 +1,156 @@
+"""Memory tokens in ComfyUI's HunyuanVideo DiT (``comfy.ldm.hunyuan_video.model.HunyuanVideo``, T2V 1.0),
+arXiv 2512.23851 Sec. 3.
+
+Same mechanism as the Wan adapter (``wan.py``): a ``DIFFUSION_MODEL`` wrapper takes the memory out of the
+forward's kwargs (``conds.pop_memory``) and puts it into ``transformer_options["framememory"]``; replace patches
+on every double and single block carry the memory tokens through ComfyUI's own ``forward_orig``. What differs:
+
+- **Two token streams.** Double blocks keep ``img`` (video) and ``txt`` apart and attend over
+  ``cat(img, txt)``; single blocks see that concatenation as one sequence, and ``pe`` (built by ``pe_embedder``
+  from ``cat(img_ids, txt_ids)``) follows the same order. Memory tokens are appended to ``img``, so the
+  sequence is ``[video N | memory M | txt L]`` in every block and the memory RoPE (the model's own
+  ``pe_embedder`` on the memory positions) is inserted into ``pe`` at ``N``, as are zeros into the text
+  attention mask. ``N`` counts ``ref_latent`` tokens too (they are prepended to ``img`` in ``forward_orig``).
+  The last single block removes the memory tokens, so the head sees exactly the sequence it would without
+  memory.
+- **Clean memory tokens.** HunyuanVideo has per-token modulation (``modulation_dims``, used by I2V's
+  ``guiding_frame_index``): memory tokens are modulated with the timestep-0 vector ``vec - time_in(t) +
+  time_in(0)`` (text, pooled and guidance embeddings unchanged), as clean context. ``vec`` is handed to the
+  blocks as ``[B, 2, 1, D]`` (index 0: the sampled timestep, 1: clean) so that ``apply_mod`` broadcasts over
+  batches > 1 (stock ``guiding_frame_index`` with ``[B, 2, D]`` works for batch 1 only).
+- **Text at t = 0.** Text tokens sit at RoPE position (0, 0, 0), i.e. at the first frame of the segment being
+  generated; memory tokens at negative times are therefore "before" the text, exactly as when the segment
+  starts at time 0 of a longer video (tests/test_hunyuan_adapter.py checks this equivalence).
+
+Not supported with memory (raises NotImplementedError): per-token timesteps already present
+(``guiding_frame_index``; only HunyuanVideo I2V uses them) and ControlNet residuals added to double blocks.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+import comfy.patcher_extension
+from comfy.ldm.flux.layers import timestep_embedding
+
+from .conds import PATCH_KEY, pop_memory
+
+FAMILY = "hunyuan_video"
+LATENT_CHANNELS = 16
+VAE_STRIDE = (4, 8, 8)
+PATCH_SIZE = (1, 2, 2)
+
+
+def matches(dm) -> bool:
+    """True for ComfyUI's HunyuanVideo 1.0 T2V (16 latent channels, 1x2x2 patches); not I2V (33 channels),
+    SkyReels I2V (32), HunyuanVideo 1.5 or HunyuanImage 2.1, which share the class."""
+    import comfy.ldm.hunyuan_video.model as hv
+
+    return (type(dm) is hv.HunyuanVideo and list(dm.patch_size) == list(PATCH_SIZE)
+            and dm.in_channels == LATENT_CHANNELS and dm.vision_in is None and dm.time_r_in is None)
+
+
+def width(dm) -> int:
+    """Inner width D of the DiT (3072 for HunyuanVideo 13B)."""
+    return int(dm.hidden_size)
+
+
+def patch_embed(dm, latent: torch.Tensor) -> torch.Tensor:
+    """The DiT's own first projection (``img_in``, Conv3d k=s=(1,2,2)) applied to a model-space latent.
+
+    Args:
+        latent: ``[B, C, T, h, w]`` float (after ``process_latent_in``).
+    Returns:
+        ``[B, D, T, ceil(h / 2), ceil(w / 2)]`` float32 on the CPU (``img_in`` pads odd sizes, as in sampling).
+    """
+    proj = dm.img_in.proj  # manual-cast layers (fp8 / mixed storage, low-VRAM) cast their weights to the input: fp32
+    dtype = torch.float32 if getattr(proj, "comfy_cast_weights", False) else proj.weight.dtype
+    t, h, w = (-(-s // p) for s, p in zip(latent.shape[2:], dm.patch_size))
+    with torch.no_grad():
+        y = dm.img_in(latent.to(dtype))  # [B, T*Ht*Wt, D]
+    return rearrange(y.float(), "b (t h w) d -> b d t h w", t=t, h=h, w=w).cpu()
+
+
+def _with_memory(args: dict, mem: dict, n: int, m: int) -> dict:
+    """The block's args with the memory's RoPE, attention-mask columns and clean modulation inserted at token n."""
+    pe = args["pe"]  # [B, 1, N + L, d/2, 2, 2] over cat(img, txt)
+    mpe = mem["pe"].to(device=pe.device, dtype=pe.dtype).expand(pe.shape[0], *mem["pe"].shape[1:])
+    out = {"pe": torch.cat([pe[:, :, :n], mpe, pe[:, :, n:]], dim=2)}
+    mask = args.get("attention_mask")
+    if mask is not None:  # [.., N + L] additive mask over keys
+        zeros = torch.zeros((*mask.shape[:-1], m), device=mask.device, dtype=mask.dtype)
+        out["attention_mask"] = torch.cat([mask[..., :n], zeros, mask[..., n:]], dim=-1)
+    vec = args["vec"]
+    if vec.ndim != 2 or args.get("modulation_dims", args.get("modulation_dims_img")) is not None:
+        raise NotImplementedError("FrameMemory does not support HunyuanVideo with per-token timesteps "
+                                  "(guiding_frame_index, HunyuanVideo I2V) yet")
+    clean = vec + mem["delta"].to(device=vec.device, dtype=vec.dtype)
+    out["vec"] = torch.stack([vec, clean], dim=1)[:, :, None]  # [B, 2, 1, D]: apply_mod indexes [:, k] -> [B, 1, D]
+    return out
+
+
+def _double_patch(index: int, strip: bool):
+    def patch(args: dict, extra: dict) -> dict:
+        mem = args["transformer_options"].get(PATCH_KEY)
+        if mem is None:
+            return extra["original_block"](args)
+        img = args["img"]
+        m = mem["tokens"].shape[1]
+        if index == 0:
+            mem["n"] = img.shape[1]  # video (+ ref_latent) tokens; mem is this forward call's own dict
+            img = torch.cat([img, mem["tokens"].to(device=img.device, dtype=img.dtype)], dim=1)
+        n = mem["n"]
+        new = _with_memory(args, mem, n, m)
+        new["modulation_dims_img"] = [(0, n, 0), (n, None, 1)]
+        new["modulation_dims_txt"] = [(0, None, 0)]
+        out = extra["original_block"]({**args, **new, "img": img})
+        if strip:
+            out = {**out, "img": out["img"][:, :n]}
+        return out
+
+    return patch
+
+
+def _single_patch(index: int, strip: bool):
+    def patch(args: dict, extra: dict) -> dict:
+        mem = args["transformer_options"].get(PATCH_KEY)
+        if mem is None:
+            return extra["original_block"](args)
+        n, m = mem["n"], mem["tokens"].shape[1]
+        new = _with_memory(args, mem, n, m)  # args["img"]: [B, N + M + L, D] = cat(video, memory, txt)
+        new["modulation_dims"] = [(0, n, 0), (n, n + m, 1), (n + m, None, 0)]
+        out = extra["original_block"]({**args, **new})
+        if strip:
+            x = out["img"]
+            out = {**out, "img": torch.cat([x[:, :n], x[:, n + m:]], dim=1)}
+        return out
+
+    return patch
+
+
+def _diffusion_wrapper(executor, x, timestep, context, y=None, txt_byt5=None, clip_fea=None, guidance=None,
+                       attention_mask=None, guiding_frame_index=None, ref_latent=None, disable_time_r=False,
+                       control=None, transformer_options={}, **kwargs):
+    tokens, ids = pop_memory(kwargs, x.device)  # [B, M, D], [1, M, 3]
+    if tokens is not None:
+        if control is not None:
+            raise NotImplementedError("FrameMemory does not support ControlNet on HunyuanVideo yet")
+        dm = executor.class_obj
+        pe = dm.pe_embedder(ids)  # [1, 1, M, d/2, 2, 2], like forward_orig's pe
+        ts = torch.cat([torch.zeros_like(timestep), timestep])
+        t_emb = dm.time_in(timestep_embedding(ts, 256, time_factor=1.0).to(x.dtype))  # as in forward_orig
+        delta = t_emb[: timestep.shape[0]] - t_emb[timestep.shape[0]:]  # time_in(0) - time_in(t): [B, D]
+        transformer_options = {**transformer_options, PATCH_KEY: {"tokens": tokens, "pe": pe, "delta": delta}}
+    return executor(x, timestep, context, y, txt_byt5, clip_fea, guidance, attention_mask, guiding_frame_index,
+                    ref_latent, disable_time_r, control, transformer_options, **kwargs)
+
+
+def install(model, dm) -> None:
+    """Install the memory wrapper and per-block patches on ``model`` (a clone; replaces earlier ones)."""
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY, _diffusion_wrapper)
+    doubles, singles = len(dm.double_blocks), len(dm.single_blocks)
+    for i in range(doubles):
+        model.set_model_patch_replace(_double_patch(i, strip=singles == 0 and i == doubles - 1), "dit", "double_block", i)
+    for i in range(singles):
+        model.set_model_patch_replace(_single_patch(i, strip=i == singles - 1), "dit", "single_block", i)

@@ -1,0 +1,33 @@
+"""Memory tokens in Wan 2.2 TI2V 5B (ComfyUI ``WanModel`` with 48 latent channels in and out, ``model_base.WAN22``,
+the Wan 2.2 VAE with 16x spatial stride), arXiv 2512.23851 Sec. 3.
+
+The mechanism is the Wan adapter's (``wan.py``); what differs is the latent geometry and the memory timestep:
+Wan 2.2 5B runs with per-token timesteps (its clean first frame is trained at timestep 0), so memory tokens
+always get the modulation of timestep 0, whether the sampler passes one timestep per sample or one per latent
+frame (``Wan22ImageToVideoLatent``'s ``noise_mask``).
+"""
+from __future__ import annotations
+
+from . import wan
+
+FAMILY = "wan22"
+LATENT_CHANNELS = 48
+VAE_STRIDE = (4, 16, 16)
+PATCH_SIZE = (1, 2, 2)
+
+width = wan.width
+patch_embed = wan.patch_embed
+
+
+def matches(dm) -> bool:
+    """True for ComfyUI's ``WanModel`` T2V with 48 latent channels in and out (Wan 2.2 TI2V 5B; ComfyUI's
+    detection: ``supported_models.WAN22_T2V``, ``out_dim`` 48)."""
+    import comfy.ldm.wan.model as wan_model
+
+    return (type(dm) is wan_model.WanModel and dm.model_type == "t2v" and dm.out_dim == LATENT_CHANNELS
+            and dm.patch_embedding.in_channels == LATENT_CHANNELS)
+
+
+def install(model, dm) -> None:
+    """Install the memory wrapper and per-block patches (memory tokens at timestep 0) on ``model`` (a clone)."""
+    wan.install(model, dm, memory_t0=True)
