@@ -1,0 +1,66 @@
+"""End to end in a real headless ComfyUI server for the other model families: the HunyuanVideo and Wan 2.2 TI2V 5B
+storyboard workflows with tiny DiTs. Their VAEs cannot be tiny (ComfyUI builds HunyuanVideo's and Wan 2.2's VAE at
+fixed widths), so each uses its real-size VAE with random weights; the Wan 2.2 one takes ~8 min on 2 CPU cores and
+is marked slow."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import ComfyServer, substitute_inputs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "hunyuan_video": ("storyboard_hunyuan_tiny_api.json", "framememory_tiny_hunyuan"),
+    "wan22": ("storyboard_wan22_tiny_api.json", "framememory_tiny_wan22"),
+}
+
+
+@pytest.fixture(scope="module", params=[
+    "hunyuan_video", pytest.param("wan22", marks=pytest.mark.slow)])
+def family_run(request, comfyui_dir, media_dir, tmp_path_factory):
+    family = request.param
+    workflow, stem = CASES[family]
+    srv = ComfyServer(tmp_path_factory.mktemp(f"comfy_{family}"), comfyui_dir=comfyui_dir)
+    srv.prepare_base()
+    proc = subprocess.run([srv.python, str(REPO_ROOT / "demo" / "make_tiny_models.py"), "--comfyui-dir", str(comfyui_dir),
+                           "--out", str(srv.models_dir), "--families", family],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"make_tiny_models failed:\n{proc.stdout}\n{proc.stderr}"
+    shutil.copy2(media_dir / "bikes.mp4", srv.input_dir / "bikes.mp4")
+    api = substitute_inputs(json.loads((REPO_ROOT / "workflows" / workflow).read_text()), {
+        ("UNETLoader", "unet_name"): f"{stem}.safetensors", ("VAELoader", "vae_name"): f"{stem}_vae.safetensors",
+        ("FrameMemoryLoadEncoder", "encoder_name"): f"{stem}_encoder.safetensors", ("LoadVideo", "file"): "bikes.mp4"})
+    with srv:
+        prompt_id = srv.post_prompt(api)
+        events = srv.follow(prompt_id, timeout=1500)
+        history = srv.history(prompt_id)
+        save = next(nid for nid, n in api.items() if n["class_type"] == "SaveVideo")
+        videos = srv.output_files(history, save, (".mp4",))
+    reports = [ui["framememory_report"][0] for ui in (history.get("outputs") or {}).values() if ui.get("framememory_report")]
+    yield family, events, reports[0] if reports else None, videos
+
+
+def test_family_storyboard_end_to_end(family_run):
+    import av
+
+    family, events, report, videos = family_run
+    types = [e.get("type") for e in events]
+    assert "execution_success" in types, [e for e in events if e.get("type") == "execution_error"]
+    assert "progress" in types
+    assert report is not None and report["model_family"] == family
+    assert videos, "SaveVideo wrote no mp4"
+    with av.open(str(videos[0])) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert frames.shape[0] == report["output_frames"] and frames.shape[1:3] == (report["height"], report["width"])
+    segs = report["segments"]
+    assert len(segs) >= 2
+    for seg in segs:  # every segment was sampled with memory of everything before it
+        assert seg["history_frames_covered"] == seg["history_frames_total"] == seg["start_frame"] > 0
+        assert seg["memory_tokens"] > 0
+    assert all(b["memory_tokens"] > a["memory_tokens"] for a, b in zip(segs, segs[1:]))
