@@ -11,11 +11,11 @@ import torch
 def setup(comfy, tmp_path_factory, media_dir):
     import comfy.sd
     import comfy.utils
-    from framememory.demo.make_tiny_models import write_tiny_models
+    from framememory.demo.make_tiny_models import write_family
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.models.encoding import MemoryEncoder
 
-    paths = write_tiny_models(str(tmp_path_factory.mktemp("models")))
+    paths = write_family(str(tmp_path_factory.mktemp("models")))
     model = comfy.sd.load_diffusion_model(paths["dit"])
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(paths["vae"]))
     with av.open(str(media_dir / "bikes.mp4")) as c:

@@ -244,9 +244,9 @@ def test_i2v_stock_sampler_with_start_image_and_memory(comfy, dm_i2v, tmp_path):
 
 @pytest.fixture(scope="module")
 def wan22_files(comfy, tmp_path_factory):
-    from framememory.demo.make_tiny_models import write_tiny_wan22_models
+    from framememory.demo.make_tiny_models import write_family
 
-    return write_tiny_wan22_models(str(tmp_path_factory.mktemp("wan22")), vae=False)
+    return write_family(str(tmp_path_factory.mktemp("wan22")), "wan22", vae=False)
 
 
 def test_storyboard_wan22_from_real_clip(comfy, wan22_files, media_dir):
