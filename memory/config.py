@@ -50,6 +50,8 @@ class EncoderConfig:
     use_lr: bool = True                   # False: only the HR branch (ablation "Without LR")
     attn_layout: str = "per_time_step"    # HR attention: spatial, local to one memory time step (see encoder.py)
     overlap_latent_frames: int = 0        # add-on: the last N latent frames also as uncompressed tokens (paper: 3)
+    cross_attention: bool = False         # add-on: every DiT block cross-attends to the HR branch's last hidden states
+    dit_blocks: int = 0                   # DiT blocks that get a cross-attention layer (cross_attention only; Wan 2.1 1.3B: 30)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rate", parse_rate(self.rate))
@@ -68,6 +70,16 @@ class EncoderConfig:
             raise ValueError(f"overlap_latent_frames must be >= 0, got {self.overlap_latent_frames}")
         if self.hr_channels and self.hr_channels[-1] % self.attn_heads:
             raise ValueError(f"attn_heads {self.attn_heads} must divide the last HR width {self.hr_channels[-1]}")
+        if self.cross_attention:
+            if not self.use_hr:
+                raise ValueError("cross_attention needs the HR branch (use_hr=True): it attends to its hidden states")
+            if self.dim <= 0 or self.dim % self.attn_heads:
+                raise ValueError(f"cross_attention needs a fixed DiT width divisible by attn_heads {self.attn_heads}, "
+                                 f"got dim {self.dim}")
+            if self.dit_blocks < 1:
+                raise ValueError(f"cross_attention needs dit_blocks >= 1 (the DiT's block count), got {self.dit_blocks}")
+        elif self.dit_blocks < 0:
+            raise ValueError(f"dit_blocks must be >= 0, got {self.dit_blocks}")
 
     @property
     def rate_str(self) -> str:

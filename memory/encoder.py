@@ -16,6 +16,12 @@ of 1 or a temporal kernel equal to its temporal stride, and attention is local t
 Hence the encoding of a history is the concatenation of the encodings of its segments whenever segment
 lengths are multiples of ``rt`` latent frames: appending a segment never re-encodes the past, and its cost does
 not grow with the history.
+
+Add-on (arXiv 2512.23851, "cross-attention from the encoder's last hidden states into every DiT block"): with
+``cfg.cross_attention`` the encoder also owns ``cfg.dit_blocks`` :class:`MemoryCrossAttention` layers (``cross.i``
+in its state dict), one per DiT block, whose keys/values are the HR branch's last hidden states (before the output
+projection, ``hr_channels[-1]`` wide) and whose zero-initialised output projection makes an untrained one add nothing.
+The model adapter (``models/wan.py``) runs layer ``i`` after DiT block ``i`` on the block's video tokens.
 """
 from __future__ import annotations
 
@@ -75,6 +81,34 @@ class _SpatialAttention(nn.Module):
         return x + rearrange(y, "(b t) (h w) c -> b c t h w", b=b, t=t, h=h, w=w)
 
 
+class MemoryCrossAttention(nn.Module):
+    """Cross-attention from a DiT block's video tokens to the encoder's hidden states (add-on, module docstring).
+
+    Pre-norm on both sides, ``heads`` heads over the DiT width, no positional encoding (like Wan's text
+    cross-attention; the memory tokens in self-attention carry the positions), residual with a zero-initialised
+    output projection (:meth:`HistoryEncoder.reset_parameters`).
+
+    Args:
+        dim: DiT width D (query and output). ctx_dim: hidden-state width (``hr_channels[-1]``). heads: divides D.
+    """
+
+    def __init__(self, dim: int, ctx_dim: int, heads: int, ops) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = ops.LayerNorm(dim)
+        self.norm_ctx = ops.LayerNorm(ctx_dim)
+        self.q = ops.Linear(dim, dim)
+        self.kv = ops.Linear(ctx_dim, 2 * dim)
+        self.out = ops.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, N, D]`` video tokens, ``ctx`` ``[B, M, Ch]`` hidden states (same dtype) -> ``[B, N, D]``."""
+        q = rearrange(self.q(self.norm(x)), "b n (k d) -> b k n d", k=self.heads)
+        k, v = rearrange(self.kv(self.norm_ctx(ctx)), "b m (two k d) -> two b k m d", two=2, k=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(rearrange(y, "b k n d -> b n (k d)"))
+
+
 class HistoryEncoder(nn.Module):
     """HR branch of the history encoder; holds the config of the whole encoder.
 
@@ -93,6 +127,7 @@ class HistoryEncoder(nn.Module):
         if cfg.dim <= 0:
             raise ValueError("EncoderConfig.dim is 0: resolve it to the DiT width with cfg.with_dim(D) first")
         self.cfg = cfg
+        self.cross = None
         if not cfg.use_hr:
             self.hr = None
             return
@@ -118,6 +153,9 @@ class HistoryEncoder(nn.Module):
         layers += [_SpatialAttention(ch, cfg.attn_heads, ops), nn.SiLU()]
         self.hr = nn.Sequential(*layers)
         self.proj = ops.Conv3d(ch, cfg.dim, 1)
+        if cfg.cross_attention:
+            self.cross = nn.ModuleList(
+                MemoryCrossAttention(cfg.dim, ch, cfg.attn_heads, ops) for _ in range(cfg.dit_blocks))
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -136,14 +174,18 @@ class HistoryEncoder(nn.Module):
             if isinstance(b, torch.Tensor):
                 with torch.no_grad():
                     b.zero_()
-        if self.hr is not None:
-            with torch.no_grad():
-                self.proj.weight.zero_()
-                self.proj.bias.zero_()
+        zero = [self.proj] if self.hr is not None else []
+        zero += [layer.out for layer in self.cross] if self.cross is not None else []
+        with torch.no_grad():
+            for layer in zero:
+                layer.weight.zero_()
+                layer.bias.zero_()
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, with_hidden: bool = False):
         """HR branch: ``[B, C, T, h, w]`` latent (model-space, i.e. after ``process_latent_in``) ->
-        ``[B, D, Tm, Hm, Wm]`` on the memory grid of :func:`memory.grid.memory_grid`.
+        ``[B, D, Tm, Hm, Wm]`` on the memory grid of :func:`memory.grid.memory_grid`. With ``with_hidden``, returns
+        ``(y, hidden)`` with the last hidden states before the output projection, ``[B, hr_channels[-1], Tm, Hm, Wm]``
+        (the keys of the cross-attention add-on; None without an HR branch).
 
         Raises:
             ValueError: wrong channel count or a segment shorter than one memory time step.
@@ -157,9 +199,13 @@ class HistoryEncoder(nn.Module):
                 f"latent of {tuple(latent.shape[2:])} (T, h, w) is smaller than one memory token at rate "
                 f"{cfg.rate_str}; use longer segments or a larger resolution")
         if self.hr is None:
-            return latent.new_zeros((latent.shape[0], cfg.dim, *grid))
-        y = self.proj(self.hr(latent))
-        return y[:, :, : grid[0], : grid[1], : grid[2]]
+            y = latent.new_zeros((latent.shape[0], cfg.dim, *grid))
+            return (y, None) if with_hidden else y
+        hidden = self.hr(latent)
+        y = self.proj(hidden)[:, :, : grid[0], : grid[1], : grid[2]]
+        if with_hidden:
+            return y, hidden[:, :, : grid[0], : grid[1], : grid[2]]
+        return y
 
 
 def lr_frames(frames: torch.Tensor, latent_frames: int, cfg: EncoderConfig) -> torch.Tensor:
@@ -208,4 +254,4 @@ def combine_branches(hr: torch.Tensor | None, lr: torch.Tensor | None) -> torch.
     return rearrange(y, "b d t h w -> b (t h w) d")
 
 
-__all__ = ["HistoryEncoder", "lr_frames", "combine_branches", "token_grid", "memory_grid"]
+__all__ = ["HistoryEncoder", "MemoryCrossAttention", "lr_frames", "combine_branches", "token_grid", "memory_grid"]

@@ -1,10 +1,11 @@
-"""How memory tokens travel from a node to the diffusion model: two ``CONDRegular`` entries in every
+"""How memory tokens travel from a node to the diffusion model: two (three) ``CONDRegular`` entries in every
 conditioning entry's ``model_conds`` (DESIGN.md section 2). ComfyUI batches them for cond/uncond like any
 model cond, casts floats to the model dtype and passes them to the diffusion model's forward as keyword
 arguments, where a family adapter's ``DIFFUSION_MODEL`` wrapper takes them out.
 
 ``memory_positions2`` holds *twice* the RoPE positions as int64: token centres are half-integers and int64 is
-not cast to the model dtype (bf16 cannot hold e.g. -300.5 exactly).
+not cast to the model dtype (bf16 cannot hold e.g. -300.5 exactly). ``memory_hidden`` (float, cast like the tokens)
+carries the encoder's last hidden states for the cross-attention add-on, only when it is on.
 """
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import comfy.conds
 
 TOKENS_KEY = "memory_tokens"
 POSITIONS_KEY = "memory_positions2"
+HIDDEN_KEY = "memory_hidden"
 PATCH_KEY = "framememory"  # wrapper key and transformer_options key
+CROSS_KEY = "framememory_cross"  # transformer_options key of the cross-attention layers; additional-models key
 
 
-def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: torch.Tensor | None) -> list:
+def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: torch.Tensor | None,
+                  hidden: torch.Tensor | None = None) -> list:
     """Return a copy of a CONDITIONING list with memory tokens in every entry's ``model_conds``.
 
     Args:
@@ -25,6 +29,7 @@ def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: to
         tokens: ``[M, D]`` float memory tokens, or None to remove memory.
         positions: ``[M, 3]`` float RoPE positions ``(t, h, w)`` in DiT-token units, t relative to the segment
             being generated (negative = past).
+        hidden: ``[M_h, Ch]`` float hidden states of the cross-attention add-on, or None (add-on off).
     """
     out = []
     for cond, extra in conditioning:
@@ -32,9 +37,12 @@ def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: to
         mc = dict(extra.get("model_conds", {}))
         mc.pop(TOKENS_KEY, None)
         mc.pop(POSITIONS_KEY, None)
+        mc.pop(HIDDEN_KEY, None)
         if tokens is not None:
             mc[TOKENS_KEY] = comfy.conds.CONDRegular(tokens[None].float())
             mc[POSITIONS_KEY] = comfy.conds.CONDRegular((positions[None].double() * 2).round().long())
+            if hidden is not None:
+                mc[HIDDEN_KEY] = comfy.conds.CONDRegular(hidden[None].float())
         extra["model_conds"] = mc
         out.append([cond, extra])
     return out
@@ -50,3 +58,10 @@ def pop_memory(kwargs: dict, device) -> tuple[torch.Tensor | None, torch.Tensor 
     if positions2 is None:
         raise ValueError(f"conditioning has '{TOKENS_KEY}' but no '{POSITIONS_KEY}'")
     return tokens, positions2[:1].to(device=device, dtype=torch.float32) / 2.0
+
+
+def pop_hidden(kwargs: dict) -> torch.Tensor | None:
+    """Take the cross-attention add-on's hidden states ``[B, M_h, Ch]`` out of the forward kwargs (None when absent
+    or empty)."""
+    hidden = kwargs.pop(HIDDEN_KEY, None)
+    return None if hidden is None or hidden.shape[1] == 0 else hidden

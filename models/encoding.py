@@ -6,6 +6,17 @@
 - :func:`encode_pending` encodes the new segments of a :class:`~memory.history.HistoryBuffer`:
   LR branch = pixel downsample -> the DiT's own VAE -> the DiT's own ``patch_embedding``;
   HR branch = the encoder's convolutions on the full-resolution latent; summed (arXiv 2512.23851 Sec. 3).
+
+Add-ons of arXiv 2512.23851, both off by default:
+
+- **Several encoders concatenated** (e.g. 4x4x2 + 2x2x8): :class:`MultiEncoder` combines encoders; the history
+  latents are shared, each encoder caches its own tokens in the :class:`~memory.history.HistoryBuffer` under its own
+  key (:func:`part_key`) and groups segments by its own time rate; the memory is the concatenation of every
+  encoder's tokens, each at its own positions. Code takes ``encoder.parts`` (``[self]`` for a single encoder).
+- **Cross-attention** (``EncoderConfig.cross_attention``): :func:`memory_hidden` gathers the HR branch's last hidden
+  states of the history, which travel as a third model cond (``models/conds.py``); :func:`install_cross_attention`
+  hands the encoder's per-block layers to the Wan block patches (``models/wan.py``). At most one encoder of a
+  combination may have it.
 """
 from __future__ import annotations
 
@@ -28,6 +39,7 @@ from . import families
 
 log = logging.getLogger("FrameMemory")
 UNTRAINED = "untrained (LR branch only)"
+CROSS_ATTENTION_FAMILIES = ("wan21", "wan22")  # the cross-attention add-on's block patches live in wan.py
 
 
 class MemoryEncoder:
@@ -42,6 +54,11 @@ class MemoryEncoder:
     def __init__(self, cfg: EncoderConfig, state_dict: dict | None = None, name: str = UNTRAINED) -> None:
         self.cfg, self.state_dict, self.name = cfg, state_dict, name
         self._patchers: dict[int, object] = {}
+
+    @property
+    def parts(self) -> list["MemoryEncoder"]:
+        """The encoders whose tokens make up the memory: ``[self]`` (see :class:`MultiEncoder`)."""
+        return [self]
 
     @classmethod
     def from_file(cls, path: str) -> "MemoryEncoder":
@@ -61,6 +78,12 @@ class MemoryEncoder:
                   "vae_stride": tuple(adapter.VAE_STRIDE), "patch_size": tuple(adapter.PATCH_SIZE)}
         if self.cfg.dim == 0:
             return dataclasses.replace(self.cfg, **expect)
+        if self.cfg.cross_attention:
+            if adapter.FAMILY not in CROSS_ATTENTION_FAMILIES:
+                raise NotImplementedError(
+                    f"memory encoder '{self.name}' has the cross-attention add-on, which is implemented for "
+                    f"{', '.join(CROSS_ATTENTION_FAMILIES)} only, not {adapter.FAMILY}")
+            expect["dit_blocks"] = len(families.diffusion_model(model).blocks)
         wrong = [f"{k} {getattr(self.cfg, k)} (model: {v})" for k, v in expect.items() if getattr(self.cfg, k) != v]
         if wrong:
             raise ValueError(
@@ -87,11 +110,12 @@ class MemoryEncoder:
         return self._patchers[cfg.dim]
 
 
-def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> tuple[torch.Tensor, ...]:
     """Memory tokens of one history segment.
 
     Returns:
-        tokens ``[M, D]`` float32 CPU, positions ``[M, 3]`` float32 (t relative to the segment's first latent).
+        tokens ``[M, D]`` float32 CPU, positions ``[M, 3]`` float32 (t relative to the segment's first latent), and
+        with the cross-attention add-on the HR branch's last hidden states ``[M, hr_channels[-1]]`` float32 CPU.
     Raises:
         ValueError: encoder/DiT width mismatch or a segment too small for one memory token.
     """
@@ -100,7 +124,7 @@ def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> t
     cfg = encoder.check(model)
     patcher = encoder.patcher(model)
     latent_in = model.model.process_latent_in(seg.latent[None].float())  # [1, C, T, h, w] model space
-    hr = lr = None
+    hr = lr = hidden = None
     if cfg.use_lr:
         pixels = lr_frames(seg.frames.float() / 255.0, seg.latent_frames, cfg)
         lr_latent = vae.encode(pixels)  # [1, C, T // rt, h', w']
@@ -109,32 +133,90 @@ def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> t
         comfy.model_management.load_models_gpu([patcher])
         net = patcher.model
         with torch.no_grad():
-            hr = net(latent_in.to(patcher.load_device)).float().cpu()
+            hr, hidden = net(latent_in.to(patcher.load_device), with_hidden=True)
+        hr = hr.float().cpu()
     tokens = combine_branches(hr, lr)[0]
     grid = memory_grid(tuple(seg.latent.shape[1:]), cfg)
     if tokens.shape[0] != grid[0] * grid[1] * grid[2]:
         raise RuntimeError(f"LR branch grid does not match the memory grid {grid}: got {tokens.shape[0]} tokens")
-    return tokens, memory_positions(grid, cfg, t_start=0.0)
+    positions = memory_positions(grid, cfg, t_start=0.0)
+    if cfg.cross_attention:
+        return tokens, positions, hidden[0].flatten(1).T.float().cpu()  # [Ch, Tm, Hm, Wm] -> [M, Ch]
+    return tokens, positions
 
 
-def encode_pending(model, vae, encoder: MemoryEncoder, history: HistoryBuffer) -> int:
-    """Encode the segments of ``history`` that have no memory tokens yet (in place). Returns how many."""
-    unit = encoder.check(model).rate[2]
-    return history.encode_pending(lambda seg: encode_segment(model, vae, encoder, seg), unit=unit)
+class MultiEncoder:
+    """Several history encoders used together (arXiv 2512.23851 add-on, e.g. 4x4x2 + 2x2x8): the memory is the
+    concatenation of every encoder's tokens, each with its own positions (module docstring).
+
+    Args:
+        encoders: MemoryEncoder or MultiEncoder objects (nested combinations are flattened), at least two.
+        name: shown in messages (default: the names joined with " + ").
+    Raises:
+        ValueError: fewer than two encoders, or more than one with the cross-attention add-on.
+    """
+
+    def __init__(self, encoders: list, name: str | None = None) -> None:
+        parts = [p for e in encoders for p in e.parts]
+        if len(parts) < 2:
+            raise ValueError(f"a combination needs at least two encoders, got {len(parts)}")
+        if sum(p.cfg.cross_attention for p in parts) > 1:
+            raise ValueError("at most one encoder of a combination may have the cross-attention add-on")
+        self._parts = parts
+        self.name = name or " + ".join(p.name for p in parts)
+
+    @property
+    def parts(self) -> list[MemoryEncoder]:
+        return list(self._parts)
+
+    def check(self, model) -> list[EncoderConfig]:
+        """The config of every encoder resolved for ``model`` (:meth:`MemoryEncoder.check`; same errors)."""
+        return [p.check(model) for p in self._parts]
 
 
-def next_memory(model, encoder: MemoryEncoder, history: HistoryBuffer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def part_key(index: int) -> str:
+    """HistoryBuffer key of the ``index``-th encoder of a combination (``""`` for the first: a single encoder's)."""
+    return "" if index == 0 else str(index)
+
+
+def rate_str(model, encoder) -> str:
+    """The rates of an encoder or combination, e.g. ``"4x4x2"`` or ``"4x4x2+2x2x8"``."""
+    return "+".join(p.check(model).rate_str for p in encoder.parts)
+
+
+def encode_pending(model, vae, encoder, history: HistoryBuffer) -> int:
+    """Encode the segments of ``history`` that have no memory tokens yet (in place), for every encoder of
+    ``encoder`` (a MemoryEncoder or MultiEncoder), each grouped by its own time rate. Returns how many segments the
+    busiest encoder encoded. Raises ValueError like :meth:`HistoryBuffer.encode_pending`."""
+    parts = encoder.parts
+    keys = [part_key(i) for i in range(len(parts))]
+    n = 0
+    for key, part in zip(keys, parts):
+        unit = part.check(model).rate[2]
+        n = max(n, history.encode_pending(lambda seg, p=part: encode_segment(model, vae, p, seg), unit=unit,
+                                          key=key, keep_frames=True))
+    history.drop_frames(keys)
+    return n
+
+
+def next_memory(model, encoder, history: HistoryBuffer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Memory for the segment that follows ``history``: ``(tokens [M, D], positions [M, 3])``, time relative to the
     end of the history, or ``(None, None)``.
 
-    The encoded history tokens, plus, with the add-on ``overlap_latent_frames = N`` (arXiv 2512.23851's sliding
-    window of 3 latent frames), the last N latent frames uncompressed: the DiT's own patch embedding of their
-    model-space latent at rate 1x1x1, at their original times -N .. -1.
+    The encoded history tokens of every encoder of ``encoder`` (a MemoryEncoder or MultiEncoder, concatenated in
+    order), plus, with the add-on ``overlap_latent_frames = N`` (arXiv 2512.23851's sliding window of 3 latent
+    frames; the largest N of a combination, added once), the last N latent frames uncompressed: the DiT's own patch
+    embedding of their model-space latent at rate 1x1x1, at their original times -N .. -1.
     """
     from ..memory.grid import memory_positions
 
-    tokens, positions = history.memory()
-    cfg = encoder.check(model)
+    cfgs = [p.check(model) for p in encoder.parts]
+    parts = [history.memory(key=part_key(i)) for i in range(len(cfgs))]
+    parts = [p for p in parts if p[0] is not None]  # a slow encoder (e.g. 2x2x8) may have nothing yet
+    tokens, positions = parts[0] if len(parts) == 1 else (None, None)  # one encoder: the cache view, no copy
+    if len(parts) > 1:
+        tokens, positions = (torch.cat(p) for p in zip(*parts))  # [M_1 + M_2 + ..., D], [M_1 + M_2 + ..., 3]
+    cfg = max(cfgs, key=lambda c: c.overlap_latent_frames)  # one window, the longest asked for
     n = cfg.overlap_latent_frames
     last = history.last_latents(n) if n else None
     if last is None:
@@ -146,3 +228,41 @@ def next_memory(model, encoder: MemoryEncoder, history: HistoryBuffer) -> tuple[
     if tokens is None:
         return window, pos
     return torch.cat([tokens, window], dim=0), torch.cat([positions, pos], dim=0)
+
+
+def cross_attention_part(encoder) -> tuple[int, MemoryEncoder] | None:
+    """``(index, encoder)`` of the encoder with the cross-attention add-on in ``encoder.parts``, or None."""
+    for i, part in enumerate(encoder.parts):
+        if part.cfg.cross_attention:
+            return i, part
+    return None
+
+
+def memory_hidden(model, encoder, history: HistoryBuffer) -> torch.Tensor | None:
+    """Keys of the cross-attention add-on for the segment after ``history``: the HR branch's last hidden states of
+    every encoded segment, ``[M_h, hr_channels[-1]]`` float32 CPU (M_h = that encoder's memory tokens, without the
+    overlap window), or None without the add-on or before anything is encoded."""
+    found = cross_attention_part(encoder)
+    if found is None:
+        return None
+    found[1].check(model)
+    parts = history.gather(part_key(found[0]))
+    return None if parts is None else parts[2]
+
+
+def install_cross_attention(patched, encoder) -> None:
+    """Hand the cross-attention layers of ``encoder`` (if it has the add-on) to the memory block patches of
+    ``patched`` (a clone from ``families.patch_model``): they go into its ``transformer_options`` and the encoder's
+    model patcher is loaded and offloaded with the DiT (``set_additional_models``). No-op without the add-on.
+
+    Raises:
+        NotImplementedError: the model is not of a family in CROSS_ATTENTION_FAMILIES. ValueError: see ``check``.
+    """
+    from .conds import CROSS_KEY
+
+    found = cross_attention_part(encoder)
+    if found is None:
+        return
+    patcher = found[1].patcher(patched)
+    patched.set_additional_models(CROSS_KEY, [patcher])
+    patched.model_options.setdefault("transformer_options", {})[CROSS_KEY] = patcher.model.cross

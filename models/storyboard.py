@@ -20,7 +20,8 @@ from ..memory.history import HistoryBuffer
 from ..memory.storyboard import Shot, plan_segments, segment_frames, split_clip
 from . import families
 from .conds import attach_memory
-from .encoding import MemoryEncoder, encode_pending, next_memory
+from .encoding import (MemoryEncoder, MultiEncoder, encode_pending, install_cross_attention,
+                       memory_hidden, next_memory, rate_str)
 
 log = logging.getLogger("FrameMemory")
 
@@ -41,15 +42,21 @@ class Memory:
     """What the MEMORY socket carries: the history buffer plus the encoder and video geometry it was made with."""
 
     history: HistoryBuffer
-    encoder: MemoryEncoder
+    encoder: MemoryEncoder | MultiEncoder
     fps: float
     width: int
     height: int
 
     def tokens(self, model):
         """``(tokens [M, D], positions [M, 3])`` for the segment after the history (time relative to its end),
-        including the encoder's add-ons, or ``(None, None)``."""
+        including the overlap-window add-on, or ``(None, None)``. With the cross-attention add-on use :meth:`conds`."""
         return next_memory(model, self.encoder, self.history)
+
+    def conds(self, model):
+        """``(tokens [M, D], positions [M, 3], hidden [M_h, Ch] or None)``: :meth:`tokens` plus the hidden states of
+        the cross-attention add-on (None without it), for ``conds.attach_memory``."""
+        tokens, positions = next_memory(model, self.encoder, self.history)
+        return tokens, positions, memory_hidden(model, self.encoder, self.history)
 
 
 def peak_rss_mb() -> float:
@@ -121,7 +128,7 @@ def fit_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return F.interpolate(crop, size=(height, width), mode="area").movedim(1, -1).clamp(0, 1)
 
 
-def history_from_frames(model, vae, encoder: MemoryEncoder, images: torch.Tensor, latent_frames: int,
+def history_from_frames(model, vae, encoder: MemoryEncoder | MultiEncoder, images: torch.Tensor, latent_frames: int,
                         fps: float, width: int, height: int, memory: Memory | None = None) -> tuple[Memory, int]:
     """Turn a starting clip into history: frames are fitted to ``width x height``, cut into segments of
     ``latent_frames`` latent frames (the oldest frames that do not fill a segment are dropped), VAE-encoded and
@@ -144,7 +151,7 @@ def history_from_frames(model, vae, encoder: MemoryEncoder, images: torch.Tensor
     return mem, skip
 
 
-def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, shots: list[Shot],
+def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, negative: list, shots: list[Shot],
                    sampler: SamplerSettings, width: int, height: int, fps: float, latent_frames: int,
                    start: Memory | None = None) -> tuple[torch.Tensor, Memory, dict]:
     """Generate a storyboard segment by segment with memory of everything before each segment.
@@ -165,6 +172,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
     encoder.check(model)
     patched = families.patch_model(model)
+    install_cross_attention(patched, encoder)
     mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height)
     encode_pending(model, vae, encoder, mem.history)
     plans = plan_segments(shots, fps, latent_frames)
@@ -178,10 +186,10 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
         stats: dict = {}
         if plan.shot not in prompts:
             prompts[plan.shot] = clip.encode_from_tokens_scheduled(clip.tokenize(shots[plan.shot].prompt))
-        tokens, positions = mem.tokens(model)
+        tokens, positions, hidden = mem.conds(model)
         covered, total = mem.history.encoded_frames, mem.history.num_frames
-        pos = attach_memory(prompts[plan.shot], tokens, positions)
-        neg = attach_memory(negative, tokens, positions)
+        pos = attach_memory(prompts[plan.shot], tokens, positions, hidden)
+        neg = attach_memory(negative, tokens, positions, hidden)
         latent = torch.zeros([1, adapter.LATENT_CHANNELS, latent_frames, height // sh, width // sw])
         latent = comfy.sample.fix_empty_latent_channels(patched, latent)
         seed = sampler.seed + plan.index
@@ -191,7 +199,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
                 patched, noise, sampler.steps, sampler.cfg, sampler.sampler_name, sampler.scheduler, pos, neg, latent,
                 denoise=1.0, callback=_progress_callback(patched, sampler.steps),
                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed).cpu()
-        del pos, neg, noise
+        del pos, neg, noise, hidden
         with phase(stats, "decode"):
             images = vae.decode(samples)  # ComfyUI retries tiled when a full decode runs out of memory
             images = images.reshape(-1, *images.shape[-3:])  # [F, H, W, 3]
@@ -217,7 +225,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder, negative: list, sho
         "model_family": adapter.FAMILY, "fps": fps, "width": width, "height": height,
         "start_frames": start.history.num_frames if start else 0,
         "total_frames": int(frames.shape[0]),
-        "rate": encoder.check(model).rate_str, "encoder": encoder.name,
+        "rate": rate_str(model, encoder), "encoder": encoder.name,
         "shots": [{"index": s.index, "prompt": s.prompt, "start_s": s.start_s, "duration_s": s.duration_s} for s in shots],
         "segments": segments, "final_memory_tokens": mem.history.num_tokens,
         "peak_rss_mb": round(peak_rss_mb(), 1),

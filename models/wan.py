@@ -34,6 +34,12 @@ feeds a memory latent as the I2V model sees a *known, clean* frame: noise channe
 (``WAN21.concat_cond`` gives known frames ``1 - concat_mask = 1``), image channels = the same latent (see
 :func:`model_input`). This puts the history's content where the I2V model learned to copy it from, and makes a
 memory token exactly the token of a clean known frame (``tests/test_wan22_adapter.py``).
+
+Cross-attention add-on (``EncoderConfig.cross_attention``, arXiv 2512.23851): when the conditioning carries
+``memory_hidden`` ``[B, M_h, Ch]``, block ``i``'s patch runs the encoder's cross-attention layer ``i`` (handed over in
+``transformer_options["framememory_cross"]`` by ``encoding.install_cross_attention``) after the original block, with
+queries from the block's video tokens only and keys/values from the hidden states. Its zero-initialised output
+projection makes an untrained layer leave the output unchanged.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ import torch
 
 import comfy.patcher_extension
 
-from .conds import PATCH_KEY, pop_memory
+from .conds import CROSS_KEY, PATCH_KEY, pop_hidden, pop_memory
 
 FAMILY = "wan21"
 LATENT_CHANNELS = 16
@@ -162,6 +168,11 @@ def _block_patch(index: int, count: int, memory_t0: bool = False):
             vec = cached[1]
         pe = torch.cat([args["pe"], mem["freqs"].to(device=args["pe"].device, dtype=args["pe"].dtype)], dim=1)
         out = extra["original_block"]({**args, "img": x, "vec": vec, "pe": pe})
+        if mem.get("hidden") is not None:  # add-on: video tokens cross-attend to the encoder's hidden states
+            y = out["img"]
+            n = y.shape[1] - m
+            video = mem["cross"][index](y[:, :n], mem["hidden"].to(device=y.device, dtype=y.dtype))
+            out = {**out, "img": torch.cat([video, y[:, n:]], dim=1)}
         if index == count - 1:
             out = {**out, "img": out["img"][:, : out["img"].shape[1] - m]}
         return out
@@ -169,12 +180,35 @@ def _block_patch(index: int, count: int, memory_t0: bool = False):
     return patch
 
 
+def cross_layers(dm, layers, hidden: torch.Tensor):
+    """``layers`` (the encoder's cross-attention layers, from ``transformer_options``), checked against the DiT ``dm``
+    (one layer per block, its width) and the hidden states ``[B, M_h, Ch]``.
+
+    Raises:
+        ValueError: no layers were installed, or they do not fit the model or the hidden states.
+    """
+    if layers is None:
+        raise ValueError("the conditioning carries memory hidden states (cross-attention add-on) but the model has no "
+                         "cross-attention layers: patch it with encoding.install_cross_attention (the Storyboard node does)")
+    first = layers[0]
+    width, ctx = first.q.in_features, first.kv.in_features
+    if len(layers) != len(dm.blocks) or width != dm.dim or ctx != hidden.shape[-1]:
+        raise ValueError(
+            f"the memory encoder's cross-attention layers ({len(layers)} blocks, width {width}, hidden width {ctx}) "
+            f"do not fit this model ({len(dm.blocks)} blocks, width {dm.dim}) and hidden states ({hidden.shape[-1]})")
+    return layers
+
+
 def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
     tokens, ids = pop_memory(kwargs, x.device)  # [B, M, D], [1, M, 3]
+    hidden = pop_hidden(kwargs)  # [B, M_h, Ch] or None
     if tokens is not None:
         dm = executor.class_obj
         freqs = dm.rope_embedder(ids).movedim(1, 2)  # [1, M, 1, d/2, 2, 2], like WanModel.rope_encode
-        transformer_options = {**transformer_options, PATCH_KEY: {"tokens": tokens, "freqs": freqs, "model": dm}}
+        mem = {"tokens": tokens, "freqs": freqs, "model": dm}
+        if hidden is not None:
+            mem.update(hidden=hidden, cross=cross_layers(dm, transformer_options.get(CROSS_KEY), hidden))
+        transformer_options = {**transformer_options, PATCH_KEY: mem}
     return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 
 

@@ -2,7 +2,8 @@
 ``models/`` and wraps the result; loops, state and maths live in ``memory/`` and ``models/``."""
 from __future__ import annotations
 
+from .combine_node import CombineMemoryEncoders
 from .memory_nodes import ApplyMemory, EncodeHistory, LoadMemoryEncoder
 from .storyboard_node import Storyboard
 
-NODES = [LoadMemoryEncoder, EncodeHistory, ApplyMemory, Storyboard]
+NODES = [LoadMemoryEncoder, EncodeHistory, ApplyMemory, Storyboard, CombineMemoryEncoders]
