@@ -102,3 +102,25 @@ def comfy(comfyui_dir):
     import comfy.ops  # noqa: F401
 
     return comfy
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(comfy, tmp_path_factory, media_dir):
+    """(model, vae, encoder, stand-in text encoder, 30 real frames [30, 272, 640, 3] of bikes.mp4): the tiny Wan 2.1
+    models of the embedded default, loaded through ComfyUI's own loaders."""
+    import av
+    import torch
+
+    import comfy.sd
+    import comfy.utils
+    from framememory.demo.make_tiny_models import write_family
+    from framememory.demo.text_encoder import StandInTextEncoder
+    from framememory.models.encoding import MemoryEncoder
+
+    paths = write_family(str(tmp_path_factory.mktemp("models")))
+    model = comfy.sd.load_diffusion_model(paths["dit"])
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(paths["vae"]))
+    with av.open(str(media_dir / "bikes.mp4")) as c:
+        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(30), c.decode(video=0))]
+    clip = torch.stack(frames).float() / 255.0  # [30, 272, 640, 3] real street video
+    return model, vae, MemoryEncoder.from_file(paths["encoder"]), StandInTextEncoder(), clip

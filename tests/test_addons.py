@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import av
 import pytest
 import torch
 
@@ -110,22 +109,6 @@ def test_cross_attention_weights_are_zero_initialised_and_round_trip(tmp_path):
 
 # ---- with ComfyUI's tiny models ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def setup(comfy, tmp_path_factory, media_dir):
-    import comfy.sd
-    import comfy.utils
-    from framememory.demo.make_tiny_models import write_family
-    from framememory.demo.text_encoder import StandInTextEncoder
-    from framememory.models.encoding import MemoryEncoder
-
-    paths = write_family(str(tmp_path_factory.mktemp("models")))
-    model = comfy.sd.load_diffusion_model(paths["dit"])
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(paths["vae"]))
-    with av.open(str(media_dir / "bikes.mp4")) as c:
-        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(30), c.decode(video=0))]
-    clip = torch.stack(frames).float() / 255.0  # [30, 272, 640, 3] real street video
-    return model, vae, MemoryEncoder.from_file(paths["encoder"]), StandInTextEncoder(), clip
-
 
 def _variant(encoder, name: str, **changes):
     """The tiny encoder's config with ``changes``; new seeded weights (random HR output projection) when the rate
@@ -140,11 +123,11 @@ def _variant(encoder, name: str, **changes):
     return MemoryEncoder(cfg, _random_proj(net, sum(cfg.rate)).state_dict(), name)
 
 
-def test_combined_memory_is_the_concatenation_of_each_encoders_memory(setup):
+def test_combined_memory_is_the_concatenation_of_each_encoders_memory(tiny_wan):
     from framememory.models.encoding import MultiEncoder, next_memory
     from framememory.models.storyboard import history_from_frames
 
-    model, vae, encoder, _, video = setup
+    model, vae, encoder, _, video = tiny_wan
     a, b = _variant(encoder, "a", rate="4x4x2"), _variant(encoder, "b", rate="2x2x8")
     both = MultiEncoder([a, b])
     assert both.name == "a + b" and [c.rate_str for c in both.check(model)] == ["4x4x2", "2x2x8"]
@@ -162,7 +145,7 @@ def test_combined_memory_is_the_concatenation_of_each_encoders_memory(setup):
     assert tokens2.shape[0] == 64 + 2 * 8 * 16
 
 
-def test_combine_node_output_runs_a_storyboard(setup):
+def test_combine_node_output_runs_a_storyboard(tiny_wan):
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
     from framememory.nodes import NODES
@@ -172,7 +155,7 @@ def test_combine_node_output_runs_a_storyboard(setup):
     schema = CombineMemoryEncoders.define_schema()
     assert schema.node_id == "FrameMemoryCombineEncoders" and schema.category == "FrameMemory"
     assert all(i.tooltip for i in schema.inputs) and len(schema.inputs) == 2
-    model, vae, encoder, clip, video = setup
+    model, vae, encoder, clip, video = tiny_wan
     (both,) = CombineMemoryEncoders.execute(_variant(encoder, "a", rate="4x4x2"),
                                              _variant(encoder, "b", rate="2x2x8")).args
     start, _ = history_from_frames(model, vae, both, video, 4, 16.0, 256, 128)
@@ -246,12 +229,12 @@ def test_cross_attention_in_every_wan_block(comfy):
     assert (with_trained - plain).abs().max() > 1e-3
 
 
-def test_cross_attention_config_must_match_the_model(setup, comfy, tmp_path):
+def test_cross_attention_config_must_match_the_model(tiny_wan, comfy, tmp_path):
     import comfy.sd
     from framememory.demo.make_tiny_models import write_family
     from framememory.models.encoding import MemoryEncoder, MultiEncoder
 
-    model, _, encoder, _, _ = setup
+    model, _, encoder, _, _ = tiny_wan
     ok = _cross_encoder(encoder, None)
     assert ok.check(model).dit_blocks == 2
     blocks = MemoryEncoder(dataclasses.replace(ok.cfg, dit_blocks=30), None, "wan13b_cross")
@@ -268,7 +251,7 @@ def test_cross_attention_config_must_match_the_model(setup, comfy, tmp_path):
         hv_cross.check(hv)
 
 
-def test_cross_attention_through_the_storyboard_loop(setup):
+def test_cross_attention_through_the_storyboard_loop(tiny_wan):
     """Hidden states travel as a third model cond through the stock sampler (CFG batch); zero-initialised layers
     give exactly the frames of the same encoder without the add-on, trained ones change them. The Apply Memory
     node carries the add-on too (hidden states in both conds, layers installed on the patched model)."""
@@ -278,7 +261,7 @@ def test_cross_attention_through_the_storyboard_loop(setup):
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
 
-    model, vae, encoder, clip, video = setup
+    model, vae, encoder, clip, video = tiny_wan
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
     shots = parse_storyboard("0.8 | a cyclist")
     settings = SamplerSettings(2, 3.0, "euler", "simple", 1)

@@ -1,35 +1,17 @@
 """The storyboard loop in-process with tiny models of the real classes, starting from a real clip."""
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
 import torch
 
 
-@pytest.fixture(scope="module")
-def setup(comfy, tmp_path_factory, media_dir):
-    import comfy.sd
-    import comfy.utils
-    from framememory.demo.make_tiny_models import write_family
-    from framememory.demo.text_encoder import StandInTextEncoder
-    from framememory.models.encoding import MemoryEncoder
-
-    paths = write_family(str(tmp_path_factory.mktemp("models")))
-    model = comfy.sd.load_diffusion_model(paths["dit"])
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(paths["vae"]))
-    with av.open(str(media_dir / "bikes.mp4")) as c:
-        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(30), c.decode(video=0))]
-    clip = torch.stack(frames).float() / 255.0  # [30, 272, 640, 3] real street video
-    return model, vae, MemoryEncoder.from_file(paths["encoder"]), StandInTextEncoder(), clip
-
-
-def test_storyboard_from_real_clip(setup):
+def test_storyboard_from_real_clip(tiny_wan):
     from framememory.memory.grid import memory_grid
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
 
-    model, vae, encoder, clip, video = setup
+    model, vae, encoder, clip, video = tiny_wan
     start, dropped = history_from_frames(model, vae, encoder, video, 4, 16.0, 256, 128)
     assert dropped == 4 and start.history.num_frames == 26 and len(start.history.segments) == 2
     per_segment = int(np.prod(memory_grid((4, 16, 32), encoder.cfg)))  # 2 x 2 x 4 = 16 at 4x4x2
@@ -49,12 +31,12 @@ def test_storyboard_from_real_clip(setup):
     assert start.history.num_frames == 26  # the input memory is not mutated
 
 
-def test_encoder_width_mismatch_is_a_clear_error(setup):
+def test_encoder_width_mismatch_is_a_clear_error(tiny_wan):
     from framememory.memory.config import EncoderConfig
     from framememory.models.encoding import MemoryEncoder
     from framememory.models.storyboard import history_from_frames
 
-    model, vae, _, _, video = setup
+    model, vae, _, _, video = tiny_wan
     wrong = MemoryEncoder(EncoderConfig(dim=1536), None, "wan14b.safetensors")
     with pytest.raises(ValueError, match="dim 1536 \\(model: 128\\)"):
         history_from_frames(model, vae, wrong, video, 4, 16.0, 256, 128)
@@ -64,18 +46,18 @@ def test_encoder_width_mismatch_is_a_clear_error(setup):
         history_from_frames(model, vae, MemoryEncoder.untrained(), video[:10], 4, 16.0, 256, 128)
 
 
-def test_untrained_encoder_takes_the_model_width(setup):
+def test_untrained_encoder_takes_the_model_width(tiny_wan):
     from framememory.models.encoding import MemoryEncoder
     from framememory.models.storyboard import history_from_frames
 
-    model, vae, _, _, video = setup
+    model, vae, _, _, video = tiny_wan
     mem, _ = history_from_frames(model, vae, MemoryEncoder.untrained(), video[:13], 4, 16.0, 256, 128)
     tokens, positions = mem.tokens(model)
     assert tokens.shape == (16, 128) and tokens.abs().max() > 0  # LR branch: VAE + the DiT's patch embedding
     assert positions[:, 0].max() < 0
 
 
-def test_overlap_window_add_on(setup):
+def test_overlap_window_add_on(tiny_wan):
     """With overlap_latent_frames=3 the memory also holds the last 3 latent frames uncompressed (the DiT's own patch
     embedding at rate 1x1x1) at times -3..-1; the report's token counts include them."""
     import dataclasses
@@ -84,7 +66,7 @@ def test_overlap_window_add_on(setup):
     from framememory.models.families import patch_embed
     from framememory.models.storyboard import history_from_frames
 
-    model, vae, encoder, _, video = setup
+    model, vae, encoder, _, video = tiny_wan
     overlap = MemoryEncoder(dataclasses.replace(encoder.cfg, overlap_latent_frames=3), encoder.state_dict, "overlap")
     mem, _ = history_from_frames(model, vae, overlap, video, 4, 16.0, 256, 128)
     plain_tokens, _ = mem.history.memory()
