@@ -8,6 +8,7 @@ import math
 import av
 import pytest
 import torch
+from memory_checks import check_identity_and_position_effect
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +105,7 @@ def test_wan22_no_memory_is_identity_and_positions_matter(dm22):
     opts = _options(len(dm22.blocks), True)
     mem = torch.randn(1, 6, dm22.dim, generator=g) * 0.5
     pos = torch.tensor([[[-3, 0, 0], [-3, 2, 2], [-3, 3, 3], [-1, 0, 0], [-1, 2, 2], [-1, 3, 3]]]) * 2
-    with torch.no_grad():
-        plain = dm22(x, t, context)
-        patched_no_memory = dm22(x, t, context, transformer_options=opts)
-        empty = dm22(x, t, context, transformer_options=opts, memory_tokens=mem[:, :0], memory_positions2=pos[:, :0])
-        a = dm22(x, t, context, transformer_options=opts, memory_tokens=mem, memory_positions2=pos)
-        b = dm22(x, t, context, transformer_options=opts, memory_tokens=mem, memory_positions2=pos - 20)
-    assert torch.equal(plain, patched_no_memory) and torch.equal(plain, empty)
-    assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-5
+    check_identity_and_position_effect(dm22, x, t, context, opts, mem, pos)
 
 
 def test_family_detection_through_the_stock_loader(comfy, dm22, dm_i2v, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory_checks import check_identity_and_position_effect
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +61,7 @@ def test_positions_matter_and_no_memory_is_identity(wan):
     opts = _options(adapter, len(dm.blocks))
     mem = torch.randn(1, 6, dm.dim) * 0.5
     pos = torch.tensor([[[-3, 0, 0], [-3, 2, 2], [-3, 4, 4], [-1, 0, 0], [-1, 2, 2], [-1, 4, 4]]]) * 2
-    with torch.no_grad():
-        plain = dm(x, t, context)
-        patched_no_memory = dm(x, t, context, transformer_options=opts)
-        empty = dm(x, t, context, transformer_options=opts, memory_tokens=mem[:, :0], memory_positions2=pos[:, :0])
-        a = dm(x, t, context, transformer_options=opts, memory_tokens=mem, memory_positions2=pos)
-        b = dm(x, t, context, transformer_options=opts, memory_tokens=mem, memory_positions2=pos - 20)
-    assert torch.equal(plain, patched_no_memory) and torch.equal(plain, empty)
-    assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-5
+    check_identity_and_position_effect(dm, x, t, context, opts, mem, pos)
 
 
 def test_attach_memory_keeps_input_and_encodes_half_positions(wan):
