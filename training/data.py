@@ -1,0 +1,464 @@
+"""Data stage of training (arXiv 2512.23851 trains on precomputed latents and text conditions).
+
+A folder of videos (``.mp4 .avi .mov .mkv .webm`` decoded with PyAV, animated ``.webp`` / ``.gif`` with Pillow),
+with optional timestamped storyboard captions, becomes a folder of safetensors shards, one per clip-chunk::
+
+    OUT/manifest.json                          settings, per-video status, shard list, failed videos
+    OUT/<video key>/chunk_00000.safetensors    tensors  latent [C, T, h, w]  (the VAE's latent of the chunk)
+                                                        text   [L, D]        (the text condition of its prompt)
+                                               metadata "framememory_shard": JSON, see ``shard_metadata``
+
+Captions (both optional; a video without any gets ``default_prompt``):
+
+* a JSON sidecar next to the video, ``<name>.<ext>.json`` or ``<name>.json``:
+  ``{"shots": [{"start_s": 0.0, "end_s": 2.0, "prompt": "a cyclist"}, ...]}``
+* one ``captions.csv`` in the folder, header ``video,start_s,end_s,prompt`` (``video``: file name relative to
+  the folder). A sidecar wins over the CSV for the same video.
+
+Each chunk gets the prompt of the shot nearest its middle time: the shot whose ``[start_s, end_s)`` contains it,
+else the shot whose interval is closest (ties: the earlier shot).
+
+Clips: every frame is scaled to cover ``width x height`` and center-cropped, the video is resampled to ``fps`` by
+nearest frame in time, and cut into chunks of ``chunk_frames`` frames (4k+1 for Wan's causal VAE) every
+``stride`` frames. Frames that do not fill a last chunk are dropped.
+
+Robustness: shards are written to a temporary file and renamed, so a shard on disk is always complete; a
+finished shard is skipped on a rerun (and a video whose shards are all there, unchanged since, is not even
+decoded). A video whose size, mtime or captions differ from the manifest's record is re-encoded from scratch.
+Changing ClipSettings needs a new output folder (ValueError otherwise). A video that cannot be opened or decoded is logged, listed under ``failed`` in the manifest and
+skipped. Errors from the encoders themselves (out of memory, a bad model) are not the video's fault: they stop
+the run, and a rerun resumes.
+
+The encoders are plain callables, so this module needs no ComfyUI:
+``encode_video(frames [F, H, W, 3] float32 in 0..1) -> latent [1, C, T, h, w]`` and
+``encode_text(prompt: str) -> [L, D]`` (``[1, L, D]`` is accepted too). ``training/prepare_data.py`` builds them
+from ComfyUI models.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger("framememory.training.data")
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+PIL_EXTS = (".webp", ".gif")
+FORMAT = "framememory-shards/1"
+META_KEY = "framememory_shard"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class VideoReadError(RuntimeError):
+    """A video could not be opened or decoded (the file's fault, not the encoders')."""
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    width: int = 832          # output frame width in pixels (multiple of 16)
+    height: int = 480         # output frame height in pixels (multiple of 16)
+    fps: float = 16.0         # frames per second after resampling (Wan 2.1: 16)
+    chunk_frames: int = 81    # video frames per chunk; 4k+1 for the causal VAE (81 -> 21 latent frames)
+    stride: int = 0           # frames between chunk starts; 0 = chunk_frames (no overlap)
+    max_chunks: int = 0       # chunks per video at most; 0 = no limit
+    dtype: str = "bfloat16"   # storage dtype of `latent` and `text`: float32, float16 or bfloat16
+    default_prompt: str = ""  # prompt of chunks from a video without captions
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0 or self.width % 16 or self.height % 16:
+            raise ValueError(f"width and height must be positive multiples of 16, got {self.width}x{self.height}")
+        if self.chunk_frames < 1 or (self.chunk_frames - 1) % 4:
+            raise ValueError(f"chunk_frames must be 4k+1 (1, 5, ..., 81), got {self.chunk_frames}")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        if self.stride < 0 or self.max_chunks < 0:
+            raise ValueError("stride and max_chunks must be >= 0")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.chunk_frames
+
+
+@dataclass(frozen=True)
+class CaptionShot:
+    start_s: float
+    end_s: float
+    prompt: str
+
+
+# ----------------------------------------------------------------------------------------------- captions
+
+
+def _parse_shots(rows, where: str) -> list[CaptionShot]:
+    shots = []
+    for i, r in enumerate(rows):
+        try:
+            shot = CaptionShot(float(r["start_s"]), float(r["end_s"]), str(r["prompt"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: shot {i} needs start_s, end_s (numbers) and prompt: {e}") from None
+        if shot.end_s < shot.start_s:
+            raise ValueError(f"{where}: shot {i} ends ({shot.end_s} s) before it starts ({shot.start_s} s)")
+        shots.append(shot)
+    return sorted(shots, key=lambda s: s.start_s)
+
+
+def load_captions(folder: str | os.PathLike, videos: list[Path]) -> dict[Path, list[CaptionShot]]:
+    """Captions of ``videos`` (paths inside ``folder``) from sidecar JSONs and ``folder/captions.csv``.
+
+    Returns {video path: shots sorted by start_s}; videos without captions are absent.
+    Raises ValueError on a malformed sidecar or CSV (a typo in captions should not silently train on "").
+    """
+    folder = Path(folder)
+    out: dict[Path, list[CaptionShot]] = {}
+    csv_path = folder / "captions.csv"
+    if csv_path.exists():
+        by_name: dict[str, list[dict]] = {}
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"video", "start_s", "end_s", "prompt"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{csv_path}: missing columns {sorted(missing)} (need video,start_s,end_s,prompt)")
+            for row in reader:
+                by_name.setdefault(row["video"].strip().replace("\\", "/"), []).append(row)
+        for v in videos:
+            rows = by_name.get(v.relative_to(folder).as_posix())
+            if rows:
+                out[v] = _parse_shots(rows, f"{csv_path} ({v.name})")
+    for v in videos:
+        for side in (v.with_name(v.name + ".json"), v.with_suffix(".json")):
+            if side.exists():
+                with open(side, encoding="utf-8") as f:
+                    data = json.load(f)
+                if not isinstance(data, dict) or not isinstance(data.get("shots"), list):
+                    raise ValueError(f"{side}: expected {{\"shots\": [{{\"start_s\", \"end_s\", \"prompt\"}}, ...]}}")
+                out[v] = _parse_shots(data["shots"], str(side))
+                break
+    return out
+
+
+def prompt_at(shots: list[CaptionShot], t_s: float) -> tuple[int, str] | None:
+    """(index, prompt) of the shot nearest time ``t_s`` (seconds): one containing it in [start_s, end_s), else the
+    one with the closest interval (ties: the earlier). None when ``shots`` is empty."""
+    best, best_d = None, math.inf
+    for i, s in enumerate(shots):
+        d = 0.0 if s.start_s <= t_s < s.end_s else min(abs(t_s - s.start_s), abs(t_s - s.end_s))
+        if d < best_d:
+            best, best_d = i, d
+    return None if best is None else (best, shots[best].prompt)
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def list_videos(folder: str | os.PathLike) -> list[Path]:
+    """Video files under ``folder`` (recursive, sorted), by extension (see VIDEO_EXTS, PIL_EXTS)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS + PIL_EXTS)
+
+
+def _cover_size(w: int, h: int, width: int, height: int) -> tuple[int, int]:
+    scale = max(width / w, height / h)
+    return max(width, math.ceil(w * scale - 1e-6)), max(height, math.ceil(h * scale - 1e-6))
+
+
+def _center_crop(a: np.ndarray, width: int, height: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    y, x = (h - height) // 2, (w - width) // 2
+    return a[y:y + height, x:x + width]
+
+
+def _frames_av(path: Path, width: int, height: int) -> Iterator[tuple[float, np.ndarray]]:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoReadError("no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        t0 = None
+        for i, frame in enumerate(container.decode(stream)):
+            t = frame.time if frame.time is not None else i / rate
+            t0 = t if t0 is None else t0
+            sw, sh = _cover_size(frame.width, frame.height, width, height)
+            a = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation="AREA")
+            yield t - t0, _center_crop(a, width, height)
+
+
+def _frames_pil(path: Path, width: int, height: int) -> Iterator[tuple[float, np.ndarray]]:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as im:
+        t = 0.0
+        for frame in ImageSequence.Iterator(im):
+            rgb = frame.convert("RGB")
+            sw, sh = _cover_size(rgb.width, rgb.height, width, height)
+            rgb = rgb.resize((sw, sh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            yield t, _center_crop(np.asarray(rgb), width, height)
+            t += (frame.info.get("duration") or 1000 / 16) / 1000.0
+
+
+def decode_frames(path: str | os.PathLike, width: int, height: int) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (time in seconds from the first frame, frame uint8 [height, width, 3]) scaled to cover and center-cropped.
+    Any failure to open or decode raises VideoReadError."""
+    path = Path(path)
+    gen = _frames_pil if path.suffix.lower() in PIL_EXTS else _frames_av
+    try:
+        yield from gen(path, width, height)
+    except VideoReadError:
+        raise
+    except Exception as e:  # av.error.*, PIL.UnidentifiedImageError, OSError, ...
+        raise VideoReadError(f"{type(e).__name__}: {e}") from e
+
+
+def resample(frames: Iterator[tuple[float, np.ndarray]], fps: float) -> Iterator[np.ndarray]:
+    """Frames at times k / fps (k = 0, 1, ...): for each, the source frame nearest in time (ties: the earlier).
+    Stops at the last source frame."""
+    prev = None  # (time, frame)
+    k = 0
+    for t, a in frames:
+        while k / fps <= t:
+            tk = k / fps
+            yield prev[1] if prev is not None and tk - prev[0] <= t - tk else a
+            k += 1
+        prev = (t, a)
+
+
+def iter_chunks(path: str | os.PathLike, cfg: ClipSettings) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first frame index at cfg.fps, frames uint8 [chunk_frames, height, width, 3]) for each chunk of a video.
+    Raises VideoReadError (possibly after some chunks) when the file cannot be decoded."""
+    F, n, buf, buf_start, next_start = cfg.chunk_frames, 0, [], 0, 0
+    for k, a in enumerate(resample(decode_frames(path, cfg.width, cfg.height), cfg.fps)):
+        if k < next_start:
+            continue
+        if not buf:
+            buf_start = k
+        buf.append(a)
+        if len(buf) == F:
+            yield buf_start, np.stack(buf)
+            n += 1
+            if cfg.max_chunks and n >= cfg.max_chunks:
+                return
+            next_start = buf_start + cfg.step
+            buf = buf[next_start - buf_start:]
+            buf_start = next_start
+
+
+# ----------------------------------------------------------------------------------------------- shards
+
+
+def video_key(folder: Path, video: Path) -> str:
+    """Folder name of a video's shards: its path relative to the input folder, '/' -> '__', other odd characters
+    -> '_', plus a short hash of the relative path so different paths never collide."""
+    rel = video.relative_to(folder).as_posix()
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", rel.replace("/", "__"))
+    return f"{safe}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
+
+
+def shard_metadata(*, source: str, key: str, chunk: int, start: int, cfg: ClipSettings, prompt: str,
+                   shot: int | None, source_size: tuple[int, int] | None = None) -> dict:
+    """The JSON stored under metadata key ``framememory_shard``. Frame indices are at ``fps`` (the resampled rate);
+    ``frame_range`` is [first, end) and ``time_range_s`` is the same span in seconds of the source video."""
+    end = start + cfg.chunk_frames
+    return {"format": FORMAT, "source": source, "video_key": key, "chunk": chunk, "fps": cfg.fps,
+            "frame_range": [start, end], "time_range_s": [start / cfg.fps, end / cfg.fps],
+            "resolution": [cfg.width, cfg.height], "prompt": prompt, "shot": shot}
+
+
+def save_shard_atomic(path: Path, latent: torch.Tensor, text: torch.Tensor, meta: dict) -> None:
+    """Write ``path`` via a temporary file in the same folder and os.replace: readers never see half a shard."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        save_file({"latent": latent.contiguous(), "text": text.contiguous()}, str(tmp),
+                  metadata={META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def shard_ok(path: Path) -> bool:
+    """True when ``path`` is a readable shard with ``latent``, ``text`` and our metadata (header check only)."""
+    if not path.exists():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return {"latent", "text"} <= set(f.keys()) and META_KEY in (f.metadata() or {})
+    except Exception:
+        return False
+
+
+def read_shard(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(latent [C, T, h, w], text [L, D], metadata dict) of one shard, in their stored dtype."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("latent"), f.get_tensor("text"), json.loads(f.metadata()[META_KEY])
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """The shards listed in ``root/manifest.json`` as a map-style dataset of
+    {"latent": [C, T, h, w], "text": [L, D], "meta": dict}. Raises FileNotFoundError without a manifest."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        manifest = json.loads((self.root / "manifest.json").read_text())
+        self.paths = [self.root / s for v in manifest["videos"] for s in v.get("shards", [])]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        latent, text, meta = read_shard(self.paths[i])
+        return {"latent": latent, "text": text, "meta": meta}
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _as_text(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.ndim == 3 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 2:
+        raise ValueError(f"encode_text must return [L, D] (or [1, L, D]), got {tuple(t.shape)}")
+    return t
+
+
+def _as_latent(z: torch.Tensor) -> torch.Tensor:
+    z = z.detach()
+    if z.ndim != 5 or z.shape[0] != 1:
+        raise ValueError(f"encode_video must return [1, C, T, h, w], got {tuple(z.shape)}")
+    return z[0]
+
+
+def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: ClipSettings,
+                    encode_video: Callable[[torch.Tensor], torch.Tensor], encode_text: Callable[[str], torch.Tensor],
+                    progress: bool = True) -> dict:
+    """Encode every video under ``input_dir`` into shards under ``out_dir`` (see the module docstring).
+
+    Args:
+        encode_video: frames [F, H, W, 3] float32 0..1 (F = cfg.chunk_frames) -> latent [1, C, T, h, w].
+        encode_text: prompt -> [L, D] (or [1, L, D]); called once per distinct prompt.
+        progress: show a tqdm bar over videos.
+    Returns the manifest (also written to ``out_dir/manifest.json`` after every video), with run counters
+    under "run": written, skipped (shards already there), failed (videos).
+    Raises:
+        ValueError: ``out_dir`` holds shards made with other ClipSettings; malformed captions.
+        Whatever the encoders raise (the run stops; rerun to resume).
+    """
+    input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    settings = dataclasses.asdict(cfg)
+    previous = {}
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("settings") != settings:
+            raise ValueError(f"{out_dir} holds shards made with settings {old.get('settings')}, not {settings}: "
+                             "use another output folder")
+        previous = {v["source"]: v for v in old.get("videos", [])}
+    videos = list_videos(input_dir)
+    captions = load_captions(input_dir, videos)
+    dtype = _DTYPES[cfg.dtype]
+    text_cache: dict[str, torch.Tensor] = {}
+    manifest = {"format": FORMAT, "settings": settings, "input_dir": str(input_dir), "videos": [], "failed": [],
+                "run": {"written": 0, "skipped": 0, "failed": 0}}
+    run = manifest["run"]
+
+    try:
+        from tqdm import tqdm
+        bar = tqdm(videos, unit="video", desc="prepare", disable=not progress)
+    except ImportError:  # tqdm ships with ComfyUI; the run does not need it
+        bar = videos
+    for video in bar:
+        rel = video.relative_to(input_dir).as_posix()
+        key = video_key(input_dir, video)
+        st = video.stat()
+        shots = captions.get(video, [])
+        captions_sha1 = hashlib.sha1(json.dumps([dataclasses.astuple(s) for s in shots]).encode()).hexdigest()
+        entry = {"source": rel, "key": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                 "captions_sha1": captions_sha1, "status": "ok", "chunks": 0, "shards": []}
+        prev = previous.get(rel)
+        same = prev is not None and all(prev.get(k) == entry[k] for k in ("size", "mtime_ns", "captions_sha1"))
+        shard_dir = out_dir / key
+        if same and prev.get("status") == "ok" and prev.get("shards") and all(
+                shard_ok(out_dir / s) for s in prev["shards"]):
+            entry.update(chunks=prev["chunks"], shards=prev["shards"])  # unchanged and complete: not even decoded
+            run["skipped"] += len(prev["shards"])
+        else:
+            if prev is not None and not same and shard_dir.is_dir():  # video or captions changed since: redo it
+                log.info("%s or its captions changed: re-encoding it", video)
+                for old in shard_dir.glob("chunk_*.safetensors"):
+                    old.unlink()
+            if shard_dir.is_dir():
+                for stale in shard_dir.glob("*.tmp*"):  # left by a killed process
+                    stale.unlink()
+            chunks = iter_chunks(video, cfg)
+            while True:
+                try:
+                    item = next(chunks, None)
+                except VideoReadError as e:
+                    entry["status"], entry["error"] = "failed", str(e)
+                    manifest["failed"].append({"source": rel, "error": str(e), "chunks_written": entry["chunks"]})
+                    run["failed"] += 1
+                    log.warning("skipping unreadable video %s: %s", video, e)
+                    break
+                if item is None:
+                    break
+                start, frames = item
+                idx = entry["chunks"]
+                path = shard_dir / f"chunk_{idx:05d}.safetensors"
+                entry["chunks"] += 1
+                entry["shards"].append(path.relative_to(out_dir).as_posix())
+                if shard_ok(path):
+                    run["skipped"] += 1
+                    continue
+                mid_s = (start + (cfg.chunk_frames - 1) / 2) / cfg.fps
+                found = prompt_at(shots, mid_s)
+                shot, prompt = found if found else (None, cfg.default_prompt)
+                with torch.no_grad():
+                    if prompt not in text_cache:
+                        text_cache[prompt] = _as_text(encode_text(prompt)).to("cpu", dtype)
+                    pixels = torch.from_numpy(frames).float().div_(255.0)  # [F, H, W, 3] 0..1
+                    latent = _as_latent(encode_video(pixels)).to("cpu", dtype)
+                shard_dir.mkdir(exist_ok=True)
+                meta = shard_metadata(source=rel, key=key, chunk=idx, start=start, cfg=cfg, prompt=prompt, shot=shot)
+                save_shard_atomic(path, latent, text_cache[prompt], meta)
+                run["written"] += 1
+            if entry["status"] == "ok" and entry["chunks"] == 0:
+                entry["status"] = "too_short"
+                log.warning("%s is shorter than one chunk (%d frames at %g fps): no shards", video,
+                            cfg.chunk_frames, cfg.fps)
+        manifest["videos"].append(entry)
+        _write_json_atomic(manifest_path, {**manifest, "videos": manifest["videos"] + [
+            v for s, v in previous.items() if s not in {e["source"] for e in manifest["videos"]}]})
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(written=run["written"], skipped=run["skipped"], failed=run["failed"])
+    manifest["num_shards"] = sum(len(v["shards"]) for v in manifest["videos"])
+    _write_json_atomic(manifest_path, manifest)
+    log.info("prepared %d shards (%d written, %d already there) from %d videos; %d failed", manifest["num_shards"],
+             run["written"], run["skipped"], len(videos), run["failed"])
+    return manifest
