@@ -14,7 +14,6 @@ seeded: the video they make is NOT meaningful imagery.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -23,14 +22,13 @@ STEMS = {"wan21": "framememory_tiny_wan21", "hunyuan_video": "framememory_tiny_h
 
 
 def _import_pack(name: str = "framememory"):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"), submodule_search_locations=[root])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The repository as package ``name`` (scripts/packimport.py)."""
+    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from packimport import import_pack
+
+    return import_pack(name)
 
 
 def _save_atomic(path: str, state_dict: dict) -> None:

@@ -14,7 +14,6 @@ Captions: ``<video>.json`` sidecars ``{"shots": [{"start_s", "end_s", "prompt"}]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -23,16 +22,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _import_pack(name: str = "framememory"):
-    """Load the repository as package ``name`` without putting its root on sys.path (our nodes/ and models/ would
-    shadow ComfyUI's); same as demo/make_tiny_models.py."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "__init__.py"),
-                                                  submodule_search_locations=[REPO_ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """The repository as package ``name`` (scripts/packimport.py)."""
+    scripts = os.path.join(REPO_ROOT, "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from packimport import import_pack
+
+    return import_pack(name)
 
 
 def _drop_repo_root_from_path() -> None:
