@@ -2,7 +2,7 @@
 # Prepare everything ComfyUI-FrameMemory needs to run its example and tests, offline-friendly.
 #
 #   bash scripts/setup.sh          # venv, torch, ComfyUI 0.3.75, requirements, media
-#   bash scripts/setup.sh --test   # the same plus requirements-test.txt
+#   bash scripts/setup.sh --test   # the same plus requirements-test.txt and requirements-train.txt
 #
 # Environment:
 #   FRAMEMEMORY_VENV  virtual environment to create/use (default: <repo>/.venv)
@@ -158,7 +158,7 @@ install_reqs() {  # install_reqs NAME FILE...: pip install -r each FILE unless t
 install_reqs comfyui "$REQ_COMFY"
 install_reqs framememory "$ROOT/requirements.txt"
 if [ "$WITH_TEST" = 1 ]; then
-  install_reqs test "$ROOT/requirements-test.txt"
+  install_reqs test "$ROOT/requirements-test.txt" "$ROOT/requirements-train.txt"
 fi
 
 # 5. real media ----------------------------------------------------------------------------
