@@ -8,16 +8,8 @@ import platform
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def import_pack(name: str = "framememory"):
-    """The repository as package ``name`` (scripts/packimport.py)."""
-    scripts = os.path.join(ROOT, "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    from packimport import import_pack
-
-    return import_pack(name)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from packimport import import_pack  # noqa: E402  (the repository as package `framememory`)
 
 
 def machine() -> dict:

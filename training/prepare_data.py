@@ -19,16 +19,8 @@ import os
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _import_pack(name: str = "framememory"):
-    """The repository as package ``name`` (scripts/packimport.py)."""
-    scripts = os.path.join(REPO_ROOT, "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    from packimport import import_pack
-
-    return import_pack(name)
+sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+from packimport import import_pack as _import_pack  # noqa: E402  (the repository as package `framememory`)
 
 
 def _drop_repo_root_from_path() -> None:
