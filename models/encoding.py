@@ -32,10 +32,11 @@ import comfy.ops
 
 from ..memory.config import EncoderConfig
 from ..memory.encoder import HistoryEncoder, combine_branches, lr_frames
-from ..memory.grid import memory_grid
+from ..memory.grid import memory_grid, memory_positions
 from ..memory.history import HistoryBuffer, HistorySegment
 from ..memory.io import load_encoder_file
 from . import families
+from .conds import CROSS_KEY
 
 log = logging.getLogger("FrameMemory")
 UNTRAINED = "untrained (LR branch only)"
@@ -119,17 +120,15 @@ def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> t
     Raises:
         ValueError: encoder/DiT width mismatch or a segment too small for one memory token.
     """
-    from ..memory.grid import memory_positions
-
     cfg = encoder.check(model)
-    patcher = encoder.patcher(model)
-    latent_in = model.model.process_latent_in(seg.latent[None].float())  # [1, C, T, h, w] model space
     hr = lr = hidden = None
     if cfg.use_lr:
         pixels = lr_frames(seg.frames.float() / 255.0, seg.latent_frames, cfg)
         lr_latent = vae.encode(pixels)  # [1, C, T // rt, h', w']
         lr = families.patch_embed(model, model.model.process_latent_in(lr_latent.float().cpu()))
     if cfg.use_hr:
+        patcher = encoder.patcher(model)
+        latent_in = model.model.process_latent_in(seg.latent[None].float())  # [1, C, T, h, w] model space
         comfy.model_management.load_models_gpu([patcher])
         net = patcher.model
         with torch.no_grad():
@@ -208,8 +207,6 @@ def next_memory(model, encoder, history: HistoryBuffer) -> tuple[torch.Tensor | 
     frames; the largest N of a combination, added once), the last N latent frames uncompressed: the DiT's own patch
     embedding of their model-space latent at rate 1x1x1, at their original times -N .. -1.
     """
-    from ..memory.grid import memory_positions
-
     cfgs = [p.check(model) for p in encoder.parts]
     parts = [history.memory(key=part_key(i)) for i in range(len(cfgs))]
     parts = [p for p in parts if p[0] is not None]  # a slow encoder (e.g. 2x2x8) may have nothing yet
@@ -258,8 +255,6 @@ def install_cross_attention(patched, encoder) -> None:
     Raises:
         NotImplementedError: the model is not of a family in CROSS_ATTENTION_FAMILIES. ValueError: see ``check``.
     """
-    from .conds import CROSS_KEY
-
     found = cross_attention_part(encoder)
     if found is None:
         return

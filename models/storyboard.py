@@ -58,6 +58,22 @@ class Memory:
         tokens, positions = next_memory(model, self.encoder, self.history)
         return tokens, positions, memory_hidden(model, self.encoder, self.history)
 
+    def apply(self, model, positive: list, negative: list) -> tuple[object, list, list]:
+        """What Apply Memory does: ``(patched model, positive, negative)`` for the stock KSampler, the model
+        patched for memory attention (:func:`memory_model`) and both conditionings carrying this memory."""
+        tokens, positions, hidden = self.conds(model)
+        return (memory_model(model, self.encoder), attach_memory(positive, tokens, positions, hidden),
+                attach_memory(negative, tokens, positions, hidden))
+
+
+def memory_model(model, encoder):
+    """Clone ``model`` with memory attention installed (``families.patch_model``) plus the encoder's cross-attention
+    layers when it has that add-on. Raises like :meth:`MemoryEncoder.check`."""
+    encoder.check(model)
+    patched = families.patch_model(model)
+    install_cross_attention(patched, encoder)
+    return patched
+
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
@@ -170,9 +186,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
     adapter = check_size(model, width, height)
     if start is not None and (start.width, start.height) != (width, height):
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
-    encoder.check(model)
-    patched = families.patch_model(model)
-    install_cross_attention(patched, encoder)
+    patched = memory_model(model, encoder)
     mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height)
     encode_pending(model, vae, encoder, mem.history)
     plans = plan_segments(shots, fps, latent_frames)

@@ -4,9 +4,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..models.conds import attach_memory
-from ..models.families import patch_model
-from ..models.encoding import UNTRAINED, MemoryEncoder, install_cross_attention
+from ..models.encoding import UNTRAINED, MemoryEncoder
 from ..models.storyboard import Memory, history_from_frames
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
@@ -101,9 +99,4 @@ class ApplyMemory(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, memory: Memory, positive, negative) -> io.NodeOutput:
-        memory.encoder.check(model)
-        tokens, positions, hidden = memory.conds(model)
-        patched = patch_model(model)
-        install_cross_attention(patched, memory.encoder)
-        return io.NodeOutput(patched, attach_memory(positive, tokens, positions, hidden),
-                             attach_memory(negative, tokens, positions, hidden))
+        return io.NodeOutput(*memory.apply(model, positive, negative))
