@@ -286,28 +286,31 @@ def stage1_loss(dm, encoder: HistoryEncoder, history: torch.Tensor, context: tor
 # ------------------------------------------------------------------------------------------------ Stage II
 
 
-def stage2_loss(dm, encoder: HistoryEncoder, history: torch.Tensor, target: torch.Tensor, context: torch.Tensor,
+def stage2_loss(dm, encoder: HistoryEncoder | None, history: torch.Tensor, target: torch.Tensor, context: torch.Tensor,
                 t: torch.Tensor | None = None, eps: torch.Tensor | None = None, cfg: StageConfig = StageConfig(),
                 generator: torch.Generator | None = None, lr_latent: torch.Tensor | None = None):
     """Autoregressive fine-tuning loss: memory of the clean history ``H`` ``[B, C, T_H, h, w]`` at times
     ``-T_H .. -1``; rectified flow on the next segment ``X`` = ``target`` ``[B, C, T_X, h, w]`` only (its frames at
     times ``0 .. T_X-1``). ``t`` ``[B]`` / ``eps`` are drawn (``cfg.timesteps``, ``generator``) when None.
-    Returns ``(loss, pred)``."""
+    ``encoder`` None: the same loss without memory tokens (the no-memory baseline). Returns ``(loss, pred)``."""
     b = target.shape[0]
     if t is None:
         t = cfg.timesteps.sample((b,), generator).to(target.device)
     if eps is None:
         eps = torch.randn(target.shape, generator=generator).to(target)
-    tokens, pos2 = encode_history(dm, encoder, history, t_start=-float(history.shape[2]), lr_latent=lr_latent,
-                                  use_lr=cfg.use_lr)
+    tokens = pos2 = None
+    if encoder is not None:
+        tokens, pos2 = encode_history(dm, encoder, history, t_start=-float(history.shape[2]), lr_latent=lr_latent,
+                                      use_lr=cfg.use_lr)
     x_t, velocity = flow_pair(target, t, eps)
     pred = dit_forward(dm, x_t, t, context, tokens, pos2)
     return F.mse_loss(pred.float(), velocity.float()), pred
 
 
-def trainable_parameters(dm, encoder: HistoryEncoder) -> list[torch.nn.Parameter]:
+def trainable_parameters(dm, encoder: HistoryEncoder | None) -> list[torch.nn.Parameter]:
     """LoRA parameters of ``dm`` plus every encoder parameter (all with ``requires_grad``)."""
-    return [p for p in dm.parameters() if p.requires_grad] + [p for p in encoder.parameters() if p.requires_grad]
+    enc = [] if encoder is None else [p for p in encoder.parameters() if p.requires_grad]
+    return [p for p in dm.parameters() if p.requires_grad] + enc
 
 
 __all__ = ["LogitNormal", "StageConfig", "add_lora", "lora_state_dict", "lr_branch", "encode_history", "frame_rope",

@@ -1,0 +1,195 @@
+"""The Accelerate training loop (training/loop.py, training/train.py) and the export (training/export.py) on a tiny
+ComfyUI WanModel (CPU): exact resume from a checkpoint, logging, only LoRA + encoder train, the exported LoRA is the
+same model under ComfyUI's stock LoRA loader, the exported encoder loads in the nodes, `accelerate launch` with one
+process and DDP with two CPU processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+RANK = 8
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def parts(comfy):
+    pytest.importorskip("peft")
+    pytest.importorskip("accelerate")
+    from framememory.demo.tiny_models import tiny_encoder_config, tiny_wan21_dit
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.training import loop
+
+    def fresh(rate="2x2x2"):
+        enc = HistoryEncoder(tiny_encoder_config(rate))
+        enc.reset_parameters(torch.Generator().manual_seed(1))
+        with torch.no_grad():  # a non-zero output projection, so the HR branch matters from step 1
+            enc.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
+        return tiny_wan21_dit(seed=0), enc
+
+    return fresh, loop
+
+
+def _dataset(n=5, frames=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"latent": torch.randn(16, frames, 8, 8, generator=g), "text": torch.randn(5, 4096, generator=g) * 0.1}
+            for _ in range(n)]
+
+
+def _trainable(module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_resume_from_checkpoint_takes_the_same_steps(parts, tmp_path, stage):
+    fresh, loop = parts
+    data = _dataset()
+    common = dict(stage=stage, steps=6, lora_rank=RANK, grad_accum=2, batch_size=1, window=6, segment_frames=2,
+                  omega_frames=2, seed=3, log_every=1, lr=1e-3)
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    dm, enc = fresh()
+    full = loop.train(loop.TrainArgs(**common, output_dir=str(full_dir), save_every=2), dm, enc, data)
+    ckpt = full_dir / loop.CHECKPOINTS / "step_0000004"
+    assert sorted(p.name for p in (full_dir / loop.CHECKPOINTS).iterdir()) == \
+        ["step_0000002", "step_0000004", "step_0000006"]
+    # the checkpoint holds the trainable weights only (LoRA + encoder), not the frozen DiT
+    from safetensors.torch import load_file
+
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert set(saved) == set(_trainable(full["module"])) and all("lora_" in k or k.startswith("encoder.") for k in saved)
+
+    dm2, enc2 = fresh()
+    resumed = loop.train(loop.TrainArgs(**common, output_dir=str(resumed_dir), resume=str(ckpt)), dm2, enc2, data)
+    assert resumed["steps"] == 6 and len(resumed["losses"]) == 2
+    assert resumed["losses"] == full["losses"][4:]
+    a, b = _trainable(full["module"]), _trainable(resumed["module"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # and it did train: the last steps changed the weights saved at step 4
+    assert any(not torch.equal(saved[k], a[k]) for k in a)
+
+
+def test_only_lora_and_encoder_change_and_log_has_loss_lr_throughput(parts, tmp_path):
+    fresh, loop = parts
+    dm, enc = fresh()
+    frozen = {k: v.clone() for k, v in dm.state_dict().items()}
+    enc0 = {k: v.clone() for k, v in enc.state_dict().items()}
+    res = loop.train(loop.TrainArgs(stage=1, steps=4, lora_rank=RANK, log_every=2, warmup_steps=4, lr=1e-3,
+                                    output_dir=str(tmp_path)), dm, enc, _dataset(n=3))
+    for k, v in dm.state_dict().items():
+        if "lora_" in k:
+            continue
+        base = k.replace(".base_layer", "")
+        assert torch.equal(v, frozen[base]), k
+    assert any(not torch.equal(v, enc0[k]) for k, v in enc.state_dict().items())
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in dm.state_dict().items() if "lora_B" in k)
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [2, 4]
+    assert recs[0]["lr"] == pytest.approx(1e-3 * 2 / 4) and recs[1]["lr"] == pytest.approx(1e-3)  # warm-up
+    assert all(r["samples_per_s"] > 0 and r["loss"] == pytest.approx(res["losses"][r["step"] - 1]) for r in recs)
+
+
+def test_resume_with_another_model_is_refused(parts, tmp_path):
+    fresh, loop = parts
+    dm, enc = fresh()
+    loop.train(loop.TrainArgs(stage=1, steps=2, lora_rank=RANK, output_dir=str(tmp_path), save_every=2), dm, enc,
+               _dataset(n=2))
+    dm2, enc2 = fresh()
+    with pytest.raises(ValueError, match="does not fit this model"):
+        loop.train(loop.TrainArgs(stage=1, steps=4, lora_rank=RANK * 2, output_dir=str(tmp_path), resume="latest"),
+                   dm2, enc2, _dataset(n=2))
+
+
+def test_exported_lora_is_the_same_model_under_comfyui_stock_loader(parts, tmp_path):
+    fresh, loop = parts
+    import comfy.model_management
+    import comfy.sd
+    import comfy.utils
+
+    from framememory.demo.tiny_models import tiny_wan21_dit
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.training import stages
+
+    dm, enc = fresh()
+    res = loop.train(loop.TrainArgs(stage=2, steps=3, lora_rank=RANK, lora_alpha=4.0, lr=1e-2, segment_frames=2,
+                                    output_dir=str(tmp_path)), dm, enc, _dataset(n=2, frames=6))
+    lora_file, enc_file = res["exported"]["lora"], res["exported"]["encoder"]
+    sd = comfy.utils.load_torch_file(lora_file)
+    assert all(k.startswith("diffusion_model.blocks.") for k in sd)
+    assert sd["diffusion_model.blocks.0.self_attn.q.alpha"].item() == 4.0
+
+    # ComfyUI's stock path on the untouched base DiT file: UNETLoader + LoraLoaderModelOnly (load_lora_for_models)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tiny_wan21_dit(seed=0).state_dict().items()}, str(tmp_path / "dit.safetensors"))
+    base = comfy.sd.load_diffusion_model(str(tmp_path / "dit.safetensors"))
+    lora_model, _ = comfy.sd.load_lora_for_models(base, None, sd, 1.0, 0)
+    assert len(lora_model.patches) == 20  # every LoRA module of the 2 tiny blocks was recognised
+    comfy.model_management.load_models_gpu([lora_model])  # applies the patches to the weights
+    stock_dm = lora_model.model.diffusion_model
+
+    g = torch.Generator().manual_seed(9)
+    x, ctx = torch.randn(1, 16, 2, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g) * 0.1
+    t = torch.tensor([0.5])
+    with torch.no_grad():
+        ours = stages.dit_forward(dm, x, t, ctx, None, None)
+        stock = stages.dit_forward(stock_dm, x, t, ctx, None, None)
+        plain = stages.dit_forward(tiny_wan21_dit(seed=0), x, t, ctx, None, None)
+    assert (ours - plain).abs().max() > 1e-3  # the LoRA learned something
+    assert torch.allclose(ours, stock, atol=1e-5, rtol=1e-4)
+
+    mem = MemoryEncoder.from_file(enc_file)  # what the Load Memory Encoder node does
+    assert mem.cfg == enc.cfg and all(torch.equal(v, enc.state_dict()[k]) for k, v in mem.state_dict.items())
+
+
+def _shards(root: Path, n=4, frames=8):
+    from framememory.training.data import save_shard_atomic
+
+    g = torch.Generator().manual_seed(0)
+    names = []
+    for i, item in enumerate(_dataset(n=n, frames=frames)):
+        p = root / "clip" / f"chunk_{i:05d}.safetensors"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        save_shard_atomic(p, item["latent"], item["text"], {"chunk": i})
+        names.append(f"clip/chunk_{i:05d}.safetensors")
+    (root / "manifest.json").write_text(json.dumps({"videos": [{"shards": names}]}))
+    del g
+
+
+def _launch(tmp_path, config: str, out: str, extra: list[str]):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "training/accelerate" / config),
+           str(ROOT / "training/train.py"), "--data", str(tmp_path / "shards"), "--tiny-dit", "--out", out,
+           "--lora-rank", str(RANK), "--hr-channels", "16,32,64,64", "--attn-heads", "4", "--rate", "2x2x2",
+           "--log-every", "1", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+
+
+def test_accelerate_launch_stage1_then_stage2_from_the_cli(parts, tmp_path, comfyui_dir):
+    _shards(tmp_path / "shards")
+    os.environ.setdefault("COMFYUI_DIR", str(comfyui_dir))
+    r1 = _launch(tmp_path, "cpu.yaml", str(tmp_path / "s1"), ["--stage", "1", "--steps", "2"])
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    assert "1 process(es)" in r1.stdout and "stage 1 step 2/2" in r1.stdout
+    enc = tmp_path / "s1" / "encoder_stage1.safetensors"
+    r2 = _launch(tmp_path, "cpu.yaml", str(tmp_path / "s2"),
+                 ["--stage", "2", "--steps", "2", "--encoder", str(enc), "--window", "6", "--segment-frames", "2"])
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert (tmp_path / "s2" / "lora_stage2.safetensors").is_file() and (tmp_path / "s2" / "encoder_stage2.safetensors").is_file()
+    bad = _launch(tmp_path, "cpu.yaml", str(tmp_path / "s3"), ["--stage", "1", "--no-memory"])
+    assert bad.returncode != 0 and "--no-memory is a Stage II baseline" in bad.stderr
+
+
+def test_ddp_with_two_cpu_processes(parts, tmp_path, comfyui_dir):
+    _shards(tmp_path / "shards")
+    os.environ.setdefault("COMFYUI_DIR", str(comfyui_dir))
+    r = _launch(tmp_path, "cpu_ddp.yaml", str(tmp_path / "ddp"), ["--stage", "1", "--steps", "2", "--save-every", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es) (MULTI_CPU" in r.stdout
+    ckpt = tmp_path / "ddp" / "checkpoints" / "step_0000002"
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert (tmp_path / "ddp" / "lora_stage1.safetensors").is_file()

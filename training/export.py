@@ -1,0 +1,82 @@
+"""Export a trained memory encoder and LoRA in the formats the nodes and ComfyUI's stock loaders read.
+
+* Encoder: :func:`memory.io.save_encoder` (safetensors, :class:`memory.config.EncoderConfig` JSON in the metadata),
+  loaded by the node "FrameMemory Load Memory Encoder" from ``models/memory_encoders/``.
+* LoRA: ComfyUI's diffusers-style LoRA keys, which ``comfy.lora.load_lora`` maps onto ``diffusion_model.*`` weights
+  and the stock node ``LoraLoaderModelOnly`` applies::
+
+      diffusion_model.blocks.0.self_attn.q.lora_A.weight   [r, in]   (peft: blocks.0.self_attn.q.lora_A.default.weight)
+      diffusion_model.blocks.0.self_attn.q.lora_B.weight   [out, r]
+      diffusion_model.blocks.0.self_attn.q.alpha           []        peft lora_alpha; ComfyUI scales by alpha / r
+
+  ComfyUI computes ``W + strength * (alpha / r) * B @ A``, peft ``W + (lora_alpha / r) * B @ A``: the same model at
+  strength 1.0. Put the file in ``models/loras/``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import torch
+
+from ..memory.io import save_encoder
+
+_PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.weight$")
+
+
+def comfy_lora_state_dict(dm: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None,
+                          adapter: str = "default") -> dict[str, torch.Tensor]:
+    """The peft LoRA of ``dm`` (an unwrapped DiT with :func:`training.stages.add_lora` applied) under ComfyUI keys
+    (module docstring), float32 on the CPU. ``state_dict``: ``dm``'s full state dict when its parameters are
+    sharded (FSDP: ``accelerator.get_state_dict``); default ``dm.state_dict()``.
+    Raises ValueError when ``dm`` has no LoRA of that adapter name."""
+    out: dict[str, torch.Tensor] = {}
+    modules = dict(dm.named_modules())
+    for key, value in (dm.state_dict() if state_dict is None else state_dict).items():
+        m = _PEFT_KEY.match(key)
+        if m is None or m["adapter"] != adapter:
+            continue
+        name = m["module"]
+        out[f"diffusion_model.{name}.lora_{m['ab']}.weight"] = value.detach().float().cpu().contiguous()
+        alpha = modules[name].lora_alpha[adapter]
+        out[f"diffusion_model.{name}.alpha"] = torch.tensor(float(alpha))
+    if not out:
+        raise ValueError(f"the model has no LoRA adapter {adapter!r} to export (was training.stages.add_lora applied?)")
+    return out
+
+
+def save_lora(path: str, dm: torch.nn.Module, metadata: dict[str, str] | None = None,
+              state_dict: dict[str, torch.Tensor] | None = None) -> int:
+    """Write :func:`comfy_lora_state_dict` of ``dm`` to ``path`` atomically (temp file + rename). Returns the number
+    of LoRA-wrapped modules."""
+    from safetensors.torch import save_file
+
+    sd = comfy_lora_state_dict(dm, state_dict)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file(sd, tmp, metadata=metadata or {})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return sum(1 for k in sd if k.endswith(".alpha"))
+
+
+def export_encoder(path: str, encoder: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> bool:
+    """Save a :class:`memory.encoder.HistoryEncoder` (``state_dict``: its full state dict, default its own) for the
+    nodes. Returns False (writes nothing) for encoders the nodes cannot load (baselines such as
+    ``training.baselines.LargePatchifier``)."""
+    from ..memory.encoder import HistoryEncoder
+
+    if type(encoder) is not HistoryEncoder:
+        return False
+    save_encoder(path, encoder.state_dict() if state_dict is None else state_dict, encoder.cfg)
+    return True
+
+
+__all__ = ["comfy_lora_state_dict", "save_lora", "export_encoder"]

@@ -1,0 +1,373 @@
+"""The training loop of Stage I / Stage II (arXiv 2512.23851, DESIGN.md section 1) on Hugging Face Accelerate.
+
+One loop for both stages (``TrainArgs.stage``), the losses are :mod:`training.stages`. What Accelerate gives:
+
+* **Processes / devices**: whatever ``accelerate launch`` (or ``accelerate config``) set up: one CPU process, one GPU,
+  several GPUs with DDP, or FSDP (``training/accelerate/*.yaml``). The DiT and the encoder are one
+  :class:`StageModule`, so DDP/FSDP wrap a single forward that returns the loss.
+* **Mixed precision** (``no`` / ``bf16`` / ``fp16``: autocast around the forward), **gradient accumulation**
+  (``accelerator.accumulate``: gradients sync and the optimizer steps every ``grad_accum`` micro-batches),
+  gradient clipping.
+* **Checkpoints**: ``accelerator.save_state`` into ``OUT/checkpoints/step_NNNNNNN`` (optimizer, sampler epoch,
+  RNG states, the step counter and, through a save hook, only the *trainable* weights: LoRA + encoder, not the
+  frozen base DiT); ``resume`` continues exactly: every random draw of a micro-batch (Omega, mask levels, noise,
+  diffusion time, window crop) comes from a generator seeded by ``(seed, micro-batch index, process)``, and the
+  data order from Accelerate's seedable sampler plus ``skip_first_batches``, so a resumed run takes the same next
+  step as an uninterrupted one (tested).
+* **Logging**: every ``log_every`` optimizer steps the loss (mean over the accumulation window and processes),
+  the learning rate and the throughput (samples/s) go to the console, ``OUT/log.jsonl`` and Accelerate's trackers.
+
+Data: a map-style dataset of dicts ``{"latent": [C, T, h, w], "context" or "text": [L, 4096]}`` (model-space
+latents; :class:`training.data.ShardDataset` gives whole chunks). With ``window`` > 0 each sample is a random crop
+of ``window`` latent frames. Stage I: the (cropped) sample is the history H. Stage II: its last ``segment_frames``
+latent frames are the next segment X, the frames before are the history.
+
+LoRA: :func:`training.stages.add_lora` (peft, rank 128 by default) is injected into the DiT by :func:`train`;
+"new LoRA" for Stage II means: call :func:`train` on a fresh base DiT with the Stage I encoder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import stages
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Settings of one training run (CLI flags of ``training/train.py`` map one to one)."""
+
+    stage: int = 1                       # 1: frame-query pretraining, 2: autoregressive fine-tuning
+    steps: int = 100                     # optimizer steps
+    batch_size: int = 1                  # samples per micro-batch and process
+    lr: float = 1e-4                     # learning rate of the LoRA
+    encoder_lr: float | None = None      # learning rate of the encoder (None: lr)
+    lora_rank: int = 128                 # paper: 128
+    lora_alpha: float | None = None      # None: = rank (scale 1)
+    grad_accum: int = 1                  # micro-batches per optimizer step
+    mixed_precision: str = "no"          # no | bf16 | fp16
+    seed: int = 0
+    omega_frames: int = 1                # Stage I: |Omega| per sample
+    segment_frames: int = 4              # Stage II: latent frames of the next segment (Wan: 4 = about 1 s)
+    window: int = 0                      # latent frames per sample (random crop); 0: the whole sample
+    output_dir: str | None = None        # checkpoints, log.jsonl, exported encoder/LoRA; None: nothing written
+    save_every: int = 0                  # optimizer steps between checkpoints; 0: only the final export
+    resume: str | None = None            # a checkpoint folder, or "latest" (newest under output_dir/checkpoints)
+    log_every: int = 10                  # optimizer steps between log lines
+    warmup_steps: int = 0                # linear learning-rate warm-up
+    max_grad_norm: float = 1.0           # gradient clipping; 0: off
+    num_workers: int = 0                 # DataLoader workers
+    report_to: str | None = None         # an Accelerate tracker ("tensorboard", "wandb", ...) or None
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        for name in ("steps", "batch_size", "grad_accum", "lora_rank", "omega_frames", "segment_frames", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.resume and not self.output_dir and self.resume == "latest":
+            raise ValueError("resume='latest' needs output_dir (where checkpoints/ is)")
+
+
+class TrainState:
+    """Counters saved with every checkpoint (``accelerator.register_for_checkpointing``)."""
+
+    def __init__(self) -> None:
+        self.step = 0    # optimizer steps done
+        self.micro = 0   # micro-batches done (this process)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "micro": self.micro}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.step, self.micro = int(d["step"]), int(d["micro"])
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack ``latent`` ``[C, T, h, w]`` -> ``[B, C, T, h, w]`` float32; ``context`` (or ``text``) ``[L, D]`` ->
+    ``[B, L_max, D]`` float32, zero-padded like Wan's own text padding. Raises ValueError on unequal latent shapes."""
+    shapes = {tuple(it["latent"].shape) for it in items}
+    if len(shapes) != 1:
+        raise ValueError(f"samples of one batch must have equal latent shapes, got {sorted(shapes)}; "
+                         "use --window to crop, or batch_size 1")
+    latent = torch.stack([it["latent"].float() for it in items])
+    ctx = [(it["context"] if "context" in it else it["text"]).float() for it in items]
+    ctx = [c[0] if c.ndim == 3 else c for c in ctx]
+    n = max(c.shape[0] for c in ctx)
+    context = torch.stack([F.pad(c, (0, 0, 0, n - c.shape[0])) for c in ctx])
+    return {"latent": latent, "context": context}
+
+
+def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of ``window`` latent frames per sample: ``[B, C, T, h, w]`` -> ``[B, C, window, h, w]``.
+    Raises ValueError when ``T < window``."""
+    t = latent.shape[2]
+    if window <= 0 or window == t:
+        return latent
+    if t < window:
+        raise ValueError(f"samples have {t} latent frames, fewer than window={window}")
+    starts = torch.randint(0, t - window + 1, (latent.shape[0],), generator=generator).tolist()
+    return torch.stack([latent[b, :, s: s + window] for b, s in enumerate(starts)])
+
+
+class StageModule(torch.nn.Module):
+    """The DiT (``dm``, with LoRA) and the history encoder (or None: no memory) as one module whose forward is
+    the loss of one micro-batch, so Accelerate's DDP / FSDP wrappers see one forward.
+
+    ``lr_fn`` (optional): ``latent [B, C, T, h, w] -> LR latent`` for the LR branch (the VAE of the
+    downsampled pixels, see :func:`training.stages.encode_history`); Stage I applies it to the masked history."""
+
+    def __init__(self, dm: torch.nn.Module, encoder: torch.nn.Module | None, args: TrainArgs,
+                 lr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.dm = dm
+        self.encoder = encoder
+        self.args = args
+        self.lr_fn = lr_fn
+        self.stage_cfg = stages.StageConfig(omega_frames=args.omega_frames)
+
+    def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int) -> torch.Tensor:
+        """Loss (float32 scalar) of one micro-batch; every random draw comes from ``seed`` (CPU generator)."""
+        g = torch.Generator().manual_seed(seed)
+        latent = crop_windows(latent, self.args.window, g)
+        if self.args.stage == 1:
+            if self.encoder is None:
+                raise ValueError("Stage I trains an encoder: pass one")
+            prep = stages.prepare_stage1(latent, self.stage_cfg, g)
+            lr = self.lr_fn(prep.masked) if self.lr_fn is not None else None
+            loss, _ = stages.stage1_loss(self.dm, self.encoder, latent, context, prep, self.stage_cfg, lr_latent=lr)
+            return loss
+        k = self.args.segment_frames
+        if latent.shape[2] <= k:
+            raise ValueError(f"Stage II needs samples longer than segment_frames={k} latent frames "
+                             f"(history + next segment), got {latent.shape[2]}")
+        history, target = latent[:, :, :-k], latent[:, :, -k:]
+        lr = self.lr_fn(history) if (self.lr_fn is not None and self.encoder is not None) else None
+        loss, _ = stages.stage2_loss(self.dm, self.encoder, history, target, context, cfg=self.stage_cfg,
+                                     generator=g, lr_latent=lr)
+        return loss
+
+
+def micro_seed(seed: int, micro: int, process: int) -> int:
+    """Seed of the random draws of micro-batch ``micro`` on process ``process`` (independent of RNG history)."""
+    return (seed * 1_000_003 + micro * 8191 + process * 131) % (2 ** 63)
+
+
+def lr_at(args: TrainArgs, step: int) -> float:
+    """Learning-rate factor at optimizer step ``step`` (0-based): linear warm-up, then constant."""
+    return min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else 1.0
+
+
+def latest_checkpoint(output_dir: str) -> str:
+    """Newest ``output_dir/checkpoints/step_*``. Raises FileNotFoundError when there is none."""
+    root = Path(output_dir) / CHECKPOINTS
+    found = sorted(root.glob("step_*")) if root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {root} to resume from")
+    return str(found[-1])
+
+
+def make_accelerator(args: TrainArgs):
+    """An ``accelerate.Accelerator`` for ``args`` (seedable sampler, project dir for trackers)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),  # so that torchrun / --multi_gpu without GPUs means DDP over gloo
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        project_config=ProjectConfiguration(project_dir=args.output_dir or ".", logging_dir=args.output_dir),
+        log_with=args.report_to)
+
+
+def _trainable_only_hooks(accelerator) -> None:
+    """Checkpoint only parameters with ``requires_grad`` (LoRA + encoder): the frozen base DiT is the user's file.
+    On load, the saved names must equal the model's trainable names (else ValueError: a different run/model)."""
+    from safetensors.torch import load_file
+
+    def save_hook(models, weights, output_dir):
+        for model, w in zip(models, weights):
+            keep = {n for n, p in model.named_parameters() if p.requires_grad}
+            for k in list(w):
+                if k not in keep:
+                    del w[k]
+
+    def load_hook(models, input_dir):
+        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            return  # those engines save and load their own (sharded) model states
+        for i, model in enumerate(list(models)):
+            path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            sd = load_file(str(path))
+            keep = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+            got = {n: tuple(t.shape) for n, t in sd.items()}
+            if got != keep:
+                extra, missing = sorted(set(got) - set(keep))[:3], sorted(set(keep) - set(got))[:3]
+                shapes = [f"{n} {got[n]} vs {keep[n]}" for n in sorted(set(got) & set(keep)) if got[n] != keep[n]][:3]
+                raise ValueError(f"checkpoint {input_dir} does not fit this model (unexpected {extra}, missing "
+                                 f"{missing}, other shapes {shapes}): resume with the same DiT, encoder config and "
+                                 "LoRA rank")
+            model.load_state_dict(sd, strict=False)
+        models.clear()  # loaded here: Accelerate must not load them again
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _export(accelerator, module, args: TrainArgs, state: TrainState) -> dict:
+    from .export import export_encoder, save_lora
+
+    out = {}
+    if not args.output_dir:
+        return out
+    full = accelerator.get_state_dict(module)  # every process takes part (FSDP gathers the shards to process 0)
+    if not accelerator.is_main_process:
+        return out
+    inner = accelerator.unwrap_model(module)
+    part = {name: {k[len(name) + 1:]: v for k, v in full.items() if k.startswith(name + ".")}
+            for name in ("dm", "encoder")}
+    meta = {"framememory_training": json.dumps({"stage": args.stage, "step": state.step,
+                                                "args": dataclasses.asdict(args)})}
+    lora_path = os.path.join(args.output_dir, f"lora_stage{args.stage}.safetensors")
+    save_lora(lora_path, inner.dm, meta, state_dict=part["dm"])
+    out["lora"] = lora_path
+    if inner.encoder is not None:
+        enc_path = os.path.join(args.output_dir, f"encoder_stage{args.stage}.safetensors")
+        if export_encoder(enc_path, inner.encoder, state_dict=part["encoder"]):
+            out["encoder"] = enc_path
+    return out
+
+
+def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None, dataset,
+          lr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, accelerator=None, log=None) -> dict:
+    """Train Stage ``args.stage``: inject a fresh LoRA into ``dm`` (in place; pass a fresh copy of the base DiT),
+    train it together with every parameter of ``encoder`` (None: Stage II without memory).
+
+    Args:
+        dm: ComfyUI ``WanModel`` (family wan21), fp32 or bf16 weights, any device (Accelerate moves it).
+        encoder: :class:`memory.encoder.HistoryEncoder` (or a module with ``.cfg`` and the same call, e.g. a
+            baseline), its config's width = ``dm.dim``; None only for Stage II.
+        dataset: map-style dataset of ``{"latent": [C, T, h, w], "context"|"text": [L, 4096]}``.
+        lr_fn: see :class:`StageModule`. accelerator: an existing ``Accelerator`` (default :func:`make_accelerator`).
+        log: callable taking one str (default ``accelerator.print``).
+    Returns:
+        ``{"steps", "losses" (per optimizer step, mean over processes), "final_loss" (mean of the last 10),
+        "seconds", "samples_per_s", "exported": {"lora", "encoder"} paths}``.
+    Raises:
+        ValueError: bad settings, a dataset too small for one batch, a checkpoint that does not fit.
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = accelerator or make_accelerator(args)
+    log = log or accelerator.print
+    set_seed(args.seed)
+    if len(dataset) < args.batch_size * accelerator.num_processes:
+        raise ValueError(f"dataset has {len(dataset)} samples, fewer than one batch "
+                         f"({args.batch_size} x {accelerator.num_processes} processes)")
+    lora = stages.add_lora(dm, rank=args.lora_rank, alpha=args.lora_alpha)
+    enc_params = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
+    if encoder is not None:
+        encoder.train()
+    groups = [{"params": lora, "lr": args.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": args.encoder_lr or args.lr})
+    base_lrs = [g["lr"] for g in groups]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         collate_fn=collate, num_workers=args.num_workers)
+    module = StageModule(dm, encoder, args, lr_fn)
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    _trainable_only_hooks(accelerator)
+    if args.report_to:
+        accelerator.init_trackers("framememory", config={k: v for k, v in dataclasses.asdict(args).items()
+                                                         if isinstance(v, (int, float, str, bool))})
+    log(f"stage {args.stage}: {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}, "
+        f"{accelerator.device}), mixed precision {accelerator.mixed_precision}, {len(dataset)} samples, "
+        f"{len(lora)} LoRA tensors + {len(enc_params)} encoder tensors trainable")
+    if args.resume:
+        path = latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume
+        accelerator.load_state(path)
+        log(f"resumed from {path} at step {state.step}")
+    log_file = Path(args.output_dir) / "log.jsonl" if args.output_dir and accelerator.is_main_process else None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    losses: list[float] = []
+    window: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+    t_log, samples_log = t0, 0
+    start_micro = state.micro
+    while state.step < args.steps:
+        n = len(loader)
+        epoch, skip = divmod(state.micro, n)
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in batches:
+            for g, base in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = base * lr_at(args, state.step)
+            with accelerator.accumulate(module):
+                loss = module(batch["latent"], batch["context"],
+                              micro_seed(args.seed, state.micro, accelerator.process_index))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.micro += 1
+            samples_log += batch["latent"].shape[0] * accelerator.num_processes
+            window.append(loss.detach().float())
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
+            window.clear()
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"loss became {step_loss} at step {state.step}: lower --lr or use fp32")
+            losses.append(step_loss)
+            if state.step % args.log_every == 0 or state.step == args.steps:
+                now = time.perf_counter()
+                rec = {"stage": args.stage, "step": state.step, "loss": step_loss,
+                       "loss_avg": sum(losses[-args.log_every:]) / len(losses[-args.log_every:]),
+                       "lr": optimizer.param_groups[0]["lr"], "samples_per_s": samples_log / max(now - t_log, 1e-9),
+                       "elapsed_s": now - t0}
+                t_log, samples_log = now, 0
+                log(f"stage {args.stage} step {state.step}/{args.steps} loss {rec['loss_avg']:.4f} "
+                    f"lr {rec['lr']:.2e} {rec['samples_per_s']:.2f} samples/s")
+                if log_file is not None:
+                    with open(log_file, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                if args.report_to:
+                    accelerator.log({k: rec[k] for k in ("loss", "loss_avg", "lr", "samples_per_s")}, step=state.step)
+            if args.output_dir and args.save_every and state.step % args.save_every == 0:
+                accelerator.save_state(str(Path(args.output_dir) / CHECKPOINTS / f"step_{state.step:07d}"))
+            if state.step >= args.steps:
+                break
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    exported = _export(accelerator, module, args, state)
+    if args.report_to:
+        accelerator.end_training()
+    tail = losses[-10:]
+    return {"steps": state.step, "losses": losses, "final_loss": sum(tail) / len(tail) if tail else float("nan"),
+            "seconds": seconds,
+            "samples_per_s": (state.micro - start_micro) * args.batch_size * accelerator.num_processes / max(seconds, 1e-9),
+            "exported": exported, "module": accelerator.unwrap_model(module)}
+
+
+__all__ = ["TrainArgs", "TrainState", "StageModule", "collate", "crop_windows", "micro_seed", "lr_at",
+           "latest_checkpoint", "make_accelerator", "train", "CHECKPOINTS"]

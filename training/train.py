@@ -1,0 +1,173 @@
+"""Stage I / Stage II training of a memory encoder + LoRA on Accelerate (arXiv 2512.23851; loop: training/loop.py).
+
+Prepare shards first (training/prepare_data.py), then, for example::
+
+  # Stage I (frame-query pretraining), one GPU or one CPU process:
+  accelerate launch --num_processes 1 training/train.py --stage 1 --data shards/ --dit wan2.1_t2v_1.3B_bf16.safetensors \\
+      --out runs/stage1 --window 12 --steps 20000 --mixed-precision bf16 --save-every 1000
+  # Stage II (autoregressive fine-tuning): new LoRA, the Stage I encoder keeps training:
+  accelerate launch training/train.py --stage 2 --data shards/ --dit wan2.1_t2v_1.3B_bf16.safetensors \\
+      --encoder runs/stage1/encoder_stage1.safetensors --out runs/stage2 --window 16 --segment-frames 4
+  # several GPUs: accelerate launch --config_file training/accelerate/ddp.yaml training/train.py ...  (or fsdp.yaml)
+  # resume after an interruption: the same command plus --resume latest
+
+``python training/train.py ...`` is the same as one process. Outputs in --out: ``checkpoints/step_N`` (with
+--save-every), ``log.jsonl``, ``encoder_stageS.safetensors`` (for ``models/memory_encoders/``) and
+``lora_stageS.safetensors`` (ComfyUI LoRA keys, for ``models/loras/`` and LoraLoaderModelOnly).
+``--tiny-dit`` trains the pack's tiny random Wan (smoke tests; no meaning).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if __package__:  # imported as framememory.training.train: the library API is training/loop.py
+    from .loop import TrainArgs, train  # noqa: F401
+
+
+def _setup_imports(comfyui_dir: str) -> None:
+    """ComfyUI on sys.path (CPU unless CUDA is there), the repository as package ``framememory``."""
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != REPO_ROOT]
+    if not os.path.isdir(os.path.join(comfyui_dir, "comfy")):
+        raise SystemExit(f"no ComfyUI at {comfyui_dir} (set --comfyui-dir or COMFYUI_DIR)")
+    sys.path.insert(0, os.path.abspath(comfyui_dir))
+    import torch
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # before ComfyUI picks its device
+    import comfy.cli_args
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
+    from packimport import import_pack
+
+    import_pack()
+
+
+def load_dit(path: str, dtype: str):
+    """A Wan 2.1 DiT (``comfy.ldm.wan.model.WanModel``) from a diffusion-model file via ComfyUI's own detection.
+    Raises SystemExit when the file is not a Wan 2.1 T2V/I2V model (training supports that family so far)."""
+    import torch
+
+    import comfy.sd
+    import comfy.utils
+    from framememory.models import wan
+
+    sd = comfy.utils.load_torch_file(path, safe_load=True)
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": getattr(torch, dtype)})
+    if patcher is None:
+        raise SystemExit(f"ComfyUI could not detect a diffusion model in {path}")
+    dm = patcher.model.diffusion_model
+    if not wan.matches(dm):
+        raise SystemExit(f"{path} is a {type(dm).__name__}; training supports Wan 2.1 T2V/I2V DiTs (1.3B, 14B) so far")
+    return dm.to(getattr(torch, dtype))
+
+
+def build_encoder(dm, args):
+    """The history encoder to train: loaded from --encoder (Stage I result) or new from --rate/--hr-channels."""
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.io import load_encoder_file
+
+    if args.no_memory:
+        return None
+    if args.encoder:
+        sd, cfg = load_encoder_file(args.encoder)
+        if cfg.dim != dm.dim or cfg.family != "wan21":
+            raise SystemExit(f"{args.encoder} is for {cfg.family} width {cfg.dim}, the DiT is wan21 width {dm.dim}")
+        enc = HistoryEncoder(cfg)
+        enc.load_state_dict(sd)
+        return enc
+    chans = tuple(int(c) for c in args.hr_channels.split(","))
+    cfg = EncoderConfig(family="wan21", dim=int(dm.dim), rate=args.rate, hr_channels=chans, attn_heads=args.attn_heads,
+                        use_hr=not args.only_lr, use_lr=not args.without_lr)
+    return HistoryEncoder(cfg)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", type=int, choices=[1, 2], required=True, help="1: frame-query pretraining, 2: autoregressive")
+    ap.add_argument("--data", required=True, help="shard folder written by training/prepare_data.py")
+    ap.add_argument("--out", required=True, help="output folder (checkpoints, log.jsonl, exported encoder and LoRA)")
+    dit = ap.add_mutually_exclusive_group(required=True)
+    dit.add_argument("--dit", help="Wan 2.1 diffusion model file (T2V/I2V 1.3B or 14B; bf16/fp16/fp32)")
+    dit.add_argument("--tiny-dit", action="store_true", help="the pack's tiny random Wan DiT (smoke tests only)")
+    ap.add_argument("--dit-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="dtype of the frozen DiT weights (default float32; bfloat16 halves memory)")
+    enc = ap.add_mutually_exclusive_group()
+    enc.add_argument("--encoder", help="encoder file to continue from (Stage II: the Stage I encoder)")
+    enc.add_argument("--no-memory", action="store_true", help="Stage II without memory tokens (baseline)")
+    ap.add_argument("--rate", default="4x4x2", help="new encoder: compression HxWxT (default 4x4x2)")
+    ap.add_argument("--hr-channels", default="64,128,256,512", help="new encoder: HR branch widths")
+    ap.add_argument("--attn-heads", type=int, default=8, help="new encoder: heads of the HR attention")
+    ap.add_argument("--only-lr", action="store_true", help="new encoder without HR branch (ablation)")
+    ap.add_argument("--without-lr", action="store_true", help="new encoder without LR branch (ablation)")
+    ap.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    ap.add_argument("--batch-size", type=int, default=1, help="samples per micro-batch and process")
+    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    ap.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate")
+    ap.add_argument("--encoder-lr", type=float, default=None, help="encoder learning rate (default: --lr)")
+    ap.add_argument("--lora-rank", type=int, default=128, help="LoRA rank (paper: 128)")
+    ap.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+    ap.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
+                    help="autocast precision (default: what accelerate config says, else no)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--omega-frames", type=int, default=1, help="Stage I: |Omega| latent frames regenerated per sample")
+    ap.add_argument("--segment-frames", type=int, default=4, help="Stage II: latent frames of the next segment")
+    ap.add_argument("--window", type=int, default=0, help="latent frames per sample, random crop (default: whole shard)")
+    ap.add_argument("--save-every", type=int, default=0, help="optimizer steps between checkpoints (0: none)")
+    ap.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    ap.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
+    ap.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    ap.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    ap.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    ap.add_argument("--report-to", default=None, help="Accelerate tracker: tensorboard, wandb, ... (default none)")
+    ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or os.path.join(REPO_ROOT, ".cache", "ComfyUI"),
+                    help="ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)")
+    return ap, ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    ap, a = parse_args(argv)
+    if a.stage == 1 and a.no_memory:
+        ap.error("--no-memory is a Stage II baseline; Stage I trains an encoder")
+    if a.only_lr and a.without_lr:
+        ap.error("--only-lr and --without-lr exclude each other")
+    _setup_imports(a.comfyui_dir)
+    from accelerate.state import PartialState
+
+    from framememory.training.data import ShardDataset
+    from framememory.training.loop import TrainArgs, train
+
+    mixed = a.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    try:
+        args = TrainArgs(stage=a.stage, steps=a.steps, batch_size=a.batch_size, lr=a.lr, encoder_lr=a.encoder_lr,
+                         lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, grad_accum=a.grad_accum, mixed_precision=mixed,
+                         seed=a.seed, omega_frames=a.omega_frames, segment_frames=a.segment_frames, window=a.window,
+                         output_dir=a.out, save_every=a.save_every, resume=a.resume, log_every=a.log_every,
+                         warmup_steps=a.warmup_steps, max_grad_norm=a.max_grad_norm, num_workers=a.num_workers,
+                         report_to=a.report_to)
+        dataset = ShardDataset(a.data)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+    if a.tiny_dit:
+        from framememory.demo.tiny_models import tiny_wan21_dit
+
+        dm = tiny_wan21_dit(seed=a.seed)
+    else:
+        dm = load_dit(a.dit, a.dit_dtype)
+    encoder = build_encoder(dm, a)
+    result = train(args, dm, encoder, dataset)
+    if PartialState().is_main_process:
+        print(f"stage {a.stage}: {result['steps']} steps in {result['seconds']:.1f} s, final loss "
+              f"{result['final_loss']:.4f}; wrote " + ", ".join(result["exported"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
