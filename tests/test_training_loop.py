@@ -193,3 +193,36 @@ def test_ddp_with_two_cpu_processes(parts, tmp_path, comfyui_dir):
     ckpt = tmp_path / "ddp" / "checkpoints" / "step_0000002"
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
     assert (tmp_path / "ddp" / "lora_stage1.safetensors").is_file()
+
+
+def test_exported_encoder_and_lora_run_the_storyboard(parts, tiny_wan, tmp_path):
+    """The files a training run writes drive the storyboard loop as the nodes load them: encoder file through
+    MemoryEncoder.from_file (Load Memory Encoder), LoRA through load_lora_for_models (LoraLoaderModelOnly)."""
+    import copy
+
+    import comfy.sd
+    import comfy.utils
+
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.storyboard import parse_storyboard
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+
+    _, loop = parts
+    model, vae, _, clip, video = tiny_wan
+    dm = copy.deepcopy(model.model.diffusion_model)
+    enc = HistoryEncoder(EncoderConfig(family="wan21", dim=128, rate="4x4x2", hr_channels=(16, 32, 64, 64), attn_heads=4))
+    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, lr=1e-2, segment_frames=2,
+                                    output_dir=str(tmp_path)), dm, enc, _dataset(n=2, frames=6))
+    encoder = MemoryEncoder.from_file(res["exported"]["encoder"])
+    lora_model, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(res["exported"]["lora"]), 1.0, 0)
+    start, _ = history_from_frames(lora_model, vae, encoder, video, 4, 16.0, 256, 128)
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
+    settings = SamplerSettings(2, 3.0, "euler", "simple", 1)
+    shots = parse_storyboard("0.8 | a cyclist")
+    frames, final, report = run_storyboard(lora_model, vae, clip, encoder, neg, shots, settings, 256, 128, 16.0, 4, start)
+    assert frames.shape == (13, 128, 256, 3) and torch.isfinite(frames).all()
+    assert report["segments"][0]["memory_tokens"] == start.history.num_tokens > 0
+    base, _, _ = run_storyboard(model, vae, clip, encoder, neg, shots, settings, 256, 128, 16.0, 4, start)
+    assert (frames - base).abs().max() > 1e-4  # the trained LoRA is applied by the stock loader path
