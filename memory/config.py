@@ -51,7 +51,7 @@ class EncoderConfig:
     attn_layout: str = "per_time_step"    # HR attention: spatial, local to one memory time step (see encoder.py)
     overlap_latent_frames: int = 0        # add-on: the last N latent frames also as uncompressed tokens (paper: 3)
     cross_attention: bool = False         # add-on: every DiT block cross-attends to the HR branch's last hidden states
-    dit_blocks: int = 0                   # DiT blocks that get a cross-attention layer (cross_attention only; Wan 2.1 1.3B: 30)
+    dit_blocks: int = 0                   # DiT blocks with a cross-attention layer (cross_attention only; Wan 2.1 1.3B: 30, HunyuanVideo: 20 double + 40 single = 60)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rate", parse_rate(self.rate))

@@ -21,7 +21,8 @@ Add-on (arXiv 2512.23851, "cross-attention from the encoder's last hidden states
 ``cfg.cross_attention`` the encoder also owns ``cfg.dit_blocks`` :class:`MemoryCrossAttention` layers (``cross.i``
 in its state dict), one per DiT block, whose keys/values are the HR branch's last hidden states (before the output
 projection, ``hr_channels[-1]`` wide) and whose zero-initialised output projection makes an untrained one add nothing.
-The model adapter (``models/wan.py``) runs layer ``i`` after DiT block ``i`` on the block's video tokens.
+The model adapter (``models/wan.py``, ``models/hunyuan.py``: double then single blocks) runs layer ``i`` after DiT
+block ``i`` on the block's video tokens.
 """
 from __future__ import annotations
 

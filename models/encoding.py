@@ -15,7 +15,8 @@ Add-ons of arXiv 2512.23851, both off by default:
   encoder's tokens, each at its own positions. Code takes ``encoder.parts`` (``[self]`` for a single encoder).
 - **Cross-attention** (``EncoderConfig.cross_attention``): :func:`memory_hidden` gathers the HR branch's last hidden
   states of the history, which travel as a third model cond (``models/conds.py``); :func:`install_cross_attention`
-  hands the encoder's per-block layers to the Wan block patches (``models/wan.py``). At most one encoder of a
+  hands the encoder's per-block layers to the block patches of the Wan (``models/wan.py``: one layer per block) and
+  HunyuanVideo (``models/hunyuan.py``: one per double and per single block) adapters. At most one encoder of a
   combination may have it.
 """
 from __future__ import annotations
@@ -35,12 +36,14 @@ from ..memory.encoder import HistoryEncoder, combine_branches, lr_frames
 from ..memory.grid import memory_grid, memory_positions
 from ..memory.history import HistoryBuffer, HistorySegment
 from ..memory.io import load_encoder_file
-from . import families
+from . import families, hunyuan, wan
 from .conds import CROSS_KEY
 
 log = logging.getLogger("FrameMemory")
 UNTRAINED = "untrained (LR branch only)"
-CROSS_ATTENTION_FAMILIES = ("wan21", "wan22")  # the cross-attention add-on's block patches live in wan.py
+# Families with the cross-attention add-on -> the number of DiT blocks that get a layer (EncoderConfig.dit_blocks)
+CROSS_ATTENTION_FAMILIES = {"wan21": wan.cross_blocks, "wan22": wan.cross_blocks, "hunyuan_video": hunyuan.cross_blocks}
+BLOCKS_HINT = "dit_blocks counts the DiT blocks: Wan every block, HunyuanVideo double + single blocks (13B: 20 + 40 = 60)"
 
 
 class MemoryEncoder:
@@ -72,7 +75,13 @@ class MemoryEncoder:
 
     def check(self, model) -> EncoderConfig:
         """Return the config resolved for ``model`` (an untrained encoder takes the model's family, width and
-        latent geometry). Raises ValueError naming every field that does not match the model."""
+        latent geometry; with the cross-attention add-on ``dit_blocks`` must equal the family's block count, see
+        CROSS_ATTENTION_FAMILIES).
+
+        Raises:
+            ValueError: naming every field that does not match the model.
+            NotImplementedError: the add-on is on and the model's family has no cross-attention patches.
+        """
         adapter = families.adapter_for(model)
         width = families.model_width(model)
         expect = {"family": adapter.FAMILY, "dim": width, "latent_channels": adapter.LATENT_CHANNELS,
@@ -80,15 +89,18 @@ class MemoryEncoder:
         if self.cfg.dim == 0:
             return dataclasses.replace(self.cfg, **expect)
         if self.cfg.cross_attention:
-            if adapter.FAMILY not in CROSS_ATTENTION_FAMILIES:
+            blocks = CROSS_ATTENTION_FAMILIES.get(adapter.FAMILY)
+            if blocks is None:
                 raise NotImplementedError(
                     f"memory encoder '{self.name}' has the cross-attention add-on, which is implemented for "
                     f"{', '.join(CROSS_ATTENTION_FAMILIES)} only, not {adapter.FAMILY}")
-            expect["dit_blocks"] = len(families.diffusion_model(model).blocks)
-        wrong = [f"{k} {getattr(self.cfg, k)} (model: {v})" for k, v in expect.items() if getattr(self.cfg, k) != v]
+            expect["dit_blocks"] = blocks(families.diffusion_model(model))
+        wrong = [k for k, v in expect.items() if getattr(self.cfg, k) != v]
         if wrong:
+            hint = f" ({BLOCKS_HINT})" if "dit_blocks" in wrong else ""
             raise ValueError(
-                f"memory encoder '{self.name}' does not fit this model: " + "; ".join(wrong) + ". Load the encoder "
+                f"memory encoder '{self.name}' does not fit this model: "
+                + "; ".join(f"{k} {getattr(self.cfg, k)} (model: {expect[k]})" for k in wrong) + f"{hint}. Load the encoder "
                 "trained for this model (width 1536 = Wan 2.1 1.3B, 5120 = Wan 2.1 14B, 3072 = Wan 2.2 5B and HunyuanVideo).")
         return self.cfg
 
@@ -173,9 +185,12 @@ class MultiEncoder:
         return [p.check(model) for p in self._parts]
 
 
-def part_key(index: int) -> str:
-    """HistoryBuffer key of the ``index``-th encoder of a combination (``""`` for the first: a single encoder's)."""
-    return "" if index == 0 else str(index)
+def part_key(index: int, expert: int = 0) -> str:
+    """HistoryBuffer key of the ``index``-th encoder of a combination (``""`` for the first: a single encoder's), for
+    the ``expert``-th DiT of a sampling schedule (0: the only or first model; 1: the Wan 2.2 A14B low-noise expert,
+    whose LR branch goes through its own patch embedding: ``"expert1:"``, ``"expert1:1"``, ...)."""
+    key = "" if index == 0 else str(index)
+    return key if expert == 0 else f"expert{expert}:{key}"
 
 
 def rate_str(model, encoder) -> str:
@@ -183,24 +198,28 @@ def rate_str(model, encoder) -> str:
     return "+".join(p.check(model).rate_str for p in encoder.parts)
 
 
-def encode_pending(model, vae, encoder, history: HistoryBuffer) -> int:
+def encode_pending(model, vae, encoder, history: HistoryBuffer, expert: int = 0, drop_frames: bool = True) -> int:
     """Encode the segments of ``history`` that have no memory tokens yet (in place), for every encoder of
-    ``encoder`` (a MemoryEncoder or MultiEncoder), each grouped by its own time rate. Returns how many segments the
-    busiest encoder encoded. Raises ValueError like :meth:`HistoryBuffer.encode_pending`."""
+    ``encoder`` (a MemoryEncoder or MultiEncoder), each grouped by its own time rate, under the keys of ``expert``
+    (:func:`part_key`). Pixels of the encoded segments are dropped unless ``drop_frames`` is False (another expert
+    still needs them: :func:`encode_pending_experts`). Returns how many segments the busiest encoder encoded.
+    Raises ValueError like :meth:`HistoryBuffer.encode_pending`."""
     parts = encoder.parts
-    keys = [part_key(i) for i in range(len(parts))]
+    keys = [part_key(i, expert) for i in range(len(parts))]
     n = 0
     for key, part in zip(keys, parts):
         unit = part.check(model).rate[2]
         n = max(n, history.encode_pending(lambda seg, p=part: encode_segment(model, vae, p, seg), unit=unit,
                                           key=key, keep_frames=True))
-    history.drop_frames(keys)
+    if drop_frames:
+        history.drop_frames(keys)
     return n
 
 
-def next_memory(model, encoder, history: HistoryBuffer) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def next_memory(model, encoder, history: HistoryBuffer,
+                expert: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Memory for the segment that follows ``history``: ``(tokens [M, D], positions [M, 3])``, time relative to the
-    end of the history, or ``(None, None)``.
+    end of the history, or ``(None, None)``; ``model`` is the ``expert``-th DiT of the schedule (:func:`part_key`).
 
     The encoded history tokens of every encoder of ``encoder`` (a MemoryEncoder or MultiEncoder, concatenated in
     order), plus, with the add-on ``overlap_latent_frames = N`` (arXiv 2512.23851's sliding window of 3 latent
@@ -208,7 +227,7 @@ def next_memory(model, encoder, history: HistoryBuffer) -> tuple[torch.Tensor | 
     embedding of their model-space latent at rate 1x1x1, at their original times -N .. -1.
     """
     cfgs = [p.check(model) for p in encoder.parts]
-    parts = [history.memory(key=part_key(i)) for i in range(len(cfgs))]
+    parts = [history.memory(key=part_key(i, expert)) for i in range(len(cfgs))]
     parts = [p for p in parts if p[0] is not None]  # a slow encoder (e.g. 2x2x8) may have nothing yet
     tokens, positions = parts[0] if len(parts) == 1 else (None, None)  # one encoder: the cache view, no copy
     if len(parts) > 1:
@@ -249,8 +268,9 @@ def memory_hidden(model, encoder, history: HistoryBuffer) -> torch.Tensor | None
 
 def install_cross_attention(patched, encoder) -> None:
     """Hand the cross-attention layers of ``encoder`` (if it has the add-on) to the memory block patches of
-    ``patched`` (a clone from ``families.patch_model``): they go into its ``transformer_options`` and the encoder's
-    model patcher is loaded and offloaded with the DiT (``set_additional_models``). No-op without the add-on.
+    ``patched`` (a clone from ``families.patch_model``): they go into its ``transformer_options`` (``dit_blocks``
+    ``MemoryCrossAttention`` modules, layer ``i`` after counted block ``i``) and the encoder's model patcher is loaded
+    and offloaded with the DiT (``set_additional_models``). No-op without the add-on.
 
     Raises:
         NotImplementedError: the model is not of a family in CROSS_ATTENTION_FAMILIES. ValueError: see ``check``.
@@ -261,3 +281,68 @@ def install_cross_attention(patched, encoder) -> None:
     patcher = found[1].patcher(patched)
     patched.set_additional_models(CROSS_KEY, [patcher])
     patched.model_options.setdefault("transformer_options", {})[CROSS_KEY] = patcher.model.cross
+
+
+# ---- Several DiTs in one sampling schedule (Wan 2.2 A14B: high-noise expert, then low-noise expert) -----------
+# The experts share the history, its latents and the encoder (HR branch weights); the LR branch goes through each
+# expert's own patch embedding, so each expert caches its own memory tokens under its own keys (part_key(i, e)).
+# Every expert encodes each new segment once (incremental, as for one model); the pixels are dropped only when
+# all experts have encoded them.
+
+def expert_keys(encoder, expert: int = 0) -> list[str]:
+    """HistoryBuffer keys of every encoder of ``encoder`` (MemoryEncoder or MultiEncoder) for the ``expert``-th DiT."""
+    return [part_key(i, expert) for i in range(len(encoder.parts))]
+
+
+def memory_token_count(history: HistoryBuffer, encoder, expert: int = 0) -> int:
+    """Memory tokens cached for one expert (every encoder of ``encoder``), without the overlap window: what one DiT
+    of the schedule attends to. ``history.num_tokens`` counts every expert's copy."""
+    keys = expert_keys(encoder, expert)
+    return sum(int(s.encoded[k][0].shape[0]) for s in history.segments for k in keys if k in s.encoded)
+
+
+def restore_frames(vae, encoder, history: HistoryBuffer, experts: int) -> int:
+    """Give pixels back to history segments that the first expert has encoded but a later one (of ``experts``) has
+    not, e.g. a memory made with one model (Encode History, a one-model Storyboard) continued with a Wan 2.2 A14B
+    pair: their dropped frames are decoded again from the kept latent with ``vae`` (for generated segments these are
+    the frames they were decoded to; for a starting clip, its VAE reconstruction). In place, once per segment (the
+    pixels are dropped again once every expert has encoded them). Returns the number of segments decoded.
+
+    Raises:
+        ValueError: a decoded segment does not have the number of frames it stands for.
+    """
+    first = set(expert_keys(encoder))
+    every = {k for e in range(experts) for k in expert_keys(encoder, e)}
+    n = 0
+    for i, seg in enumerate(history.segments):
+        have = seg.encoded.keys()
+        if seg.frames is not None or not first <= have or every <= have:
+            continue
+        images = vae.decode(seg.latent[None])
+        images = images.reshape(-1, *images.shape[-3:])  # [F, H, W, 3]
+        if images.shape[0] != seg.num_frames:
+            raise ValueError(f"history segment {i} decodes to {images.shape[0]} frames, expected {seg.num_frames}")
+        frames = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        history.segments[i] = dataclasses.replace(seg, frames=frames)
+        n += 1
+    if n:
+        log.info("FrameMemory: decoded %d history segments again to encode them for the next expert's patch embedding", n)
+    return n
+
+
+def encode_pending_experts(models: list, vae, encoder, history: HistoryBuffer) -> int:
+    """:func:`encode_pending` for every DiT of a sampling schedule (``models[e]`` caches its tokens under the keys of
+    expert ``e``); with one model exactly :func:`encode_pending`. The last expert is encoded first: it is the one
+    still loaded after sampling, and the first one, needed next, ends up loaded. Segments encoded by the first expert
+    only get their pixels back first (:func:`restore_frames`). Returns how many segments the busiest expert encoded.
+
+    Raises:
+        ValueError: like :meth:`HistoryBuffer.encode_pending` and :func:`restore_frames`.
+    """
+    if len(models) > 1:
+        restore_frames(vae, encoder, history, len(models))
+    n = 0
+    for e in reversed(range(len(models))):
+        n = max(n, encode_pending(models[e], vae, encoder, history, expert=e, drop_frames=False))
+    history.drop_frames([k for e in range(len(models)) for k in expert_keys(encoder, e)])
+    return n

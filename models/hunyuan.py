@@ -22,6 +22,20 @@ on every double and single block carry the memory tokens through ComfyUI's own `
   generated; memory tokens at negative times are therefore "before" the text, exactly as when the segment
   starts at time 0 of a longer video (tests/test_hunyuan_adapter.py checks this equivalence).
 
+Cross-attention add-on (``EncoderConfig.cross_attention``, arXiv 2512.23851 "cross-attention from the encoder's last
+hidden states into every DiT block"), with the Wan adapter's helpers (``wan.cross_layers``, ``wan.cross_attend``):
+
+- **Block count.** Every double and every single block gets a layer: ``dit_blocks = len(double_blocks) +
+  len(single_blocks)`` (:func:`cross_blocks`; HunyuanVideo 13B: 20 + 40 = 60, the tiny test model 2 + 2 = 4).
+  Layer ``cross.i`` runs after double block ``i`` for ``i < doubles`` and after single block ``i - doubles``
+  otherwise, i.e. in the order the blocks run.
+- **Tokens.** Queries are the block output's first ``N`` tokens only, the video stream (including ``ref_latent``
+  tokens, which ``forward_orig`` prepends to it): in a double block the ``img`` stream minus the memory tokens, in a
+  single block the ``[video N | memory M | txt L]`` sequence's first ``N``. Memory and text tokens pass unchanged.
+  Keys/values: the encoder's hidden states ``memory_hidden`` ``[B, M_h, Ch]``, a third model cond next to the memory
+  tokens (``conds.pop_hidden``), ignored when the conditioning has no memory tokens.
+- Zero-initialised output projections: an untrained add-on leaves the output bit-identical.
+
 Not supported with memory (raises NotImplementedError): per-token timesteps already present
 (``guiding_frame_index``; only HunyuanVideo I2V uses them) and ControlNet residuals added to double blocks.
 """
@@ -33,7 +47,8 @@ from einops import rearrange
 import comfy.patcher_extension
 from comfy.ldm.flux.layers import timestep_embedding
 
-from .conds import PATCH_KEY, pop_memory
+from .conds import CROSS_KEY, PATCH_KEY, pop_hidden, pop_memory
+from .wan import cross_attend, cross_layers
 
 FAMILY = "hunyuan_video"
 LATENT_CHANNELS = 16
@@ -89,6 +104,13 @@ def _with_memory(args: dict, mem: dict, n: int, m: int) -> dict:
     return out
 
 
+def cross_blocks(dm) -> int:
+    """DiT blocks that get a cross-attention layer of the add-on (``EncoderConfig.dit_blocks``): double + single
+    blocks (HunyuanVideo 13B: 20 + 40 = 60). Layer ``i < len(double_blocks)`` follows double block ``i``, the
+    others single block ``i - len(double_blocks)``."""
+    return len(dm.double_blocks) + len(dm.single_blocks)
+
+
 def _double_patch(index: int, strip: bool):
     def patch(args: dict, extra: dict) -> dict:
         mem = args["transformer_options"].get(PATCH_KEY)
@@ -104,6 +126,8 @@ def _double_patch(index: int, strip: bool):
         new["modulation_dims_img"] = [(0, n, 0), (n, None, 1)]
         new["modulation_dims_txt"] = [(0, None, 0)]
         out = extra["original_block"]({**args, **new, "img": img})
+        if mem.get("hidden") is not None:  # add-on, layer `index`: out["img"] = [video N | memory M]
+            out = {**out, "img": cross_attend(mem, index, out["img"], n)}
         if strip:
             out = {**out, "img": out["img"][:, :n]}
         return out
@@ -111,7 +135,9 @@ def _double_patch(index: int, strip: bool):
     return patch
 
 
-def _single_patch(index: int, strip: bool):
+def _single_patch(index: int, strip: bool, layer: int):
+    """Replacement for single block ``index``; ``layer``: its cross-attention layer (``doubles + index``)."""
+
     def patch(args: dict, extra: dict) -> dict:
         mem = args["transformer_options"].get(PATCH_KEY)
         if mem is None:
@@ -120,6 +146,8 @@ def _single_patch(index: int, strip: bool):
         new = _with_memory(args, mem, n, m)  # args["img"]: [B, N + M + L, D] = cat(video, memory, txt)
         new["modulation_dims"] = [(0, n, 0), (n, n + m, 1), (n + m, None, 0)]
         out = extra["original_block"]({**args, **new})
+        if mem.get("hidden") is not None:  # add-on: queries = the video tokens of [video N | memory M | txt L]
+            out = {**out, "img": cross_attend(mem, layer, out["img"], n)}
         if strip:
             x = out["img"]
             out = {**out, "img": torch.cat([x[:, :n], x[:, n + m:]], dim=1)}
@@ -132,6 +160,7 @@ def _diffusion_wrapper(executor, x, timestep, context, y=None, txt_byt5=None, cl
                        attention_mask=None, guiding_frame_index=None, ref_latent=None, disable_time_r=False,
                        control=None, transformer_options={}, **kwargs):
     tokens, ids = pop_memory(kwargs, x.device)  # [B, M, D], [1, M, 3]
+    hidden = pop_hidden(kwargs)  # [B, M_h, Ch] or None (cross-attention add-on)
     if tokens is not None:
         if control is not None:
             raise NotImplementedError("FrameMemory does not support ControlNet on HunyuanVideo yet")
@@ -140,7 +169,11 @@ def _diffusion_wrapper(executor, x, timestep, context, y=None, txt_byt5=None, cl
         ts = torch.cat([torch.zeros_like(timestep), timestep])
         t_emb = dm.time_in(timestep_embedding(ts, 256, time_factor=1.0).to(x.dtype))  # as in forward_orig
         delta = t_emb[: timestep.shape[0]] - t_emb[timestep.shape[0]:]  # time_in(0) - time_in(t): [B, D]
-        transformer_options = {**transformer_options, PATCH_KEY: {"tokens": tokens, "pe": pe, "delta": delta}}
+        mem = {"tokens": tokens, "pe": pe, "delta": delta}
+        if hidden is not None:
+            mem.update(hidden=hidden, cross=cross_layers(transformer_options.get(CROSS_KEY), hidden, cross_blocks(dm),
+                                                         dm.hidden_size))
+        transformer_options = {**transformer_options, PATCH_KEY: mem}
     return executor(x, timestep, context, y, txt_byt5, clip_fea, guidance, attention_mask, guiding_frame_index,
                     ref_latent, disable_time_r, control, transformer_options, **kwargs)
 
@@ -153,4 +186,4 @@ def install(model, dm) -> None:
     for i in range(doubles):
         model.set_model_patch_replace(_double_patch(i, strip=singles == 0 and i == doubles - 1), "dit", "double_block", i)
     for i in range(singles):
-        model.set_model_patch_replace(_single_patch(i, strip=i == singles - 1), "dit", "single_block", i)
+        model.set_model_patch_replace(_single_patch(i, strip=i == singles - 1, layer=doubles + i), "dit", "single_block", i)

@@ -39,7 +39,8 @@ Cross-attention add-on (``EncoderConfig.cross_attention``, arXiv 2512.23851): wh
 ``memory_hidden`` ``[B, M_h, Ch]``, block ``i``'s patch runs the encoder's cross-attention layer ``i`` (handed over in
 ``transformer_options["framememory_cross"]`` by ``encoding.install_cross_attention``) after the original block, with
 queries from the block's video tokens only and keys/values from the hidden states. Its zero-initialised output
-projection makes an untrained layer leave the output unchanged.
+projection makes an untrained layer leave the output unchanged. :func:`cross_layers` and :func:`cross_attend` are
+shared with the HunyuanVideo adapter (``hunyuan.py``), which counts its blocks differently (:func:`cross_blocks`).
 """
 from __future__ import annotations
 
@@ -169,10 +170,7 @@ def _block_patch(index: int, count: int, memory_t0: bool = False):
         pe = torch.cat([args["pe"], mem["freqs"].to(device=args["pe"].device, dtype=args["pe"].dtype)], dim=1)
         out = extra["original_block"]({**args, "img": x, "vec": vec, "pe": pe})
         if mem.get("hidden") is not None:  # add-on: video tokens cross-attend to the encoder's hidden states
-            y = out["img"]
-            n = y.shape[1] - m
-            video = mem["cross"][index](y[:, :n], mem["hidden"].to(device=y.device, dtype=y.dtype))
-            out = {**out, "img": torch.cat([video, y[:, n:]], dim=1)}
+            out = {**out, "img": cross_attend(mem, index, out["img"], out["img"].shape[1] - m)}
         if index == count - 1:
             out = {**out, "img": out["img"][:, : out["img"].shape[1] - m]}
         return out
@@ -180,23 +178,49 @@ def _block_patch(index: int, count: int, memory_t0: bool = False):
     return patch
 
 
-def cross_layers(dm, layers, hidden: torch.Tensor):
-    """``layers`` (the encoder's cross-attention layers, from ``transformer_options``), checked against the DiT ``dm``
-    (one layer per block, its width) and the hidden states ``[B, M_h, Ch]``.
+def cross_blocks(dm) -> int:
+    """DiT blocks that get a cross-attention layer of the add-on (``EncoderConfig.dit_blocks``): every block
+    (30 for Wan 2.1 1.3B, 40 for 14B and the Wan 2.2 A14B experts, 30 for Wan 2.2 5B)."""
+    return len(dm.blocks)
 
+
+def cross_layers(layers, hidden: torch.Tensor, blocks: int, width: int):
+    """The encoder's cross-attention layers (``MemoryCrossAttention``, arXiv 2512.23851 add-on; from
+    ``transformer_options[CROSS_KEY]``), checked against a DiT with ``blocks`` counted blocks (the family's
+    ``cross_blocks``) of inner width ``width``, and its hidden states ``[B, M_h, Ch]``. Shared by the Wan and
+    HunyuanVideo adapters.
+
+    Returns:
+        ``layers`` (a sequence of ``blocks`` modules), unchanged.
     Raises:
-        ValueError: no layers were installed, or they do not fit the model or the hidden states.
+        ValueError: no layers were installed, or their count, width or hidden width do not fit.
     """
     if layers is None:
         raise ValueError("the conditioning carries memory hidden states (cross-attention add-on) but the model has no "
                          "cross-attention layers: patch it with encoding.install_cross_attention (the Storyboard node does)")
     first = layers[0]
-    width, ctx = first.q.in_features, first.kv.in_features
-    if len(layers) != len(dm.blocks) or width != dm.dim or ctx != hidden.shape[-1]:
+    dim, ctx = first.q.in_features, first.kv.in_features
+    if len(layers) != blocks or dim != width or ctx != hidden.shape[-1]:
         raise ValueError(
-            f"the memory encoder's cross-attention layers ({len(layers)} blocks, width {width}, hidden width {ctx}) "
-            f"do not fit this model ({len(dm.blocks)} blocks, width {dm.dim}) and hidden states ({hidden.shape[-1]})")
+            f"the memory encoder's cross-attention layers ({len(layers)} blocks, width {dim}, hidden width {ctx}) "
+            f"do not fit this model ({blocks} blocks, width {width}) and hidden states ({hidden.shape[-1]})")
     return layers
+
+
+def cross_attend(mem: dict, index: int, x: torch.Tensor, n: int) -> torch.Tensor:
+    """Cross-attention add-on after DiT block ``index``: the first ``n`` tokens of the block's output ``x``
+    ``[B, n + R, D]`` (the video tokens) go through layer ``mem["cross"][index]`` with keys/values from
+    ``mem["hidden"]`` ``[B, M_h, Ch]`` (cast to ``x``'s device and dtype); the other ``R`` tokens (memory, text) are
+    returned unchanged. Without ``mem["hidden"]`` returns ``x`` itself.
+
+    Returns:
+        ``[B, n + R, D]``, ``x``'s dtype.
+    """
+    hidden = mem.get("hidden")
+    if hidden is None:
+        return x
+    video = mem["cross"][index](x[:, :n], hidden.to(device=x.device, dtype=x.dtype))  # [B, n, D]
+    return torch.cat([video, x[:, n:]], dim=1)
 
 
 def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
@@ -207,7 +231,7 @@ def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_c
         freqs = dm.rope_embedder(ids).movedim(1, 2)  # [1, M, 1, d/2, 2, 2], like WanModel.rope_encode
         mem = {"tokens": tokens, "freqs": freqs, "model": dm}
         if hidden is not None:
-            mem.update(hidden=hidden, cross=cross_layers(dm, transformer_options.get(CROSS_KEY), hidden))
+            mem.update(hidden=hidden, cross=cross_layers(transformer_options.get(CROSS_KEY), hidden, cross_blocks(dm), dm.dim))
         transformer_options = {**transformer_options, PATCH_KEY: mem}
     return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 

@@ -25,7 +25,8 @@ class Storyboard(io.ComfyNode):
                         "everything before it (starting clip included), appended to the history, and only the new "
                         "segment is encoded (arXiv 2512.23851).",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1 model (stock Load Diffusion Model; LoRAs may be applied)."),
+                io.Model.Input("model", tooltip="A Wan 2.1 model (stock Load Diffusion Model; LoRAs may be applied). With "
+                                                "model_low_noise: the Wan 2.2 A14B high-noise expert."),
                 io.Vae.Input("vae", tooltip="The Wan 2.1 VAE."),
                 io.Clip.Input("clip", tooltip="Text encoder for the shot prompts (umt5 for Wan)."),
                 MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
@@ -48,6 +49,15 @@ class Storyboard(io.ComfyNode):
                 io.Image.Input("start_images", optional=True,
                                tooltip="Starting clip: real frames that form the initial history (center-cropped and resized to width x height)."),
                 MemoryType.Input("memory", optional=True, tooltip="History to continue from (e.g. another Storyboard's memory output)."),
+                io.Model.Input("model_low_noise", optional=True,
+                               tooltip="Wan 2.2 A14B (T2V or I2V) low-noise expert, e.g. wan2.2_t2v_low_noise_14B; 'model' is then "
+                                       "the high-noise expert. Each segment is sampled like the stock Wan 2.2 14B template's two "
+                                       "KSamplerAdvanced nodes: the high-noise expert up to switch_step, this one from there to the "
+                                       "end, each with memory tokens made with its own patch embedding. Leave empty for one model."),
+                io.Int.Input("switch_step", default=0, min=0, max=10000, optional=True,
+                             tooltip="With model_low_noise: the step where the low-noise expert takes over (the stock templates: "
+                                     "10 of 20 steps; 2 of 4 with the LightX2V 4-step LoRAs). 0 = half the steps, rounded up. "
+                                     "Ignored without model_low_noise."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),
@@ -58,17 +68,19 @@ class Storyboard(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, clip, memory_encoder, negative, storyboard, width, height, fps, segment_latent_frames,
-                seed, steps, cfg, sampler_name, scheduler, include_history, start_images=None, memory=None) -> io.NodeOutput:
+                seed, steps, cfg, sampler_name, scheduler, include_history, start_images=None, memory=None,
+                model_low_noise=None, switch_step=0) -> io.NodeOutput:
         if clip is None:
             raise ValueError("the clip input is None: load a text encoder (for Wan: umt5_xxl with type 'wan')")
         shots = parse_storyboard(storyboard)
         start, dropped = memory, 0
         if start_images is not None:
             start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
-                                                 fps, width, height, memory)
+                                                 fps, width, height, memory, model_low_noise)
         frames, final, report = run_storyboard(
-            model, vae, clip, memory_encoder, negative, shots, SamplerSettings(steps, cfg, sampler_name, scheduler, seed),
-            width, height, fps, segment_latent_frames, start)
+            model, vae, clip, memory_encoder, negative, shots,
+            SamplerSettings(steps, cfg, sampler_name, scheduler, seed, switch_step),
+            width, height, fps, segment_latent_frames, start, model_low_noise)
         report["start_frames_dropped"] = dropped
         if include_history and start_images is not None:
             # the starting clip as the history holds it (fitted to width x height), then the generated frames

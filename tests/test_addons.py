@@ -229,9 +229,10 @@ def test_cross_attention_in_every_wan_block(comfy):
     assert (with_trained - plain).abs().max() > 1e-3
 
 
-def test_cross_attention_config_must_match_the_model(tiny_wan, comfy, tmp_path):
+def test_cross_attention_config_must_match_the_model(tiny_wan, comfy, tmp_path, monkeypatch):
     import comfy.sd
     from framememory.demo.make_tiny_models import write_family
+    from framememory.models import encoding
     from framememory.models.encoding import MemoryEncoder, MultiEncoder
 
     model, _, encoder, _, _ = tiny_wan
@@ -245,9 +246,15 @@ def test_cross_attention_config_must_match_the_model(tiny_wan, comfy, tmp_path):
         wide.check(model)
     with pytest.raises(ValueError, match="at most one encoder"):
         MultiEncoder([ok, _cross_encoder(encoder, 1)])
+    # HunyuanVideo counts double + single blocks (tiny: 2 + 2); tests/test_hunyuan_adapter.py runs the add-on
     hv = comfy.sd.load_diffusion_model(write_family(str(tmp_path), "hunyuan_video", vae=False)["dit"])
     hv_cross = MemoryEncoder(dataclasses.replace(ok.cfg, family="hunyuan_video"), None, "hv_cross")
-    with pytest.raises(NotImplementedError, match="implemented for wan21, wan22 only"):
+    with pytest.raises(ValueError, match=r"dit_blocks 2 \(model: 4\) \(dit_blocks counts .*double \+ single blocks"):
+        hv_cross.check(hv)
+    assert MemoryEncoder(dataclasses.replace(hv_cross.cfg, dit_blocks=4), None, "hv4").check(hv).dit_blocks == 4
+    # a family without cross-attention patches is a clear NotImplementedError, not a silent no-op
+    monkeypatch.delitem(encoding.CROSS_ATTENTION_FAMILIES, "hunyuan_video")
+    with pytest.raises(NotImplementedError, match="implemented for wan21, wan22 only, not hunyuan_video"):
         hv_cross.check(hv)
 
 

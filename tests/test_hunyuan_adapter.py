@@ -243,3 +243,242 @@ def test_storyboard_from_real_clip(loaded, media_dir):
         final.encoder = overlap
         tokens, positions = final.tokens(loaded)
         assert tokens.shape == (12 + 2 * 2 * 4, 128) and sorted(set(positions[12:, 0].tolist())) == [-2.0, -1.0]
+
+
+# ---- cross-attention add-on (arXiv 2512.23851): one layer per double and per single block --------------------------
+
+def _cross_net(dit_blocks: int = 4, seed: int | None = None, **changes):
+    """The tiny HunyuanVideo encoder with ``dit_blocks`` cross-attention layers: zero output projections (seed None,
+    i.e. untrained) or random ones (seeded)."""
+    from framememory.demo.tiny_hunyuan import tiny_hunyuan_encoder_config
+    from framememory.memory.encoder import HistoryEncoder
+
+    cfg = dataclasses.replace(tiny_hunyuan_encoder_config(), cross_attention=True, dit_blocks=dit_blocks, **changes)
+    net = HistoryEncoder(cfg)
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    if seed is not None:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in net.cross:
+                layer.out.weight.normal_(0, 0.2, generator=g)
+    return net
+
+
+def _cross_options(dm, layers):
+    from framememory.models import conds
+
+    opts = _options(dm)
+    if layers is not None:
+        opts[conds.CROSS_KEY] = layers
+    return opts
+
+
+def _cross_inputs(hv, seed=4):
+    """3 latent frames (72 video tokens), 6 memory tokens at past times, 6 hidden states of width 64."""
+    x, context, kw = _inputs(seed, t=3)
+    g = torch.Generator().manual_seed(seed)
+    mem = {"memory_tokens": torch.randn(1, 6, hv.hidden_size, generator=g) * 0.5,
+           "memory_positions2": torch.tensor([[[-3, 0, 0], [-3, 2, 2], [-3, 4, 4], [-1, 0, 0], [-1, 2, 2], [-1, 4, 4]]]) * 2}
+    return x, context, kw, mem, torch.randn(1, 6, 64, generator=g)
+
+
+def test_cross_attention_zero_init_is_identity_and_every_block_has_its_layer(hv):
+    """dit_blocks = 2 double + 2 single; zero-initialised layers leave the output bit-identical to memory without the
+    add-on (and hidden states without layers are ignored when absent); trained layers change it; each of the four
+    layers alone (cross.0, cross.1 after the double blocks, cross.2, cross.3 after the single blocks) changes it."""
+    from framememory.models import hunyuan
+
+    assert hunyuan.cross_blocks(hv) == len(hv.double_blocks) + len(hv.single_blocks) == 4
+    x, context, kw, mem, hidden = _cross_inputs(hv)
+    t = torch.tensor([500.0])
+    zero, trained = _cross_net(), _cross_net(seed=5)
+    with torch.no_grad():
+        plain = hv(x, t, context, transformer_options=_cross_options(hv, None), **kw, **mem)
+        with_zero = hv(x, t, context, transformer_options=_cross_options(hv, zero.cross), **kw, **mem, memory_hidden=hidden)
+        with_trained = hv(x, t, context, transformer_options=_cross_options(hv, trained.cross), **kw, **mem,
+                          memory_hidden=hidden)
+        no_hidden = hv(x, t, context, transformer_options=_cross_options(hv, trained.cross), **kw, **mem)
+        no_memory = hv(x, t, context, transformer_options=_cross_options(hv, trained.cross), **kw, memory_hidden=hidden)
+        stock = hv(x, t, context, **kw)
+        single = []
+        for k in range(4):  # only layer k trained
+            one = _cross_net()
+            with torch.no_grad():
+                one.cross[k].load_state_dict(trained.cross[k].state_dict())
+            single.append(hv(x, t, context, transformer_options=_cross_options(hv, one.cross), **kw, **mem,
+                             memory_hidden=hidden))
+    assert torch.equal(with_zero, plain) and torch.equal(no_hidden, plain) and torch.equal(no_memory, stock)
+    assert (with_trained - plain).abs().max() > 1e-3
+    for k, out in enumerate(single):
+        assert (out - plain).abs().max() > 1e-4, f"cross.{k} had no effect"
+        assert all((out - other).abs().max() > 1e-6 for other in single[k + 1:])
+
+
+def test_cross_attention_queries_are_the_video_tokens_only(hv):
+    """Each layer runs once per forward, in block order, on exactly the first N tokens of its block's output (the
+    video stream, ref_latent tokens included); memory tokens (double blocks) and memory + text tokens (single blocks)
+    leave the patch exactly as the block produced them."""
+    from framememory.models import conds
+
+    x, context, kw, mem, hidden = _cross_inputs(hv, seed=6)
+    t = torch.tensor([300.0])
+    trained = _cross_net(seed=7)
+    calls, blocks = [], {}
+    hooks = [layer.register_forward_hook(
+        lambda mod, args, out, k=k: calls.append((k, args[0].clone(), args[1].clone(), out.clone())))
+        for k, layer in enumerate(trained.cross)]
+    opts = _cross_options(hv, trained.cross)
+    replace = opts["patches_replace"]["dit"]
+
+    def copy(d):  # the next block adds to its input in place (flux layers): record copies
+        return {k: v.clone() for k, v in d.items()}
+
+    def spy(key, patch):  # record the original block's output and the patch's output
+        def run(args, extra):
+            def original(a):
+                out = extra["original_block"](a)
+                blocks[key] = {"block": copy(out)}
+                return out
+            out = patch(args, {"original_block": original})
+            blocks[key]["patch"] = copy(out)
+            return out
+        return run
+
+    for key in list(replace):
+        replace[key] = spy(key, replace[key])
+    ref = torch.randn(1, 16, 1, 8, 12, generator=torch.Generator().manual_seed(8))  # ReferenceLatent: 24 more img tokens
+    try:
+        with torch.no_grad():
+            hv(x, t, context, transformer_options=opts, ref_latent=ref, **kw, **mem, memory_hidden=hidden)
+    finally:
+        for h in hooks:
+            h.remove()
+    n, m, txt = 24 + 3 * 4 * 6, 6, 5
+    assert [k for k, *_ in calls] == [0, 1, 2, 3]
+    order = [("double_block", 0), ("double_block", 1), ("single_block", 0), ("single_block", 1)]
+    for (k, q, ctx, out), key in zip(calls, order):
+        block, patched = blocks[key]["block"]["img"], blocks[key]["patch"]["img"]
+        assert q.shape == (1, n, hv.hidden_size) and torch.equal(q, block[:, :n]), key
+        assert torch.equal(ctx, hidden)
+        assert block.shape[1] == n + m + (txt if key[0] == "single_block" else 0)
+        assert torch.equal(patched[:, :n], out) and (out - q).abs().max() > 1e-3  # the video tokens changed
+        tail = patched[:, n:]
+        if key == order[-1]:  # the last block also drops the memory tokens
+            assert torch.equal(tail, block[:, n + m:]) and tail.shape[1] == txt
+        else:
+            assert torch.equal(tail, block[:, n:])  # memory (and text) untouched
+        if key[0] == "double_block":
+            assert torch.equal(blocks[key]["patch"]["txt"], blocks[key]["block"]["txt"])  # text stream untouched
+    assert conds.CROSS_KEY in opts
+
+
+def test_cross_attention_layers_must_match_the_block_count(hv, loaded):
+    """The state dict has one ``cross.i`` per counted block (double + single); an encoder whose dit_blocks differs
+    from the model's is a ValueError when it is checked, installed (Apply Memory / Storyboard path) or, with layers
+    handed over by hand, when the model runs; a file whose weights disagree with its own config too."""
+    from framememory.models import encoding, families
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import memory_model
+
+    four, two = _cross_net(4), _cross_net(2)
+    idx = lambda sd: sorted({int(k.split(".")[1]) for k in sd if k.startswith("cross.")})  # noqa: E731
+    assert idx(four.state_dict()) == [0, 1, 2, 3] and idx(two.state_dict()) == [0, 1]
+    assert families.adapter_for(loaded).cross_blocks(loaded.model.diffusion_model) == 4
+    ok = MemoryEncoder(four.cfg, four.state_dict(), "hv4")
+    assert ok.check(loaded).dit_blocks == 4
+    patched = memory_model(loaded, ok)
+    layers = patched.model_options["transformer_options"][encoding.CROSS_KEY]
+    assert len(layers) == 4 and layers is ok.patcher(loaded).model.cross
+    bad = MemoryEncoder(two.cfg, two.state_dict(), "hv2")
+    message = r"'hv2' does not fit this model: dit_blocks 2 \(model: 4\) \(dit_blocks counts .*double \+ single"
+    with pytest.raises(ValueError, match=message):
+        bad.check(loaded)
+    with pytest.raises(ValueError, match=message):
+        memory_model(loaded, bad)
+    with pytest.raises(ValueError, match=message):
+        encoding.install_cross_attention(families.patch_model(loaded), bad)
+    with pytest.raises(ValueError, match="does not fit its own config"):
+        MemoryEncoder(four.cfg, two.state_dict(), "hv4_with_2_layers").patcher(loaded)
+    x, context, kw, mem, hidden = _cross_inputs(hv)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"\(2 blocks, width 128, hidden width 64\) do not fit this model \(4 blocks"):
+            hv(x, t, context, transformer_options=_cross_options(hv, two.cross), **kw, **mem, memory_hidden=hidden)
+        with pytest.raises(ValueError, match="no cross-attention layers"):
+            hv(x, t, context, transformer_options=_cross_options(hv, None), **kw, **mem, memory_hidden=hidden)
+        with pytest.raises(ValueError, match=r"hidden width 64\) do not fit .* hidden states \(32\)"):
+            hv(x, t, context, transformer_options=_cross_options(hv, four.cross), **kw, **mem,
+               memory_hidden=hidden[..., :32])
+
+
+def test_cross_attention_hidden_states_incremental_equals_whole(loaded):
+    """Hidden states of a history encoded segment by segment (encoding.encode_pending, HR branch only) equal the
+    encoder's hidden states of the whole latent, one row per memory token, at every step."""
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.history import HistoryBuffer
+    from framememory.models.encoding import MemoryEncoder, encode_pending, memory_hidden
+
+    net = _cross_net(seed=9, use_lr=False)
+    with torch.no_grad():
+        net.proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(10))
+    encoder = MemoryEncoder(net.cfg, net.state_dict(), "hr_cross")
+    latent = torch.randn(16, 8, 16, 16, generator=torch.Generator().manual_seed(11))  # 4 segments of rt = 2 frames
+    reference = HistoryEncoder(net.cfg)
+    reference.load_state_dict(net.state_dict())
+    buf = HistoryBuffer()
+    assert memory_hidden(loaded, encoder, buf) is None
+    for k in range(4):
+        buf.append(latent[:, 2 * k:2 * k + 2], torch.zeros(5, 128, 128, 3, dtype=torch.uint8))
+        assert encode_pending(loaded, None, encoder, buf) == 1
+        hidden = memory_hidden(loaded, encoder, buf)
+        with torch.no_grad():
+            y, whole = reference(loaded.model.process_latent_in(latent[None, :, : 2 * k + 2]), with_hidden=True)
+        whole = whole[0].flatten(1).T  # [Ch, Tm, Hm, Wm] -> [M, Ch]
+        assert hidden.shape == (4 * (k + 1), 64) and buf.num_tokens == hidden.shape[0]
+        assert whole.abs().max() > 0
+        torch.testing.assert_close(hidden, whole, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(buf.memory()[0], y[0].flatten(1).T, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_through_the_stock_sampler(loaded):
+    """Hidden states travel as a third model cond (conds.attach_memory) through comfy.sample.sample with CFG (cond and
+    uncond in one batched call); zero-initialised layers give exactly the result without the add-on, trained ones
+    change it."""
+    import comfy.patcher_extension
+    import comfy.sample
+
+    from framememory.models import conds
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import memory_model
+
+    g = torch.Generator().manual_seed(12)
+    pos_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {"pooled_output": torch.randn(1, 768, generator=g)}]]
+    neg_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {"pooled_output": torch.randn(1, 768, generator=g)}]]
+    tokens = torch.randn(8, 128, generator=g) * 0.5
+    positions = torch.tensor([[-1.5 - 2 * (i // 4), 1.5, 1.5 + (i % 4)] for i in range(8)])
+    hidden = torch.randn(8, 64, generator=g)
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 7)
+    seen = []
+
+    def spy(executor, *args, **kwargs):  # batch size and hidden states of every call (a kwarg before our wrapper,
+        h = kwargs.get(conds.HIDDEN_KEY)  # in transformer_options after it)
+        h = args[-1].get(conds.PATCH_KEY, {}).get("hidden") if h is None else h
+        seen.append((args[0].shape[0], None if h is None else tuple(h.shape)))
+        return executor(*args, **kwargs)
+
+    def run(encoder, with_hidden):
+        m = memory_model(loaded, encoder)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "aaa_spy", spy)
+        h = hidden if with_hidden else None
+        p, n = (conds.attach_memory(c, tokens, positions, h) for c in (pos_c, neg_c))
+        return comfy.sample.sample(m, noise, 3, 4.0, "euler", "simple", p, n, latent, seed=7, disable_pbar=True)
+
+    zero, trained = _cross_net(), _cross_net(seed=13)
+    plain = run(MemoryEncoder(zero.cfg, zero.state_dict(), "zero"), with_hidden=False)
+    seen.clear()
+    with_zero = run(MemoryEncoder(zero.cfg, zero.state_dict(), "zero"), with_hidden=True)
+    with_trained = run(MemoryEncoder(trained.cfg, trained.state_dict(), "trained"), with_hidden=True)
+    assert seen and all(s == (2, (2, 8, 64)) for s in seen)  # cond + uncond batched, hidden states present
+    assert torch.equal(with_zero, plain)
+    assert torch.isfinite(with_trained).all() and (with_trained - plain).abs().max() > 1e-3

@@ -1,6 +1,8 @@
 """The storyboard loop in-process with tiny models of the real classes, starting from a real clip."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,182 @@ def test_overlap_window_add_on(tiny_wan):
     last = mem.history.segments[-1].latent[:, -3:]
     expected = patch_embed(model, model.model.process_latent_in(last[None]))[0].flatten(1).T
     torch.testing.assert_close(tokens[-window:], expected)
+
+
+# ---- Wan 2.2 A14B: a high-noise and a low-noise expert (two Wan 2.1-architecture DiTs) -----------------------
+W, H = 128, 64  # small frames: the tiny VAE dominates the run time
+PER_SEGMENT = 4  # memory tokens of one 4-latent-frame segment at 128x64 and 4x4x2: 2 x 1 x 2
+
+
+@pytest.fixture(scope="module")
+def low_noise_expert(comfy, tmp_path_factory):
+    """A second tiny Wan 2.1-architecture DiT with other weights (its own patch embedding), via the stock loader."""
+    import comfy.sd
+    from framememory.demo.make_tiny_models import write_family
+
+    paths = write_family(str(tmp_path_factory.mktemp("low_noise")), seed=7, vae=False)
+    return comfy.sd.load_diffusion_model(paths["dit"])
+
+
+def _recording(model, calls: list):
+    """A clone of ``model`` whose every diffusion-model call appends ``(timestep, memory_tokens [B, M, D])`` to
+    ``calls`` (an outer DIFFUSION_MODEL wrapper: it sees the memory before the adapter's wrapper takes it out)."""
+    import comfy.patcher_extension
+
+    def record(executor, x, timestep, *args, **kwargs):
+        calls.append((float(timestep.flatten()[0]), kwargs.get("memory_tokens")))
+        return executor(x, timestep, *args, **kwargs)
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_recorder", record)
+    return clone
+
+
+def _timesteps(model, steps: int) -> list[float]:
+    """The timesteps ComfyUI's Wan gets at each step of the 'simple' schedule (euler: one call per step)."""
+    import comfy.samplers
+
+    sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", steps)
+    return [float(sampling.timestep(s)) for s in sigmas[:-1]]
+
+
+def _ksampler_advanced(model, encoder, memory, expert, positive, negative, latent, start, end, seed, steps=4):
+    """What one stock KSamplerAdvanced node does with memory from Apply Memory: add_noise / return_with_leftover_noise
+    enabled for the first expert (start 0), disabled for the second (end_at_step 10000)."""
+    import comfy.sample
+    from framememory.models.conds import attach_memory
+    from framememory.models.storyboard import memory_model
+
+    tokens, positions, hidden = memory.conds(model, expert)
+    first = start == 0
+    noise = comfy.sample.prepare_noise(latent, seed) if first else torch.zeros(latent.shape)
+    return comfy.sample.sample(
+        memory_model(model, encoder), noise, steps, 3.0, "euler", "simple", attach_memory(positive, tokens, positions, hidden),
+        attach_memory(negative, tokens, positions, hidden), latent, disable_noise=not first, start_step=start,
+        last_step=end, force_full_denoise=not first, seed=seed)
+
+
+def test_a14b_pair_each_expert_samples_its_steps_with_its_own_memory(tiny_wan, low_noise_expert, monkeypatch):
+    """Through the Storyboard node: the high-noise expert runs steps 0-1 of 4, the low-noise expert steps 2-3
+    (switch_step 0 = half), each attending to memory tokens of its own patch embedding; the segment equals two
+    stock KSamplerAdvanced calls; both experts encode each segment once."""
+    from framememory.models import families
+    from framememory.models.storyboard import history_from_frames
+    from framememory.nodes.storyboard_node import Storyboard
+
+    model, vae, encoder, clip, video = tiny_wan
+    calls_high, calls_low = [], []
+    high, low = _recording(model, calls_high), _recording(low_noise_expert, calls_low)
+    embedded = []  # the DiT whose patch embedding made each LR branch
+    patch_embed = families.patch_embed
+    monkeypatch.setattr(families, "patch_embed",
+                        lambda m, latent: embedded.append(families.diffusion_model(m)) or patch_embed(m, latent))
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
+    frames, final, text = Storyboard.execute(high, vae, clip, encoder, neg, "0.8 | a cyclist", W, H, 16.0, 4, 1, 4, 3.0,
+                                             "euler", "simple", False, start_images=video[:13],
+                                             model_low_noise=low).args
+    report = json.loads(text)
+    assert frames.shape == (13, H, W, 3) and len(report["segments"]) == 1
+    assert report["experts"] == [{"expert": "high_noise", "steps": [0, 2]}, {"expert": "low_noise", "steps": [2, 4]}]
+
+    # each expert ran exactly its steps (CFG may batch cond and uncond into one call per step)
+    t_high, t_low = _timesteps(model, 4), _timesteps(low_noise_expert, 4)
+    assert sorted({t for t, _ in calls_high}, reverse=True) == pytest.approx(t_high[:2])
+    assert sorted({t for t, _ in calls_low}, reverse=True) == pytest.approx(t_low[2:])
+
+    # the memory each attended to: the starting clip's tokens through its own patch embedding
+    monkeypatch.setattr(families, "patch_embed", patch_embed)
+    start, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H, model_low_noise=low_noise_expert)
+    own_high, own_low = start.tokens(model)[0], start.tokens(low_noise_expert, 1)[0]
+    alone, _ = history_from_frames(low_noise_expert, vae, encoder, video[:13], 4, 16.0, W, H)
+    assert torch.equal(own_low, alone.tokens(low_noise_expert)[0])  # as if it were the only model
+    assert own_high.shape == own_low.shape == (PER_SEGMENT, 128) and not torch.allclose(own_high, own_low)
+    for calls, own in ((calls_high, own_high), (calls_low, own_low)):
+        assert calls and all(torch.equal(m[i], own) for _, m in calls for i in range(m.shape[0]))
+
+    # the segment is the stock two-KSamplerAdvanced chain with the same split
+    pos = clip.encode_from_tokens_scheduled(clip.tokenize("a cyclist"))
+    latent = torch.zeros([1, 16, 4, H // 8, W // 8])
+    x = _ksampler_advanced(model, encoder, start, 0, pos, neg, latent, 0, 2, seed=1)
+    x = _ksampler_advanced(low_noise_expert, encoder, start, 1, pos, neg, x, 2, 10000, seed=1)
+    assert torch.equal(final.history.segments[-1].latent, x[0])
+    alone_high = _ksampler_advanced(model, encoder, start, 0, pos, neg, latent, 0, 10000, seed=1)
+    assert not torch.allclose(alone_high, x)  # the low-noise expert's steps count
+
+    # incremental encoding for both: the clip, then the new segment, each once per expert (last expert first)
+    dm_high, dm_low = families.diffusion_model(model), families.diffusion_model(low_noise_expert)
+    assert [d is dm_high for d in embedded] == [False, True, False, True] and embedded[0] is dm_low
+    assert sorted(final.history.keys) == ["", "expert1:"] and all(s.frames is None for s in final.history.segments)
+    assert report["final_memory_tokens"] == 2 * PER_SEGMENT and final.history.num_tokens == 2 * 2 * PER_SEGMENT
+    assert final.tokens(low_noise_expert, 1)[0].shape == final.tokens(model)[0].shape == (2 * PER_SEGMENT, 128)
+
+
+def test_one_model_is_the_plain_ksampler_call(tiny_wan):
+    """Without model_low_noise the segment is exactly the stock KSampler call (switch_step is ignored), every step
+    on the one model, and the memory keeps only the first expert's keys."""
+    import comfy.sample
+    from framememory.memory.storyboard import parse_storyboard
+    from framememory.models.conds import attach_memory
+    from framememory.models.storyboard import SamplerSettings, history_from_frames, memory_model, run_storyboard
+    from framememory.nodes.storyboard_node import Storyboard
+
+    model, vae, encoder, clip, video = tiny_wan
+    inputs = {i.id: i for i in Storyboard.define_schema().inputs}
+    assert list(inputs)[-2:] == ["model_low_noise", "switch_step"]  # widgets of saved UI workflows keep their slots
+    assert inputs["model_low_noise"].optional and inputs["switch_step"].optional  # old API workflows still validate
+    calls = []
+    recorded = _recording(model, calls)
+    start, _ = history_from_frames(recorded, vae, encoder, video[:13], 4, 16.0, W, H)
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
+    settings = SamplerSettings(3, 3.0, "euler", "simple", 1, switch_step=1)
+    _, final, report = run_storyboard(recorded, vae, clip, encoder, neg, parse_storyboard("0.8 | a cyclist"), settings,
+                                      W, H, 16.0, 4, start, model_low_noise=None)
+    assert "experts" not in report and final.history.keys == [""]
+    assert sorted({t for t, _ in calls}, reverse=True) == pytest.approx(_timesteps(model, 3))
+
+    tokens, positions, hidden = start.conds(model)
+    pos = attach_memory(clip.encode_from_tokens_scheduled(clip.tokenize("a cyclist")), tokens, positions, hidden)
+    latent = torch.zeros([1, 16, 4, H // 8, W // 8])
+    expected = comfy.sample.sample(memory_model(model, encoder), comfy.sample.prepare_noise(latent, 1), 3, 3.0, "euler",
+                                   "simple", pos, attach_memory(neg, tokens, positions, hidden), latent, denoise=1.0, seed=1)
+    assert torch.equal(final.history.segments[-1].latent, expected[0])
+
+
+def test_history_of_one_model_is_encoded_for_the_low_noise_expert(tiny_wan, low_noise_expert):
+    """A memory encoded for one model (pixels dropped) continued with a pair: its segments are decoded once from the
+    kept latents and encoded through the low-noise expert's patch embedding; the first expert's tokens are kept."""
+    import dataclasses
+
+    from framememory.models.encoding import encode_pending_experts, encode_segment
+    from framememory.models.storyboard import history_from_frames
+
+    model, vae, encoder, _, video = tiny_wan
+    mem, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H)
+    seg = mem.history.segments[0]
+    assert seg.frames is None and mem.history.keys == [""]
+    history = mem.history.copy()
+    assert encode_pending_experts([model, low_noise_expert], vae, encoder, history) == 1
+    assert history.segments[0].frames is None and history.segments[0].encoded[""] is seg.encoded[""]
+    decoded = (vae.decode(seg.latent[None]).reshape(-1, H, W, 3).float().clamp(0, 1) * 255).round().to(torch.uint8)
+    expected = encode_segment(low_noise_expert, vae, encoder, dataclasses.replace(seg, frames=decoded))
+    got = history.segments[0].encoded["expert1:"]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert encode_pending_experts([model, low_noise_expert], vae, encoder, history) == 0  # nothing left to encode
+    assert mem.history.keys == [""]  # the input memory is not changed
+
+
+def test_experts_must_fit_each_other_and_the_encoder(tiny_wan, tmp_path):
+    import comfy.sd
+    from framememory.demo.make_tiny_models import write_family
+    from framememory.demo.tiny_models import tiny_wan21_dit
+    from framememory.models.storyboard import expert_models, history_from_frames
+
+    model, vae, encoder, _, video = tiny_wan
+    wan22 = comfy.sd.load_diffusion_model(write_family(str(tmp_path), "wan22", vae=False)["dit"])
+    with pytest.raises(ValueError, match="model_low_noise is a wan22 model but model is wan21"):
+        expert_models(model, wan22)
+    wide = comfy.sd.load_diffusion_model_state_dict(tiny_wan21_dit(3, dim=256, ffn_dim=512, num_heads=2).state_dict())
+    with pytest.raises(ValueError, match="dim 128 \\(model: 256\\)"):  # the trained encoder is for width 128
+        history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H, model_low_noise=wide)
+    assert expert_models(model) == [model]
