@@ -61,6 +61,7 @@ class TrainArgs:
     omega_frames: int = 1                # Stage I: |Omega| per sample
     segment_frames: int = 4              # Stage II: latent frames of the next segment (Wan: 4 = about 1 s)
     window: int = 0                      # latent frames per sample (random crop); 0: the whole sample
+    timestep_loc: float = 0.0            # diffusion time t ~ L(timestep_loc, 1) (stages.LogitNormal; > 0: more noise)
     output_dir: str | None = None        # checkpoints, log.jsonl, exported encoder/LoRA; None: nothing written
     save_every: int = 0                  # optimizer steps between checkpoints; 0: only the final export
     resume: str | None = None            # a checkpoint folder, or "latest" (newest under output_dir/checkpoints)
@@ -137,7 +138,8 @@ class StageModule(torch.nn.Module):
         self.encoder = encoder
         self.args = args
         self.lr_fn = lr_fn
-        self.stage_cfg = stages.StageConfig(omega_frames=args.omega_frames)
+        self.stage_cfg = stages.StageConfig(omega_frames=args.omega_frames,
+                                            timesteps=stages.LogitNormal(args.timestep_loc, 1.0))
 
     def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int) -> torch.Tensor:
         """Loss (float32 scalar) of one micro-batch; every random draw comes from ``seed`` (CPU generator)."""

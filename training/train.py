@@ -120,6 +120,8 @@ def parse_args(argv=None):
     ap.add_argument("--omega-frames", type=int, default=1, help="Stage I: |Omega| latent frames regenerated per sample")
     ap.add_argument("--segment-frames", type=int, default=4, help="Stage II: latent frames of the next segment")
     ap.add_argument("--window", type=int, default=0, help="latent frames per sample, random crop (default: whole shard)")
+    ap.add_argument("--timestep-loc", type=float, default=0.0,
+                    help="diffusion time t ~ logit-normal L(loc, 1); loc > 0 trains more at high noise (default 0)")
     ap.add_argument("--save-every", type=int, default=0, help="optimizer steps between checkpoints (0: none)")
     ap.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     ap.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
         args = TrainArgs(stage=a.stage, steps=a.steps, batch_size=a.batch_size, lr=a.lr, encoder_lr=a.encoder_lr,
                          lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, grad_accum=a.grad_accum, mixed_precision=mixed,
                          seed=a.seed, omega_frames=a.omega_frames, segment_frames=a.segment_frames, window=a.window,
+                         timestep_loc=a.timestep_loc,
                          output_dir=a.out, save_every=a.save_every, resume=a.resume, log_every=a.log_every,
                          warmup_steps=a.warmup_steps, max_grad_norm=a.max_grad_norm, num_workers=a.num_workers,
                          report_to=a.report_to)
