@@ -8,7 +8,8 @@
   (set FRAMEMEMORY_TEST_GPU=1 to leave ComfyUI's device choice alone).
 * Fixtures: ``comfy`` (session; the ``comfy`` package with model_management imported on CPU),
   ``repo_root``, ``comfyui_dir``, ``media_dir``.
-* Marker ``slow``: tests over ~3 minutes; ``scripts/run_tests.sh`` runs ``-m "not slow"``.
+* Marker ``slow``: tests over ~3 minutes; marker ``cuda``: tests that need a CUDA GPU (and FRAMEMEMORY_TEST_GPU=1);
+  ``scripts/run_tests.sh`` runs ``-m "not slow and not cuda"``.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ _load_framememory()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than ~3 minutes; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU and FRAMEMEMORY_TEST_GPU=1; deselect with -m 'not cuda'")
 
 
 @pytest.fixture(scope="session")
