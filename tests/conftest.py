@@ -72,6 +72,8 @@ _load_framememory()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than ~3 minutes; deselect with -m 'not slow'")
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU and FRAMEMEMORY_TEST_GPU=1; deselect with -m 'not cuda'")
+    config.addinivalue_line("markers", "gguf: needs a city96/ComfyUI-GGUF checkout (COMFYUI_GGUF_DIR) and the gguf "
+                            "package; deselect with -m 'not gguf'")
 
 
 @pytest.fixture(scope="session")
