@@ -7,6 +7,7 @@ memory tokens of its own patch embedding (``encoding.encode_pending_experts``)."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import resource
 import sys
@@ -24,8 +25,9 @@ from ..memory.history import HistoryBuffer
 from ..memory.storyboard import Shot, plan_segments, segment_frames, split_clip
 from . import families
 from .conds import attach_memory
-from .encoding import (MemoryEncoder, MultiEncoder, encode_pending_experts, install_cross_attention,
-                       memory_hidden, memory_token_count, next_memory, rate_str)
+from .encoding import (MemoryEncoder, MultiEncoder, encode_pending, encode_pending_experts, expert_keys,
+                       install_cross_attention, memory_hidden, memory_token_count, next_memory, rate_str,
+                       restore_frames)
 
 log = logging.getLogger("FrameMemory")
 
@@ -83,10 +85,33 @@ class Memory:
         tokens, positions = next_memory(model, self.encoder, self.history, expert)
         return tokens, positions, memory_hidden(model, self.encoder, self.history)
 
-    def apply(self, model, positive: list, negative: list) -> tuple[object, list, list]:
+    def for_expert(self, model, expert: int, vae=None) -> "Memory":
+        """This memory with the history also encoded for the ``expert``-th DiT of a schedule (1: the Wan 2.2 A14B
+        low-noise expert ``model``, whose LR branch is its own patch embedding). ``self`` when already encoded for it;
+        otherwise a new Memory (``self`` is not changed): segments whose pixels were dropped are decoded again with
+        ``vae`` (:func:`restore_frames`), then encoded (:func:`encode_pending`, whose LR branch needs ``vae`` too).
+
+        Raises:
+            ValueError: not encoded for ``expert`` yet and ``vae`` is None, or like :func:`encode_pending`.
+        """
+        keys = expert_keys(self.encoder, expert)
+        if all(k in s.encoded for s in self.history.segments for k in keys):
+            return self
+        if vae is None:
+            raise ValueError(
+                f"this memory has no memory tokens for expert {expert} (the Wan 2.2 A14B low-noise model) yet: connect "
+                "the VAE to Apply Memory so the history can be encoded through this model's patch embedding")
+        history = self.history.copy()
+        restore_frames(vae, self.encoder, history, expert + 1)
+        encode_pending(model, vae, self.encoder, history, expert=expert)
+        return dataclasses.replace(self, history=history)
+
+    def apply(self, model, positive: list, negative: list, expert: int = 0, vae=None) -> tuple[object, list, list]:
         """What Apply Memory does: ``(patched model, positive, negative)`` for the stock KSampler, the model
-        patched for memory attention (:func:`memory_model`) and both conditionings carrying this memory."""
-        tokens, positions, hidden = self.conds(model)
+        patched for memory attention (:func:`memory_model`) and both conditionings carrying this memory. ``expert``
+        1 gives the Wan 2.2 A14B low-noise expert ``model`` the tokens of its own patch embedding (for the second
+        KSamplerAdvanced); see :meth:`for_expert` for ``vae``. Raises like :meth:`for_expert`."""
+        tokens, positions, hidden = self.for_expert(model, expert, vae).conds(model, expert)
         return (memory_model(model, self.encoder), attach_memory(positive, tokens, positions, hidden),
                 attach_memory(negative, tokens, positions, hidden))
 

@@ -9,6 +9,7 @@ from ..models.storyboard import Memory, history_from_frames
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 FOLDER = "memory_encoders"
+EXPERTS = ("high noise / only model", "low noise (Wan 2.2 A14B)")  # index = encoding.part_key expert
 
 
 class LoadMemoryEncoder(io.ComfyNode):
@@ -89,6 +90,13 @@ class ApplyMemory(io.ComfyNode):
                 MemoryType.Input("memory", tooltip="From Encode History or Storyboard."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning of the next segment."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning (gets the same memory so CFG batches cond and uncond)."),
+                io.Combo.Input("expert", options=list(EXPERTS), default=EXPERTS[0], optional=True,
+                               tooltip="Which DiT of the schedule this model is. Wan 2.2 A14B: use one Apply Memory per "
+                                       "expert, 'low noise' for the model of the second KSamplerAdvanced (its memory "
+                                       "tokens come from its own patch embedding)."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Needed only for 'low noise' when the memory was not encoded for that expert yet "
+                                     "(e.g. from Encode History): the history is decoded and encoded once more."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with memory attention installed."),
@@ -98,5 +106,7 @@ class ApplyMemory(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, memory: Memory, positive, negative) -> io.NodeOutput:
-        return io.NodeOutput(*memory.apply(model, positive, negative))
+    def execute(cls, model, memory: Memory, positive, negative, expert: str = EXPERTS[0], vae=None) -> io.NodeOutput:
+        if expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {list(EXPERTS)}, got {expert!r}")
+        return io.NodeOutput(*memory.apply(model, positive, negative, EXPERTS.index(expert), vae))

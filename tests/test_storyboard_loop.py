@@ -119,20 +119,19 @@ def _timesteps(model, steps: int) -> list[float]:
     return [float(sampling.timestep(s)) for s in sigmas[:-1]]
 
 
-def _ksampler_advanced(model, encoder, memory, expert, positive, negative, latent, start, end, seed, steps=4):
-    """What one stock KSamplerAdvanced node does with memory from Apply Memory: add_noise / return_with_leftover_noise
-    enabled for the first expert (start 0), disabled for the second (end_at_step 10000)."""
+def _ksampler_advanced(model, memory, expert, positive, negative, latent, start, end, seed, steps=4, vae=None):
+    """One Apply Memory node (``expert`` 0: high noise / only model, 1: low noise) into one stock KSamplerAdvanced:
+    add_noise / return_with_leftover_noise enabled for the first expert (start 0), disabled for the second
+    (end_at_step 10000)."""
     import comfy.sample
-    from framememory.models.conds import attach_memory
-    from framememory.models.storyboard import memory_model
+    from framememory.nodes.memory_nodes import EXPERTS, ApplyMemory
 
-    tokens, positions, hidden = memory.conds(model, expert)
+    patched, pos_c, neg_c = ApplyMemory.execute(model, memory, positive, negative, EXPERTS[expert], vae).args
     first = start == 0
     noise = comfy.sample.prepare_noise(latent, seed) if first else torch.zeros(latent.shape)
-    return comfy.sample.sample(
-        memory_model(model, encoder), noise, steps, 3.0, "euler", "simple", attach_memory(positive, tokens, positions, hidden),
-        attach_memory(negative, tokens, positions, hidden), latent, disable_noise=not first, start_step=start,
-        last_step=end, force_full_denoise=not first, seed=seed)
+    return comfy.sample.sample(patched, noise, steps, 3.0, "euler", "simple", pos_c, neg_c, latent,
+                               disable_noise=not first, start_step=start, last_step=end, force_full_denoise=not first,
+                               seed=seed)
 
 
 def test_a14b_pair_each_expert_samples_its_steps_with_its_own_memory(tiny_wan, low_noise_expert, monkeypatch):
@@ -176,10 +175,10 @@ def test_a14b_pair_each_expert_samples_its_steps_with_its_own_memory(tiny_wan, l
     # the segment is the stock two-KSamplerAdvanced chain with the same split
     pos = clip.encode_from_tokens_scheduled(clip.tokenize("a cyclist"))
     latent = torch.zeros([1, 16, 4, H // 8, W // 8])
-    x = _ksampler_advanced(model, encoder, start, 0, pos, neg, latent, 0, 2, seed=1)
-    x = _ksampler_advanced(low_noise_expert, encoder, start, 1, pos, neg, x, 2, 10000, seed=1)
+    x = _ksampler_advanced(model, start, 0, pos, neg, latent, 0, 2, seed=1)
+    x = _ksampler_advanced(low_noise_expert, start, 1, pos, neg, x, 2, 10000, seed=1)
     assert torch.equal(final.history.segments[-1].latent, x[0])
-    alone_high = _ksampler_advanced(model, encoder, start, 0, pos, neg, latent, 0, 10000, seed=1)
+    alone_high = _ksampler_advanced(model, start, 0, pos, neg, latent, 0, 10000, seed=1)
     assert not torch.allclose(alone_high, x)  # the low-noise expert's steps count
 
     # incremental encoding for both: the clip, then the new segment, each once per expert (last expert first)
@@ -188,6 +187,43 @@ def test_a14b_pair_each_expert_samples_its_steps_with_its_own_memory(tiny_wan, l
     assert sorted(final.history.keys) == ["", "expert1:"] and all(s.frames is None for s in final.history.segments)
     assert report["final_memory_tokens"] == 2 * PER_SEGMENT and final.history.num_tokens == 2 * 2 * PER_SEGMENT
     assert final.tokens(low_noise_expert, 1)[0].shape == final.tokens(model)[0].shape == (2 * PER_SEGMENT, 128)
+
+
+def test_apply_memory_low_noise_expert_continues_a_one_model_memory(tiny_wan, low_noise_expert):
+    """A memory made with one model (pixels dropped) continued by the stock A14B graph: two Apply Memory nodes
+    (the second with expert 'low noise' and the VAE) into two KSamplerAdvanced give exactly the segment the Storyboard
+    node makes from the same memory with the same pair; without the VAE the low-noise Apply Memory says what to
+    connect; the input memory is not changed."""
+    from framememory.models.storyboard import history_from_frames
+    from framememory.nodes.memory_nodes import EXPERTS, ApplyMemory
+    from framememory.nodes.storyboard_node import Storyboard
+
+    model, vae, encoder, clip, video = tiny_wan
+    start, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H)
+    assert start.history.keys == [""] and all(s.frames is None for s in start.history.segments)
+    pos = clip.encode_from_tokens_scheduled(clip.tokenize("a cyclist"))
+    neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
+
+    with pytest.raises(ValueError, match="connect the VAE"):
+        ApplyMemory.execute(low_noise_expert, start, pos, neg, EXPERTS[1])
+    with pytest.raises(ValueError, match="expert must be one of"):
+        ApplyMemory.execute(model, start, pos, neg, "medium noise")
+
+    latent = torch.zeros([1, 16, 4, H // 8, W // 8])
+    x = _ksampler_advanced(model, start, 0, pos, neg, latent, 0, 2, seed=1)
+    x = _ksampler_advanced(low_noise_expert, start, 1, pos, neg, x, 2, 10000, seed=1, vae=vae)
+    assert start.history.keys == [""]  # the input memory got no tokens of the low-noise expert
+
+    _, final, _ = Storyboard.execute(model, vae, clip, encoder, neg, "0.8 | a cyclist", W, H, 16.0, 4, 1, 4, 3.0,
+                                     "euler", "simple", False, memory=start, model_low_noise=low_noise_expert).args
+    assert torch.equal(final.history.segments[-1].latent, x[0])
+    # the low-noise expert's tokens come from its own patch embedding: not the high-noise expert's
+    low_tokens = start.for_expert(low_noise_expert, 1, vae).tokens(low_noise_expert, 1)[0]
+    assert low_tokens.shape == start.tokens(model)[0].shape == (PER_SEGMENT, 128)
+    assert not torch.allclose(low_tokens, start.tokens(model)[0])
+    alone = _ksampler_advanced(low_noise_expert, start, 0, pos, neg, latent, 0, 2, seed=1)  # high-noise tokens
+    assert not torch.equal(alone, _ksampler_advanced(low_noise_expert, start, 1, pos, neg, latent, 0, 2, seed=1,
+                                                     vae=vae))
 
 
 def test_one_model_is_the_plain_ksampler_call(tiny_wan):
