@@ -40,6 +40,8 @@ import numpy as np
 import pytest
 import torch
 
+from memory_checks import random_memory, sample_tiny_wan
+
 pytestmark = pytest.mark.gguf
 
 HOW_TO_RUN = (
@@ -156,28 +158,6 @@ def fp32_model(comfy, files):
     return comfy.sd.load_diffusion_model(str(files[0]))
 
 
-def _sample(model, memory, patch=True):
-    """Two euler steps at CFG 3 through comfy.sample.sample (the stock KSampler path), as test_model_compat does."""
-    import comfy.sample
-    from framememory.models.conds import attach_memory
-    from framememory.models.families import patch_model
-
-    g = torch.Generator().manual_seed(3)
-    pos = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
-    neg = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
-    latent = torch.zeros(1, 16, 2, 8, 8)
-    if memory is not None:
-        pos, neg = attach_memory(pos, *memory), attach_memory(neg, *memory)
-    noise = comfy.sample.prepare_noise(latent, 1)
-    m = patch_model(model) if patch else model
-    return comfy.sample.sample(m, noise, 2, 3.0, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
-
-
-def _memory(dim=128, count=8):
-    g = torch.Generator().manual_seed(9)
-    return torch.randn(count, dim, generator=g) * 0.5, torch.tensor([[-1.5, 1.5, 1.5 + i % 4] for i in range(count)])
-
-
 def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """(max abs diff, max abs diff / max abs of b)."""
     d = float((a - b).abs().max())
@@ -216,11 +196,11 @@ def test_gguf_file_loads_quantized_through_unet_loader_gguf(comfyui_gguf, files,
 def test_no_memory_is_identity_and_memory_changes_the_output(gguf_model):
     """(a) Patched GGUF model without memory, and with zero memory tokens, == the unpatched GGUF model, bit for bit;
     (b) memory tokens change its output."""
-    plain = _sample(gguf_model, None, patch=False)
-    patched = _sample(gguf_model, None)
-    tokens, positions = _memory()
-    empty = _sample(gguf_model, (tokens[:0], positions[:0]))
-    with_mem = _sample(gguf_model, (tokens, positions))
+    plain = sample_tiny_wan(gguf_model, None, patch=False)
+    patched = sample_tiny_wan(gguf_model, None)
+    tokens, positions = random_memory()
+    empty = sample_tiny_wan(gguf_model, (tokens[:0], positions[:0]))
+    with_mem = sample_tiny_wan(gguf_model, (tokens, positions))
     assert torch.equal(plain, patched) and torch.equal(plain, empty)
     assert torch.isfinite(with_mem).all() and (with_mem - plain).abs().max() > 1e-3
 
@@ -239,10 +219,10 @@ def test_gguf_with_memory_matches_fp32_with_memory(comfyui_gguf, gguf_model, fp3
         return dequantize(tensor, *args, **kwargs)
 
     monkeypatch.setattr(pack.ops, "dequantize_tensor", spy)
-    mem = _memory()
-    g_mem, g_plain = _sample(gguf_model, mem), _sample(gguf_model, None)
+    mem = random_memory()
+    g_mem, g_plain = sample_tiny_wan(gguf_model, mem), sample_tiny_wan(gguf_model, None)
     assert dequantized and set(dequantized) == {gguf.GGMLQuantizationType.Q8_0}
-    f_mem, f_plain = _sample(fp32_model, mem), _sample(fp32_model, None)
+    f_mem, f_plain = sample_tiny_wan(fp32_model, mem), sample_tiny_wan(fp32_model, None)
     out_abs, out_rel = _diff(g_mem, f_mem)
     effect_abs, effect_rel = _diff(g_mem - g_plain, f_mem - f_plain)
     print(f"\nGGUF Q8_0 vs fp32, with memory: max abs {out_abs:.3e}, rel {out_rel:.3e}; memory effect: max abs "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory_checks import random_memory, sample_tiny_wan
 from safetensors.torch import save_file
 
 
@@ -27,34 +28,14 @@ def files(comfy, tmp_path_factory):
     return d
 
 
-def _sample(model, memory):
-    import comfy.sample
-    from framememory.models.conds import attach_memory
-    from framememory.models.families import patch_model
-
-    g = torch.Generator().manual_seed(3)
-    pos = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
-    neg = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
-    latent = torch.zeros(1, 16, 2, 8, 8)
-    if memory is not None:
-        pos, neg = attach_memory(pos, *memory), attach_memory(neg, *memory)
-    noise = comfy.sample.prepare_noise(latent, 1)
-    return comfy.sample.sample(patch_model(model), noise, 2, 3.0, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
-
-
-def _memory(dim=128):
-    g = torch.Generator().manual_seed(9)
-    return torch.randn(8, dim, generator=g) * 0.5, torch.tensor([[-1.5, 1.5, 1.5 + i % 4] for i in range(8)])
-
-
 def test_fp8_weights_sample_with_memory(files):
     import comfy.sd
     from framememory.models.families import patch_embed
 
     model = comfy.sd.load_diffusion_model(str(files / "dit.safetensors"), model_options={"dtype": torch.float8_e4m3fn})
     assert model.model.diffusion_model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
-    with_mem = _sample(model, _memory())
-    without = _sample(model, None)
+    with_mem = sample_tiny_wan(model, random_memory())
+    without = sample_tiny_wan(model, None)
     assert torch.isfinite(with_mem).all() and (with_mem - without).abs().max() > 1e-3
     assert patch_embed(model, torch.randn(1, 16, 2, 8, 8)).shape == (1, 128, 2, 4, 4)
 
@@ -68,8 +49,8 @@ def test_stock_lora_applies_to_memory_sampling_and_lr_branch(files):
     lora_sd = comfy.utils.load_torch_file(str(files / "lora.safetensors"))
     lora_model, _ = comfy.sd.load_lora_for_models(base, None, lora_sd, 1.0, 0)  # what LoraLoaderModelOnly does
     assert len(lora_model.patches) == 3  # every LoRA key was recognised
-    mem = _memory()
-    a, b = _sample(base, mem), _sample(lora_model, mem)
+    mem = random_memory()
+    a, b = sample_tiny_wan(base, mem), sample_tiny_wan(lora_model, mem)
     assert torch.isfinite(b).all() and (a - b).abs().max() > 1e-3
     latent = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     # the LR branch goes through the DiT's own (LoRA-patched) patch embedding
