@@ -6,7 +6,12 @@ with optional timestamped storyboard captions, becomes a folder of safetensors s
     OUT/manifest.json                          settings, per-video status, shard list, failed videos
     OUT/<video key>/chunk_00000.safetensors    tensors  latent [C, T, h, w]  (the VAE's latent of the chunk)
                                                         text   [L, D]        (the text condition of its prompt)
+                                                        pooled [P]           (optional: its pooled text embedding,
+                                                                              HunyuanVideo's CLIP-L y, P = 768)
                                                metadata "framememory_shard": JSON, see ``shard_metadata``
+
+``latent`` is what ``comfy.sd.VAE.encode`` returns (VAE space); the training DiT needs model space, i.e. the
+model's ``process_latent_in``: :class:`ModelSpaceDataset` applies the family's latent format on loading.
 
 Captions (both optional; a video without any gets ``default_prompt``):
 
@@ -31,8 +36,8 @@ the run, and a rerun resumes.
 
 The encoders are plain callables, so this module needs no ComfyUI:
 ``encode_video(frames [F, H, W, 3] float32 in 0..1) -> latent [1, C, T, h, w]`` and
-``encode_text(prompt: str) -> [L, D]`` (``[1, L, D]`` is accepted too). ``training/prepare_data.py`` builds them
-from ComfyUI models.
+``encode_text(prompt: str) -> [L, D]`` (``[1, L, D]`` is accepted too), or ``-> (text [L, D], pooled [P] or [1, P])``
+for models with a pooled text input (HunyuanVideo). ``training/prepare_data.py`` builds them from ComfyUI models.
 """
 from __future__ import annotations
 
@@ -277,14 +282,18 @@ def shard_metadata(*, source: str, key: str, chunk: int, start: int, cfg: ClipSe
             "resolution": [cfg.width, cfg.height], "prompt": prompt, "shot": shot}
 
 
-def save_shard_atomic(path: Path, latent: torch.Tensor, text: torch.Tensor, meta: dict) -> None:
-    """Write ``path`` via a temporary file in the same folder and os.replace: readers never see half a shard."""
+def save_shard_atomic(path: Path, latent: torch.Tensor, text: torch.Tensor, meta: dict,
+                      pooled: torch.Tensor | None = None) -> None:
+    """Write ``path`` via a temporary file in the same folder and os.replace: readers never see half a shard.
+    ``pooled`` ``[P]``: the optional pooled text embedding (HunyuanVideo)."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tensors = {"latent": latent.contiguous(), "text": text.contiguous()}
+    if pooled is not None:
+        tensors["pooled"] = pooled.reshape(-1).contiguous()
     try:
-        save_file({"latent": latent.contiguous(), "text": text.contiguous()}, str(tmp),
-                  metadata={META_KEY: json.dumps(meta)})
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -314,7 +323,8 @@ def read_shard(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dic
 
 class ShardDataset(torch.utils.data.Dataset):
     """The shards listed in ``root/manifest.json`` as a map-style dataset of
-    {"latent": [C, T, h, w], "text": [L, D], "meta": dict}. Raises FileNotFoundError without a manifest."""
+    {"latent": [C, T, h, w], "text": [L, D], "meta": dict} plus "pooled": [P] for shards that have it.
+    Raises FileNotFoundError without a manifest."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -325,8 +335,29 @@ class ShardDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        latent, text, meta = read_shard(self.paths[i])
-        return {"latent": latent, "text": text, "meta": meta}
+        from safetensors import safe_open
+
+        with safe_open(str(self.paths[i]), "pt") as f:
+            item = {k: f.get_tensor(k) for k in ("latent", "text", "pooled") if k in f.keys()}
+            item["meta"] = json.loads(f.metadata()[META_KEY])
+        return item
+
+
+class ModelSpaceDataset(torch.utils.data.Dataset):
+    """A dataset of VAE-space ``latent`` items (:class:`ShardDataset`) seen in the DiT's model space:
+    ``latent_format.process_in(latent)`` (ComfyUI's ``comfy.latent_formats``, as ``BaseModel.process_latent_in``:
+    Wan 2.1 ``(z - mean) / std`` per channel, HunyuanVideo ``z * 0.476986``), float32; other keys unchanged."""
+
+    def __init__(self, dataset, latent_format) -> None:
+        self.dataset, self.latent_format = dataset, latent_format
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.dataset[i])
+        item["latent"] = self.latent_format.process_in(item["latent"].float()[None])[0]
+        return item
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -338,13 +369,22 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _as_text(t: torch.Tensor) -> torch.Tensor:
+def _unbatched(t: torch.Tensor, ndim: int, what: str) -> torch.Tensor:
+    """``t`` detached with a leading batch of 1 removed; ValueError unless it then has ``ndim`` dimensions."""
     t = t.detach()
-    if t.ndim == 3 and t.shape[0] == 1:
+    if t.ndim == ndim + 1 and t.shape[0] == 1:
         t = t[0]
-    if t.ndim != 2:
-        raise ValueError(f"encode_text must return [L, D] (or [1, L, D]), got {tuple(t.shape)}")
+    if t.ndim != ndim:
+        raise ValueError(f"{what}, got {tuple(t.shape)}")
     return t
+
+
+def _as_text(t: torch.Tensor) -> torch.Tensor:
+    return _unbatched(t, 2, "encode_text must return [L, D] (or [1, L, D])")
+
+
+def _as_pooled(p: torch.Tensor) -> torch.Tensor:
+    return _unbatched(p, 1, "encode_text's pooled embedding must be [P] (or [1, P])")
 
 
 def _as_latent(z: torch.Tensor) -> torch.Tensor:
@@ -361,7 +401,8 @@ def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cf
 
     Args:
         encode_video: frames [F, H, W, 3] float32 0..1 (F = cfg.chunk_frames) -> latent [1, C, T, h, w].
-        encode_text: prompt -> [L, D] (or [1, L, D]); called once per distinct prompt.
+        encode_text: prompt -> [L, D] (or [1, L, D]), or -> (that, pooled [P] or [1, P]) to store a pooled text
+            embedding too (HunyuanVideo); called once per distinct prompt.
         progress: show a tqdm bar over videos.
     Returns the manifest (also written to ``out_dir/manifest.json`` after every video), with run counters
     under "run": written, skipped (shards already there), failed (videos).
@@ -383,7 +424,7 @@ def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cf
     videos = list_videos(input_dir)
     captions = load_captions(input_dir, videos)
     dtype = _DTYPES[cfg.dtype]
-    text_cache: dict[str, torch.Tensor] = {}
+    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     manifest = {"format": FORMAT, "settings": settings, "input_dir": str(input_dir), "videos": [], "failed": [],
                 "run": {"written": 0, "skipped": 0, "failed": 0}}
     run = manifest["run"]
@@ -441,12 +482,15 @@ def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cf
                 shot, prompt = found if found else (None, cfg.default_prompt)
                 with torch.no_grad():
                     if prompt not in text_cache:
-                        text_cache[prompt] = _as_text(encode_text(prompt)).to("cpu", dtype)
+                        enc = encode_text(prompt)
+                        text, pooled = enc if isinstance(enc, tuple) else (enc, None)
+                        text_cache[prompt] = (_as_text(text).to("cpu", dtype),
+                                              None if pooled is None else _as_pooled(pooled).to("cpu", dtype))
                     pixels = torch.from_numpy(frames).float().div_(255.0)  # [F, H, W, 3] 0..1
                     latent = _as_latent(encode_video(pixels)).to("cpu", dtype)
                 shard_dir.mkdir(exist_ok=True)
                 meta = shard_metadata(source=rel, key=key, chunk=idx, start=start, cfg=cfg, prompt=prompt, shot=shot)
-                save_shard_atomic(path, latent, text_cache[prompt], meta)
+                save_shard_atomic(path, latent, text_cache[prompt][0], meta, pooled=text_cache[prompt][1])
                 run["written"] += 1
             if entry["status"] == "ok" and entry["chunks"] == 0:
                 entry["status"] = "too_short"

@@ -9,6 +9,10 @@
       diffusion_model.blocks.0.self_attn.q.lora_B.weight   [out, r]
       diffusion_model.blocks.0.self_attn.q.alpha           []        peft lora_alpha; ComfyUI scales by alpha / r
 
+  HunyuanVideo the same way, e.g. ``diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`` and
+  ``diffusion_model.single_blocks.0.linear1.lora_B.weight``: ``comfy.lora.model_lora_keys_unet`` maps every
+  ``diffusion_model.<module>`` weight of any model, so one format serves every training family.
+
   ComfyUI computes ``W + strength * (alpha / r) * B @ A``, peft ``W + (lora_alpha / r) * B @ A``: the same model at
   strength 1.0. Put the file in ``models/loras/``.
 """

@@ -17,10 +17,16 @@ One loop for both stages (``TrainArgs.stage``), the losses are :mod:`training.st
 * **Logging**: every ``log_every`` optimizer steps the loss (mean over the accumulation window and processes),
   the learning rate and the throughput (samples/s) go to the console, ``OUT/log.jsonl`` and Accelerate's trackers.
 
-Data: a map-style dataset of dicts ``{"latent": [C, T, h, w], "context" or "text": [L, 4096]}`` (model-space
-latents; :class:`training.data.ShardDataset` gives whole chunks). With ``window`` > 0 each sample is a random crop
+Data: a map-style dataset of dicts ``{"latent": [C, T, h, w], "context" or "text": [L, 4096]}`` plus, for
+HunyuanVideo, ``"pooled": [768]`` (the CLIP-L pooled text embedding, the DiT's ``y``); latents in model space
+(:class:`training.data.ShardDataset` gives whole chunks of VAE latents; ``training/train.py`` maps them to model space
+with the family's latent format). With ``window`` > 0 each sample is a random crop
 of ``window`` latent frames. Stage I: the (cropped) sample is the history H. Stage II: its last ``segment_frames``
 latent frames are the next segment X, the frames before are the history.
+
+DiT: ComfyUI's ``WanModel`` (Wan 2.1) or ``HunyuanVideo`` (T2V); the family (:func:`training.dits.dit_family`) picks
+the LoRA targets, the forward with memory and the text inputs. FSDP: ``fsdp.yaml`` wraps Wan blocks,
+``fsdp_hunyuan.yaml`` HunyuanVideo's double and single blocks.
 
 LoRA: :func:`training.stages.add_lora` (peft, rank 128 by default) is injected into the DiT by :func:`train`;
 "new LoRA" for Stage II means: call :func:`train` on a fresh base DiT with the Stage I encoder.
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from . import stages
+from .dits import DEFAULT_GUIDANCE, dit_family
 
 CHECKPOINTS = "checkpoints"
 
@@ -62,6 +69,7 @@ class TrainArgs:
     segment_frames: int = 4              # Stage II: latent frames of the next segment (Wan: 4 = about 1 s)
     window: int = 0                      # latent frames per sample (random crop); 0: the whole sample
     timestep_loc: float = 0.0            # diffusion time t ~ L(timestep_loc, 1) (stages.LogitNormal; > 0: more noise)
+    guidance: float = DEFAULT_GUIDANCE   # HunyuanVideo embedded guidance in training (Wan: unused)
     output_dir: str | None = None        # checkpoints, log.jsonl, exported encoder/LoRA; None: nothing written
     save_every: int = 0                  # optimizer steps between checkpoints; 0: only the final export
     resume: str | None = None            # a checkpoint folder, or "latest" (newest under output_dir/checkpoints)
@@ -99,7 +107,9 @@ class TrainState:
 
 def collate(items: list[dict]) -> dict:
     """Stack ``latent`` ``[C, T, h, w]`` -> ``[B, C, T, h, w]`` float32; ``context`` (or ``text``) ``[L, D]`` ->
-    ``[B, L_max, D]`` float32, zero-padded like Wan's own text padding. Raises ValueError on unequal latent shapes."""
+    ``[B, L_max, D]`` float32, zero-padded like Wan's own text padding, with ``context_lengths`` ``[B]`` int64 (the
+    unpadded ``L``); ``pooled`` ``[P]`` (or ``[1, P]``) -> ``[B, P]`` float32 when the items have it (HunyuanVideo).
+    Raises ValueError on unequal latent shapes, or when only some items have ``pooled``."""
     shapes = {tuple(it["latent"].shape) for it in items}
     if len(shapes) != 1:
         raise ValueError(f"samples of one batch must have equal latent shapes, got {sorted(shapes)}; "
@@ -109,7 +119,13 @@ def collate(items: list[dict]) -> dict:
     ctx = [c[0] if c.ndim == 3 else c for c in ctx]
     n = max(c.shape[0] for c in ctx)
     context = torch.stack([F.pad(c, (0, 0, 0, n - c.shape[0])) for c in ctx])
-    return {"latent": latent, "context": context}
+    out = {"latent": latent, "context": context, "context_lengths": torch.tensor([c.shape[0] for c in ctx])}
+    has_pooled = sum("pooled" in it for it in items)
+    if has_pooled:
+        if has_pooled != len(items):
+            raise ValueError("some samples of a batch carry a pooled text embedding and some do not")
+        out["pooled"] = torch.stack([it["pooled"].float().reshape(-1) for it in items])
+    return out
 
 
 def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator) -> torch.Tensor:
@@ -138,11 +154,13 @@ class StageModule(torch.nn.Module):
         self.encoder = encoder
         self.args = args
         self.lr_fn = lr_fn
-        self.stage_cfg = stages.StageConfig(omega_frames=args.omega_frames,
+        self.stage_cfg = stages.StageConfig(omega_frames=args.omega_frames, guidance=args.guidance,
                                             timesteps=stages.LogitNormal(args.timestep_loc, 1.0))
 
-    def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int) -> torch.Tensor:
-        """Loss (float32 scalar) of one micro-batch; every random draw comes from ``seed`` (CPU generator)."""
+    def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss (float32 scalar) of one micro-batch; every random draw comes from ``seed`` (CPU generator).
+        ``latent`` ``[B, C, T, h, w]``, ``context`` ``[B, L, 4096]``, ``pooled`` ``[B, 768]`` (HunyuanVideo)."""
         g = torch.Generator().manual_seed(seed)
         latent = crop_windows(latent, self.args.window, g)
         if self.args.stage == 1:
@@ -150,7 +168,8 @@ class StageModule(torch.nn.Module):
                 raise ValueError("Stage I trains an encoder: pass one")
             prep = stages.prepare_stage1(latent, self.stage_cfg, g)
             lr = self.lr_fn(prep.masked) if self.lr_fn is not None else None
-            loss, _ = stages.stage1_loss(self.dm, self.encoder, latent, context, prep, self.stage_cfg, lr_latent=lr)
+            loss, _ = stages.stage1_loss(self.dm, self.encoder, latent, context, prep, self.stage_cfg, lr_latent=lr,
+                                         pooled=pooled)
             return loss
         k = self.args.segment_frames
         if latent.shape[2] <= k:
@@ -159,7 +178,7 @@ class StageModule(torch.nn.Module):
         history, target = latent[:, :, :-k], latent[:, :, -k:]
         lr = self.lr_fn(history) if (self.lr_fn is not None and self.encoder is not None) else None
         loss, _ = stages.stage2_loss(self.dm, self.encoder, history, target, context, cfg=self.stage_cfg,
-                                     generator=g, lr_latent=lr)
+                                     generator=g, lr_latent=lr, pooled=pooled)
         return loss
 
 
@@ -258,17 +277,20 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
     train it together with every parameter of ``encoder`` (None: Stage II without memory).
 
     Args:
-        dm: ComfyUI ``WanModel`` (family wan21), fp32 or bf16 weights, any device (Accelerate moves it).
+        dm: ComfyUI ``WanModel`` (family wan21) or ``HunyuanVideo`` T2V (family hunyuan_video), fp32 or bf16
+            weights, any device (Accelerate moves it).
         encoder: :class:`memory.encoder.HistoryEncoder` (or a module with ``.cfg`` and the same call, e.g. a
-            baseline), its config's width = ``dm.dim``; None only for Stage II.
-        dataset: map-style dataset of ``{"latent": [C, T, h, w], "context"|"text": [L, 4096]}``.
+            baseline), its config's width = the DiT's width; None only for Stage II.
+        dataset: map-style dataset of ``{"latent": [C, T, h, w], "context"|"text": [L, 4096]}`` (model-space
+            latents), plus ``"pooled": [768]`` for HunyuanVideo.
         lr_fn: see :class:`StageModule`. accelerator: an existing ``Accelerator`` (default :func:`make_accelerator`).
         log: callable taking one str (default ``accelerator.print``).
     Returns:
         ``{"steps", "losses" (per optimizer step, mean over processes), "final_loss" (mean of the last 10),
         "seconds", "samples_per_s", "exported": {"lora", "encoder"} paths}``.
     Raises:
-        ValueError: bad settings, a dataset too small for one batch, a checkpoint that does not fit.
+        ValueError: bad settings, a dataset too small for one batch, a checkpoint that does not fit, a HunyuanVideo
+            dataset without ``pooled``. TypeError: a DiT of no trainable family.
     """
     from accelerate.utils import set_seed
 
@@ -278,6 +300,10 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
     if len(dataset) < args.batch_size * accelerator.num_processes:
         raise ValueError(f"dataset has {len(dataset)} samples, fewer than one batch "
                          f"({args.batch_size} x {accelerator.num_processes} processes)")
+    family = dit_family(dm)
+    if family.needs_pooled(dm) and "pooled" not in dataset[0]:
+        raise ValueError(f"{family.name} needs a pooled text embedding per sample ('pooled' [768]); the dataset has "
+                         "none: prepare shards with training/prepare_data.py --clip-type hunyuan_video")
     lora = stages.add_lora(dm, rank=args.lora_rank, alpha=args.lora_alpha)
     enc_params = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
     if encoder is not None:
@@ -320,11 +346,16 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
         loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
+            lengths = batch["context_lengths"]
+            if not family.zero_padded_text and lengths.min() != lengths.max():
+                raise ValueError(f"{family.name}: the samples of a batch have text lengths {lengths.tolist()}; its DiT "
+                                 "has no per-sample text mask, so zero padding would change the condition: use "
+                                 "--batch-size 1 (and --grad-accum for larger batches)")
             for g, base in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = base * lr_at(args, state.step)
             with accelerator.accumulate(module):
                 loss = module(batch["latent"], batch["context"],
-                              micro_seed(args.seed, state.micro, accelerator.process_index))
+                              micro_seed(args.seed, state.micro, accelerator.process_index), batch.get("pooled"))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, args.max_grad_norm)

@@ -4,12 +4,16 @@ Usage:
   python training/prepare_data.py VIDEOS_DIR --out SHARDS_DIR --vae wan_2.1_vae.safetensors \\
       --text-encoder umt5_xxl_fp8_e4m3fn_scaled.safetensors [--width 832 --height 480 --fps 16 --frames 81]
   python training/prepare_data.py VIDEOS_DIR --out SHARDS_DIR --vae VAE.safetensors --stand-in-text --cpu
+  # HunyuanVideo: its VAE and both text encoders; shards also get the pooled CLIP-L embedding (the DiT's y)
+  python training/prepare_data.py VIDEOS_DIR --out SHARDS_DIR --vae hunyuan_video_vae_bf16.safetensors \\
+      --clip-type hunyuan_video --text-encoder clip_l.safetensors llava_llama3_fp8_scaled.safetensors --fps 24
 
-The VAE file loads through ComfyUI's stock detection (comfy.sd.VAE), the text encoder through
-comfy.sd.load_clip with type wan; ``--stand-in-text`` uses the pack's weightless demo text encoder instead (tests,
-smoke runs: its conditions carry no meaning). Rerun the same command to resume: finished shards are skipped.
-Captions: ``<video>.json`` sidecars ``{"shots": [{"start_s", "end_s", "prompt"}]}`` or ``captions.csv``
-(video,start_s,end_s,prompt) in VIDEOS_DIR.
+The VAE file loads through ComfyUI's stock detection (comfy.sd.VAE), the text encoder(s) through
+comfy.sd.load_clip with type ``--clip-type`` (wan, or hunyuan_video, which also stores ``pooled`` [768]);
+``--stand-in-text`` uses the pack's weightless demo text encoder instead (tests, smoke runs: its conditions carry no
+meaning; with --clip-type hunyuan_video it gives a pooled vector too). Rerun the same command to resume: finished
+shards are skipped. Captions: ``<video>.json`` sidecars ``{"shots": [{"start_s", "end_s", "prompt"}]}`` or
+``captions.csv`` (video,start_s,end_s,prompt) in VIDEOS_DIR.
 """
 from __future__ import annotations
 
@@ -28,8 +32,14 @@ def _drop_repo_root_from_path() -> None:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != REPO_ROOT]
 
 
-def build_encoders(vae_path: str, text_encoder: str | None, stand_in_text: bool):
-    """(encode_video, encode_text) from ComfyUI models. Requires ComfyUI on sys.path."""
+CLIP_TYPES = ("wan", "hunyuan_video")
+
+
+def build_encoders(vae_path: str, text_encoder, stand_in_text: bool, clip_type: str = "wan"):
+    """(encode_video, encode_text) from ComfyUI models. Requires ComfyUI on sys.path.
+
+    ``text_encoder``: one file or a list of files (HunyuanVideo: CLIP-L and LLaVA-Llama-3). ``clip_type``: ``wan``
+    (``encode_text`` -> ``[L, 4096]``) or ``hunyuan_video`` (-> ``([L, 4096], pooled [768])``)."""
     import torch
 
     import comfy.sd
@@ -38,18 +48,25 @@ def build_encoders(vae_path: str, text_encoder: str | None, stand_in_text: bool)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae_path))
     if vae.first_stage_model is None:
         raise SystemExit(f"ComfyUI could not detect a VAE in {vae_path}")
+    pooled = clip_type == "hunyuan_video"
     if stand_in_text:
         from framememory.demo.text_encoder import StandInTextEncoder
 
-        clip = StandInTextEncoder()
+        clip = StandInTextEncoder(pooled_dim=768 if pooled else None)
     else:
-        clip = comfy.sd.load_clip(ckpt_paths=[text_encoder], clip_type=comfy.sd.CLIPType.WAN)
+        paths = [text_encoder] if isinstance(text_encoder, str) else list(text_encoder)
+        clip = comfy.sd.load_clip(ckpt_paths=paths, clip_type=getattr(comfy.sd.CLIPType, clip_type.upper()))
 
     def encode_video(frames: torch.Tensor) -> torch.Tensor:  # [F, H, W, 3] 0..1 -> [1, C, T, h, w]
         return vae.encode(frames[..., :3])
 
-    def encode_text(prompt: str) -> torch.Tensor:  # -> [L, D]
-        return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0][0]
+    def encode_text(prompt: str):  # -> [L, D], or ([L, D], pooled [P]) for hunyuan_video
+        cond, extra = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0]
+        if not pooled:
+            return cond[0]
+        if extra.get("pooled_output") is None:
+            raise SystemExit("the text encoder gave no pooled output: HunyuanVideo needs CLIP-L among --text-encoder")
+        return cond[0], extra["pooled_output"][0]
 
     return encode_video, encode_text
 
@@ -60,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder of shards and manifest.json")
     ap.add_argument("--vae", required=True, help="VAE safetensors file (e.g. wan_2.1_vae.safetensors)")
     text = ap.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text-encoder", help="ComfyUI text encoder file (umt5-xxl for Wan), loaded with type wan")
+    text.add_argument("--text-encoder", nargs="+", help="ComfyUI text encoder file(s), loaded with --clip-type "
+                      "(Wan: umt5-xxl; HunyuanVideo: clip_l and llava_llama3)")
     text.add_argument("--stand-in-text", action="store_true", help="the pack's weightless demo text encoder")
+    ap.add_argument("--clip-type", default="wan", choices=CLIP_TYPES,
+                    help="text encoder type: wan (default) or hunyuan_video (also stores the pooled CLIP-L embedding)")
     ap.add_argument("--width", type=int, default=832, help="frame width, multiple of 16 (default 832)")
     ap.add_argument("--height", type=int, default=480, help="frame height, multiple of 16 (default 480)")
     ap.add_argument("--fps", type=float, default=16.0, help="resample videos to this frame rate (default 16)")
@@ -95,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                            default_prompt=args.default_prompt)
     except ValueError as e:
         ap.error(str(e))
-    encode_video, encode_text = build_encoders(args.vae, args.text_encoder, args.stand_in_text)
+    encode_video, encode_text = build_encoders(args.vae, args.text_encoder, args.stand_in_text, args.clip_type)
     manifest = prepare_dataset(args.input_dir, args.out, cfg, encode_video, encode_text, progress=not args.no_progress)
     run = manifest["run"]
     print(f"{manifest['num_shards']} shards in {args.out} ({run['written']} written, {run['skipped']} already there); "

@@ -1,12 +1,21 @@
 """The two training stages of arXiv 2512.23851 as plain, testable loss functions (no launcher, no I/O).
 
-The DiT is ComfyUI's own ``comfy.ldm.wan.model.WanModel`` (family ``wan21``), called directly with the memory block
-patches of :mod:`models.wan` in ``transformer_options`` (as ``tests/test_wan_adapter.py`` does), with LoRA injected by
-``peft``. The history encoder is :class:`memory.encoder.HistoryEncoder` (HR branch; trainable) plus an LR branch
-(below). All latents are in *model space* (after ``process_latent_in``), ``[B, C, T, h, w]``.
+The DiT is ComfyUI's own model class, called directly with the memory wrapper and block patches of its inference
+adapter in ``transformer_options`` (as ``tests/test_wan_adapter.py`` / ``tests/test_hunyuan_adapter.py`` do), with
+LoRA injected by ``peft``: ``comfy.ldm.wan.model.WanModel`` (family ``wan21``, :mod:`models.wan`) or
+``comfy.ldm.hunyuan_video.model.HunyuanVideo`` T2V (family ``hunyuan_video``, :mod:`models.hunyuan`). The losses
+are family-agnostic; what differs per family (forward with memory and per-frame RoPE, first projection, LoRA targets,
+text conditioning) is a small object from :func:`training.dits.dit_family`, chosen from the DiT's class. The history
+encoder is :class:`memory.encoder.HistoryEncoder` (HR branch; trainable) plus an LR branch (below). All latents are in
+*model space* (after ``process_latent_in``), ``[B, C, T, h, w]``.
 
-Rectified flow, as ComfyUI's Wan (``model_sampling`` CONST, multiplier 1000): ``X_t = (1 - t) X_0 + t eps``,
-the DiT gets timestep ``1000 t`` and predicts the velocity ``eps - X_0``; loss = MSE to that target.
+Rectified flow, as ComfyUI's Wan and HunyuanVideo (``ModelSamplingDiscreteFlow``, multiplier 1000):
+``X_t = (1 - t) X_0 + t eps``, the DiT gets timestep ``1000 t`` and predicts the velocity ``eps - X_0``; loss = MSE
+to that target.
+
+**Text conditioning.** ``context`` ``[B, L, 4096]`` for every family; HunyuanVideo also needs ``pooled`` ``[B, 768]``
+(CLIP-L ``pooled_output``, the DiT's ``y``) and gets the embedded guidance ``StageConfig.guidance`` (default 1.0, see
+:data:`training.dits.DEFAULT_GUIDANCE`); Wan ignores both.
 
 **Noise-level distribution.** ``L(m, s)`` (:class:`LogitNormal`) is the shifted logit-normal
 ``t = sigmoid(m + s z)``, ``z ~ N(0, 1)``: the SD3 logit-normal with location ``m`` (shift towards noise for
@@ -19,19 +28,21 @@ configurable in :class:`StageConfig`.
 uniformly (sorted; the same count for every sample so the batch stacks, different indices per sample). The encoder
 sees the whole masked history ``mask(H, Omega)`` (Omega frames bit-identical to ``H``, every other frame
 ``(1 - s) H + s eps'``), its memory tokens sit at the history's own times ``0 .. T-1`` (``t_start = 0``), and the DiT
-regenerates only ``H[Omega]``: its video tokens get RoPE time positions at their *original* indices in ``H`` (block
-patch :func:`_frame_pe_patch` replaces the contiguous ``0 .. k-1`` positions of ``WanModel.rope_encode`` by
-``omega``), so each regenerated frame is a positional query into the memory. Loss = MSE over the Omega frames only.
+regenerates only ``H[Omega]``: its video tokens get RoPE positions ``(t, h, w)`` with ``t`` their *original* index in
+``H`` (the family's block patches replace the contiguous ``0 .. k-1`` positions the DiT would build, Wan's
+``rope_encode`` / HunyuanVideo's ``img_ids``, by ``omega``: the positions those frames have in the full clip), so each
+regenerated frame is a positional query into the memory. Loss = MSE over the Omega frames only.
 
 **Stage II (autoregressive fine-tuning).** Clean full history ``H`` -> memory tokens at times ``-T_H .. -1``
 (``t_start = -T_H``, as at inference: the segment being generated starts at time 0); rectified flow on the next
 segment ``X`` only.
 
 **LR branch in training (stand-in).** At inference the LR branch is: pixel-space downsample (``lr_frames``) -> the
-DiT's VAE -> the DiT's ``patch_embedding``. Stage I's history is *masked in latent space*, so there are no pixels to
-downsample and no VAE in this loop. Stand-in used here (:func:`lr_branch`): the DiT's own ``patch_embedding`` (frozen,
-no LoRA, under ``no_grad``; for I2V models through :func:`models.wan.model_input`) on the *full-resolution* (masked)
-latent, giving ``[B, D, T, Ht, Wt]``, then average pooling with kernel = stride = ``(rt, rh, rw)`` onto the memory grid
+DiT's VAE -> the DiT's first projection. Stage I's history is *masked in latent space*, so there are no pixels to
+downsample and no VAE in this loop. Stand-in used here (:func:`lr_branch`): the DiT's own first projection (Wan
+``patch_embedding``, for I2V models through :func:`models.wan.model_input`; HunyuanVideo ``img_in``; frozen, no LoRA,
+under ``no_grad``; :meth:`training.dits.DitFamily.embed`) on the *full-resolution* (masked) latent, giving
+``[B, D, T, Ht, Wt]``, then average pooling with kernel = stride = ``(rt, rh, rw)`` onto the memory grid
 ``(T // rt, Ht // rh, Wt // rw)`` (floored, as :func:`memory.grid.memory_grid`). Since the patch embedding is affine,
 this equals the patch embedding of the latent averaged over ``rt`` frames and ``rh x rw`` tokens; it is *not* the same
 as the VAE of downsampled pixels (the VAE is non-linear), so a full training run should feed precomputed LR latents
@@ -39,10 +50,13 @@ as the VAE of downsampled pixels (the VAE is non-linear), so a full training run
 of the clean history with the stand-in only for the masked frames) when it wants the inference-time LR branch exactly.
 
 **LoRA** (:func:`add_lora`): ``peft.LoraConfig(r=128, lora_alpha=r, target_modules=<regex>)`` injected in place
-with ``peft.inject_adapter_in_model`` (the model stays a ``WanModel`` with its own forward), targeting every block's
-self-attention and cross-attention ``q, k, v, o`` and the FFN linears ``ffn.0``, ``ffn.2``. ComfyUI's
-``disable_weight_init.Linear`` / ``manual_cast.Linear`` are ``torch.nn.Linear`` subclasses, so peft wraps them with its
-``lora.Linear`` (tested); base weights are frozen, only ``lora_A`` / ``lora_B`` (and the encoder) train.
+with ``peft.inject_adapter_in_model`` (the model stays a ``WanModel`` / ``HunyuanVideo`` with its own forward),
+targeting the family's attention and MLP linears (:attr:`training.dits.DitFamily.lora_targets`): Wan every block's
+self-attention and cross-attention ``q, k, v, o`` and the FFN linears ``ffn.0``, ``ffn.2``; HunyuanVideo every double
+block's ``img_attn`` / ``txt_attn`` ``qkv``, ``proj`` and ``img_mlp`` / ``txt_mlp`` ``0``, ``2`` and every single
+block's ``linear1``, ``linear2``. ComfyUI's ``disable_weight_init.Linear`` / ``manual_cast.Linear`` are
+``torch.nn.Linear`` subclasses, so peft wraps them with its ``lora.Linear`` (tested); base weights are frozen, only
+``lora_A`` / ``lora_B`` (and the encoder) train.
 """
 from __future__ import annotations
 
@@ -54,9 +68,11 @@ import torch.nn.functional as F
 
 from ..memory.encoder import HistoryEncoder, combine_branches
 from ..memory.grid import memory_grid, memory_positions
+from .dits import DEFAULT_GUIDANCE, HUNYUAN, WAN, dit_family
 
-TIMESTEP_MULTIPLIER = 1000.0  # ComfyUI CONST model_sampling: the DiT's timestep = 1000 * sigma
-LORA_TARGETS = r"blocks\.\d+\.(?:(?:self_attn|cross_attn)\.(?:q|k|v|o)|ffn\.(?:0|2))"
+TIMESTEP_MULTIPLIER = 1000.0  # ComfyUI flow model_sampling (Wan, HunyuanVideo): the DiT's timestep = 1000 * sigma
+LORA_TARGETS = WAN.lora_targets  # Wan 2.1 (kept under this name); per family: dit_family(dm).lora_targets
+HUNYUAN_LORA_TARGETS = HUNYUAN.lora_targets
 
 
 @dataclass(frozen=True)
@@ -80,24 +96,30 @@ class StageConfig:
     mask_levels: LogitNormal = field(default_factory=lambda: LogitNormal(0.2, 1.0))  # noise of non-Omega frames
     timesteps: LogitNormal = field(default_factory=lambda: LogitNormal(0.0, 1.0))    # diffusion time t
     use_lr: bool | None = None                                     # None: follow the encoder config's use_lr
+    guidance: float = DEFAULT_GUIDANCE                             # HunyuanVideo embedded guidance (Wan: unused)
 
 
 # ----------------------------------------------------------------------------------------------------- LoRA
 
 
-def add_lora(dm: torch.nn.Module, rank: int = 128, alpha: float | None = None, targets: str = LORA_TARGETS,
+def add_lora(dm: torch.nn.Module, rank: int = 128, alpha: float | None = None, targets: str | None = None,
              dropout: float = 0.0, adapter_name: str = "default") -> list[torch.nn.Parameter]:
     """Inject LoRA into ``dm`` in place (peft) and freeze every non-LoRA parameter.
 
     Args:
         rank: LoRA rank (paper: 128). alpha: ``lora_alpha`` (default ``rank``: scale 1).
-        targets: regex of module names (``re.fullmatch``), default every block's attention q/k/v/o and FFN linears.
+        targets: regex of module names (``re.fullmatch``); default the family's attention and MLP linears
+            (module docstring; :attr:`training.dits.DitFamily.lora_targets`).
     Returns:
         the LoRA parameters (``requires_grad`` True).
     Raises:
-        ImportError: peft is not installed. ValueError: no module matches ``targets``.
+        ImportError: peft is not installed. ValueError: no module matches ``targets``. TypeError: ``targets`` is
+        None and the DiT is of no trainable family.
     """
     from peft import LoraConfig, inject_adapter_in_model
+
+    if targets is None:
+        targets = dit_family(dm).lora_targets
 
     config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, target_modules=targets,
                         lora_dropout=dropout, bias="none")
@@ -114,7 +136,8 @@ def add_lora(dm: torch.nn.Module, rank: int = 128, alpha: float | None = None, t
 
 
 def lora_state_dict(dm: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA tensors of ``dm`` under peft's names (``blocks.0.self_attn.q.lora_A.default.weight``)."""
+    """The LoRA tensors of ``dm`` under peft's names (``blocks.0.self_attn.q.lora_A.default.weight``,
+    ``double_blocks.0.img_attn.qkv.lora_A.default.weight``)."""
     return {k: v for k, v in dm.state_dict().items() if "lora_" in k}
 
 
@@ -122,14 +145,14 @@ def lora_state_dict(dm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def lr_branch(dm, latent: torch.Tensor, cfg) -> torch.Tensor:
-    """LR-branch stand-in (module docstring): frozen ``patch_embedding`` of the full-resolution latent, average-pooled
-    to the memory grid. ``[B, C, T, h, w]`` -> ``[B, D, Tm, Hm, Wm]`` float32 (no grad)."""
-    from ..models.wan import model_input
-
+    """LR-branch stand-in (module docstring): the DiT's frozen first projection (Wan ``patch_embedding``,
+    HunyuanVideo ``img_in``) of the full-resolution latent, average-pooled to the memory grid.
+    ``[B, C, T, h, w]`` -> ``[B, D, Tm, Hm, Wm]`` float32 (no grad). Raises TypeError for an untrainable DiT."""
+    family = dit_family(dm)
     rh, rw, rt = cfg.rate
     grid = memory_grid(tuple(latent.shape[2:]), cfg)
     with torch.no_grad():
-        y = dm.patch_embedding(model_input(dm, latent.float())).float()  # [B, D, T, Ht, Wt]
+        y = family.embed(dm, latent)  # [B, D, T, Ht, Wt]
         y = F.avg_pool3d(y, kernel_size=(rt, rh, rw), stride=(rt, rh, rw))
     return y[:, :, : grid[0], : grid[1], : grid[2]]
 
@@ -138,9 +161,10 @@ def encode_history(dm, encoder: HistoryEncoder, latent: torch.Tensor, t_start: f
                    lr_latent: torch.Tensor | None = None, use_lr: bool | None = None):
     """Memory tokens of a history for training: ``(tokens [B, M, D], positions2 [B, M, 3] int64)``.
 
-    HR branch: ``encoder(latent)`` (with grad). LR branch: ``patch_embedding(lr_latent)`` when a precomputed LR latent
-    (VAE of :func:`memory.encoder.lr_frames`) is given, else the stand-in :func:`lr_branch`. Positions are
-    :func:`memory.grid.memory_positions` from ``t_start``, doubled (``memory_positions2``, as in ``models/conds.py``).
+    HR branch: ``encoder(latent)`` (with grad). LR branch: the DiT's first projection of ``lr_latent`` when a
+    precomputed LR latent (VAE of :func:`memory.encoder.lr_frames`) is given, else the stand-in :func:`lr_branch`.
+    Positions are :func:`memory.grid.memory_positions` from ``t_start``, doubled (``memory_positions2``, as in
+    ``models/conds.py``).
     """
     cfg = encoder.cfg
     use_lr = cfg.use_lr if use_lr is None else use_lr
@@ -148,9 +172,7 @@ def encode_history(dm, encoder: HistoryEncoder, latent: torch.Tensor, t_start: f
     lr = None
     if use_lr:
         if lr_latent is not None:
-            with torch.no_grad():
-                from ..models.wan import model_input
-                lr = dm.patch_embedding(model_input(dm, lr_latent.float())).float()
+            lr = dit_family(dm).embed(dm, lr_latent)
         else:
             lr = lr_branch(dm, latent, cfg)
     tokens = combine_branches(hr, lr)
@@ -165,55 +187,34 @@ def encode_history(dm, encoder: HistoryEncoder, latent: torch.Tensor, t_start: f
 # ------------------------------------------------------------------------------------------ DiT forward
 
 
-def _frame_pe_patch(inner, frame_pe: torch.Tensor | None):
-    """Wrap a memory block patch: replace the video tokens' RoPE by ``frame_pe`` ``[B, N, 1, d/2, 2, 2]`` and
-    broadcast the memory RoPE to the batch (per-sample frame positions make ``pe`` batched)."""
-    from ..models.conds import PATCH_KEY
-
-    def patch(args: dict, extra: dict) -> dict:
-        if frame_pe is None:
-            return inner(args, extra)
-        pe = frame_pe.to(device=args["pe"].device, dtype=args["pe"].dtype)
-        mem = args["transformer_options"].get(PATCH_KEY)
-        if mem is not None and mem["freqs"].shape[0] != pe.shape[0]:
-            mem["freqs"] = mem["freqs"].expand(pe.shape[0], *mem["freqs"].shape[1:])
-        return inner({**args, "pe": pe}, extra)
-
-    return patch
-
-
 def frame_rope(dm, frame_times: torch.Tensor, ht: int, wt: int) -> torch.Tensor:
     """RoPE of video tokens whose latent frames sit at times ``frame_times`` ``[B, k]`` (any order), on a
-    ``ht x wt`` token grid: ``[B, k*ht*wt, 1, d/2, 2, 2]``, matching ``WanModel.rope_encode`` for contiguous times."""
-    b, k = frame_times.shape
-    t = frame_times.to(torch.float32)[:, :, None, None].expand(b, k, ht, wt)
-    h = torch.arange(ht, dtype=torch.float32, device=t.device)[None, None, :, None].expand(b, k, ht, wt)
-    w = torch.arange(wt, dtype=torch.float32, device=t.device)[None, None, None, :].expand(b, k, ht, wt)
-    ids = torch.stack([t, h, w], dim=-1).reshape(b, -1, 3)
-    return dm.rope_embedder(ids).movedim(1, 2)
+    ``ht x wt`` token grid, in the layout of the family's ``pe``: Wan ``[B, k*ht*wt, 1, d/2, 2, 2]`` (matching
+    ``WanModel.rope_encode`` for contiguous times), HunyuanVideo ``[B, 1, k*ht*wt, d/2, 2, 2]`` (``pe_embedder`` of
+    ``img_ids``). Positions: :func:`training.dits.frame_ids`."""
+    return dit_family(dm).frame_rope(dm, frame_times, ht, wt)
 
 
 def dit_forward(dm, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, tokens: torch.Tensor | None,
-                positions2: torch.Tensor | None, frame_times: torch.Tensor | None = None) -> torch.Tensor:
-    """Velocity prediction of the Wan DiT with memory: ``x_t`` ``[B, C, k, h, w]``, ``t`` ``[B]`` in [0, 1]
-    (sigma), ``context`` ``[B, L, 4096]``; ``frame_times`` ``[B, k]`` RoPE times of the k frames (None: ``0..k-1``)."""
-    import comfy.patcher_extension
+                positions2: torch.Tensor | None, frame_times: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None, guidance: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Velocity prediction of the DiT with memory, through its family's inference patches (:mod:`training.dits`).
 
-    from ..models import wan
-    from ..models.conds import PATCH_KEY
-
-    n = len(dm.blocks)
-    frame_pe = None
-    if frame_times is not None:
-        pt, ph, pw = dm.patch_size
-        frame_pe = frame_rope(dm, frame_times, x_t.shape[3] // ph, x_t.shape[4] // pw)
-    opts = {
-        "patches_replace": {"dit": {("double_block", i): _frame_pe_patch(wan._block_patch(i, n), frame_pe)
-                                    for i in range(n)}},
-        "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {PATCH_KEY: [wan._diffusion_wrapper]}},
-    }
-    kwargs = {} if tokens is None else {"memory_tokens": tokens, "memory_positions2": positions2}
-    return dm(x_t, t * TIMESTEP_MULTIPLIER, context, transformer_options=opts, **kwargs)
+    Args:
+        x_t: ``[B, C, k, h, w]`` noisy latent (model space). t: ``[B]`` sigma in [0, 1] (the DiT gets ``1000 t``).
+        context: ``[B, L, 4096]`` text embeddings. tokens / positions2: memory ``[B, M, D]`` and twice its RoPE
+            positions ``[B, M, 3]`` int64 (:func:`encode_history`), or None (no memory).
+        frame_times: ``[B, k]`` RoPE times of the k frames (None: ``0..k-1``, the DiT's own positions).
+        pooled: ``[B, 768]`` HunyuanVideo's pooled text embedding ``y`` (required there; Wan ignores it).
+        guidance: HunyuanVideo's embedded guidance, a float or ``[B]`` (None: :data:`training.dits.DEFAULT_GUIDANCE`;
+            Wan ignores it).
+    Returns:
+        ``[B, C, k, h, w]`` in the DiT's output dtype.
+    Raises:
+        TypeError: untrainable DiT family. ValueError: HunyuanVideo without (or with a mis-shaped) ``pooled``.
+    """
+    return dit_family(dm).forward(dm, x_t, t * TIMESTEP_MULTIPLIER, context, tokens, positions2,
+                                  frame_times=frame_times, pooled=pooled, guidance=guidance)
 
 
 def flow_pair(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,19 +268,22 @@ def prepare_stage1(history: torch.Tensor, cfg: StageConfig = StageConfig(),
 
 
 def stage1_loss(dm, encoder: HistoryEncoder, history: torch.Tensor, context: torch.Tensor, prep: SimpleNamespace,
-                cfg: StageConfig = StageConfig(), lr_latent: torch.Tensor | None = None):
+                cfg: StageConfig = StageConfig(), lr_latent: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None):
     """Frame-query pretraining loss ``|| (eps - H[Omega]) - G((H[Omega])_t, t, c, phi(mask(H, Omega))) ||^2``.
 
     Args:
         history: ``H`` ``[B, C, T, h, w]`` clean, model space; only ``H[Omega]`` enters the loss as the target (the
             encoder sees ``prep.masked``). context: ``[B, L, 4096]`` text embeddings. prep: :func:`prepare_stage1`.
+        pooled: ``[B, 768]`` pooled text embedding (HunyuanVideo; see :func:`dit_forward`).
     Returns:
         ``(loss, pred)``: scalar float32 MSE over the Omega frames; ``pred`` ``[B, C, k, h, w]``.
     """
     tokens, pos2 = encode_history(dm, encoder, prep.masked, t_start=0.0, lr_latent=lr_latent, use_lr=cfg.use_lr)
     x0 = gather_frames(history, prep.omega)
     x_t, target = flow_pair(x0, prep.t, prep.eps)
-    pred = dit_forward(dm, x_t, prep.t, context, tokens, pos2, frame_times=prep.omega)
+    pred = dit_forward(dm, x_t, prep.t, context, tokens, pos2, frame_times=prep.omega, pooled=pooled,
+                       guidance=cfg.guidance)
     return F.mse_loss(pred.float(), target.float()), pred
 
 
@@ -288,11 +292,13 @@ def stage1_loss(dm, encoder: HistoryEncoder, history: torch.Tensor, context: tor
 
 def stage2_loss(dm, encoder: HistoryEncoder | None, history: torch.Tensor, target: torch.Tensor, context: torch.Tensor,
                 t: torch.Tensor | None = None, eps: torch.Tensor | None = None, cfg: StageConfig = StageConfig(),
-                generator: torch.Generator | None = None, lr_latent: torch.Tensor | None = None):
+                generator: torch.Generator | None = None, lr_latent: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None):
     """Autoregressive fine-tuning loss: memory of the clean history ``H`` ``[B, C, T_H, h, w]`` at times
     ``-T_H .. -1``; rectified flow on the next segment ``X`` = ``target`` ``[B, C, T_X, h, w]`` only (its frames at
     times ``0 .. T_X-1``). ``t`` ``[B]`` / ``eps`` are drawn (``cfg.timesteps``, ``generator``) when None.
-    ``encoder`` None: the same loss without memory tokens (the no-memory baseline). Returns ``(loss, pred)``."""
+    ``encoder`` None: the same loss without memory tokens (the no-memory baseline). ``pooled``: ``[B, 768]``
+    (HunyuanVideo; see :func:`dit_forward`). Returns ``(loss, pred)``: scalar float32 MSE, ``[B, C, T_X, h, w]``."""
     b = target.shape[0]
     if t is None:
         t = cfg.timesteps.sample((b,), generator).to(target.device)
@@ -303,7 +309,7 @@ def stage2_loss(dm, encoder: HistoryEncoder | None, history: torch.Tensor, targe
         tokens, pos2 = encode_history(dm, encoder, history, t_start=-float(history.shape[2]), lr_latent=lr_latent,
                                       use_lr=cfg.use_lr)
     x_t, velocity = flow_pair(target, t, eps)
-    pred = dit_forward(dm, x_t, t, context, tokens, pos2)
+    pred = dit_forward(dm, x_t, t, context, tokens, pos2, pooled=pooled, guidance=cfg.guidance)
     return F.mse_loss(pred.float(), velocity.float()), pred
 
 
@@ -315,4 +321,5 @@ def trainable_parameters(dm, encoder: HistoryEncoder | None) -> list[torch.nn.Pa
 
 __all__ = ["LogitNormal", "StageConfig", "add_lora", "lora_state_dict", "lr_branch", "encode_history", "frame_rope",
            "dit_forward", "flow_pair", "sample_omega", "mask_history", "gather_frames", "prepare_stage1",
-           "stage1_loss", "stage2_loss", "trainable_parameters", "TIMESTEP_MULTIPLIER", "LORA_TARGETS"]
+           "stage1_loss", "stage2_loss", "trainable_parameters", "TIMESTEP_MULTIPLIER", "LORA_TARGETS",
+           "HUNYUAN_LORA_TARGETS", "dit_family"]

@@ -11,10 +11,21 @@ Prepare shards first (training/prepare_data.py), then, for example::
   # several GPUs: accelerate launch --config_file training/accelerate/ddp.yaml training/train.py ...  (or fsdp.yaml)
   # resume after an interruption: the same command plus --resume latest
 
+HunyuanVideo (T2V 1.0, e.g. hunyuan_video_t2v_720p_bf16.safetensors): shards need the pooled CLIP-L embedding, so
+prepare them with its VAE and both text encoders, then pass its DiT (the family is detected from the file)::
+
+  python training/prepare_data.py VIDEOS --out shards_hv/ --vae hunyuan_video_vae_bf16.safetensors \\
+      --clip-type hunyuan_video --text-encoder clip_l.safetensors llava_llama3_fp8_scaled.safetensors --fps 24
+  accelerate launch training/train.py --stage 1 --data shards_hv/ --dit hunyuan_video_t2v_720p_bf16.safetensors \\
+      --dit-dtype bfloat16 --mixed-precision bf16 --out runs/hv_stage1 --window 12 --steps 20000
+  # several GPUs with FSDP: --config_file training/accelerate/fsdp_hunyuan.yaml (wraps double / single blocks)
+
 ``python training/train.py ...`` is the same as one process. Outputs in --out: ``checkpoints/step_N`` (with
 --save-every), ``log.jsonl``, ``encoder_stageS.safetensors`` (for ``models/memory_encoders/``) and
-``lora_stageS.safetensors`` (ComfyUI LoRA keys, for ``models/loras/`` and LoraLoaderModelOnly).
-``--tiny-dit`` trains the pack's tiny random Wan (smoke tests; no meaning).
+``lora_stageS.safetensors`` (ComfyUI LoRA keys, for ``models/loras/`` and LoraLoaderModelOnly on the same DiT).
+Shards hold the VAE's latents; they are mapped to the DiT's model space (``process_in`` of its family's ComfyUI latent
+format) on loading. ``--tiny-dit`` (or ``--tiny-dit hunyuan_video``) trains the pack's tiny random Wan (HunyuanVideo)
+DiT (smoke tests; no meaning).
 """
 from __future__ import annotations
 
@@ -50,22 +61,37 @@ def _setup_imports(comfyui_dir: str) -> None:
 
 
 def load_dit(path: str, dtype: str):
-    """A Wan 2.1 DiT (``comfy.ldm.wan.model.WanModel``) from a diffusion-model file via ComfyUI's own detection.
-    Raises SystemExit when the file is not a Wan 2.1 T2V/I2V model (training supports that family so far)."""
+    """A trainable DiT from a diffusion-model file via ComfyUI's own detection (``comfy.sd``): Wan 2.1 T2V/I2V
+    (``comfy.ldm.wan.model.WanModel``, 1.3B or 14B) or HunyuanVideo T2V
+    (``comfy.ldm.hunyuan_video.model.HunyuanVideo``), weights in ``dtype`` (``float32`` / ``bfloat16`` /
+    ``float16``). Raises SystemExit for any other model."""
     import torch
 
     import comfy.sd
     import comfy.utils
-    from framememory.models import wan
+    from framememory.training.dits import dit_family
 
     sd = comfy.utils.load_torch_file(path, safe_load=True)
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": getattr(torch, dtype)})
     if patcher is None:
         raise SystemExit(f"ComfyUI could not detect a diffusion model in {path}")
     dm = patcher.model.diffusion_model
-    if not wan.matches(dm):
-        raise SystemExit(f"{path} is a {type(dm).__name__}; training supports Wan 2.1 T2V/I2V DiTs (1.3B, 14B) so far")
+    try:
+        dit_family(dm)
+    except TypeError as e:
+        raise SystemExit(f"{path}: {e}") from None
     return dm.to(getattr(torch, dtype))
+
+
+def tiny_dit(family: str, seed: int):
+    """The pack's tiny random DiT of ``family`` (``wan21`` or ``hunyuan_video``), for smoke tests."""
+    if family == "hunyuan_video":
+        from framememory.demo.tiny_hunyuan import tiny_hunyuan_dit
+
+        return tiny_hunyuan_dit(seed=seed)
+    from framememory.demo.tiny_models import tiny_wan21_dit
+
+    return tiny_wan21_dit(seed=seed)
 
 
 def build_encoder(dm, args):
@@ -73,18 +99,22 @@ def build_encoder(dm, args):
     from framememory.memory.config import EncoderConfig
     from framememory.memory.encoder import HistoryEncoder
     from framememory.memory.io import load_encoder_file
+    from framememory.training.dits import dit_family
 
     if args.no_memory:
         return None
+    family = dit_family(dm)
+    width = family.width(dm)
     if args.encoder:
         sd, cfg = load_encoder_file(args.encoder)
-        if cfg.dim != dm.dim or cfg.family != "wan21":
-            raise SystemExit(f"{args.encoder} is for {cfg.family} width {cfg.dim}, the DiT is wan21 width {dm.dim}")
+        if cfg.dim != width or cfg.family != family.name:
+            raise SystemExit(f"{args.encoder} is for {cfg.family} width {cfg.dim}, "
+                             f"the DiT is {family.name} width {width}")
         enc = HistoryEncoder(cfg)
         enc.load_state_dict(sd)
         return enc
     chans = tuple(int(c) for c in args.hr_channels.split(","))
-    cfg = EncoderConfig(family="wan21", dim=int(dm.dim), rate=args.rate, hr_channels=chans, attn_heads=args.attn_heads,
+    cfg = EncoderConfig(family=family.name, dim=width, rate=args.rate, hr_channels=chans, attn_heads=args.attn_heads,
                         use_hr=not args.only_lr, use_lr=not args.without_lr)
     return HistoryEncoder(cfg)
 
@@ -95,8 +125,10 @@ def parse_args(argv=None):
     ap.add_argument("--data", required=True, help="shard folder written by training/prepare_data.py")
     ap.add_argument("--out", required=True, help="output folder (checkpoints, log.jsonl, exported encoder and LoRA)")
     dit = ap.add_mutually_exclusive_group(required=True)
-    dit.add_argument("--dit", help="Wan 2.1 diffusion model file (T2V/I2V 1.3B or 14B; bf16/fp16/fp32)")
-    dit.add_argument("--tiny-dit", action="store_true", help="the pack's tiny random Wan DiT (smoke tests only)")
+    dit.add_argument("--dit", help="diffusion model file, family detected by ComfyUI: Wan 2.1 T2V/I2V (1.3B, 14B) "
+                     "or HunyuanVideo T2V (bf16/fp16/fp32; HunyuanVideo needs shards with pooled text, see above)")
+    dit.add_argument("--tiny-dit", nargs="?", const="wan21", choices=["wan21", "hunyuan_video"],
+                     help="the pack's tiny random DiT of that family (default wan21; smoke tests only)")
     ap.add_argument("--dit-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="dtype of the frozen DiT weights (default float32; bfloat16 halves memory)")
     enc = ap.add_mutually_exclusive_group()
@@ -122,6 +154,9 @@ def parse_args(argv=None):
     ap.add_argument("--window", type=int, default=0, help="latent frames per sample, random crop (default: whole shard)")
     ap.add_argument("--timestep-loc", type=float, default=0.0,
                     help="diffusion time t ~ logit-normal L(loc, 1); loc > 0 trains more at high noise (default 0)")
+    ap.add_argument("--guidance", type=float, default=1.0,
+                    help="HunyuanVideo: embedded guidance during training (default 1.0: the unguided flow target; "
+                         "ignored for Wan)")
     ap.add_argument("--save-every", type=int, default=0, help="optimizer steps between checkpoints (0: none)")
     ap.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     ap.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
@@ -143,7 +178,8 @@ def main(argv=None) -> int:
     _setup_imports(a.comfyui_dir)
     from accelerate.state import PartialState
 
-    from framememory.training.data import ShardDataset
+    from framememory.training.data import ModelSpaceDataset, ShardDataset
+    from framememory.training.dits import dit_family
     from framememory.training.loop import TrainArgs, train
 
     mixed = a.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
@@ -151,19 +187,15 @@ def main(argv=None) -> int:
         args = TrainArgs(stage=a.stage, steps=a.steps, batch_size=a.batch_size, lr=a.lr, encoder_lr=a.encoder_lr,
                          lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, grad_accum=a.grad_accum, mixed_precision=mixed,
                          seed=a.seed, omega_frames=a.omega_frames, segment_frames=a.segment_frames, window=a.window,
-                         timestep_loc=a.timestep_loc,
+                         timestep_loc=a.timestep_loc, guidance=a.guidance,
                          output_dir=a.out, save_every=a.save_every, resume=a.resume, log_every=a.log_every,
                          warmup_steps=a.warmup_steps, max_grad_norm=a.max_grad_norm, num_workers=a.num_workers,
                          report_to=a.report_to)
         dataset = ShardDataset(a.data)
     except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
-    if a.tiny_dit:
-        from framememory.demo.tiny_models import tiny_wan21_dit
-
-        dm = tiny_wan21_dit(seed=a.seed)
-    else:
-        dm = load_dit(a.dit, a.dit_dtype)
+    dm = tiny_dit(a.tiny_dit, a.seed) if a.tiny_dit else load_dit(a.dit, a.dit_dtype)
+    dataset = ModelSpaceDataset(dataset, dit_family(dm).latent_format())
     encoder = build_encoder(dm, a)
     result = train(args, dm, encoder, dataset)
     if PartialState().is_main_process:

@@ -1,0 +1,342 @@
+"""The DiT families the training losses of arXiv 2512.23851 run on: one small object per family, chosen from the
+DiT's class by the inference adapters' own ``matches`` (``models/wan.py``, ``models/hunyuan.py``).
+
+:mod:`training.stages` is family-agnostic; it asks the family object (:func:`dit_family`) for
+
+(a) **the forward with memory** (:meth:`DitFamily.forward`): the DiT is called directly with the memory wrapper and
+    block patches that the family adapter's ``install(model, dm)`` registers at inference (recorded by
+    :class:`_OptionsRecorder` instead of a ModelPatcher, so training runs exactly the inference mechanism), each block
+    patch wrapped so that the video tokens' RoPE can be replaced by per-frame times (Stage I: the frames Omega at
+    their original indices in the history);
+(b) **the first projection** (:meth:`DitFamily.embed`) for the LR-branch stand-in: Wan's ``patch_embedding``,
+    HunyuanVideo's ``img_in``;
+(c) **LoRA targets** (:attr:`DitFamily.lora_targets`, regexes of module names for peft);
+(d) **text conditioning**: every family takes ``context`` ``[B, L, 4096]`` (Wan: umt5-xxl; HunyuanVideo: the
+    LLaVA-Llama-3 hidden states); HunyuanVideo also takes the pooled CLIP-L embedding ``y`` ``[B, 768]``
+    (``pooled_output`` of its text encoder) and, where its config has ``guidance_embed`` (T2V 1.0), the embedded
+    guidance ``[B]`` (:meth:`DitFamily.inputs`).
+
+Families: ``wan21`` (:data:`WAN`, ``comfy.ldm.wan.model.WanModel`` T2V / I2V) and ``hunyuan_video``
+(:data:`HUNYUAN`, ``comfy.ldm.hunyuan_video.model.HunyuanVideo`` T2V 1.0). Both use ComfyUI's rectified flow
+(``ModelSamplingDiscreteFlow``, multiplier 1000): the DiT gets timestep ``1000 t`` and predicts ``eps - X_0``.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from einops import rearrange
+
+# ------------------------------------------------------------------------------------------- shared helpers
+
+
+class _OptionsRecorder:
+    """Stands in for the ``ModelPatcher`` that a family adapter's ``install(model, dm)`` expects and collects what it
+    registers (the ``DIFFUSION_MODEL`` wrapper and the block replace patches) as ``transformer_options`` for a direct
+    call of the DiT."""
+
+    def __init__(self) -> None:
+        self.options: dict = {"patches_replace": {}, "wrappers": {}}
+
+    def remove_wrappers_with_key(self, wrapper_type, key) -> None:
+        self.options["wrappers"].get(wrapper_type, {}).pop(key, None)
+
+    def add_wrapper_with_key(self, wrapper_type, key, fn) -> None:
+        self.options["wrappers"].setdefault(wrapper_type, {}).setdefault(key, []).append(fn)
+
+    def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None) -> None:
+        self.options["patches_replace"].setdefault(name, {})[(block_name, number)] = patch
+
+
+def frame_ids(frame_times: torch.Tensor, ht: int, wt: int) -> torch.Tensor:
+    """RoPE positions ``(t, h, w)`` of the video tokens of ``k`` latent frames at times ``frame_times`` ``[B, k]``
+    on an ``ht x wt`` token grid: ``[B, k*ht*wt, 3]`` float32 in ``(t, h, w)`` row-major token order (the order of
+    the DiTs' flattened token sequence), ``h = 0..ht-1``, ``w = 0..wt-1``."""
+    b, k = frame_times.shape
+    t = frame_times.to(torch.float32)[:, :, None, None].expand(b, k, ht, wt)
+    h = torch.arange(ht, dtype=torch.float32, device=t.device)[None, None, :, None].expand(b, k, ht, wt)
+    w = torch.arange(wt, dtype=torch.float32, device=t.device)[None, None, None, :].expand(b, k, ht, wt)
+    return torch.stack([t, h, w], dim=-1).reshape(b, -1, 3)
+
+
+class DitFamily:
+    """What the training losses need from a DiT family (module docstring). Subclasses fill in the hooks."""
+
+    name: str = ""
+    lora_targets: str = ""
+    zero_padded_text: bool = True  # texts of unequal length may share a batch, zero-padded (training.loop.collate)
+
+    @property
+    def adapter(self):
+        """The inference adapter module of this family (``models.wan`` / ``models.hunyuan``)."""
+        raise NotImplementedError
+
+    def matches(self, dm) -> bool:
+        return self.adapter.matches(dm)
+
+    def width(self, dm) -> int:
+        """Inner width D of the DiT (the memory tokens' width)."""
+        return self.adapter.width(dm)
+
+    def latent_format(self):
+        """ComfyUI's latent format of the family (``process_in``: VAE latent -> model space)."""
+        raise NotImplementedError
+
+    def needs_pooled(self, dm) -> bool:
+        """True when the DiT needs a pooled text embedding (:meth:`inputs`)."""
+        return False
+
+    def token_grid(self, dm, x: torch.Tensor) -> tuple[int, int]:
+        """``(Ht, Wt)`` video tokens per latent frame of ``x`` ``[B, C, k, h, w]``."""
+        raise NotImplementedError
+
+    def embed(self, dm, latent: torch.Tensor) -> torch.Tensor:
+        """The DiT's own first projection of a model-space latent ``[B, C, T, h, w]`` -> ``[B, D, T, Ht, Wt]``
+        float32 on the latent's device, without gradient (frozen, no LoRA)."""
+        raise NotImplementedError
+
+    def frame_rope(self, dm, frame_times: torch.Tensor, ht: int, wt: int) -> torch.Tensor:
+        """RoPE of the video tokens of frames at ``frame_times`` ``[B, k]`` in the layout of the family's ``pe``."""
+        raise NotImplementedError
+
+    def video_pe_patch(self, inner, frame_pe: torch.Tensor | None):
+        """Wrap a block replace patch so that the video tokens get ``frame_pe`` (None: unchanged)."""
+        raise NotImplementedError
+
+    def inputs(self, dm, batch: int, device, pooled: torch.Tensor | None, guidance) -> dict:
+        """Extra keyword inputs of the DiT's forward besides ``x``, ``timestep``, ``context`` (text conditioning)."""
+        return {}
+
+    def autograd_safe(self, dm):
+        """Context manager around the forward that makes it differentiable (default: nothing to do)."""
+        return contextlib.nullcontext()
+
+    def options(self, dm, frame_pe: torch.Tensor | None) -> dict:
+        """``transformer_options`` with the adapter's memory wrapper and block patches (as ``install`` registers
+        them at inference), every block patch wrapped by :meth:`video_pe_patch`."""
+        rec = _OptionsRecorder()
+        self.adapter.install(rec, dm)
+        opts = rec.options
+        opts["patches_replace"]["dit"] = {key: self.video_pe_patch(patch, frame_pe)
+                                          for key, patch in opts["patches_replace"]["dit"].items()}
+        return opts
+
+    def forward(self, dm, x_t: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                tokens: torch.Tensor | None, positions2: torch.Tensor | None, frame_times: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None, guidance=None) -> torch.Tensor:
+        """The DiT's prediction with memory (see :func:`training.stages.dit_forward`; ``timestep`` already in the
+        DiT's units, ``1000 t``)."""
+        frame_pe = None
+        if frame_times is not None:
+            frame_pe = self.frame_rope(dm, frame_times, *self.token_grid(dm, x_t))
+        opts = self.options(dm, frame_pe)
+        kwargs = self.inputs(dm, x_t.shape[0], x_t.device, pooled, guidance)
+        if tokens is not None:
+            kwargs.update(memory_tokens=tokens, memory_positions2=positions2)
+        with self.autograd_safe(dm):
+            return dm(x_t, timestep, context, transformer_options=opts, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------- Wan 2.1
+
+
+class WanFamily(DitFamily):
+    """``comfy.ldm.wan.model.WanModel`` (Wan 2.1 T2V / I2V 1.3B, 14B; :mod:`models.wan`).
+
+    * forward: block patches ``wan._block_patch`` on every block, wrapper ``wan._diffusion_wrapper``; Stage I's
+      per-frame RoPE replaces ``pe`` ``[B, N, 1, d/2, 2, 2]`` (the blocks see only video tokens in ``args["pe"]``;
+      the patch appends the memory RoPE) and broadcasts the memory RoPE to the batch.
+    * first projection: ``patch_embedding`` (Conv3d k=s=(1,2,2)) of :func:`models.wan.model_input` (I2V: the
+      channels of a clean known frame).
+    * LoRA: every block's self- and cross-attention ``q, k, v, o`` and FFN ``ffn.0``, ``ffn.2``.
+    * text: ``context`` ``[B, L, 4096]`` only (``pooled`` / ``guidance`` are ignored).
+    """
+
+    name = "wan21"
+    lora_targets = r"blocks\.\d+\.(?:(?:self_attn|cross_attn)\.(?:q|k|v|o)|ffn\.(?:0|2))"
+
+    @property
+    def adapter(self):
+        from ..models import wan
+
+        return wan
+
+    def latent_format(self):
+        import comfy.latent_formats
+
+        return comfy.latent_formats.Wan21()
+
+    def token_grid(self, dm, x):
+        _, ph, pw = dm.patch_size
+        return x.shape[3] // ph, x.shape[4] // pw
+
+    def embed(self, dm, latent):
+        from ..models.wan import model_input
+
+        with torch.no_grad():
+            return dm.patch_embedding(model_input(dm, latent.float())).float()  # [B, D, T, Ht, Wt]
+
+    def frame_rope(self, dm, frame_times, ht, wt):
+        """``[B, k*ht*wt, 1, d/2, 2, 2]``, matching ``WanModel.rope_encode`` for contiguous times."""
+        return dm.rope_embedder(frame_ids(frame_times, ht, wt)).movedim(1, 2)
+
+    def video_pe_patch(self, inner, frame_pe):
+        from ..models.conds import PATCH_KEY
+
+        def patch(args: dict, extra: dict) -> dict:
+            if frame_pe is None:
+                return inner(args, extra)
+            pe = frame_pe.to(device=args["pe"].device, dtype=args["pe"].dtype)
+            mem = args["transformer_options"].get(PATCH_KEY)
+            if mem is not None and mem["freqs"].shape[0] != pe.shape[0]:
+                mem["freqs"] = mem["freqs"].expand(pe.shape[0], *mem["freqs"].shape[1:])
+            return inner({**args, "pe": pe}, extra)
+
+        return patch
+
+
+# -------------------------------------------------------------------------------------------------- HunyuanVideo
+
+DEFAULT_GUIDANCE = 1.0
+"""HunyuanVideo's embedded guidance during training. The rectified-flow target ``eps - X_0`` is the *unguided*
+conditional velocity, which the guidance-distilled model predicts at guidance 1 (LoRA trainers for HunyuanVideo,
+e.g. musubi-tuner, default to 1.0 as well); sampling then uses the usual embedded guidance (ComfyUI's default 6.0).
+``StageConfig.guidance`` / ``--guidance`` change it."""
+
+
+def _clone_saved_input(module, args):
+    """Forward pre-hook of a block LayerNorm: hand it a copy of its input while autograd records (see
+    :meth:`HunyuanFamily.autograd_safe`)."""
+    x = args[0]
+    if torch.is_grad_enabled() and x.requires_grad:
+        return (x.clone(), *args[1:])
+    return None
+
+
+class HunyuanFamily(DitFamily):
+    """``comfy.ldm.hunyuan_video.model.HunyuanVideo`` T2V 1.0 (13B; :mod:`models.hunyuan`).
+
+    * forward: the adapter's ``_double_patch`` / ``_single_patch`` on every double and single block and its
+      ``_diffusion_wrapper`` (sequence ``[video N | memory M | txt L]``, memory modulated at timestep 0). The stock
+      ``forward_orig`` builds one ``pe`` ``[B, 1, N + L, d/2, 2, 2]`` from ``cat(img_ids, txt_ids)`` and hands it to
+      every block; Stage I's per-frame RoPE replaces its first ``N`` rows (the video tokens) before the adapter's
+      patch inserts the memory RoPE at ``N``. The positions are ``forward_orig``'s ``img_ids`` of the same frames in
+      the full clip (:func:`frame_ids`: ``(t, h, w)`` with ``t`` the frame's index in the history); text stays at
+      position 0.
+    * first projection: ``img_in`` (``PatchEmbed``, Conv3d k=s=(1,2,2), pads odd sizes), as
+      :func:`models.hunyuan.patch_embed` but on the latent's device.
+    * LoRA: double blocks' ``img_attn.qkv``, ``img_attn.proj``, ``img_mlp.0``, ``img_mlp.2`` and the same four of
+      the ``txt_`` stream; single blocks' ``linear1`` (fused qkv + MLP in) and ``linear2`` (fused proj + MLP out).
+      The modulation linears (``img_mod.lin``, ``txt_mod.lin``, ``modulation.lin``) are left out, as Wan's
+      modulation is (not a LoRA target there): they also set the memory tokens' clean (timestep 0) modulation.
+    * text: ``context`` ``[B, L, 4096]``, ``y`` = ``pooled`` ``[B, 768]`` (required when the config has
+      ``vec_in_dim``), ``guidance`` ``[B]`` when the config has ``guidance_embed`` (default
+      :data:`DEFAULT_GUIDANCE`). Zero-padded texts must not share a batch (``zero_padded_text`` False): the text
+      refiner averages over every token and the text takes part in the joint attention, and ``forward_orig`` accepts
+      a text mask for batch 1 only, so padding would change the condition.
+    * autograd: ComfyUI's flux-style blocks add to their input in place (``img += ...``, ``x += ...``) after a
+      LayerNorm has saved that input for backward, which is harmless at inference and a "modified by an inplace
+      operation" error under autograd (in fp32; bf16 autocast happens to hide it). :meth:`autograd_safe` gives
+      each block LayerNorm (``img_norm1/2``, ``txt_norm1/2``, ``pre_norm``) a copy of its input while the forward
+      runs with grad (forward pre-hooks, removed afterwards): the same values, one extra copy of the token stream
+      per LayerNorm. Under ``torch.no_grad`` nothing is copied.
+    """
+
+    name = "hunyuan_video"
+    zero_padded_text = False  # see the class docstring, "text"
+    lora_targets = (r"(?:double_blocks\.\d+\.(?:img|txt)_(?:attn\.(?:qkv|proj)|mlp\.(?:0|2))"
+                    r"|single_blocks\.\d+\.linear(?:1|2))")
+
+    @property
+    def adapter(self):
+        from ..models import hunyuan
+
+        return hunyuan
+
+    def latent_format(self):
+        import comfy.latent_formats
+
+        return comfy.latent_formats.HunyuanVideo()
+
+    def needs_pooled(self, dm) -> bool:
+        return dm.vector_in is not None
+
+    def token_grid(self, dm, x):
+        _, ph, pw = dm.patch_size
+        return (x.shape[3] + ph // 2) // ph, (x.shape[4] + pw // 2) // pw  # as HunyuanVideo.img_ids
+
+    def embed(self, dm, latent):
+        proj = dm.img_in.proj  # manual-cast layers cast their weights to the input: feed fp32 then
+        dtype = torch.float32 if getattr(proj, "comfy_cast_weights", False) else proj.weight.dtype
+        t, h, w = (-(-s // p) for s, p in zip(latent.shape[2:], dm.patch_size))
+        with torch.no_grad():
+            y = dm.img_in(latent.to(dtype))  # [B, T*Ht*Wt, D]
+        return rearrange(y.float(), "b (t h w) d -> b d t h w", t=t, h=h, w=w)
+
+    def frame_rope(self, dm, frame_times, ht, wt):
+        """``[B, 1, k*ht*wt, d/2, 2, 2]``: ``pe_embedder`` of :func:`frame_ids`, i.e. of ``forward_orig``'s
+        ``img_ids`` rows of those frames in the full clip."""
+        return dm.pe_embedder(frame_ids(frame_times, ht, wt))
+
+    def video_pe_patch(self, inner, frame_pe):
+        def patch(args: dict, extra: dict) -> dict:
+            if frame_pe is None:
+                return inner(args, extra)
+            pe = args["pe"]  # [B, 1, N + L, d/2, 2, 2] over cat(video, txt): the stock pe of every block
+            n = frame_pe.shape[2]
+            if pe.shape[2] <= n:
+                raise ValueError(f"the block's RoPE covers {pe.shape[2]} tokens, fewer than the {n} video tokens")
+            fpe = frame_pe.to(device=pe.device, dtype=pe.dtype)
+            rest = pe[:, :, n:].expand(fpe.shape[0], *([-1] * (pe.ndim - 1)))
+            return inner({**args, "pe": torch.cat([fpe, rest], dim=2)}, extra)
+
+        return patch
+
+    def inputs(self, dm, batch, device, pooled, guidance):
+        kw = {}
+        if dm.vector_in is not None:
+            dim = dm.params.vec_in_dim
+            if pooled is None:
+                raise ValueError(f"HunyuanVideo needs the pooled text embedding y [B, {dim}] (CLIP-L pooled_output of "
+                                 "its text encoder): pass pooled= (shards from training/prepare_data.py "
+                                 "--clip-type hunyuan_video carry it)")
+            if tuple(pooled.shape) != (batch, dim):
+                raise ValueError(f"pooled must be [B, {dim}] = [{batch}, {dim}], got {tuple(pooled.shape)}")
+            kw["y"] = pooled.to(device)
+        if dm.params.guidance_embed:
+            g = DEFAULT_GUIDANCE if guidance is None else guidance
+            kw["guidance"] = torch.as_tensor(g, dtype=torch.float32).to(device).expand(batch).clone()
+        return kw
+
+    @contextlib.contextmanager
+    def autograd_safe(self, dm):
+        norms = [n for b in dm.double_blocks for n in (b.img_norm1, b.img_norm2, b.txt_norm1, b.txt_norm2)]
+        norms += [b.pre_norm for b in dm.single_blocks]
+        hooks = [n.register_forward_pre_hook(_clone_saved_input) for n in norms]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+
+
+WAN = WanFamily()
+HUNYUAN = HunyuanFamily()
+FAMILIES = (WAN, HUNYUAN)
+
+
+def dit_family(dm) -> DitFamily:
+    """The training family of a DiT (``dm``: the ``diffusion_model`` module, unwrapped, peft LoRA allowed).
+
+    Raises:
+        TypeError: the DiT is of no trainable family (Wan 2.2 TI2V 5B, HunyuanVideo I2V / 1.5, other models).
+    """
+    for family in FAMILIES:
+        if family.matches(dm):
+            return family
+    raise TypeError(f"training supports {', '.join(f.name for f in FAMILIES)} DiTs (Wan 2.1 T2V/I2V 1.3B or 14B, "
+                    f"HunyuanVideo T2V); this DiT is {type(dm).__name__}")
+
+
+__all__ = ["DitFamily", "WanFamily", "HunyuanFamily", "WAN", "HUNYUAN", "FAMILIES", "dit_family", "frame_ids",
+           "DEFAULT_GUIDANCE"]
