@@ -227,7 +227,9 @@ def test_next_segment_loss_with_and_without_memory(tiny, vae, frames):
     assert math.isfinite(b) and a != b
 
 
-def test_reproduce_helpers():
+@pytest.fixture
+def reproduce_script():
+    """training/reproduce.py as a module (it is a script, not part of the package)."""
     import importlib.util
     from pathlib import Path
 
@@ -237,8 +239,52 @@ def test_reproduce_helpers():
     sys.modules[spec.name] = mod  # dataclasses look their module up
     try:
         spec.loader.exec_module(mod)
+        yield mod
     finally:
         del sys.modules[spec.name]
+
+
+def test_reproduce_smoke_run_end_to_end(comfy, media_dir, reproduce_script, tmp_path, monkeypatch, capsys):
+    """The whole reproduction pipeline with the `smoke` preset on the two clips setup.sh fetches (carphone as the
+    training clip, bikes as the held-out one; caches and the JSON under tmp_path): stand-in VAE fit, base DiT, Stage I
+    for every variant, frame-query PSNR/SSIM, Stage II arms, the printed table and the JSON (numbers meaningless)."""
+    import json
+
+    mod = reproduce_script
+    monkeypatch.setattr(mod, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(mod, "TRAIN_CLIPS", ("carphone_pristine.mp4",))
+    monkeypatch.setattr(mod, "HELDOUT_CLIPS", ("bikes.mp4",))
+    monkeypatch.setattr(mod, "fetch_media", lambda: {
+        "available": {n: media_dir / n for n in ("carphone_pristine.mp4", "bikes.mp4")}, "missing": {}})
+    out = tmp_path / "smoke.json"
+    with pytest.raises(SystemExit, match="need at least 2 and 1"):  # one held-out history: no memory-gain column
+        mod.run(mod.PRESETS["smoke"], "smoke", (0,), 1234, out, "cpu")
+    preset = mod.override(mod.PRESETS["smoke"], ["eval_windows=2"])  # bikes: 24 frames = 3 histories of 8
+    result = mod.run(preset, "smoke", (0,), 1234, out, "cpu")
+
+    saved = json.loads(out.read_text())
+    assert saved["clips"]["train"] == {"carphone_pristine.mp4": 16} and list(saved["clips"]["heldout"]) == ["bikes.mp4"]
+    labels = [r["variant"] for r in saved["rows"]]
+    for name, rate, _ in mod.VARIANTS:
+        assert f"{name} {rate}" in labels
+    assert "Base DiT, no memory" in labels and any(lab.startswith("VAE ceiling") for lab in labels)
+    for r in saved["rows"]:
+        assert math.isfinite(r["psnr"]) and 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1
+    tokens = {r["variant"]: r["tokens"] for r in saved["rows"] if r["variant"] != "Base DiT, no memory"
+              and not r["variant"].startswith("VAE")}
+    assert tokens["Proposed 4x4x2"] == tokens["Large Patchifier 4x4x2"] == tokens["Only LR 4x4x2"]  # same budget
+    assert tokens["Proposed 2x2x1"] == 8 * tokens["Proposed 4x4x2"]
+    assert {r["arm"] for r in saved["stage2"]} == {"memory (Stage I encoder)", "no memory",
+                                                   "memory, encoder without Stage I"}
+    assert all(math.isfinite(r["heldout_loss"]) for r in saved["stage2"])
+    assert set(saved["ordering_psnr"]) >= {"all", "Proposed 4x4x2 < Proposed 2x2x1"}
+    assert result["means"]["Proposed 4x4x2"]["seeds"] == 1
+    printed = capsys.readouterr().out
+    assert "Paper ordering (PSNR)" in printed and "Stage II held-out next-segment loss" in printed
+
+
+def test_reproduce_helpers(reproduce_script):
+    mod = reproduce_script
     assert mod.windows(20, 8, 4) == [0, 4, 8, 12] and mod.windows(20, 8, 2, limit=3) == [0, 6, 12]
     assert not set(mod.TRAIN_CLIPS) & set(mod.HELDOUT_CLIPS)
     good = {"Large Patchifier 4x4x2": 1, "Only LR 4x4x2": 2, "Without LR 4x4x2": 3, "Proposed 4x4x2": 4,

@@ -500,6 +500,10 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
                           limit=p.stage2_eval_windows)
     eval1_items = [eval1[i] for i in range(len(eval1))]
     eval2_items = [eval2[i] for i in range(len(eval2))]
+    if len(eval1_items) < 2 or not eval2_items:
+        raise SystemExit(f"{len(eval1_items)} held-out histories and {len(eval2_items)} held-out (history, segment) "
+                         "pairs: need at least 2 and 1 (memory gain swaps memories between histories); use longer or "
+                         "more held-out clips, or raise eval_windows / stage2_eval_windows with --set")
     log(f"windows: Stage I train {len(ds1)}, Stage II train {len(ds2)}, held-out histories {len(eval1_items)}, "
         f"held-out (history, segment) pairs {len(eval2_items)}")
 
