@@ -32,9 +32,13 @@ def write_result(name: str, rows: list[dict], extra: dict | None = None) -> str:
     return out
 
 
-def print_table(rows: list[dict], cols: list[str]) -> None:
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+def print_table(rows: list[dict], cols: list[str], digits: int | None = None) -> None:
+    """Print ``rows`` as a text table of the columns ``cols``; ``digits``: floats rounded to that many decimals."""
+    def fmt(v) -> str:
+        return f"{v:.{digits}f}" if digits is not None and isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols]
     print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
     print("-|-".join("-" * w for w in widths))
     for r in rows:
-        print(" | ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
+        print(" | ".join(fmt(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))

@@ -70,20 +70,24 @@ def width(dm) -> int:
     return int(dm.hidden_size)
 
 
-def patch_embed(dm, latent: torch.Tensor) -> torch.Tensor:
-    """The DiT's own first projection (``img_in``, Conv3d k=s=(1,2,2)) applied to a model-space latent.
+def patch_embed(dm, latent: torch.Tensor, device: str | torch.device | None = "cpu") -> torch.Tensor:
+    """The DiT's own first projection (``img_in``, Conv3d k=s=(1,2,2)) applied to a model-space latent, without
+    gradient.
 
     Args:
         latent: ``[B, C, T, h, w]`` float (after ``process_latent_in``).
+        device: where the result goes (default the CPU, where the history lives; None: stay on the latent's device,
+            as training wants).
     Returns:
-        ``[B, D, T, ceil(h / 2), ceil(w / 2)]`` float32 on the CPU (``img_in`` pads odd sizes, as in sampling).
+        ``[B, D, T, ceil(h / 2), ceil(w / 2)]`` float32 (``img_in`` pads odd sizes, as in sampling).
     """
     proj = dm.img_in.proj  # manual-cast layers (fp8 / mixed storage, low-VRAM) cast their weights to the input: fp32
     dtype = torch.float32 if getattr(proj, "comfy_cast_weights", False) else proj.weight.dtype
     t, h, w = (-(-s // p) for s, p in zip(latent.shape[2:], dm.patch_size))
     with torch.no_grad():
         y = dm.img_in(latent.to(dtype))  # [B, T*Ht*Wt, D]
-    return rearrange(y.float(), "b (t h w) d -> b d t h w", t=t, h=h, w=w).cpu()
+    y = rearrange(y.float(), "b (t h w) d -> b d t h w", t=t, h=h, w=w)
+    return y if device is None else y.to(device)
 
 
 def _with_memory(args: dict, mem: dict, n: int, m: int) -> dict:

@@ -99,20 +99,22 @@ def model_input(dm, latent: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"cannot feed a {c}-channel latent to a Wan patch embedding with {in_dim} input channels")
 
 
-def patch_embed(dm, latent: torch.Tensor) -> torch.Tensor:
+def patch_embed(dm, latent: torch.Tensor, device: str | torch.device | None = "cpu") -> torch.Tensor:
     """The DiT's own first projection (``patch_embedding``, Conv3d k=s=(1,2,2)) applied to a model-space latent
-    (through :func:`model_input` for I2V models).
+    (through :func:`model_input` for I2V models), without gradient.
 
     Args:
         latent: ``[B, C, T, h, w]`` float (after ``process_latent_in``).
+        device: where the result goes (default the CPU, where the history lives; None: stay on the latent's device,
+            as training wants).
     Returns:
-        ``[B, D, T, h // 2, w // 2]`` float32 on the CPU.
+        ``[B, D, T, h // 2, w // 2]`` float32.
     Raises:
         ValueError: see :func:`model_input`.
     """
     with torch.no_grad():  # Wan keeps patch_embedding in fp32 and feeds it x.float() (WanModel.forward_orig)
-        y = dm.patch_embedding(model_input(dm, latent.float()))
-    return y.float().cpu()
+        y = dm.patch_embedding(model_input(dm, latent.float())).float()
+    return y if device is None else y.to(device)
 
 
 def timestep_zero_modulation(dm, dtype: torch.dtype, device) -> torch.Tensor:

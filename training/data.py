@@ -313,12 +313,21 @@ def shard_ok(path: Path) -> bool:
         return False
 
 
-def read_shard(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(latent [C, T, h, w], text [L, D], metadata dict) of one shard, in their stored dtype."""
+def read_shard_item(path: str | os.PathLike) -> dict:
+    """One shard as ``{"latent": [C, T, h, w], "text": [L, D], "meta": dict}`` plus ``"pooled": [P]`` when it has
+    one, tensors in their stored dtype."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return f.get_tensor("latent"), f.get_tensor("text"), json.loads(f.metadata()[META_KEY])
+        item = {k: f.get_tensor(k) for k in ("latent", "text", "pooled") if k in f.keys()}
+        item["meta"] = json.loads(f.metadata()[META_KEY])
+    return item
+
+
+def read_shard(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(latent [C, T, h, w], text [L, D], metadata dict) of one shard (:func:`read_shard_item`)."""
+    item = read_shard_item(path)
+    return item["latent"], item["text"], item["meta"]
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -335,12 +344,7 @@ class ShardDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from safetensors import safe_open
-
-        with safe_open(str(self.paths[i]), "pt") as f:
-            item = {k: f.get_tensor(k) for k in ("latent", "text", "pooled") if k in f.keys()}
-            item["meta"] = json.loads(f.metadata()[META_KEY])
-        return item
+        return read_shard_item(self.paths[i])
 
 
 class ModelSpaceDataset(torch.utils.data.Dataset):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from einops import rearrange
 
 # ------------------------------------------------------------------------------------------- shared helpers
 
@@ -92,8 +91,8 @@ class DitFamily:
 
     def embed(self, dm, latent: torch.Tensor) -> torch.Tensor:
         """The DiT's own first projection of a model-space latent ``[B, C, T, h, w]`` -> ``[B, D, T, Ht, Wt]``
-        float32 on the latent's device, without gradient (frozen, no LoRA)."""
-        raise NotImplementedError
+        float32 on the latent's device, without gradient (frozen, no LoRA): the adapter's ``patch_embed``."""
+        return self.adapter.patch_embed(dm, latent, device=None)
 
     def frame_rope(self, dm, frame_times: torch.Tensor, ht: int, wt: int) -> torch.Tensor:
         """RoPE of the video tokens of frames at ``frame_times`` ``[B, k]`` in the layout of the family's ``pe``."""
@@ -147,7 +146,7 @@ class WanFamily(DitFamily):
       per-frame RoPE replaces ``pe`` ``[B, N, 1, d/2, 2, 2]`` (the blocks see only video tokens in ``args["pe"]``;
       the patch appends the memory RoPE) and broadcasts the memory RoPE to the batch.
     * first projection: ``patch_embedding`` (Conv3d k=s=(1,2,2)) of :func:`models.wan.model_input` (I2V: the
-      channels of a clean known frame).
+      channels of a clean known frame): :func:`models.wan.patch_embed`.
     * LoRA: every block's self- and cross-attention ``q, k, v, o`` and FFN ``ffn.0``, ``ffn.2``.
     * text: ``context`` ``[B, L, 4096]`` only (``pooled`` / ``guidance`` are ignored).
     """
@@ -169,12 +168,6 @@ class WanFamily(DitFamily):
     def token_grid(self, dm, x):
         _, ph, pw = dm.patch_size
         return x.shape[3] // ph, x.shape[4] // pw
-
-    def embed(self, dm, latent):
-        from ..models.wan import model_input
-
-        with torch.no_grad():
-            return dm.patch_embedding(model_input(dm, latent.float())).float()  # [B, D, T, Ht, Wt]
 
     def frame_rope(self, dm, frame_times, ht, wt):
         """``[B, k*ht*wt, 1, d/2, 2, 2]``, matching ``WanModel.rope_encode`` for contiguous times."""
@@ -223,8 +216,8 @@ class HunyuanFamily(DitFamily):
       patch inserts the memory RoPE at ``N``. The positions are ``forward_orig``'s ``img_ids`` of the same frames in
       the full clip (:func:`frame_ids`: ``(t, h, w)`` with ``t`` the frame's index in the history); text stays at
       position 0.
-    * first projection: ``img_in`` (``PatchEmbed``, Conv3d k=s=(1,2,2), pads odd sizes), as
-      :func:`models.hunyuan.patch_embed` but on the latent's device.
+    * first projection: ``img_in`` (``PatchEmbed``, Conv3d k=s=(1,2,2), pads odd sizes):
+      :func:`models.hunyuan.patch_embed`.
     * LoRA: double blocks' ``img_attn.qkv``, ``img_attn.proj``, ``img_mlp.0``, ``img_mlp.2`` and the same four of
       the ``txt_`` stream; single blocks' ``linear1`` (fused qkv + MLP in) and ``linear2`` (fused proj + MLP out).
       The modulation linears (``img_mod.lin``, ``txt_mod.lin``, ``modulation.lin``) are left out, as Wan's
@@ -264,14 +257,6 @@ class HunyuanFamily(DitFamily):
     def token_grid(self, dm, x):
         _, ph, pw = dm.patch_size
         return (x.shape[3] + ph // 2) // ph, (x.shape[4] + pw // 2) // pw  # as HunyuanVideo.img_ids
-
-    def embed(self, dm, latent):
-        proj = dm.img_in.proj  # manual-cast layers cast their weights to the input: feed fp32 then
-        dtype = torch.float32 if getattr(proj, "comfy_cast_weights", False) else proj.weight.dtype
-        t, h, w = (-(-s // p) for s, p in zip(latent.shape[2:], dm.patch_size))
-        with torch.no_grad():
-            y = dm.img_in(latent.to(dtype))  # [B, T*Ht*Wt, D]
-        return rearrange(y.float(), "b (t h w) d -> b d t h w", t=t, h=h, w=w)
 
     def frame_rope(self, dm, frame_times, ht, wt):
         """``[B, 1, k*ht*wt, d/2, 2, 2]``: ``pe_embedder`` of :func:`frame_ids`, i.e. of ``forward_orig``'s

@@ -46,11 +46,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -399,24 +397,18 @@ def memory_tokens(cfg, p: Preset) -> int:
     return tm * hm * wm
 
 
-def machine() -> dict:
-    import torch
+def _bench_common():
+    """``benchmarks/common.py`` (``machine()``, ``print_table()``: the reproduction is one of the benchmarks), loaded
+    by path under its own name so that no ``common`` module of another project is picked up."""
+    import importlib.util
 
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def print_table(rows: list[dict], cols: list[str]) -> None:
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(fmt(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
+    name = "framememory_benchmarks_common"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / "common.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
 def ordering(means: dict) -> dict:
@@ -627,16 +619,18 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
     s2_means = {k: sum(v) / len(v) for k, v in s2_means.items()}
     wall = time.perf_counter() - t_start
 
+    bench = _bench_common()
     print()
     print(f"Frame retrieval on held-out clips ({len(eval1_items)} histories x {p.eval_queries} queries, "
           f"{p.eval_steps} Euler steps; PSNR dB / SSIM vs the original frames), preset {preset_name}:")
-    print_table(rows, ["variant", "rate", "tokens", "psnr", "ssim", "loss", "memory_gain", "train_s", "seed"])
+    bench.print_table(rows, ["variant", "rate", "tokens", "psnr", "ssim", "loss", "memory_gain", "train_s", "seed"],
+                      digits=3)
     print("(loss: held-out Stage I velocity MSE on a fixed t grid with the clip's own memory; memory_gain: the same "
           "loss with another clip's memory minus it)")
     if len(seeds) > 1:
         print("\nMeans over seeds:")
-        print_table([{"variant": k, **v} for k, v in means.items()],
-                    ["variant", "psnr", "psnr_sd", "ssim", "ssim_sd", "loss", "memory_gain", "seeds"])
+        bench.print_table([{"variant": k, **v} for k, v in means.items()],
+                          ["variant", "psnr", "psnr_sd", "ssim", "ssim_sd", "loss", "memory_gain", "seeds"], digits=3)
     print(f"\nPaper ordering (PSNR) Large Patchifier < Only LR / Without LR < Proposed 4x4x2 < Proposed 2x2x1: "
           f"{'holds' if order_psnr.get('all') else 'does NOT hold'} {order_psnr}")
     print(f"Same ordering on SSIM: {'holds' if order_ssim.get('all') else 'does NOT hold'} {order_ssim}")
@@ -644,12 +638,14 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
           f"{'holds' if order_loss.get('all') else 'does NOT hold'} {order_loss}")
     if stage2_rows:
         print("\nStage II held-out next-segment loss (lower is better):")
-        print_table(stage2_rows, ["arm", "rate", "heldout_loss_before", "heldout_loss", "train_s", "seed"])
+        bench.print_table(stage2_rows, ["arm", "rate", "heldout_loss_before", "heldout_loss", "train_s", "seed"],
+                          digits=3)
     print(f"\nwall time {wall:.0f} s")
 
     result = {
         "benchmark": "reproduction", "paper": "arXiv 2512.23851", "preset": preset_name,
-        "preset_values": dataclasses.asdict(p), "seeds": list(seeds), "eval_seed": eval_seed, "machine": machine(),
+        "preset_values": dataclasses.asdict(p), "seeds": list(seeds), "eval_seed": eval_seed,
+        "machine": bench.machine(),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "wall_s": wall,
         "clips": {"train": {n: int(clips[n].shape[0]) for n in train_names},
                   "heldout": {n: int(clips[n].shape[0]) for n in held_names}, "missing": media["missing"],
