@@ -49,7 +49,7 @@ def main() -> None:
     cfg = EncoderConfig(dim=1536)
     net = HistoryEncoder(cfg)
     with torch.no_grad():
-        net.proj.weight.normal_(0, 0.02)
+        net.hr.proj.weight.normal_(0, 0.02)
     encoder = MemoryEncoder(cfg, net.state_dict(), "benchmark-random")
     h8, w8 = args.height // 8, args.width // 8
     seg_frames, fps = 13, 16.0

@@ -41,7 +41,7 @@ def main() -> None:
             cfg = EncoderConfig(family=fam, dim=dim, rate=rate, latent_channels=ch, vae_stride=vs)
             enc = HistoryEncoder(cfg).eval()
             with torch.no_grad():
-                enc.proj.weight.normal_(0, 0.02)
+                enc.hr.proj.weight.normal_(0, 0.02)
             rt = cfg.rate[2]
             seg = max(4, rt)  # latent frames per encoded unit (a 4-frame segment, or a group at 2x2x8)
             lat = torch.randn(1, ch, 3 * seg, hs // vs[1], ws // vs[2])

@@ -83,7 +83,7 @@ def main() -> None:
     vae = comfy.sd.VAE(sd=vae_module.state_dict())
     net = HistoryEncoder(enc_cfg)
     with torch.no_grad():
-        net.proj.weight.normal_(0, 0.02)
+        net.hr.proj.weight.normal_(0, 0.02)
     encoder = MemoryEncoder(enc_cfg, net.state_dict(), "benchmark-random")
     clip = StandInTextEncoder()
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))

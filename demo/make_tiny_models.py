@@ -74,7 +74,7 @@ def write_family(out: str, family: str = "wan21", seed: int = 0, vae: bool = Tru
     enc = HistoryEncoder(cfg)
     enc.reset_parameters(torch.Generator().manual_seed(seed + 2))
     with torch.no_grad():
-        enc.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(seed + 3))
+        enc.hr.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(seed + 3))
     save_encoder(paths["encoder"], enc.state_dict(), cfg)
     return paths
 

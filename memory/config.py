@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 FAMILIES = ("wan21", "wan22", "hunyuan_video")
+MEMORY_TIMESTEPS = ("zero", "shared")  # see EncoderConfig.memory_timestep and models/wan.py
 
 
 def parse_rate(rate: str | tuple[int, int, int]) -> tuple[int, int, int]:
@@ -51,6 +52,7 @@ class EncoderConfig:
     attn_layout: str = "per_time_step"    # HR attention: spatial, local to one memory time step (see encoder.py)
     overlap_latent_frames: int = 0        # add-on: the last N latent frames also as uncompressed tokens (paper: 3)
     cross_attention: bool = False         # add-on: every DiT block cross-attends to the HR branch's last hidden states
+    memory_timestep: str = "zero"         # timestep of the memory tokens' modulation: "zero" (clean context, every family) or "shared" (the video tokens' sampling timestep; Wan 2.1 only, an ablation)
     dit_blocks: int = 0                   # DiT blocks with a cross-attention layer (cross_attention only; Wan 2.1 1.3B: 30, HunyuanVideo: 20 double + 40 single = 60)
 
     def __post_init__(self) -> None:
@@ -66,6 +68,8 @@ class EncoderConfig:
             raise ValueError("at least one of use_hr / use_lr must be True")
         if self.attn_layout != "per_time_step":
             raise ValueError(f"attn_layout {self.attn_layout!r} is not supported (only 'per_time_step')")
+        if self.memory_timestep not in MEMORY_TIMESTEPS:
+            raise ValueError(f"memory_timestep must be one of {MEMORY_TIMESTEPS}, got {self.memory_timestep!r}")
         if self.overlap_latent_frames < 0:
             raise ValueError(f"overlap_latent_frames must be >= 0, got {self.overlap_latent_frames}")
         if self.hr_channels and self.hr_channels[-1] % self.attn_heads:

@@ -1,33 +1,38 @@
-"""History encoder phi(H) of arXiv 2512.23851 (Sec. 3, "almost fully convolutional" dual-branch encoder).
+"""History encoder phi(H) of arXiv 2512.23851 (Sec. 3, Fig. 2): one module, used by inference and training.
 
-Two branches, summed after the DiT's first projection, both landing on the memory-token grid
-``(T // rt, Ht // rh, Wt // rw)`` of a history segment:
+:class:`HistoryEncoder` is Fig. 2 end to end, for one span of history of ``T`` latent frames (whole memory time
+steps of ``rt`` latent frames each):
 
-- **LR branch** (no weights of its own): the segment's frames are downsampled in pixel space
-  (:func:`lr_frames`), encoded by the DiT's own VAE and patch-embedded by the DiT's own first projection.
-  Those two calls live in the model adapter (``models/``); this module prepares the pixels.
-- **HR branch** (:class:`HistoryEncoder`): the full-resolution latent goes through strided 3D convolutions
-  with SiLU that reduce time first (kernel = stride = ``rt``), then space (stride-2 stages, kernel = stride),
-  widths ``hr_channels`` (64 -> 128 -> 256 -> 512), spatial self-attention at the last width, and a
-  zero-initialised 1x1x1 projection to the DiT width D, so an untrained HR branch adds nothing.
+1. **LR branch** (no weights of its own): the span's video frames are downsampled in pixel space at the rate
+   (:func:`lr_clip`: ``rh x rw`` area resize of the region the memory grid covers, and ``rt``-frame temporal means
+   centred on the memory tokens' times), encoded by the DiT's own VAE (the caller: ``models/`` at inference,
+   ``training/data.py`` for the shards; both through :func:`models.vae_stream`'s continuous stream) and
+   patch-embedded by the DiT's own first projection (the ``embed`` callable: Wan ``patch_embedding``,
+   HunyuanVideo ``img_in``), landing on the memory grid ``(Tm, Hm, Wm)``.
+2. **HR branch** (:class:`HRBranch`, the weights): the full-resolution latent through strided 3D convolutions with
+   SiLU that reduce time first, then space, spatial attention at the last width, and a zero-initialised 1x1x1
+   projection to the DiT width D (an untrained HR branch adds nothing).
+3. **Sum** of the two ``[B, D, Tm, Hm, Wm]`` maps, flattened to memory tokens ``[B, M, D]`` in ``(t, h, w)`` order.
 
-Design choice (documented for Sec. 3's unpublished details): every convolution either has a temporal kernel
-of 1 or a temporal kernel equal to its temporal stride, and attention is local to one memory time step.
-Hence the encoding of a history is the concatenation of the encodings of its segments whenever segment
-lengths are multiples of ``rt`` latent frames: appending a segment never re-encodes the past, and its cost does
-not grow with the history.
+Design choice (Sec. 3 leaves it open): every HR convolution has a temporal kernel of 1 or a temporal kernel equal
+to its temporal stride, and attention is local to one memory time step. Hence the encoding of a history is the
+concatenation of the encodings of its spans whenever span lengths are multiples of ``rt`` latent frames
+("almost fully convolutional": appending a segment never re-encodes the past). The LR branch keeps the same
+property because the VAE runs as one causal stream over the history (the cache of the previous span is kept).
 
 Add-on (arXiv 2512.23851, "cross-attention from the encoder's last hidden states into every DiT block"): with
 ``cfg.cross_attention`` the encoder also owns ``cfg.dit_blocks`` :class:`MemoryCrossAttention` layers (``cross.i``
 in its state dict), one per DiT block, whose keys/values are the HR branch's last hidden states (before the output
 projection, ``hr_channels[-1]`` wide) and whose zero-initialised output projection makes an untrained one add nothing.
-The model adapter (``models/wan.py``, ``models/hunyuan.py``: double then single blocks) runs layer ``i`` after DiT
-block ``i`` on the block's video tokens.
+The model adapters (``models/cross_attention.py``) run layer ``i`` after DiT block ``i``; the training losses run
+the same layers (``training/stages.py``), so the add-on learns in Stage I and II.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +40,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import EncoderConfig
-from .grid import memory_grid, token_grid
+from .grid import memory_grid, memory_positions, token_grid
 
 TORCH_OPS = SimpleNamespace(Conv3d=nn.Conv3d, Linear=nn.Linear, LayerNorm=nn.LayerNorm)
 
@@ -110,28 +115,16 @@ class MemoryCrossAttention(nn.Module):
         return x + self.out(rearrange(y, "b k n d -> b n (k d)"))
 
 
-class HistoryEncoder(nn.Module):
-    """HR branch of the history encoder; holds the config of the whole encoder.
+class HRBranch(nn.Module):
+    """HR branch of Fig. 2 (weights: ``layers.*``, ``proj.*``): ``[B, C, T, h, w]`` model-space latent ->
+    ``[B, D, Tm, Hm, Wm]`` on the memory grid (:func:`memory.grid.memory_grid`), plus the last hidden states.
 
     Args:
-        cfg: the encoder config; ``cfg.dim`` must be > 0 to build weights.
-        ops: a namespace with ``Conv3d``, ``Linear``, ``LayerNorm`` classes (``torch.nn`` by default;
-            the ComfyUI adapter passes ``comfy.ops.manual_cast`` so the weights stream under ComfyUI's
-            memory management).
-
-    Raises:
-        ValueError: ``cfg.dim`` is 0 (resolve the width with ``cfg.with_dim`` first).
+        cfg: the encoder config (``dim`` > 0). ops: namespace with ``Conv3d``, ``Linear``, ``LayerNorm`` classes.
     """
 
     def __init__(self, cfg: EncoderConfig, ops=TORCH_OPS) -> None:
         super().__init__()
-        if cfg.dim <= 0:
-            raise ValueError("EncoderConfig.dim is 0: resolve it to the DiT width with cfg.with_dim(D) first")
-        self.cfg = cfg
-        self.cross = None
-        if not cfg.use_hr:
-            self.hr = None
-            return
         rh, rw, rt = cfg.rate
         pt, ph, pw = cfg.patch_size
         chans = list(cfg.hr_channels)
@@ -152,22 +145,50 @@ class HistoryEncoder(nn.Module):
             layers += [nn.SiLU(), ops.Conv3d(ch, chans[-1], 1)]
             ch = chans[-1]
         layers += [_SpatialAttention(ch, cfg.attn_heads, ops), nn.SiLU()]
-        self.hr = nn.Sequential(*layers)
-        self.proj = ops.Conv3d(ch, cfg.dim, 1)
+        self.layers = nn.Sequential(*layers)
+        self.proj = ops.Conv3d(ch, cfg.dim, 1)  # zero-initialised by HistoryEncoder.reset_parameters
+
+    def forward(self, latent: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y [B, D, Tm, Hm, Wm], hidden [B, hr_channels[-1], Tm, Hm, Wm])``, both cropped to ``grid``."""
+        hidden = self.layers(latent)[:, :, : grid[0], : grid[1], : grid[2]]
+        return self.proj(hidden), hidden
+
+
+class HistoryEncoder(nn.Module):
+    """The history encoder of Fig. 2 (module docstring): LR branch + HR branch, summed, as memory tokens.
+
+    Args:
+        cfg: the encoder config; ``cfg.dim`` must be > 0 (an untrained LR-only encoder resolves it to the DiT's
+            width first: ``cfg.with_dim(D)``).
+        ops: a namespace with ``Conv3d``, ``Linear``, ``LayerNorm`` classes (``torch.nn`` by default; the ComfyUI
+            adapter passes ``comfy.ops.manual_cast`` so the weights stream under ComfyUI's memory management).
+
+    Raises:
+        ValueError: ``cfg.dim`` is 0.
+    """
+
+    def __init__(self, cfg: EncoderConfig, ops=TORCH_OPS) -> None:
+        super().__init__()
+        if cfg.dim <= 0:
+            raise ValueError("EncoderConfig.dim is 0: resolve it to the DiT width with cfg.with_dim(D) first")
+        self.cfg = cfg
+        self.hr = HRBranch(cfg, ops) if cfg.use_hr else None
+        self.cross = None
         if cfg.cross_attention:
             self.cross = nn.ModuleList(
-                MemoryCrossAttention(cfg.dim, ch, cfg.attn_heads, ops) for _ in range(cfg.dit_blocks))
+                MemoryCrossAttention(cfg.dim, cfg.hr_channels[-1], cfg.attn_heads, ops) for _ in range(cfg.dit_blocks))
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Kaiming-uniform init of every layer (comfy.ops layers skip init), zero bias, zero output projection."""
+        """LeCun-uniform init of every matrix/kernel (bound ``sqrt(3 / fan_in)``: unit-variance preserving; comfy.ops
+        layers skip init), norm scales 1, zero biases, and zero output projections (HR ``proj``, cross-attention
+        ``out``) so an untrained encoder adds nothing."""
         for m in self.modules():
             w = getattr(m, "weight", None)
             if isinstance(w, torch.Tensor) and w.ndim >= 2:
-                fan_in = w[0].numel()
-                bound = 1.0 / math.sqrt(fan_in)
+                bound = math.sqrt(3.0 / w[0].numel())
                 with torch.no_grad():
-                    w.uniform_(-bound * math.sqrt(3), bound * math.sqrt(3), generator=generator)
+                    w.uniform_(-bound, bound, generator=generator)
             elif isinstance(w, torch.Tensor):
                 with torch.no_grad():
                     w.fill_(1.0)
@@ -175,22 +196,16 @@ class HistoryEncoder(nn.Module):
             if isinstance(b, torch.Tensor):
                 with torch.no_grad():
                     b.zero_()
-        zero = [self.proj] if self.hr is not None else []
+        zero = [self.hr.proj] if self.hr is not None else []
         zero += [layer.out for layer in self.cross] if self.cross is not None else []
         with torch.no_grad():
             for layer in zero:
                 layer.weight.zero_()
                 layer.bias.zero_()
 
-    def forward(self, latent: torch.Tensor, with_hidden: bool = False):
-        """HR branch: ``[B, C, T, h, w]`` latent (model-space, i.e. after ``process_latent_in``) ->
-        ``[B, D, Tm, Hm, Wm]`` on the memory grid of :func:`memory.grid.memory_grid`. With ``with_hidden``, returns
-        ``(y, hidden)`` with the last hidden states before the output projection, ``[B, hr_channels[-1], Tm, Hm, Wm]``
-        (the keys of the cross-attention add-on; None without an HR branch).
-
-        Raises:
-            ValueError: wrong channel count or a segment shorter than one memory time step.
-        """
+    def grid(self, latent: torch.Tensor) -> tuple[int, int, int]:
+        """Memory grid ``(Tm, Hm, Wm)`` of a ``[B, C, T, h, w]`` latent. Raises ValueError (wrong channel count, or a
+        span below one memory token)."""
         cfg = self.cfg
         if latent.ndim != 5 or latent.shape[1] != cfg.latent_channels:
             raise ValueError(f"expected a [B, {cfg.latent_channels}, T, h, w] latent, got {tuple(latent.shape)}")
@@ -199,45 +214,124 @@ class HistoryEncoder(nn.Module):
             raise ValueError(
                 f"latent of {tuple(latent.shape[2:])} (T, h, w) is smaller than one memory token at rate "
                 f"{cfg.rate_str}; use longer segments or a larger resolution")
-        if self.hr is None:
-            y = latent.new_zeros((latent.shape[0], cfg.dim, *grid))
-            return (y, None) if with_hidden else y
-        hidden = self.hr(latent)
-        y = self.proj(hidden)[:, :, : grid[0], : grid[1], : grid[2]]
-        if with_hidden:
-            return y, hidden[:, :, : grid[0], : grid[1], : grid[2]]
-        return y
+        return grid
+
+    def forward(self, latent: torch.Tensor, lr_latent: torch.Tensor | None = None,
+                embed: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """Fig. 2 for one span of history.
+
+        Args:
+            latent: ``[B, C, T, h, w]`` model-space latent (after ``process_latent_in``) of the span; ``T`` a multiple
+                of ``rt`` (a remainder is not covered).
+            lr_latent: ``[B, C, Tm, Hm * ph, Wm * pw]`` model-space VAE latent of :func:`lr_clip` of the span's frames
+                (needed when ``cfg.use_lr``).
+            embed: the DiT's own first projection, ``[B, C, T', h', w'] -> [B, D, T', h' // ph, w' // pw]`` (frozen;
+                needed when ``cfg.use_lr``).
+        Returns:
+            ``(tokens [B, M, D], hidden [B, M, hr_channels[-1]] or None)``: memory tokens in ``(t, h, w)`` order,
+            ``M = Tm * Hm * Wm``, on the HR branch's device and dtype (the LR output is moved there), and the HR
+            branch's last hidden states (keys of the cross-attention add-on; None without an HR branch).
+        Raises:
+            ValueError: see :meth:`grid`; ``use_lr`` without ``lr_latent``/``embed``; an LR latent off the grid.
+        """
+        cfg = self.cfg
+        grid = self.grid(latent)
+        lr = hr = hidden = None
+        if cfg.use_lr:
+            if lr_latent is None or embed is None:
+                raise ValueError("the LR branch needs lr_latent (VAE latent of lr_clip of the frames) and the DiT's "
+                                 "embed function")
+            lr = embed(lr_latent)  # [B, C, Tm, Hm*ph, Wm*pw] -> [B, D, Tm, Hm, Wm]
+            if tuple(lr.shape[2:]) != grid:
+                raise ValueError(f"the LR branch gives a {tuple(lr.shape[2:])} grid, the memory grid is {grid}: "
+                                 "make lr_latent from lr_clip of the same span")
+        if self.hr is not None:
+            hr, hidden = self.hr(latent, grid)  # [B, D, Tm, Hm, Wm], [B, Ch, Tm, Hm, Wm]
+            hidden = rearrange(hidden, "b c t h w -> b (t h w) c")
+        if lr is not None and hr is not None:
+            lr = lr.to(device=hr.device, dtype=hr.dtype)
+        tokens = combine_branches(hr, lr)  # [B, Tm*Hm*Wm, D]
+        return tokens, hidden
 
 
-def lr_frames(frames: torch.Tensor, latent_frames: int, cfg: EncoderConfig) -> torch.Tensor:
-    """Pixel-space downsample of one segment for the LR branch.
+def lr_frames_per_span(latent_frames: int, cfg: EncoderConfig, stream_start: bool) -> tuple[int, int]:
+    """``(video frames, LR frames)`` of a span of ``latent_frames`` latent frames (a multiple of ``pt * rt``).
+
+    A latent frame stands for ``ft`` video frames, except the first latent frame of a causal stream (one frame).
+    Each memory time step gets ``ft`` LR frames (one LR latent frame after the VAE), except the stream's first
+    (one LR frame: the VAE's causal first latent). ``stream_start``: the span starts the video stream.
+
+    Raises:
+        ValueError: ``latent_frames`` is not a positive multiple of ``pt * rt``.
+    """
+    ft = cfg.vae_stride[0]
+    step = cfg.patch_size[0] * cfg.rate[2]
+    if latent_frames < step or latent_frames % step:
+        raise ValueError(f"a history span of {latent_frames} latent frames is not a whole number of memory time steps "
+                         f"({step} latent frames each at rate {cfg.rate_str})")
+    tm = latent_frames // step
+    if stream_start and ft > 1:
+        return 1 + ft * (latent_frames - 1), 1 + ft * (tm - 1)
+    return ft * latent_frames, ft * tm
+
+
+def lr_clip(frames: torch.Tensor, cfg: EncoderConfig, stream_start: bool) -> torch.Tensor:
+    """Pixel-space downsample of a span of history for the LR branch (Fig. 2), at the rate ``rh x rw x rt``.
+
+    Space: the region the memory grid covers (top-left ``Hm * rh * ph * fh`` x ``Wm * rw * pw * fw`` pixels, the
+    floored remainder dropped as :func:`memory.grid.memory_grid` drops it) is area-resized by ``rh x rw``, so the
+    DiT's VAE and patch embedding land exactly on the HR branch's ``(Hm, Wm)`` grid over the same region.
+    Time: each LR frame is the mean of ``rt * pt`` consecutive video frames, so one memory time step (``rt`` latent
+    frames = ``ft * rt`` video frames) gives ``ft`` LR frames = one LR latent frame, centred on the token's time
+    (:func:`memory.grid.memory_positions`); the first step of a causal stream (``1 + ft * (rt - 1)`` frames) is
+    averaged into the one frame the VAE's causal first latent takes.
 
     Args:
-        frames: ``[F, H, W, 3]`` float in 0..1 (ComfyUI IMAGE), the segment's video frames.
-        latent_frames: ``T``, the segment's latent length; the LR clip is sized so that the DiT's own VAE turns
-            it into exactly ``T // rt`` latent frames and its patchifier into ``(Ht // rh, Wt // rw)`` tokens.
+        frames: ``[F, H, W, 3]`` float in 0..1 (ComfyUI IMAGE), the span's video frames, F as
+            :func:`lr_frames_per_span` gives for its latent length.
+        stream_start: the span starts the video stream (the VAE's first latent frame is a single frame).
     Returns:
-        ``[F_lr, H_lr, W_lr, 3]`` float 0..1 with ``F_lr = ft * (T // rt - 1) + 1`` frames picked evenly over
-        the segment (causal VAE: first latent = 1 frame) and ``H_lr = (Ht // rh) * ph * fh`` (area resize).
+        ``[F_lr, H_lr, W_lr, 3]`` float32 0..1, ``H_lr = Hm * ph * fh``, ``W_lr = Wm * pw * fw``.
     Raises:
-        ValueError: frames are not ``[F, H, W, 3]``.
+        ValueError: frames are not ``[F, H, W, 3]``, their count fits no whole number of memory time steps, or the
+            frame is below one memory token.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected IMAGE frames [F, H, W, 3], got {tuple(frames.shape)}")
     ft, fh, fw = cfg.vae_stride
     pt, ph, pw = cfg.patch_size
+    rh, rw, rt = cfg.rate
     f, height, width, _ = frames.shape
-    tm, hm, wm = memory_grid((latent_frames, height // fh, width // fw), cfg)
-    if min(tm, hm, wm) < 1:
-        raise ValueError(f"segment of {latent_frames} latent frames at {width}x{height} is below one memory token")
-    n = ft * (tm - 1) + 1
-    if n == 1:
-        idx = torch.tensor([(f - 1) // 2])
-    else:
-        idx = torch.linspace(0, f - 1, n).round().long()
-    clip = frames[idx].movedim(-1, 1).float()  # [F_lr, 3, H, W]
+    first = 1 + ft * (pt * rt - 1) if stream_start and ft > 1 else 0  # frames of the causal first step
+    if (f - first) % (ft * pt * rt) or f < max(first, 1):
+        raise ValueError(f"{f} frames are no whole number of memory time steps at rate {cfg.rate_str} "
+                         f"({ft * pt * rt} frames each{', the first ' + str(first) if first else ''})")
+    _, hm, wm = memory_grid((1, height // fh, width // fw), dataclasses.replace(cfg, rate=(rh, rw, 1)))
+    if min(hm, wm) < 1:
+        raise ValueError(f"frames of {width}x{height} are below one memory token at rate {cfg.rate_str}")
+    x = frames[:, : hm * rh * ph * fh, : wm * rw * pw * fw].float()  # covered region [F, H', W', 3]
+    parts = [x[:first].mean(0, keepdim=True)] if first else []
+    parts.append(rearrange(x[first:], "(n r) h w c -> n r h w c", r=pt * rt).mean(1))  # [F_lr, H', W', 3]
+    clip = torch.cat(parts).movedim(-1, 1)  # [F_lr, 3, H', W']
     clip = F.interpolate(clip, size=(hm * ph * fh, wm * pw * fw), mode="area")
     return clip.movedim(1, -1).clamp(0, 1)
+
+
+def overlap_window(embed: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tensor,
+                   cfg: EncoderConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add-on of arXiv 2512.23851 ("sliding window", paper: 3 latent frames): the history's last ``N`` latent frames
+    as uncompressed memory tokens, the DiT's own first projection at rate 1x1x1 at their original times ``-N .. -1``.
+
+    Args:
+        embed: the DiT's first projection (as for :meth:`HistoryEncoder.forward`).
+        latent: ``[B, C, N, h, w]`` model-space latent of the last N frames.
+    Returns:
+        ``(tokens [B, N * Ht * Wt, D], positions [N * Ht * Wt, 3] float32)`` in ``(t, h, w)`` order.
+    """
+    emb = embed(latent)  # [B, D, N, Ht, Wt]
+    grid = tuple(emb.shape[2:])
+    pos = memory_positions(grid, dataclasses.replace(cfg, rate=(1, 1, 1)), t_start=-float(latent.shape[2]))
+    return rearrange(emb, "b d t h w -> b (t h w) d"), pos
 
 
 def combine_branches(hr: torch.Tensor | None, lr: torch.Tensor | None) -> torch.Tensor:
@@ -255,4 +349,4 @@ def combine_branches(hr: torch.Tensor | None, lr: torch.Tensor | None) -> torch.
     return rearrange(y, "b d t h w -> b (t h w) d")
 
 
-__all__ = ["HistoryEncoder", "MemoryCrossAttention", "lr_frames", "combine_branches", "token_grid", "memory_grid"]
+__all__ = ["HistoryEncoder", "HRBranch", "MemoryCrossAttention", "lr_clip", "lr_frames_per_span", "overlap_window", "combine_branches", "token_grid", "memory_grid"]

@@ -1,29 +1,47 @@
 """History buffer: the latents of everything generated so far and their cached memory tokens.
 
-The buffer lives on the CPU. Each appended segment is encoded once (``encode_pending``) and its memory tokens
-are cached; the memory for the next segment is the concatenation of all cached tokens, with RoPE positions
+The buffer lives on the CPU and holds *one continuous latent stream* (arXiv 2512.23851 Sec. 4): the first segment
+starts the causal VAE stream (``1 + ft * (T - 1)`` frames), every later one continues it (``ft * T`` frames). Each
+appended segment is encoded once and its memory tokens are cached: first its LR latent (``encode_lr_pending``: the
+VAE of :func:`memory.encoder.lr_clip` of its frames, continuing the LR stream of the history), after which its pixels
+are dropped, then its tokens per encoder and DiT (``encode_pending``, from the latent and the LR latent only, so a
+second DiT of a schedule never needs the pixels again); the memory for the next segment is the concatenation of all cached tokens, with RoPE positions
 shifted so that the next segment starts at DiT time 0 (memory at negative, i.e. past, times). Several encoders
 (a combination, arXiv 2512.23851 add-on) share the latents and keep their own token caches under their own keys.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 
 @dataclass(frozen=True)
-class HistorySegment:
-    """One encoded unit of history.
+class PartKey:
+    """Which token cache of a history: the ``part``-th encoder of a combination (0: the only or first encoder) for
+    the ``expert``-th DiT of a sampling schedule (0: the only or first model; 1: the Wan 2.2 A14B low-noise expert,
+    whose LR branch goes through its own patch embedding)."""
 
-    latent: ``[C, T, h, w]`` float32 on the CPU (VAE space, as ``VAE.encode`` / the sampler return it).
-    frames: ``[F, H, W, 3]`` uint8 pixels, kept only until the segment is encoded (LR branch), then None.
+    part: int = 0
+    expert: int = 0
+
+
+@dataclass(frozen=True)
+class HistorySegment:
+    """One appended unit of history.
+
+    latent: ``[C, T, h, w]`` float32 on the CPU (VAE space), this segment's slice of the history's latent stream.
+    frames: ``[F, H, W, 3]`` uint8 pixels, kept only until every encoder's LR latent covers the segment, then None.
     num_frames: ``F``, video frames the segment stands for. start_frame / start_latent: global offsets.
-    encoded: one entry per encoder key (``""``: the encoder; ``"1"``, ... the further encoders of a combination):
-        ``(tokens [M_i, D], positions [M_i, 3], *extra [M_i, ...])`` on the CPU, float32; positions are RoPE
-        positions (t relative to the start of the history, h, w); extra: e.g. the cross-attention add-on's hidden
-        states ``[M_i, Ch]``. Missing until encoded.
+    stream_start: the segment starts a causal VAE stream (its first latent frame is one video frame): the first
+        segment of a history, or the first of a clip appended to one (Encode History onto an existing memory).
+    encoded: per :class:`PartKey`, ``(tokens [M_i, D], positions [M_i, 3], *extra [M_i, ...])`` on the CPU, float32;
+        positions are RoPE positions (t relative to the start of the history, h, w); extra: e.g. the cross-attention
+        add-on's hidden states ``[M_i, Ch]``. Missing until encoded. A group of segments encoded together (see
+        ``unit``) stores its tokens on its last segment, empty entries on the others.
+    lr_latents: per encoder index, the VAE-space LR latent ``[C, Tm, h', w']`` of the group that ends with this
+        segment (LR branch input, shared by every expert); missing until encoded.
     """
 
     latent: torch.Tensor
@@ -31,7 +49,9 @@ class HistorySegment:
     num_frames: int
     start_frame: int
     start_latent: int
+    stream_start: bool = False
     encoded: dict = field(default_factory=dict, compare=False, hash=False)
+    lr_latents: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def latent_frames(self) -> int:
@@ -40,15 +60,18 @@ class HistorySegment:
     @property
     def tokens(self) -> torch.Tensor | None:
         """Memory tokens ``[M_i, D]`` of the (first) encoder, or None until encoded."""
-        return self.encoded[""][0] if "" in self.encoded else None
+        entry = self.encoded.get(PartKey())
+        return None if entry is None else entry[0]
 
     @property
     def positions(self) -> torch.Tensor | None:
         """RoPE positions ``[M_i, 3]`` of :attr:`tokens`, or None until encoded."""
-        return self.encoded[""][1] if "" in self.encoded else None
+        entry = self.encoded.get(PartKey())
+        return None if entry is None else entry[1]
 
 
-EncodeFn = Callable[[HistorySegment], "tuple[torch.Tensor, ...]"]
+EncodeFn = Callable[[torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, ...]"]
+LREncodeFn = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
 class _Concat:
@@ -82,18 +105,22 @@ class _Concat:
 
 
 class HistoryBuffer:
-    """Append-only list of :class:`HistorySegment`. Copies are cheap (segments are immutable and shared).
+    """Append-only list of :class:`HistorySegment`. Copies are cheap (segments are immutable and shared; the LR
+    streams are copied).
 
     Several encoders can share one history (arXiv 2512.23851's add-on "a second encoder at 2x2x8 concatenated"):
-    each caches its tokens under its own ``key`` and groups segments by its own time rate; the latents are shared.
+    each caches its tokens under its own :class:`PartKey` and groups segments by its own time rate; the latents are
+    shared. ``lr_streams`` holds, per encoder index, the state of its LR branch's VAE stream (an object with
+    ``copy()``, e.g. ``models.vae_stream.VideoStream``), so the next span continues it.
     """
 
-    def __init__(self, segments: list[HistorySegment] | None = None) -> None:
+    def __init__(self, segments: list[HistorySegment] | None = None, lr_streams: dict | None = None) -> None:
         self.segments: list[HistorySegment] = list(segments or [])
-        self._concat: dict[str, _Concat] = {}  # per encoder key: concatenation cache of the encoded segments
+        self.lr_streams: dict = {k: v.copy() for k, v in (lr_streams or {}).items()}
+        self._concat: dict[PartKey, _Concat] = {}  # per key: concatenation cache of the encoded segments
 
     def copy(self) -> "HistoryBuffer":
-        return HistoryBuffer(self.segments)
+        return HistoryBuffer(self.segments, self.lr_streams)
 
     @property
     def num_frames(self) -> int:
@@ -104,27 +131,28 @@ class HistoryBuffer:
         return sum(s.latent_frames for s in self.segments)
 
     @property
-    def keys(self) -> list[str]:
-        """Encoder keys with tokens in this history, in first-seen order."""
+    def keys(self) -> list[PartKey]:
+        """Keys with tokens in this history, in first-seen order."""
         return list(dict.fromkeys(k for s in self.segments for k in s.encoded))
 
     @property
     def num_tokens(self) -> int:
-        """Memory tokens cached for all encoder keys together."""
+        """Memory tokens cached for all keys together."""
         return sum(int(e[0].shape[0]) for s in self.segments for e in s.encoded.values())
 
     @property
     def encoded_frames(self) -> int:
-        """Video frames whose segments are encoded into memory tokens (by every encoder key in the history)."""
+        """Video frames whose segments are encoded into memory tokens (by every key in the history)."""
         keys = self.keys
         return sum(s.num_frames for s in self.segments if keys and all(k in s.encoded for k in keys))
 
-    def append(self, latent: torch.Tensor, frames: torch.Tensor) -> HistorySegment:
-        """Append one segment.
+    def append(self, latent: torch.Tensor, frames: torch.Tensor, stream_start: bool | None = None) -> HistorySegment:
+        """Append the next segment of the latent stream.
 
         Args:
             latent: ``[C, T, h, w]`` or ``[1, C, T, h, w]`` latent of the segment.
             frames: ``[F, H, W, 3]`` float 0..1 (or uint8) decoded frames of the same segment.
+            stream_start: the segment starts a VAE stream (default: only the history's first segment).
         Raises:
             ValueError: shapes disagree with earlier segments.
         """
@@ -140,72 +168,92 @@ class HistoryBuffer:
                 raise ValueError(
                     f"segment latent {tuple(latent.shape)} does not match the history's {tuple(last.latent.shape)} "
                     "(channels and spatial size must stay the same across a storyboard)")
-        if frames.dtype != torch.uint8:
-            frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
         seg = HistorySegment(
             latent=latent.detach().to("cpu", torch.float32).contiguous(),
-            frames=frames.detach().cpu().contiguous(),
+            frames=to_uint8(frames).detach().cpu().contiguous(),
             num_frames=int(frames.shape[0]),
             start_frame=self.num_frames,
             start_latent=self.latent_frames,
+            stream_start=not self.segments if stream_start is None else bool(stream_start),
         )
         self.segments.append(seg)
         return seg
 
-    def encode_pending(self, encode: EncodeFn, unit: int = 1, key: str = "", keep_frames: bool = False) -> int:
-        """Encode the segments that have no tokens under ``key`` yet with ``encode(segment) -> (tokens [M, D],
-        positions [M, 3], *extra [M, ...])`` (positions relative to the segment's first latent frame; extra rows
-        e.g. hidden states of the cross-attention add-on). Returns the number of segments encoded.
-
-        ``unit`` is the encoder's temporal rate ``rt``: consecutive pending segments are encoded together once their
-        latent frames add up to a multiple of ``unit`` (e.g. two 4-frame segments at 2x2x8), so no latent frame
-        falls between memory tokens; a trailing group that does not fill a unit waits for the next segment.
-        The group's tokens are stored on its last segment (the others get zero tokens). Already-encoded segments
-        are never re-encoded (arXiv 2512.23851, "almost fully convolutional"). Pixels are dropped once encoded
-        unless ``keep_frames`` (other encoders still need them: :meth:`drop_frames`).
-
-        Raises:
-            ValueError: a pending segment's pixels were already dropped (the history was encoded by another encoder
-                set; re-encode it from its frames with this one).
-        """
-        n = 0
+    def groups(self, unit: int) -> Iterator[list[int]]:
+        """Indices of consecutive segments whose latent frames add up to a multiple of ``unit`` (an encoder's
+        temporal rate, e.g. two 4-frame segments at 2x2x8), from the start; a trailing group that does not fill a
+        unit is not yielded (it waits for the next segment)."""
         group: list[int] = []
         for i, seg in enumerate(self.segments):
-            if key in seg.encoded:
-                continue
-            if seg.frames is None:
-                raise ValueError(
-                    f"history segment {i} has no pixels left to encode for encoder key {key!r}: the history was "
-                    "encoded with another encoder; encode it again from its frames with this encoder")
             group.append(i)
-            if sum(self.segments[j].latent_frames for j in group) % unit:
+            if sum(self.segments[j].latent_frames for j in group) % unit == 0:
+                yield group
+                group = []
+
+    def encode_lr_pending(self, part: int, unit: int, lr_encode: LREncodeFn) -> int:
+        """Compute the LR latents of encoder ``part`` for the groups (:meth:`groups`) that have none yet with
+        ``lr_encode(frames [F, H, W, 3] float 0..1, stream_start) -> [C, Tm, h', w']`` (continuing the encoder's LR
+        stream, in order). Returns the number of groups encoded.
+
+        Raises:
+            ValueError: a pending group's pixels were already dropped.
+        """
+        n = 0
+        for group in self.groups(unit):
+            last = self.segments[group[-1]]
+            if part in last.lr_latents:
                 continue
-            first = self.segments[group[0]]
-            unit_seg = first if len(group) == 1 else HistorySegment(
-                latent=torch.cat([self.segments[j].latent for j in group], dim=1),
-                frames=torch.cat([self.segments[j].frames for j in group], dim=0),
-                num_frames=sum(self.segments[j].num_frames for j in group),
-                start_frame=first.start_frame, start_latent=first.start_latent)
-            tokens, positions, *extra = encode(unit_seg)
+            if any(self.segments[j].frames is None for j in group):
+                raise ValueError(f"history segments {group} have no pixels left for encoder {part}'s LR branch: the "
+                                 "history was encoded with another encoder; encode it again from its frames")
+            frames = torch.cat([self.segments[j].frames for j in group]).float() / 255.0
+            lr = lr_encode(frames, self.segments[group[0]].stream_start).detach().to("cpu", torch.float32)
+            self.segments[group[-1]] = replace(last, lr_latents={**last.lr_latents, part: lr})
+            n += 1
+        return n
+
+    def encode_pending(self, encode: EncodeFn, unit: int = 1, key: PartKey = PartKey()) -> int:
+        """Encode the groups (:meth:`groups` of ``unit``) that have no tokens under ``key`` yet with
+        ``encode(latent [C, T, h, w], lr_latent [C, Tm, h', w'] or None) -> (tokens [M, D], positions [M, 3],
+        *extra [M, ...])`` (positions relative to the group's first latent frame; ``lr_latent`` of encoder
+        ``key.part``, None when it has none). The group's tokens are stored on its last segment. Already-encoded
+        segments are never re-encoded (arXiv 2512.23851, "almost fully convolutional"). Returns the number of
+        segments encoded."""
+        n = 0
+        for group in self.groups(unit):
+            if key in self.segments[group[-1]].encoded:
+                continue
+            first, last = self.segments[group[0]], self.segments[group[-1]]
+            latent = torch.cat([self.segments[j].latent for j in group], dim=1)
+            tokens, positions, *extra = encode(latent, last.lr_latents.get(key.part))
             positions = positions.to(torch.float32).clone()
             positions[:, 0] += first.start_latent
             out = tuple(t.detach().to("cpu", torch.float32) for t in (tokens, positions, *extra))
             for j in group:
                 seg_j = self.segments[j]
                 entry = out if j == group[-1] else tuple(t[:0] for t in out)
-                self.segments[j] = replace(seg_j, encoded={**seg_j.encoded, key: entry},
-                                           frames=seg_j.frames if keep_frames else None)
+                self.segments[j] = replace(seg_j, encoded={**seg_j.encoded, key: entry})
             n += len(group)
-            group = []
         return n
 
-    def drop_frames(self, keys: list[str]) -> None:
-        """Drop the pixels of segments encoded under every one of ``keys`` (they are no longer needed)."""
-        for i, seg in enumerate(self.segments):
-            if seg.frames is not None and all(k in seg.encoded for k in keys):
-                self.segments[i] = replace(seg, frames=None)
+    def drop_frames(self, parts: list[int]) -> None:
+        """Drop the pixels of segments whose group has the LR latent of every encoder index in ``parts`` (they are no
+        longer needed: tokens come from latents and LR latents)."""
+        covered = set(range(len(self.segments)))
+        for p in parts:
+            mine: set[int] = set()
+            pending: list[int] = []
+            for i, seg in enumerate(self.segments):
+                pending.append(i)
+                if p in seg.lr_latents:
+                    mine.update(pending)
+                    pending = []
+            covered &= mine
+        for i in sorted(covered):
+            if self.segments[i].frames is not None:
+                self.segments[i] = replace(self.segments[i], frames=None)
 
-    def gather(self, key: str = "") -> tuple[torch.Tensor, ...] | None:
+    def gather(self, key: PartKey = PartKey()) -> tuple[torch.Tensor, ...] | None:
         """Concatenation over the encoded segments of ``key``'s ``(tokens [M, D], positions [M, 3], *extra)``,
         positions relative to the start of the history; views of a cache that later appends never overwrite.
         None when nothing is encoded under ``key`` yet.
@@ -224,7 +272,8 @@ class HistoryBuffer:
         cache.extend([s.encoded[key] for s in self.segments[cache.segments:done]], done)
         return cache.view()
 
-    def memory(self, now_latent: int | None = None, key: str = "") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def memory(self, now_latent: int | None = None,
+               key: PartKey = PartKey()) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """All cached memory tokens ``[M, D]`` of ``key`` (float32, CPU) and their positions ``[M, 3]`` with time
         relative to ``now_latent`` (default: the end of the history, i.e. the next segment starts at time 0).
         Returns ``(None, None)`` when nothing is encoded yet."""
@@ -246,3 +295,11 @@ class HistoryBuffer:
             parts.append(seg.latent[:, -need:])
             need -= parts[-1].shape[1]
         return torch.cat(parts[::-1], dim=1) if parts else None
+
+
+def to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """IMAGE frames (float 0..1, any shape) as uint8 0..255 (rounded, clamped); uint8 input is returned as is.
+    The one float->uint8 conversion of the pack (4x less RAM for kept frames)."""
+    if frames.dtype == torch.uint8:
+        return frames
+    return (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)

@@ -8,12 +8,16 @@ Text format (one shot per line; blank lines and lines starting with ``#`` are ig
 ``seconds | prompt``: the shot lasts ``seconds`` and its prompt conditions every segment whose middle falls
 inside it (the prompt nearest the current time, arXiv 2512.23851 Sec. 4).
 
-Segment arithmetic for a causal video VAE with temporal stride ``ft`` (4 for Wan): a segment of ``T`` latent
-frames is generated and decoded on its own and stands for ``ft * (T - 1) + 1`` video frames.
+Segment arithmetic for a causal video VAE with temporal stride ``ft`` (4 for Wan): the storyboard is *one*
+continuous latent stream (arXiv 2512.23851 Sec. 4). The stream's first segment of ``T`` latent frames stands for
+``ft * (T - 1) + 1`` video frames (the causal first latent is one frame); every later segment continues the stream
+and stands for ``ft * T`` frames (Wan, T = 4: 13 frames, then 16 per segment, i.e. exactly 1 s at 16 fps).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -64,42 +68,76 @@ def parse_storyboard(text: str) -> list[Shot]:
     return shots
 
 
-def segment_frames(latent_frames: int, vae_time_stride: int = 4) -> int:
-    """Video frames of a segment of ``latent_frames`` latent frames decoded on its own (causal VAE)."""
+def segment_frames(latent_frames: int, vae_time_stride: int = 4, stream_start: bool = True) -> int:
+    """Video frames of a segment of ``latent_frames`` latent frames: ``ft * (T - 1) + 1`` when it starts the
+    stream, ``ft * T`` when it continues it. Raises ValueError for T < 1."""
     if latent_frames < 1:
         raise ValueError(f"a segment needs at least 1 latent frame, got {latent_frames}")
-    return vae_time_stride * (latent_frames - 1) + 1
+    return vae_time_stride * latent_frames - (vae_time_stride - 1 if stream_start else 0)
 
 
-def plan_segments(shots: list[Shot], fps: float, latent_frames: int, vae_time_stride: int = 4) -> list[SegmentPlan]:
-    """Split the storyboard into segments of ``latent_frames`` latent frames.
+def plan_segments(shots: list[Shot], fps: float, latent_frames: int, vae_time_stride: int = 4,
+                  continues: bool = False) -> list[SegmentPlan]:
+    """Split the storyboard into segments of ``latent_frames`` latent frames of one continuous stream.
 
-    The number of segments is ``max(1, round(total_seconds * fps / frames_per_segment))``; each segment's shot is
-    the one containing the segment's middle time (the last shot past the end).
+    ``continues``: the storyboard continues a history (its first segment continues that stream, else it starts a
+    new one). The number of segments is the one whose frames come closest to ``total_seconds * fps`` (at least 1);
+    each segment's shot is the one containing the segment's middle time (the last shot past the end).
+
+    Raises:
+        ValueError: ``fps`` is not positive.
     """
-    if fps <= 0:
+    if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    frames = segment_frames(latent_frames, vae_time_stride)
+    ft = vae_time_stride
+    per = segment_frames(latent_frames, ft, stream_start=False)
+    lead = 0 if continues else ft - 1  # the stream's first segment is this many frames short
     total = sum(s.duration_s for s in shots)
-    count = max(1, round(total * fps / frames))
-    plans = []
+    count = max(1, round((total * fps + lead) / per))
+    plans, start = [], 0
     for k in range(count):
-        mid = (k * frames + frames / 2) / fps
+        frames = per - (lead if k == 0 else 0)
+        mid = (start + frames / 2) / fps
         shot = next((s.index for s in shots if s.start_s <= mid < s.start_s + s.duration_s), shots[-1].index)
-        plans.append(SegmentPlan(k, shot, k * frames, frames, latent_frames))
+        plans.append(SegmentPlan(k, shot, start, frames, latent_frames))
+        start += frames
     return plans
 
 
-def split_clip(num_frames: int, frames_per_segment: int) -> tuple[int, int]:
-    """How a starting clip of ``num_frames`` frames becomes history segments: returns ``(skip, count)``:
-    the first ``skip`` frames are dropped so that the most recent ``count`` whole segments are kept.
+def split_clip(num_frames: int, latent_frames: int, vae_time_stride: int = 4) -> tuple[int, int]:
+    """How a starting clip of ``num_frames`` frames becomes history segments of one stream: returns
+    ``(skip, count)``: the first ``skip`` frames are dropped so that the most recent ``count`` whole segments are
+    kept (the first starts the stream: ``ft * (T - 1) + 1`` frames, the others ``ft * T``).
 
     Raises:
         ValueError: the clip is shorter than one segment.
     """
-    count = num_frames // frames_per_segment
-    if count < 1:
+    first = segment_frames(latent_frames, vae_time_stride, stream_start=True)
+    per = segment_frames(latent_frames, vae_time_stride, stream_start=False)
+    if num_frames < first:
         raise ValueError(
-            f"the starting clip has {num_frames} frames but one history segment needs {frames_per_segment}; "
+            f"the starting clip has {num_frames} frames but one history segment needs {first}; "
             "give a longer clip or fewer latent frames per segment")
-    return num_frames - count * frames_per_segment, count
+    count = 1 + (num_frames - first) // per
+    return num_frames - (first + per * (count - 1)), count
+
+
+def seam_ratios(frames: torch.Tensor, starts: list[int]) -> dict:
+    """Visible seams at segment joins: for each boundary ``s`` in ``starts`` (the first frame of a segment, > 0), the
+    mean absolute pixel difference between frames ``s - 1`` and ``s``, divided by the mean absolute difference between
+    consecutive frames *inside* segments (1.0 = a join moves no more than the video does anyway).
+
+    Args:
+        frames: ``[F, H, W, 3]`` float 0..1 or uint8. starts: first frame of every segment after the first.
+    Returns:
+        ``{"per_boundary": [ratio, ...], "mean": mean ratio or None, "inside_mean_abs": denominator (0..1 units)}``.
+    """
+    x = frames.float() / (255.0 if frames.dtype == torch.uint8 else 1.0)
+    diffs = (x[1:] - x[:-1]).abs().mean(dim=(1, 2, 3))  # [F - 1]: diffs[i] = |frame i+1 - frame i|
+    joins = [s for s in starts if 0 < s < x.shape[0]]
+    inside = [float(d) for i, d in enumerate(diffs) if i + 1 not in joins]
+    base = sum(inside) / len(inside) if inside else 0.0
+    ratios = [round(float(diffs[s - 1]) / base, 4) if base > 0 else None for s in joins]
+    valid = [r for r in ratios if r is not None]
+    return {"per_boundary": ratios, "mean": round(sum(valid) / len(valid), 4) if valid else None,
+            "inside_mean_abs": round(base, 6)}

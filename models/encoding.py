@@ -1,23 +1,23 @@
 """The history encoder under ComfyUI's memory management, and encoding of history segments.
 
 - :class:`MemoryEncoder` is what the ``MEMORY_ENCODER`` socket carries: a config plus weights (or none, for the
-  untrained LR-branch-only encoder). Its HR branch is built from ``comfy.ops.manual_cast`` layers and wrapped
-  in a model patcher, so ComfyUI loads and offloads it like any model.
-- :func:`encode_pending` encodes the new segments of a :class:`~memory.history.HistoryBuffer`:
-  LR branch = pixel downsample -> the DiT's own VAE -> the DiT's own ``patch_embedding``;
-  HR branch = the encoder's convolutions on the full-resolution latent; summed (arXiv 2512.23851 Sec. 3).
+  untrained LR-branch-only encoder). Its :class:`~memory.encoder.HistoryEncoder` (Fig. 2 of arXiv 2512.23851, the
+  one module training uses too) is built from ``comfy.ops.manual_cast`` layers and wrapped in a model patcher, so
+  ComfyUI loads and offloads it like any model.
+- :func:`encode_pending` encodes the new segments of a :class:`~memory.history.HistoryBuffer`: the LR latent
+  (:func:`memory.encoder.lr_clip` of the frames through the DiT's own VAE, continuing the history's LR stream:
+  :class:`models.vae_stream.VideoStream`), then Fig. 2 with the DiT's own patch embedding as the LR branch's first
+  projection.
 
-Add-ons of arXiv 2512.23851, both off by default:
+Add-ons of arXiv 2512.23851, all off by default, all trained by ``training/`` like the encoder itself:
 
 - **Several encoders concatenated** (e.g. 4x4x2 + 2x2x8): :class:`MultiEncoder` combines encoders; the history
-  latents are shared, each encoder caches its own tokens in the :class:`~memory.history.HistoryBuffer` under its own
-  key (:func:`part_key`) and groups segments by its own time rate; the memory is the concatenation of every
-  encoder's tokens, each at its own positions. Code takes ``encoder.parts`` (``[self]`` for a single encoder).
-- **Cross-attention** (``EncoderConfig.cross_attention``): :func:`memory_hidden` gathers the HR branch's last hidden
-  states of the history, which travel as a third model cond (``models/conds.py``); :func:`install_cross_attention`
-  hands the encoder's per-block layers to the block patches of the Wan (``models/wan.py``: one layer per block) and
-  HunyuanVideo (``models/hunyuan.py``: one per double and per single block) adapters. At most one encoder of a
-  combination may have it.
+  latents are shared, each encoder caches its own tokens under its own :class:`~memory.history.PartKey` and groups
+  segments by its own time rate; the memory is the concatenation of every encoder's tokens, each at its own
+  positions. Code takes ``encoder.parts`` (``[self]`` for a single encoder).
+- **Overlap window** (``EncoderConfig.overlap_latent_frames``): :func:`next_memory` adds the last latent frames
+  uncompressed (:func:`memory.encoder.overlap_window`).
+- **Cross-attention**: :mod:`models.cross_attention`.
 """
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ import comfy.model_patcher
 import comfy.ops
 
 from ..memory.config import EncoderConfig
-from ..memory.encoder import HistoryEncoder, combine_branches, lr_frames
-from ..memory.grid import memory_grid, memory_positions
-from ..memory.history import HistoryBuffer, HistorySegment
+from ..memory.encoder import HistoryEncoder, lr_clip, overlap_window
+from ..memory.grid import memory_positions
+from ..memory.history import HistoryBuffer, PartKey
 from ..memory.io import load_encoder_file
 from . import families, hunyuan, wan
-from .conds import CROSS_KEY
+from .vae_stream import VideoStream
 
 log = logging.getLogger("FrameMemory")
 UNTRAINED = "untrained (LR branch only)"
@@ -86,6 +86,9 @@ class MemoryEncoder:
         width = families.model_width(model)
         expect = {"family": adapter.FAMILY, "dim": width, "latent_channels": adapter.LATENT_CHANNELS,
                   "vae_stride": tuple(adapter.VAE_STRIDE), "patch_size": tuple(adapter.PATCH_SIZE)}
+        if self.cfg.memory_timestep != "zero" and adapter.FAMILY != "wan21":
+            raise ValueError(f"memory encoder '{self.name}' gives its memory tokens the {self.cfg.memory_timestep!r} "
+                             f"timestep, which only Wan 2.1 supports; {adapter.FAMILY} needs 'zero'")
         if self.cfg.dim == 0:
             return dataclasses.replace(self.cfg, **expect)
         if self.cfg.cross_attention:
@@ -104,8 +107,9 @@ class MemoryEncoder:
                 "trained for this model (width 1536 = Wan 2.1 1.3B, 5120 = Wan 2.1 14B, 3072 = Wan 2.2 5B and HunyuanVideo).")
         return self.cfg
 
-    def patcher(self, model):
-        """The encoder as a ComfyUI model patcher (CoreModelPatcher when present), built once per width."""
+    def network(self, model) -> tuple[HistoryEncoder, object | None]:
+        """``(net, patcher)``: the Fig. 2 encoder for ``model`` and its model patcher (CoreModelPatcher when present),
+        built once per width; ``patcher`` is None for an encoder without weights (LR branch only)."""
         cfg = self.check(model)
         if cfg.dim not in self._patchers:
             net = HistoryEncoder(cfg, ops=comfy.ops.manual_cast)
@@ -116,44 +120,66 @@ class MemoryEncoder:
                         f"memory encoder '{self.name}' does not fit its own config: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
             net.eval().requires_grad_(False)
-            cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-            self._patchers[cfg.dim] = cls(
-                net, load_device=comfy.model_management.get_torch_device(),
-                offload_device=comfy.model_management.unet_offload_device())
+            patcher = None
+            if any(True for _ in net.parameters()):
+                cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+                patcher = cls(net, load_device=comfy.model_management.get_torch_device(),
+                              offload_device=comfy.model_management.unet_offload_device())
+            self._patchers[cfg.dim] = (net, patcher)
         return self._patchers[cfg.dim]
 
+    def patcher(self, model):
+        """The encoder's model patcher for ``model`` (None without weights); see :meth:`network`."""
+        return self.network(model)[1]
 
-def encode_segment(model, vae, encoder: MemoryEncoder, seg: HistorySegment) -> tuple[torch.Tensor, ...]:
-    """Memory tokens of one history segment.
 
+def encode_segment(model, encoder: MemoryEncoder, latent: torch.Tensor,
+                   lr_latent: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Memory tokens of one span of history: Fig. 2 (:class:`~memory.encoder.HistoryEncoder`) with the DiT's own
+    patch embedding (``families.patch_embed``, LoRAs applied) as the LR branch's first projection.
+
+    Args:
+        latent: ``[C, T, h, w]`` VAE-space latent of the span (T a multiple of the encoder's ``rt``).
+        lr_latent: ``[C, Tm, h', w']`` VAE-space LR latent of the span (:func:`lr_encoder`), or None without an LR
+            branch.
     Returns:
-        tokens ``[M, D]`` float32 CPU, positions ``[M, 3]`` float32 (t relative to the segment's first latent), and
+        tokens ``[M, D]`` float32 CPU, positions ``[M, 3]`` float32 (t relative to the span's first latent), and
         with the cross-attention add-on the HR branch's last hidden states ``[M, hr_channels[-1]]`` float32 CPU.
     Raises:
-        ValueError: encoder/DiT width mismatch or a segment too small for one memory token.
+        ValueError: encoder/DiT width mismatch, a span too small for one memory token, or a missing LR latent.
     """
     cfg = encoder.check(model)
-    hr = lr = hidden = None
-    if cfg.use_lr:
-        pixels = lr_frames(seg.frames.float() / 255.0, seg.latent_frames, cfg)
-        lr_latent = vae.encode(pixels)  # [1, C, T // rt, h', w']
-        lr = families.patch_embed(model, model.model.process_latent_in(lr_latent.float().cpu()))
-    if cfg.use_hr:
-        patcher = encoder.patcher(model)
-        latent_in = model.model.process_latent_in(seg.latent[None].float())  # [1, C, T, h, w] model space
+    net, patcher = encoder.network(model)
+    to_model = model.model.process_latent_in
+    lr_in = to_model(lr_latent[None].float()) if cfg.use_lr and lr_latent is not None else None
+    device = torch.device("cpu")
+    if patcher is not None:
         comfy.model_management.load_models_gpu([patcher])
-        net = patcher.model
-        with torch.no_grad():
-            hr, hidden = net(latent_in.to(patcher.load_device), with_hidden=True)
-        hr = hr.float().cpu()
-    tokens = combine_branches(hr, lr)[0]
-    grid = memory_grid(tuple(seg.latent.shape[1:]), cfg)
-    if tokens.shape[0] != grid[0] * grid[1] * grid[2]:
-        raise RuntimeError(f"LR branch grid does not match the memory grid {grid}: got {tokens.shape[0]} tokens")
+        device = patcher.load_device
+    with torch.no_grad():
+        tokens, hidden = net(to_model(latent[None].float()).to(device), lr_in,
+                             embed=lambda z: families.patch_embed(model, z))  # [1, M, D], [1, M, Ch] or None
+    grid = net.grid(latent[None])
     positions = memory_positions(grid, cfg, t_start=0.0)
-    if cfg.cross_attention:
-        return tokens, positions, hidden[0].flatten(1).T.float().cpu()  # [Ch, Tm, Hm, Wm] -> [M, Ch]
-    return tokens, positions
+    out = (tokens[0].float().cpu(), positions)
+    return out + (hidden[0].float().cpu(),) if cfg.cross_attention else out
+
+
+def lr_encoder(vae, cfg: EncoderConfig, stream: VideoStream):
+    """``(frames [F, H, W, 3] 0..1, stream_start) -> LR latent [C, Tm, h', w']`` (VAE space, CPU): the LR branch's
+    pixel downsample (:func:`memory.encoder.lr_clip`) through the DiT's VAE as the next part of ``stream`` (restarted
+    at a span that starts a new VAE stream).
+
+    Raises (when called): ValueError when a span continues a stream that never started (spans out of order)."""
+
+    def encode(frames: torch.Tensor, stream_start: bool) -> torch.Tensor:
+        if stream_start:
+            stream.reset()
+        elif not stream.started:
+            raise ValueError("the LR stream is out of step with the history (a span continues a stream never started)")
+        return stream.encode(lr_clip(frames, cfg, stream_start))[0]
+
+    return encode
 
 
 class MultiEncoder:
@@ -185,164 +211,63 @@ class MultiEncoder:
         return [p.check(model) for p in self._parts]
 
 
-def part_key(index: int, expert: int = 0) -> str:
-    """HistoryBuffer key of the ``index``-th encoder of a combination (``""`` for the first: a single encoder's), for
-    the ``expert``-th DiT of a sampling schedule (0: the only or first model; 1: the Wan 2.2 A14B low-noise expert,
-    whose LR branch goes through its own patch embedding: ``"expert1:"``, ``"expert1:1"``, ...)."""
-    key = "" if index == 0 else str(index)
-    return key if expert == 0 else f"expert{expert}:{key}"
-
-
 def rate_str(model, encoder) -> str:
     """The rates of an encoder or combination, e.g. ``"4x4x2"`` or ``"4x4x2+2x2x8"``."""
     return "+".join(p.check(model).rate_str for p in encoder.parts)
 
 
-def encode_pending(model, vae, encoder, history: HistoryBuffer, expert: int = 0, drop_frames: bool = True) -> int:
+def time_unit(cfg: EncoderConfig) -> int:
+    """Latent frames per memory time step (``pt * rt``): segments are encoded in groups of whole steps."""
+    return cfg.patch_size[0] * cfg.rate[2]
+
+
+def encode_pending(model, vae, encoder, history: HistoryBuffer, expert: int = 0) -> int:
     """Encode the segments of ``history`` that have no memory tokens yet (in place), for every encoder of
     ``encoder`` (a MemoryEncoder or MultiEncoder), each grouped by its own time rate, under the keys of ``expert``
-    (:func:`part_key`). Pixels of the encoded segments are dropped unless ``drop_frames`` is False (another expert
-    still needs them: :func:`encode_pending_experts`). Returns how many segments the busiest encoder encoded.
-    Raises ValueError like :meth:`HistoryBuffer.encode_pending`."""
-    parts = encoder.parts
-    keys = [part_key(i, expert) for i in range(len(parts))]
-    n = 0
-    for key, part in zip(keys, parts):
-        unit = part.check(model).rate[2]
-        n = max(n, history.encode_pending(lambda seg, p=part: encode_segment(model, vae, p, seg), unit=unit,
-                                          key=key, keep_frames=True))
-    if drop_frames:
-        history.drop_frames(keys)
+    (:class:`~memory.history.PartKey`): first the LR latents still missing (``vae``; continuing each encoder's LR
+    stream), then the tokens. Pixels are dropped once every encoder's LR latent covers them. Returns how many
+    segments the busiest encoder encoded.
+
+    Raises:
+        ValueError: like :meth:`HistoryBuffer.encode_lr_pending`, or LR latents are missing and ``vae`` is None.
+    """
+    n, with_lr = 0, []
+    for i, part in enumerate(encoder.parts):
+        cfg = part.check(model)
+        if cfg.use_lr:
+            with_lr.append(i)
+            if vae is None and history.lr_streams.get(i) is None:
+                raise ValueError("encoding history for the LR branch needs the VAE")
+            stream = history.lr_streams.setdefault(i, VideoStream(vae, "encode", time_stride=cfg.vae_stride[0]))
+            history.encode_lr_pending(i, time_unit(cfg), lr_encoder(vae, cfg, stream))
+        n = max(n, history.encode_pending(lambda lat, lr, p=part: encode_segment(model, p, lat, lr),
+                                          unit=time_unit(cfg), key=PartKey(i, expert)))
+    history.drop_frames(with_lr)
     return n
 
 
 def next_memory(model, encoder, history: HistoryBuffer,
                 expert: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Memory for the segment that follows ``history``: ``(tokens [M, D], positions [M, 3])``, time relative to the
-    end of the history, or ``(None, None)``; ``model`` is the ``expert``-th DiT of the schedule (:func:`part_key`).
+    end of the history, or ``(None, None)``; ``model`` is the ``expert``-th DiT of the schedule.
 
     The encoded history tokens of every encoder of ``encoder`` (a MemoryEncoder or MultiEncoder, concatenated in
     order), plus, with the add-on ``overlap_latent_frames = N`` (arXiv 2512.23851's sliding window of 3 latent
-    frames; the largest N of a combination, added once), the last N latent frames uncompressed: the DiT's own patch
-    embedding of their model-space latent at rate 1x1x1, at their original times -N .. -1.
+    frames; the largest N of a combination, added once), the last N latent frames uncompressed
+    (:func:`memory.encoder.overlap_window` through the DiT's own patch embedding, at times -N .. -1).
     """
     cfgs = [p.check(model) for p in encoder.parts]
-    parts = [history.memory(key=part_key(i, expert)) for i in range(len(cfgs))]
+    parts = [history.memory(key=PartKey(i, expert)) for i in range(len(cfgs))]
     parts = [p for p in parts if p[0] is not None]  # a slow encoder (e.g. 2x2x8) may have nothing yet
     tokens, positions = parts[0] if len(parts) == 1 else (None, None)  # one encoder: the cache view, no copy
     if len(parts) > 1:
         tokens, positions = (torch.cat(p) for p in zip(*parts))  # [M_1 + M_2 + ..., D], [M_1 + M_2 + ..., 3]
     cfg = max(cfgs, key=lambda c: c.overlap_latent_frames)  # one window, the longest asked for
-    n = cfg.overlap_latent_frames
-    last = history.last_latents(n) if n else None
+    last = history.last_latents(cfg.overlap_latent_frames) if cfg.overlap_latent_frames else None
     if last is None:
         return tokens, positions
-    emb = families.patch_embed(model, model.model.process_latent_in(last[None].float()))  # [1, D, n, Ht, Wt]
-    window = emb[0].flatten(1).T  # [n * Ht * Wt, D]
-    grid = tuple(emb.shape[2:])
-    pos = memory_positions(grid, dataclasses.replace(cfg, rate=(1, 1, 1)), t_start=-float(last.shape[1]))
+    window, pos = overlap_window(lambda z: families.patch_embed(model, z),
+                                 model.model.process_latent_in(last[None].float()), cfg)  # [1, N*Ht*Wt, D]
     if tokens is None:
-        return window, pos
-    return torch.cat([tokens, window], dim=0), torch.cat([positions, pos], dim=0)
-
-
-def cross_attention_part(encoder) -> tuple[int, MemoryEncoder] | None:
-    """``(index, encoder)`` of the encoder with the cross-attention add-on in ``encoder.parts``, or None."""
-    for i, part in enumerate(encoder.parts):
-        if part.cfg.cross_attention:
-            return i, part
-    return None
-
-
-def memory_hidden(model, encoder, history: HistoryBuffer) -> torch.Tensor | None:
-    """Keys of the cross-attention add-on for the segment after ``history``: the HR branch's last hidden states of
-    every encoded segment, ``[M_h, hr_channels[-1]]`` float32 CPU (M_h = that encoder's memory tokens, without the
-    overlap window), or None without the add-on or before anything is encoded."""
-    found = cross_attention_part(encoder)
-    if found is None:
-        return None
-    found[1].check(model)
-    parts = history.gather(part_key(found[0]))
-    return None if parts is None else parts[2]
-
-
-def install_cross_attention(patched, encoder) -> None:
-    """Hand the cross-attention layers of ``encoder`` (if it has the add-on) to the memory block patches of
-    ``patched`` (a clone from ``families.patch_model``): they go into its ``transformer_options`` (``dit_blocks``
-    ``MemoryCrossAttention`` modules, layer ``i`` after counted block ``i``) and the encoder's model patcher is loaded
-    and offloaded with the DiT (``set_additional_models``). No-op without the add-on.
-
-    Raises:
-        NotImplementedError: the model is not of a family in CROSS_ATTENTION_FAMILIES. ValueError: see ``check``.
-    """
-    found = cross_attention_part(encoder)
-    if found is None:
-        return
-    patcher = found[1].patcher(patched)
-    patched.set_additional_models(CROSS_KEY, [patcher])
-    patched.model_options.setdefault("transformer_options", {})[CROSS_KEY] = patcher.model.cross
-
-
-# ---- Several DiTs in one sampling schedule (Wan 2.2 A14B: high-noise expert, then low-noise expert) -----------
-# The experts share the history, its latents and the encoder (HR branch weights); the LR branch goes through each
-# expert's own patch embedding, so each expert caches its own memory tokens under its own keys (part_key(i, e)).
-# Every expert encodes each new segment once (incremental, as for one model); the pixels are dropped only when
-# all experts have encoded them.
-
-def expert_keys(encoder, expert: int = 0) -> list[str]:
-    """HistoryBuffer keys of every encoder of ``encoder`` (MemoryEncoder or MultiEncoder) for the ``expert``-th DiT."""
-    return [part_key(i, expert) for i in range(len(encoder.parts))]
-
-
-def memory_token_count(history: HistoryBuffer, encoder, expert: int = 0) -> int:
-    """Memory tokens cached for one expert (every encoder of ``encoder``), without the overlap window: what one DiT
-    of the schedule attends to. ``history.num_tokens`` counts every expert's copy."""
-    keys = expert_keys(encoder, expert)
-    return sum(int(s.encoded[k][0].shape[0]) for s in history.segments for k in keys if k in s.encoded)
-
-
-def restore_frames(vae, encoder, history: HistoryBuffer, experts: int) -> int:
-    """Give pixels back to history segments that the first expert has encoded but a later one (of ``experts``) has
-    not, e.g. a memory made with one model (Encode History, a one-model Storyboard) continued with a Wan 2.2 A14B
-    pair: their dropped frames are decoded again from the kept latent with ``vae`` (for generated segments these are
-    the frames they were decoded to; for a starting clip, its VAE reconstruction). In place, once per segment (the
-    pixels are dropped again once every expert has encoded them). Returns the number of segments decoded.
-
-    Raises:
-        ValueError: a decoded segment does not have the number of frames it stands for.
-    """
-    first = set(expert_keys(encoder))
-    every = {k for e in range(experts) for k in expert_keys(encoder, e)}
-    n = 0
-    for i, seg in enumerate(history.segments):
-        have = seg.encoded.keys()
-        if seg.frames is not None or not first <= have or every <= have:
-            continue
-        images = vae.decode(seg.latent[None])
-        images = images.reshape(-1, *images.shape[-3:])  # [F, H, W, 3]
-        if images.shape[0] != seg.num_frames:
-            raise ValueError(f"history segment {i} decodes to {images.shape[0]} frames, expected {seg.num_frames}")
-        frames = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        history.segments[i] = dataclasses.replace(seg, frames=frames)
-        n += 1
-    if n:
-        log.info("FrameMemory: decoded %d history segments again to encode them for the next expert's patch embedding", n)
-    return n
-
-
-def encode_pending_experts(models: list, vae, encoder, history: HistoryBuffer) -> int:
-    """:func:`encode_pending` for every DiT of a sampling schedule (``models[e]`` caches its tokens under the keys of
-    expert ``e``); with one model exactly :func:`encode_pending`. The last expert is encoded first: it is the one
-    still loaded after sampling, and the first one, needed next, ends up loaded. Segments encoded by the first expert
-    only get their pixels back first (:func:`restore_frames`). Returns how many segments the busiest expert encoded.
-
-    Raises:
-        ValueError: like :meth:`HistoryBuffer.encode_pending` and :func:`restore_frames`.
-    """
-    if len(models) > 1:
-        restore_frames(vae, encoder, history, len(models))
-    n = 0
-    for e in reversed(range(len(models))):
-        n = max(n, encode_pending(models[e], vae, encoder, history, expert=e, drop_frames=False))
-    history.drop_frames([k for e in range(len(models)) for k in expert_keys(encoder, e)])
-    return n
+        return window[0], pos
+    return torch.cat([tokens, window[0].to(tokens)], dim=0), torch.cat([positions, pos], dim=0)

@@ -2,7 +2,7 @@
 
 Each family module (``wan.py`` Wan 2.1 T2V/I2V, ``wan22.py`` Wan 2.2 TI2V 5B, ``hunyuan.py`` HunyuanVideo) provides: ``FAMILY``, ``LATENT_CHANNELS``,
 ``VAE_STRIDE``, ``PATCH_SIZE``, ``matches(dm)``, ``width(dm)``, ``patch_embed(dm, latent)`` and
-``install(model_patcher, dm)``.
+``install(model_patcher, dm, memory_t0)``.
 """
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ def patch_embed(model, latent):
     return adapter.patch_embed(diffusion_model(model), latent.to(model.load_device))
 
 
-def patch_model(model):
+def patch_model(model, memory_t0: bool = True):
     """Clone a MODEL and install memory attention (idempotent). Without memory in the conditioning the
-    model's output is unchanged. Raises TypeError for unsupported families."""
+    model's output is unchanged. ``memory_t0``: memory tokens at timestep 0 (``EncoderConfig.memory_timestep``).
+    Raises TypeError for unsupported families, ValueError for ``memory_t0`` False outside Wan 2.1."""
     adapter = adapter_for(model)
     m = model.clone()
-    adapter.install(m, diffusion_model(model))
+    adapter.install(m, diffusion_model(model), memory_t0=memory_t0)
     return m

@@ -23,7 +23,7 @@ on every double and single block carry the memory tokens through ComfyUI's own `
   starts at time 0 of a longer video (tests/test_hunyuan_adapter.py checks this equivalence).
 
 Cross-attention add-on (``EncoderConfig.cross_attention``, arXiv 2512.23851 "cross-attention from the encoder's last
-hidden states into every DiT block"), with the Wan adapter's helpers (``wan.cross_layers``, ``wan.cross_attend``):
+hidden states into every DiT block"), with the Wan adapter's helpers (``cross_attention.cross_layers``, ``cross_attention.cross_attend``):
 
 - **Block count.** Every double and every single block gets a layer: ``dit_blocks = len(double_blocks) +
   len(single_blocks)`` (:func:`cross_blocks`; HunyuanVideo 13B: 20 + 40 = 60, the tiny test model 2 + 2 = 4).
@@ -48,7 +48,7 @@ import comfy.patcher_extension
 from comfy.ldm.flux.layers import timestep_embedding
 
 from .conds import CROSS_KEY, PATCH_KEY, pop_hidden, pop_memory
-from .wan import cross_attend, cross_layers
+from .cross_attention import cross_attend, cross_layers
 
 FAMILY = "hunyuan_video"
 LATENT_CHANNELS = 16
@@ -182,8 +182,11 @@ def _diffusion_wrapper(executor, x, timestep, context, y=None, txt_byt5=None, cl
                     ref_latent, disable_time_r, control, transformer_options, **kwargs)
 
 
-def install(model, dm) -> None:
-    """Install the memory wrapper and per-block patches on ``model`` (a clone; replaces earlier ones)."""
+def install(model, dm, memory_t0: bool = True) -> None:
+    """Install the memory wrapper and per-block patches on ``model`` (a clone; replaces earlier ones); memory tokens
+    are modulated at timestep 0. Raises ValueError for ``memory_t0`` False (the "shared" ablation is Wan 2.1 only)."""
+    if not memory_t0:
+        raise ValueError("HunyuanVideo memory tokens always get timestep 0 (memory_timestep 'zero')")
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY, _diffusion_wrapper)
     doubles, singles = len(dm.double_blocks), len(dm.single_blocks)

@@ -19,11 +19,13 @@ Timestep of the memory tokens. Wan modulates every token with ``vec = e0`` ``[B,
 timestep per sample; ``L = T``: one per latent frame, Wan 2.2's per-token timesteps, expanded to the tokens by
 ``repeat_e``, which repeats each row ``N // L`` times).
 
-- Wan 2.1 (a shared timestep, ``L = 1``): memory tokens get the sampling timestep like every token (the model
-  was trained with one timestep per sample); ``vec`` is passed unchanged.
-- Per-token timesteps (Wan 2.2 TI2V 5B always, as its clean first frame is trained at timestep 0; any Wan whose
-  ``vec`` has ``L > 1``): memory tokens get the modulation of timestep 0, computed with the model's own
-  ``time_embedding`` / ``time_projection``, as Wan 2.2 S2V does for its motion frames. ``vec`` is extended to
+One rule for every family (``EncoderConfig.memory_timestep = "zero"``, the default): memory tokens are *clean*
+context (arXiv 2512.23851: "extra, clean context tokens"), so they get the modulation of timestep 0, computed with
+the model's own ``time_embedding`` / ``time_projection``, exactly as Wan 2.2 S2V gives its packed motion frames
+timestep 0 and as the HunyuanVideo adapter modulates them; Wan 2.2 TI2V 5B's clean first frame is trained the same
+way. The ablation ``"shared"`` (Wan 2.1 only; ``install(memory_t0=False)``) gives them the video tokens' sampling
+timestep when the sampler passes one timestep per sample (``L = 1``; ``vec`` unchanged); the reproduction measures
+both (benchmarks/README.md). With per-token timesteps (``L > 1``) memory tokens always get timestep 0. ``vec`` is extended to
   ``(N + M) / r`` rows (``r`` = gcd of the video tokens per row and M) so that ``repeat_e`` repeats every row
   exactly ``r`` times: video rows keep their own timestep, memory rows timestep 0. It is built once per forward
   and used by every block. The head gets the model's own per-frame ``e``, never this ``vec``, and only video
@@ -51,6 +53,7 @@ import torch
 import comfy.patcher_extension
 
 from .conds import CROSS_KEY, PATCH_KEY, pop_hidden, pop_memory
+from .cross_attention import cross_attend, cross_layers
 
 FAMILY = "wan21"
 LATENT_CHANNELS = 16
@@ -152,9 +155,9 @@ def memory_vec(dm, vec: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return torch.cat([video, zero.expand(vec.shape[0], m // r, -1, -1)], dim=1)
 
 
-def _block_patch(index: int, count: int, memory_t0: bool = False):
-    """Replacement for block ``index`` of ``count``. ``memory_t0``: memory tokens always get timestep 0 (Wan 2.2
-    5B); otherwise only when the model is running with per-token timesteps (``vec`` with more than one row)."""
+def _block_patch(index: int, count: int, memory_t0: bool = True):
+    """Replacement for block ``index`` of ``count``. ``memory_t0``: memory tokens always get timestep 0 (the rule,
+    module docstring); False (the "shared" ablation): only when the model runs with per-token timesteps."""
 
     def patch(args: dict, extra: dict) -> dict:
         mem = args["transformer_options"].get(PATCH_KEY)
@@ -186,45 +189,6 @@ def cross_blocks(dm) -> int:
     return len(dm.blocks)
 
 
-def cross_layers(layers, hidden: torch.Tensor, blocks: int, width: int):
-    """The encoder's cross-attention layers (``MemoryCrossAttention``, arXiv 2512.23851 add-on; from
-    ``transformer_options[CROSS_KEY]``), checked against a DiT with ``blocks`` counted blocks (the family's
-    ``cross_blocks``) of inner width ``width``, and its hidden states ``[B, M_h, Ch]``. Shared by the Wan and
-    HunyuanVideo adapters.
-
-    Returns:
-        ``layers`` (a sequence of ``blocks`` modules), unchanged.
-    Raises:
-        ValueError: no layers were installed, or their count, width or hidden width do not fit.
-    """
-    if layers is None:
-        raise ValueError("the conditioning carries memory hidden states (cross-attention add-on) but the model has no "
-                         "cross-attention layers: patch it with encoding.install_cross_attention (the Storyboard node does)")
-    first = layers[0]
-    dim, ctx = first.q.in_features, first.kv.in_features
-    if len(layers) != blocks or dim != width or ctx != hidden.shape[-1]:
-        raise ValueError(
-            f"the memory encoder's cross-attention layers ({len(layers)} blocks, width {dim}, hidden width {ctx}) "
-            f"do not fit this model ({blocks} blocks, width {width}) and hidden states ({hidden.shape[-1]})")
-    return layers
-
-
-def cross_attend(mem: dict, index: int, x: torch.Tensor, n: int) -> torch.Tensor:
-    """Cross-attention add-on after DiT block ``index``: the first ``n`` tokens of the block's output ``x``
-    ``[B, n + R, D]`` (the video tokens) go through layer ``mem["cross"][index]`` with keys/values from
-    ``mem["hidden"]`` ``[B, M_h, Ch]`` (cast to ``x``'s device and dtype); the other ``R`` tokens (memory, text) are
-    returned unchanged. Without ``mem["hidden"]`` returns ``x`` itself.
-
-    Returns:
-        ``[B, n + R, D]``, ``x``'s dtype.
-    """
-    hidden = mem.get("hidden")
-    if hidden is None:
-        return x
-    video = mem["cross"][index](x[:, :n], hidden.to(device=x.device, dtype=x.dtype))  # [B, n, D]
-    return torch.cat([video, x[:, n:]], dim=1)
-
-
 def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
     tokens, ids = pop_memory(kwargs, x.device)  # [B, M, D], [1, M, 3]
     hidden = pop_hidden(kwargs)  # [B, M_h, Ch] or None
@@ -238,9 +202,9 @@ def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_c
     return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 
 
-def install(model, dm, memory_t0: bool = False) -> None:
+def install(model, dm, memory_t0: bool = True) -> None:
     """Install the memory wrapper and per-block patches on ``model`` (a clone; replaces earlier ones).
-    ``memory_t0``: give memory tokens timestep 0 even when the sampler passes one timestep per sample."""
+    ``memory_t0``: memory tokens at timestep 0 (the rule); False: the "shared" ablation (module docstring)."""
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY, _diffusion_wrapper)
     count = len(dm.blocks)

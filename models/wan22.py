@@ -28,6 +28,9 @@ def matches(dm) -> bool:
             and dm.patch_embedding.in_channels == LATENT_CHANNELS)
 
 
-def install(model, dm) -> None:
-    """Install the memory wrapper and per-block patches (memory tokens at timestep 0) on ``model`` (a clone)."""
+def install(model, dm, memory_t0: bool = True) -> None:
+    """Install the memory wrapper and per-block patches (memory tokens at timestep 0) on ``model`` (a clone).
+    Raises ValueError for ``memory_t0`` False (the "shared" ablation is Wan 2.1 only)."""
+    if not memory_t0:
+        raise ValueError("Wan 2.2 TI2V 5B memory tokens always get timestep 0 (memory_timestep 'zero')")
     wan.install(model, dm, memory_t0=True)

@@ -5,11 +5,11 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..models.encoding import UNTRAINED, MemoryEncoder
-from ..models.storyboard import Memory, history_from_frames
+from ..models.storyboard import Memory, history_from_frames, size_multiple
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 FOLDER = "memory_encoders"
-EXPERTS = ("high noise / only model", "low noise (Wan 2.2 A14B)")  # index = encoding.part_key expert
+EXPERTS = ("high noise / only model", "low noise (Wan 2.2 A14B)")  # index = memory.history.PartKey.expert
 
 
 class LoadMemoryEncoder(io.ComfyNode):
@@ -46,7 +46,8 @@ class EncodeHistory(io.ComfyNode):
             display_name="Encode History",
             category=CATEGORY,
             description="Turns video frames into history and encodes it into memory tokens. Frames are center-cropped to "
-                        "a multiple of 16 pixels and cut into segments; the oldest frames that do not fill a segment are dropped.",
+                        "a multiple of the model's token size (16 px; 32 px for Wan 2.2 5B) and cut into the segments "
+                        "of one continuous video; the oldest frames that do not fill a segment are dropped.",
             inputs=[
                 io.Model.Input("model", tooltip="The Wan 2.1 model the memory is for (its patch embedding is the LR branch)."),
                 io.Vae.Input("vae", tooltip="The model's VAE."),
@@ -71,7 +72,8 @@ class EncodeHistory(io.ComfyNode):
         if memory is not None:
             width, height = memory.width, memory.height
         else:
-            width, height = images.shape[2] // 16 * 16, images.shape[1] // 16 * 16
+            mw, mh = size_multiple(model)  # 16 px (Wan 2.1, HunyuanVideo) or 32 px (Wan 2.2 5B)
+            width, height = images.shape[2] // mw * mw, images.shape[1] // mh * mh
         mem, _ = history_from_frames(model, vae, memory_encoder, images, segment_latent_frames, fps, width, height, memory)
         return io.NodeOutput(mem)
 
@@ -95,8 +97,8 @@ class ApplyMemory(io.ComfyNode):
                                        "expert, 'low noise' for the model of the second KSamplerAdvanced (its memory "
                                        "tokens come from its own patch embedding)."),
                 io.Vae.Input("vae", optional=True,
-                             tooltip="Needed only for 'low noise' when the memory was not encoded for that expert yet "
-                                     "(e.g. from Encode History): the history is decoded and encoded once more."),
+                             tooltip="Optional. Used only if the memory has history whose LR-branch latent is not "
+                                     "encoded yet; memories from Encode History and Storyboard never need it."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with memory attention installed."),

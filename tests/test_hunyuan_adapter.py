@@ -217,7 +217,7 @@ def test_storyboard_from_real_clip(loaded, media_dir):
     net = HistoryEncoder(cfg)
     net.reset_parameters(torch.Generator().manual_seed(2))
     with torch.no_grad():  # a random non-zero HR output, so both branches are exercised
-        net.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(3))
+        net.hr.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(3))
     encoder = MemoryEncoder(cfg, net.state_dict(), "tiny_hunyuan_encoder")
     with av.open(str(media_dir / "bikes.mp4")) as c:
         frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(7), c.decode(video=0))]
@@ -420,7 +420,7 @@ def test_cross_attention_hidden_states_incremental_equals_whole(loaded):
 
     net = _cross_net(seed=9, use_lr=False)
     with torch.no_grad():
-        net.proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(10))
+        net.hr.proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(10))
     encoder = MemoryEncoder(net.cfg, net.state_dict(), "hr_cross")
     latent = torch.randn(16, 8, 16, 16, generator=torch.Generator().manual_seed(11))  # 4 segments of rt = 2 frames
     reference = HistoryEncoder(net.cfg)

@@ -21,7 +21,7 @@ SMALL = dict(dim=32, hr_channels=(8, 16, 16, 32), attn_heads=4)
 
 def _randomise_proj(enc: HistoryEncoder, seed: int = 0) -> HistoryEncoder:
     with torch.no_grad():
-        enc.proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
+        enc.hr.proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
     return enc
 
 

@@ -74,4 +74,4 @@ def test_encoder_is_a_managed_model(files):
     mm.load_models_gpu([patcher])
     assert any(lm.model is patcher for lm in mm.current_loaded_models)
     assert all(p.device == patcher.load_device for p in patcher.model.parameters())
-    assert type(patcher.model.proj).__module__ == "comfy.ops"  # comfy.ops layers: streamable under low VRAM
+    assert type(patcher.model.hr.proj).__module__ == "comfy.ops"  # comfy.ops layers: streamable under low VRAM

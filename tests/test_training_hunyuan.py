@@ -67,7 +67,7 @@ def _step(dm, encoder, stages, loss_fn):
                    dm.double_blocks[1].txt_mlp[2].lora_B["default"].weight,
                    dm.single_blocks[1].linear2.lora_B["default"].weight):
         assert lora_b.grad is not None and lora_b.grad.abs().max() > 0
-    assert encoder.proj.weight.grad.abs().max() > 0  # through the memory tokens
+    assert encoder.hr.proj.weight.grad.abs().max() > 0  # through the memory tokens
     assert all(p.grad is None for n, p in dm.named_parameters() if "lora_" not in n)
     opt.step()
     _assert_only_lora_and_encoder_changed(dm, encoder, before)

@@ -29,7 +29,7 @@ def parts(comfy):
         enc = HistoryEncoder(tiny_encoder_config(rate))
         enc.reset_parameters(torch.Generator().manual_seed(1))
         with torch.no_grad():  # a non-zero output projection, so the HR branch matters from step 1
-            enc.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
+            enc.hr.proj.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
         return tiny_wan21_dit(seed=0), enc
 
     return fresh, loop

@@ -169,7 +169,7 @@ def test_one_step_changes_only_lora_and_encoder(setup):
     loss.backward()
     lora_b = dm.blocks[0].self_attn.q.lora_B["default"].weight
     assert lora_b.grad is not None and lora_b.grad.abs().max() > 0  # gradients reach LoRA through comfy layers
-    assert encoder.proj.weight.grad.abs().max() > 0  # and the encoder through the memory tokens
+    assert encoder.hr.proj.weight.grad.abs().max() > 0  # and the encoder through the memory tokens
     assert all(p.grad is None for n, p in dm.named_parameters() if "lora_" not in n)
     opt.step()
     params = dict(dm.named_parameters())

@@ -27,15 +27,14 @@ class LargePatchifier(nn.Module):
     """FramePack-style history encoder: one Conv3d, kernel = stride = DiT patch x rate (module docstring).
 
     A drop-in for :class:`memory.encoder.HistoryEncoder` in :func:`training.stages.encode_history`: ``.cfg`` is an
-    EncoderConfig with ``use_hr=True, use_lr=False`` and the same rate, and :meth:`forward` returns the same
-    ``[B, D, Tm, Hm, Wm]`` map on :func:`memory.grid.memory_grid` (``encode_history`` flattens it to tokens in
-    ``(t, h, w)`` order with :func:`memory.encoder.combine_branches`; :meth:`tokens` does the same here).
+    EncoderConfig with ``use_hr=True, use_lr=False`` and the same rate, :meth:`grid` and :meth:`forward` have its
+    call (``(tokens [B, M, D] in (t, h, w) order, None)``); :meth:`map` gives the ``[B, D, Tm, Hm, Wm]`` map.
 
     Args:
         cfg: rate, patch size, latent channels and width ``dim`` (> 0) are used; ``use_hr`` / ``use_lr`` are
             overridden to True / False (and ``cross_attention`` / ``dit_blocks`` to False / 0).
         patch_embedding: the DiT's ``Conv3d`` patch embedding (``[D, C, pt, ph, pw]`` weight) to initialise from,
-            or None for a Kaiming-uniform init (:meth:`reset_parameters`).
+            or None for a LeCun-uniform init (:meth:`reset_parameters`).
         generator: seeds that init (used only without ``patch_embedding``).
     The weights are created in torch's default dtype and device (move with ``.to``).
     Raises:
@@ -59,7 +58,7 @@ class LargePatchifier(nn.Module):
             self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Kaiming-uniform weight (bound ``sqrt(3 / fan_in)``, ``fan_in = C * kt * kh * kw``; seeded by
+        """LeCun-uniform weight (bound ``sqrt(3 / fan_in)``, ``fan_in = C * kt * kh * kw``; seeded by
         ``generator``), zero bias."""
         w = self.proj.weight
         bound = (3.0 / w[0].numel()) ** 0.5
@@ -87,9 +86,8 @@ class LargePatchifier(nn.Module):
             else:
                 self.proj.bias.zero_()
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        """``[B, C, T, h, w]`` model-space latent -> ``[B, D, Tm, Hm, Wm]`` on the memory grid (floored sizes: the
-        remainder is not covered, as the HR branch and :func:`memory.grid.memory_grid`).
+    def grid(self, latent: torch.Tensor) -> tuple[int, int, int]:
+        """Memory grid ``(Tm, Hm, Wm)`` of a ``[B, C, T, h, w]`` latent.
 
         Raises:
             ValueError: wrong channel count, or the latent is below one memory token.
@@ -101,12 +99,19 @@ class LargePatchifier(nn.Module):
         if min(grid) < 1:
             raise ValueError(f"latent of {tuple(latent.shape[2:])} (T, h, w) is below one memory token at rate "
                              f"{cfg.rate_str}")
+        return grid
+
+    def map(self, latent: torch.Tensor) -> torch.Tensor:
+        """``[B, C, T, h, w]`` model-space latent -> ``[B, D, Tm, Hm, Wm]`` on the memory grid (floored sizes: the
+        remainder is not covered, as the HR branch and :func:`memory.grid.memory_grid`). Raises like :meth:`grid`."""
+        grid = self.grid(latent)
         y = self.proj(latent.to(self.proj.weight.dtype))
         return y[:, :, : grid[0], : grid[1], : grid[2]]
 
-    def tokens(self, latent: torch.Tensor) -> torch.Tensor:
-        """Memory tokens ``[B, M, D]``, ``M = Tm * Hm * Wm``, in :class:`HistoryEncoder`'s ``(t, h, w)`` order."""
-        return combine_branches(self(latent), None)
+    def forward(self, latent: torch.Tensor, lr_latent=None, embed=None) -> tuple[torch.Tensor, None]:
+        """``(tokens [B, M, D], None)``, ``M = Tm * Hm * Wm`` in ``(t, h, w)`` order; ``lr_latent`` / ``embed`` are
+        ignored (no LR branch)."""
+        return combine_branches(self.map(latent), None), None
 
 
 __all__ = ["LargePatchifier"]

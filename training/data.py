@@ -5,6 +5,9 @@ with optional timestamped storyboard captions, becomes a folder of safetensors s
 
     OUT/manifest.json                          settings, per-video status, shard list, failed videos
     OUT/<video key>/chunk_00000.safetensors    tensors  latent [C, T, h, w]  (the VAE's latent of the chunk)
+                                                        lr_latent_<rate> [C, Tm, h', w'] (per LR rate, e.g.
+                                                                 lr_latent_4x4x2: the VAE of memory.encoder.lr_clip
+                                                                 of the chunk, the history encoder's LR branch input)
                                                         text   [L, D]        (the text condition of its prompt)
                                                         pooled [P]           (optional: its pooled text embedding,
                                                                               HunyuanVideo's CLIP-L y, P = 768)
@@ -12,6 +15,11 @@ with optional timestamped storyboard captions, becomes a folder of safetensors s
 
 ``latent`` is what ``comfy.sd.VAE.encode`` returns (VAE space); the training DiT needs model space, i.e. the
 model's ``process_latent_in``: :class:`ModelSpaceDataset` applies the family's latent format on loading.
+``lr_latent_<rate>`` is the same VAE's latent of the chunk's LR clip (:func:`memory.encoder.lr_clip`, the chunk as
+one stream from its first frame, covering its whole memory time steps): exactly what the nodes compute for the same
+frames at inference (``models/encoding.py``: the same function through the same VAE stream), so training and
+inference give the same memory tokens (tested). Format ``framememory-shards/2``; version 1 shards (no LR latents)
+are refused with the command that rebuilds them.
 
 Captions (both optional; a video without any gets ``default_prompt``):
 
@@ -56,11 +64,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..memory.config import EncoderConfig
+from ..memory.encoder import lr_clip, lr_frames_per_span
+
 log = logging.getLogger("framememory.training.data")
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 PIL_EXTS = (".webp", ".gif")
-FORMAT = "framememory-shards/1"
+FORMAT = "framememory-shards/2"  # /2: shards carry lr_latent_<rate> (LR branch input); /1 had none
+REBUILD = ("rebuild them with training/prepare_data.py (same arguments, a new --out folder; --lr-rates RATE for "
+           "the encoder's rate)")
 META_KEY = "framememory_shard"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -79,6 +92,7 @@ class ClipSettings:
     max_chunks: int = 0       # chunks per video at most; 0 = no limit
     dtype: str = "bfloat16"   # storage dtype of `latent` and `text`: float32, float16 or bfloat16
     default_prompt: str = ""  # prompt of chunks from a video without captions
+    lr_rates: tuple = ("4x4x2",)  # rates whose LR latents the shards carry (the history encoder's rate)
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0 or self.width % 16 or self.height % 16:
@@ -91,6 +105,7 @@ class ClipSettings:
             raise ValueError("stride and max_chunks must be >= 0")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        object.__setattr__(self, "lr_rates", tuple(EncoderConfig(rate=r).rate_str for r in self.lr_rates))
 
     @property
     def step(self) -> int:
@@ -283,21 +298,17 @@ def shard_metadata(*, source: str, key: str, chunk: int, start: int, cfg: ClipSe
 
 
 def save_shard_atomic(path: Path, latent: torch.Tensor, text: torch.Tensor, meta: dict,
-                      pooled: torch.Tensor | None = None) -> None:
-    """Write ``path`` via a temporary file in the same folder and os.replace: readers never see half a shard.
-    ``pooled`` ``[P]``: the optional pooled text embedding (HunyuanVideo)."""
-    from safetensors.torch import save_file
+                      pooled: torch.Tensor | None = None, lr_latents: dict | None = None) -> None:
+    """Write ``path`` atomically (:func:`memory.io.save_safetensors_atomic`): readers never see half a shard.
+    ``pooled`` ``[P]``: the optional pooled text embedding (HunyuanVideo); ``lr_latents``: ``{rate: [C, Tm, h', w']}``
+    stored as ``lr_latent_<rate>``."""
+    from ..memory.io import save_safetensors_atomic
 
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tensors = {"latent": latent.contiguous(), "text": text.contiguous()}
+    tensors = {"latent": latent, "text": text}
     if pooled is not None:
-        tensors["pooled"] = pooled.reshape(-1).contiguous()
-    try:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        tensors["pooled"] = pooled.reshape(-1)
+    tensors.update({f"lr_latent_{r}": v for r, v in (lr_latents or {}).items()})
+    save_safetensors_atomic(str(path), tensors, {META_KEY: json.dumps(meta)})
 
 
 def shard_ok(path: Path) -> bool:
@@ -313,14 +324,25 @@ def shard_ok(path: Path) -> bool:
         return False
 
 
-def read_shard_item(path: str | os.PathLike) -> dict:
+def read_shard_item(path: str | os.PathLike, lr_rate: str | None = None) -> dict:
     """One shard as ``{"latent": [C, T, h, w], "text": [L, D], "meta": dict}`` plus ``"pooled": [P]`` when it has
-    one, tensors in their stored dtype."""
+    one and ``"lr_latent": [C, Tm, h', w']`` of ``lr_rate`` when asked for, tensors in their stored dtype.
+
+    Raises:
+        ValueError: the shard has no LR latent at ``lr_rate`` (names the rates it has and the rebuild command).
+    """
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        item = {k: f.get_tensor(k) for k in ("latent", "text", "pooled") if k in f.keys()}
+        keys = set(f.keys())
+        item = {k: f.get_tensor(k) for k in ("latent", "text", "pooled") if k in keys}
         item["meta"] = json.loads(f.metadata()[META_KEY])
+        if lr_rate is not None:
+            key = f"lr_latent_{EncoderConfig(rate=lr_rate).rate_str}"
+            if key not in keys:
+                have = sorted(k[len("lr_latent_"):] for k in keys if k.startswith("lr_latent_"))
+                raise ValueError(f"shard {path} has no LR latent at rate {lr_rate} (it has {have or 'none'}): {REBUILD}")
+            item["lr_latent"] = f.get_tensor(key)
     return item
 
 
@@ -332,19 +354,30 @@ def read_shard(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, dic
 
 class ShardDataset(torch.utils.data.Dataset):
     """The shards listed in ``root/manifest.json`` as a map-style dataset of
-    {"latent": [C, T, h, w], "text": [L, D], "meta": dict} plus "pooled": [P] for shards that have it.
-    Raises FileNotFoundError without a manifest."""
+    {"latent": [C, T, h, w], "text": [L, D], "meta": dict} plus "pooled": [P] for shards that have it and
+    "lr_latent" of ``lr_rate`` (the encoder's rate, e.g. "4x4x2") when given.
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    Raises:
+        FileNotFoundError: no manifest. ValueError: shards of an older format, or without LR latents at ``lr_rate``.
+    """
+
+    def __init__(self, root: str | os.PathLike, lr_rate: str | None = None) -> None:
         self.root = Path(root)
         manifest = json.loads((self.root / "manifest.json").read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{self.root} holds shards of format {manifest.get('format')!r}, this version reads "
+                             f"{FORMAT!r} (shards now carry the LR branch's latents): {REBUILD}")
+        rates = tuple(manifest.get("settings", {}).get("lr_rates", ()))
+        if lr_rate is not None and EncoderConfig(rate=lr_rate).rate_str not in rates:
+            raise ValueError(f"{self.root} has LR latents at rates {list(rates)}, not {lr_rate}: {REBUILD}")
+        self.lr_rate = lr_rate
         self.paths = [self.root / s for v in manifest["videos"] for s in v.get("shards", [])]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        return read_shard_item(self.paths[i])
+        return read_shard_item(self.paths[i], self.lr_rate)
 
 
 class ModelSpaceDataset(torch.utils.data.Dataset):
@@ -360,11 +393,27 @@ class ModelSpaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.dataset[i])
-        item["latent"] = self.latent_format.process_in(item["latent"].float()[None])[0]
+        for key in ("latent", "lr_latent"):
+            if key in item:
+                item[key] = self.latent_format.process_in(item[key].float()[None])[0]
         return item
 
 
 # ----------------------------------------------------------------------------------------------- the run
+
+
+def chunk_lr_latents(pixels: torch.Tensor, latent_frames: int, cfg: ClipSettings,
+                     encode_video: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{rate: [1, C, Tm, h', w']}``: for each of ``cfg.lr_rates``, the VAE latent of :func:`memory.encoder.lr_clip`
+    of the chunk's frames ``[F, H, W, 3]`` (0..1) over its whole memory time steps (the chunk is one stream from
+    its first frame; frames past the last whole step are left out, as the memory grid leaves them out)."""
+    out = {}
+    for rate in cfg.lr_rates:
+        enc = EncoderConfig(rate=rate)
+        unit = enc.patch_size[0] * enc.rate[2]
+        frames, _ = lr_frames_per_span(latent_frames // unit * unit, enc, stream_start=True)
+        out[rate] = encode_video(lr_clip(pixels[:frames], enc, stream_start=True))
+    return out
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -417,7 +466,7 @@ def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cf
     input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
-    settings = dataclasses.asdict(cfg)
+    settings = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the manifest stores it (tuples -> lists)
     previous = {}
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
@@ -492,9 +541,12 @@ def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cf
                                               None if pooled is None else _as_pooled(pooled).to("cpu", dtype))
                     pixels = torch.from_numpy(frames).float().div_(255.0)  # [F, H, W, 3] 0..1
                     latent = _as_latent(encode_video(pixels)).to("cpu", dtype)
+                    lr_latents = {r: _as_latent(lr).to("cpu", dtype)
+                                  for r, lr in chunk_lr_latents(pixels, latent.shape[1], cfg, encode_video).items()}
                 shard_dir.mkdir(exist_ok=True)
                 meta = shard_metadata(source=rel, key=key, chunk=idx, start=start, cfg=cfg, prompt=prompt, shot=shot)
-                save_shard_atomic(path, latent, text_cache[prompt][0], meta, pooled=text_cache[prompt][1])
+                save_shard_atomic(path, latent, text_cache[prompt][0], meta, pooled=text_cache[prompt][1],
+                                  lr_latents=lr_latents)
                 run["written"] += 1
             if entry["status"] == "ok" and entry["chunks"] == 0:
                 entry["status"] = "too_short"

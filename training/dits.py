@@ -8,8 +8,8 @@ DiT's class by the inference adapters' own ``matches`` (``models/wan.py``, ``mod
     :class:`_OptionsRecorder` instead of a ModelPatcher, so training runs exactly the inference mechanism), each block
     patch wrapped so that the video tokens' RoPE can be replaced by per-frame times (Stage I: the frames Omega at
     their original indices in the history);
-(b) **the first projection** (:meth:`DitFamily.embed`) for the LR-branch stand-in: Wan's ``patch_embedding``,
-    HunyuanVideo's ``img_in``;
+(b) **the first projection** (:meth:`DitFamily.embed`), the LR branch's ``embed`` in Fig. 2 as at inference:
+    Wan's ``patch_embedding``, HunyuanVideo's ``img_in``;
 (c) **LoRA targets** (:attr:`DitFamily.lora_targets`, regexes of module names for peft);
 (d) **text conditioning**: every family takes ``context`` ``[B, L, 4096]`` (Wan: umt5-xxl; HunyuanVideo: the
     LLaVA-Llama-3 hidden states); HunyuanVideo also takes the pooled CLIP-L embedding ``y`` ``[B, 768]``
@@ -110,28 +110,35 @@ class DitFamily:
         """Context manager around the forward that makes it differentiable (default: nothing to do)."""
         return contextlib.nullcontext()
 
-    def options(self, dm, frame_pe: torch.Tensor | None) -> dict:
+    def options(self, dm, frame_pe: torch.Tensor | None, memory=None) -> dict:
         """``transformer_options`` with the adapter's memory wrapper and block patches (as ``install`` registers
-        them at inference), every block patch wrapped by :meth:`video_pe_patch`."""
+        them at inference, with the memory's timestep rule), every block patch wrapped by :meth:`video_pe_patch`,
+        and the cross-attention add-on's layers where the memory has them (as ``install_cross_attention``)."""
+        from ..models.conds import CROSS_KEY
+
         rec = _OptionsRecorder()
-        self.adapter.install(rec, dm)
+        self.adapter.install(rec, dm, memory_t0=True if memory is None else memory.memory_t0)
         opts = rec.options
+        if memory is not None and memory.hidden is not None and memory.cross is not None:
+            opts[CROSS_KEY] = memory.cross
         opts["patches_replace"]["dit"] = {key: self.video_pe_patch(patch, frame_pe)
                                           for key, patch in opts["patches_replace"]["dit"].items()}
         return opts
 
-    def forward(self, dm, x_t: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                tokens: torch.Tensor | None, positions2: torch.Tensor | None, frame_times: torch.Tensor | None = None,
-                pooled: torch.Tensor | None = None, guidance=None) -> torch.Tensor:
+    def forward(self, dm, x_t: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, memory=None,
+                frame_times: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
+                guidance=None) -> torch.Tensor:
         """The DiT's prediction with memory (see :func:`training.stages.dit_forward`; ``timestep`` already in the
-        DiT's units, ``1000 t``)."""
+        DiT's units, ``1000 t``; ``memory`` from :func:`training.stages.encode_history` or None)."""
         frame_pe = None
         if frame_times is not None:
             frame_pe = self.frame_rope(dm, frame_times, *self.token_grid(dm, x_t))
-        opts = self.options(dm, frame_pe)
+        opts = self.options(dm, frame_pe, memory)
         kwargs = self.inputs(dm, x_t.shape[0], x_t.device, pooled, guidance)
-        if tokens is not None:
-            kwargs.update(memory_tokens=tokens, memory_positions2=positions2)
+        if memory is not None:
+            kwargs.update(memory_tokens=memory.tokens, memory_positions2=memory.positions2)
+            if memory.hidden is not None and memory.cross is not None:
+                kwargs.update(memory_hidden=memory.hidden)
         with self.autograd_safe(dm):
             return dm(x_t, timestep, context, transformer_options=opts, **kwargs)
 

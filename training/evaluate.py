@@ -84,18 +84,21 @@ def _time_grid(n_t: int, device) -> torch.Tensor:
 
 def _lr_latent(encoder, lr_fn, latent: torch.Tensor) -> torch.Tensor | None:
     """``lr_fn(latent)`` when the encoder has an LR branch and ``lr_fn`` is given, else None (``encode_history``
-    then uses the ``lr_branch`` stand-in)."""
+    then raises for an encoder with an LR branch)."""
     return lr_fn(latent) if encoder.cfg.use_lr and lr_fn is not None else None
 
 
 def _clean_memory(dm, encoder, history: torch.Tensor, lr_fn, batch: int):
-    """Memory of a clean history ``[1, C, T, h, w]`` at times ``0 .. T-1`` (as in Stage I), expanded to ``batch``:
-    ``(tokens [batch, M, D], pos2 [batch, M, 3])``, or ``(None, None)`` when ``encoder`` is None."""
+    """Memory of a clean history ``[1, C, T, h, w]`` at times ``0 .. T-1`` (as in Stage I), expanded to ``batch``
+    (:func:`training.stages.encode_history`'s namespace), or None when ``encoder`` is None."""
     if encoder is None:
-        return None, None
-    tokens, pos2 = stages.encode_history(dm, encoder, history, t_start=0.0,
-                                         lr_latent=_lr_latent(encoder, lr_fn, history))
-    return tokens.expand(batch, -1, -1), pos2.expand(batch, -1, -1)
+        return None
+    mem = stages.encode_history(dm, encoder, history, t_start=0.0, lr_latent=_lr_latent(encoder, lr_fn, history))
+    mem.tokens = mem.tokens.expand(batch, -1, -1)
+    mem.positions2 = mem.positions2.expand(batch, -1, -1)
+    if mem.hidden is not None:
+        mem.hidden = mem.hidden.expand(batch, -1, -1)
+    return mem
 
 
 def _queries(history: torch.Tensor, seed: int, index: int, queries: int, k: int, device):
@@ -199,10 +202,10 @@ def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries
                 pred = predict(history, omega).to(device).float()
             else:
                 ctx_q = _batch_context(base_ctx, ctx, omega.shape[0])
-                tokens, pos2 = _clean_memory(dm, encoder, history, lr_fn, omega.shape[0])
+                memory = _clean_memory(dm, encoder, history, lr_fn, omega.shape[0])
 
                 def velocity(x, tt):
-                    return stages.dit_forward(dm, x, tt, ctx_q, tokens, pos2, frame_times=omega).float()
+                    return stages.dit_forward(dm, x, tt, ctx_q, memory, frame_times=omega).float()
 
                 pred = euler_sample(velocity, noise, steps)
             img = vae.decode(pred).flatten(0, 1).permute(0, 3, 1, 2)  # [Q*k, 3, H, W]
@@ -247,9 +250,8 @@ def frame_query_loss(dm, encoder, clips: Iterable, *, seed: int, n_t: int = 4,
             mem = history
             if shuffle_memory and encoder is not None:
                 mem = _unpack(clips[(ci + 1) % len(clips)], device)[0]
-            tokens, pos2 = _clean_memory(dm, encoder, mem, lr_fn, n_t)
-            pred = stages.dit_forward(dm, x_t, t_grid, _batch_context(base_ctx, ctx, n_t), tokens, pos2,
-                                      frame_times=omega)
+            memory = _clean_memory(dm, encoder, mem, lr_fn, n_t)
+            pred = stages.dit_forward(dm, x_t, t_grid, _batch_context(base_ctx, ctx, n_t), memory, frame_times=omega)
             total += torch.nn.functional.mse_loss(pred.float(), target.float()).item()
     return total / max(len(clips), 1)
 

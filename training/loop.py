@@ -108,7 +108,7 @@ class TrainState:
 def collate(items: list[dict]) -> dict:
     """Stack ``latent`` ``[C, T, h, w]`` -> ``[B, C, T, h, w]`` float32; ``context`` (or ``text``) ``[L, D]`` ->
     ``[B, L_max, D]`` float32, zero-padded like Wan's own text padding, with ``context_lengths`` ``[B]`` int64 (the
-    unpadded ``L``); ``pooled`` ``[P]`` (or ``[1, P]``) -> ``[B, P]`` float32 when the items have it (HunyuanVideo).
+    unpadded ``L``); ``lr_latent`` (when every item has one) stacked like ``latent``; ``pooled`` ``[P]`` (or ``[1, P]``) -> ``[B, P]`` float32 when the items have it (HunyuanVideo).
     Raises ValueError on unequal latent shapes, or when only some items have ``pooled``."""
     shapes = {tuple(it["latent"].shape) for it in items}
     if len(shapes) != 1:
@@ -120,6 +120,8 @@ def collate(items: list[dict]) -> dict:
     n = max(c.shape[0] for c in ctx)
     context = torch.stack([F.pad(c, (0, 0, 0, n - c.shape[0])) for c in ctx])
     out = {"latent": latent, "context": context, "context_lengths": torch.tensor([c.shape[0] for c in ctx])}
+    if all("lr_latent" in it for it in items):
+        out["lr_latent"] = torch.stack([it["lr_latent"].float() for it in items])
     has_pooled = sum("pooled" in it for it in items)
     if has_pooled:
         if has_pooled != len(items):
@@ -128,24 +130,32 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop of ``window`` latent frames per sample: ``[B, C, T, h, w]`` -> ``[B, C, window, h, w]``.
+def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator, lr_latent: torch.Tensor | None = None,
+                 unit: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random crop of ``window`` latent frames per sample, starting on a memory time step (a multiple of ``unit``
+    latent frames), with the matching LR latent frames: ``[B, C, T, h, w]`` -> ``[B, C, window, h, w]`` and
+    ``[B, C, T // unit, h', w']`` -> ``[B, C, window // unit, h', w']`` (None stays None).
     Raises ValueError when ``T < window``."""
     t = latent.shape[2]
     if window <= 0 or window == t:
-        return latent
+        return latent, lr_latent
     if t < window:
         raise ValueError(f"samples have {t} latent frames, fewer than window={window}")
-    starts = torch.randint(0, t - window + 1, (latent.shape[0],), generator=generator).tolist()
-    return torch.stack([latent[b, :, s: s + window] for b, s in enumerate(starts)])
+    starts = (torch.randint(0, (t - window) // unit + 1, (latent.shape[0],), generator=generator) * unit).tolist()
+    out = torch.stack([latent[b, :, s: s + window] for b, s in enumerate(starts)])
+    if lr_latent is None:
+        return out, None
+    lr = torch.stack([lr_latent[b, :, s // unit: (s + window) // unit] for b, s in enumerate(starts)])
+    return out, lr
 
 
 class StageModule(torch.nn.Module):
     """The DiT (``dm``, with LoRA) and the history encoder (or None: no memory) as one module whose forward is
     the loss of one micro-batch, so Accelerate's DDP / FSDP wrappers see one forward.
 
-    ``lr_fn`` (optional): ``latent [B, C, T, h, w] -> LR latent`` for the LR branch (the VAE of the
-    downsampled pixels, see :func:`training.stages.encode_history`); Stage I applies it to the masked history."""
+    The LR branch's input (:func:`training.stages.encode_history`) is the batch's ``lr_latent`` (precomputed in the
+    shards; Stage I masks it with :func:`training.stages.mask_lr_latent`), or ``lr_fn(latent) -> LR latent`` (a VAE
+    run in the loop, e.g. the reproduction's linear stand-in; Stage I applies it to the masked history)."""
 
     def __init__(self, dm: torch.nn.Module, encoder: torch.nn.Module | None, args: TrainArgs,
                  lr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
@@ -157,26 +167,36 @@ class StageModule(torch.nn.Module):
         self.stage_cfg = stages.StageConfig(omega_frames=args.omega_frames, guidance=args.guidance,
                                             timesteps=stages.LogitNormal(args.timestep_loc, 1.0))
 
-    def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def time_unit(self) -> int:
+        """Latent frames per memory time step of the encoder (1 without one): windows and splits align to it."""
+        cfg = getattr(self.encoder, "cfg", None)
+        return 1 if cfg is None else cfg.patch_size[0] * cfg.rate[2]
+
+    def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int, pooled: torch.Tensor | None = None,
+                lr_latent: torch.Tensor | None = None) -> torch.Tensor:
         """Loss (float32 scalar) of one micro-batch; every random draw comes from ``seed`` (CPU generator).
-        ``latent`` ``[B, C, T, h, w]``, ``context`` ``[B, L, 4096]``, ``pooled`` ``[B, 768]`` (HunyuanVideo)."""
+        ``latent`` ``[B, C, T, h, w]``, ``context`` ``[B, L, 4096]``, ``pooled`` ``[B, 768]`` (HunyuanVideo),
+        ``lr_latent`` ``[B, C, T // rt, h', w']`` (model space) or None."""
         g = torch.Generator().manual_seed(seed)
-        latent = crop_windows(latent, self.args.window, g)
+        rt = self.time_unit()
+        latent, lr_latent = crop_windows(latent, self.args.window, g, lr_latent, rt)
         if self.args.stage == 1:
             if self.encoder is None:
                 raise ValueError("Stage I trains an encoder: pass one")
-            prep = stages.prepare_stage1(latent, self.stage_cfg, g)
-            lr = self.lr_fn(prep.masked) if self.lr_fn is not None else None
+            prep = stages.prepare_stage1(latent, self.stage_cfg, g, lr_latent=lr_latent, rt=rt)
+            lr = self.lr_fn(prep.masked) if self.lr_fn is not None else prep.lr_masked
             loss, _ = stages.stage1_loss(self.dm, self.encoder, latent, context, prep, self.stage_cfg, lr_latent=lr,
                                          pooled=pooled)
             return loss
         k = self.args.segment_frames
-        if latent.shape[2] <= k:
-            raise ValueError(f"Stage II needs samples longer than segment_frames={k} latent frames "
-                             f"(history + next segment), got {latent.shape[2]}")
+        if latent.shape[2] <= k or (latent.shape[2] - k) % rt:
+            raise ValueError(f"Stage II needs samples of segment_frames={k} latent frames plus a history of whole "
+                             f"memory time steps ({rt} latent frames each), got {latent.shape[2]}")
         history, target = latent[:, :, :-k], latent[:, :, -k:]
-        lr = self.lr_fn(history) if (self.lr_fn is not None and self.encoder is not None) else None
+        lr = None
+        if self.encoder is not None:
+            lr = self.lr_fn(history) if self.lr_fn is not None else (
+                None if lr_latent is None else lr_latent[:, :, : history.shape[2] // rt])
         loss, _ = stages.stage2_loss(self.dm, self.encoder, history, target, context, cfg=self.stage_cfg,
                                      generator=g, lr_latent=lr, pooled=pooled)
         return loss
@@ -271,6 +291,179 @@ def _export(accelerator, module, args: TrainArgs, state: TrainState) -> dict:
     return out
 
 
+@dataclass
+class _TrainRun:
+    """What the step loop of :func:`train` works on: the prepared Accelerate objects (``module``, ``optimizer``,
+    ``loader``), the counters and the loss / throughput bookkeeping (times in seconds of ``time.perf_counter``)."""
+
+    args: TrainArgs
+    accelerator: object                  # accelerate.Accelerator
+    module: torch.nn.Module              # the prepared StageModule
+    optimizer: torch.optim.Optimizer     # the prepared AdamW
+    loader: object                       # the prepared DataLoader
+    state: TrainState
+    family: object                       # training.dits family of the DiT
+    base_lrs: list[float]                # per param group, before the warm-up factor
+    log: Callable[[str], None]
+    log_file: Path | None                # OUT/log.jsonl on the main process, else None
+    params: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every optimized tensor (clipping)
+    losses: list[float] = dataclasses.field(default_factory=list)  # per optimizer step, mean over processes
+    window: list[torch.Tensor] = dataclasses.field(default_factory=list)  # micro-batch losses of this step
+    t0: float = 0.0                      # start of the step loop
+    t_log: float = 0.0                   # time of the last log line (t0 before the first)
+    samples_log: int = 0                 # samples (all processes) since the last log line
+
+
+def _check_inputs(args: TrainArgs, dm: torch.nn.Module, dataset, accelerator):
+    """The family of ``dm`` (:func:`training.dits.dit_family`), after checking that ``dataset`` fills one batch on
+    every process and carries ``pooled`` where the family needs it. Raises ValueError; TypeError (a DiT of no
+    trainable family)."""
+    if len(dataset) < args.batch_size * accelerator.num_processes:
+        raise ValueError(f"dataset has {len(dataset)} samples, fewer than one batch "
+                         f"({args.batch_size} x {accelerator.num_processes} processes)")
+    family = dit_family(dm)
+    if family.needs_pooled(dm) and "pooled" not in dataset[0]:
+        raise ValueError(f"{family.name} needs a pooled text embedding per sample ('pooled' [768]); the dataset has "
+                         "none: prepare shards with training/prepare_data.py --clip-type hunyuan_video")
+    return family
+
+
+def _make_optimizer(args: TrainArgs, dm: torch.nn.Module,
+                    encoder: torch.nn.Module | None) -> tuple[torch.optim.Optimizer, list[float], int, int]:
+    """Inject a fresh LoRA into ``dm`` (in place), put ``encoder`` in train mode and build AdamW (no weight decay)
+    over param group 0: the LoRA at ``args.lr``, and group 1 (only when the encoder has trainable parameters): those
+    at ``args.encoder_lr or args.lr``. Returns ``(optimizer, base learning rate per group, LoRA tensors, encoder
+    tensors)`` (the last two: counts)."""
+    lora = stages.add_lora(dm, rank=args.lora_rank, alpha=args.lora_alpha)
+    enc_params = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
+    if encoder is not None:
+        encoder.train()
+    groups = [{"params": lora, "lr": args.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": args.encoder_lr or args.lr})
+    base_lrs = [g["lr"] for g in groups]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    return optimizer, base_lrs, len(lora), len(enc_params)
+
+
+def _prepare(args: TrainArgs, accelerator, module: StageModule, optimizer: torch.optim.Optimizer, loader):
+    """``accelerator.prepare`` of the module, optimizer and loader, a :class:`TrainState` registered for
+    checkpointing, the trainable-only checkpoint hooks and (``args.report_to``) the trackers.
+    Returns ``(module, optimizer, loader, state)``, the first three wrapped by Accelerate."""
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    _trainable_only_hooks(accelerator)
+    if args.report_to:
+        accelerator.init_trackers("framememory", config={k: v for k, v in dataclasses.asdict(args).items()
+                                                         if isinstance(v, (int, float, str, bool))})
+    return module, optimizer, loader, state
+
+
+def _resume(args: TrainArgs, accelerator, state: TrainState, log: Callable[[str], None]) -> None:
+    """Load ``args.resume`` (a checkpoint folder, or "latest": :func:`latest_checkpoint`) into the prepared objects
+    and ``state``; nothing when ``args.resume`` is empty. Raises FileNotFoundError (no checkpoint), ValueError (a
+    checkpoint that does not fit the model)."""
+    if args.resume:
+        path = latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume
+        accelerator.load_state(path)
+        log(f"resumed from {path} at step {state.step}")
+
+
+def _log_file(args: TrainArgs, accelerator) -> Path | None:
+    """``OUT/log.jsonl`` (its folder created) on the main process when ``args.output_dir`` is set, else None."""
+    log_file = Path(args.output_dir) / "log.jsonl" if args.output_dir and accelerator.is_main_process else None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    return log_file
+
+
+def _epoch_batches(accelerator, loader, state: TrainState):
+    """The batches of the epoch that micro-batch ``state.micro`` falls in, from that micro-batch on (the sampler's
+    epoch set, the ones done skipped)."""
+    n = len(loader)
+    epoch, skip = divmod(state.micro, n)
+    loader.set_epoch(epoch)
+    return accelerator.skip_first_batches(loader, skip) if skip else loader
+
+
+def _micro_step(run: _TrainRun, batch: dict) -> torch.Tensor:
+    """Forward and backward of one micro-batch (:func:`collate` output) inside ``accelerator.accumulate``; the
+    optimizer steps (with warm-up learning rate and clipping) when the accumulation window is complete. Returns the
+    loss (float32 scalar, attached). Raises ValueError: unequal text lengths in a batch for a DiT without text mask."""
+    args, accelerator, optimizer, state = run.args, run.accelerator, run.optimizer, run.state
+    lengths = batch["context_lengths"]
+    if not run.family.zero_padded_text and lengths.min() != lengths.max():
+        raise ValueError(f"{run.family.name}: the samples of a batch have text lengths {lengths.tolist()}; its DiT "
+                         "has no per-sample text mask, so zero padding would change the condition: use "
+                         "--batch-size 1 (and --grad-accum for larger batches)")
+    for g, base in zip(optimizer.param_groups, run.base_lrs):
+        g["lr"] = base * lr_at(args, state.step)
+    with accelerator.accumulate(run.module):
+        loss = run.module(batch["latent"], batch["context"],
+                          micro_seed(args.seed, state.micro, accelerator.process_index), batch.get("pooled"),
+                          batch.get("lr_latent"))
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.params, args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    state.micro += 1
+    return loss
+
+
+def _end_step(run: _TrainRun) -> None:
+    """Close one optimizer step: count it, record its loss (mean over the accumulation window and processes), write
+    the log record every ``log_every`` steps (and at the last) and the checkpoint every ``save_every`` steps
+    (``OUT/checkpoints/step_NNNNNNN``). Raises FloatingPointError on a non-finite loss."""
+    args, state = run.args, run.state
+    state.step += 1
+    step_loss = run.accelerator.reduce(torch.stack(run.window).mean(), reduction="mean").item()
+    run.window.clear()
+    if not math.isfinite(step_loss):
+        raise FloatingPointError(f"loss became {step_loss} at step {state.step}: lower --lr or use fp32")
+    run.losses.append(step_loss)
+    if state.step % args.log_every == 0 or state.step == args.steps:
+        _write_log_record(run, step_loss)
+    if args.output_dir and args.save_every and state.step % args.save_every == 0:
+        run.accelerator.save_state(str(Path(args.output_dir) / CHECKPOINTS / f"step_{state.step:07d}"))
+
+
+def _write_log_record(run: _TrainRun, step_loss: float) -> None:
+    """One log record of the current step (loss, mean loss of the last ``log_every`` steps, learning rate of group 0,
+    samples/s since the last record, elapsed seconds): a console line, a line of ``log.jsonl`` (main process) and
+    the trackers (``report_to``)."""
+    args, state, losses = run.args, run.state, run.losses
+    now = time.perf_counter()
+    rec = {"stage": args.stage, "step": state.step, "loss": step_loss,
+           "loss_avg": sum(losses[-args.log_every:]) / len(losses[-args.log_every:]),
+           "lr": run.optimizer.param_groups[0]["lr"], "samples_per_s": run.samples_log / max(now - run.t_log, 1e-9),
+           "elapsed_s": now - run.t0}
+    run.t_log, run.samples_log = now, 0
+    run.log(f"stage {args.stage} step {state.step}/{args.steps} loss {rec['loss_avg']:.4f} "
+            f"lr {rec['lr']:.2e} {rec['samples_per_s']:.2f} samples/s")
+    if run.log_file is not None:
+        with open(run.log_file, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    if args.report_to:
+        run.accelerator.log({k: rec[k] for k in ("loss", "loss_avg", "lr", "samples_per_s")}, step=state.step)
+
+
+def _run_steps(run: _TrainRun) -> None:
+    """Micro-batches until ``run.state.step`` reaches ``args.steps`` (continuing a resumed run where it stopped)."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    while state.step < args.steps:
+        for batch in _epoch_batches(accelerator, run.loader, state):
+            loss = _micro_step(run, batch)
+            run.samples_log += batch["latent"].shape[0] * accelerator.num_processes
+            run.window.append(loss.detach().float())
+            if not accelerator.sync_gradients:
+                continue
+            _end_step(run)
+            if state.step >= args.steps:
+                break
+
+
 def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None, dataset,
           lr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, accelerator=None, log=None) -> dict:
     """Train Stage ``args.stage``: inject a fresh LoRA into ``dm`` (in place; pass a fresh copy of the base DiT),
@@ -287,7 +480,7 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
         log: callable taking one str (default ``accelerator.print``).
     Returns:
         ``{"steps", "losses" (per optimizer step, mean over processes), "final_loss" (mean of the last 10),
-        "seconds", "samples_per_s", "exported": {"lora", "encoder"} paths}``.
+        "seconds", "samples_per_s", "exported": {"lora", "encoder"} paths, "module" (the unwrapped StageModule)}``.
     Raises:
         ValueError: bad settings, a dataset too small for one batch, a checkpoint that does not fit, a HunyuanVideo
             dataset without ``pooled``. TypeError: a DiT of no trainable family.
@@ -297,107 +490,29 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
     accelerator = accelerator or make_accelerator(args)
     log = log or accelerator.print
     set_seed(args.seed)
-    if len(dataset) < args.batch_size * accelerator.num_processes:
-        raise ValueError(f"dataset has {len(dataset)} samples, fewer than one batch "
-                         f"({args.batch_size} x {accelerator.num_processes} processes)")
-    family = dit_family(dm)
-    if family.needs_pooled(dm) and "pooled" not in dataset[0]:
-        raise ValueError(f"{family.name} needs a pooled text embedding per sample ('pooled' [768]); the dataset has "
-                         "none: prepare shards with training/prepare_data.py --clip-type hunyuan_video")
-    lora = stages.add_lora(dm, rank=args.lora_rank, alpha=args.lora_alpha)
-    enc_params = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
-    if encoder is not None:
-        encoder.train()
-    groups = [{"params": lora, "lr": args.lr}]
-    if enc_params:
-        groups.append({"params": enc_params, "lr": args.encoder_lr or args.lr})
-    base_lrs = [g["lr"] for g in groups]
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    family = _check_inputs(args, dm, dataset, accelerator)
+    optimizer, base_lrs, n_lora, n_enc = _make_optimizer(args, dm, encoder)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate, num_workers=args.num_workers)
     module = StageModule(dm, encoder, args, lr_fn)
-    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    _trainable_only_hooks(accelerator)
-    if args.report_to:
-        accelerator.init_trackers("framememory", config={k: v for k, v in dataclasses.asdict(args).items()
-                                                         if isinstance(v, (int, float, str, bool))})
+    module, optimizer, loader, state = _prepare(args, accelerator, module, optimizer, loader)
     log(f"stage {args.stage}: {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}, "
         f"{accelerator.device}), mixed precision {accelerator.mixed_precision}, {len(dataset)} samples, "
-        f"{len(lora)} LoRA tensors + {len(enc_params)} encoder tensors trainable")
-    if args.resume:
-        path = latest_checkpoint(args.output_dir) if args.resume == "latest" else args.resume
-        accelerator.load_state(path)
-        log(f"resumed from {path} at step {state.step}")
-    log_file = Path(args.output_dir) / "log.jsonl" if args.output_dir and accelerator.is_main_process else None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    losses: list[float] = []
-    window: list[torch.Tensor] = []
-    t0 = time.perf_counter()
-    t_log, samples_log = t0, 0
+        f"{n_lora} LoRA tensors + {n_enc} encoder tensors trainable")
+    _resume(args, accelerator, state, log)
+    run = _TrainRun(args, accelerator, module, optimizer, loader, state, family, base_lrs, log,
+                    _log_file(args, accelerator), params=[p for g in optimizer.param_groups for p in g["params"]])
+    run.t0 = run.t_log = time.perf_counter()
     start_micro = state.micro
-    while state.step < args.steps:
-        n = len(loader)
-        epoch, skip = divmod(state.micro, n)
-        loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch in batches:
-            lengths = batch["context_lengths"]
-            if not family.zero_padded_text and lengths.min() != lengths.max():
-                raise ValueError(f"{family.name}: the samples of a batch have text lengths {lengths.tolist()}; its DiT "
-                                 "has no per-sample text mask, so zero padding would change the condition: use "
-                                 "--batch-size 1 (and --grad-accum for larger batches)")
-            for g, base in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = base * lr_at(args, state.step)
-            with accelerator.accumulate(module):
-                loss = module(batch["latent"], batch["context"],
-                              micro_seed(args.seed, state.micro, accelerator.process_index), batch.get("pooled"))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.micro += 1
-            samples_log += batch["latent"].shape[0] * accelerator.num_processes
-            window.append(loss.detach().float())
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            step_loss = accelerator.reduce(torch.stack(window).mean(), reduction="mean").item()
-            window.clear()
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"loss became {step_loss} at step {state.step}: lower --lr or use fp32")
-            losses.append(step_loss)
-            if state.step % args.log_every == 0 or state.step == args.steps:
-                now = time.perf_counter()
-                rec = {"stage": args.stage, "step": state.step, "loss": step_loss,
-                       "loss_avg": sum(losses[-args.log_every:]) / len(losses[-args.log_every:]),
-                       "lr": optimizer.param_groups[0]["lr"], "samples_per_s": samples_log / max(now - t_log, 1e-9),
-                       "elapsed_s": now - t0}
-                t_log, samples_log = now, 0
-                log(f"stage {args.stage} step {state.step}/{args.steps} loss {rec['loss_avg']:.4f} "
-                    f"lr {rec['lr']:.2e} {rec['samples_per_s']:.2f} samples/s")
-                if log_file is not None:
-                    with open(log_file, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                if args.report_to:
-                    accelerator.log({k: rec[k] for k in ("loss", "loss_avg", "lr", "samples_per_s")}, step=state.step)
-            if args.output_dir and args.save_every and state.step % args.save_every == 0:
-                accelerator.save_state(str(Path(args.output_dir) / CHECKPOINTS / f"step_{state.step:07d}"))
-            if state.step >= args.steps:
-                break
+    _run_steps(run)
     accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - run.t0
     exported = _export(accelerator, module, args, state)
     if args.report_to:
         accelerator.end_training()
-    tail = losses[-10:]
-    return {"steps": state.step, "losses": losses, "final_loss": sum(tail) / len(tail) if tail else float("nan"),
-            "seconds": seconds,
+    tail = run.losses[-10:]
+    return {"steps": state.step, "losses": run.losses,
+            "final_loss": sum(tail) / len(tail) if tail else float("nan"), "seconds": seconds,
             "samples_per_s": (state.micro - start_micro) * args.batch_size * accelerator.num_processes / max(seconds, 1e-9),
             "exported": exported, "module": accelerator.unwrap_model(module)}
 

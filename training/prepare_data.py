@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-chunks", type=int, default=0, help="chunks per video at most (default: all)")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"],
                     help="storage dtype of latents and text conditions (default bfloat16)")
+    ap.add_argument("--lr-rates", nargs="+", default=["4x4x2"],
+                    help="rates HxWxT whose LR-branch latents the shards carry (the history encoder's rate; "
+                         "default 4x4x2)")
+    ap.add_argument("--lr-rates", nargs="+", default=["4x4x2"],
+                    help="rates HxWxT whose LR-branch latents the shards carry (the history encoder's rate; "
+                         "default 4x4x2)")
     ap.add_argument("--default-prompt", default="", help="prompt for videos without captions (default: empty)")
     ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or os.path.join(REPO_ROOT, ".cache", "ComfyUI"),
                     help="ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)")
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = ClipSettings(width=args.width, height=args.height, fps=args.fps, chunk_frames=args.frames,
                            stride=args.stride, max_chunks=args.max_chunks, dtype=args.dtype,
-                           default_prompt=args.default_prompt)
+                           default_prompt=args.default_prompt, lr_rates=tuple(args.lr_rates))
     except ValueError as e:
         ap.error(str(e))
     encode_video, encode_text = build_encoders(args.vae, args.text_encoder, args.stand_in_text, args.clip_type)

@@ -56,7 +56,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ class Preset:
 
 PRESETS = {
     # about 15-25 min on 2 CPU cores: 256x128 frames (16x32 latent, 8x16 DiT tokens), histories of 8 latent frames
-    # (16 memory tokens at 4x4x2, 128 at 2x2x1), a 2-block width-128 Wan.
+    # (16 memory tokens at 4x4x2, 128 at 2x2x1), a 4-block width-128 Wan.
     "cpu-small": Preset(),
     # a few seconds of a run, for tests and smoke checks (numbers meaningless)
     "smoke": Preset(max_seconds=6.0, base_steps=2, stage1_steps=2, stage2_steps=2, warmup_steps=0, eval_queries=2,
@@ -427,21 +427,42 @@ def ordering(means: dict) -> dict:
 # ------------------------------------------------------------------------------------------------- the run
 
 
-def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_name: str | None) -> dict:
+@dataclass
+class _RunContext:
+    """What the per-seed training and evaluation of :func:`run` share (built once per run)."""
+
+    p: Preset
+    preset_name: str
+    eval_seed: int                   # seed of the held-out queries and noises (same for every variant)
+    device: object                   # torch.device of training and evaluation
+    vae: object                      # the fitted training.standin_vae.PatchPCAVAE, on ``device``
+    fit_key: str                     # hash of the training clips and frame settings (cache file names)
+    train1: WindowDataset            # Stage I histories, ``p.history`` latent frames
+    train2: WindowDataset            # Stage II (history, next segment) windows, ``p.history + p.segment`` frames
+    train_base: WindowDataset        # base pretraining windows, ``p.segment`` frames
+    eval1_items: list                # held-out histories (dicts with ``latent``, ``context``, ``frames``)
+    eval2_items: list                # held-out (history, segment) windows (dicts with ``latent``, ``context``)
+    common: dict                     # TrainArgs fields shared by Stage I and Stage II
+
+
+def _device(p: Preset, preset_name: str, device_name: str | None):
+    """The torch device (``device_name``, default cuda if available, else cpu); on cpu ``p.threads`` torch threads
+    (0: torch's default). Logs the preset and the device."""
     import torch
 
-    from framememory.training import evaluate
-    from framememory.training.standin_vae import PatchPCAVAE, reconstruction_psnr
-    from framememory.training.train import TrainArgs, train
-
-    t_start = time.perf_counter()
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu" and p.threads:
         torch.set_num_threads(p.threads)
     log(f"preset {preset_name}: {p}")
     log(f"device {device}, torch threads {torch.get_num_threads()}")
+    return device
 
-    # 1. clips
+
+def _load_clips(p: Preset) -> tuple[dict, dict, list[str], list[str], dict]:
+    """Fetch and decode the clips (:func:`fetch_media`, :func:`load_clip`) and pick the usable ones. Returns
+    ``(media, clips {name: uint8 [F, H, W, 3]}, training names, held-out names, too_short {name: reason})``;
+    ``media["missing"]`` also gets the clips that failed to decode. Raises SystemExit without training or held-out
+    clips."""
     media = fetch_media()
     for n, why in media["missing"].items():
         log(f"clip {n} unavailable: {why}")
@@ -462,9 +483,20 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
         raise SystemExit(f"need training and held-out clips; have {sorted(clips)} (run scripts/setup.sh)")
     log("train clips: " + ", ".join(f"{n} ({clips[n].shape[0]} frames)" for n in train_names))
     log("held-out clips: " + ", ".join(f"{n} ({clips[n].shape[0]} frames)" for n in held_names))
+    return media, clips, train_names, held_names, too_short
 
-    # 2. stand-in VAE on the training clips only
-    fit_key = hashlib.sha1(json.dumps([train_names, p.width, p.height, p.fps, p.max_seconds]).encode()).hexdigest()[:12]
+
+def _fit_key(p: Preset, train_names: list[str]) -> str:
+    """12 hex digits identifying the VAE fit inputs (training clips, frame size, fps, seconds), for cache names."""
+    return hashlib.sha1(json.dumps([train_names, p.width, p.height, p.fps, p.max_seconds]).encode()).hexdigest()[:12]
+
+
+def _standin_vae(p: Preset, preset_name: str, fit_key: str, clips: dict, train_names: list[str],
+                 held_names: list[str], device):
+    """The stand-in VAE fitted on the training clips only (cached under ``CACHE_DIR``), moved to ``device``, and its
+    held-out reconstruction ``{"psnr", "ssim", "frames"}`` (the ceiling of the table). Returns ``(vae, ceiling)``."""
+    from framememory.training.standin_vae import PatchPCAVAE, reconstruction_psnr
+
     vae_path = CACHE_DIR / f"standin_vae_{preset_name}_{p.width}x{p.height}_{fit_key}.safetensors"
     if vae_path.exists():
         vae = PatchPCAVAE.load(vae_path)
@@ -475,13 +507,26 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
     log(f"stand-in VAE: explained variance {vae.info['explained_variance']:.4f}; held-out reconstruction "
         f"PSNR {ceiling['psnr']:.2f} dB SSIM {ceiling['ssim']:.3f} over {ceiling['frames']} frames")
     vae.to(device)
+    return vae, ceiling
 
-    def encode(frames):  # in chunks of 64 frames: float copies of long clips stay small
-        with torch.no_grad():
-            return torch.cat([vae.encode(frames[i: i + 64].to(device)).cpu() for i in range(0, len(frames), 64)], 2)
 
-    train_lat = [encode(clips[n]) for n in train_names]
-    held_lat = [encode(clips[n]) for n in held_names]
+def _encode_clip(vae, frames, device):
+    """Stand-in latent ``[1, C, F, h, w]`` (CPU) of uint8 frames ``[F, H, W, 3]``, encoded in chunks of 64 frames
+    (float copies of long clips stay small)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([vae.encode(frames[i: i + 64].to(device)).cpu() for i in range(0, len(frames), 64)], 2)
+
+
+def _windows(p: Preset, vae, clips: dict, train_names: list[str], held_names: list[str], device) -> dict:
+    """The training datasets and held-out items of :class:`_RunContext` (keys ``train1``, ``train2``, ``train_base``,
+    ``eval1_items``, ``eval2_items``) from the encoded clips. Raises SystemExit with fewer than 2 held-out histories
+    or no held-out (history, segment) pair."""
+    from framememory.training import evaluate
+
+    train_lat = [_encode_clip(vae, clips[n], device) for n in train_names]
+    held_lat = [_encode_clip(vae, clips[n], device) for n in held_names]
     context = evaluate.standin_context()[0]  # [1, 4096]
     held_frames = [clips[n] for n in held_names]
     ds1 = WindowDataset(train_lat, p.history, p.train_stride, context)
@@ -498,111 +543,165 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
                          "more held-out clips, or raise eval_windows / stage2_eval_windows with --set")
     log(f"windows: Stage I train {len(ds1)}, Stage II train {len(ds2)}, held-out histories {len(eval1_items)}, "
         f"held-out (history, segment) pairs {len(eval2_items)}")
+    return {"train1": ds1, "train2": ds2, "train_base": ds_base, "eval1_items": eval1_items,
+            "eval2_items": eval2_items}
 
-    rows, stage2_rows, base_info = [], [], {}
-    common = dict(batch_size=p.batch_size, lr=p.lr, lora_rank=p.lora_rank, mixed_precision=p.mixed_precision,
-                  warmup_steps=p.warmup_steps, log_every=50, segment_frames=p.segment, timestep_loc=p.timestep_loc)
-    ref_ceiling = None
-    for seed in seeds:
-        # 3. base DiT
-        base = make_dit(p, seed)
-        base_key = f"{p.dim}x{p.layers}x{p.heads}_{p.base_steps}steps_loc{p.timestep_loc:g}_{p.segment}f"
-        base_file = CACHE_DIR / f"base_dit_{preset_name}_seed{seed}_{base_key}_{fit_key}.safetensors"
-        if base_file.exists():
-            from safetensors.torch import load_file
 
-            base.load_state_dict(load_file(str(base_file)))
-            base_info[seed] = {"cached": str(base_file.relative_to(REPO_ROOT))}
-            log(f"base DiT seed {seed}: loaded {base_file.name}")
-        else:
-            log(f"base DiT seed {seed}: pretraining {p.base_steps} steps")
-            info = pretrain_base(base, ds_base, p, seed, device)
-            from safetensors.torch import save_file
+def _common_train_args(p: Preset) -> dict:
+    """The ``TrainArgs`` fields Stage I and Stage II runs share."""
+    return dict(batch_size=p.batch_size, lr=p.lr, lora_rank=p.lora_rank, mixed_precision=p.mixed_precision,
+                warmup_steps=p.warmup_steps, log_every=50, segment_frames=p.segment, timestep_loc=p.timestep_loc)
 
-            base_file.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()}, str(base_file))
-            tail = info["losses"][-20:]
-            base_info[seed] = {"seconds": info["seconds"], "final_loss": sum(tail) / len(tail)}
-        base.to(device).eval()
-        for prm in base.parameters():
-            prm.requires_grad_(False)
 
-        # reference rows (evaluation only)
-        if ref_ceiling is None:
-            def passthrough(history, omega):
-                from framememory.training.stages import gather_frames
+def _lr_fn(vae, cfg):
+    """The LR branch's input for an encoder of config ``cfg``: ``latent [B, C, T, h, w] -> vae.lr_latent(latent,
+    cfg.rate)`` when ``cfg.use_lr``, else None."""
+    return (lambda x, _r=cfg.rate: vae.lr_latent(x, _r)) if cfg.use_lr else None
 
-                return gather_frames(history.expand(omega.shape[0], -1, -1, -1, -1), omega)
 
-            ref_ceiling = evaluate.frame_query_metrics(base, None, eval1_items, vae, seed=eval_seed,
-                                                       queries_per_clip=p.eval_queries, predict=passthrough)
-            rows.append({"variant": "VAE ceiling (ground-truth latent)", "rate": "-", "tokens": "-",
-                         "psnr": ref_ceiling["psnr"], "ssim": ref_ceiling["ssim"], "seed": "-", "train_s": 0.0})
-        t0 = time.perf_counter()
-        m = evaluate.frame_query_metrics(base, None, eval1_items, vae, seed=eval_seed,
-                                         queries_per_clip=p.eval_queries, steps=p.eval_steps)
-        loss = evaluate.frame_query_loss(base, None, eval1_items, seed=eval_seed, n_t=p.n_t)
-        rows.append({"variant": "Base DiT, no memory", "rate": "-", "tokens": 0, "psnr": m["psnr"], "ssim": m["ssim"],
-                     "loss": loss, "seed": seed, "train_s": 0.0, "eval_s": time.perf_counter() - t0})
-        log(f"seed {seed} base DiT without memory: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.3f}")
+def _base_dit(ctx: _RunContext, seed: int):
+    """The base DiT of ``seed``: loaded from ``CACHE_DIR`` or pretrained (:func:`pretrain_base`) and cached; frozen,
+    eval mode, on ``ctx.device``. Returns ``(dit, info)`` (info: the cache file, or pretraining seconds and the
+    final loss, mean of the last 20 steps)."""
+    p = ctx.p
+    base = make_dit(p, seed)
+    base_key = f"{p.dim}x{p.layers}x{p.heads}_{p.base_steps}steps_loc{p.timestep_loc:g}_{p.segment}f"
+    base_file = CACHE_DIR / f"base_dit_{ctx.preset_name}_seed{seed}_{base_key}_{ctx.fit_key}.safetensors"
+    if base_file.exists():
+        from safetensors.torch import load_file
 
-        # 4. Stage I per variant
-        proposed_442 = None
-        for name, rate, kind in VARIANTS:
-            label = f"{name} {rate}"
-            dm = copy.deepcopy(base)
-            enc = build_encoder(kind, rate, p, dm, seed)
-            cfg = enc.cfg
-            lr_fn = (lambda x, _r=cfg.rate: vae.lr_latent(x, _r)) if cfg.use_lr else None
-            log(f"seed {seed} Stage I {label}: {memory_tokens(cfg, p)} memory tokens, "
-                f"{sum(q.numel() for q in enc.parameters())} encoder parameters")
-            res = train(TrainArgs(stage=1, steps=p.stage1_steps, seed=seed, **common), dm, enc, ds1, lr_fn=lr_fn)
-            t0 = time.perf_counter()
-            m = evaluate.frame_query_metrics(dm, enc, eval1_items, vae, seed=eval_seed,
-                                             queries_per_clip=p.eval_queries, steps=p.eval_steps, lr_fn=lr_fn)
-            loss = evaluate.frame_query_loss(dm, enc, eval1_items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn)
-            shuffled = evaluate.frame_query_loss(dm, enc, eval1_items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn,
-                                                 shuffle_memory=True)
-            row = {"variant": label, "rate": rate, "tokens": memory_tokens(cfg, p), "psnr": m["psnr"],
-                   "ssim": m["ssim"], "loss": loss, "loss_shuffled": shuffled, "memory_gain": shuffled - loss,
-                   "psnr_vs_vae": m["psnr_vae"], "ssim_vs_vae": m["ssim_vae"], "frames": m["n"],
-                   "seed": seed, "train_s": res["seconds"], "eval_s": time.perf_counter() - t0,
-                   "final_loss": res["final_loss"], "steps": res["steps"], "paper_v1": PAPER_V1.get(label)}
-            rows.append(row)
-            log(f"seed {seed} {label}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.3f}, held-out loss {loss:.4f} "
-                f"(other clip's memory {shuffled:.4f}) (train {res['seconds']:.0f} s, final loss "
-                f"{res['final_loss']:.4f})")
-            if label == "Proposed 4x4x2":
-                proposed_442 = enc
-            del dm
+        base.load_state_dict(load_file(str(base_file)))
+        info = {"cached": str(base_file.relative_to(REPO_ROOT))}
+        log(f"base DiT seed {seed}: loaded {base_file.name}")
+    else:
+        log(f"base DiT seed {seed}: pretraining {p.base_steps} steps")
+        trained = pretrain_base(base, ctx.train_base, p, seed, ctx.device)
+        from safetensors.torch import save_file
 
-        # 5. Stage II
-        if p.stage2_steps > 0:
-            arms = [("memory (Stage I encoder)", copy.deepcopy(proposed_442)),
-                    ("no memory", None),
-                    ("memory, encoder without Stage I", build_encoder("proposed", "4x4x2", p, base, seed))]
-            for arm, enc in arms:
-                dm = copy.deepcopy(base)
-                lr_fn = None
-                if enc is not None and enc.cfg.use_lr:
-                    lr_fn = lambda x, _r=enc.cfg.rate: vae.lr_latent(x, _r)  # noqa: E731
-                before = evaluate.next_segment_loss(base, enc, eval2_items, seed=eval_seed, n_t=p.n_t,
-                                                    segment_frames=p.segment, lr_fn=lr_fn)
-                log(f"seed {seed} Stage II {arm}: held-out loss before {before:.4f}")
-                res = train(TrainArgs(stage=2, steps=p.stage2_steps, seed=seed, **common), dm, enc, ds2, lr_fn=lr_fn)
-                after = evaluate.next_segment_loss(dm, enc, eval2_items, seed=eval_seed, n_t=p.n_t,
-                                                   segment_frames=p.segment, lr_fn=lr_fn)
-                stage2_rows.append({"arm": arm, "rate": "4x4x2" if enc is not None else "-",
-                                    "heldout_loss": after, "heldout_loss_before": before, "seed": seed,
-                                    "train_s": res["seconds"], "final_train_loss": res["final_loss"]})
-                log(f"seed {seed} Stage II {arm}: held-out next-segment loss {after:.4f} "
-                    f"(train {res['seconds']:.0f} s)")
-                del dm
+        base_file.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()}, str(base_file))
+        tail = trained["losses"][-20:]
+        info = {"seconds": trained["seconds"], "final_loss": sum(tail) / len(tail)}
+    base.to(ctx.device).eval()
+    for prm in base.parameters():
+        prm.requires_grad_(False)
+    return base, info
 
-    # summary
-    variant_labels = [f"{n} {r}" for n, r, _ in VARIANTS]
+
+def _ceiling_row(ctx: _RunContext, base) -> dict:
+    """Reference row: frame-query PSNR / SSIM of the ground-truth latent frames through the VAE (no sampling)."""
+    from framememory.training import evaluate
+
+    def passthrough(history, omega):
+        from framememory.training.stages import gather_frames
+
+        return gather_frames(history.expand(omega.shape[0], -1, -1, -1, -1), omega)
+
+    ref = evaluate.frame_query_metrics(base, None, ctx.eval1_items, ctx.vae, seed=ctx.eval_seed,
+                                       queries_per_clip=ctx.p.eval_queries, predict=passthrough)
+    return {"variant": "VAE ceiling (ground-truth latent)", "rate": "-", "tokens": "-",
+            "psnr": ref["psnr"], "ssim": ref["ssim"], "seed": "-", "train_s": 0.0}
+
+
+def _base_row(ctx: _RunContext, base, seed: int) -> dict:
+    """Reference row: the base DiT without memory (frame-query PSNR / SSIM and held-out Stage I loss)."""
+    from framememory.training import evaluate
+
+    p = ctx.p
+    t0 = time.perf_counter()
+    m = evaluate.frame_query_metrics(base, None, ctx.eval1_items, ctx.vae, seed=ctx.eval_seed,
+                                     queries_per_clip=p.eval_queries, steps=p.eval_steps)
+    loss = evaluate.frame_query_loss(base, None, ctx.eval1_items, seed=ctx.eval_seed, n_t=p.n_t)
+    row = {"variant": "Base DiT, no memory", "rate": "-", "tokens": 0, "psnr": m["psnr"], "ssim": m["ssim"],
+           "loss": loss, "seed": seed, "train_s": 0.0, "eval_s": time.perf_counter() - t0}
+    log(f"seed {seed} base DiT without memory: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.3f}")
+    return row
+
+
+def _stage1_variant(ctx: _RunContext, base, seed: int, name: str, rate: str, kind: str):
+    """Stage I of one variant (:data:`VARIANTS`) on a copy of ``base``, then its held-out frame-query metrics and
+    losses (own memory, another clip's memory). Returns ``(row, encoder)``."""
+    from framememory.training import evaluate
+    from framememory.training.train import TrainArgs, train
+
+    p, items, eval_seed = ctx.p, ctx.eval1_items, ctx.eval_seed
+    label = f"{name} {rate}"
+    dm = copy.deepcopy(base)
+    enc = build_encoder(kind, rate, p, dm, seed)
+    cfg = enc.cfg
+    lr_fn = _lr_fn(ctx.vae, cfg)
+    log(f"seed {seed} Stage I {label}: {memory_tokens(cfg, p)} memory tokens, "
+        f"{sum(q.numel() for q in enc.parameters())} encoder parameters")
+    res = train(TrainArgs(stage=1, steps=p.stage1_steps, seed=seed, **ctx.common), dm, enc, ctx.train1, lr_fn=lr_fn)
+    t0 = time.perf_counter()
+    m = evaluate.frame_query_metrics(dm, enc, items, ctx.vae, seed=eval_seed,
+                                     queries_per_clip=p.eval_queries, steps=p.eval_steps, lr_fn=lr_fn)
+    loss = evaluate.frame_query_loss(dm, enc, items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn)
+    shuffled = evaluate.frame_query_loss(dm, enc, items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn,
+                                         shuffle_memory=True)
+    row = {"variant": label, "rate": rate, "tokens": memory_tokens(cfg, p), "psnr": m["psnr"],
+           "ssim": m["ssim"], "loss": loss, "loss_shuffled": shuffled, "memory_gain": shuffled - loss,
+           "psnr_vs_vae": m["psnr_vae"], "ssim_vs_vae": m["ssim_vae"], "frames": m["n"],
+           "seed": seed, "train_s": res["seconds"], "eval_s": time.perf_counter() - t0,
+           "final_loss": res["final_loss"], "steps": res["steps"], "paper_v1": PAPER_V1.get(label)}
+    log(f"seed {seed} {label}: PSNR {m['psnr']:.2f} SSIM {m['ssim']:.3f}, held-out loss {loss:.4f} "
+        f"(other clip's memory {shuffled:.4f}) (train {res['seconds']:.0f} s, final loss "
+        f"{res['final_loss']:.4f})")
+    del dm
+    return row, enc
+
+
+def _stage1_rows(ctx: _RunContext, base, seed: int):
+    """Stage I rows of every variant of :data:`VARIANTS`, in order. Returns ``(rows, the Proposed 4x4x2 encoder)``."""
+    rows, proposed_442 = [], None
+    for name, rate, kind in VARIANTS:
+        row, enc = _stage1_variant(ctx, base, seed, name, rate, kind)
+        rows.append(row)
+        if row["variant"] == "Proposed 4x4x2":
+            proposed_442 = enc
+    return rows, proposed_442
+
+
+def _stage2_arm(ctx: _RunContext, base, seed: int, arm: str, enc) -> dict:
+    """Stage II of one arm (a new LoRA on a copy of ``base`` with encoder ``enc``, None: no memory): held-out
+    next-segment loss before and after ``p.stage2_steps`` steps. Returns its row."""
+    from framememory.training import evaluate
+    from framememory.training.train import TrainArgs, train
+
+    p, items, eval_seed = ctx.p, ctx.eval2_items, ctx.eval_seed
+    dm = copy.deepcopy(base)
+    lr_fn = _lr_fn(ctx.vae, enc.cfg) if enc is not None else None
+    before = evaluate.next_segment_loss(base, enc, items, seed=eval_seed, n_t=p.n_t,
+                                        segment_frames=p.segment, lr_fn=lr_fn)
+    log(f"seed {seed} Stage II {arm}: held-out loss before {before:.4f}")
+    res = train(TrainArgs(stage=2, steps=p.stage2_steps, seed=seed, **ctx.common), dm, enc, ctx.train2, lr_fn=lr_fn)
+    after = evaluate.next_segment_loss(dm, enc, items, seed=eval_seed, n_t=p.n_t,
+                                       segment_frames=p.segment, lr_fn=lr_fn)
+    row = {"arm": arm, "rate": "4x4x2" if enc is not None else "-",
+           "heldout_loss": after, "heldout_loss_before": before, "seed": seed,
+           "train_s": res["seconds"], "final_train_loss": res["final_loss"]}
+    log(f"seed {seed} Stage II {arm}: held-out next-segment loss {after:.4f} "
+        f"(train {res['seconds']:.0f} s)")
+    del dm
+    return row
+
+
+def _stage2_rows(ctx: _RunContext, base, seed: int, proposed_442) -> list[dict]:
+    """Stage II rows of the three arms (Stage I encoder, no memory, encoder without Stage I); none when
+    ``p.stage2_steps`` is 0."""
+    if ctx.p.stage2_steps <= 0:
+        return []
+    arms = [("memory (Stage I encoder)", copy.deepcopy(proposed_442)),
+            ("no memory", None),
+            ("memory, encoder without Stage I", build_encoder("proposed", "4x4x2", ctx.p, base, seed))]
+    return [_stage2_arm(ctx, base, seed, arm, enc) for arm, enc in arms]
+
+
+def _means(rows: list[dict]) -> dict:
+    """Per variant of :data:`VARIANTS` with rows: means over seeds of psnr, ssim, loss, memory_gain, the sample
+    standard deviations ``psnr_sd`` / ``ssim_sd`` (0 with one seed) and ``seeds``."""
     means = {}
-    for lab in variant_labels:
+    for lab in [f"{n} {r}" for n, r, _ in VARIANTS]:
         sel = [r for r in rows if r["variant"] == lab]
         if sel:
             means[lab] = {k: sum(r[k] for r in sel) / len(sel) for k in ("psnr", "ssim", "loss", "memory_gain")}
@@ -610,19 +709,33 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
                 dev = [(r[k] - means[lab][k]) ** 2 for r in sel]
                 means[lab][f"{k}_sd"] = (sum(dev) / (len(sel) - 1)) ** 0.5 if len(sel) > 1 else 0.0
             means[lab]["seeds"] = len(sel)
-    order_psnr = ordering({k: v["psnr"] for k, v in means.items()})
-    order_ssim = ordering({k: v["ssim"] for k, v in means.items()})
-    order_loss = ordering({k: -v["loss"] for k, v in means.items()})  # lower held-out loss = better
+    return means
+
+
+def _orderings(means: dict) -> dict:
+    """The paper's ordering (:func:`ordering`) on the mean PSNR, SSIM and held-out loss (lower = better):
+    ``{"psnr", "ssim", "loss"}``."""
+    return {"psnr": ordering({k: v["psnr"] for k, v in means.items()}),
+            "ssim": ordering({k: v["ssim"] for k, v in means.items()}),
+            "loss": ordering({k: -v["loss"] for k, v in means.items()})}  # lower held-out loss = better
+
+
+def _stage2_means(stage2_rows: list[dict]) -> dict:
+    """Mean held-out next-segment loss per Stage II arm over seeds."""
     s2_means = {}
     for r in stage2_rows:
         s2_means.setdefault(r["arm"], []).append(r["heldout_loss"])
-    s2_means = {k: sum(v) / len(v) for k, v in s2_means.items()}
-    wall = time.perf_counter() - t_start
+    return {k: sum(v) / len(v) for k, v in s2_means.items()}
 
+
+def _print_report(ctx: _RunContext, seeds, rows: list[dict], means: dict, orders: dict, stage2_rows: list[dict],
+                  wall: float) -> None:
+    """Print the tables of the run (frame retrieval, means over seeds, orderings, Stage II) and the wall time."""
+    p = ctx.p
     bench = _bench_common()
     print()
-    print(f"Frame retrieval on held-out clips ({len(eval1_items)} histories x {p.eval_queries} queries, "
-          f"{p.eval_steps} Euler steps; PSNR dB / SSIM vs the original frames), preset {preset_name}:")
+    print(f"Frame retrieval on held-out clips ({len(ctx.eval1_items)} histories x {p.eval_queries} queries, "
+          f"{p.eval_steps} Euler steps; PSNR dB / SSIM vs the original frames), preset {ctx.preset_name}:")
     bench.print_table(rows, ["variant", "rate", "tokens", "psnr", "ssim", "loss", "memory_gain", "train_s", "seed"],
                       digits=3)
     print("(loss: held-out Stage I velocity MSE on a fixed t grid with the clip's own memory; memory_gain: the same "
@@ -631,6 +744,7 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
         print("\nMeans over seeds:")
         bench.print_table([{"variant": k, **v} for k, v in means.items()],
                           ["variant", "psnr", "psnr_sd", "ssim", "ssim_sd", "loss", "memory_gain", "seeds"], digits=3)
+    order_psnr, order_ssim, order_loss = orders["psnr"], orders["ssim"], orders["loss"]
     print(f"\nPaper ordering (PSNR) Large Patchifier < Only LR / Without LR < Proposed 4x4x2 < Proposed 2x2x1: "
           f"{'holds' if order_psnr.get('all') else 'does NOT hold'} {order_psnr}")
     print(f"Same ordering on SSIM: {'holds' if order_ssim.get('all') else 'does NOT hold'} {order_ssim}")
@@ -642,20 +756,56 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
                           digits=3)
     print(f"\nwall time {wall:.0f} s")
 
+
+def _clips_record(p: Preset, clips: dict, train_names: list[str], held_names: list[str], media: dict,
+                  too_short: dict) -> dict:
+    """The ``clips`` entry of the result: frames per training / held-out clip, the missing and too short clips and
+    the sample rate (frames per second)."""
+    return {"train": {n: int(clips[n].shape[0]) for n in train_names},
+            "heldout": {n: int(clips[n].shape[0]) for n in held_names}, "missing": media["missing"],
+            "too_short": too_short,
+            "sample_fps": p.fps / 4}
+
+
+def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_name: str | None) -> dict:
+    """The whole reproduction (module docstring, steps 1-5) for each of ``seeds``; prints the tables and writes the
+    result JSON to ``out``. Returns the result: ``benchmark``, ``paper``, ``preset``, ``preset_values``, ``seeds``,
+    ``eval_seed``, ``machine``, ``command``, ``wall_s`` (seconds), ``clips``, ``standin_vae``, ``base_dit``,
+    ``rows`` (Stage I and reference rows: PSNR dB, SSIM, held-out losses, seconds), ``means``,
+    ``ordering_psnr`` / ``ordering_ssim`` / ``ordering_heldout_loss``, ``stage2``, ``stage2_means``, ``paper_v1``.
+    Raises SystemExit: no training or held-out clips, too few held-out windows."""
+    t_start = time.perf_counter()
+    device = _device(p, preset_name, device_name)
+    media, clips, train_names, held_names, too_short = _load_clips(p)
+    fit_key = _fit_key(p, train_names)
+    vae, ceiling = _standin_vae(p, preset_name, fit_key, clips, train_names, held_names, device)
+    ctx = _RunContext(p, preset_name, eval_seed, device, vae, fit_key,
+                     **_windows(p, vae, clips, train_names, held_names, device), common=_common_train_args(p))
+    rows, stage2_rows, base_info = [], [], {}
+    for i, seed in enumerate(seeds):
+        base, base_info[seed] = _base_dit(ctx, seed)  # 3. base DiT
+        if i == 0:  # reference rows (evaluation only); the VAE ceiling does not depend on the seed
+            rows.append(_ceiling_row(ctx, base))
+        rows.append(_base_row(ctx, base, seed))
+        seed_rows, proposed_442 = _stage1_rows(ctx, base, seed)  # 4. Stage I per variant
+        rows.extend(seed_rows)
+        stage2_rows.extend(_stage2_rows(ctx, base, seed, proposed_442))  # 5. Stage II
+    means = _means(rows)  # summary
+    orders = _orderings(means)
+    s2_means = _stage2_means(stage2_rows)
+    wall = time.perf_counter() - t_start
+    _print_report(ctx, seeds, rows, means, orders, stage2_rows, wall)
     result = {
         "benchmark": "reproduction", "paper": "arXiv 2512.23851", "preset": preset_name,
         "preset_values": dataclasses.asdict(p), "seeds": list(seeds), "eval_seed": eval_seed,
-        "machine": bench.machine(),
+        "machine": _bench_common().machine(),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "wall_s": wall,
-        "clips": {"train": {n: int(clips[n].shape[0]) for n in train_names},
-                  "heldout": {n: int(clips[n].shape[0]) for n in held_names}, "missing": media["missing"],
-                  "too_short": too_short,
-                  "sample_fps": p.fps / 4},
+        "clips": _clips_record(p, clips, train_names, held_names, media, too_short),
         "standin_vae": {"definition": "8x8x3 pixel patches -> top-16 PCA components, whitened; 1 latent frame per "
                                       "frame sampled at fps/4", "info": vae.info,
                         "heldout_reconstruction": ceiling},
         "base_dit": base_info, "rows": rows, "means": means,
-        "ordering_psnr": order_psnr, "ordering_ssim": order_ssim, "ordering_heldout_loss": order_loss,
+        "ordering_psnr": orders["psnr"], "ordering_ssim": orders["ssim"], "ordering_heldout_loss": orders["loss"],
         "stage2": stage2_rows, "stage2_means": s2_means, "paper_v1": PAPER_V1,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

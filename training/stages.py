@@ -37,17 +37,21 @@ regenerated frame is a positional query into the memory. Loss = MSE over the Ome
 (``t_start = -T_H``, as at inference: the segment being generated starts at time 0); rectified flow on the next
 segment ``X`` only.
 
-**LR branch in training (stand-in).** At inference the LR branch is: pixel-space downsample (``lr_frames``) -> the
-DiT's VAE -> the DiT's first projection. Stage I's history is *masked in latent space*, so there are no pixels to
-downsample and no VAE in this loop. Stand-in used here (:func:`lr_branch`): the DiT's own first projection (Wan
-``patch_embedding``, for I2V models through :func:`models.wan.model_input`; HunyuanVideo ``img_in``; frozen, no LoRA,
-under ``no_grad``; :meth:`training.dits.DitFamily.embed`) on the *full-resolution* (masked) latent, giving
-``[B, D, T, Ht, Wt]``, then average pooling with kernel = stride = ``(rt, rh, rw)`` onto the memory grid
-``(T // rt, Ht // rh, Wt // rw)`` (floored, as :func:`memory.grid.memory_grid`). Since the patch embedding is affine,
-this equals the patch embedding of the latent averaged over ``rt`` frames and ``rh x rw`` tokens; it is *not* the same
-as the VAE of downsampled pixels (the VAE is non-linear), so a full training run should feed precomputed LR latents
-(``lr_latent=``: VAE of ``lr_frames`` of the history; for Stage I, of the masked history's decoded pixels or, cheaper,
-of the clean history with the stand-in only for the masked frames) when it wants the inference-time LR branch exactly.
+**One encoder path.** The memory tokens come from :class:`memory.encoder.HistoryEncoder` (Fig. 2), the module the
+nodes run at inference, with the DiT's own first projection as ``embed`` (:meth:`training.dits.DitFamily.embed`,
+frozen, no LoRA) and the *real* LR latent: the DiT's VAE of :func:`memory.encoder.lr_clip` of the history's frames
+(``lr_latent``, model space), precomputed in the shards by ``training/data.py`` (one VAE stream per chunk, as
+inference streams it) or made in the loop by an ``lr_fn`` (the reproduction's linear stand-in VAE). Stage I masks the
+LR latent like the history (:func:`mask_lr_latent`): LR frame ``j`` covers latent frames ``j*rt .. j*rt+rt-1`` and
+takes the *lowest* noise level among them (clean when it covers an Omega frame), so every regenerated frame's LR
+token is clean, as its HR input is.
+
+**Add-ons in training.** Cross-attention (``EncoderConfig.cross_attention``): the encoder's hidden states and its
+layers go through the same block patches as at inference (:func:`dit_forward`), so the layers learn. Overlap window
+(``overlap_latent_frames``): Stage II appends the history's last N latent frames uncompressed
+(:func:`memory.encoder.overlap_window`, as ``models.encoding.next_memory``); Stage I does not (the window would hold
+the queried frames themselves). Memory-token timestep: ``EncoderConfig.memory_timestep`` (``"zero"`` by default)
+picks the adapter's modulation rule in training as at inference.
 
 **LoRA** (:func:`add_lora`): ``peft.LoraConfig(r=128, lora_alpha=r, target_modules=<regex>)`` injected in place
 with ``peft.inject_adapter_in_model`` (the model stays a ``WanModel`` / ``HunyuanVideo`` with its own forward),
@@ -66,8 +70,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from ..memory.encoder import HistoryEncoder, combine_branches
-from ..memory.grid import memory_grid, memory_positions
+from ..memory.encoder import HistoryEncoder, overlap_window
+from ..memory.grid import memory_positions
 from .dits import DEFAULT_GUIDANCE, HUNYUAN, WAN, dit_family
 
 TIMESTEP_MULTIPLIER = 1000.0  # ComfyUI flow model_sampling (Wan, HunyuanVideo): the DiT's timestep = 1000 * sigma
@@ -95,7 +99,6 @@ class StageConfig:
     omega_frames: int = 1                                          # |Omega| per sample (Stage I)
     mask_levels: LogitNormal = field(default_factory=lambda: LogitNormal(0.2, 1.0))  # noise of non-Omega frames
     timesteps: LogitNormal = field(default_factory=lambda: LogitNormal(0.0, 1.0))    # diffusion time t
-    use_lr: bool | None = None                                     # None: follow the encoder config's use_lr
     guidance: float = DEFAULT_GUIDANCE                             # HunyuanVideo embedded guidance (Wan: unused)
 
 
@@ -144,44 +147,51 @@ def lora_state_dict(dm: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------ memory encoding
 
 
-def lr_branch(dm, latent: torch.Tensor, cfg) -> torch.Tensor:
-    """LR-branch stand-in (module docstring): the DiT's frozen first projection (Wan ``patch_embedding``,
-    HunyuanVideo ``img_in``) of the full-resolution latent, average-pooled to the memory grid.
-    ``[B, C, T, h, w]`` -> ``[B, D, Tm, Hm, Wm]`` float32 (no grad). Raises TypeError for an untrainable DiT."""
-    family = dit_family(dm)
-    rh, rw, rt = cfg.rate
-    grid = memory_grid(tuple(latent.shape[2:]), cfg)
-    with torch.no_grad():
-        y = family.embed(dm, latent)  # [B, D, T, Ht, Wt]
-        y = F.avg_pool3d(y, kernel_size=(rt, rh, rw), stride=(rt, rh, rw))
-    return y[:, :, : grid[0], : grid[1], : grid[2]]
-
-
 def encode_history(dm, encoder: HistoryEncoder, latent: torch.Tensor, t_start: float,
-                   lr_latent: torch.Tensor | None = None, use_lr: bool | None = None):
-    """Memory tokens of a history for training: ``(tokens [B, M, D], positions2 [B, M, 3] int64)``.
+                   lr_latent: torch.Tensor | None = None, overlap: bool = False) -> SimpleNamespace:
+    """Memory of a history for training, through Fig. 2 (:class:`memory.encoder.HistoryEncoder`, or a drop-in with
+    the same call such as ``training.baselines.LargePatchifier``).
 
-    HR branch: ``encoder(latent)`` (with grad). LR branch: the DiT's first projection of ``lr_latent`` when a
-    precomputed LR latent (VAE of :func:`memory.encoder.lr_frames`) is given, else the stand-in :func:`lr_branch`.
-    Positions are :func:`memory.grid.memory_positions` from ``t_start``, doubled (``memory_positions2``, as in
-    ``models/conds.py``).
+    Args:
+        latent: ``[B, C, T, h, w]`` model-space history. t_start: DiT time of its first latent frame.
+        lr_latent: ``[B, C, Tm, h', w']`` model-space LR latent (module docstring); required when the encoder has
+            an LR branch.
+        overlap: add the overlap-window add-on's uncompressed tokens (Stage II).
+    Returns:
+        ``tokens [B, M, D]``, ``positions2 [B, M, 3]`` int64 (twice the RoPE positions, as ``models/conds.py``),
+        ``hidden [B, M_h, Ch]`` or None (cross-attention add-on), ``cross`` (its layers or None), ``memory_t0``.
+    Raises:
+        ValueError: the encoder has an LR branch and no ``lr_latent`` is given (prepare the shards with
+        ``training/prepare_data.py``), or shapes off the memory grid.
     """
     cfg = encoder.cfg
-    use_lr = cfg.use_lr if use_lr is None else use_lr
-    hr = encoder(latent.float()) if cfg.use_hr else None
-    lr = None
-    if use_lr:
-        if lr_latent is not None:
-            lr = dit_family(dm).embed(dm, lr_latent)
-        else:
-            lr = lr_branch(dm, latent, cfg)
-    tokens = combine_branches(hr, lr)
-    grid = memory_grid(tuple(latent.shape[2:]), cfg)
-    if tokens.shape[1] != grid[0] * grid[1] * grid[2]:
-        raise ValueError(f"memory branches give {tokens.shape[1]} tokens, expected the grid {grid}")
+    embed = lambda z: dit_family(dm).embed(dm, z)  # noqa: E731  the DiT's frozen first projection
+    if cfg.use_lr and lr_latent is None:
+        raise ValueError(f"the encoder's LR branch needs the LR latent of the history (rate {cfg.rate_str}): shards "
+                         "from training/prepare_data.py carry it (--lr-rates), or pass an lr_fn")
+    tokens, hidden = encoder(latent.float(), lr_latent, embed)
+    grid = encoder.grid(latent)
     pos = memory_positions(grid, cfg, t_start=t_start, dtype=torch.float64)
+    if overlap and cfg.overlap_latent_frames:
+        window, wpos = overlap_window(embed, latent[:, :, -cfg.overlap_latent_frames:].float(), cfg)
+        tokens = torch.cat([tokens, window.to(tokens)], dim=1)
+        pos = torch.cat([pos, wpos.double() + t_start + latent.shape[2]], dim=0)
     pos2 = (pos * 2).round().long()[None].expand(latent.shape[0], -1, -1).to(latent.device)
-    return tokens, pos2
+    return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=hidden, cross=getattr(encoder, "cross", None),
+                           memory_t0=cfg.memory_timestep == "zero")
+
+
+def mask_lr_latent(lr_latent: torch.Tensor, omega: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor,
+                   rt: int) -> torch.Tensor:
+    """Stage I's mask on the LR latent (module docstring): LR frame ``j`` ``[B, C, Tm, h', w']`` gets the lowest level
+    of the latent frames ``j*rt .. j*rt+rt-1`` it covers (``levels`` ``[B, T]``; Omega frames ``omega`` ``[B, k]`` count
+    as 0): ``(1 - s) lr + s noise``."""
+    b, t = levels.shape
+    lv = levels.to(lr_latent).clone()
+    lv.scatter_(1, omega.to(lr_latent.device), 0.0)
+    tm = lr_latent.shape[2]
+    s = lv[:, : tm * rt].reshape(b, tm, rt).amin(dim=2)[:, None, :, None, None]  # [B, 1, Tm, 1, 1]
+    return (1 - s) * lr_latent + s * noise.to(lr_latent)
 
 
 # ------------------------------------------------------------------------------------------ DiT forward
@@ -195,15 +205,15 @@ def frame_rope(dm, frame_times: torch.Tensor, ht: int, wt: int) -> torch.Tensor:
     return dit_family(dm).frame_rope(dm, frame_times, ht, wt)
 
 
-def dit_forward(dm, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, tokens: torch.Tensor | None,
-                positions2: torch.Tensor | None, frame_times: torch.Tensor | None = None,
-                pooled: torch.Tensor | None = None, guidance: float | torch.Tensor | None = None) -> torch.Tensor:
+def dit_forward(dm, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: SimpleNamespace | None,
+                frame_times: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
+                guidance: float | torch.Tensor | None = None) -> torch.Tensor:
     """Velocity prediction of the DiT with memory, through its family's inference patches (:mod:`training.dits`).
 
     Args:
         x_t: ``[B, C, k, h, w]`` noisy latent (model space). t: ``[B]`` sigma in [0, 1] (the DiT gets ``1000 t``).
-        context: ``[B, L, 4096]`` text embeddings. tokens / positions2: memory ``[B, M, D]`` and twice its RoPE
-            positions ``[B, M, 3]`` int64 (:func:`encode_history`), or None (no memory).
+        context: ``[B, L, 4096]`` text embeddings. memory: :func:`encode_history`'s result (tokens, positions,
+            cross-attention hidden states and layers, timestep rule), or None (no memory).
         frame_times: ``[B, k]`` RoPE times of the k frames (None: ``0..k-1``, the DiT's own positions).
         pooled: ``[B, 768]`` HunyuanVideo's pooled text embedding ``y`` (required there; Wan ignores it).
         guidance: HunyuanVideo's embedded guidance, a float or ``[B]`` (None: :data:`training.dits.DEFAULT_GUIDANCE`;
@@ -213,7 +223,7 @@ def dit_forward(dm, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, t
     Raises:
         TypeError: untrainable DiT family. ValueError: HunyuanVideo without (or with a mis-shaped) ``pooled``.
     """
-    return dit_family(dm).forward(dm, x_t, t * TIMESTEP_MULTIPLIER, context, tokens, positions2,
+    return dit_family(dm).forward(dm, x_t, t * TIMESTEP_MULTIPLIER, context, memory,
                                   frame_times=frame_times, pooled=pooled, guidance=guidance)
 
 
@@ -252,11 +262,12 @@ def gather_frames(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 2, index)
 
 
-def prepare_stage1(history: torch.Tensor, cfg: StageConfig = StageConfig(),
-                   generator: torch.Generator | None = None) -> SimpleNamespace:
+def prepare_stage1(history: torch.Tensor, cfg: StageConfig = StageConfig(), generator: torch.Generator | None = None,
+                   lr_latent: torch.Tensor | None = None, rt: int = 1) -> SimpleNamespace:
     """All random draws of one Stage I step (so the loss itself is a deterministic function):
     ``omega`` ``[B, k]``, ``levels`` ``[B, T]`` ~ ``cfg.mask_levels``, ``masked`` = :func:`mask_history`,
-    ``t`` ``[B]`` ~ ``cfg.timesteps``, ``eps`` ``[B, C, k, h, w]``. Random numbers come from ``generator`` (CPU)."""
+    ``t`` ``[B]`` ~ ``cfg.timesteps``, ``eps`` ``[B, C, k, h, w]``, and with a clean ``lr_latent`` (time rate ``rt``)
+    ``lr_masked`` = :func:`mask_lr_latent` (its noise drawn last). Random numbers come from ``generator`` (CPU)."""
     b, c, t, h, w = history.shape
     omega = sample_omega(b, t, cfg.omega_frames, generator)
     levels = cfg.mask_levels.sample((b, t), generator)
@@ -264,7 +275,12 @@ def prepare_stage1(history: torch.Tensor, cfg: StageConfig = StageConfig(),
     masked = mask_history(history, omega, levels, mask_noise)
     ts = cfg.timesteps.sample((b,), generator).to(history.device)
     eps = torch.randn((b, c, cfg.omega_frames, h, w), generator=generator).to(history)
-    return SimpleNamespace(omega=omega.to(history.device), levels=levels, masked=masked, t=ts, eps=eps)
+    lr_masked = None
+    if lr_latent is not None:
+        lr_noise = torch.randn(lr_latent.shape, generator=generator)
+        lr_masked = mask_lr_latent(lr_latent, omega, levels, lr_noise, rt)
+    return SimpleNamespace(omega=omega.to(history.device), levels=levels, masked=masked, t=ts, eps=eps,
+                           lr_masked=lr_masked)
 
 
 def stage1_loss(dm, encoder: HistoryEncoder, history: torch.Tensor, context: torch.Tensor, prep: SimpleNamespace,
@@ -275,41 +291,40 @@ def stage1_loss(dm, encoder: HistoryEncoder, history: torch.Tensor, context: tor
     Args:
         history: ``H`` ``[B, C, T, h, w]`` clean, model space; only ``H[Omega]`` enters the loss as the target (the
             encoder sees ``prep.masked``). context: ``[B, L, 4096]`` text embeddings. prep: :func:`prepare_stage1`.
+        lr_latent: the *masked* history's LR latent (default ``prep.lr_masked``; module docstring).
         pooled: ``[B, 768]`` pooled text embedding (HunyuanVideo; see :func:`dit_forward`).
     Returns:
         ``(loss, pred)``: scalar float32 MSE over the Omega frames; ``pred`` ``[B, C, k, h, w]``.
     """
-    tokens, pos2 = encode_history(dm, encoder, prep.masked, t_start=0.0, lr_latent=lr_latent, use_lr=cfg.use_lr)
+    lr = prep.lr_masked if lr_latent is None else lr_latent
+    memory = encode_history(dm, encoder, prep.masked, t_start=0.0, lr_latent=lr)
     x0 = gather_frames(history, prep.omega)
     x_t, target = flow_pair(x0, prep.t, prep.eps)
-    pred = dit_forward(dm, x_t, prep.t, context, tokens, pos2, frame_times=prep.omega, pooled=pooled,
-                       guidance=cfg.guidance)
+    pred = dit_forward(dm, x_t, prep.t, context, memory, frame_times=prep.omega, pooled=pooled, guidance=cfg.guidance)
     return F.mse_loss(pred.float(), target.float()), pred
-
-
-# ------------------------------------------------------------------------------------------------ Stage II
 
 
 def stage2_loss(dm, encoder: HistoryEncoder | None, history: torch.Tensor, target: torch.Tensor, context: torch.Tensor,
                 t: torch.Tensor | None = None, eps: torch.Tensor | None = None, cfg: StageConfig = StageConfig(),
                 generator: torch.Generator | None = None, lr_latent: torch.Tensor | None = None,
                 pooled: torch.Tensor | None = None):
-    """Autoregressive fine-tuning loss: memory of the clean history ``H`` ``[B, C, T_H, h, w]`` at times
-    ``-T_H .. -1``; rectified flow on the next segment ``X`` = ``target`` ``[B, C, T_X, h, w]`` only (its frames at
-    times ``0 .. T_X-1``). ``t`` ``[B]`` / ``eps`` are drawn (``cfg.timesteps``, ``generator``) when None.
-    ``encoder`` None: the same loss without memory tokens (the no-memory baseline). ``pooled``: ``[B, 768]``
-    (HunyuanVideo; see :func:`dit_forward`). Returns ``(loss, pred)``: scalar float32 MSE, ``[B, C, T_X, h, w]``."""
+    """Autoregressive fine-tuning loss: memory of the clean history ``H`` ``[B, C, T_H, h, w]`` (LR latent
+    ``lr_latent``) at times ``-T_H .. -1``, with the overlap-window add-on when configured; rectified flow on the
+    next segment ``X`` = ``target`` ``[B, C, T_X, h, w]`` only (its frames at times ``0 .. T_X-1``). ``t`` ``[B]`` /
+    ``eps`` are drawn (``cfg.timesteps``, ``generator``) when None. ``encoder`` None: the same loss without memory
+    tokens (the no-memory baseline). ``pooled``: ``[B, 768]`` (HunyuanVideo). Returns ``(loss, pred)``: scalar
+    float32 MSE, ``[B, C, T_X, h, w]``."""
     b = target.shape[0]
     if t is None:
         t = cfg.timesteps.sample((b,), generator).to(target.device)
     if eps is None:
         eps = torch.randn(target.shape, generator=generator).to(target)
-    tokens = pos2 = None
+    memory = None
     if encoder is not None:
-        tokens, pos2 = encode_history(dm, encoder, history, t_start=-float(history.shape[2]), lr_latent=lr_latent,
-                                      use_lr=cfg.use_lr)
+        memory = encode_history(dm, encoder, history, t_start=-float(history.shape[2]), lr_latent=lr_latent,
+                                overlap=True)
     x_t, velocity = flow_pair(target, t, eps)
-    pred = dit_forward(dm, x_t, t, context, tokens, pos2, pooled=pooled, guidance=cfg.guidance)
+    pred = dit_forward(dm, x_t, t, context, memory, pooled=pooled, guidance=cfg.guidance)
     return F.mse_loss(pred.float(), velocity.float()), pred
 
 
@@ -319,7 +334,7 @@ def trainable_parameters(dm, encoder: HistoryEncoder | None) -> list[torch.nn.Pa
     return [p for p in dm.parameters() if p.requires_grad] + enc
 
 
-__all__ = ["LogitNormal", "StageConfig", "add_lora", "lora_state_dict", "lr_branch", "encode_history", "frame_rope",
+__all__ = ["LogitNormal", "StageConfig", "add_lora", "lora_state_dict", "encode_history", "mask_lr_latent", "frame_rope",
            "dit_forward", "flow_pair", "sample_omega", "mask_history", "gather_frames", "prepare_stage1",
            "stage1_loss", "stage2_loss", "trainable_parameters", "TIMESTEP_MULTIPLIER", "LORA_TARGETS",
            "HUNYUAN_LORA_TARGETS", "dit_family"]

@@ -191,12 +191,15 @@ def main(argv=None) -> int:
                          output_dir=a.out, save_every=a.save_every, resume=a.resume, log_every=a.log_every,
                          warmup_steps=a.warmup_steps, max_grad_norm=a.max_grad_norm, num_workers=a.num_workers,
                          report_to=a.report_to)
-        dataset = ShardDataset(a.data)
     except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
     dm = tiny_dit(a.tiny_dit, a.seed) if a.tiny_dit else load_dit(a.dit, a.dit_dtype)
-    dataset = ModelSpaceDataset(dataset, dit_family(dm).latent_format())
     encoder = build_encoder(dm, a)
+    lr_rate = encoder.cfg.rate_str if encoder is not None and encoder.cfg.use_lr else None
+    try:
+        dataset = ModelSpaceDataset(ShardDataset(a.data, lr_rate=lr_rate), dit_family(dm).latent_format())
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
     result = train(args, dm, encoder, dataset)
     if PartialState().is_main_process:
         print(f"stage {a.stage}: {result['steps']} steps in {result['seconds']:.1f} s, final loss "

@@ -1,0 +1,52 @@
+"""Several DiTs in one sampling schedule (Wan 2.2 A14B: the high-noise expert, then the low-noise expert).
+
+The experts share the history, its latents, its LR latents and the encoder (HR branch weights); only the LR branch's
+first projection differs (each expert's own patch embedding), so each expert caches its own memory tokens under its
+own :class:`~memory.history.PartKey` (``expert`` index). Every expert encodes each new span once (incremental, as for
+one model), from the kept latent and LR latent: no expert ever needs the pixels again, so a memory made with one
+model continues with a pair without decoding anything.
+"""
+from __future__ import annotations
+
+from ..memory.history import HistoryBuffer, PartKey
+from . import families
+from .encoding import encode_pending
+
+
+def expert_keys(encoder, expert: int = 0) -> list[PartKey]:
+    """History keys of every encoder of ``encoder`` (MemoryEncoder or MultiEncoder) for the ``expert``-th DiT."""
+    return [PartKey(i, expert) for i in range(len(encoder.parts))]
+
+
+def memory_token_count(history: HistoryBuffer, encoder, expert: int = 0) -> int:
+    """Memory tokens cached for one expert (every encoder of ``encoder``), without the overlap window: what one DiT
+    of the schedule attends to. ``history.num_tokens`` counts every expert's copy."""
+    keys = expert_keys(encoder, expert)
+    return sum(int(s.encoded[k][0].shape[0]) for s in history.segments for k in keys if k in s.encoded)
+
+
+def expert_models(model, model_low_noise=None) -> list:
+    """The DiTs of the sampling schedule: ``[model]``, or ``[model, model_low_noise]`` for a Wan 2.2 A14B pair (the
+    high-noise expert first). Raises ValueError when the two are of different families (they must share the
+    latent space of one history), TypeError for an unsupported family."""
+    if model_low_noise is None:
+        return [model]
+    high, low = families.adapter_for(model), families.adapter_for(model_low_noise)
+    if high is not low:
+        raise ValueError(f"model_low_noise is a {low.FAMILY} model but model is {high.FAMILY}: the two experts of a "
+                         "pair must be of one family (Wan 2.2 A14B: two Wan 2.1-architecture DiTs)")
+    return [model, model_low_noise]
+
+
+def encode_pending_experts(models: list, vae, encoder, history: HistoryBuffer) -> int:
+    """:func:`models.encoding.encode_pending` for every DiT of a sampling schedule (``models[e]`` caches its tokens
+    under the keys of expert ``e``); with one model exactly ``encode_pending``. The last expert is encoded first: it
+    is the one still loaded after sampling, and the first one, needed next, ends up loaded. Returns how many segments
+    the busiest expert encoded. Raises like ``encode_pending``."""
+    n = 0
+    for e in reversed(range(len(models))):
+        n = max(n, encode_pending(models[e], vae, encoder, history, expert=e))
+    return n
+
+
+__all__ = ["expert_keys", "memory_token_count", "expert_models", "encode_pending_experts"]

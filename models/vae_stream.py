@@ -1,0 +1,157 @@
+"""One continuous video through a ComfyUI VAE, in parts (arXiv 2512.23851 Sec. 4: the history is one video).
+
+A storyboard generates its video 4 latent frames at a time, and the history encoder's LR branch VAE-encodes the
+downsampled history one span at a time. A causal video VAE (Wan's: one frame, then 4 frames per latent frame) would
+restart its stream at every part if each part were encoded or decoded alone: a still first frame and a seam every
+13 frames, and 20 % more latent frames per second. :class:`VideoStream` continues the stream instead:
+
+- **Exact mode** (ComfyUI's ``comfy.ldm.wan.vae.WanVAE``: Wan 2.1 / Wan 2.2 A14B VAE and the pack's small ones): the
+  VAE's own causal cache (``feat_cache``: the last 2 frames of every causal conv's input, which ``WanVAE.encode`` /
+  ``decode`` keep between the 1- and 4-frame chunks of one clip) is kept between parts. Each stock
+  ``VAE.encode`` / ``VAE.decode`` call (ComfyUI's memory management, dtype and device handling) runs with the
+  stream's cache handed to the encoder / decoder module, so a part continues the previous one exactly as the chunks
+  of one clip do: the result equals a one-shot encode / decode of the whole video (tested, max abs diff 0).
+  An encoded continuation part (4k frames) gets the 1-frame first chunk that ``WanVAE.encode`` always cuts off
+  answered without running the encoder, so its frames are chunked 4 by 4 as in the whole video.
+- **Context mode** (every other VAE): the part is encoded / decoded together with the last ``context`` latent
+  frames of the stream before it (``1 + ft * (context - 1)`` frames), whose output is dropped. Approximate: the
+  difference to a one-shot pass is what the VAE's receptive field reaches beyond the context (measured in
+  ``tests/test_vae_stream.py`` and benchmarks/README.md).
+
+The cache lives on the CPU between parts (a decoder cache at 480p is hundreds of MB) and is copied, not shared, by
+:meth:`VideoStream.copy`, so a MEMORY value handed to two nodes never changes under either.
+"""
+from __future__ import annotations
+
+import torch
+
+CONTEXT_LATENTS = 4  # context mode: latent frames of the stream before a part that are encoded / decoded with it
+
+
+def exact_supported(vae) -> bool:
+    """True when ``vae`` (``comfy.sd.VAE``) is ComfyUI's Wan 2.1 ``WanVAE`` (the exact, cached mode)."""
+    from comfy.ldm.wan.vae import WanVAE
+
+    return type(getattr(vae, "first_stage_model", None)) is WanVAE
+
+
+class _CachedModule(torch.nn.Module):
+    """Stands in for ``WanVAE.encoder`` / ``.decoder`` during one stock call: runs the real module with the
+    stream's cache instead of the fresh one ``WanVAE.encode`` / ``decode`` made. With ``skip_first`` (an encoded
+    continuation part), the first call (the 1-frame chunk ``WanVAE.encode`` always cuts off) returns an empty
+    output and leaves the cache alone."""
+
+    def __init__(self, inner: torch.nn.Module, cache: list, skip_first: bool, out_channels: int, down: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.cache, self.skip_first = cache, skip_first
+        self.out_channels, self.down = out_channels, down
+
+    def forward(self, x, feat_cache=None, feat_idx=None, **kwargs):
+        if self.skip_first:
+            self.skip_first = False
+            return x.new_zeros((x.shape[0], self.out_channels, 0, x.shape[3] // self.down, x.shape[4] // self.down))
+        return self.inner(x, feat_cache=self.cache, feat_idx=feat_idx if feat_idx is not None else [0], **kwargs)
+
+
+class VideoStream:
+    """Encode (``mode="encode"``) or decode (``mode="decode"``) one continuous video in parts (module docstring).
+
+    Args:
+        vae: a ``comfy.sd.VAE``. mode: ``"encode"`` or ``"decode"``.
+        time_stride: video frames per latent frame ``ft`` of the VAE (4 for Wan and HunyuanVideo).
+        context: latent frames of context in context mode (:data:`CONTEXT_LATENTS`).
+    Raises:
+        ValueError: an unknown mode.
+    """
+
+    def __init__(self, vae, mode: str, time_stride: int = 4, context: int = CONTEXT_LATENTS) -> None:
+        if mode not in ("encode", "decode"):
+            raise ValueError(f"mode must be 'encode' or 'decode', got {mode!r}")
+        self.vae, self.mode, self.ft, self.context = vae, mode, time_stride, context
+        self.exact = exact_supported(vae)
+        self.cache: list | None = None  # exact mode: the WanVAE causal cache (CPU); None before the first part
+        self.tail: torch.Tensor | None = None  # context mode: the stream's last frames (encode) / latents (decode)
+        self.started = False
+
+    def copy(self) -> "VideoStream":
+        """An independent stream in the same state (cache list copied; its tensors are replaced, never changed)."""
+        other = VideoStream(self.vae, self.mode, self.ft, self.context)
+        other.cache = None if self.cache is None else list(self.cache)
+        other.tail, other.started = self.tail, self.started
+        return other
+
+    def reset(self) -> None:
+        """Start a new stream (the next part starts with the causal one-frame latent)."""
+        self.cache, self.tail, self.started = None, None, False
+
+    def frames_for(self, latent_frames: int) -> int:
+        """Video frames of the next part of ``latent_frames`` latent frames (the stream's first latent: 1 frame)."""
+        return self.ft * latent_frames - (0 if self.started else self.ft - 1)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """The next part's latent ``[1, C, T, h, w]`` (VAE space, CPU float32) from frames ``[F, H, W, 3]`` 0..1,
+        ``F = frames_for(T)``. Raises ValueError for a frame count that is no whole number of latent frames."""
+        if self.mode != "encode":
+            raise ValueError("this VideoStream decodes")
+        f = int(frames.shape[0])
+        lead = 0 if self.started else 1
+        if f < 1 or (f - lead) % self.ft:
+            raise ValueError(f"a {'continuation' if self.started else 'first'} part needs {lead} + {self.ft}k frames, "
+                             f"got {f}")
+        if self.exact:
+            out = self._exact(frames if not self.started else torch.cat([frames[:1], frames]), skip_first=self.started)
+        else:
+            out = self._context_encode(frames)
+        self.started = True
+        return out.float().cpu()
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """The next part's frames ``[F, H, W, 3]`` float32 0..1 (CPU), ``F = frames_for(T)``, from a VAE-space
+        latent ``[1, C, T, h, w]``."""
+        if self.mode != "decode":
+            raise ValueError("this VideoStream encodes")
+        if self.exact:
+            out = self._exact(latent, skip_first=False)
+        else:
+            out = self._context_decode(latent)
+        self.started = True
+        return out.reshape(-1, *out.shape[-3:]).float().cpu()
+
+    def _exact(self, x: torch.Tensor, skip_first: bool) -> torch.Tensor:
+        from comfy.ldm.wan.vae import count_conv3d
+
+        fsm = self.vae.first_stage_model
+        name = "encoder" if self.mode == "encode" else "decoder"
+        inner = getattr(fsm, name)
+        if self.cache is None:
+            self.cache = [None] * count_conv3d(fsm.decoder)  # the length WanVAE.encode / decode allocate
+        device = self.vae.device
+        self.cache = [t.to(device) if isinstance(t, torch.Tensor) else t for t in self.cache]
+        proxy = _CachedModule(inner, self.cache, skip_first, 2 * fsm.z_dim, 2 ** (len(fsm.dim_mult) - 1))
+        object.__setattr__(fsm, name, proxy)  # instance attribute: found before nn.Module's registered child
+        try:
+            out = self.vae.encode(x[..., :3]) if self.mode == "encode" else self.vae.decode(x)
+        finally:
+            del fsm.__dict__[name]
+            self.cache = [t.to("cpu") if isinstance(t, torch.Tensor) else t for t in self.cache]
+        return out
+
+    def _context_encode(self, frames: torch.Tensor) -> torch.Tensor:
+        ctx = self.tail if self.started else None
+        clip = frames if ctx is None else torch.cat([ctx, frames])
+        out = self.vae.encode(clip[..., :3])
+        self.tail = clip[-(1 + self.ft * (self.context - 1)):].clone()
+        return out if ctx is None else out[:, :, -(frames.shape[0] // self.ft):]
+
+    def _context_decode(self, latent: torch.Tensor) -> torch.Tensor:
+        ctx = self.tail if self.started else None
+        z = latent if ctx is None else torch.cat([ctx.to(latent), latent], dim=2)
+        out = self.vae.decode(z)  # [1, F, H, W, 3]
+        out = out.reshape(-1, *out.shape[-3:])
+        drop = 0 if ctx is None else 1 + self.ft * (ctx.shape[2] - 1)
+        self.tail = z[:, :, -self.context:].detach().cpu().clone()
+        return out[drop:]
+
+
+__all__ = ["VideoStream", "CONTEXT_LATENTS", "exact_supported"]
