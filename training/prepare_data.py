@@ -93,9 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr-rates", nargs="+", default=["4x4x2"],
                     help="rates HxWxT whose LR-branch latents the shards carry (the history encoder's rate; "
                          "default 4x4x2)")
-    ap.add_argument("--lr-rates", nargs="+", default=["4x4x2"],
-                    help="rates HxWxT whose LR-branch latents the shards carry (the history encoder's rate; "
-                         "default 4x4x2)")
     ap.add_argument("--default-prompt", default="", help="prompt for videos without captions (default: empty)")
     ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or os.path.join(REPO_ROOT, ".cache", "ComfyUI"),
                     help="ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)")
