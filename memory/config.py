@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FAMILIES = ("wan21", "wan22", "hunyuan_video")
 MEMORY_TIMESTEPS = ("zero", "shared")  # see EncoderConfig.memory_timestep and models/wan.py

@@ -275,7 +275,7 @@ def lr_frames_per_span(latent_frames: int, cfg: EncoderConfig, stream_start: boo
     return ft * latent_frames, ft * tm
 
 
-def lr_clip(frames: torch.Tensor, cfg: EncoderConfig, stream_start: bool) -> torch.Tensor:
+def lr_clip(frames: torch.Tensor, cfg: EncoderConfig, stream_start: bool, clamp: bool = True) -> torch.Tensor:
     """Pixel-space downsample of a span of history for the LR branch (Fig. 2), at the rate ``rh x rw x rt``.
 
     Space: the region the memory grid covers (top-left ``Hm * rh * ph * fh`` x ``Wm * rw * pw * fw`` pixels, the
@@ -290,8 +290,10 @@ def lr_clip(frames: torch.Tensor, cfg: EncoderConfig, stream_start: bool) -> tor
         frames: ``[F, H, W, 3]`` float in 0..1 (ComfyUI IMAGE), the span's video frames, F as
             :func:`lr_frames_per_span` gives for its latent length.
         stream_start: the span starts the video stream (the VAE's first latent frame is a single frame).
+        clamp: clamp to 0..1 (default; False keeps the map linear, for the reproduction's linear stand-in VAE on
+            masked histories, which decode outside 0..1).
     Returns:
-        ``[F_lr, H_lr, W_lr, 3]`` float32 0..1, ``H_lr = Hm * ph * fh``, ``W_lr = Wm * pw * fw``.
+        ``[F_lr, H_lr, W_lr, 3]`` float32 (0..1 with ``clamp``), ``H_lr = Hm * ph * fh``, ``W_lr = Wm * pw * fw``.
     Raises:
         ValueError: frames are not ``[F, H, W, 3]``, their count fits no whole number of memory time steps, or the
             frame is below one memory token.
@@ -313,8 +315,8 @@ def lr_clip(frames: torch.Tensor, cfg: EncoderConfig, stream_start: bool) -> tor
     parts = [x[:first].mean(0, keepdim=True)] if first else []
     parts.append(rearrange(x[first:], "(n r) h w c -> n r h w c", r=pt * rt).mean(1))  # [F_lr, H', W', 3]
     clip = torch.cat(parts).movedim(-1, 1)  # [F_lr, 3, H', W']
-    clip = F.interpolate(clip, size=(hm * ph * fh, wm * pw * fw), mode="area")
-    return clip.movedim(1, -1).clamp(0, 1)
+    clip = F.interpolate(clip, size=(hm * ph * fh, wm * pw * fw), mode="area").movedim(1, -1)
+    return clip.clamp(0, 1) if clamp else clip
 
 
 def overlap_window(embed: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tensor,

@@ -28,7 +28,8 @@ def memory_grid(latent_shape: tuple[int, int, int], cfg: EncoderConfig) -> tuple
 def tokens_per_second(cfg: EncoderConfig, height: int, width: int, fps: float) -> float:
     """Memory tokens per second of history at ``height x width`` pixels and ``fps``.
 
-    Example: Wan 2.1 480p (832x480, 16 fps) gives 6240 tokens/s uncompressed and 195 at 4x4x2.
+    Example: Wan 2.1 480p (832x480, 16 fps) gives 6240 tokens/s uncompressed and 182 at 4x4x2 (the 7.5 x 13 grid
+    floors to 7 x 13; 195 = 6240 / 32 unfloored).
     """
     ft, fh, fw = cfg.vae_stride
     pt, ph, pw = cfg.patch_size

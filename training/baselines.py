@@ -6,7 +6,7 @@ full-resolution latent, at the *same token budget* as the proposed encoder at th
 width D. Initialisation as FramePack (Zhang & Agrawala 2025) does for its ``2x4x4`` / ``4x8x8`` history kernels:
 the DiT's ``patch_embedding`` kernel repeated over the bigger window and divided by the repetition count
 ``rt * rh * rw``, bias copied. At initialisation it therefore equals the *average* of the DiT's patch embeddings over
-each window, i.e. :func:`training.stages.lr_branch` (average-pooled patch embedding).
+each window (the average-pooled patch embedding of the full-resolution latent).
 
 The other ablations of the table come from :class:`memory.config.EncoderConfig`: "Only LR" is ``use_hr=False``
 (no weights of its own: the encoder is the frozen LR branch), "Without LR" is ``use_lr=False`` (HR branch only).

@@ -171,8 +171,8 @@ def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries
         vae: decoder with ``decode(latent [B, C, T, h, w]) -> [B, T, H, W, 3]`` 0..1 (:class:`PatchPCAVAE`).
         seed: seeds Omega and the sampler's noise (clip ``i`` uses ``seed * 100003 + i``).
         queries_per_clip: queries Q per history, batched; query q regenerates ``omega_frames`` frames.
-        steps: Euler steps. lr_fn: ``[B, C, T, h, w] -> LR latent`` for the encoder's LR branch (None: the
-            ``lr_branch`` stand-in of ``training.stages``); used only when ``encoder.cfg.use_lr``.
+        steps: Euler steps. lr_fn: ``[B, C, T, h, w] -> LR latent`` for the encoder's LR branch (required when
+            ``encoder.cfg.use_lr``: there is no stand-in LR branch).
         omega_frames: latent frames k per query (``1 <= k <= T``), drawn without repetition.
         context: text condition ``[1, L, 4096]`` (default :func:`standin_context`).
         predict: replaces encoding + sampling by ``predict(history [1, C, T, h, w], omega [Q, k]) -> [Q, C, k, h, w]``

@@ -143,12 +143,15 @@ PRESETS = {
                   n_t=8, threads=0, seeds=(0,)),
 }
 
-VARIANTS = (  # (name, rate, kind); kind: large_patchifier | only_lr | without_lr | proposed
+VARIANTS = (  # (name, rate, kind); kind: large_patchifier | only_lr | without_lr | proposed | shared_timestep
     ("Large Patchifier", "4x4x2", "large_patchifier"),
     ("Only LR", "4x4x2", "only_lr"),
     ("Without LR", "4x4x2", "without_lr"),
     ("Proposed", "4x4x2", "proposed"),
     ("Proposed", "2x2x1", "proposed"),
+    # the memory-token timestep rule measured: Proposed 4x4x2 with memory tokens at the video tokens' timestep
+    # (EncoderConfig.memory_timestep "shared") instead of the rule's timestep 0
+    ("Proposed, shared timestep", "4x4x2", "shared_timestep"),
 )
 PAPER_V1 = {  # arXiv 2512.23851 v1 frame retrieval (PSNR, SSIM, LPIPS), Wan 2.1 480p
     "Large Patchifier 4x4x2": (12.93, 0.412, 0.365), "Only LR 4x4x2": (15.21, 0.472, 0.212),
@@ -382,7 +385,8 @@ def build_encoder(kind: str, rate: str, p: Preset, dm, seed: int):
     from framememory.training.baselines import LargePatchifier
 
     cfg = EncoderConfig(family="wan21", dim=int(dm.dim), rate=rate, hr_channels=tuple(p.hr_channels),
-                        attn_heads=p.attn_heads, use_hr=kind != "only_lr", use_lr=kind != "without_lr")
+                        attn_heads=p.attn_heads, use_hr=kind != "only_lr", use_lr=kind != "without_lr",
+                        memory_timestep="shared" if kind == "shared_timestep" else "zero")
     if kind == "large_patchifier":
         return LargePatchifier(dataclasses.replace(cfg, use_lr=False), patch_embedding=dm.patch_embedding)
     enc = HistoryEncoder(cfg)

@@ -31,10 +31,10 @@ import os
 import tempfile
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from ..memory.config import EncoderConfig, parse_rate
+from ..memory.encoder import lr_clip
 from ..memory.grid import memory_grid
 
 META_KEY = "framememory_standin_vae"
@@ -219,18 +219,13 @@ class PatchPCAVAE:
         -> encode (arXiv 2512.23851: "the history is downsampled in pixel space, then goes through the DiT's own
         VAE").
 
-        Downsampling, for rate ``rh x rw x rt`` relative to the DiT token grid (``patch_size`` 1x2x2):
+        The downsample is the nodes' own :func:`memory.encoder.lr_clip` (one LR path for inference, training and
+        this stand-in): the region the memory grid covers, area-resized by ``rh x rw``, and means of ``rt``
+        consecutive frames (one stand-in frame = one latent frame, ``vae_stride`` ``(1, 8, 8)``), over the first
+        ``Tm * rt`` frames.
 
-        * time: the average of each run of ``rt`` consecutive frames (one stand-in frame = one latent frame), over
-          the first ``Tm * rt`` frames (the remainder is dropped, as :func:`memory.grid.memory_grid` floors);
-        * space: :func:`memory.encoder.lr_frames`' area resize to ``(Hm * 2 * 8, Wm * 2 * 8)`` pixels (``rh x rw``
-          times smaller when the sizes divide). ``lr_frames`` itself picks ``ft * (Tm - 1) + 1`` frames for a causal
-          VAE with temporal stride ``ft`` and clamps; the stand-in has no temporal stride, so frames are averaged
-          (above) and the same resize is applied here.
-
-        ``clamp`` True clamps the decoded frames to 0..1 as a real VAE decode does (then this equals ``lr_frames`` of
-        the decoded, frame-averaged clip, encoded). With ``clamp`` False (default) the map is linear in ``latent``,
-        hence exact for masked histories (their noised frames decode outside 0..1).
+        ``clamp`` True clamps the decoded frames to 0..1 as a real VAE decode does. With ``clamp`` False (default)
+        the map is linear in ``latent``, hence exact for masked histories (their noised frames decode outside 0..1).
 
         Args:
             latent: ``[B, 16, T, h, w]``. rate: ``"4x4x2"``, ``(rh, rw, rt)`` or an EncoderConfig.
@@ -241,19 +236,12 @@ class PatchPCAVAE:
             ValueError: the latent is below one memory token at this rate.
         """
         cfg = self.lr_config(rate, patch_size)
-        rh, rw, rt = cfg.rate
-        pt, ph, pw = cfg.patch_size
         t, h, w = latent.shape[2:]
         tm, hm, wm = memory_grid((t, h, w), cfg)
         if min(tm, hm, wm) < 1:
             raise ValueError(f"latent of (T, h, w) = {(t, h, w)} is below one memory token at rate {cfg.rate_str}")
-        x = self.decode(latent, clamp=clamp)  # [B, T, H, W, 3]
-        x = x[:, : tm * pt * rt]
-        x = rearrange(x, "b (tm r) hh ww c -> b tm r c hh ww", r=pt * rt).mean(2)  # [B, Tm, 3, H, W]
-        b = x.shape[0]
-        size = (hm * ph * self.patch, wm * pw * self.patch)
-        x = F.interpolate(x.flatten(0, 1), size=size, mode="area")
-        x = rearrange(x, "(b t) c hh ww -> b t hh ww c", b=b)
+        x = self.decode(latent, clamp=clamp)[:, : tm * cfg.patch_size[0] * cfg.rate[2]]  # [B, T', H, W, 3]
+        x = torch.stack([lr_clip(clip, cfg, stream_start=False, clamp=clamp) for clip in x])  # [B, Tm, H', W', 3]
         return self._project(x)
 
     # ------------------------------------------------------------------------------------------------ files
