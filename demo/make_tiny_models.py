@@ -32,11 +32,9 @@ def _import_pack(name: str = "framememory"):
 
 
 def _save_atomic(path: str, state_dict: dict) -> None:
-    from safetensors.torch import save_file
+    from ..memory.io import save_safetensors_atomic
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    save_safetensors_atomic(path, state_dict, {})
 
 
 def _family_parts(family: str, seed: int):

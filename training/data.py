@@ -66,6 +66,7 @@ import torch
 
 from ..memory.config import EncoderConfig
 from ..memory.encoder import lr_clip, lr_frames_per_span
+from ..memory.grid import memory_grid
 
 log = logging.getLogger("framememory.training.data")
 
@@ -106,6 +107,12 @@ class ClipSettings:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "lr_rates", tuple(EncoderConfig(rate=r).rate_str for r in self.lr_rates))
+        for rate in self.lr_rates:
+            enc = EncoderConfig(rate=rate)
+            _, hm, wm = memory_grid((1, self.height // enc.vae_stride[1], self.width // enc.vae_stride[2]), enc)
+            if min(hm, wm) < 1:
+                raise ValueError(f"frames of {self.width}x{self.height} are below one memory token at LR rate {rate}: "
+                                 "use a larger size or a finer rate (lr_rates / --lr-rates, e.g. 2x2x2)")
 
     @property
     def step(self) -> int:
@@ -447,13 +454,121 @@ def _as_latent(z: torch.Tensor) -> torch.Tensor:
     return z[0]
 
 
+class _Preparation:
+    """One :func:`prepare_dataset` run: the manifest being written, the encoders and the text cache."""
+
+    def __init__(self, input_dir: Path, out_dir: Path, cfg: ClipSettings, encode_video, encode_text) -> None:
+        self.input_dir, self.out_dir, self.cfg = input_dir, out_dir, cfg
+        self.encode_video, self.encode_text = encode_video, encode_text
+        self.dtype = _DTYPES[cfg.dtype]
+        self.text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        settings = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the manifest stores it (tuples -> lists)
+        self.previous = self._previous(settings)
+        self.manifest = {"format": FORMAT, "settings": settings, "input_dir": str(input_dir), "videos": [],
+                         "failed": [], "run": {"written": 0, "skipped": 0, "failed": 0}}
+
+    def _previous(self, settings: dict) -> dict:
+        """Entries of an earlier run's manifest by source (empty without one). Raises ValueError for other settings."""
+        path = self.out_dir / "manifest.json"
+        if not path.exists():
+            return {}
+        old = json.loads(path.read_text())
+        if old.get("settings") != settings:
+            raise ValueError(f"{self.out_dir} holds shards made with settings {old.get('settings')}, not {settings}: "
+                             "use another output folder")
+        return {v["source"]: v for v in old.get("videos", [])}
+
+    def video(self, video: Path, shots: list[CaptionShot]) -> dict:
+        """Shards of one video (skipped when an earlier run finished it unchanged). Returns its manifest entry."""
+        rel, key, st = video.relative_to(self.input_dir).as_posix(), video_key(self.input_dir, video), video.stat()
+        captions_sha1 = hashlib.sha1(json.dumps([dataclasses.astuple(s) for s in shots]).encode()).hexdigest()
+        entry = {"source": rel, "key": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                 "captions_sha1": captions_sha1, "status": "ok", "chunks": 0, "shards": []}
+        prev = self.previous.get(rel)
+        same = prev is not None and all(prev.get(k) == entry[k] for k in ("size", "mtime_ns", "captions_sha1"))
+        shard_dir = self.out_dir / key
+        if same and prev.get("status") == "ok" and prev.get("shards") and all(
+                shard_ok(self.out_dir / s) for s in prev["shards"]):
+            entry.update(chunks=prev["chunks"], shards=prev["shards"])  # unchanged and complete: not even decoded
+            self.manifest["run"]["skipped"] += len(prev["shards"])
+            return entry
+        if prev is not None and not same and shard_dir.is_dir():  # video or captions changed since: redo it
+            log.info("%s or its captions changed: re-encoding it", video)
+            for old in shard_dir.glob("chunk_*.safetensors"):
+                old.unlink()
+        if shard_dir.is_dir():
+            for stale in shard_dir.glob("*.tmp*"):  # left by a killed process
+                stale.unlink()
+        self._chunks(video, shots, entry, shard_dir)
+        if entry["status"] == "ok" and entry["chunks"] == 0:
+            entry["status"] = "too_short"
+            log.warning("%s is shorter than one chunk (%d frames at %g fps): no shards", video,
+                        self.cfg.chunk_frames, self.cfg.fps)
+        return entry
+
+    def _chunks(self, video: Path, shots: list[CaptionShot], entry: dict, shard_dir: Path) -> None:
+        """Write the shards of every chunk of ``video`` not written yet; an unreadable video marks ``entry`` failed."""
+        run, chunks = self.manifest["run"], iter_chunks(video, self.cfg)
+        while True:
+            try:
+                item = next(chunks, None)
+            except VideoReadError as e:
+                entry["status"], entry["error"] = "failed", str(e)
+                self.manifest["failed"].append({"source": entry["source"], "error": str(e),
+                                                "chunks_written": entry["chunks"]})
+                run["failed"] += 1
+                log.warning("skipping unreadable video %s: %s", video, e)
+                return
+            if item is None:
+                return
+            path = shard_dir / f"chunk_{entry['chunks']:05d}.safetensors"
+            entry["chunks"] += 1
+            entry["shards"].append(path.relative_to(self.out_dir).as_posix())
+            if shard_ok(path):
+                run["skipped"] += 1
+                continue
+            self._write_chunk(path, entry, item, shots)
+            run["written"] += 1
+
+    def _text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(text [L, D], pooled [P] or None)`` of ``prompt`` (encoded once per distinct prompt)."""
+        if prompt not in self.text_cache:
+            enc = self.encode_text(prompt)
+            text, pooled = enc if isinstance(enc, tuple) else (enc, None)
+            self.text_cache[prompt] = (_as_text(text).to("cpu", self.dtype),
+                                       None if pooled is None else _as_pooled(pooled).to("cpu", self.dtype))
+        return self.text_cache[prompt]
+
+    def _write_chunk(self, path: Path, entry: dict, item: tuple[int, np.ndarray], shots: list[CaptionShot]) -> None:
+        """Encode one chunk (latent, LR latents, text) and write its shard atomically."""
+        cfg, (start, frames) = self.cfg, item
+        found = prompt_at(shots, (start + (cfg.chunk_frames - 1) / 2) / cfg.fps)
+        shot, prompt = found if found else (None, cfg.default_prompt)
+        with torch.no_grad():
+            text, pooled = self._text(prompt)
+            pixels = torch.from_numpy(frames).float().div_(255.0)  # [F, H, W, 3] 0..1
+            latent = _as_latent(self.encode_video(pixels)).to("cpu", self.dtype)
+            lr_latents = {r: _as_latent(lr).to("cpu", self.dtype)
+                          for r, lr in chunk_lr_latents(pixels, latent.shape[1], cfg, self.encode_video).items()}
+        path.parent.mkdir(exist_ok=True)
+        meta = shard_metadata(source=entry["source"], key=entry["key"], chunk=entry["chunks"] - 1, start=start,
+                              cfg=cfg, prompt=prompt, shot=shot)
+        save_shard_atomic(path, latent, text, meta, pooled=pooled, lr_latents=lr_latents)
+
+    def save(self, done: list[str]) -> None:
+        """Write the manifest with the videos done so far plus the earlier run's others."""
+        videos = self.manifest["videos"] + [v for s, v in self.previous.items() if s not in done]
+        _write_json_atomic(self.out_dir / "manifest.json", {**self.manifest, "videos": videos})
+
+
 def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: ClipSettings,
                     encode_video: Callable[[torch.Tensor], torch.Tensor], encode_text: Callable[[str], torch.Tensor],
                     progress: bool = True) -> dict:
     """Encode every video under ``input_dir`` into shards under ``out_dir`` (see the module docstring).
 
     Args:
-        encode_video: frames [F, H, W, 3] float32 0..1 (F = cfg.chunk_frames) -> latent [1, C, T, h, w].
+        encode_video: frames [F, H, W, 3] float32 0..1 (F = cfg.chunk_frames) -> latent [1, C, T, h, w] (also used
+            for the LR clips of ``cfg.lr_rates``).
         encode_text: prompt -> [L, D] (or [1, L, D]), or -> (that, pooled [P] or [1, P]) to store a pooled text
             embedding too (HunyuanVideo); called once per distinct prompt.
         progress: show a tqdm bar over videos.
@@ -465,100 +580,22 @@ def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cf
     """
     input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / "manifest.json"
-    settings = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the manifest stores it (tuples -> lists)
-    previous = {}
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old.get("settings") != settings:
-            raise ValueError(f"{out_dir} holds shards made with settings {old.get('settings')}, not {settings}: "
-                             "use another output folder")
-        previous = {v["source"]: v for v in old.get("videos", [])}
+    prep = _Preparation(input_dir, out_dir, cfg, encode_video, encode_text)
     videos = list_videos(input_dir)
     captions = load_captions(input_dir, videos)
-    dtype = _DTYPES[cfg.dtype]
-    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    manifest = {"format": FORMAT, "settings": settings, "input_dir": str(input_dir), "videos": [], "failed": [],
-                "run": {"written": 0, "skipped": 0, "failed": 0}}
-    run = manifest["run"]
-
+    manifest, run = prep.manifest, prep.manifest["run"]
     try:
         from tqdm import tqdm
         bar = tqdm(videos, unit="video", desc="prepare", disable=not progress)
     except ImportError:  # tqdm ships with ComfyUI; the run does not need it
         bar = videos
     for video in bar:
-        rel = video.relative_to(input_dir).as_posix()
-        key = video_key(input_dir, video)
-        st = video.stat()
-        shots = captions.get(video, [])
-        captions_sha1 = hashlib.sha1(json.dumps([dataclasses.astuple(s) for s in shots]).encode()).hexdigest()
-        entry = {"source": rel, "key": key, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                 "captions_sha1": captions_sha1, "status": "ok", "chunks": 0, "shards": []}
-        prev = previous.get(rel)
-        same = prev is not None and all(prev.get(k) == entry[k] for k in ("size", "mtime_ns", "captions_sha1"))
-        shard_dir = out_dir / key
-        if same and prev.get("status") == "ok" and prev.get("shards") and all(
-                shard_ok(out_dir / s) for s in prev["shards"]):
-            entry.update(chunks=prev["chunks"], shards=prev["shards"])  # unchanged and complete: not even decoded
-            run["skipped"] += len(prev["shards"])
-        else:
-            if prev is not None and not same and shard_dir.is_dir():  # video or captions changed since: redo it
-                log.info("%s or its captions changed: re-encoding it", video)
-                for old in shard_dir.glob("chunk_*.safetensors"):
-                    old.unlink()
-            if shard_dir.is_dir():
-                for stale in shard_dir.glob("*.tmp*"):  # left by a killed process
-                    stale.unlink()
-            chunks = iter_chunks(video, cfg)
-            while True:
-                try:
-                    item = next(chunks, None)
-                except VideoReadError as e:
-                    entry["status"], entry["error"] = "failed", str(e)
-                    manifest["failed"].append({"source": rel, "error": str(e), "chunks_written": entry["chunks"]})
-                    run["failed"] += 1
-                    log.warning("skipping unreadable video %s: %s", video, e)
-                    break
-                if item is None:
-                    break
-                start, frames = item
-                idx = entry["chunks"]
-                path = shard_dir / f"chunk_{idx:05d}.safetensors"
-                entry["chunks"] += 1
-                entry["shards"].append(path.relative_to(out_dir).as_posix())
-                if shard_ok(path):
-                    run["skipped"] += 1
-                    continue
-                mid_s = (start + (cfg.chunk_frames - 1) / 2) / cfg.fps
-                found = prompt_at(shots, mid_s)
-                shot, prompt = found if found else (None, cfg.default_prompt)
-                with torch.no_grad():
-                    if prompt not in text_cache:
-                        enc = encode_text(prompt)
-                        text, pooled = enc if isinstance(enc, tuple) else (enc, None)
-                        text_cache[prompt] = (_as_text(text).to("cpu", dtype),
-                                              None if pooled is None else _as_pooled(pooled).to("cpu", dtype))
-                    pixels = torch.from_numpy(frames).float().div_(255.0)  # [F, H, W, 3] 0..1
-                    latent = _as_latent(encode_video(pixels)).to("cpu", dtype)
-                    lr_latents = {r: _as_latent(lr).to("cpu", dtype)
-                                  for r, lr in chunk_lr_latents(pixels, latent.shape[1], cfg, encode_video).items()}
-                shard_dir.mkdir(exist_ok=True)
-                meta = shard_metadata(source=rel, key=key, chunk=idx, start=start, cfg=cfg, prompt=prompt, shot=shot)
-                save_shard_atomic(path, latent, text_cache[prompt][0], meta, pooled=text_cache[prompt][1],
-                                  lr_latents=lr_latents)
-                run["written"] += 1
-            if entry["status"] == "ok" and entry["chunks"] == 0:
-                entry["status"] = "too_short"
-                log.warning("%s is shorter than one chunk (%d frames at %g fps): no shards", video,
-                            cfg.chunk_frames, cfg.fps)
-        manifest["videos"].append(entry)
-        _write_json_atomic(manifest_path, {**manifest, "videos": manifest["videos"] + [
-            v for s, v in previous.items() if s not in {e["source"] for e in manifest["videos"]}]})
+        manifest["videos"].append(prep.video(video, captions.get(video, [])))
+        prep.save([e["source"] for e in manifest["videos"]])
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(written=run["written"], skipped=run["skipped"], failed=run["failed"])
     manifest["num_shards"] = sum(len(v["shards"]) for v in manifest["videos"])
-    _write_json_atomic(manifest_path, manifest)
+    _write_json_atomic(out_dir / "manifest.json", manifest)
     log.info("prepared %d shards (%d written, %d already there) from %d videos; %d failed", manifest["num_shards"],
              run["written"], run["skipped"], len(videos), run["failed"])
     return manifest

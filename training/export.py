@@ -18,9 +18,7 @@
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 
 import torch
 
@@ -52,22 +50,12 @@ def comfy_lora_state_dict(dm: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 def save_lora(path: str, dm: torch.nn.Module, metadata: dict[str, str] | None = None,
               state_dict: dict[str, torch.Tensor] | None = None) -> int:
-    """Write :func:`comfy_lora_state_dict` of ``dm`` to ``path`` atomically (temp file + rename). Returns the number
-    of LoRA-wrapped modules."""
-    from safetensors.torch import save_file
+    """Write :func:`comfy_lora_state_dict` of ``dm`` to ``path`` atomically (:func:`memory.io.save_safetensors_atomic`).
+    Returns the number of LoRA-wrapped modules."""
+    from ..memory.io import save_safetensors_atomic
 
     sd = comfy_lora_state_dict(dm, state_dict)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=metadata or {})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    save_safetensors_atomic(path, sd, metadata or {})
     return sum(1 for k in sd if k.endswith(".alpha"))
 
 

@@ -580,10 +580,9 @@ def _base_dit(ctx: _RunContext, seed: int):
     else:
         log(f"base DiT seed {seed}: pretraining {p.base_steps} steps")
         trained = pretrain_base(base, ctx.train_base, p, seed, ctx.device)
-        from safetensors.torch import save_file
+        from framememory.memory.io import save_safetensors_atomic
 
-        base_file.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()}, str(base_file))
+        save_safetensors_atomic(str(base_file), base.state_dict(), {})
         tail = trained["losses"][-20:]
         info = {"seconds": trained["seconds"], "final_loss": sum(tail) / len(tail)}
     base.to(ctx.device).eval()

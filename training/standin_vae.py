@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 from einops import rearrange
@@ -247,23 +246,13 @@ class PatchPCAVAE:
     # ------------------------------------------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file (atomically: temp file + rename) with the tensors and JSON metadata."""
-        from safetensors.torch import save_file
+        """Write a safetensors file (atomically, :func:`memory.io.save_safetensors_atomic`) with the tensors and JSON
+        metadata."""
+        from ..memory.io import save_safetensors_atomic
 
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         meta = {"format": FORMAT, "patch": self.patch, "channels": self.channels, "info": self.info}
-        fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=folder)
-        os.close(fd)
-        try:
-            save_file({"mean": self.mean.cpu().contiguous(), "components": self.components.cpu().contiguous(),
-                       "std": self.std.cpu().contiguous()}, tmp, metadata={META_KEY: json.dumps(meta)})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        save_safetensors_atomic(os.fspath(path), {"mean": self.mean, "components": self.components, "std": self.std},
+                                {META_KEY: json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PatchPCAVAE":
