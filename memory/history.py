@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .frames import to_uint8
+
 
 @dataclass(frozen=True)
 class PartKey:
@@ -295,11 +297,3 @@ class HistoryBuffer:
             parts.append(seg.latent[:, -need:])
             need -= parts[-1].shape[1]
         return torch.cat(parts[::-1], dim=1) if parts else None
-
-
-def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """IMAGE frames (float 0..1, any shape) as uint8 0..255 (rounded, clamped); uint8 input is returned as is.
-    The one float->uint8 conversion of the pack (4x less RAM for kept frames)."""
-    if frames.dtype == torch.uint8:
-        return frames
-    return (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)

@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import comfy.model_management
 import comfy.sample
 import comfy.utils
 
-from ..memory.history import HistoryBuffer, to_uint8
+from ..memory.frames import fit_frames, to_uint8
+from ..memory.history import HistoryBuffer
 from ..memory.storyboard import Shot, plan_segments, seam_ratios, split_clip
 from . import families
 from .conds import attach_memory
@@ -141,18 +141,6 @@ def check_size(model, width: int, height: int):
         adapter = families.adapter_for(model)
         raise ValueError(f"width and height must be multiples of {mw}x{mh} for {adapter.FAMILY}, got {width}x{height}")
     return families.adapter_for(model)
-
-
-def fit_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Center-crop and area-resize IMAGE frames ``[F, H, W, 3]`` to ``[F, height, width, 3]``."""
-    f, h, w, _ = images.shape
-    if (h, w) == (height, width):
-        return images
-    scale = max(height / h, width / w)
-    ch, cw = round(height / scale), round(width / scale)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    crop = images[:, y0:y0 + ch, x0:x0 + cw].movedim(-1, 1).float()
-    return F.interpolate(crop, size=(height, width), mode="area").movedim(1, -1).clamp(0, 1)
 
 
 def step_ranges(models: list, encoder, sampler: SamplerSettings) -> list[StepRange]:

@@ -85,7 +85,7 @@ class Storyboard(io.ComfyNode):
         if include_history and start_images is not None:
             # the starting clip as the history holds it (fitted to width x height), then the generated frames
             history_frames = start_images[dropped:]
-            from ..models.storyboard import fit_frames
+            from ..memory.frames import fit_frames
             frames = torch.cat([fit_frames(history_frames, width, height).float().cpu(), frames], dim=0)
         report["output_frames"] = int(frames.shape[0])
         text = json.dumps(report)

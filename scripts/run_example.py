@@ -391,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"model family {report.get('model_family')}, {report.get('width')}x{report.get('height')} @ {report.get('fps')} fps, "
         f"{report.get('start_frames')} history frames, {report.get('total_frames')} generated, "
         f"{len(frames)} in the video, {len(report.get('shots', []))} shots, {len(report.get('segments', []))} segments")
+    seams = report.get("seams") or {}
+    if seams.get("per_boundary"):
+        log(f"seams at segment joins (pixel change across a join / inside segments, 1.0 = none): mean "
+            f"{seams.get('mean')}, per join {seams.get('per_boundary')}; decode: {report.get('decode')}")
     log(f"wall {wall:.1f} s, server peak RSS {rss.peak_mb:.0f} MB")
     for name in ("storyboard.mp4", "contact_sheet.png", "report.json", "comfyui_server.log"):
         log(f"wrote {out / name}")

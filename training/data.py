@@ -31,7 +31,8 @@ Captions (both optional; a video without any gets ``default_prompt``):
 Each chunk gets the prompt of the shot nearest its middle time: the shot whose ``[start_s, end_s)`` contains it,
 else the shot whose interval is closest (ties: the earlier shot).
 
-Clips: every frame is scaled to cover ``width x height`` and center-cropped, the video is resampled to ``fps`` by
+Clips: every frame is center-cropped and area-resized to ``width x height`` by the nodes' own
+:func:`memory.frames.fit_frames`, the video is resampled to ``fps`` by
 nearest frame in time, and cut into chunks of ``chunk_frames`` frames (4k+1 for Wan's causal VAE) every
 ``stride`` frames. Frames that do not fill a last chunk are dropped.
 
@@ -66,6 +67,7 @@ import torch
 
 from ..memory.config import EncoderConfig
 from ..memory.encoder import lr_clip, lr_frames_per_span
+from ..memory.frames import fit_frames, to_uint8
 from ..memory.grid import memory_grid
 
 log = logging.getLogger("framememory.training.data")
@@ -196,15 +198,11 @@ def list_videos(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS + PIL_EXTS)
 
 
-def _cover_size(w: int, h: int, width: int, height: int) -> tuple[int, int]:
-    scale = max(width / w, height / h)
-    return max(width, math.ceil(w * scale - 1e-6)), max(height, math.ceil(h * scale - 1e-6))
-
-
-def _center_crop(a: np.ndarray, width: int, height: int) -> np.ndarray:
-    h, w = a.shape[:2]
-    y, x = (h - height) // 2, (w - width) // 2
-    return a[y:y + height, x:x + width]
+def _fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """One decoded RGB frame ``[H, W, 3]`` uint8 through the nodes' own :func:`memory.frames.fit_frames` (centre
+    crop + area resize), back to uint8: training shards and the Storyboard see the same pixels of a clip."""
+    x = fit_frames(torch.from_numpy(np.ascontiguousarray(rgb))[None], width, height)
+    return to_uint8(x)[0].numpy()
 
 
 def _frames_av(path: Path, width: int, height: int) -> Iterator[tuple[float, np.ndarray]]:
@@ -219,9 +217,7 @@ def _frames_av(path: Path, width: int, height: int) -> Iterator[tuple[float, np.
         for i, frame in enumerate(container.decode(stream)):
             t = frame.time if frame.time is not None else i / rate
             t0 = t if t0 is None else t0
-            sw, sh = _cover_size(frame.width, frame.height, width, height)
-            a = frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation="AREA")
-            yield t - t0, _center_crop(a, width, height)
+            yield t - t0, _fit(frame.to_ndarray(format="rgb24"), width, height)
 
 
 def _frames_pil(path: Path, width: int, height: int) -> Iterator[tuple[float, np.ndarray]]:
@@ -230,10 +226,7 @@ def _frames_pil(path: Path, width: int, height: int) -> Iterator[tuple[float, np
     with Image.open(path) as im:
         t = 0.0
         for frame in ImageSequence.Iterator(im):
-            rgb = frame.convert("RGB")
-            sw, sh = _cover_size(rgb.width, rgb.height, width, height)
-            rgb = rgb.resize((sw, sh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-            yield t, _center_crop(np.asarray(rgb), width, height)
+            yield t, _fit(np.asarray(frame.convert("RGB")), width, height)
             t += (frame.info.get("duration") or 1000 / 16) / 1000.0
 
 
