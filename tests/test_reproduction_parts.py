@@ -67,8 +67,9 @@ def test_pca_vae_round_trip_on_held_out_frames(vae, frames, tmp_path):
 
 
 def test_lr_latent_lands_on_the_memory_grid_and_is_decode_downsample_encode(vae, frames):
+    import torch.nn.functional as F
+
     from framememory.memory.config import EncoderConfig
-    from framememory.memory.encoder import lr_frames
     from framememory.memory.grid import memory_grid
 
     clip = frames[0][:7].float() / 255.0  # 7 latent frames: 4x4x2 floors to 3 memory steps
@@ -80,11 +81,12 @@ def test_lr_latent_lands_on_the_memory_grid_and_is_decode_downsample_encode(vae,
         assert lr.shape == (1, 16, tm, 2 * hm, 2 * wm)
         patch = torch.nn.Conv3d(16, 8, (1, 2, 2), stride=(1, 2, 2))
         assert patch(lr).shape[2:] == (tm, hm, wm)
-        # independent path: decode (clamped, like a real VAE) -> average rt frames -> lr_frames' area resize -> encode
+        # independent path: decode (clamped, like a real VAE) -> the region the grid covers -> average rt frames
+        # (one stand-in frame = one latent frame) -> area resize by rh x rw -> encode
         rh, rw, rt = rate
-        pix = vae.decode(z)[0][: tm * rt].reshape(tm, rt, H, W, 3).mean(1)
-        lr_cfg = EncoderConfig(dim=0, rate=(rh, rw, 1), vae_stride=(1, 8, 8))
-        ref = vae.encode(lr_frames(pix, tm, lr_cfg))
+        pix = vae.decode(z)[0][: tm * rt, : hm * rh * 16, : wm * rw * 16].reshape(tm, rt, hm * rh * 16, wm * rw * 16, 3)
+        small = F.interpolate(pix.mean(1).movedim(-1, 1), size=(hm * 16, wm * 16), mode="area").movedim(1, -1)
+        ref = vae.encode(small.clamp(0, 1))
         torch.testing.assert_close(vae.lr_latent(z, rate, clamp=True), ref, atol=1e-5, rtol=1e-5)
     # the default (no clamp) is linear: exact for Stage I's masked histories
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
@@ -115,21 +117,25 @@ def test_large_patchifier_framepack_init_and_token_grid(comfy, vae, frames):
     cell = torch.randn(2, 16, 1, 2, 2, generator=g)
     x = cell.repeat(1, 1, 2, 4, 4)  # [2, 16, 2, 8, 8]: one window
     with torch.no_grad():
-        torch.testing.assert_close(lp(x)[:, :, 0, 0, 0], dm.patch_embedding(cell)[:, :, 0, 0, 0], atol=1e-5, rtol=1e-4)
-    # on real latents at init: the average-pooled patch embedding (training.stages.lr_branch), on the memory grid
+        torch.testing.assert_close(lp.map(x)[:, :, 0, 0, 0], dm.patch_embedding(cell)[:, :, 0, 0, 0], atol=1e-5,
+                                   rtol=1e-4)
+    # on real latents at init: the average-pooled patch embedding of the full-resolution latent, on the memory grid
     z = vae.encode(frames[0][:9].float() / 255.0)  # T = 9 floors to 4 memory steps
     grid = memory_grid(tuple(z.shape[2:]), lp.cfg)
     with torch.no_grad():
-        y = lp(z)
+        y = lp.map(z)
         assert y.shape == (1, dm.dim, *grid)
-        torch.testing.assert_close(y, stages.lr_branch(dm, z, lp.cfg), atol=1e-4, rtol=1e-4)
-        tokens = lp.tokens(z)
-    assert tokens.shape == (1, math.prod(grid), dm.dim)
+        pooled = torch.nn.functional.avg_pool3d(dm.patch_embedding(z), (2, 4, 4))[:, :, : grid[0], : grid[1], : grid[2]]
+        torch.testing.assert_close(y, pooled, atol=1e-4, rtol=1e-4)
+        tokens, hidden = lp(z)
+    assert tokens.shape == (1, math.prod(grid), dm.dim) and hidden is None
     torch.testing.assert_close(tokens[0, 1], y[0, :, 0, 0, 1])  # (t, h, w) order, as HistoryEncoder's tokens
-    # a drop-in for HistoryEncoder in encode_history, trainable
-    tok, pos2 = stages.encode_history(dm, lp, z, t_start=0.0)
-    assert tok.shape == tokens.shape and pos2.shape == (1, tokens.shape[1], 3)
-    tok.square().mean().backward()
+    assert not hasattr(lp, "tokens")
+    # a drop-in for HistoryEncoder in encode_history (no LR latent: no LR branch), trainable
+    memory = stages.encode_history(dm, lp, z, t_start=0.0)
+    assert memory.tokens.shape == tokens.shape and memory.positions2.shape == (1, tokens.shape[1], 3)
+    assert memory.hidden is None and memory.cross is None
+    memory.tokens.square().mean().backward()
     assert lp.proj.weight.grad is not None and lp.proj.weight.grad.abs().max() > 0
 
 
@@ -143,10 +149,13 @@ def test_only_lr_encoder_takes_the_standin_lr_latent(comfy, vae, frames):
     dm = tiny_wan21_dit(seed=0)
     enc = HistoryEncoder(dataclasses.replace(tiny_encoder_config("4x4x2"), use_hr=False))
     z = vae.encode(frames[0][:8].float() / 255.0)
-    tok, _ = stages.encode_history(dm, enc, z, 0.0, lr_latent=vae.lr_latent(z, enc.cfg.rate))
+    memory = stages.encode_history(dm, enc, z, 0.0, lr_latent=vae.lr_latent(z, enc.cfg.rate))
     with torch.no_grad():
         ref = dm.patch_embedding(vae.lr_latent(z, enc.cfg.rate)).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(tok, ref)
+    torch.testing.assert_close(memory.tokens, ref)
+    assert memory.hidden is None  # no HR branch
+    with pytest.raises(ValueError, match="LR latent"):  # no stand-in LR branch
+        stages.encode_history(dm, enc, z, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -220,11 +229,14 @@ def test_next_segment_loss_with_and_without_memory(tiny, vae, frames):
     dm, enc = tiny
     clip = frames[0][:12].float() / 255.0
     samples = [{"latent": vae.encode(clip)[0]}]
-    a = evaluate.next_segment_loss(dm, enc, samples, seed=0, n_t=2)
-    assert math.isfinite(a) and a == evaluate.next_segment_loss(dm, enc, samples, seed=0, n_t=2)
-    # an untrained encoder's HR branch is zero, the LR stand-in is not: memory changes the loss
+    lr_fn = lambda x: vae.lr_latent(x, enc.cfg.rate)  # noqa: E731  the stand-in VAE's LR latent of the history
+    a = evaluate.next_segment_loss(dm, enc, samples, seed=0, n_t=2, lr_fn=lr_fn)
+    assert math.isfinite(a) and a == evaluate.next_segment_loss(dm, enc, samples, seed=0, n_t=2, lr_fn=lr_fn)
+    # an untrained encoder's HR branch is zero, its LR branch is not: memory changes the loss
     b = evaluate.next_segment_loss(dm, None, samples, seed=0, n_t=2)
     assert math.isfinite(b) and a != b
+    with pytest.raises(ValueError, match="LR latent"):  # an encoder with an LR branch needs its LR latent
+        evaluate.next_segment_loss(dm, enc, samples, seed=0, n_t=2)
 
 
 @pytest.fixture

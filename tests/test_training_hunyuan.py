@@ -2,18 +2,37 @@
 tiny ComfyUI HunyuanVideo and peft LoRA (CPU, seeded): LoRA targets in double and single blocks, one step of each
 stage changes only LoRA + encoder, Stage I masks outside Omega and its loss sees only Omega, Omega's RoPE positions are
 the full clip's, gradients through ComfyUI's in-place blocks are right, the exported LoRA is the same model under
-ComfyUI's stock LoRA loader, and the command line (--tiny-dit hunyuan_video, shards with pooled text) runs."""
+ComfyUI's stock LoRA loader, and the command line (--tiny-dit hunyuan_video, shards with pooled text and LR latents)
+runs. The LR branch takes a real (here random, correctly shaped) LR latent through ``img_in``; there is no stand-in."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 RANK = 8
 B, T, H, W = 2, 4, 8, 8  # latent frames 8x8 cells = 4x4 DiT tokens per frame
+
+
+def lr_latent_for(latent: torch.Tensor, cfg, seed: int = 0) -> torch.Tensor:
+    """A random LR latent of the right shape for ``latent`` [B, C, T, h, w] (or one sample [C, T, h, w]) under encoder
+    config ``cfg``: [.., C, Tm, Hm * ph, Wm * pw] with (Tm, Hm, Wm) = memory_grid, so ``img_in`` lands on the grid."""
+    from framememory.memory.grid import memory_grid
+
+    tm, hm, wm = memory_grid(tuple(latent.shape[-3:]), cfg)
+    _, ph, pw = cfg.patch_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*latent.shape[:-4], cfg.latent_channels, tm, hm * ph, wm * pw, generator=g)
+
+
+def _memory(tokens, pos2):
+    """encode_history's namespace for hand-made memory tokens (no cross-attention, timestep-0 rule)."""
+    return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=None, cross=None, memory_t0=True)
 
 
 @pytest.fixture()
@@ -97,12 +116,14 @@ def test_lora_targets_hunyuan_double_and_single_blocks(setup):
 def test_stage1_step_masks_outside_omega_and_loss_sees_only_omega(setup):
     dm, encoder, stages = setup
     history, _, context, pooled = _data(1)
+    lr = lr_latent_for(history, encoder.cfg)
     cfg = stages.StageConfig(omega_frames=2)
-    prep = stages.prepare_stage1(history, cfg, torch.Generator().manual_seed(3))
+    prep = stages.prepare_stage1(history, cfg, torch.Generator().manual_seed(3), lr_latent=lr, rt=1)
     for b in range(B):
         omega = set(prep.omega[b].tolist())
-        for f in range(T):  # the encoder's input: bit-identical in Omega, noised elsewhere
+        for f in range(T):  # the encoder's input: bit-identical in Omega, noised elsewhere (history and LR latent)
             assert torch.equal(prep.masked[b, :, f], history[b, :, f]) == (f in omega), (b, f)
+            assert torch.equal(prep.lr_masked[b, :, f], lr[b, :, f]) == (f in omega), (b, f)
     with torch.no_grad():
         loss, pred = stages.stage1_loss(dm, encoder, history, context, prep, cfg, pooled=pooled)
         assert pred.shape == (B, 16, 2, H, W) and torch.isfinite(loss)
@@ -123,21 +144,28 @@ def test_stage1_step_masks_outside_omega_and_loss_sees_only_omega(setup):
 def test_stage2_step_and_text_inputs(setup):
     dm, encoder, stages = setup
     history, nxt, context, pooled = _data(2)
+    lr = lr_latent_for(history, encoder.cfg)
     g = torch.Generator().manual_seed(4)
-    _, pred = _step(dm, encoder, stages,
-                    lambda: stages.stage2_loss(dm, encoder, history, nxt, context, generator=g, pooled=pooled))
+    _, pred = _step(dm, encoder, stages, lambda: stages.stage2_loss(dm, encoder, history, nxt, context, generator=g,
+                                                                    lr_latent=lr, pooled=pooled))
     assert pred.shape == nxt.shape
     t, eps = torch.tensor([0.3, 0.8]), torch.randn(nxt.shape, generator=g)
+    kw = dict(t=t, eps=eps, lr_latent=lr)
     with torch.no_grad():
-        a = stages.stage2_loss(dm, encoder, history, nxt, context, t=t, eps=eps, pooled=pooled)[0]
+        a = stages.stage2_loss(dm, encoder, history, nxt, context, pooled=pooled, **kw)[0]
         none = stages.stage2_loss(dm, None, history, nxt, context, t=t, eps=eps, pooled=pooled)[0]  # no-memory baseline
-        guided = stages.stage2_loss(dm, encoder, history, nxt, context, t=t, eps=eps, pooled=pooled,
-                                    cfg=stages.StageConfig(guidance=6.0))[0]
+        guided = stages.stage2_loss(dm, encoder, history, nxt, context, pooled=pooled,
+                                    cfg=stages.StageConfig(guidance=6.0), **kw)[0]
+        other_lr = stages.stage2_loss(dm, encoder, history, nxt, context, pooled=pooled,
+                                      **{**kw, "lr_latent": lr + 1.0})[0]
         with pytest.raises(ValueError, match="pooled text embedding"):
-            stages.stage2_loss(dm, encoder, history, nxt, context, t=t, eps=eps)
+            stages.stage2_loss(dm, encoder, history, nxt, context, **kw)
         with pytest.raises(ValueError, match=r"pooled must be \[B, 768\]"):
-            stages.stage2_loss(dm, encoder, history, nxt, context, t=t, eps=eps, pooled=pooled[:, :700])
+            stages.stage2_loss(dm, encoder, history, nxt, context, pooled=pooled[:, :700], **kw)
+        with pytest.raises(ValueError, match="LR latent"):
+            stages.stage2_loss(dm, encoder, history, nxt, context, t=t, eps=eps, pooled=pooled)
     assert torch.isfinite(none) and none != a and guided != a  # memory and the embedded guidance both matter
+    assert other_lr != a  # and so does the LR latent
 
 
 def test_stage1_positions_are_the_full_clip_positions(setup):
@@ -162,32 +190,51 @@ def test_stage1_positions_are_the_full_clip_positions(setup):
     x = stages.gather_frames(history, omega)
     t = torch.tensor([0.4, 0.7])
     with torch.no_grad():
-        ours = stages.dit_forward(dm, x, t, context, None, None, frame_times=omega, pooled=pooled, guidance=2.0)
+        ours = stages.dit_forward(dm, x, t, context, None, frame_times=omega, pooled=pooled, guidance=2.0)
         stock = dm.forward_orig(x, at_full, context, torch.zeros(B, context.shape[1], 3), None, t * 1000.0, pooled,
                                 guidance=torch.full((B,), 2.0), transformer_options={})
         torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-5)
         # with memory: explicit contiguous times are the DiT's own positions; other times change the prediction
-        tokens, pos2 = stages.encode_history(dm, encoder, history, 0.0)
-        plain = stages.dit_forward(dm, x, t, context, tokens, pos2, pooled=pooled)
-        explicit = stages.dit_forward(dm, x, t, context, tokens, pos2, frame_times=torch.arange(2).expand(B, 2),
+        memory = stages.encode_history(dm, encoder, history, 0.0, lr_latent=lr_latent_for(history, encoder.cfg))
+        plain = stages.dit_forward(dm, x, t, context, memory, pooled=pooled)
+        explicit = stages.dit_forward(dm, x, t, context, memory, frame_times=torch.arange(2).expand(B, 2),
                                       pooled=pooled)
-        moved = stages.dit_forward(dm, x, t, context, tokens, pos2, frame_times=omega, pooled=pooled)
+        moved = stages.dit_forward(dm, x, t, context, memory, frame_times=omega, pooled=pooled)
     torch.testing.assert_close(explicit, plain, atol=1e-6, rtol=1e-6)
     assert (moved - plain).abs().max() > 1e-4
 
 
-def test_lr_stand_in_is_img_in_pooled(setup):
+def test_lr_branch_is_img_in_of_the_lr_latent(setup):
+    """Fig. 2 on HunyuanVideo: the LR branch is the DiT's own img_in (the inference adapter's patch_embed) of the LR
+    latent, on the memory grid; an untrained HR branch adds nothing."""
     dm, encoder, stages = setup
     from framememory.models import hunyuan
 
     history = _data(6)[0]
-    lr = stages.lr_branch(dm, history, encoder.cfg)  # rate 2x2x1 -> [B, D, 4, 2, 2]
-    emb = hunyuan.patch_embed(dm, history)  # the inference adapter's LR projection, [B, D, 4, 4, 4]
-    assert lr.shape == (B, dm.hidden_size, T, 2, 2)
-    torch.testing.assert_close(lr[:, :, 1, 0, 1], emb[:, :, 1, 0:2, 2:4].mean(dim=(2, 3)))
-    tokens, pos2 = stages.encode_history(dm, encoder, history, -4.0)
-    torch.testing.assert_close(tokens, lr.flatten(2).transpose(1, 2))  # untrained HR branch adds nothing
-    assert pos2[0, 0].tolist() == [-8, 1, 1]
+    lr = lr_latent_for(history, encoder.cfg)  # rate 2x2x1 on 4x4 tokens: [B, 16, 4, 4, 4]
+    assert lr.shape == (B, 16, T, 4, 4)
+    with torch.no_grad():
+        emb = hunyuan.patch_embed(dm, lr, device=None)  # [B, D, 4, 2, 2]
+        memory = stages.encode_history(dm, encoder, history, -4.0, lr_latent=lr)
+    assert emb.shape == (B, dm.hidden_size, T, 2, 2)
+    torch.testing.assert_close(memory.tokens, emb.flatten(2).transpose(1, 2))
+    assert memory.positions2[0, 0].tolist() == [-8, 1, 1] and memory.memory_t0 is True
+    with pytest.raises(ValueError, match="LR latent"):
+        stages.encode_history(dm, encoder, history, -4.0)
+
+
+def test_shared_memory_timestep_is_refused_on_hunyuan(setup):
+    """The memory-token timestep rule reaches training: "shared" is a Wan 2.1 ablation, and the HunyuanVideo adapter's
+    install (which training uses) refuses it, as the nodes do."""
+    dm, encoder, stages = setup
+    from framememory.memory.encoder import HistoryEncoder
+
+    shared = HistoryEncoder(dataclasses.replace(encoder.cfg, memory_timestep="shared"))
+    shared.load_state_dict(encoder.state_dict())
+    history, nxt, context, pooled = _data(8)
+    with torch.no_grad(), pytest.raises(ValueError, match="always get timestep 0"):
+        stages.stage2_loss(dm, shared, history, nxt, context, t=torch.tensor([0.5, 0.5]), pooled=pooled,
+                           lr_latent=lr_latent_for(history, encoder.cfg))
 
 
 def test_gradients_through_comfyui_inplace_blocks_are_exact(comfy, monkeypatch):
@@ -211,7 +258,7 @@ def test_gradients_through_comfyui_inplace_blocks_are_exact(comfy, monkeypatch):
     t = torch.tensor([0.6], dtype=torch.float64)
 
     def loss():
-        return stages.dit_forward(dm, x, t, ctx, tokens, pos2, pooled=pooled).square().mean()
+        return stages.dit_forward(dm, x, t, ctx, _memory(tokens, pos2), pooled=pooled).square().mean()
 
     loss().backward()
     directions = [torch.randn(w.shape, generator=g, dtype=torch.float64) for w in weights]
@@ -232,10 +279,18 @@ def test_gradients_through_comfyui_inplace_blocks_are_exact(comfy, monkeypatch):
         loss().backward()
 
 
-def _hv_dataset(n=2, frames=6, seed=0):
+def _hv_dataset(n=2, frames=6, seed=0, rate="2x2x2"):
+    """Samples with latent, text, pooled and the LR latent at the encoder's ``rate``."""
+    from framememory.demo.tiny_hunyuan import tiny_hunyuan_encoder_config
+
+    cfg = tiny_hunyuan_encoder_config(rate)
     g = torch.Generator().manual_seed(seed)
-    return [{"latent": torch.randn(16, frames, H, W, generator=g), "text": torch.randn(5, 4096, generator=g) * 0.1,
-             "pooled": torch.randn(768, generator=g)} for _ in range(n)]
+    items = []
+    for i in range(n):
+        latent = torch.randn(16, frames, H, W, generator=g)
+        items.append({"latent": latent, "text": torch.randn(5, 4096, generator=g) * 0.1,
+                      "pooled": torch.randn(768, generator=g), "lr_latent": lr_latent_for(latent, cfg, seed * 100 + i)})
+    return items
 
 
 def test_exported_lora_is_the_same_hunyuan_model_under_comfyui_stock_loader(comfy, tmp_path):
@@ -281,10 +336,10 @@ def test_exported_lora_is_the_same_hunyuan_model_under_comfyui_stock_loader(comf
     history, nxt, context, pooled = _data(9, b=1)
     t = torch.tensor([0.5])
     with torch.no_grad():
-        tokens, pos2 = stages.encode_history(dm, enc, history, -float(T))
-        ours = stages.dit_forward(dm, nxt, t, context, tokens, pos2, pooled=pooled)
-        stock = stages.dit_forward(stock_dm, nxt, t, context, tokens, pos2, pooled=pooled)
-        plain = stages.dit_forward(tiny_hunyuan_dit(seed=0), nxt, t, context, tokens, pos2, pooled=pooled)
+        memory = stages.encode_history(dm, enc, history, -float(T), lr_latent=lr_latent_for(history, enc.cfg))
+        ours = stages.dit_forward(dm, nxt, t, context, memory, pooled=pooled)
+        stock = stages.dit_forward(stock_dm, nxt, t, context, memory, pooled=pooled)
+        plain = stages.dit_forward(tiny_hunyuan_dit(seed=0), nxt, t, context, memory, pooled=pooled)
     assert (ours - plain).abs().max() > 1e-3  # the LoRA learned something
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-4)
 
@@ -303,22 +358,27 @@ def test_command_line_stage1_with_tiny_hunyuan_and_pooled_shards(comfy, tmp_path
     import comfy.latent_formats
     from framememory.demo.tiny_hunyuan import tiny_hunyuan_dit
     from framememory.training import train as cli
-    from framememory.training.data import ModelSpaceDataset, ShardDataset, save_shard_atomic
+    from framememory.training.data import FORMAT, ModelSpaceDataset, ShardDataset, save_shard_atomic
     from framememory.training.loop import collate
 
     names = []
     for i, item in enumerate(_hv_dataset(n=2, frames=4)):
         p = tmp_path / "shards" / "clip" / f"chunk_{i:05d}.safetensors"
         p.parent.mkdir(parents=True, exist_ok=True)
-        save_shard_atomic(p, item["latent"], item["text"], {"chunk": i}, pooled=item["pooled"])
+        save_shard_atomic(p, item["latent"], item["text"], {"chunk": i}, pooled=item["pooled"],
+                          lr_latents={"2x2x2": item["lr_latent"]})
         names.append(f"clip/chunk_{i:05d}.safetensors")
-    (tmp_path / "shards" / "manifest.json").write_text(json.dumps({"videos": [{"shards": names}]}))
-    raw = ShardDataset(tmp_path / "shards")
+    manifest = {"format": FORMAT, "settings": {"lr_rates": ["2x2x2"]}, "videos": [{"shards": names}]}
+    (tmp_path / "shards" / "manifest.json").write_text(json.dumps(manifest))
+    raw = ShardDataset(tmp_path / "shards", lr_rate="2x2x2")
     ds = ModelSpaceDataset(raw, comfy.latent_formats.HunyuanVideo())
-    assert raw[1]["pooled"].shape == (768,)
+    assert raw[1]["pooled"].shape == (768,) and raw[1]["lr_latent"].shape == (16, 2, 4, 4)
     torch.testing.assert_close(ds[1]["latent"], raw[1]["latent"] * 0.476986)
+    torch.testing.assert_close(ds[1]["lr_latent"], raw[1]["lr_latent"] * 0.476986)  # LR latent in model space too
+    assert "lr_latent" not in ShardDataset(tmp_path / "shards")[0]
     batch = collate([ds[0], ds[1]])
     assert batch["pooled"].shape == (2, 768) and batch["context"].shape == (2, 5, 4096)
+    assert batch["lr_latent"].shape == (2, 16, 2, 4, 4)
     assert batch["context_lengths"].tolist() == [5, 5]
 
     monkeypatch.setenv("COMFYUI_DIR", str(comfyui_dir))

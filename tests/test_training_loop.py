@@ -35,14 +35,78 @@ def parts(comfy):
     return fresh, loop
 
 
-def _dataset(n=5, frames=8, seed=0):
+def lr_latent_for(latent: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:
+    """A random LR latent of the right shape for one sample ``latent`` [C, T, h, w] under encoder config ``cfg``:
+    [C, Tm, Hm * ph, Wm * pw] with (Tm, Hm, Wm) = memory_grid, as the shards' lr_latent_<rate> of that chunk."""
+    from framememory.memory.grid import memory_grid
+
+    tm, hm, wm = memory_grid(tuple(latent.shape[1:]), cfg)
+    _, ph, pw = cfg.patch_size
+    return torch.randn(cfg.latent_channels, tm, hm * ph, wm * pw, generator=generator)
+
+
+def _dataset(n=5, frames=8, seed=0, rate="2x2x2"):
+    """Samples as ModelSpaceDataset gives them: latent, text and the LR latent at the encoder's ``rate``."""
+    from framememory.memory.config import EncoderConfig
+
+    cfg = EncoderConfig(rate=rate)
     g = torch.Generator().manual_seed(seed)
-    return [{"latent": torch.randn(16, frames, 8, 8, generator=g), "text": torch.randn(5, 4096, generator=g) * 0.1}
-            for _ in range(n)]
+    items = []
+    for _ in range(n):
+        latent = torch.randn(16, frames, 8, 8, generator=g)
+        items.append({"latent": latent, "text": torch.randn(5, 4096, generator=g) * 0.1,
+                      "lr_latent": lr_latent_for(latent, cfg, g)})
+    return items
 
 
 def _trainable(module) -> dict[str, torch.Tensor]:
     return {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
+
+
+def test_collate_and_window_crop_carry_the_lr_latent(parts):
+    """collate stacks lr_latent when every sample has one; crop_windows starts on a memory time step (rt latent frames)
+    and cuts the matching LR latent frames."""
+    _, loop = parts
+    data = _dataset(n=3, frames=8)  # rate 2x2x2: lr_latent [16, 4, 4, 4]
+    batch = loop.collate(data)
+    assert batch["lr_latent"].shape == (3, 16, 4, 4, 4) and batch["latent"].shape == (3, 16, 8, 8, 8)
+    assert "lr_latent" not in loop.collate([data[0], {k: v for k, v in data[1].items() if k != "lr_latent"}])
+    starts = set()
+    for seed in range(12):
+        latent, lr = loop.crop_windows(batch["latent"], 4, torch.Generator().manual_seed(seed), batch["lr_latent"], 2)
+        assert latent.shape == (3, 16, 4, 8, 8) and lr.shape == (3, 16, 2, 4, 4)
+        for b in range(3):
+            s = next(s for s in range(5) if torch.equal(latent[b], batch["latent"][b, :, s: s + 4]))
+            assert s % 2 == 0  # aligned to the encoder's memory time steps
+            assert torch.equal(lr[b], batch["lr_latent"][b, :, s // 2: s // 2 + 2])
+            starts.add(s)
+    assert starts == {0, 2, 4}
+    same, none = loop.crop_windows(batch["latent"], 0, torch.Generator(), None, 2)
+    assert same is batch["latent"] and none is None
+
+
+def test_stage_module_feeds_the_batch_lr_latent_to_both_stages(parts):
+    """StageModule.forward takes the batch's lr_latent (Stage I masks it, Stage II uses the history's part); an encoder
+    with an LR branch and no LR latent is refused with the command that makes shards with one."""
+    fresh, loop = parts
+    dm, enc = fresh()
+    batch = loop.collate(_dataset(n=2, frames=6))
+    for stage in (1, 2):
+        module = loop.StageModule(dm, enc, loop.TrainArgs(stage=stage, segment_frames=2, omega_frames=2))
+        with torch.no_grad():
+            a = module(batch["latent"], batch["context"], 7, lr_latent=batch["lr_latent"])
+            b = module(batch["latent"], batch["context"], 7, lr_latent=batch["lr_latent"])
+            c = module(batch["latent"], batch["context"], 7, lr_latent=batch["lr_latent"] + 1.0)
+        assert torch.equal(a, b) and not torch.equal(a, c), stage
+        with pytest.raises(ValueError, match="prepare_data.py"):
+            module(batch["latent"], batch["context"], 7)
+    # Stage II's LR input is the history's memory steps only: the LR frames of the next segment do not matter
+    module = loop.StageModule(dm, enc, loop.TrainArgs(stage=2, segment_frames=2))
+    tail = batch["lr_latent"].clone()
+    tail[:, :, -1] += 1.0  # LR frame 2 covers latent frames 4, 5 = the next segment
+    with torch.no_grad():
+        assert torch.equal(module(batch["latent"], batch["context"], 7, lr_latent=batch["lr_latent"]),
+                           module(batch["latent"], batch["context"], 7, lr_latent=tail))
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -136,9 +200,9 @@ def test_exported_lora_is_the_same_model_under_comfyui_stock_loader(parts, tmp_p
     x, ctx = torch.randn(1, 16, 2, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g) * 0.1
     t = torch.tensor([0.5])
     with torch.no_grad():
-        ours = stages.dit_forward(dm, x, t, ctx, None, None)
-        stock = stages.dit_forward(stock_dm, x, t, ctx, None, None)
-        plain = stages.dit_forward(tiny_wan21_dit(seed=0), x, t, ctx, None, None)
+        ours = stages.dit_forward(dm, x, t, ctx, None)
+        stock = stages.dit_forward(stock_dm, x, t, ctx, None)
+        plain = stages.dit_forward(tiny_wan21_dit(seed=0), x, t, ctx, None)
     assert (ours - plain).abs().max() > 1e-3  # the LoRA learned something
     assert torch.allclose(ours, stock, atol=1e-5, rtol=1e-4)
 
@@ -146,18 +210,18 @@ def test_exported_lora_is_the_same_model_under_comfyui_stock_loader(parts, tmp_p
     assert mem.cfg == enc.cfg and all(torch.equal(v, enc.state_dict()[k]) for k, v in mem.state_dict.items())
 
 
-def _shards(root: Path, n=4, frames=8):
-    from framememory.training.data import save_shard_atomic
+def _shards(root: Path, n=4, frames=8, rate="2x2x2"):
+    """Shards of format framememory-shards/2 with LR latents at ``rate`` (as training/prepare_data.py writes)."""
+    from framememory.training.data import FORMAT, save_shard_atomic
 
-    g = torch.Generator().manual_seed(0)
     names = []
-    for i, item in enumerate(_dataset(n=n, frames=frames)):
+    for i, item in enumerate(_dataset(n=n, frames=frames, rate=rate)):
         p = root / "clip" / f"chunk_{i:05d}.safetensors"
         p.parent.mkdir(parents=True, exist_ok=True)
-        save_shard_atomic(p, item["latent"], item["text"], {"chunk": i})
+        save_shard_atomic(p, item["latent"], item["text"], {"chunk": i}, lr_latents={rate: item["lr_latent"]})
         names.append(f"clip/chunk_{i:05d}.safetensors")
-    (root / "manifest.json").write_text(json.dumps({"videos": [{"shards": names}]}))
-    del g
+    manifest = {"format": FORMAT, "settings": {"lr_rates": [rate]}, "videos": [{"shards": names}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _launch(tmp_path, config: str, out: str, extra: list[str]):
@@ -214,7 +278,7 @@ def test_exported_encoder_and_lora_run_the_storyboard(parts, tiny_wan, tmp_path)
     dm = copy.deepcopy(model.model.diffusion_model)
     enc = HistoryEncoder(EncoderConfig(family="wan21", dim=128, rate="4x4x2", hr_channels=(16, 32, 64, 64), attn_heads=4))
     res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, lr=1e-2, segment_frames=2,
-                                    output_dir=str(tmp_path)), dm, enc, _dataset(n=2, frames=6))
+                                    output_dir=str(tmp_path)), dm, enc, _dataset(n=2, frames=6, rate="4x4x2"))
     encoder = MemoryEncoder.from_file(res["exported"]["encoder"])
     lora_model, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(res["exported"]["lora"]), 1.0, 0)
     start, _ = history_from_frames(lora_model, vae, encoder, video, 4, 16.0, 256, 128)
@@ -222,7 +286,7 @@ def test_exported_encoder_and_lora_run_the_storyboard(parts, tiny_wan, tmp_path)
     settings = SamplerSettings(2, 3.0, "euler", "simple", 1)
     shots = parse_storyboard("0.8 | a cyclist")
     frames, final, report = run_storyboard(lora_model, vae, clip, encoder, neg, shots, settings, 256, 128, 16.0, 4, start)
-    assert frames.shape == (13, 128, 256, 3) and torch.isfinite(frames).all()
+    assert frames.shape == (16, 128, 256, 3) and torch.isfinite(frames).all()  # continues the start clip's stream
     assert report["segments"][0]["memory_tokens"] == start.history.num_tokens > 0
     base, _, _ = run_storyboard(model, vae, clip, encoder, neg, shots, settings, 256, 128, 16.0, 4, start)
     assert (frames - base).abs().max() > 1e-4  # the trained LoRA is applied by the stock loader path
