@@ -254,6 +254,35 @@ class HistoryEncoder(nn.Module):
         return tokens, hidden
 
 
+class EncoderSet(nn.Module):
+    """Several history encoders used and trained together (arXiv 2512.23851 add-on "a second encoder at 2x2x8
+    concatenated"): the memory is the concatenation of every part's tokens, each at its own positions; each part has
+    its own LR latent (its own rate). Training holds the set as one module (``training/stages.py``) and exports one
+    encoder file per part, which the nodes load and combine (Combine Memory Encoders).
+
+    Args:
+        parts: at least two :class:`HistoryEncoder` s of one DiT (same family and width).
+    Raises:
+        ValueError: fewer than two parts, several with the cross-attention add-on, different DiTs or timestep rules.
+    """
+
+    def __init__(self, parts: list[HistoryEncoder]) -> None:
+        super().__init__()
+        if len(parts) < 2:
+            raise ValueError(f"an encoder set needs at least two encoders, got {len(parts)}")
+        if sum(p.cfg.cross_attention for p in parts) > 1:
+            raise ValueError("at most one encoder of a set may have the cross-attention add-on")
+        for key in ("family", "dim", "memory_timestep", "latent_channels"):
+            if len({getattr(p.cfg, key) for p in parts}) > 1:
+                raise ValueError(f"the encoders of a set must agree on {key}: {[getattr(p.cfg, key) for p in parts]}")
+        self.parts = nn.ModuleList(parts)
+
+
+def encoder_parts(encoder) -> list:
+    """The encoders whose tokens make up the memory: ``encoder.parts`` of an :class:`EncoderSet`, else ``[encoder]``."""
+    return list(encoder.parts) if isinstance(encoder, EncoderSet) else [encoder]
+
+
 def lr_frames_per_span(latent_frames: int, cfg: EncoderConfig, stream_start: bool) -> tuple[int, int]:
     """``(video frames, LR frames)`` of a span of ``latent_frames`` latent frames (a multiple of ``pt * rt``).
 
@@ -351,4 +380,4 @@ def combine_branches(hr: torch.Tensor | None, lr: torch.Tensor | None) -> torch.
     return rearrange(y, "b d t h w -> b (t h w) d")
 
 
-__all__ = ["HistoryEncoder", "HRBranch", "MemoryCrossAttention", "lr_clip", "lr_frames_per_span", "overlap_window", "combine_branches", "token_grid", "memory_grid"]
+__all__ = ["HistoryEncoder", "HRBranch", "EncoderSet", "encoder_parts", "MemoryCrossAttention", "lr_clip", "lr_frames_per_span", "overlap_window", "combine_branches", "token_grid", "memory_grid"]

@@ -290,3 +290,50 @@ def test_exported_encoder_and_lora_run_the_storyboard(parts, tiny_wan, tmp_path)
     assert report["segments"][0]["memory_tokens"] == start.history.num_tokens > 0
     base, _, _ = run_storyboard(model, vae, clip, encoder, neg, shots, settings, 256, 128, 16.0, 4, start)
     assert (frames - base).abs().max() > 1e-4  # the trained LoRA is applied by the stock loader path
+
+
+def test_encoder_set_trains_together_and_exports_parts_the_nodes_combine(parts, tmp_path):
+    """The add-on "several encoders concatenated" is reached by training: an EncoderSet (2x2x2 + 2x2x4) trains both
+    parts in one Stage II run (each part's zero-initialised output projection moves), with one LR latent per part;
+    the export writes one encoder file per part (each with its trained weights and its own rate, what Load Memory
+    Encoder + Combine Memory Encoders take); the memory is both parts' tokens concatenated, each at its own
+    positions, and a set without its LR latents is refused."""
+    from framememory.demo.tiny_models import tiny_encoder_config
+    from framememory.memory.encoder import EncoderSet, HistoryEncoder
+    from framememory.memory.io import load_encoder_file
+    from framememory.training import stages
+
+    fresh, loop = parts
+    dm, _ = fresh()
+    cfgs = [tiny_encoder_config(r) for r in ("2x2x2", "2x2x4")]
+    enc = EncoderSet([HistoryEncoder(c) for c in cfgs])
+    g = torch.Generator().manual_seed(3)
+    data = []
+    for _ in range(4):
+        latent = torch.randn(16, 12, 8, 8, generator=g)
+        data.append({"latent": latent, "text": torch.randn(5, 4096, generator=g) * 0.1,
+                     "lr_latent": [lr_latent_for(latent[:, :8], c, g) for c in cfgs]})
+    batch = loop.collate(data[:2])
+    assert [x.shape[2] for x in batch["lr_latent"]] == [4, 2]
+    module = loop.StageModule(dm, enc, loop.TrainArgs(stage=2, segment_frames=4))
+    assert module.time_unit() == 4
+    before = [p.hr.proj.weight.detach().clone() for p in enc.parts]
+    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, lr=1e-2, segment_frames=4, batch_size=2,
+                                    output_dir=str(tmp_path)), dm, enc, data)
+    assert all(not torch.equal(b, p.hr.proj.weight) for b, p in zip(before, enc.parts))
+    files = [res["exported"][f"encoder_part{i}"] for i in range(2)]
+    for i, f in enumerate(files):
+        sd, cfg = load_encoder_file(f)
+        assert cfg.rate == cfgs[i].rate
+        torch.testing.assert_close(sd["hr.proj.weight"], enc.parts[i].hr.proj.weight.detach())
+    # the training memory: both parts' tokens, concatenated, each at its own positions
+    latent = torch.stack([d["latent"][:, :8] for d in data[:1]])
+    with torch.no_grad():
+        mem = stages.encode_history(dm, enc, latent, t_start=-8.0, lr_latent=[x[:1] for x in
+                                    loop.collate(data[:1])["lr_latent"]])
+    assert mem.tokens.shape[1] == 4 * 2 * 2 + 2 * 2 * 2  # 2x2x2: Tm 4 x 2x2; 2x2x4: Tm 2 x 2x2
+    t2 = mem.positions2[0, :, 0].double() / 2
+    assert t2[:16].tolist() == [t for t in (-7.5, -5.5, -3.5, -1.5) for _ in range(4)]
+    assert t2[16:].tolist() == [t for t in (-6.5, -2.5) for _ in range(4)]
+    with pytest.raises(ValueError, match="2 encoders need 2 LR latents"):
+        stages.encode_history(dm, enc, latent, t_start=0.0, lr_latent=None)

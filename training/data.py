@@ -324,12 +324,13 @@ def shard_ok(path: Path) -> bool:
         return False
 
 
-def read_shard_item(path: str | os.PathLike, lr_rate: str | None = None) -> dict:
+def read_shard_item(path: str | os.PathLike, lr_rate: str | tuple | None = None) -> dict:
     """One shard as ``{"latent": [C, T, h, w], "text": [L, D], "meta": dict}`` plus ``"pooled": [P]`` when it has
-    one and ``"lr_latent": [C, Tm, h', w']`` of ``lr_rate`` when asked for, tensors in their stored dtype.
+    one and ``"lr_latent": [C, Tm, h', w']`` of ``lr_rate`` when asked for (a list, one per rate, for a tuple of
+    rates: an EncoderSet's parts), tensors in their stored dtype.
 
     Raises:
-        ValueError: the shard has no LR latent at ``lr_rate`` (names the rates it has and the rebuild command).
+        ValueError: the shard has no LR latent at a rate asked for (names the rates it has and the rebuild command).
     """
     from safetensors import safe_open
 
@@ -337,12 +338,16 @@ def read_shard_item(path: str | os.PathLike, lr_rate: str | None = None) -> dict
         keys = set(f.keys())
         item = {k: f.get_tensor(k) for k in ("latent", "text", "pooled") if k in keys}
         item["meta"] = json.loads(f.metadata()[META_KEY])
-        if lr_rate is not None:
-            key = f"lr_latent_{EncoderConfig(rate=lr_rate).rate_str}"
+        rates = [] if lr_rate is None else [lr_rate] if isinstance(lr_rate, str) else list(lr_rate)
+        lrs = []
+        for rate in rates:
+            key = f"lr_latent_{EncoderConfig(rate=rate).rate_str}"
             if key not in keys:
                 have = sorted(k[len("lr_latent_"):] for k in keys if k.startswith("lr_latent_"))
-                raise ValueError(f"shard {path} has no LR latent at rate {lr_rate} (it has {have or 'none'}): {REBUILD}")
-            item["lr_latent"] = f.get_tensor(key)
+                raise ValueError(f"shard {path} has no LR latent at rate {rate} (it has {have or 'none'}): {REBUILD}")
+            lrs.append(f.get_tensor(key))
+        if lrs:
+            item["lr_latent"] = lrs[0] if isinstance(lr_rate, str) else lrs
     return item
 
 
@@ -361,15 +366,16 @@ class ShardDataset(torch.utils.data.Dataset):
         FileNotFoundError: no manifest. ValueError: shards of an older format, or without LR latents at ``lr_rate``.
     """
 
-    def __init__(self, root: str | os.PathLike, lr_rate: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, lr_rate: str | tuple | None = None) -> None:
         self.root = Path(root)
         manifest = json.loads((self.root / "manifest.json").read_text())
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{self.root} holds shards of format {manifest.get('format')!r}, this version reads "
                              f"{FORMAT!r} (shards now carry the LR branch's latents): {REBUILD}")
         rates = tuple(manifest.get("settings", {}).get("lr_rates", ()))
-        if lr_rate is not None and EncoderConfig(rate=lr_rate).rate_str not in rates:
-            raise ValueError(f"{self.root} has LR latents at rates {list(rates)}, not {lr_rate}: {REBUILD}")
+        for rate in ([] if lr_rate is None else [lr_rate] if isinstance(lr_rate, str) else lr_rate):
+            if EncoderConfig(rate=rate).rate_str not in rates:
+                raise ValueError(f"{self.root} has LR latents at rates {list(rates)}, not {rate}: {REBUILD}")
         self.lr_rate = lr_rate
         self.paths = [self.root / s for v in manifest["videos"] for s in v.get("shards", [])]
 
@@ -393,9 +399,11 @@ class ModelSpaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.dataset[i])
-        for key in ("latent", "lr_latent"):
-            if key in item:
-                item[key] = self.latent_format.process_in(item[key].float()[None])[0]
+        to_model = lambda z: self.latent_format.process_in(z.float()[None])[0]  # noqa: E731
+        item["latent"] = to_model(item["latent"])
+        lr = item.get("lr_latent")
+        if lr is not None:
+            item["lr_latent"] = [to_model(z) for z in lr] if isinstance(lr, (list, tuple)) else to_model(lr)
         return item
 
 

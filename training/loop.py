@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..memory.encoder import EncoderSet, encoder_parts
 from . import stages
 from .dits import DEFAULT_GUIDANCE, dit_family
 
@@ -121,7 +122,11 @@ def collate(items: list[dict]) -> dict:
     context = torch.stack([F.pad(c, (0, 0, 0, n - c.shape[0])) for c in ctx])
     out = {"latent": latent, "context": context, "context_lengths": torch.tensor([c.shape[0] for c in ctx])}
     if all("lr_latent" in it for it in items):
-        out["lr_latent"] = torch.stack([it["lr_latent"].float() for it in items])
+        first = items[0]["lr_latent"]
+        if isinstance(first, (list, tuple)):  # an EncoderSet's LR latents, one per part
+            out["lr_latent"] = [torch.stack([it["lr_latent"][i].float() for it in items]) for i in range(len(first))]
+        else:
+            out["lr_latent"] = torch.stack([it["lr_latent"].float() for it in items])
     has_pooled = sum("pooled" in it for it in items)
     if has_pooled:
         if has_pooled != len(items):
@@ -130,11 +135,12 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator, lr_latent: torch.Tensor | None = None,
-                 unit: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator, lr_latent=None, unit: int = 1,
+                 lr_units: list[int] | None = None):
     """Random crop of ``window`` latent frames per sample, starting on a memory time step (a multiple of ``unit``
     latent frames), with the matching LR latent frames: ``[B, C, T, h, w]`` -> ``[B, C, window, h, w]`` and
-    ``[B, C, T // unit, h', w']`` -> ``[B, C, window // unit, h', w']`` (None stays None).
+    ``[B, C, T // unit, h', w']`` -> ``[B, C, window // unit, h', w']`` (None stays None). An EncoderSet's list of LR
+    latents is cropped part by part with ``lr_units`` (each part's own step). Returns ``(latent, lr_latent)``.
     Raises ValueError when ``T < window``."""
     t = latent.shape[2]
     if window <= 0 or window == t:
@@ -143,10 +149,15 @@ def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator, 
         raise ValueError(f"samples have {t} latent frames, fewer than window={window}")
     starts = (torch.randint(0, (t - window) // unit + 1, (latent.shape[0],), generator=generator) * unit).tolist()
     out = torch.stack([latent[b, :, s: s + window] for b, s in enumerate(starts)])
+
+    def crop_lr(lr, u):
+        return torch.stack([lr[b, :, s // u: (s + window) // u] for b, s in enumerate(starts)])
+
     if lr_latent is None:
         return out, None
-    lr = torch.stack([lr_latent[b, :, s // unit: (s + window) // unit] for b, s in enumerate(starts)])
-    return out, lr
+    if isinstance(lr_latent, (list, tuple)):
+        return out, [crop_lr(lr, u) for lr, u in zip(lr_latent, lr_units or [unit] * len(lr_latent))]
+    return out, crop_lr(lr_latent, unit)
 
 
 class StageModule(torch.nn.Module):
@@ -167,10 +178,15 @@ class StageModule(torch.nn.Module):
         self.stage_cfg = stages.StageConfig(omega_frames=args.omega_frames, guidance=args.guidance,
                                             timesteps=stages.LogitNormal(args.timestep_loc, 1.0))
 
+    def time_units(self) -> list[int]:
+        """Latent frames per memory time step of each encoder part (``[1]`` without an encoder)."""
+        if self.encoder is None:
+            return [1]
+        return [p.cfg.patch_size[0] * p.cfg.rate[2] for p in encoder_parts(self.encoder)]
+
     def time_unit(self) -> int:
-        """Latent frames per memory time step of the encoder (1 without one): windows and splits align to it."""
-        cfg = getattr(self.encoder, "cfg", None)
-        return 1 if cfg is None else cfg.patch_size[0] * cfg.rate[2]
+        """Latent frames that windows and history lengths align to: the least common multiple of the parts' steps."""
+        return math.lcm(*self.time_units())
 
     def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int, pooled: torch.Tensor | None = None,
                 lr_latent: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,12 +194,14 @@ class StageModule(torch.nn.Module):
         ``latent`` ``[B, C, T, h, w]``, ``context`` ``[B, L, 4096]``, ``pooled`` ``[B, 768]`` (HunyuanVideo),
         ``lr_latent`` ``[B, C, T // rt, h', w']`` (model space) or None."""
         g = torch.Generator().manual_seed(seed)
-        rt = self.time_unit()
-        latent, lr_latent = crop_windows(latent, self.args.window, g, lr_latent, rt)
+        rt, units = self.time_unit(), self.time_units()
+        latent, lr_latent = crop_windows(latent, self.args.window, g, lr_latent, rt,
+                                         lr_units=units if isinstance(lr_latent, (list, tuple)) else None)
         if self.args.stage == 1:
             if self.encoder is None:
                 raise ValueError("Stage I trains an encoder: pass one")
-            prep = stages.prepare_stage1(latent, self.stage_cfg, g, lr_latent=lr_latent, rt=rt)
+            prep = stages.prepare_stage1(latent, self.stage_cfg, g, lr_latent=lr_latent,
+                                         rt=units if isinstance(lr_latent, (list, tuple)) else rt)
             lr = self.lr_fn(prep.masked) if self.lr_fn is not None else prep.lr_masked
             loss, _ = stages.stage1_loss(self.dm, self.encoder, latent, context, prep, self.stage_cfg, lr_latent=lr,
                                          pooled=pooled)
@@ -194,9 +212,12 @@ class StageModule(torch.nn.Module):
                              f"memory time steps ({rt} latent frames each), got {latent.shape[2]}")
         history, target = latent[:, :, :-k], latent[:, :, -k:]
         lr = None
-        if self.encoder is not None:
-            lr = self.lr_fn(history) if self.lr_fn is not None else (
-                None if lr_latent is None else lr_latent[:, :, : history.shape[2] // rt])
+        if self.encoder is not None and self.lr_fn is not None:
+            lr = self.lr_fn(history)
+        elif isinstance(lr_latent, (list, tuple)):
+            lr = [x[:, :, : history.shape[2] // u] for x, u in zip(lr_latent, units)]
+        elif lr_latent is not None and self.encoder is not None:
+            lr = lr_latent[:, :, : history.shape[2] // rt]
         loss, _ = stages.stage2_loss(self.dm, self.encoder, history, target, context, cfg=self.stage_cfg,
                                      generator=g, lr_latent=lr, pooled=pooled)
         return loss
@@ -284,7 +305,13 @@ def _export(accelerator, module, args: TrainArgs, state: TrainState) -> dict:
     lora_path = os.path.join(args.output_dir, f"lora_stage{args.stage}.safetensors")
     save_lora(lora_path, inner.dm, meta, state_dict=part["dm"])
     out["lora"] = lora_path
-    if inner.encoder is not None:
+    if isinstance(inner.encoder, EncoderSet):  # one file per part, combined again by the nodes
+        for i, enc in enumerate(inner.encoder.parts):
+            enc_path = os.path.join(args.output_dir, f"encoder_stage{args.stage}_part{i}.safetensors")
+            sd = {k[len(f"parts.{i}."):]: v for k, v in part["encoder"].items() if k.startswith(f"parts.{i}.")}
+            if export_encoder(enc_path, enc, state_dict=sd):
+                out[f"encoder_part{i}"] = enc_path
+    elif inner.encoder is not None:
         enc_path = os.path.join(args.output_dir, f"encoder_stage{args.stage}.safetensors")
         if export_encoder(enc_path, inner.encoder, state_dict=part["encoder"]):
             out["encoder"] = enc_path

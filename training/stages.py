@@ -70,7 +70,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from ..memory.encoder import HistoryEncoder, overlap_window
+from ..memory.encoder import HistoryEncoder, encoder_parts, overlap_window
 from ..memory.grid import memory_positions
 from .dits import DEFAULT_GUIDANCE, HUNYUAN, WAN, dit_family
 
@@ -147,38 +147,49 @@ def lora_state_dict(dm: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------ memory encoding
 
 
-def encode_history(dm, encoder: HistoryEncoder, latent: torch.Tensor, t_start: float,
-                   lr_latent: torch.Tensor | None = None, overlap: bool = False) -> SimpleNamespace:
-    """Memory of a history for training, through Fig. 2 (:class:`memory.encoder.HistoryEncoder`, or a drop-in with
-    the same call such as ``training.baselines.LargePatchifier``).
+def encode_history(dm, encoder, latent: torch.Tensor, t_start: float, lr_latent=None,
+                   overlap: bool = False) -> SimpleNamespace:
+    """Memory of a history for training, through Fig. 2 (:class:`memory.encoder.HistoryEncoder`, a drop-in with the
+    same call such as ``training.baselines.LargePatchifier``, or an :class:`memory.encoder.EncoderSet`).
 
     Args:
         latent: ``[B, C, T, h, w]`` model-space history. t_start: DiT time of its first latent frame.
-        lr_latent: ``[B, C, Tm, h', w']`` model-space LR latent (module docstring); required when the encoder has
-            an LR branch.
-        overlap: add the overlap-window add-on's uncompressed tokens (Stage II).
+        lr_latent: ``[B, C, Tm, h', w']`` model-space LR latent (module docstring), required when the encoder has an
+            LR branch; for an EncoderSet a list with one per part (None for parts without LR branch).
+        overlap: add the overlap-window add-on's uncompressed tokens (Stage II; the longest window of the parts).
     Returns:
-        ``tokens [B, M, D]``, ``positions2 [B, M, 3]`` int64 (twice the RoPE positions, as ``models/conds.py``),
-        ``hidden [B, M_h, Ch]`` or None (cross-attention add-on), ``cross`` (its layers or None), ``memory_t0``.
+        ``tokens [B, M, D]`` (the parts' tokens concatenated), ``positions2 [B, M, 3]`` int64 (twice the RoPE
+        positions, as ``models/conds.py``), ``hidden [B, M_h, Ch]`` or None and ``cross`` (the cross-attention add-on's
+        hidden states and layers, from the part that has it), ``memory_t0`` (the timestep rule).
     Raises:
-        ValueError: the encoder has an LR branch and no ``lr_latent`` is given (prepare the shards with
-        ``training/prepare_data.py``), or shapes off the memory grid.
+        ValueError: a part with an LR branch has no LR latent (prepare the shards with ``training/prepare_data.py``),
+        or shapes off the memory grid.
     """
-    cfg = encoder.cfg
     embed = lambda z: dit_family(dm).embed(dm, z)  # noqa: E731  the DiT's frozen first projection
-    if cfg.use_lr and lr_latent is None:
-        raise ValueError(f"the encoder's LR branch needs the LR latent of the history (rate {cfg.rate_str}): shards "
-                         "from training/prepare_data.py carry it (--lr-rates), or pass an lr_fn")
-    tokens, hidden = encoder(latent.float(), lr_latent, embed)
-    grid = encoder.grid(latent)
-    pos = memory_positions(grid, cfg, t_start=t_start, dtype=torch.float64)
-    if overlap and cfg.overlap_latent_frames:
-        window, wpos = overlap_window(embed, latent[:, :, -cfg.overlap_latent_frames:].float(), cfg)
+    parts = encoder_parts(encoder)
+    lrs = list(lr_latent) if isinstance(lr_latent, (list, tuple)) else [lr_latent]
+    if len(lrs) != len(parts):
+        raise ValueError(f"{len(parts)} encoders need {len(parts)} LR latents, got {len(lrs)}")
+    tokens, positions, hidden, cross = [], [], None, None
+    for part, lr in zip(parts, lrs):
+        cfg = part.cfg
+        if cfg.use_lr and lr is None:
+            raise ValueError(f"the encoder's LR branch needs the LR latent of the history (rate {cfg.rate_str}): shards "
+                             "from training/prepare_data.py carry it (--lr-rates), or pass an lr_fn")
+        t_i, h_i = part(latent.float(), lr, embed)
+        tokens.append(t_i)
+        positions.append(memory_positions(part.grid(latent), cfg, t_start=t_start, dtype=torch.float64))
+        if h_i is not None and (hidden is None or cfg.cross_attention):
+            hidden, cross = h_i, getattr(part, "cross", None)
+    tokens, pos = torch.cat(tokens, dim=1), torch.cat(positions, dim=0)
+    longest = max((p.cfg for p in parts), key=lambda c: c.overlap_latent_frames)
+    if overlap and longest.overlap_latent_frames:
+        window, wpos = overlap_window(embed, latent[:, :, -longest.overlap_latent_frames:].float(), longest)
         tokens = torch.cat([tokens, window.to(tokens)], dim=1)
         pos = torch.cat([pos, wpos.double() + t_start + latent.shape[2]], dim=0)
     pos2 = (pos * 2).round().long()[None].expand(latent.shape[0], -1, -1).to(latent.device)
-    return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=hidden, cross=getattr(encoder, "cross", None),
-                           memory_t0=cfg.memory_timestep == "zero")
+    return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=hidden, cross=cross,
+                           memory_t0=parts[0].cfg.memory_timestep == "zero")
 
 
 def mask_lr_latent(lr_latent: torch.Tensor, omega: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor,
@@ -263,11 +274,12 @@ def gather_frames(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_stage1(history: torch.Tensor, cfg: StageConfig = StageConfig(), generator: torch.Generator | None = None,
-                   lr_latent: torch.Tensor | None = None, rt: int = 1) -> SimpleNamespace:
+                   lr_latent=None, rt=1) -> SimpleNamespace:
     """All random draws of one Stage I step (so the loss itself is a deterministic function):
     ``omega`` ``[B, k]``, ``levels`` ``[B, T]`` ~ ``cfg.mask_levels``, ``masked`` = :func:`mask_history`,
     ``t`` ``[B]`` ~ ``cfg.timesteps``, ``eps`` ``[B, C, k, h, w]``, and with a clean ``lr_latent`` (time rate ``rt``)
-    ``lr_masked`` = :func:`mask_lr_latent` (its noise drawn last). Random numbers come from ``generator`` (CPU)."""
+    ``lr_masked`` = :func:`mask_lr_latent` (its noise drawn last; for an EncoderSet lists of LR latents and rates, one
+    per part, None entries kept). Random numbers come from ``generator`` (CPU)."""
     b, c, t, h, w = history.shape
     omega = sample_omega(b, t, cfg.omega_frames, generator)
     levels = cfg.mask_levels.sample((b, t), generator)
@@ -276,7 +288,12 @@ def prepare_stage1(history: torch.Tensor, cfg: StageConfig = StageConfig(), gene
     ts = cfg.timesteps.sample((b,), generator).to(history.device)
     eps = torch.randn((b, c, cfg.omega_frames, h, w), generator=generator).to(history)
     lr_masked = None
-    if lr_latent is not None:
+    if isinstance(lr_latent, (list, tuple)):  # an EncoderSet: one LR latent (and rate) per part
+        units = rt if isinstance(rt, (list, tuple)) else [rt] * len(lr_latent)
+        lr_masked = [None if lr is None else mask_lr_latent(lr, omega, levels,
+                                                           torch.randn(lr.shape, generator=generator), u)
+                     for lr, u in zip(lr_latent, units)]
+    elif lr_latent is not None:
         lr_noise = torch.randn(lr_latent.shape, generator=generator)
         lr_masked = mask_lr_latent(lr_latent, omega, levels, lr_noise, rt)
     return SimpleNamespace(omega=omega.to(history.device), levels=levels, masked=masked, t=ts, eps=eps,
@@ -328,7 +345,7 @@ def stage2_loss(dm, encoder: HistoryEncoder | None, history: torch.Tensor, targe
     return F.mse_loss(pred.float(), velocity.float()), pred
 
 
-def trainable_parameters(dm, encoder: HistoryEncoder | None) -> list[torch.nn.Parameter]:
+def trainable_parameters(dm, encoder) -> list[torch.nn.Parameter]:
     """LoRA parameters of ``dm`` plus every encoder parameter (all with ``requires_grad``)."""
     enc = [] if encoder is None else [p for p in encoder.parameters() if p.requires_grad]
     return [p for p in dm.parameters() if p.requires_grad] + enc

@@ -95,9 +95,10 @@ def tiny_dit(family: str, seed: int):
 
 
 def build_encoder(dm, args):
-    """The history encoder to train: loaded from --encoder (Stage I result) or new from --rate/--hr-channels."""
+    """The history encoder to train: loaded from --encoder (Stage I result; several files: one EncoderSet trained
+    together) or new from --rate/--hr-channels (``A+B``, e.g. ``4x4x2+2x2x8``: an EncoderSet)."""
     from framememory.memory.config import EncoderConfig
-    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.encoder import EncoderSet, HistoryEncoder
     from framememory.memory.io import load_encoder_file
     from framememory.training.dits import dit_family
 
@@ -105,18 +106,21 @@ def build_encoder(dm, args):
         return None
     family = dit_family(dm)
     width = family.width(dm)
-    if args.encoder:
-        sd, cfg = load_encoder_file(args.encoder)
+    parts = []
+    for path in args.encoder or []:
+        sd, cfg = load_encoder_file(path)
         if cfg.dim != width or cfg.family != family.name:
-            raise SystemExit(f"{args.encoder} is for {cfg.family} width {cfg.dim}, "
-                             f"the DiT is {family.name} width {width}")
+            raise SystemExit(f"{path} is for {cfg.family} width {cfg.dim}, the DiT is {family.name} width {width}")
         enc = HistoryEncoder(cfg)
         enc.load_state_dict(sd)
-        return enc
-    chans = tuple(int(c) for c in args.hr_channels.split(","))
-    cfg = EncoderConfig(family=family.name, dim=width, rate=args.rate, hr_channels=chans, attn_heads=args.attn_heads,
-                        use_hr=not args.only_lr, use_lr=not args.without_lr)
-    return HistoryEncoder(cfg)
+        parts.append(enc)
+    if not parts:
+        chans = tuple(int(c) for c in args.hr_channels.split(","))
+        parts = [HistoryEncoder(EncoderConfig(family=family.name, dim=width, rate=rate, hr_channels=chans,
+                                              attn_heads=args.attn_heads, use_hr=not args.only_lr,
+                                              use_lr=not args.without_lr))
+                 for rate in args.rate.split("+")]
+    return parts[0] if len(parts) == 1 else EncoderSet(parts)
 
 
 def parse_args(argv=None):
@@ -132,9 +136,11 @@ def parse_args(argv=None):
     ap.add_argument("--dit-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="dtype of the frozen DiT weights (default float32; bfloat16 halves memory)")
     enc = ap.add_mutually_exclusive_group()
-    enc.add_argument("--encoder", help="encoder file to continue from (Stage II: the Stage I encoder)")
+    enc.add_argument("--encoder", nargs="+", help="encoder file(s) to continue from (Stage II: the Stage I encoder; "
+                     "several files: the parts of an encoder set, trained together)")
     enc.add_argument("--no-memory", action="store_true", help="Stage II without memory tokens (baseline)")
-    ap.add_argument("--rate", default="4x4x2", help="new encoder: compression HxWxT (default 4x4x2)")
+    ap.add_argument("--rate", default="4x4x2", help="new encoder: compression HxWxT (default 4x4x2); A+B (e.g. "
+                    "4x4x2+2x2x8) trains a set of encoders whose tokens are concatenated (one file per part)")
     ap.add_argument("--hr-channels", default="64,128,256,512", help="new encoder: HR branch widths")
     ap.add_argument("--attn-heads", type=int, default=8, help="new encoder: heads of the HR attention")
     ap.add_argument("--only-lr", action="store_true", help="new encoder without HR branch (ablation)")
@@ -195,7 +201,13 @@ def main(argv=None) -> int:
         ap.error(str(e))
     dm = tiny_dit(a.tiny_dit, a.seed) if a.tiny_dit else load_dit(a.dit, a.dit_dtype)
     encoder = build_encoder(dm, a)
-    lr_rate = encoder.cfg.rate_str if encoder is not None and encoder.cfg.use_lr else None
+    from framememory.memory.encoder import EncoderSet, encoder_parts
+
+    lr_rate = None
+    if isinstance(encoder, EncoderSet):
+        lr_rate = tuple(p.cfg.rate_str for p in encoder_parts(encoder))
+    elif encoder is not None and encoder.cfg.use_lr:
+        lr_rate = encoder.cfg.rate_str
     try:
         dataset = ModelSpaceDataset(ShardDataset(a.data, lr_rate=lr_rate), dit_family(dm).latent_format())
     except (ValueError, FileNotFoundError) as e:
