@@ -32,6 +32,9 @@ def main() -> None:
 
     from framememory.memory.config import EncoderConfig
     from framememory.memory.encoder import HistoryEncoder, combine_branches
+
+    def hr_map(enc, lat):  # the HR branch alone (Fig. 2 step 2): [B, D, Tm, Hm, Wm]
+        return enc.hr(lat, enc.grid(lat))[0]
     from framememory.memory.grid import tokens_per_second
 
     torch.manual_seed(0)
@@ -46,12 +49,13 @@ def main() -> None:
             seg = max(4, rt)  # latent frames per encoded unit (a 4-frame segment, or a group at 2x2x8)
             lat = torch.randn(1, ch, 3 * seg, hs // vs[1], ws // vs[2])
             with torch.no_grad():
-                whole = combine_branches(enc(lat), None)
-                parts = torch.cat([combine_branches(enc(lat[:, :, i * seg:(i + 1) * seg]), None) for i in range(3)], 1)
+                whole = combine_branches(hr_map(enc, lat), None)
+                parts = torch.cat([combine_branches(hr_map(enc, lat[:, :, i * seg:(i + 1) * seg]), None)
+                                   for i in range(3)], 1)
                 times = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
-                    enc(lat[:, :, :seg])
+                    hr_map(enc, lat[:, :, :seg])
                     times.append(time.perf_counter() - t0)
             seconds_per_unit = (vs[0] * seg) / fps  # video seconds one unit of `seg` latent frames stands for
             rows.append({

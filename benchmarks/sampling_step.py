@@ -75,7 +75,7 @@ def main() -> None:
             prm.normal_(0, 0.02)
     dm.eval()
     h8, w8 = p["height"] // 8, p["width"] // 8
-    seg_t = 4  # 1 s segment = 4 latent frames (13 frames)
+    seg_t = 4  # 1 s segment = 4 latent frames (16 frames of the continuous stream)
     n = seg_t * (h8 // 2) * (w8 // 2)
     x = torch.randn(1, 16, seg_t, h8, w8, device=dev, dtype=dtype)
     ctx = torch.randn(1, TEXT_LEN, 4096, device=dev, dtype=dtype) * 0.1

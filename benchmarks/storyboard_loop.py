@@ -103,12 +103,12 @@ def main() -> None:
     print_table(rows, cols)
     half = rows[len(rows) // 2:]
     # least-squares slope of the current RSS over the second half (the output frames themselves add
-    # 13 * W * H * 3 bytes per segment: uint8 frames kept for the IMAGE output)
+    # 16 * W * H * 3 bytes per segment after the first: uint8 frames kept for the IMAGE output)
     xs = [r["index"] for r in half]
     ys = [r["rss_mb"] for r in half]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-9, sum((x - mx) ** 2 for x in xs))
-    frames_mb = 13 * p["width"] * p["height"] * 3 / 2**20
+    frames_mb = 16 * p["width"] * p["height"] * 3 / 2**20  # one continuous stream: 16 frames per 4 latent frames
     gen_seconds = frames.shape[0] / 16.0
     summary = {
         "segments": len(rows), "generated_s": round(gen_seconds, 2), "wall_s": round(wall, 1),

@@ -32,7 +32,8 @@ def _import_pack(name: str = "framememory"):
 
 
 def _save_atomic(path: str, state_dict: dict) -> None:
-    from ..memory.io import save_safetensors_atomic
+    _import_pack()  # absolute import: this file also runs as a script (no parent package for a relative import)
+    from framememory.memory.io import save_safetensors_atomic
 
     save_safetensors_atomic(path, state_dict, {})
 

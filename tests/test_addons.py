@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from framememory.memory.config import EncoderConfig
-from framememory.memory.encoder import HistoryEncoder, combine_branches
+from framememory.memory.encoder import HistoryEncoder, lr_clip
 from framememory.memory.grid import memory_grid, memory_positions
-from framememory.memory.history import HistoryBuffer
+from framememory.memory.history import HistoryBuffer, PartKey
 from framememory.memory.io import load_encoder_file, save_encoder
 
 SMALL = dict(dim=32, hr_channels=(8, 16, 16, 32), attn_heads=4, use_lr=False)
@@ -24,47 +24,73 @@ def _random_proj(enc: HistoryEncoder, seed: int) -> HistoryEncoder:
 
 # ---- several encoders, shared history (pure torch) ---------------------------------------------------------------
 
+def _standin_lr_vae(clip: torch.Tensor, stream_start: bool) -> torch.Tensor:
+    """A causal-VAE stand-in for the LR branch: LR frames ``[F, H, W, 3]`` -> ``[16, T, H / 8, W / 8]`` (the stream's
+    first frame alone, then means of 4 frames; 8x8 means in space; the grey value on 16 channels)."""
+    x = clip.mean(-1)  # [F, H, W]
+    parts = ([x[:1]] if stream_start else []) + [x[int(stream_start):].reshape(-1, 4, *x.shape[1:]).mean(1)]
+    x = torch.nn.functional.avg_pool2d(torch.cat(parts)[:, None], 8)[:, 0]  # [T, H / 8, W / 8]
+    return x[None].expand(16, -1, -1, -1).contiguous()
+
+
 def test_two_encoders_share_a_history_each_incremental_equals_whole():
-    """4x4x2 and 2x2x8 on one HistoryBuffer (keys "" and "1"): each key's tokens equal that encoder on the whole
-    latent, although segments arrive one at a time; 2x2x8 waits for a pair of 4-frame segments; frames are kept
-    until both encoders have used them."""
-    encs = {"": _random_proj(HistoryEncoder(EncoderConfig(rate="4x4x2", **SMALL)), 0),
-            "1": _random_proj(HistoryEncoder(EncoderConfig(rate="2x2x8", **SMALL)), 1)}
+    """4x4x2 and 2x2x8 on one HistoryBuffer (keys PartKey(0) and PartKey(1)), both with an LR branch: each key's tokens
+    equal that encoder on the whole latent (and the whole LR latent), although segments arrive one at a time; 2x2x8
+    waits for a pair of 4-frame segments (its LR clip spans both); frames are kept until both encoders' LR latents
+    cover them."""
+    lr_small = {**SMALL, "use_lr": True}
+    encs = [_random_proj(HistoryEncoder(EncoderConfig(rate="4x4x2", **lr_small)), 0),
+            _random_proj(HistoryEncoder(EncoderConfig(rate="2x2x8", **lr_small)), 1)]
+    torch.manual_seed(5)
+    embed = torch.nn.Conv3d(16, 32, kernel_size=(1, 2, 2), stride=(1, 2, 2))  # stand-in for the DiT's patch embedding
+    lr_spans = {0: [], 1: []}
+
+    def lr_with(i, enc):
+        def lr_encode(frames, stream_start):
+            lr_spans[i].append((int(frames.shape[0]), stream_start))
+            return _standin_lr_vae(lr_clip(frames, enc.cfg, stream_start), stream_start)
+        return lr_encode
 
     def encode_with(enc):
-        def encode(seg):
-            tokens = combine_branches(enc(seg.latent[None]), None)[0]
-            return tokens, memory_positions(memory_grid(tuple(seg.latent.shape[1:]), enc.cfg), enc.cfg, 0.0)
+        def encode(latent, lr_latent):
+            with torch.no_grad():
+                tokens, _ = enc(latent[None], lr_latent[None], embed)
+            return tokens[0], memory_positions(memory_grid(tuple(latent.shape[1:]), enc.cfg), enc.cfg, 0.0)
         return encode
 
-    torch.manual_seed(0)
     latent = torch.randn(16, 16, 16, 32)  # four segments of 4 latent frames
     buf = HistoryBuffer()
     for k in range(4):
-        buf.append(latent[:, 4 * k:4 * k + 4], torch.rand(13, 32, 64, 3))
-        for key, enc in encs.items():
-            buf.encode_pending(encode_with(enc), unit=enc.cfg.rate[2], key=key, keep_frames=True)
-        buf.drop_frames(list(encs))
+        buf.append(latent[:, 4 * k:4 * k + 4], torch.rand(13 if k == 0 else 16, 128, 256, 3))
+        for i, enc in enumerate(encs):
+            buf.encode_lr_pending(i, enc.cfg.rate[2], lr_with(i, enc))
+            buf.encode_pending(encode_with(enc), unit=enc.cfg.rate[2], key=PartKey(i))
+        buf.drop_frames([0, 1])
         if k == 2:  # the third segment: 4x4x2 has it, 2x2x8 waits for the fourth
-            assert buf.segments[2].frames is not None and buf.encoded_frames == 26
-            assert buf.segments[2].tokens is not None and "1" not in buf.segments[2].encoded
-    assert all(s.frames is None for s in buf.segments) and buf.encoded_frames == 52
-    for key, enc in encs.items():
-        tokens, pos = buf.memory(key=key)
-        whole = combine_branches(enc(latent[None]), None)[0]
+            assert buf.segments[2].frames is not None and buf.encoded_frames == 29
+            assert buf.segments[2].tokens is not None and PartKey(1) not in buf.segments[2].encoded
+    assert lr_spans == {0: [(13, True), (16, False), (16, False), (16, False)], 1: [(29, True), (32, False)]}
+    assert all(s.frames is None for s in buf.segments) and buf.encoded_frames == 61
+    for i, enc in enumerate(encs):
+        tokens, pos = buf.memory(key=PartKey(i))
+        lr_whole = torch.cat([s.lr_latents[i] for s in buf.segments if i in s.lr_latents], dim=1)  # the LR stream
+        with torch.no_grad():
+            whole, _ = enc(latent[None], lr_whole[None], embed)
         expected = memory_positions(memory_grid((16, 16, 32), enc.cfg), enc.cfg, -16.0)
-        assert whole.abs().max() > 0 and (tokens - whole).abs().max() <= 1e-4, key
+        assert whole.abs().max() > 0 and (tokens - whole[0]).abs().max() <= 1e-4, i
         torch.testing.assert_close(pos, expected)
     assert buf.num_tokens == 8 * 2 * 4 + 2 * 4 * 8  # 4x4x2: 8 time steps x 2x4; 2x2x8: 2 x 4x8
-    assert buf.memory()[0].shape[0] == 64 and buf.memory(key="1")[0].shape[0] == 64
+    assert buf.memory()[0].shape[0] == 64 and buf.memory(key=PartKey(1))[0].shape[0] == 64
 
 
 def test_encoding_a_history_whose_pixels_are_gone_is_a_clear_error():
     buf = HistoryBuffer()
     buf.append(torch.randn(16, 4, 8, 8), torch.rand(13, 64, 64, 3))
-    buf.encode_pending(lambda seg: (torch.zeros(1, 4), torch.zeros(1, 3)))  # drops the pixels
-    with pytest.raises(ValueError, match="no pixels left to encode for encoder key '1'"):
-        buf.encode_pending(lambda seg: (torch.zeros(1, 4), torch.zeros(1, 3)), key="1")
+    buf.encode_lr_pending(0, 1, lambda frames, start: torch.zeros(16, 2, 2, 2))
+    buf.drop_frames([0])  # encoder 0's LR latent covers the segment: its pixels are dropped
+    assert buf.segments[0].frames is None
+    with pytest.raises(ValueError, match="no pixels left for encoder 1's LR branch"):
+        buf.encode_lr_pending(1, 1, lambda frames, start: torch.zeros(16, 2, 2, 2))
 
 
 # ---- cross-attention add-on: config, weights, round trip (pure torch) --------------------------------------------
@@ -103,8 +129,12 @@ def test_cross_attention_weights_are_zero_initialised_and_round_trip(tmp_path):
     torch.testing.assert_close(again.cross[1].out.weight, net.cross[1].out.weight)
     torch.testing.assert_close(again.cross[0](x, ctx), net.cross[0](x, ctx))
     # hidden states: the HR branch before its output projection, on the memory grid
-    y, hidden = net(torch.randn(1, 16, 4, 16, 32), with_hidden=True)
+    latent = torch.randn(1, 16, 4, 16, 32)
+    y, hidden = net.hr(latent, net.grid(latent))
     assert y.shape == (1, 128, 2, 2, 4) and hidden.shape == (1, 64, 2, 2, 4)
+    embed = torch.nn.Conv3d(16, 128, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+    tokens, hidden_tokens = net(latent, torch.randn(1, 16, 2, 4, 8), embed)  # the encoder: one per memory token
+    assert tokens.shape == (1, 16, 128) and torch.equal(hidden_tokens, hidden.flatten(2).transpose(1, 2))
 
 
 # ---- with ComfyUI's tiny models ------------------------------------------------------------------------------------
@@ -163,12 +193,13 @@ def test_combine_node_output_runs_a_storyboard(tiny_wan):
     shots = parse_storyboard("0.8 | a cyclist\n0.8 | a car")
     frames, final, report = run_storyboard(model, vae, clip, both, neg, shots, SamplerSettings(2, 3.0, "euler", "simple", 1),
                                            256, 128, 16.0, 4, start)
-    assert frames.shape == (26, 128, 256, 3) and torch.isfinite(frames).all()
+    assert frames.shape == (32, 128, 256, 3) and torch.isfinite(frames).all()  # 2 segments continuing the clip: 16 each
     assert report["rate"] == "4x4x2+2x2x8" and report["encoder"] == "a + b"
     segs = report["segments"]
     assert [s["memory_tokens"] for s in segs] == [32 + 32, 48 + 32]  # 2x2x8 waits for the 4th segment
-    assert [s["history_frames_covered"] for s in segs] == [26, 26] and segs[1]["history_frames_total"] == 39
-    assert final.history.num_tokens == 64 + 64 and final.history.encoded_frames == 52
+    assert [s["history_frames_covered"] for s in segs] == [29, 29] and segs[1]["history_frames_total"] == 45
+    assert final.history.num_tokens == 64 + 64 and final.history.encoded_frames == 61
+    assert all(s.frames is None for s in final.history.segments)  # both encoders' LR latents cover every segment
 
 
 def _cross_encoder(encoder, seed: int | None):

@@ -64,3 +64,10 @@ def test_family_storyboard_end_to_end(family_run):
         assert seg["history_frames_covered"] == seg["history_frames_total"] == seg["start_frame"] > 0
         assert seg["memory_tokens"] > 0
     assert all(b["memory_tokens"] > a["memory_tokens"] for a, b in zip(segs, segs[1:]))
+    # one continuous video (4 frames per latent frame once the stream started), decoded in context mode (these VAEs
+    # are not ComfyUI's WanVAE); one seam ratio per segment boundary
+    for k, seg in enumerate(segs):
+        starts_stream = k == 0 and report["start_frames"] == 0
+        assert seg["frames"] == 4 * seg["latent_frames"] - (3 if starts_stream else 0), seg
+    assert report["decode"].startswith("context"), report["decode"]
+    assert len(report["seams"]["per_boundary"]) == len(segs) - 1

@@ -130,6 +130,13 @@ def test_report_segments_tile_the_video_and_memory_covers_history(run):
     for seg in segments[1:]:
         assert seg["history_frames_covered"] == seg["history_frames_total"] == seg["start_frame"], seg
         assert seg["memory_tokens"] > 0, seg
+    # one continuous video: 4 frames per latent frame, except the stream's first latent frame (one frame) when the
+    # storyboard starts the stream; the decode keeps the WanVAE cache; one seam ratio per segment boundary
+    for k, seg in enumerate(segments):
+        starts_stream = k == 0 and report["start_frames"] == 0
+        assert seg["frames"] == 4 * seg["latent_frames"] - (3 if starts_stream else 0), seg
+    assert report["decode"].startswith("exact"), report["decode"]
+    assert len(report["seams"]["per_boundary"]) == len(segments) - 1, report["seams"]
 
 
 # ---- UI workflows -------------------------------------------------------------------------------

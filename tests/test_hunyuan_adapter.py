@@ -162,6 +162,9 @@ def test_stock_loader_detects_hunyuan_video(loaded, hv):
         assert torch.equal(loaded.model.diffusion_model.state_dict()[name].float(), p), name
     lat = torch.randn(1, 16, 2, 8, 8)
     assert families.patch_embed(loaded, lat).shape == (1, 128, 2, 4, 4)
+    # memory tokens always at timestep 0 (clean context); the "shared" ablation is Wan 2.1 only
+    with pytest.raises(ValueError, match="HunyuanVideo memory tokens always get timestep 0"):
+        families.patch_model(loaded, memory_t0=False)
 
 
 def test_stock_sampler_with_cfg_batches_cond_and_uncond(loaded):
@@ -202,7 +205,8 @@ def test_stock_sampler_with_cfg_batches_cond_and_uncond(loaded):
 
 
 def test_storyboard_from_real_clip(loaded, media_dir):
-    """run_storyboard end to end with HunyuanVideo's VAE class (real size, random weights) on real frames."""
+    """run_storyboard end to end with HunyuanVideo's VAE class (real size, random weights) on real frames: one
+    continuous stream of 2-latent-frame segments (5 frames, then 8 each), decoded in context mode (not a WanVAE)."""
     import comfy.sd
 
     from framememory.demo.text_encoder import StandInTextEncoder
@@ -228,14 +232,16 @@ def test_storyboard_from_real_clip(loaded, media_dir):
         start, dropped = history_from_frames(loaded, vae, encoder, video, 2, 8.0, 64, 32)
         assert dropped == 2 and start.history.num_frames == 5 and start.history.num_tokens == 4  # 2x1x2 at 2x2x1
         neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
-        shots = parse_storyboard("0.6 | a cyclist\n0.6 | a car")
+        shots = parse_storyboard("1.0 | a cyclist\n1.0 | a car")
         out, final, report = run_storyboard(loaded, vae, clip, encoder, neg, shots,
                                             SamplerSettings(2, 3.0, "euler", "simple", 1), 64, 32, 8.0, 2, start)
-        assert out.shape == (10, 32, 64, 3) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
-        assert report["model_family"] == "hunyuan_video"
-        assert [s["shot"] for s in report["segments"]] == [0, 1]
+        assert out.shape == (16, 32, 64, 3) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+        assert report["model_family"] == "hunyuan_video" and report["decode"].startswith("context")
+        assert [s["shot"] for s in report["segments"]] == [0, 1]  # middles at 0.5 s and 1.5 s
+        assert [s["frames"] for s in report["segments"]] == [8, 8]  # continuing the clip's stream
         assert [s["memory_tokens"] for s in report["segments"]] == [4, 8]
-        assert final.history.num_tokens == 12 and final.history.num_frames == 15
+        assert len(report["seams"]["per_boundary"]) == 1
+        assert final.history.num_tokens == 12 and final.history.num_frames == 21
         tokens, positions = final.tokens(loaded)
         assert tokens.shape == (12, 128) and positions[:, 0].max() < 0
         # add-on: the last 2 latent frames uncompressed (the DiT's own img_in at 1x1x1) at times -2, -1
@@ -376,7 +382,8 @@ def test_cross_attention_layers_must_match_the_block_count(hv, loaded):
     """The state dict has one ``cross.i`` per counted block (double + single); an encoder whose dit_blocks differs
     from the model's is a ValueError when it is checked, installed (Apply Memory / Storyboard path) or, with layers
     handed over by hand, when the model runs; a file whose weights disagree with its own config too."""
-    from framememory.models import encoding, families
+    from framememory.models import cross_attention, families
+    from framememory.models.conds import CROSS_KEY
     from framememory.models.encoding import MemoryEncoder
     from framememory.models.storyboard import memory_model
 
@@ -387,7 +394,7 @@ def test_cross_attention_layers_must_match_the_block_count(hv, loaded):
     ok = MemoryEncoder(four.cfg, four.state_dict(), "hv4")
     assert ok.check(loaded).dit_blocks == 4
     patched = memory_model(loaded, ok)
-    layers = patched.model_options["transformer_options"][encoding.CROSS_KEY]
+    layers = patched.model_options["transformer_options"][CROSS_KEY]
     assert len(layers) == 4 and layers is ok.patcher(loaded).model.cross
     bad = MemoryEncoder(two.cfg, two.state_dict(), "hv2")
     message = r"'hv2' does not fit this model: dit_blocks 2 \(model: 4\) \(dit_blocks counts .*double \+ single"
@@ -396,7 +403,7 @@ def test_cross_attention_layers_must_match_the_block_count(hv, loaded):
     with pytest.raises(ValueError, match=message):
         memory_model(loaded, bad)
     with pytest.raises(ValueError, match=message):
-        encoding.install_cross_attention(families.patch_model(loaded), bad)
+        cross_attention.install_cross_attention(families.patch_model(loaded), bad)
     with pytest.raises(ValueError, match="does not fit its own config"):
         MemoryEncoder(four.cfg, two.state_dict(), "hv4_with_2_layers").patcher(loaded)
     x, context, kw, mem, hidden = _cross_inputs(hv)
@@ -416,7 +423,8 @@ def test_cross_attention_hidden_states_incremental_equals_whole(loaded):
     encoder's hidden states of the whole latent, one row per memory token, at every step."""
     from framememory.memory.encoder import HistoryEncoder
     from framememory.memory.history import HistoryBuffer
-    from framememory.models.encoding import MemoryEncoder, encode_pending, memory_hidden
+    from framememory.models.cross_attention import memory_hidden
+    from framememory.models.encoding import MemoryEncoder, encode_pending
 
     net = _cross_net(seed=9, use_lr=False)
     with torch.no_grad():
@@ -432,8 +440,11 @@ def test_cross_attention_hidden_states_incremental_equals_whole(loaded):
         assert encode_pending(loaded, None, encoder, buf) == 1
         hidden = memory_hidden(loaded, encoder, buf)
         with torch.no_grad():
-            y, whole = reference(loaded.model.process_latent_in(latent[None, :, : 2 * k + 2]), with_hidden=True)
+            x = loaded.model.process_latent_in(latent[None, :, : 2 * k + 2])
+            y, whole = reference.hr(x, reference.grid(x))
+            tokens, hidden_tokens = reference(x)  # HR branch only: no LR latent needed
         whole = whole[0].flatten(1).T  # [Ch, Tm, Hm, Wm] -> [M, Ch]
+        torch.testing.assert_close(hidden_tokens[0], whole)
         assert hidden.shape == (4 * (k + 1), 64) and buf.num_tokens == hidden.shape[0]
         assert whole.abs().max() > 0
         torch.testing.assert_close(hidden, whole, atol=1e-5, rtol=1e-5)

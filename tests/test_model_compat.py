@@ -59,7 +59,8 @@ def test_stock_lora_applies_to_memory_sampling_and_lr_branch(files):
 
 def test_encoder_is_a_managed_model(files):
     """The encoder runs as a ComfyUI model patcher: load_models_gpu puts it in current_loaded_models and the
-    patcher's offload device is ComfyUI's unet offload device."""
+    patcher's offload device is ComfyUI's unet offload device; the untrained (LR-only) encoder has no weights and no
+    patcher."""
     import comfy.model_management as mm
     import comfy.sd
     from framememory.demo.tiny_models import tiny_encoder_config
@@ -75,3 +76,7 @@ def test_encoder_is_a_managed_model(files):
     assert any(lm.model is patcher for lm in mm.current_loaded_models)
     assert all(p.device == patcher.load_device for p in patcher.model.parameters())
     assert type(patcher.model.hr.proj).__module__ == "comfy.ops"  # comfy.ops layers: streamable under low VRAM
+    net, same = enc.network(model)  # the Fig. 2 encoder and its patcher
+    assert same is patcher and net is patcher.model and net.hr is not None
+    lr_only, none = MemoryEncoder.untrained().network(model)  # no weights: nothing to manage
+    assert none is None and lr_only.hr is None and lr_only.cfg.dim == 128

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from framememory.memory.history import PartKey
+
 
 def test_storyboard_from_real_clip(tiny_wan):
     from framememory.memory.grid import memory_grid
@@ -14,23 +16,29 @@ def test_storyboard_from_real_clip(tiny_wan):
     from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
 
     model, vae, encoder, clip, video = tiny_wan
+    # one VAE stream: 13 frames (the causal first latent is one frame), then 16; 30 = 1 + 13 + 16
     start, dropped = history_from_frames(model, vae, encoder, video, 4, 16.0, 256, 128)
-    assert dropped == 4 and start.history.num_frames == 26 and len(start.history.segments) == 2
+    assert dropped == 1 and start.history.num_frames == 29 and len(start.history.segments) == 2
+    assert [(s.num_frames, s.stream_start) for s in start.history.segments] == [(13, True), (16, False)]
     per_segment = int(np.prod(memory_grid((4, 16, 32), encoder.cfg)))  # 2 x 2 x 4 = 16 at 4x4x2
     assert start.history.num_tokens == 2 * per_segment
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
     shots = parse_storyboard("0.8 | a cyclist\n0.8 | a car")
     frames, final, report = run_storyboard(model, vae, clip, encoder, neg, shots, SamplerSettings(2, 3.0, "euler", "simple", 1),
                                            256, 128, 16.0, 4, start)
-    assert frames.shape == (26, 128, 256, 3) and torch.isfinite(frames).all()
+    # continuing the history's stream: every segment is 16 frames (1.6 s at 16 fps -> 2 segments)
+    assert frames.shape == (32, 128, 256, 3) and torch.isfinite(frames).all()
     assert 0 <= frames.min() and frames.max() <= 1
     segs = report["segments"]
-    assert [s["shot"] for s in segs] == [0, 1]
+    assert [s["shot"] for s in segs] == [0, 1]  # middles at 0.5 s and 1.5 s
+    assert [s["frames"] for s in segs] == [16, 16]
     for k, s in enumerate(segs):
-        assert s["start_frame"] == 26 + 13 * k == s["history_frames_total"] == s["history_frames_covered"]
+        assert s["start_frame"] == 29 + 16 * k == s["history_frames_total"] == s["history_frames_covered"]
         assert s["memory_tokens"] == (2 + k) * per_segment
-    assert final.history.num_tokens == 4 * per_segment and final.history.num_frames == 52
-    assert start.history.num_frames == 26  # the input memory is not mutated
+    assert len(report["seams"]["per_boundary"]) == 1 and report["decode"].startswith("exact")
+    assert final.history.num_tokens == 4 * per_segment and final.history.num_frames == 61
+    assert [s.stream_start for s in final.history.segments] == [True, False, False, False]
+    assert start.history.num_frames == 29  # the input memory is not mutated
 
 
 def test_encoder_width_mismatch_is_a_clear_error(tiny_wan):
@@ -154,7 +162,7 @@ def test_a14b_pair_each_expert_samples_its_steps_with_its_own_memory(tiny_wan, l
                                              "euler", "simple", False, start_images=video[:13],
                                              model_low_noise=low).args
     report = json.loads(text)
-    assert frames.shape == (13, H, W, 3) and len(report["segments"]) == 1
+    assert frames.shape == (16, H, W, 3) and len(report["segments"]) == 1  # continues the clip's stream: 16 frames
     assert report["experts"] == [{"expert": "high_noise", "steps": [0, 2]}, {"expert": "low_noise", "steps": [2, 4]}]
 
     # each expert ran exactly its steps (CFG may batch cond and uncond into one call per step)
@@ -184,46 +192,47 @@ def test_a14b_pair_each_expert_samples_its_steps_with_its_own_memory(tiny_wan, l
     # incremental encoding for both: the clip, then the new segment, each once per expert (last expert first)
     dm_high, dm_low = families.diffusion_model(model), families.diffusion_model(low_noise_expert)
     assert [d is dm_high for d in embedded] == [False, True, False, True] and embedded[0] is dm_low
-    assert sorted(final.history.keys) == ["", "expert1:"] and all(s.frames is None for s in final.history.segments)
+    assert set(final.history.keys) == {PartKey(), PartKey(0, 1)} and all(s.frames is None for s in final.history.segments)
     assert report["final_memory_tokens"] == 2 * PER_SEGMENT and final.history.num_tokens == 2 * 2 * PER_SEGMENT
     assert final.tokens(low_noise_expert, 1)[0].shape == final.tokens(model)[0].shape == (2 * PER_SEGMENT, 128)
 
 
 def test_apply_memory_low_noise_expert_continues_a_one_model_memory(tiny_wan, low_noise_expert):
     """A memory made with one model (pixels dropped) continued by the stock A14B graph: two Apply Memory nodes
-    (the second with expert 'low noise' and the VAE) into two KSamplerAdvanced give exactly the segment the Storyboard
-    node makes from the same memory with the same pair; without the VAE the low-noise Apply Memory says what to
-    connect; the input memory is not changed."""
+    (the second with expert 'low noise') into two KSamplerAdvanced give exactly the segment the Storyboard node makes
+    from the same memory with the same pair; the low-noise Apply Memory needs no VAE (its tokens come from the kept
+    latents and LR latents), the optional VAE changes nothing; the input memory is not changed."""
     from framememory.models.storyboard import history_from_frames
     from framememory.nodes.memory_nodes import EXPERTS, ApplyMemory
     from framememory.nodes.storyboard_node import Storyboard
 
     model, vae, encoder, clip, video = tiny_wan
     start, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H)
-    assert start.history.keys == [""] and all(s.frames is None for s in start.history.segments)
+    assert start.history.keys == [PartKey()] and all(s.frames is None for s in start.history.segments)
     pos = clip.encode_from_tokens_scheduled(clip.tokenize("a cyclist"))
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
 
-    with pytest.raises(ValueError, match="connect the VAE"):
-        ApplyMemory.execute(low_noise_expert, start, pos, neg, EXPERTS[1])
     with pytest.raises(ValueError, match="expert must be one of"):
         ApplyMemory.execute(model, start, pos, neg, "medium noise")
+    _, low_pos, _ = ApplyMemory.execute(low_noise_expert, start, pos, neg, EXPERTS[1]).args  # no VAE connected
+    _, low_pos_vae, _ = ApplyMemory.execute(low_noise_expert, start, pos, neg, EXPERTS[1], vae).args
+    conds = [p[0][1]["model_conds"]["memory_tokens"].cond for p in (low_pos, low_pos_vae)]
+    assert conds[0].shape == (1, PER_SEGMENT, 128) and torch.equal(*conds)
 
     latent = torch.zeros([1, 16, 4, H // 8, W // 8])
     x = _ksampler_advanced(model, start, 0, pos, neg, latent, 0, 2, seed=1)
-    x = _ksampler_advanced(low_noise_expert, start, 1, pos, neg, x, 2, 10000, seed=1, vae=vae)
-    assert start.history.keys == [""]  # the input memory got no tokens of the low-noise expert
+    x = _ksampler_advanced(low_noise_expert, start, 1, pos, neg, x, 2, 10000, seed=1)
+    assert start.history.keys == [PartKey()]  # the input memory got no tokens of the low-noise expert
 
     _, final, _ = Storyboard.execute(model, vae, clip, encoder, neg, "0.8 | a cyclist", W, H, 16.0, 4, 1, 4, 3.0,
                                      "euler", "simple", False, memory=start, model_low_noise=low_noise_expert).args
     assert torch.equal(final.history.segments[-1].latent, x[0])
     # the low-noise expert's tokens come from its own patch embedding: not the high-noise expert's
-    low_tokens = start.for_expert(low_noise_expert, 1, vae).tokens(low_noise_expert, 1)[0]
+    low_tokens = start.for_expert(low_noise_expert, 1).tokens(low_noise_expert, 1)[0]
     assert low_tokens.shape == start.tokens(model)[0].shape == (PER_SEGMENT, 128)
     assert not torch.allclose(low_tokens, start.tokens(model)[0])
     alone = _ksampler_advanced(low_noise_expert, start, 0, pos, neg, latent, 0, 2, seed=1)  # high-noise tokens
-    assert not torch.equal(alone, _ksampler_advanced(low_noise_expert, start, 1, pos, neg, latent, 0, 2, seed=1,
-                                                     vae=vae))
+    assert not torch.equal(alone, _ksampler_advanced(low_noise_expert, start, 1, pos, neg, latent, 0, 2, seed=1))
 
 
 def test_one_model_is_the_plain_ksampler_call(tiny_wan):
@@ -246,7 +255,7 @@ def test_one_model_is_the_plain_ksampler_call(tiny_wan):
     settings = SamplerSettings(3, 3.0, "euler", "simple", 1, switch_step=1)
     _, final, report = run_storyboard(recorded, vae, clip, encoder, neg, parse_storyboard("0.8 | a cyclist"), settings,
                                       W, H, 16.0, 4, start, model_low_noise=None)
-    assert "experts" not in report and final.history.keys == [""]
+    assert "experts" not in report and final.history.keys == [PartKey()]
     assert sorted({t for t, _ in calls}, reverse=True) == pytest.approx(_timesteps(model, 3))
 
     tokens, positions, hidden = start.conds(model)
@@ -258,26 +267,38 @@ def test_one_model_is_the_plain_ksampler_call(tiny_wan):
 
 
 def test_history_of_one_model_is_encoded_for_the_low_noise_expert(tiny_wan, low_noise_expert):
-    """A memory encoded for one model (pixels dropped) continued with a pair: its segments are decoded once from the
-    kept latents and encoded through the low-noise expert's patch embedding; the first expert's tokens are kept."""
-    import dataclasses
-
-    from framememory.models.encoding import encode_pending_experts, encode_segment
+    """A memory encoded for one model (pixels dropped) continued with a pair: its spans are encoded through the
+    low-noise expert's patch embedding from the kept latents and LR latents, with no VAE and no pixels; the first
+    expert's tokens are kept. The kept LR latent is the VAE of lr_clip of the segment's frames (a fresh stream)."""
+    from framememory.memory.encoder import lr_clip
+    from framememory.memory.frames import fit_frames, to_uint8
+    from framememory.memory.history import HistoryBuffer
+    from framememory.models.encoding import encode_segment
+    from framememory.models.experts import encode_pending_experts
     from framememory.models.storyboard import history_from_frames
 
     model, vae, encoder, _, video = tiny_wan
     mem, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H)
     seg = mem.history.segments[0]
-    assert seg.frames is None and mem.history.keys == [""]
+    assert seg.frames is None and mem.history.keys == [PartKey()] and list(seg.lr_latents) == [0]
+    pixels = to_uint8(fit_frames(video[:13], W, H)).float() / 255.0
+    lr = vae.encode(lr_clip(pixels, encoder.cfg, stream_start=True))[0].float()  # [C, Tm, h', w']
+    assert seg.lr_latents[0].shape == (16, 2, 2, 4)  # Tm = 2 (4 latent frames at rt = 2) on the 1x2 grid x 2x2 patch
+    torch.testing.assert_close(seg.lr_latents[0], lr, rtol=0, atol=1e-5)
     history = mem.history.copy()
-    assert encode_pending_experts([model, low_noise_expert], vae, encoder, history) == 1
-    assert history.segments[0].frames is None and history.segments[0].encoded[""] is seg.encoded[""]
-    decoded = (vae.decode(seg.latent[None]).reshape(-1, H, W, 3).float().clamp(0, 1) * 255).round().to(torch.uint8)
-    expected = encode_segment(low_noise_expert, vae, encoder, dataclasses.replace(seg, frames=decoded))
-    got = history.segments[0].encoded["expert1:"]
-    assert all(torch.equal(a, b) for a, b in zip(got, expected))
-    assert encode_pending_experts([model, low_noise_expert], vae, encoder, history) == 0  # nothing left to encode
-    assert mem.history.keys == [""]  # the input memory is not changed
+    assert encode_pending_experts([model, low_noise_expert], None, encoder, history) == 1  # no VAE needed
+    assert history.segments[0].frames is None and history.segments[0].encoded[PartKey()] is seg.encoded[PartKey()]
+    expected = encode_segment(low_noise_expert, encoder, seg.latent, seg.lr_latents[0])
+    got = history.segments[0].encoded[PartKey(0, 1)]
+    assert len(got) == len(expected) == 2 and all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert not torch.equal(got[0], seg.encoded[PartKey()][0])  # its own patch embedding
+    assert encode_pending_experts([model, low_noise_expert], None, encoder, history) == 0  # nothing left to encode
+    assert mem.history.keys == [PartKey()]  # the input memory is not changed
+
+    fresh = HistoryBuffer()  # a span without an LR latent and no LR stream yet: the VAE is needed
+    fresh.append(seg.latent, to_uint8(fit_frames(video[:13], W, H)))
+    with pytest.raises(ValueError, match="needs the VAE"):
+        encode_pending_experts([model], None, encoder, fresh)
 
 
 def test_experts_must_fit_each_other_and_the_encoder(tiny_wan, tmp_path):

@@ -178,10 +178,12 @@ def test_wan22_stock_sampler_with_cfg(comfy, dm22, tmp_path):
     assert torch.isfinite(masked).all() and (masked - masked_plain).abs().max() > 1e-3
 
 
-def test_i2v_memory_is_a_clean_known_frame(dm_i2v):
+@pytest.mark.parametrize("memory_timestep", ["zero", "shared"])
+def test_i2v_memory_is_a_clean_known_frame(dm_i2v, memory_timestep):
     """Wan 2.1 I2V (in_dim 36): the LR branch feeds memory latents as [latent | mask 1 | latent], the channels of a
     clean known frame. Memory = the first 3 latent frames so fed, at their past times: equals the whole video
-    whose first 3 frames have those channels (shared timestep, Wan 2.1), with CLIP-vision features."""
+    whose first 3 frames have those channels, with CLIP-vision features; the first 3 frames at timestep 0 (the
+    default rule, per-frame timesteps of the whole video) or at the shared timestep (the "shared" ablation)."""
     from framememory.models import families, wan
 
     g = torch.Generator().manual_seed(5)
@@ -192,12 +194,14 @@ def test_i2v_memory_is_a_clean_known_frame(dm_i2v):
     context = torch.randn(1, 5, 4096, generator=g) * 0.1
     clip_fea = torch.randn(1, 257, 1280, generator=g) * 0.1
     t = torch.tensor([600.0])
+    whole_t = torch.tensor([[0.0, 0.0, 0.0, 600.0, 600.0, 600.0]]) if memory_timestep == "zero" else t
     emb = wan.patch_embed(dm_i2v, latent[:, :, :3])
     assert emb.shape == (1, 128, 3, 4, 6) and wan.model_input(dm_i2v, latent).shape[1] == 36
     assert wan.matches(dm_i2v) and not any(a.matches(dm_i2v) for a in families.ADAPTERS if a is not wan)
     with torch.no_grad():
-        whole = dm_i2v(x, t, context, clip_fea=clip_fea)[:, :, 3:]
-        out = dm_i2v(x[:, :, 3:], t, context, clip_fea=clip_fea, transformer_options=_options(len(dm_i2v.blocks), False),
+        whole = dm_i2v(x, whole_t, context, clip_fea=clip_fea)[:, :, 3:]
+        out = dm_i2v(x[:, :, 3:], t, context, clip_fea=clip_fea,
+                     transformer_options=_options(len(dm_i2v.blocks), memory_timestep == "zero"),
                      memory_tokens=emb.flatten(2).transpose(1, 2), memory_positions2=_grid_positions2(3, 4, 6, -3))
         plain = dm_i2v(x[:, :, 3:], t, context, clip_fea=clip_fea)
     assert out.shape == (1, 16, 3, 8, 12)
@@ -205,6 +209,27 @@ def test_i2v_memory_is_a_clean_known_frame(dm_i2v):
     assert (out - plain).abs().max() > 1e-3
     with pytest.raises(ValueError, match="48-channel latent"):
         wan.model_input(dm_i2v, torch.zeros(1, 48, 1, 2, 2))
+
+
+def test_wan22_has_no_shared_timestep_ablation(comfy, dm22, tmp_path):
+    """Wan 2.2 TI2V 5B memory tokens always get timestep 0: install(memory_t0=False) and an encoder config with
+    memory_timestep "shared" are clear errors."""
+    import comfy.sd
+
+    from framememory.memory.config import EncoderConfig
+    from framememory.models import families, wan22
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import memory_model
+
+    model = comfy.sd.load_diffusion_model(_save(dm22, tmp_path / "wan22.safetensors"))
+    with pytest.raises(ValueError, match="always get timestep 0"):
+        families.patch_model(model, memory_t0=False)
+    with pytest.raises(ValueError, match="always get timestep 0"):
+        wan22.install(model.clone(), dm22, memory_t0=False)
+    shared = MemoryEncoder(EncoderConfig(family="wan22", dim=0, memory_timestep="shared"), None, "shared")
+    with pytest.raises(ValueError, match="only Wan 2.1 supports; wan22 needs 'zero'"):
+        memory_model(model, shared)
+    assert memory_model(model, MemoryEncoder(EncoderConfig(family="wan22", dim=0), None, "zero")) is not model
 
 
 def test_i2v_stock_sampler_with_start_image_and_memory(comfy, dm_i2v, tmp_path):
@@ -244,9 +269,10 @@ def wan22_files(comfy, tmp_path_factory):
 
 
 def test_storyboard_wan22_from_real_clip(comfy, wan22_files, media_dir):
-    """history_from_frames + run_storyboard, unchanged, on 11 real frames with the tiny Wan 2.2 DiT (stock loader),
+    """history_from_frames + run_storyboard, unchanged, on 14 real frames with the tiny Wan 2.2 DiT (stock loader),
     the tiny Wan 2.2 VAE (ComfyUI's VAE class, 48 channels, 4x16x16) and a Wan 2.2 memory encoder file. Segments
-    of 2 latent frames (5 video frames) keep the CPU time down."""
+    of 2 latent frames (one stream: 5 video frames, then 8) keep the CPU time down. The Wan 2.2 VAE is not the
+    cached WanVAE: the video stream runs in context mode."""
     import numpy as np
 
     import comfy.sd
@@ -262,19 +288,22 @@ def test_storyboard_wan22_from_real_clip(comfy, wan22_files, media_dir):
     encoder = MemoryEncoder.from_file(wan22_files["encoder"])
     clip = StandInTextEncoder()
     with av.open(str(media_dir / "bikes.mp4")) as c:
-        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(11), c.decode(video=0))]
-    video = torch.stack(frames).float() / 255.0  # [11, 272, 640, 3] real street video
+        frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(14), c.decode(video=0))]
+    video = torch.stack(frames).float() / 255.0  # [14, 272, 640, 3] real street video
     start, dropped = history_from_frames(model, vae, encoder, video, 2, 16.0, 256, 128)
     per_segment = int(np.prod(memory_grid((2, 8, 16), encoder.cfg)))  # 1 x 1 x 2 = 2 at 4x4x2
-    assert dropped == 1 and len(start.history.segments) == 2 and start.history.num_tokens == 2 * per_segment
+    assert dropped == 1 and len(start.history.segments) == 2 and start.history.num_tokens == 2 * per_segment  # 5 + 8
+    assert [s.num_frames for s in start.history.segments] == [5, 8]
     assert start.history.segments[0].latent.shape == (48, 2, 8, 16)
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
-    shots = parse_storyboard("0.3 | a cyclist\n0.3 | a car")
+    shots = parse_storyboard("0.5 | a cyclist\n0.5 | a car")
     out, final, report = run_storyboard(model, vae, clip, encoder, neg, shots, SamplerSettings(2, 3.0, "euler", "simple", 1),
                                         256, 128, 16.0, 2, start)
-    assert out.shape == (10, 128, 256, 3) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
-    assert report["model_family"] == "wan22"
+    assert out.shape == (16, 128, 256, 3) and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+    assert report["model_family"] == "wan22" and report["decode"].startswith("context")
+    assert [s["frames"] for s in report["segments"]] == [8, 8]  # continuing the clip's stream
     assert [s["memory_tokens"] for s in report["segments"]] == [2 * per_segment, 3 * per_segment]
-    assert final.history.num_tokens == 4 * per_segment
+    assert len(report["seams"]["per_boundary"]) == 1
+    assert final.history.num_tokens == 4 * per_segment and final.history.num_frames == 29
     with pytest.raises(ValueError, match="multiples of 32x32 for wan22"):
         history_from_frames(model, vae, encoder, video, 2, 16.0, 240, 128)

@@ -21,11 +21,12 @@ def wan(comfy):
     return tiny_wan21_dit(seed=0), adapter
 
 
-def _options(adapter, n_blocks):
+def _options(adapter, n_blocks, **block_kw):
     import comfy.patcher_extension
 
     return {
-        "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, n_blocks) for i in range(n_blocks)}},
+        "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, n_blocks, **block_kw)
+                                    for i in range(n_blocks)}},
         "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
     }
 
@@ -37,22 +38,69 @@ def _inputs(seed=0, t=6):
     return x, torch.tensor([500.0]), context
 
 
-def test_memory_of_the_past_equals_attending_to_the_past(wan):
-    """Memory = the first 3 latent frames, uncompressed, at their original (negative) times: the output for
-    the last 3 frames must equal that of the whole 6-frame video (RoPE is relative; Wan 2.1 shares the timestep)."""
+@pytest.mark.parametrize("memory_timestep", ["zero", "shared"])
+def test_memory_of_the_past_equals_attending_to_the_past(wan, memory_timestep):
+    """Memory = the first 3 latent frames, uncompressed, at their original (negative) times: the output for the last 3
+    frames must equal that of the whole 6-frame video (RoPE is relative). By default ("zero", every family) memory
+    tokens are clean context at timestep 0: the whole video runs with per-frame timesteps [0, 0, 0 | 500, 500, 500]
+    (ComfyUI's Wan 2.1 takes them like Wan 2.2). The "shared" ablation (install(memory_t0=False)) gives them the
+    sampling timestep: the whole video at one shared timestep 500."""
     dm, adapter = wan
     x, t, context = _inputs()
+    whole_t = torch.tensor([[0.0, 0.0, 0.0, 500.0, 500.0, 500.0]]) if memory_timestep == "zero" else t
+    opts = _options(adapter, len(dm.blocks)) if memory_timestep == "zero" else \
+        _options(adapter, len(dm.blocks), memory_t0=False)  # the default patch is the "zero" rule
     with torch.no_grad():
-        whole = dm(x, t, context)[:, :, 3:]
+        whole = dm(x, whole_t, context)[:, :, 3:]
         past = dm.patch_embedding(x[:, :, :3].float()).flatten(2).transpose(1, 2)  # [1, 3*4*6, D]
         ids = torch.stack(torch.meshgrid(torch.arange(3) - 3.0, torch.arange(4.0), torch.arange(6.0), indexing="ij"), -1)
         pos2 = (ids.reshape(1, -1, 3) * 2).long()
-        out = dm(x[:, :, 3:], t, context, transformer_options=_options(adapter, len(dm.blocks)),
-                 memory_tokens=past, memory_positions2=pos2)
+        out = dm(x[:, :, 3:], t, context, transformer_options=opts, memory_tokens=past, memory_positions2=pos2)
+        other = dm(x[:, :, 3:], t, context, memory_tokens=past, memory_positions2=pos2,
+                   transformer_options=_options(adapter, len(dm.blocks), memory_t0=memory_timestep == "shared"))
         plain = dm(x[:, :, 3:], t, context)
     assert out.shape == plain.shape == (1, 16, 3, 8, 12)
     torch.testing.assert_close(out, whole, atol=2e-4, rtol=1e-3)
     assert (out - plain).abs().max() > 1e-3  # and memory really changed the output
+    assert (out - other).abs().max() > 1e-3  # the two timestep rules differ
+
+
+def test_memory_timestep_rule_reaches_the_block_patches(wan, comfy, tmp_path):
+    """patch_model / install default to timestep 0 for Wan 2.1; memory_t0=False installs the "shared" ablation; the
+    memory_model of the storyboard follows EncoderConfig.memory_timestep."""
+    import comfy.sd
+    from safetensors.torch import save_file
+
+    from framememory.memory.config import EncoderConfig
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import memory_model
+
+    dm, adapter = wan
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in dm.state_dict().items()}, str(path))
+    model = comfy.sd.load_diffusion_model(str(path))
+    dm = model.model.diffusion_model  # the patches are installed for the loaded model's DiT
+    x, t, context = _inputs(3, t=3)
+    mem = torch.randn(1, 6, dm.dim) * 0.5
+    pos = torch.tensor([[[-3, 0, 0], [-3, 2, 2], [-3, 4, 4], [-1, 0, 0], [-1, 2, 2], [-1, 4, 4]]]) * 2
+
+    def run(patched):
+        opts = patched.model_options["transformer_options"]
+        with torch.no_grad():
+            return dm(x, t, context, transformer_options={**opts, "wrappers": patched.wrappers},
+                      memory_tokens=mem, memory_positions2=pos)
+
+    with torch.no_grad():
+        zero = dm(x, t, context, transformer_options=_options(adapter, len(dm.blocks), memory_t0=True),
+                  memory_tokens=mem, memory_positions2=pos)
+        shared = dm(x, t, context, transformer_options=_options(adapter, len(dm.blocks), memory_t0=False),
+                    memory_tokens=mem, memory_positions2=pos)
+    assert (zero - shared).abs().max() > 1e-3
+    torch.testing.assert_close(run(adapter.patch_model(model)), zero, rtol=0, atol=0)
+    torch.testing.assert_close(run(adapter.patch_model(model, memory_t0=False)), shared, rtol=0, atol=0)
+    for rule, expected in (("zero", zero), ("shared", shared)):
+        enc = MemoryEncoder(EncoderConfig(dim=0, memory_timestep=rule), None, rule)  # untrained: the model width
+        torch.testing.assert_close(run(memory_model(model, enc)), expected, rtol=0, atol=0)
 
 
 def test_positions_matter_and_no_memory_is_identity(wan):
