@@ -1,7 +1,7 @@
 """Benchmark 6 (issue 13, point 1): VRAM at real size without a GPU, per phase of the storyboard loop.
 
 Usage:
-  python benchmarks/vram_estimate.py                 # all four models, ~5-10 min on 2 shared CPU cores
+  python benchmarks/vram_estimate.py                 # all models (+ the 5B in fp8), 5-8 min on 2 shared CPU cores
   python benchmarks/vram_estimate.py --models wan21_1.3b_bf16 --skip-validation   # one model, quick
 
 Method (DESIGN.md section 6). ComfyUI's own model classes are built at real size under
@@ -71,6 +71,11 @@ MODELS = {
     "wan22_5b_bf16": dict(kind="wan", adapter="wan22", weight="bfloat16", width=832, height=480, fps=24, channels=48,
                           stride=(4, 16, 16), vae="wan22", te="umt5", text_len=512, cfg=5.0,
                           dit=dict(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30)),
+    # the 5B with fp8 weights (a remedy), only the rows that need it:
+    "wan22_5b_fp8": dict(kind="wan", adapter="wan22", weight="float8_e4m3fn", width=832, height=480, fps=24, channels=48,
+                         stride=(4, 16, 16), vae="wan22", te="umt5", text_len=512, cfg=5.0,
+                         dit=dict(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30),
+                         cases=((0, "4x4x2"), (120, "4x4x2"), (120, "2x2x2"))),
     "hunyuan_video_fp8": dict(kind="hunyuan", adapter="hunyuan", weight="float8_e4m3fn", width=848, height=480, fps=24,
                               channels=16, stride=(4, 8, 8), vae="hunyuan", te="llava_llama3", text_len=256, cfg=1.0,
                               dit=dict(hidden_size=3072, num_heads=24, depth=20, depth_single_blocks=40)),
@@ -916,12 +921,17 @@ def _md_tables(rows: list[dict]) -> str:
     heads = ["model", "history s", "rate", "memory tokens M", "CFG batch", "DiT act. batch 2", "text", "DiT step",
              "decode", "encode", "max peak + margin", f"fits {TARGET_GIB}", "DiT step, declared",
              "max + margin, declared", "fits, declared", "declared + `--reserve-vram` GiB to fit"]
+    shown = [{**r, "reserve_vram_needed_gib": "> 4" if r["reserve_vram_needed_gib"] is None else r["reserve_vram_needed_gib"]}
+             for r in rows]
     out = (f"**Planned peak per phase on a {CARD_GIB:g} GiB card** (GiB, CUDA context included; `DiT act. batch 2` is "
-           "the DiT step's activations + inputs at batch 2 alone; margin: see below):\n\n" + _md_table(rows, cols, heads))
+           "the DiT step's activations + inputs at batch 2 alone; margin: see below; last column: the smallest "
+           "`--reserve-vram` with which the declared plan fits, 0.4 = ComfyUI's default):\n\n"
+           + _md_table(shown, cols, heads))
     at = [r for r in rows if r["history_s"] == 120 and r["rate"] == RATES[0]]
     cols = ["model", "text_loaded", "sample_loaded", "decode_loaded", "encode_loaded", "decode"]
     out += (f"\n**What ComfyUI keeps on the card per phase** (120 s at {RATES[0]}; GiB on the card / model size, "
-            "`low-VRAM`: the rest streams per call through the reserved buffer):\n\n"
+            "`low-VRAM`: the rest streams per call; `buffer`: ComfyUI's reserve for the streamed weights in flight, "
+            "counted only while that model runs):\n\n"
             + _md_table(at, cols, ["model", "text", "DiT step", "decode", "encode", "VAE decode"]))
     return out
 
@@ -933,6 +943,7 @@ def _md_fit(rows: list[dict]) -> str:
             if r["fits_declared"] and not r["fits"]]
     res = [f"{r['model']} {r['rate']} (`--reserve-vram {r['reserve_vram_needed_gib']}`)" for r in at
            if not r["fits_declared"] and r["reserve_vram_needed_gib"] is not None]
+    base = [r["peak_gib"] for r in rows if r["history_s"] == 0]
     no = [f"{r['model']} {r['rate']} ({r['peak_plus_margin_gib']:.2f} GiB, declared "
           f"{r['peak_plus_margin_declared_gib']:.2f})" for r in at
           if not r["fits_declared"] and r["reserve_vram_needed_gib"] is None]
@@ -942,7 +953,8 @@ def _md_fit(rows: list[dict]) -> str:
             f"- fits when declared and with ComfyUI's `--reserve-vram` raised (more weights stream per step): "
             f"{', '.join(res) or 'none'}\n"
             f"- does not fit with a reserve up to 4 GiB: {', '.join(no) or 'none'}\n\n"
-            "Without memory tokens the planned peaks sit near 10-11.4 GiB already: ComfyUI fills the card with weights "
+            f"Without memory tokens the planned peaks are already {min(base):.1f}-{max(base):.1f} GiB: ComfyUI fills "
+            "the card with weights "
             "(the text encoder stays loaded next to small DiTs; large DiTs load until `minimum_memory_required` is "
             "left), so what decides a fit is whether the step's activations fit in what ComfyUI leaves free. Peaks "
             "are not always monotonic in the history: ComfyUI stops batching cond + uncond once 1.5 x "
@@ -994,8 +1006,8 @@ def _md_validation(val: list[dict]) -> str:
     cols = [c for c in ("case", "fake_peak_mib", "real_peak_mib", "diff_pct", "stock_tracker_mib", "profiler_mib",
                         "profiler_vs_fake_pct") if c in val[0]]
     worst = max(abs(r["diff_pct"]) for r in val)
-    prof = max((r.get("profiler_vs_fake_pct", 0) for r in val if r["case"] != "vae"), default=0)
-    vae = next((r.get("profiler_vs_fake_pct") for r in val if r["case"] == "vae"), None)
+    pct = {r["case"]: r.get("profiler_vs_fake_pct", 0) for r in val}
+    dit = max((v for k, v in pct.items() if k not in ("vae", "encoder")), default=0)
     return ("\n**Validation** (small configurations of the same classes and the same product path, fake tensors vs "
             "real CPU tensors under the same tracker; `stock` = the unmodified `MemTracker`; `profiler` = allocator "
             "events of the real run from the PyTorch profiler, MiB):\n\n"
@@ -1003,8 +1015,9 @@ def _md_validation(val: list[dict]) -> str:
             + f"""
 Fake and real tensors agree within {worst:.2f} % (the difference is the real run's contiguous position tensor), and
 the global-peak tracker equals the stock `MemTracker`. The profiler sees what the tracker cannot: op-internal
-workspaces (CPU flash attention's blocks: up to {prof:.1f} % on the DiT cases; the CPU's im2col Conv3d buffers:
-{vae if vae is not None else 0:.0f} % on the VAE case, a CPU artefact: a GPU runs cuDNN with its own workspaces).
+workspaces: CPU flash attention's blocks (up to {dit:.1f} % on the DiT cases), the CPU's unfolded Conv3d buffers
+({pct.get("encoder", 0):.1f} % on the encoder case, {pct.get("vae", 0):.0f} % on the small VAE case; a CPU artefact: a
+GPU runs cuDNN, whose PyTorch binding falls back to algorithms with smaller workspaces when memory is short).
 
 **Margin** added to every planned peak (the CUDA context, {CUDA_CONTEXT_GIB} GiB, is already in the plan, where
 ComfyUI also sees it as used memory): {MARGIN['allocator_frac']:.0%} of the phase's activations for the caching
@@ -1047,7 +1060,7 @@ def run_models(names: list[str], log=print) -> tuple[list[dict], list[dict]]:
         log(f"{name}:")
         with fake_mode():
             meas, lists, dit_act = measure_parts(spec, log)
-            rows += [case_row(name, spec, s, r, meas, lists, dit_act) for s, r in cases()]
+            rows += [case_row(name, spec, s, r, meas, lists, dit_act) for s, r in spec.get("cases", cases())]
             parts.append(parts_row(name, spec, meas, lists, dit_act))
     return rows, parts
 
