@@ -201,7 +201,7 @@ def list_videos(folder: str | os.PathLike) -> list[Path]:
 def _fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     """One decoded RGB frame ``[H, W, 3]`` uint8 through the nodes' own :func:`memory.frames.fit_frames` (centre
     crop + area resize), back to uint8: training shards and the Storyboard see the same pixels of a clip."""
-    x = fit_frames(torch.from_numpy(np.ascontiguousarray(rgb))[None], width, height)
+    x = fit_frames(torch.from_numpy(np.array(rgb, copy=True))[None], width, height)  # a writable copy
     return to_uint8(x)[0].numpy()
 
 

@@ -107,7 +107,7 @@ def build_encoder(dm, args):
     family = dit_family(dm)
     width = family.width(dm)
     parts = []
-    for path in args.encoder or []:
+    for path in [args.encoder] if isinstance(args.encoder, str) else list(args.encoder or []):
         sd, cfg = load_encoder_file(path)
         if cfg.dim != width or cfg.family != family.name:
             raise SystemExit(f"{path} is for {cfg.family} width {cfg.dim}, the DiT is {family.name} width {width}")
