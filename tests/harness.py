@@ -372,12 +372,18 @@ class ComfyServer:
         self.raise_for_events(events)
         return prompt_id, events
 
-    def history(self, prompt_id: str) -> dict:
-        """GET /history/<id>: that prompt's entry ({"prompt", "outputs", "status", "meta"})."""
-        answer = self._get(f"/history/{prompt_id}").json()
-        if prompt_id not in answer:
-            raise ServerError(f"prompt {prompt_id} not in /history" + self.log_tail_text())
-        return answer[prompt_id]
+    def history(self, prompt_id: str, wait: float = 60.0) -> dict:
+        """GET /history/<id>: that prompt's entry ({"prompt", "outputs", "status", "meta"}). ComfyUI sends the
+        terminal websocket event before its worker stores the history entry (main.py: ``execute`` then
+        ``task_done``), so a missing entry is polled for up to ``wait`` seconds before it is an error."""
+        deadline = time.monotonic() + wait
+        while True:
+            answer = self._get(f"/history/{prompt_id}").json()
+            if prompt_id in answer:
+                return answer[prompt_id]
+            if time.monotonic() >= deadline:
+                raise ServerError(f"prompt {prompt_id} not in /history after {wait:.0f} s" + self.log_tail_text())
+            time.sleep(0.5)
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """POST /interrupt (global, or only if `prompt_id` is the running prompt)."""

@@ -201,6 +201,12 @@ def test_lr_clip_resizes_the_covered_region_and_pools_time():
     torch.testing.assert_close(lr[1:], area(frames[5:].reshape(4, 2, 128, 256, 3).mean(1)))  # then means of rt frames
     continuing = torch.rand(16, 128, 256, 3)
     assert lr_clip(continuing, cfg, stream_start=False).shape == (8, 32, 64, 3)
+    # clamp=False keeps the map linear (values outside 0..1 pass through); the default clamps to 0..1
+    for shift in (-0.8, 0.8):
+        linear = lr_clip(frames + shift, cfg, stream_start=True, clamp=False)
+        torch.testing.assert_close(linear, lr + shift)
+        assert (linear.min() < 0) if shift < 0 else (linear.max() > 1)
+        torch.testing.assert_close(lr_clip(frames + shift, cfg, stream_start=True), linear.clamp(0, 1))
     with pytest.raises(ValueError, match="no whole number of memory time steps"):
         lr_clip(frames[:12], cfg, stream_start=True)
     with pytest.raises(ValueError, match="no whole number of memory time steps"):
