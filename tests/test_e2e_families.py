@@ -2,7 +2,7 @@
 storyboard workflows with tiny DiTs. Their VAEs cannot be tiny (ComfyUI builds HunyuanVideo's and Wan 2.2's VAE at
 fixed widths), so each uses its real-size VAE with random weights; the Wan 2.2 one is marked slow: its VAE runs the
 continuous stream in context mode (each segment decoded after 4 latent frames of context, each LR span encoded
-after 13 frames of context), about 7-8 min per segment on 2 loaded CPU cores, ~25 min for the workflow."""
+after 13 frames of context): ~10 min for the workflow on 2 idle CPU cores, over 25 min when they are shared."""
 from __future__ import annotations
 
 import json
