@@ -238,8 +238,9 @@ def encode_pending(model, vae, encoder, history: HistoryBuffer, expert: int = 0)
             with_lr.append(i)
             if vae is None and history.lr_streams.get(i) is None:
                 raise ValueError("encoding history for the LR branch needs the VAE")
-            stream = history.lr_streams.setdefault(i, VideoStream(vae, "encode", time_stride=cfg.vae_stride[0]))
-            history.encode_lr_pending(i, time_unit(cfg), lr_encoder(vae, cfg, stream))
+            if i not in history.lr_streams:  # the LR stream of this encoder starts with the history
+                history.lr_streams[i] = VideoStream(vae, "encode", time_stride=cfg.vae_stride[0])
+            history.encode_lr_pending(i, time_unit(cfg), lr_encoder(vae, cfg, history.lr_streams[i]))
         n = max(n, history.encode_pending(lambda lat, lr, p=part: encode_segment(model, p, lat, lr),
                                           unit=time_unit(cfg), key=PartKey(i, expert)))
     history.drop_frames(with_lr)

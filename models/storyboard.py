@@ -136,11 +136,11 @@ def size_multiple(model) -> tuple[int, int]:
 def check_size(model, width: int, height: int):
     """Return the model's family adapter; raise ValueError unless width and height are multiples of
     :func:`size_multiple`."""
+    adapter = families.adapter_for(model)
     mw, mh = size_multiple(model)
     if width % mw or height % mh:
-        adapter = families.adapter_for(model)
         raise ValueError(f"width and height must be multiples of {mw}x{mh} for {adapter.FAMILY}, got {width}x{height}")
-    return families.adapter_for(model)
+    return adapter
 
 
 def step_ranges(models: list, encoder, sampler: SamplerSettings) -> list[StepRange]:
