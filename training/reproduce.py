@@ -333,46 +333,21 @@ def make_dit(p: Preset, seed: int):
 
 
 def pretrain_base(dm, dataset, p: Preset, seed: int, device) -> dict:
-    """Base pretraining (stand-in for pretrained Wan weights): every DiT weight trained with AdamW as a video
-    generator of ``p.segment``-frame windows (rectified flow with ``t ~ L(p.timestep_loc, 1)``, the fixed stand-in
-    text, no memory) for ``p.base_steps`` steps of ``p.batch_size``. Returns ``{"losses", "seconds"}``; ``dm`` is
-    left in eval mode."""
+    """Base pretraining (stand-in for pretrained Wan weights, :func:`training.pretrain.pretrain_dit`): every DiT
+    weight trained as a video generator of ``p.segment``-frame windows (``t ~ L(p.timestep_loc, 1)``, the fixed
+    stand-in text, no memory) for ``p.base_steps`` steps of ``p.batch_size``. Returns ``{"losses", "seconds",
+    "final_loss"}``; ``dm`` is left frozen in eval mode."""
     import torch
 
-    from framememory.training import stages
+    from framememory.training.pretrain import pretrain_dit
 
-    g = torch.Generator().manual_seed(seed + 7)
-    dm.to(device).train()
-    for prm in dm.parameters():
-        prm.requires_grad_(True)
-    opt = torch.optim.AdamW(dm.parameters(), lr=p.base_lr, weight_decay=0.0)
-    cfg = stages.StageConfig(timesteps=stages.LogitNormal(p.timestep_loc, 1.0))
-    losses, t0 = [], time.perf_counter()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.mixed_precision == "bf16")
-    for step in range(p.base_steps):
-        idx = torch.randint(0, len(dataset), (p.batch_size,), generator=g).tolist()
-        items = [dataset[i] for i in idx]
-        x0 = torch.stack([it["latent"] for it in items]).to(device)
-        ctx = torch.stack([it["context"] for it in items]).float().to(device)
-        t = cfg.timesteps.sample((p.batch_size,), g).to(device)
-        eps = torch.randn(x0.shape, generator=g).to(device)
-        x_t, target = stages.flow_pair(x0, t, eps)
-        for group in opt.param_groups:
-            group["lr"] = p.base_lr * min(1.0, (step + 1) / max(1, p.warmup_steps))
-        with autocast:
-            pred = stages.dit_forward(dm, x_t, t, ctx, None, None)
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % 50 == 0 or step + 1 == p.base_steps:
-            log(f"base step {step + 1}/{p.base_steps} loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    for prm in dm.parameters():
-        prm.requires_grad_(False)
-    dm.eval()
-    return {"losses": losses, "seconds": time.perf_counter() - t0}
+    def next_batch(g):
+        items = [dataset[i] for i in torch.randint(0, len(dataset), (p.batch_size,), generator=g).tolist()]
+        return torch.stack([it["latent"] for it in items]), torch.stack([it["context"] for it in items])
+
+    return pretrain_dit(dm, next_batch, steps=p.base_steps, lr=p.base_lr, warmup_steps=p.warmup_steps,
+                        timestep_loc=p.timestep_loc, seed=seed, device=device, mixed_precision=p.mixed_precision,
+                        log=log)
 
 
 def build_encoder(kind: str, rate: str, p: Preset, dm, seed: int):
