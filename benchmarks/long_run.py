@@ -1,0 +1,168 @@
+"""Benchmark: a long storyboard on the lab model from a real clip, memory on vs off (scene kept, colour drift).
+
+Usage:
+  .venv/bin/python benchmarks/long_run.py [--seconds 60] [--clip .cache/media/bikes.mp4] [--history-seconds 2.8]
+
+Loads the lab model set (``lab_model/``, made by ``training/lab.py``) with the stock loaders' own functions
+(:func:`training.lab.load_lab_model`), takes the first ``--history-seconds`` of the clip (a held-out clip: bikes.mp4
+by default; read with the training pipeline's reader at 256x128, 16 fps) as the starting history, and generates
+``--seconds`` of video as one shot in 1 s segments with ``models.storyboard.run_storyboard``, twice: memory mode
+``frame_preservation`` and ``off`` (same seed, model, history, prompt). Per generated segment:
+
+* ``psnr_vs_history_db``: mean PSNR (torchmetrics, [0, 1] RGB) of the segment's frames against the history's last
+  frame: how much of the scene the video keeps;
+* ``ciede2000``: CIEDE2000 colour difference (scikit-image ``deltaE_ciede2000``) between the segment's mean CIELAB
+  colour (``rgb2lab`` of every pixel, averaged) and the history's: colour drift.
+
+Prints both curves at every 10 s mark, checks "memory-on drift below memory-off at every 10 s mark", writes
+``benchmarks/results/long_run_lab.json`` and the plot ``benchmarks/results/long_run_lab.png`` (matplotlib).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from common import ROOT, import_pack, print_table, write_result
+
+PROMPT = "a street with cyclists and pedestrians on a sunny day"
+
+
+def setup() -> None:
+    sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(ROOT, ".cache", "ComfyUI"))))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import_pack()
+
+
+def history_clip(path: str, seconds: float, width: int, height: int, fps: float):
+    """(frames float ``[H, height, width, 3]`` 0..1, H): the first H frames of ``path`` at ``fps``, H the largest
+    13 + 16k not above ``seconds * fps`` (one VAE stream: 13 frames, then 16 per segment)."""
+    import numpy as np
+    import torch
+
+    from framememory.training.data import decode_frames, resample
+
+    want = max(13, 13 + 16 * int((seconds * fps - 13) // 16))
+    frames = []
+    for a in resample(decode_frames(path, width, height), fps):
+        frames.append(a)
+        if len(frames) == want:
+            break
+    if len(frames) < want:
+        raise SystemExit(f"{path} has {len(frames)} frames at {fps} fps, fewer than the {want} history frames")
+    return torch.from_numpy(np.stack(frames)).float() / 255.0, want
+
+
+def segment_metrics(frames, sizes: list[int], history) -> list[dict]:
+    """Per segment (``sizes`` frames each, in order, of ``frames`` ``[F, H, W, 3]`` 0..1): PSNR against the
+    history's last frame and CIEDE2000 between mean CIELAB colours (module docstring)."""
+    import numpy as np
+    import torch
+    from skimage.color import deltaE_ciede2000, rgb2lab
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    ref = history[-1:].permute(0, 3, 1, 2)
+    lab_hist = rgb2lab(history.numpy()).reshape(-1, 3).mean(0)
+    rows, start = [], 0
+    for k, n in enumerate(sizes):
+        seg = frames[start:start + n]
+        start += n
+        x = seg.permute(0, 3, 1, 2)
+        psnr = float(peak_signal_noise_ratio(x, ref.expand_as(x), data_range=1.0, reduction="none", dim=(1, 2, 3)).mean())
+        lab_seg = rgb2lab(seg.numpy()).reshape(-1, 3).mean(0)
+        rows.append({"segment": k, "end_s": None, "psnr_vs_history_db": round(psnr, 3),
+                     "ciede2000": round(float(deltaE_ciede2000(lab_seg[None], lab_hist[None])[0]), 3)})
+    return rows
+
+
+def run_arm(lab, history, mode: str, seconds: float, seed: int, steps: int):
+    """One storyboard of ``seconds`` after ``history`` in memory ``mode``. Returns (frames [F, H, W, 3] 0..1, report)."""
+    from framememory.demo.text_encoder import StandInTextEncoder
+    from framememory.memory.storyboard import Shot
+    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+
+    model, vae, encoder = lab
+    clip = StandInTextEncoder()
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    h, w = int(history.shape[1]), int(history.shape[2])
+    start, _ = history_from_frames(model, vae, encoder, history, 4, 16.0, w, h, mode=mode)
+    frames, _, report = run_storyboard(model, vae, clip, encoder, negative, [Shot(0, PROMPT, 0.0, seconds)],
+                                       SamplerSettings(steps, 1.0, "euler", "simple", seed), w, h, 16.0, 4, start,
+                                       mode=mode)
+    return frames, report
+
+
+def marks(rows_on: list[dict], rows_off: list[dict], every_s: float = 10.0) -> list[dict]:
+    """The two curves at every ``every_s`` mark (the segment ending there), and whether memory-on drifts less."""
+    out = []
+    for a, b in zip(rows_on, rows_off):
+        if a["end_s"] is not None and abs(a["end_s"] / every_s - round(a["end_s"] / every_s)) < 1e-6 and a["end_s"] > 0:
+            out.append({"t_s": a["end_s"], "psnr_on": a["psnr_vs_history_db"], "psnr_off": b["psnr_vs_history_db"],
+                        "drift_on": a["ciede2000"], "drift_off": b["ciede2000"],
+                        "on_drifts_less": a["ciede2000"] < b["ciede2000"]})
+    return out
+
+
+def plot(rows_on: list[dict], rows_off: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for rows, label in ((rows_on, "memory on (frame_preservation)"), (rows_off, "memory off")):
+        t = [r["end_s"] for r in rows]
+        a.plot(t, [r["psnr_vs_history_db"] for r in rows], label=label)
+        b.plot(t, [r["ciede2000"] for r in rows], label=label)
+    a.set(xlabel="generated seconds", ylabel="PSNR vs last history frame (dB)", title="scene kept")
+    b.set(xlabel="generated seconds", ylabel="CIEDE2000 vs history mean colour", title="colour drift")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60.0, help="seconds to generate (default 60)")
+    ap.add_argument("--clip", default=os.path.join(ROOT, ".cache", "media", "bikes.mp4"), help="history clip")
+    ap.add_argument("--history-seconds", type=float, default=2.8, help="seconds of the clip used as history")
+    ap.add_argument("--lab-dir", default=os.path.join(ROOT, "lab_model"), help="the lab model set")
+    ap.add_argument("--steps", type=int, default=12, help="sampling steps per segment (default 12, as the example)")
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    setup()
+    import torch
+
+    torch.set_num_threads(2)
+    from framememory.training.lab import load_lab_model
+
+    lab = load_lab_model(args.lab_dir)
+    history, h_frames = history_clip(args.clip, args.history_seconds, 256, 128, 16.0)
+    curves, wall = {}, {}
+    for mode in ("frame_preservation", "off"):
+        t0 = time.perf_counter()
+        frames, report = run_arm(lab, history, mode, args.seconds, args.seed, args.steps)
+        wall[mode] = round(time.perf_counter() - t0, 1)
+        rows = segment_metrics(frames, [s["frames"] for s in report["segments"]], history)
+        ends = [s["start_frame"] - report["start_frames"] + s["frames"] for s in report["segments"]]
+        for r, e in zip(rows, ends):
+            r["end_s"] = round(e / 16.0, 4)
+        curves[mode] = rows
+        print(f"{mode}: {len(rows)} segments in {wall[mode]} s", flush=True)
+    at = marks(curves["frame_preservation"], curves["off"])
+    print_table(at, ["t_s", "psnr_on", "psnr_off", "drift_on", "drift_off", "on_drifts_less"], digits=2)
+    target = all(m["on_drifts_less"] for m in at)
+    print(f"memory-on drift below memory-off at every 10 s mark: {'met' if target else 'MISSED'}")
+    png = os.path.join(ROOT, "benchmarks", "results", "long_run_lab.png")
+    plot(curves["frame_preservation"], curves["off"], png)
+    print("written:", png, write_result("long_run_lab", at, {
+        "clip": os.path.basename(args.clip), "history_frames": h_frames, "seconds": args.seconds,
+        "steps": args.steps, "seed": args.seed, "prompt": PROMPT, "wall_s": wall, "target_met": target,
+        "curves": curves}))
+
+
+if __name__ == "__main__":
+    main()

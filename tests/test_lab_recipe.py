@@ -1,0 +1,77 @@
+"""The lab model recipe (training/lab.py) shortened to its smoke preset, and its four files through the stock loaders.
+
+Runs ``training/lab.py --preset smoke`` as a subprocess (the one command of the full recipe, same code path: real
+clip ``bigbuckbunny.mp4`` from scripts/setup.sh, VAE training, shards, DiT pretraining, Stage I, Stage II; about a
+minute on 2 cores), then loads what it wrote the way ComfyUI's stock nodes do: Load Diffusion Model
+(``comfy.sd.load_diffusion_model``), Load VAE (``comfy.sd.VAE``), LoraLoaderModelOnly
+(``comfy.sd.load_lora_for_models``) and our Load Memory Encoder (``MemoryEncoder.from_file``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from framememory.training.lab import FILES, META_KEY, PRESETS
+
+
+@pytest.fixture(scope="module")
+def smoke_lab(tmp_path_factory, repo_root, media_dir):
+    if not (media_dir / "bigbuckbunny.mp4").exists() or not (media_dir / "bikes.mp4").exists():
+        pytest.fail("bigbuckbunny.mp4 / bikes.mp4 missing: run `bash scripts/setup.sh`")
+    out = tmp_path_factory.mktemp("lab")
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    proc = subprocess.run([sys.executable, str(repo_root / "training" / "lab.py"), "--preset", "smoke", "--out",
+                           str(out), "--work", str(out / "work")], cwd=repo_root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _metadata(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {})[META_KEY])
+
+
+def test_every_file_records_recipe_seed_clips_and_commit(smoke_lab):
+    summary = json.loads((smoke_lab / "summary.json").read_text())
+    for part, name in FILES.items():
+        meta = _metadata(smoke_lab / name)
+        assert meta["part"] == part and meta["preset"] == "smoke" and meta["seed"] == PRESETS["smoke"].seed
+        assert list(meta["train_clips"]) == ["bigbuckbunny.mp4"] and meta["train_clips"]["bigbuckbunny.mp4"] > 0
+        assert "bikes.mp4" in meta["heldout_clips"] and not set(meta["train_clips"]) & set(meta["heldout_clips"])
+        assert len(meta["commit"].split("+")[0]) == 40 or meta["commit"] == "unknown"
+        assert meta["recipe"]["rate"] == PRESETS["smoke"].rate
+    assert summary["shards"]["count"] >= 1 and summary["vae"]["heldout_fp16_file"]["per_clip"]["bikes.mp4"]["frames"] == 5
+    assert sum(f["bytes"] for f in summary["files"].values()) < 30e6
+
+
+def test_stock_loaders_take_the_files(comfy, smoke_lab):
+    import comfy.sd
+    import comfy.utils
+
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.training.lab import LabRecipe
+
+    r: LabRecipe = PRESETS["smoke"]
+    model = comfy.sd.load_diffusion_model(str(smoke_lab / FILES["dit"]))       # UNETLoader
+    dm = model.model.diffusion_model
+    assert type(dm).__name__ == "WanModel" and dm.dim == r.dit_dim and len(dm.blocks) == r.dit_layers
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(smoke_lab / FILES["vae"])))  # VAELoader
+    frames = torch.rand(5, r.height, r.width, 3)
+    latent = vae.encode(frames)
+    assert tuple(latent.shape) == (1, 16, 2, r.height // 8, r.width // 8)
+    assert tuple(vae.decode(latent).reshape(-1, r.height, r.width, 3).shape) == (5, r.height, r.width, 3)
+    lora = comfy.utils.load_torch_file(str(smoke_lab / FILES["lora"]), safe_load=True)  # LoraLoaderModelOnly
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)
+    pairs = {k.rsplit(".lora_", 1)[0] for k in lora if ".lora_" in k}
+    assert pairs and len(patched.patches) == len(pairs)  # every LoRA pair found its weight
+    enc = MemoryEncoder.from_file(str(smoke_lab / FILES["encoder"]))                      # Load Memory Encoder
+    cfg = enc.check(patched)
+    assert cfg.rate_str == r.rate and cfg.dim == r.dit_dim
