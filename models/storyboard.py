@@ -34,6 +34,18 @@ from .vae_stream import CONTEXT_LATENTS, VideoStream
 
 log = logging.getLogger("FrameMemory")
 
+# How memory conditions each segment. "frame_preservation": memory tokens of the whole history (arXiv 2512.23851);
+# "off": no memory tokens, each segment sees only its prompt (the history is still kept for the output and the decode
+# stream): the baseline that measures what memory buys.
+MEMORY_MODES = ("frame_preservation", "off")
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode``; raise ValueError unless it is one of :data:`MEMORY_MODES`."""
+    if mode not in MEMORY_MODES:
+        raise ValueError(f"memory_mode must be one of {list(MEMORY_MODES)}, got {mode!r}")
+    return mode
+
 
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -66,25 +78,36 @@ class StepRange:
 
 @dataclass
 class Memory:
-    """What the MEMORY socket carries: the history buffer plus the encoder and video geometry it was made with."""
+    """What the MEMORY socket carries: the history buffer plus the encoder and video geometry it was made with, and
+    the memory mode (:data:`MEMORY_MODES`; "off": no memory tokens, and the history's spans are not encoded)."""
 
     history: HistoryBuffer
     encoder: MemoryEncoder | MultiEncoder
     fps: float
     width: int
     height: int
+    mode: str = "frame_preservation"
+
+    @property
+    def encodes(self) -> bool:
+        """Whether this mode needs the history's memory tokens (False for "off")."""
+        return self.mode != "off"
 
     def tokens(self, model, expert: int = 0):
         """``(tokens [M, D], positions [M, 3])`` for the segment after the history (time relative to its end),
         including the overlap-window add-on, or ``(None, None)``. With the cross-attention add-on use :meth:`conds`.
         ``model`` is the ``expert``-th DiT of the schedule (1: a Wan 2.2 A14B low-noise expert, whose tokens come
-        from its own patch embedding)."""
+        from its own patch embedding). Always ``(None, None)`` in mode "off"."""
+        if not self.encodes:
+            return None, None
         return next_memory(model, self.encoder, self.history, expert)
 
     def conds(self, model, expert: int = 0):
         """``(tokens [M, D], positions [M, 3], hidden [M_h, Ch] or None)``: :meth:`tokens` plus the hidden states of
         the cross-attention add-on (None without it; from the HR branch, the same for every expert), for
-        ``conds.attach_memory``."""
+        ``conds.attach_memory``. Always ``(None, None, None)`` in mode "off"."""
+        if not self.encodes:
+            return None, None, None
         tokens, positions = next_memory(model, self.encoder, self.history, expert)
         return tokens, positions, memory_hidden(model, self.encoder, self.history)
 
@@ -98,7 +121,7 @@ class Memory:
             ValueError: like :func:`models.encoding.encode_pending`.
         """
         keys = expert_keys(self.encoder, expert)
-        if all(k in s.encoded for s in self.history.segments for k in keys):
+        if not self.encodes or all(k in s.encoded for s in self.history.segments for k in keys):
             return self
         history = self.history.copy()
         encode_pending(model, vae, self.encoder, history, expert=expert)
@@ -189,25 +212,28 @@ def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negativ
 
 def history_from_frames(model, vae, encoder: MemoryEncoder | MultiEncoder, images: torch.Tensor, latent_frames: int,
                         fps: float, width: int, height: int, memory: Memory | None = None,
-                        model_low_noise=None) -> tuple[Memory, int]:
+                        model_low_noise=None, mode: str = "frame_preservation") -> tuple[Memory, int]:
     """Turn a starting clip into history: frames are fitted to ``width x height``, cut into the segments of one
     continuous VAE stream (the first ``ft * (T - 1) + 1`` frames, then ``ft * T`` each; the oldest frames that do not
     fill a segment are dropped), encoded by the VAE as that stream (:class:`~models.vae_stream.VideoStream`) and
     into memory tokens, for ``model`` and, when given, the Wan 2.2 A14B low-noise expert ``model_low_noise`` (its
-    own patch embedding). Appended to ``memory``, the clip starts a new VAE stream. Returns ``(memory, dropped)``.
+    own patch embedding). Appended to ``memory``, the clip starts a new VAE stream. ``mode`` "off" (see
+    :data:`MEMORY_MODES`) skips the memory tokens: the history keeps latents and frames, unencoded.
+    Returns ``(memory, dropped)``.
 
     Raises:
-        ValueError: a size the family cannot take, a clip shorter than one segment, an encoder/DiT mismatch, or
-        experts of different families.
+        ValueError: a size the family cannot take, a clip shorter than one segment, an encoder/DiT mismatch,
+        experts of different families, or an unknown mode.
     """
     adapter = check_size(model, width, height)
+    check_mode(mode)
     models = expert_models(model, model_low_noise)
     for m in models:
         encoder.check(m)
     ft = adapter.VAE_STRIDE[0]
     skip, count = split_clip(int(images.shape[0]), latent_frames, ft)
     frames = fit_frames(images[skip:, ..., :3], width, height)
-    mem = Memory(memory.history.copy() if memory else HistoryBuffer(), encoder, fps, width, height)
+    mem = Memory(memory.history.copy() if memory else HistoryBuffer(), encoder, fps, width, height, mode)
     stream, pos = VideoStream(vae, "encode", time_stride=ft), 0
     for _ in range(count):
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -215,7 +241,8 @@ def history_from_frames(model, vae, encoder: MemoryEncoder | MultiEncoder, image
         chunk, first = frames[pos:pos + n], not stream.started
         pos += n
         mem.history.append(stream.encode(chunk), chunk, stream_start=first)
-    encode_pending_experts(models, vae, encoder, mem.history)
+    if mem.encodes:
+        encode_pending_experts(models, vae, encoder, mem.history)
     return mem, skip
 
 
@@ -264,8 +291,9 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
     if images.shape[0] != plan.frames:
         raise RuntimeError(f"segment {plan.index} decoded to {images.shape[0]} frames, the plan has {plan.frames}")
     history.append(samples, images, stream_start=not history.segments)
-    with phase(stats, "encode"):
-        encode_pending_experts(run.models, run.vae, run.mem.encoder, history)
+    if run.mem.encodes:  # mode "off": the history keeps the segment's latent and frames, no memory tokens
+        with phase(stats, "encode"):
+            encode_pending_experts(run.models, run.vae, run.mem.encoder, history)
     record = {"index": plan.index, "shot": plan.shot, "frames": int(images.shape[0]),
               "latent_frames": int(samples.shape[2]), "start_frame": total, "memory_tokens": memory_tokens,
               "history_frames_covered": covered, "history_frames_total": total,
@@ -275,7 +303,8 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
 
 def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, negative: list, shots: list[Shot],
                    sampler: SamplerSettings, width: int, height: int, fps: float, latent_frames: int,
-                   start: Memory | None = None, model_low_noise=None) -> tuple[torch.Tensor, Memory, dict]:
+                   start: Memory | None = None, model_low_noise=None,
+                   mode: str = "frame_preservation") -> tuple[torch.Tensor, Memory, dict]:
     """Generate a storyboard segment by segment, as one continuous video, with memory of everything before each.
 
     Args:
@@ -284,20 +313,23 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         latent_frames: T per segment (4 on Wan: 13 frames for the stream's first segment, then 16, 1 s at 16 fps).
         start: history to continue (e.g. a starting clip from :func:`history_from_frames`), or None.
         model_low_noise: Wan 2.2 A14B low-noise expert, or None (see :mod:`models.experts`).
+        mode: :data:`MEMORY_MODES`; "off" samples every segment without memory tokens and encodes nothing (the
+        history still gives the output and the decode stream), the baseline for what memory buys.
     Returns:
         frames ``[F, height, width, 3]`` float32 0..1 (generated part only), the final Memory (every segment
         encoded), and a report dict (segments, memory tokens per segment, seam ratios, seconds, RSS).
     Raises:
-        ValueError: bad sizes, encoder/DiT mismatch or experts of different families; InterruptProcessingException
-        when the user cancels.
+        ValueError: bad sizes, encoder/DiT mismatch, experts of different families or an unknown mode;
+        InterruptProcessingException when the user cancels.
     """
     adapter = check_size(model, width, height)
     if start is not None and (start.width, start.height) != (width, height):
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
     models = expert_models(model, model_low_noise)
     stages = step_ranges(models, encoder, sampler)
-    mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height)
-    encode_pending_experts(models, vae, encoder, mem.history)
+    mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height, check_mode(mode))
+    if mem.encodes:
+        encode_pending_experts(models, vae, encoder, mem.history)
     ft, sh, sw = adapter.VAE_STRIDE
     run = _Run(models, stages, mem, vae, clip, shots, negative, sampler, decode_stream(vae, mem.history, ft),
                (1, adapter.LATENT_CHANNELS, latent_frames, height // sh, width // sw))
@@ -322,7 +354,7 @@ def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tens
     report = {
         "model_family": families.adapter_for(model).FAMILY, "fps": mem.fps, "width": mem.width, "height": mem.height,
         "start_frames": start.history.num_frames if start else 0, "total_frames": int(frames.shape[0]),
-        "rate": rate_str(model, mem.encoder), "encoder": mem.encoder.name,
+        "rate": rate_str(model, mem.encoder), "encoder": mem.encoder.name, "memory_mode": mem.mode,
         "shots": [{"index": s.index, "prompt": s.prompt, "start_s": s.start_s, "duration_s": s.duration_s}
                   for s in run.shots],
         "segments": segments, "final_memory_tokens": memory_token_count(mem.history, mem.encoder),

@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..memory.storyboard import parse_storyboard
-from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+from ..models.storyboard import MEMORY_MODES, SamplerSettings, history_from_frames, run_storyboard
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 EXAMPLE = "2.0 | a cyclist rides down a sunny city street\n2.0 | the cyclist passes parked cars, camera follows"
@@ -58,10 +58,16 @@ class Storyboard(io.ComfyNode):
                              tooltip="With model_low_noise: the step where the low-noise expert takes over (the stock templates: "
                                      "10 of 20 steps; 2 of 4 with the LightX2V 4-step LoRAs). 0 = half the steps, rounded up. "
                                      "Ignored without model_low_noise."),
+                io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="frame_preservation", optional=True,
+                               tooltip="frame_preservation: each segment attends to memory tokens of everything before it "
+                                       "(arXiv 2512.23851). off: no memory tokens, each segment sees only its prompt; the "
+                                       "history is still kept for the output and the decode stream. Use off to measure "
+                                       "what memory buys (same seed, compare against the real continuation)."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),
-                MemoryType.Output(display_name="memory", tooltip="The final history with every segment encoded, for chaining."),
+                MemoryType.Output(display_name="memory", tooltip="The final history with every segment encoded (memory_mode "
+                                                                   "off: kept, not encoded), for chaining."),
                 io.String.Output(display_name="report", tooltip="JSON: segments, memory tokens per segment, seconds, peak RSS."),
             ],
         )
@@ -69,18 +75,18 @@ class Storyboard(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, clip, memory_encoder, negative, storyboard, width, height, fps, segment_latent_frames,
                 seed, steps, cfg, sampler_name, scheduler, include_history, start_images=None, memory=None,
-                model_low_noise=None, switch_step=0) -> io.NodeOutput:
+                model_low_noise=None, switch_step=0, memory_mode="frame_preservation") -> io.NodeOutput:
         if clip is None:
             raise ValueError("the clip input is None: load a text encoder (for Wan: umt5_xxl with type 'wan')")
         shots = parse_storyboard(storyboard)
         start, dropped = memory, 0
         if start_images is not None:
             start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
-                                                 fps, width, height, memory, model_low_noise)
+                                                 fps, width, height, memory, model_low_noise, memory_mode)
         frames, final, report = run_storyboard(
             model, vae, clip, memory_encoder, negative, shots,
             SamplerSettings(steps, cfg, sampler_name, scheduler, seed, switch_step),
-            width, height, fps, segment_latent_frames, start, model_low_noise)
+            width, height, fps, segment_latent_frames, start, model_low_noise, memory_mode)
         report["start_frames_dropped"] = dropped
         if include_history and start_images is not None:
             # the starting clip as the history holds it (fitted to width x height), then the generated frames

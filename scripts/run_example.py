@@ -11,16 +11,24 @@ Weights come from (first match wins per key) --config JSON keys, then environmen
     vae        FRAMEMEMORY_VAE        Wan 2.1 VAE                             -> models/vae
     encoder    FRAMEMEMORY_ENCODER    FrameMemory history encoder (optional)  -> models/memory_encoders
 
-With none of them set, the embedded default runs: tiny RANDOM models written by demo/make_tiny_models.py.
-That checks the whole pipeline end to end on a CPU in minutes, but its video is NOT meaningful imagery.
+With none of them set, the embedded default runs: the LAB model (a small Wan 2.1-architecture DiT, a
+reduced-width VAE, a memory encoder and a Stage II LoRA trained here on real clips, files in lab_model/;
+workflows/storyboard_wan21_lab_api.json), blurry by design, not Wan. Without those files: tiny RANDOM models
+written by demo/make_tiny_models.py, which check the pipeline end to end but make NO meaningful imagery.
 
-Writes to --out (default ./out): storyboard.mp4, contact_sheet.png, report.json, comfyui_server.log.
-Exits non-zero with a message on any failure.
+The history is the first H frames of --video (--history-seconds, read at the Storyboard's size and fps by the
+training reader, handed to LoadVideo losslessly). Unless --no-eval, or when the clip is too short, the same prompt
+then runs again with memory_mode "off" and both are compared with the clip's real continuation (PSNR, SSIM):
+report.json "evaluation", storyboard_memory_off.mp4, contact_sheet_eval.png (scripts/example_eval.py).
+
+Writes to --out (default ./out): storyboard.mp4, contact_sheet.png, report.json, comfyui_server.log (+ the two
+evaluation files). Exits non-zero with a message on any failure.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -30,6 +38,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +46,12 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # tests/harness.py (only that dire
 
 from harness import ComfyServer, ServerError, substitute_inputs  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import example_eval  # noqa: E402
+
 WORKFLOW_TINY = REPO_ROOT / "workflows" / "storyboard_wan21_tiny_api.json"
+WORKFLOW_LAB = REPO_ROOT / "workflows" / "storyboard_wan21_lab_api.json"
+LAB_DIR = Path(os.environ.get("FRAMEMEMORY_LAB_DIR") or REPO_ROOT / "lab_model")
 WORKFLOW_REAL = REPO_ROOT / "workflows" / "storyboard_wan21_api.json"
 MEDIA_DIR = REPO_ROOT / ".cache" / "media"
 REPORT_KEY = "framememory_report"
@@ -55,10 +69,17 @@ TINY_FILES = {  # written by demo/make_tiny_models.py
     "vae": "framememory_tiny_wan21_vae.safetensors",
     "encoder": "framememory_tiny_wan21_encoder.safetensors",
 }
-EMBEDDED_WARNING = ("EMBEDDED DEFAULT: tiny, randomly initialised models (no real Wan/T5/VAE/encoder weights). "
-                    "The pipeline ran end to end, but the video is NOT meaningful imagery. "
-                    "Set FRAMEMEMORY_WAN_MODEL, FRAMEMEMORY_T5, FRAMEMEMORY_VAE (and FRAMEMEMORY_ENCODER) "
-                    "or pass --config to use real weights.")
+LAB_FILES = {  # key -> (file in LAB_DIR, models sub-folder, (class_type, input) that names it); trained by training/lab.py
+    "wan_model": ("framememory_lab_wan21.safetensors", "diffusion_models", ("UNETLoader", "unet_name")),
+    "vae": ("framememory_lab_wan21_vae.safetensors", "vae", ("VAELoader", "vae_name")),
+    "encoder": ("framememory_lab_wan21_encoder.safetensors", "memory_encoders", ("FrameMemoryLoadEncoder", "encoder_name")),
+    "lora": ("framememory_lab_wan21_lora.safetensors", "loras", ("LoraLoaderModelOnly", "lora_name")),
+}
+REAL_WEIGHTS_HINT = ("Set FRAMEMEMORY_WAN_MODEL, FRAMEMEMORY_T5, FRAMEMEMORY_VAE (and FRAMEMEMORY_ENCODER) "
+                     "or pass --config to use real weights.")
+EMBEDDED_WARNING = ("EMBEDDED DEFAULT: tiny, randomly initialised models (no real Wan/T5/VAE/encoder weights; the "
+                    f"trained lab model is not in {LAB_DIR}). The pipeline ran end to end, but the video is NOT "
+                    "meaningful imagery. " + REAL_WEIGHTS_HINT)
 
 
 class ExampleError(RuntimeError):
@@ -141,6 +162,60 @@ def make_tiny_models(python: str, comfyui_dir: Path, models_dir: Path) -> dict[s
         names[key] = name
     log(f"weights: tiny models written in {time.monotonic() - t0:.1f} s")
     return names
+
+
+def lab_files() -> dict[str, Path] | None:
+    """{key: file} of the trained lab model when every file of LAB_FILES is in LAB_DIR, else None."""
+    files = {key: LAB_DIR / name for key, (name, _, _) in LAB_FILES.items()}
+    return files if all(p.is_file() for p in files.values()) else None
+
+
+def install_lab_model(files: dict[str, Path], models_dir: Path) -> dict[tuple[str, str], str]:
+    """Symlink the lab files into their models sub-folders; returns the workflow substitutions
+    {(class_type, input): file name}."""
+    subs = {}
+    for key, path in files.items():
+        _, folder, target = LAB_FILES[key]
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        link = models_dir / folder / path.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(path.resolve())
+        subs[target] = path.name
+        log(f"weights: lab {key} -> models/{folder}/{path.name}")
+    return subs
+
+
+def lab_recipe(dit: Path) -> dict:
+    """The ``framememory_recipe`` JSON of the lab DiT's safetensors metadata ({} when absent or unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(dit), framework="pt") as f:
+            meta = f.metadata() or {}
+        recipe = json.loads(meta.get("framememory_recipe") or "{}")
+        return recipe if isinstance(recipe, dict) else {}
+    except Exception as e:  # noqa: BLE001 - the description only loses detail
+        log(f"weights: cannot read the lab recipe from {dit.name}: {e}")
+        return {}
+
+
+def lab_warning(recipe: dict, width: int, height: int, stand_in_text: bool) -> str:
+    """The honest description of the lab model, with the facts its recipe gives (clips, size, steps);
+    ``stand_in_text``: the workflow encodes prompts with the demo stand-in text encoder."""
+    clips = recipe.get("train_clips")
+    clips = len(clips) if isinstance(clips, (list, tuple, dict)) else clips  # training/lab.py: {name: bytes}
+    settings = recipe.get("recipe") if isinstance(recipe.get("recipe"), dict) else recipe
+    size = f"{settings.get('width', width)}x{settings.get('height', height)}"
+    trained = f"on {clips} real clips" if clips else "on real clips"
+    extra = [f"{k.replace('_', ' ')} {settings[k]}" for k in ("base_steps", "stage1_steps", "stage2_steps", "rate")
+             if k in settings]
+    return (f"EMBEDDED DEFAULT: the lab model, a small Wan 2.1-architecture DiT, a reduced-width Wan VAE, a "
+            f"FrameMemory encoder and a Stage II LoRA trained here {trained} at {size}"
+            + (f" ({', '.join(extra)})" if extra else "")
+            + (", prompts through a stand-in text encoder (no umt5)" if stand_in_text else "") + ". It is NOT Wan 2.1: "
+            "its video is blurry by design. It exists to measure what memory buys against a real clip's continuation. "
+            + REAL_WEIGHTS_HINT)
 
 
 # ---- run ----------------------------------------------------------------------------------------
@@ -288,17 +363,205 @@ def server_device_options(embedded: bool) -> dict:
     return {"cpu": not use_gpu, "extra_args": ["--use-sage-attention"] if use_gpu and backend == "sage" else []}
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Models:
+    """Which weights the example runs: kind "user" (real weights), "lab" (the trained embedded default) or "tiny"
+    (random embedded default), its workflow, and the files to install."""
+
+    kind: str
+    workflow: Path
+    files: dict = field(default_factory=dict)  # {key: Path}: user weights or lab files; {} for tiny
+    warning: str | None = None
+    recipe: dict = field(default_factory=dict)
+
+
+def choose_models(config: str | None, workflow: str | None) -> Models:
+    """User weights when given, else the lab model when its files are all in LAB_DIR, else the tiny random models.
+    Raises ExampleError for incomplete user weights or a missing workflow file."""
+    weights = resolve_weights(config)
+    lab = None if weights else lab_files()
+    kind = "user" if weights else "lab" if lab else "tiny"
+    default = {"user": WORKFLOW_REAL, "lab": WORKFLOW_LAB, "tiny": WORKFLOW_TINY}[kind]
+    path = Path(workflow).resolve() if workflow else default
+    if not path.is_file():
+        raise ExampleError(f"workflow {path} is missing")
+    models = Models(kind, path, weights or lab or {})
+    if kind == "tiny":
+        models.warning = EMBEDDED_WARNING
+    elif kind == "lab":
+        models.recipe = lab_recipe(lab["wan_model"])
+        api = json.loads(path.read_text())
+        sb = next((n["inputs"] for n in api.values() if n.get("class_type") == "FrameMemoryStoryboard"), {})
+        stand_in = any(n.get("class_type") == "FrameMemoryDemoTextEncoder" for n in api.values())
+        models.warning = lab_warning(models.recipe, sb.get("width", 256), sb.get("height", 128), stand_in)
+    return models
+
+
+def install_models(models: Models, server: ComfyServer) -> dict[tuple[str, str], str]:
+    """Put the chosen weights into the server's models folders; returns the workflow substitutions."""
+    if models.kind == "lab":
+        return install_lab_model(models.files, server.models_dir)
+    names = (make_tiny_models(server.python, server.comfyui_dir, server.models_dir) if models.kind == "tiny"
+             else install_real_weights(models.files, server.models_dir))
+    return {WEIGHT_KEYS[k][2]: v for k, v in names.items()}
+
+
+def weights_entry(models: Models, subs: dict) -> dict:
+    """report.json "weights": the user's files, or the embedded files with their kind."""
+    if models.kind == "user":
+        return {k: str(v) for k, v in models.files.items()}
+    if models.kind == "lab":
+        return {k: f"(embedded lab) {v}" for k, v in models.files.items()}
+    return {f"{cls}.{inp}": f"(embedded tiny) {v}" for (cls, inp), v in subs.items()}
+
+
+# ---- history and runs ---------------------------------------------------------------------------
+@dataclass
+class ClipPlan:
+    """The clip as the example uses it: frames at the model's size and fps, the first ``history`` of them handed to
+    LoadVideo, and why the memory-off comparison cannot run (None: it can)."""
+
+    frames: object  # numpy uint8 [N, H, W, 3]
+    history: int
+    generated: int  # frames the Storyboard will generate (its plan)
+    storyboard_id: str
+    file: str
+    skip_eval: str | None
+
+
+def prepare_history(api: dict, video: Path, seconds: float, input_dir: Path) -> tuple[dict, ClipPlan]:
+    """Read ``video`` at the Storyboard's size and fps (training reader), write its first H frames losslessly into
+    ``input_dir`` and point LoadVideo / ImageFromBatch at them. Returns the substituted prompt and the plan."""
+    sb_id, sb = example_eval.storyboard_node(api)
+    width, height, fps, latent = int(sb["width"]), int(sb["height"]), float(sb["fps"]), int(sb["segment_latent_frames"])
+    generated = sum(example_eval.planned_frames(sb))
+    try:
+        frames = example_eval.read_clip(video, width, height, fps, math.floor(seconds * fps + 1e-6) + generated)
+    except Exception as e:  # training.data.VideoReadError and friends
+        raise ExampleError(f"cannot read {video}: {e}") from e
+    history = example_eval.history_length(seconds, fps, latent, len(frames))
+    name = f"{video.stem}_history_{history}f_{width}x{height}.mkv"
+    example_eval.write_lossless(frames[:history], input_dir / name, fps)
+    log(f"input: {video.name} at {width}x{height}, {fps:g} fps (training reader): {history} history frames "
+        f"({history / fps:.2f} s) -> {name} (FFV1, lossless, checked)")
+    skip = None if len(frames) >= history + generated else (
+        f"the clip has {len(frames)} frames at {fps:g} fps, the comparison needs {history} history + {generated} "
+        "generated")
+    api = substitute_inputs(api, {("LoadVideo", "file"): name, ("ImageFromBatch", "length"): history,
+                                  ("ImageFromBatch", "batch_index"): 0})
+    return api, ClipPlan(frames, history, generated, sb_id, name, skip)
+
+
+def run_prompt(server: ComfyServer, api: dict, timeout: float, label: str) -> dict:
+    """Queue ``api``, follow it to the end (progress printed) and collect {"prompt_id", "report_node", "report",
+    "video", "history", "progress_events", "seconds"}. Raises ServerError / ExampleError on failure."""
+    t0 = time.monotonic()
+    printer = ProgressPrinter(api)
+    prompt_id = server.post_prompt(api)
+    log(f"prompt {prompt_id} queued ({label})")
+    events = server.follow(prompt_id, timeout=timeout, on_event=printer)
+    server.raise_for_events(events)
+    history = server.history(prompt_id)
+    report_node, report = find_report(history)
+    return {"prompt_id": prompt_id, "report_node": report_node, "report": report, "history": history,
+            "video": find_video(server, api, history), "progress_events": printer.progress_events,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+def tap_frames(server: ComfyServer, run: dict, tap_id: str):
+    """The generated frames of a run, from its lossless SaveAnimatedPNG tap: uint8 [F, H, W, 3]."""
+    files = server.output_files(run["history"], tap_id, (".png",))
+    if not files:
+        raise ExampleError(f"the evaluation tap (node {tap_id}) wrote no PNG")
+    return example_eval.generated_part(example_eval.read_apng(files[0], float(run["report"]["fps"])), run["report"])
+
+
+def run_evaluation(server: ComfyServer, api: dict, tap_id: str, on: dict, clip: ClipPlan, video: Path, out: Path,
+                   timeout: float) -> dict:
+    """The memory-off arm on the same server, then both arms against the clip's real continuation: returns the
+    report's "evaluation" entry; writes storyboard_memory_off.mp4 and contact_sheet_eval.png into ``out``."""
+    off = run_prompt(server, example_eval.memory_off_prompt(api, clip.storyboard_id), timeout, "memory off")
+    shutil.copy2(off["video"], out / "storyboard_memory_off.mp4")
+    on_frames, off_frames = tap_frames(server, on, tap_id), tap_frames(server, off, tap_id)
+    ev = example_eval.evaluation(video, clip.frames, clip.history, on_frames, off_frames, on["report"])
+    for arm, run in (("memory_on", on), ("memory_off", off)):
+        ev[arm]["memory_tokens_per_segment"] = [s.get("memory_tokens") for s in run["report"]["segments"]]
+        ev[arm]["memory_mode"] = run["report"].get("memory_mode")
+    f, h = ev["compared_frames"], clip.history
+    rows = [("real continuation", clip.frames[h:h + f]), ("memory on", on_frames[:f]), ("memory off", off_frames[:f])]
+    ev["contact_sheet_frames"] = [h + i for i in example_eval.eval_sheet(rows, out / "contact_sheet_eval.png", h,
+                                                                       float(on["report"]["fps"]))]
+    ev["memory_off_seconds"] = off["seconds"]
+    ev["paths"] = {"memory_off_video": str(out / "storyboard_memory_off.mp4"),
+                   "contact_sheet": str(out / "contact_sheet_eval.png")}
+    return ev
+
+
+# ---- outputs of the main run --------------------------------------------------------------------
+def save_main_outputs(run: dict, out: Path, clip: ClipPlan | None) -> dict:
+    """Copy the memory-on video to out/storyboard.mp4, check its frame count against the report and draw
+    contact_sheet.png; returns report.json's "decoded" entry."""
+    report = run["report"]
+    shutil.copy2(run["video"], out / "storyboard.mp4")
+    frames, fps = decode_video(out / "storyboard.mp4")
+    # "output_frames": frames in the node's IMAGE output (starting clip + generated when include_history is on);
+    # "total_frames": generated frames. Older reports lack output_frames.
+    expected = report.get("output_frames", report.get("total_frames"))
+    if expected is not None and len(frames) != expected:
+        raise ExampleError(f"the saved video has {len(frames)} frames, the report says {expected}")
+    start = report.get("start_frames", 0)
+    shown = start if report.get("output_frames") == start + report.get("total_frames", -1) and start < len(frames) else 0
+    if clip is not None and start != clip.history:
+        raise ExampleError(f"the Storyboard kept {start} history frames, {clip.history} were given")
+    sheet_idx = contact_sheet(frames, out / "contact_sheet.png", history_frames=shown)
+    return {"frames": len(frames), "fps": fps, "height": int(frames[0].shape[0]), "width": int(frames[0].shape[1]),
+            "contact_sheet_frames": sheet_idx}
+
+
+def print_summary(report: dict, decoded: dict, wall: float, rss_mb: float, out: Path, ev: dict) -> None:
+    """The per-segment table and a few lines: geometry, seams, the memory on / off numbers, wall time, files."""
+    print()
+    print(summary_table(report))
+    print()
+    log(f"model family {report.get('model_family')}, {report.get('width')}x{report.get('height')} @ {report.get('fps')} fps, "
+        f"{report.get('start_frames')} history frames, {report.get('total_frames')} generated, "
+        f"{decoded['frames']} in the video, {len(report.get('shots', []))} shots, {len(report.get('segments', []))} segments")
+    seams = report.get("seams") or {}
+    if seams.get("per_boundary"):
+        log(f"seams at segment joins (pixel change across a join / inside segments, 1.0 = none): mean "
+            f"{seams.get('mean')}, per join {seams.get('per_boundary')}; decode: {report.get('decode')}")
+    if "memory_on" in ev:
+        log(example_eval.summary_line(ev))
+    else:
+        log(f"evaluation skipped: {ev.get('skipped')}")
+    log(f"wall {wall:.1f} s, server peak RSS {rss_mb:.0f} MB")
+    names = ["storyboard.mp4", "contact_sheet.png", "report.json", "comfyui_server.log"]
+    if "memory_on" in ev:
+        names += ["storyboard_memory_off.mp4", "contact_sheet_eval.png"]
+    for name in names:
+        log(f"wrote {out / name}")
+
+
+# ---- main ---------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="JSON file with keys wan_model, t5, vae, encoder (paths to weight files)")
     ap.add_argument("--out", default="out", help="output folder (default: ./out)")
     ap.add_argument("--workflow", help="API-format workflow to run instead of the default one")
     ap.add_argument("--video", default=str(MEDIA_DIR / "bikes.mp4"), help="history video for LoadVideo (default: bikes.mp4)")
+    ap.add_argument("--history-seconds", type=float, default=2.8,
+                    help="seconds of --video used as history (default 2.8; rounded down to whole VAE segments: "
+                         "13 + 16k frames on Wan)")
+    ap.add_argument("--no-eval", action="store_true",
+                    help="skip the memory-off run and the comparison with the clip's real continuation")
     ap.add_argument("--base-dir", help="ComfyUI base directory to use (default: a fresh temporary one)")
     ap.add_argument("--keep-base", action="store_true", help="keep the temporary ComfyUI base directory")
-    ap.add_argument("--timeout", type=float, default=3600, help="seconds the prompt may run (default 3600)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds each prompt may run (default 3600)")
+    return ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     t_start = time.monotonic()
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     out = Path(args.out).resolve()
@@ -309,74 +572,20 @@ def main(argv: list[str] | None = None) -> int:
     video = Path(args.video).resolve()
     if not video.is_file():
         raise ExampleError(f"history video {video} is missing: run `bash scripts/setup.sh` to fetch it")
-
-    weights = resolve_weights(args.config)
-    embedded = not weights
-    workflow_path = Path(args.workflow).resolve() if args.workflow else (WORKFLOW_TINY if embedded else WORKFLOW_REAL)
-    if not workflow_path.is_file():
-        raise ExampleError(f"workflow {workflow_path} is missing")
-    if embedded:
-        banner(EMBEDDED_WARNING)
-
+    models = choose_models(args.config, args.workflow)
+    if models.warning:
+        banner(models.warning)
     base = Path(args.base_dir).resolve() if args.base_dir else Path(tempfile.mkdtemp(prefix="framememory_example_"))
-    log(f"comfyui: {comfyui_dir}; base dir: {base}; workflow: {workflow_path.relative_to(REPO_ROOT) if workflow_path.is_relative_to(REPO_ROOT) else workflow_path}")
-    server = ComfyServer(base, comfyui_dir=comfyui_dir, python=sys.executable, **server_device_options(embedded))
+    log(f"comfyui: {comfyui_dir}; base dir: {base}; models: {models.kind}; workflow: {_short(models.workflow)}")
+    server = ComfyServer(base, comfyui_dir=comfyui_dir, python=sys.executable,
+                         **server_device_options(models.kind != "user"))
     server.prepare_base()
     try:
-        names = (make_tiny_models(sys.executable, comfyui_dir, server.models_dir) if embedded
-                 else install_real_weights(weights, server.models_dir))
-        shutil.copy2(video, server.input_dir / video.name)
-        log(f"input: {video.name} -> {server.input_dir}")
-
-        api = json.loads(workflow_path.read_text())
-        subs = {WEIGHT_KEYS[k][2]: v for k, v in names.items()}
-        subs[("LoadVideo", "file")] = video.name
-        api = substitute_inputs(api, subs)
-
-        t0 = time.monotonic()
-        log("server: starting ComfyUI (headless, --cpu)")
-        server.start()
-        log(f"server: up at {server.url} after {time.monotonic() - t0:.1f} s")
-        printer = ProgressPrinter(api)
-        with RssSampler(server) as rss:
-            prompt_id = server.post_prompt(api)
-            log(f"prompt {prompt_id} queued")
-            events = server.follow(prompt_id, timeout=args.timeout, on_event=printer)
-            server.raise_for_events(events)
-            history = server.history(prompt_id)
-        report_node, report = find_report(history)
-        video_out = find_video(server, api, history)
-
-        shutil.copy2(video_out, out / "storyboard.mp4")
-        frames, fps = decode_video(out / "storyboard.mp4")
-        # "output_frames": frames in the node's IMAGE output (starting clip + generated when
-        # include_history is on); "total_frames": generated frames. Older reports lack output_frames.
-        expected = report.get("output_frames", report.get("total_frames"))
-        if expected is not None and len(frames) != expected:
-            raise ExampleError(f"the saved video has {len(frames)} frames, the report says {expected}")
-        history_shown = (report.get("start_frames", 0)
-                         if report.get("output_frames") == report.get("start_frames", 0) + report.get("total_frames", -1)
-                         and report.get("start_frames", 0) < len(frames) else 0)
-        sheet_idx = contact_sheet(frames, out / "contact_sheet.png", history_frames=history_shown)
+        full, decoded, ev, rss_mb = run_example(args, models, server, video, out)
         wall = time.monotonic() - t_start
-        full = {
-            **report,
-            "command": command,
-            "wall_seconds": round(wall, 2),
-            "server_peak_rss_mb": round(rss.peak_mb, 1),
-            "embedded_default": embedded,
-            "warning": EMBEDDED_WARNING if embedded else None,
-            "decoded": {"frames": len(frames), "fps": fps,
-                        "height": int(frames[0].shape[0]), "width": int(frames[0].shape[1]),
-                        "contact_sheet_frames": sheet_idx},
-            "prompt_id": prompt_id,
-            "report_node": report_node,
-            "progress_events": printer.progress_events,
-            "weights": {k: str(v) for k, v in weights.items()} if weights else {k: f"(embedded tiny) {v}" for k, v in names.items()},
-            "paths": {"video": str(out / "storyboard.mp4"), "contact_sheet": str(out / "contact_sheet.png"),
-                      "report": str(out / "report.json"), "server_log": str(out / "comfyui_server.log"),
-                      "workflow": str(workflow_path), "history_video": str(video), "comfyui_dir": str(comfyui_dir)},
-        }
+        full.update(command=command, wall_seconds=round(wall, 2))
+        full["paths"].update(report=str(out / "report.json"), server_log=str(out / "comfyui_server.log"),
+                             workflow=str(models.workflow), history_video=str(video), comfyui_dir=str(comfyui_dir))
         (out / "report.json").write_text(json.dumps(full, indent=2) + "\n")
     finally:
         server.stop()
@@ -384,29 +593,65 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(server.log_path, out / "comfyui_server.log")
         if not args.base_dir and not args.keep_base:
             shutil.rmtree(base, ignore_errors=True)
-
-    print()
-    print(summary_table(report))
-    print()
-    log(f"model family {report.get('model_family')}, {report.get('width')}x{report.get('height')} @ {report.get('fps')} fps, "
-        f"{report.get('start_frames')} history frames, {report.get('total_frames')} generated, "
-        f"{len(frames)} in the video, {len(report.get('shots', []))} shots, {len(report.get('segments', []))} segments")
-    seams = report.get("seams") or {}
-    if seams.get("per_boundary"):
-        log(f"seams at segment joins (pixel change across a join / inside segments, 1.0 = none): mean "
-            f"{seams.get('mean')}, per join {seams.get('per_boundary')}; decode: {report.get('decode')}")
-    log(f"wall {wall:.1f} s, server peak RSS {rss.peak_mb:.0f} MB")
-    for name in ("storyboard.mp4", "contact_sheet.png", "report.json", "comfyui_server.log"):
-        log(f"wrote {out / name}")
-    if embedded:
-        banner(EMBEDDED_WARNING)
+    print_summary(full, decoded, wall, rss_mb, out, ev)
+    if models.warning:
+        banner(models.warning)
     return 0
+
+
+def run_example(args, models: Models, server: ComfyServer, video: Path, out: Path) -> tuple[dict, dict, dict, float]:
+    """Install the models and the history, start the server, run the workflow (memory on) and, unless skipped, the
+    memory-off arm and the comparison. Returns (report.json without command / wall time, decoded, evaluation, RSS)."""
+    subs = install_models(models, server)
+    api = substitute_inputs(json.loads(models.workflow.read_text()), subs)
+    clip, no_history = None, example_eval.history_input(api)
+    if no_history is None:
+        api, clip = prepare_history(api, video, args.history_seconds, server.input_dir)
+    elif any(n.get("class_type") == "LoadVideo" for n in api.values()):  # used as the workflow says
+        shutil.copy2(video, server.input_dir / video.name)
+        api = substitute_inputs(api, {("LoadVideo", "file"): video.name})
+        log(f"input: {video.name} -> {server.input_dir} ({no_history}: --history-seconds not used)")
+    skip = ("--no-eval" if args.no_eval else no_history or clip.skip_eval or example_eval.metrics_missing())
+    tap = None
+    if skip is None:
+        api, tap = example_eval.with_frame_tap(api, clip.storyboard_id, float(api[clip.storyboard_id]["inputs"]["fps"]))
+    t0 = time.monotonic()
+    log(f"server: starting ComfyUI (headless{', --cpu' if server.cpu else ''})")
+    server.start()
+    log(f"server: up at {server.url} after {time.monotonic() - t0:.1f} s")
+    with RssSampler(server) as rss:
+        on = run_prompt(server, api, args.timeout, "memory on" if skip is None else "workflow")
+        decoded = save_main_outputs(on, out, clip)
+        ev = {"skipped": skip} if skip else run_evaluation(server, api, tap, on, clip, video, out, args.timeout)
+    report = on["report"]
+    full = {
+        **report,
+        "server_peak_rss_mb": round(rss.peak_mb, 1),
+        "embedded_default": False if models.kind == "user" else models.kind,
+        "model": {"kind": models.kind, "description": models.warning or "user weights (see weights)",
+                  **({"recipe": models.recipe} if models.recipe else {})},
+        "warning": models.warning,
+        "history": None if clip is None else {"clip": str(video), "frames": clip.history, "file": clip.file,
+                                              "seconds": round(clip.history / float(report["fps"]), 3),
+                                              "reader": "training/data.py decode_frames + resample"},
+        "evaluation": ev,
+        "decoded": decoded,
+        "prompt_id": on["prompt_id"], "report_node": on["report_node"], "progress_events": on["progress_events"],
+        "prompt_seconds": on["seconds"],
+        "weights": weights_entry(models, subs),
+        "paths": {"video": str(out / "storyboard.mp4"), "contact_sheet": str(out / "contact_sheet.png")},
+    }
+    return full, decoded, ev, rss.peak_mb
+
+
+def _short(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ExampleError, ServerError) as e:
+    except (ExampleError, ServerError, example_eval.EvalError) as e:
         print(f"\n[run_example] FAILED: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:

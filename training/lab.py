@@ -381,7 +381,8 @@ def run(preset: str, r: LabRecipe, out: Path, work: Path, command: str) -> dict:
     phases["memory"] = round(time.perf_counter() - mark, 1)
     lab.summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     lab.summary["threads"] = torch.get_num_threads()
-    lab.summary["files"] = {k: {"path": str(out / f), "bytes": (out / f).stat().st_size} for k, f in FILES.items()}
+    shown = lambda p: str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)  # noqa: E731
+    lab.summary["files"] = {k: {"path": shown(out / f), "bytes": (out / f).stat().st_size} for k, f in FILES.items()}
     return lab.summary
 
 

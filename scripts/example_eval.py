@@ -1,0 +1,246 @@
+"""What memory buys, measured by the main job (scripts/run_example.py): the Storyboard continues the first H frames
+of a real clip twice on one server, with memory (the workflow as given) and with ``memory_mode`` "off" (same seed,
+model and history), and both continuations are compared with the clip's real next frames (PSNR, SSIM).
+
+The clip is read by the training pipeline's own reader (``training/data.py``: scaled to cover, center-cropped,
+resampled to the model's fps) at the Storyboard's width x height x fps; its first H frames go to the server as a
+lossless FFV1 file (exact through ComfyUI's LoadVideo, checked), so generated frame j continues real frame H + j.
+The generated frames are compared as the node outputs them: a SaveAnimatedPNG node (8-bit PNG, lossless) is added
+to the prompt next to the workflow's own SaveVideo (h264 mp4, lossy).
+
+No ComfyUI import: this runs in the client process, next to tests/harness.py.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+from packimport import import_pack  # noqa: E402
+
+import_pack()
+from framememory.memory.storyboard import parse_storyboard, plan_segments, segment_frames  # noqa: E402
+from framememory.training.data import decode_frames, resample  # noqa: E402
+
+STORYBOARD = "FrameMemoryStoryboard"
+VAE_TIME_STRIDE = 4  # video frames per latent frame (Wan 2.1 / 2.2, HunyuanVideo)
+TAP_PREFIX = "framememory/eval_frames"
+PSNR_CAP_DB = 100.0  # identical frames give inf; JSON cannot hold it
+
+
+class EvalError(RuntimeError):
+    pass
+
+
+# ---- the workflow -------------------------------------------------------------------------------------------------
+def metrics_missing() -> str | None:
+    """Why the metrics cannot be computed here (torchmetrics not installed), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchmetrics") is None:
+        return "torchmetrics is not installed (pip install torchmetrics, or: bash scripts/setup.sh --test)"
+    return None
+
+
+def history_input(api: dict) -> str | None:
+    """Why the prompt cannot take the clip as history (no LoadVideo, not exactly one Storyboard), or None."""
+    if not any(isinstance(n, dict) and n.get("class_type") == "LoadVideo" for n in api.values()):
+        return "the workflow has no LoadVideo"
+    count = sum(isinstance(n, dict) and n.get("class_type") == STORYBOARD for n in api.values())
+    return None if count == 1 else f"the workflow has {count} {STORYBOARD} nodes, not one"
+
+
+def storyboard_node(api: dict) -> tuple[str, dict]:
+    """``(node id, inputs)`` of the API prompt's one Storyboard node. Raises EvalError when there is none or several."""
+    found = [(nid, n["inputs"]) for nid, n in api.items() if isinstance(n, dict) and n.get("class_type") == STORYBOARD]
+    if len(found) != 1:
+        raise EvalError(f"the workflow has {len(found)} {STORYBOARD} nodes; the evaluation needs exactly one")
+    return found[0]
+
+
+def planned_frames(inputs: dict) -> list[int]:
+    """Video frames of each segment the Storyboard ``inputs`` will generate after a history (its own plan:
+    shot seconds at its fps, in segments of ``segment_latent_frames``)."""
+    shots = parse_storyboard(inputs["storyboard"])
+    plans = plan_segments(shots, float(inputs["fps"]), int(inputs["segment_latent_frames"]), VAE_TIME_STRIDE,
+                          continues=True)
+    return [p.frames for p in plans]
+
+
+def history_length(seconds: float, fps: float, latent_frames: int, available: int) -> int:
+    """H, the history frames: the largest ``first + per * k`` (one VAE stream: 13 then 16 each on Wan at 4 latent
+    frames) not above ``seconds * fps`` nor ``available``. Raises EvalError when not even ``first`` fits."""
+    first = segment_frames(latent_frames, VAE_TIME_STRIDE, stream_start=True)
+    per = segment_frames(latent_frames, VAE_TIME_STRIDE, stream_start=False)
+    limit = min(math.floor(seconds * fps + 1e-6), available)
+    if limit < first:
+        raise EvalError(f"a history needs at least {first} frames at {fps:g} fps ({first / fps:.2f} s); "
+                        f"--history-seconds {seconds:g} and a clip of {available} frames give {limit}")
+    return first + per * ((limit - first) // per)
+
+
+# ---- the clip -----------------------------------------------------------------------------------------------------
+def read_clip(path: Path, width: int, height: int, fps: float, max_frames: int) -> np.ndarray:
+    """The first ``max_frames`` (or fewer: the clip's end) frames of ``path`` as the training reader gives them:
+    uint8 ``[F, height, width, 3]`` at ``fps``. Raises ``training.data.VideoReadError``."""
+    frames = list(itertools.islice(resample(decode_frames(path, width, height), fps), max_frames))
+    if not frames:
+        raise EvalError(f"{path}: no frames decoded")
+    return np.stack(frames)
+
+
+def write_lossless(frames: np.ndarray, path: Path, fps: float) -> None:
+    """Write uint8 ``[F, H, W, 3]`` RGB frames as FFV1 (pix_fmt bgr0, lossless) in Matroska at ``fps``, then decode the
+    file as ComfyUI's LoadVideo does (PyAV, rgb24) and raise EvalError unless every pixel comes back."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    back = decode_video_frames(path)
+    if back.shape != frames.shape or not np.array_equal(back, frames):
+        raise EvalError(f"{path} does not round-trip exactly ({back.shape} vs {frames.shape})")
+
+
+def decode_video_frames(path: Path) -> np.ndarray:
+    """Every frame of a video file, uint8 ``[F, H, W, 3]`` RGB (PyAV, as LoadVideo decodes)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def read_apng(path: Path, fps: float) -> np.ndarray:
+    """Frames of an animated PNG (SaveAnimatedPNG at ``fps``), uint8 ``[F, H, W, 3]``. Pillow's APNG writer merges
+    identical consecutive frames into one longer frame (e.g. a 10 fps clip resampled to 16 fps repeats frames), so
+    each stored frame is repeated ``round(duration * fps / 1000)`` times."""
+    from PIL import Image, ImageSequence
+
+    frames = []
+    with Image.open(path) as im:
+        for f in ImageSequence.Iterator(im):
+            repeat = max(1, round(float(f.info.get("duration", 1000.0 / fps)) * fps / 1000.0))
+            frames.extend([np.asarray(f.convert("RGB"))] * repeat)
+    return np.stack(frames)
+
+
+# ---- the two arms -------------------------------------------------------------------------------------------------
+def with_frame_tap(api: dict, storyboard_id: str, fps: float, prefix: str = TAP_PREFIX) -> tuple[dict, str]:
+    """A copy of ``api`` plus a SaveAnimatedPNG node on the Storyboard's IMAGE output (lossless 8-bit frames, as
+    the node outputs them). Returns ``(prompt, tap node id)``."""
+    out = json.loads(json.dumps(api))
+    tap = str(max(int(k) for k in out if str(k).isdigit()) + 1)
+    out[tap] = {"class_type": "SaveAnimatedPNG", "_meta": {"title": "FrameMemory eval: lossless frames"},
+                "inputs": {"images": [storyboard_id, 0], "filename_prefix": prefix, "fps": float(fps),
+                           "compress_level": 1}}
+    return out, tap
+
+
+def memory_off_prompt(api: dict, storyboard_id: str) -> dict:
+    """A copy of ``api`` whose Storyboard runs with ``memory_mode`` "off" and whose saves get their own names
+    (``..._memory_off``); everything else (seed, models, history) is the same, so ComfyUI reuses the cached loaders."""
+    out = json.loads(json.dumps(api))
+    out[storyboard_id]["inputs"]["memory_mode"] = "off"
+    for node in out.values():
+        prefix = node.get("inputs", {}).get("filename_prefix")
+        if isinstance(prefix, str):
+            node["inputs"]["filename_prefix"] = prefix + "_memory_off"
+    return out
+
+
+def generated_part(frames: np.ndarray, report: dict) -> np.ndarray:
+    """The generated frames of the node's output (the last ``report["total_frames"]``; the starting clip comes first
+    when include_history is on). Raises EvalError when the output does not have the report's frame count."""
+    total, expected = int(report["total_frames"]), int(report.get("output_frames", report["total_frames"]))
+    if frames.shape[0] != expected:
+        raise EvalError(f"the saved frames are {frames.shape[0]}, the report says {expected}")
+    return frames[expected - total:]
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------------
+def frame_metrics(pred: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame ``(PSNR dB [F], SSIM [F])`` of uint8 ``[F, H, W, 3]`` videos as RGB float in [0, 1] (torchmetrics,
+    data_range 1.0; SSIM with its default 11x11 Gaussian window, sigma 1.5). PSNR is capped at PSNR_CAP_DB."""
+    import torch
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    p, r = (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0 for x in (pred, real))
+    psnr = peak_signal_noise_ratio(p, r, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=PSNR_CAP_DB)
+    ssim = structural_similarity_index_measure(p, r, data_range=1.0, reduction="none")
+    return psnr.numpy(), ssim.numpy()
+
+
+def arm_metrics(pred: np.ndarray, real: np.ndarray, seg_frames: list[int]) -> dict:
+    """``{"psnr_db", "ssim", "per_segment_psnr_db", "per_frame_psnr_db"}``: means over frames of the per-frame
+    values; a segment's PSNR is the mean over its frames (``seg_frames``: frames per segment, in order; frames
+    past the compared ones are left out)."""
+    psnr, ssim = frame_metrics(pred, real)
+    bounds = np.cumsum([0, *seg_frames])
+    per_segment = [float(psnr[a:min(b, len(psnr))].mean()) for a, b in zip(bounds, bounds[1:]) if a < len(psnr)]
+    return {"psnr_db": round(float(psnr.mean()), 3), "ssim": round(float(ssim.mean()), 4),
+            "per_segment_psnr_db": [round(v, 3) for v in per_segment],
+            "per_frame_psnr_db": [round(float(v), 2) for v in psnr]}
+
+
+def evaluation(clip: Path, real: np.ndarray, history: int, on: np.ndarray, off: np.ndarray, report: dict) -> dict:
+    """The report's ``"evaluation"`` entry: both arms against the real continuation ``real[history:]`` (uint8
+    ``[N, H, W, 3]`` clip frames at the model's fps); ``on`` / ``off``: the generated frames of each arm."""
+    f = min(len(on), len(off), len(real) - history)
+    if f <= 0:
+        raise EvalError(f"nothing to compare: {len(real)} clip frames, {history} of them history")
+    segs = [s["frames"] for s in report["segments"]]
+    target = real[history:history + f]
+    mem_on, mem_off = arm_metrics(on[:f], target, segs), arm_metrics(off[:f], target, segs)
+    return {"clip": str(clip), "history_frames": history, "compared_frames": f, "fps": report.get("fps"),
+            "size": [report.get("width"), report.get("height")],
+            "memory_on": mem_on, "memory_off": mem_off,
+            "gain_db": round(mem_on["psnr_db"] - mem_off["psnr_db"], 3),
+            "ssim_gain": round(mem_on["ssim"] - mem_off["ssim"], 4),
+            "method": "generated frame j vs real frame history + j, RGB in [0, 1] at the output size; torchmetrics "
+                      "PSNR (data_range 1.0) and SSIM per frame, averaged; per segment: PSNR averaged over its frames. "
+                      "Generated frames from the Storyboard's IMAGE output saved losslessly (SaveAnimatedPNG, 8-bit), "
+                      "not from the h264 mp4; the history went in losslessly (FFV1)."}
+
+
+def summary_line(ev: dict) -> str:
+    """One line with the numbers of an :func:`evaluation` entry."""
+    on, off = ev["memory_on"], ev["memory_off"]
+    return (f"memory vs no memory against the real continuation ({ev['compared_frames']} frames after "
+            f"{ev['history_frames']} history frames): PSNR {on['psnr_db']:.2f} vs {off['psnr_db']:.2f} dB "
+            f"(gain {ev['gain_db']:+.2f} dB), SSIM {on['ssim']:.4f} vs {off['ssim']:.4f}; per segment PSNR on "
+            f"{on['per_segment_psnr_db']} off {off['per_segment_psnr_db']}")
+
+
+# ---- contact sheet ------------------------------------------------------------------------------------------------
+def eval_sheet(rows: list[tuple[str, np.ndarray]], out: Path, first_index: int, fps: float, cols: int = 6) -> list[int]:
+    """A labelled grid: one row per ``(label, uint8 [F, H, W, 3])``, the same ~``cols`` evenly spaced frame indices in
+    every row, headed by their clip frame index (``first_index + i``) and time. Returns the indices used (into F)."""
+    from PIL import Image, ImageDraw
+
+    n = min(len(frames) for _, frames in rows)
+    idx = sorted({round(i * (n - 1) / max(min(cols, n) - 1, 1)) for i in range(min(cols, n))})
+    h, w = rows[0][1].shape[1:3]
+    scale = 320 / w if w > 320 else max(1, -(-192 // w))  # integer upscale for tiny videos, downscale for big ones
+    tw, th, label_w, head_h = round(w * scale), round(h * scale), 150, 18
+    sheet = Image.new("RGB", (label_w + len(idx) * tw, head_h + len(rows) * th), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for c, i in enumerate(idx):
+        draw.text((label_w + c * tw + 4, 3), f"frame {first_index + i} ({(first_index + i) / fps:.2f} s)",
+                  fill=(255, 255, 255))
+    for r, (label, frames) in enumerate(rows):
+        y = head_h + r * th
+        draw.text((6, y + th // 2 - 6), label, fill=(150, 200, 255))
+        for c, i in enumerate(idx):
+            sheet.paste(Image.fromarray(frames[i]).resize((tw, th), Image.BILINEAR), (label_w + c * tw, y))
+    sheet.save(out)
+    return idx
