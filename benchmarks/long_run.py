@@ -34,6 +34,9 @@ def setup() -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+    # PyTorch SDPA, as a GPU run would attend: ComfyUI's CPU default (split / sub-quadratic attention sized to the
+    # free RAM) took 23 GB of RSS at ~7k memory tokens and was OOM-killed in a 60 s run
+    comfy.cli_args.args.use_pytorch_cross_attention = True
     import_pack()
 
 
@@ -141,7 +144,7 @@ def main() -> None:
 
     lab = load_lab_model(args.lab_dir)
     history, h_frames = history_clip(args.clip, args.history_seconds, 256, 128, 16.0)
-    curves, wall = {}, {}
+    curves, wall, rss = {}, {}, {}
     for mode in ("frame_preservation", "off"):
         t0 = time.perf_counter()
         frames, report = run_arm(lab, history, mode, args.seconds, args.seed, args.steps)
@@ -151,7 +154,9 @@ def main() -> None:
         for r, e in zip(rows, ends):
             r["end_s"] = round(e / 16.0, 4)
         curves[mode] = rows
-        print(f"{mode}: {len(rows)} segments in {wall[mode]} s", flush=True)
+        rss[mode] = report["peak_rss_mb"]
+        print(f"{mode}: {len(rows)} segments in {wall[mode]} s, peak RSS {rss[mode]} MB", flush=True)
+        write_result("long_run_lab_partial", rows, {"mode": mode, "wall_s": wall[mode], "report": report})
     at = marks(curves["frame_preservation"], curves["off"])
     print_table(at, ["t_s", "psnr_on", "psnr_off", "drift_on", "drift_off", "on_drifts_less"], digits=2)
     target = all(m["on_drifts_less"] for m in at)
@@ -160,7 +165,8 @@ def main() -> None:
     plot(curves["frame_preservation"], curves["off"], png)
     print("written:", png, write_result("long_run_lab", at, {
         "clip": os.path.basename(args.clip), "history_frames": h_frames, "seconds": args.seconds,
-        "steps": args.steps, "seed": args.seed, "prompt": PROMPT, "wall_s": wall, "target_met": target,
+        "steps": args.steps, "seed": args.seed, "prompt": PROMPT, "wall_s": wall, "peak_rss_mb": rss,
+        "target_met": target,
         "curves": curves}))
 
 

@@ -75,3 +75,21 @@ def test_stock_loaders_take_the_files(comfy, smoke_lab):
     enc = MemoryEncoder.from_file(str(smoke_lab / FILES["encoder"]))                      # Load Memory Encoder
     cfg = enc.check(patched)
     assert cfg.rate_str == r.rate and cfg.dim == r.dit_dim
+
+
+def test_committed_lab_model_loads_through_stock_loaders(comfy):
+    """The shipped lab_model/ set: recipe metadata of the full preset, <= 30 MB, and it loads as the nodes load it."""
+    from framememory.training.lab import LAB_DIR, load_lab_model
+
+    total = sum((LAB_DIR / f).stat().st_size for f in FILES.values())
+    assert total <= 30e6
+    for part, name in FILES.items():
+        meta = _metadata(LAB_DIR / name)
+        assert meta["preset"] == "lab" and meta["part"] == part and len(meta["train_clips"]) >= 10
+        assert not set(meta["train_clips"]) & set(meta["heldout_clips"]) and "bikes.mp4" in meta["heldout_clips"]
+    model, vae, encoder = load_lab_model(LAB_DIR)
+    r = PRESETS["lab"]
+    assert model.model.diffusion_model.dim == r.dit_dim and len(model.patches) > 0  # the Stage II LoRA is applied
+    assert encoder.check(model).rate_str == r.rate
+    latent = vae.encode(torch.rand(5, r.height, r.width, 3))
+    assert tuple(latent.shape) == (1, 16, 2, r.height // 8, r.width // 8)

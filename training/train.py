@@ -133,7 +133,7 @@ def build_encoder(dm, args):
         import torch
 
         for i, part in enumerate(parts):  # seeded (--seed): the same command gives the same start on every process
-            part.reset_parameters(torch.Generator().manual_seed(args.seed + 1 + i))
+            part.reset_parameters(torch.Generator().manual_seed(getattr(args, "seed", 0) + 1 + i))
     return parts[0] if len(parts) == 1 else EncoderSet(parts)
 
 
