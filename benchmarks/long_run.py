@@ -42,21 +42,16 @@ def setup() -> None:
 
 def history_clip(path: str, seconds: float, width: int, height: int, fps: float):
     """(frames float ``[H, height, width, 3]`` 0..1, H): the first H frames of ``path`` at ``fps``, H the largest
-    13 + 16k not above ``seconds * fps`` (one VAE stream: 13 frames, then 16 per segment)."""
-    import numpy as np
+    13 + 16k not above ``seconds * fps``, as the main job picks them (scripts/example_eval.py ``read_clip``,
+    ``history_length``; raises its EvalError when the clip is too short)."""
+    import math
+
     import torch
+    from example_eval import history_length, read_clip  # scripts/ (on sys.path through common.py)
 
-    from framememory.training.data import decode_frames, resample
-
-    want = max(13, 13 + 16 * int((seconds * fps - 13) // 16))
-    frames = []
-    for a in resample(decode_frames(path, width, height), fps):
-        frames.append(a)
-        if len(frames) == want:
-            break
-    if len(frames) < want:
-        raise SystemExit(f"{path} has {len(frames)} frames at {fps} fps, fewer than the {want} history frames")
-    return torch.from_numpy(np.stack(frames)).float() / 255.0, want
+    frames = read_clip(path, width, height, fps, math.floor(seconds * fps + 1e-6))
+    h = history_length(seconds, fps, 4, len(frames))
+    return torch.from_numpy(frames[:h]).float() / 255.0, h
 
 
 def segment_metrics(frames, sizes: list[int], history) -> list[dict]:

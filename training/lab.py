@@ -151,25 +151,11 @@ class _Lab:
 
 
 def _clip_frames(path: Path, r: LabRecipe, seconds: float):
-    """uint8 ``[F, H, W, 3]``: ``path`` at ``r.fps``, covering ``r.width x r.height`` (training.data's reader),
-    at most ``seconds``; cached under ``.cache/lab/frames``."""
-    import numpy as np
-    import torch
+    """uint8 ``[F, H, W, 3]``: ``path`` at ``r.fps``, covering ``r.width x r.height``, at most ``seconds``
+    (:func:`training.reproduce.cached_frames`, cached under ``.cache/lab/frames``)."""
+    from framememory.training.reproduce import cached_frames
 
-    from framememory.training.data import decode_frames, resample
-
-    cache = WORK_DIR / "frames" / f"{path.name}_{r.width}x{r.height}_{r.fps:g}_{seconds:g}s_{path.stat().st_size}.npy"
-    if cache.exists():
-        return torch.from_numpy(np.load(cache))
-    frames = []
-    for k, a in enumerate(resample(decode_frames(path, r.width, r.height), r.fps)):
-        if k >= seconds * r.fps:
-            break
-        frames.append(a)
-    arr = np.stack(frames)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, arr)
-    return torch.from_numpy(arr)
+    return cached_frames(path, r.width, r.height, r.fps, seconds, WORK_DIR / "frames")
 
 
 def _save(lab: _Lab, part: str, state_dict: dict, dtype=None, extra: dict | None = None) -> Path:
@@ -183,11 +169,11 @@ def _save(lab: _Lab, part: str, state_dict: dict, dtype=None, extra: dict | None
     return path
 
 
-def _comfy_vae(path: Path):
+def _comfy_vae(state_dict: dict):
+    """``comfy.sd.VAE`` of a state dict (what the stock Load VAE builds from its file), weights as fp32 copies."""
     import comfy.sd
-    import comfy.utils
 
-    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+    return comfy.sd.VAE(sd={k: v.float().clone() for k, v in state_dict.items()})
 
 
 def build_vae(lab: _Lab):
@@ -202,21 +188,17 @@ def build_vae(lab: _Lab):
     path = _save(lab, "vae", vae.state_dict(), torch.float16)
     held = {n: _clip_frames(p, lab.r, lab.r.heldout_frames / lab.r.fps + 1)[:lab.r.heldout_frames]
             for n, p in lab.heldout_paths.items()}
-    stock = _comfy_vae(path)
+    from safetensors.torch import load_file
+
+    stock = _comfy_vae(load_file(str(path)))  # the fp16 file, as the stock loader reads it
     fp16 = reconstruction_metrics(stock, held)
-    fp32 = reconstruction_metrics(_comfy_vae_from(vae.state_dict()), held)
+    fp32 = reconstruction_metrics(_comfy_vae(vae.state_dict()), held)
     lab.summary["vae"] = {"train_seconds": round(info["seconds"], 1), "final_l1": info["final_l1"],
                           "heldout_fp16_file": fp16, "heldout_fp32_weights": fp32,
                           "fp16_psnr_loss_db": round(fp32["psnr_db"] - fp16["psnr_db"], 4)}
     log(f"VAE held-out reconstruction: PSNR {fp16['psnr_db']:.2f} dB SSIM {fp16['ssim']:.3f} "
         f"(fp32 weights {fp32['psnr_db']:.2f} dB)")
     return stock
-
-
-def _comfy_vae_from(state_dict: dict):
-    import comfy.sd
-
-    return comfy.sd.VAE(sd={k: v.float().clone() for k, v in state_dict.items()})
 
 
 def build_shards(lab: _Lab, vae) -> Path:

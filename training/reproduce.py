@@ -268,28 +268,33 @@ def fetch_media(media_dir: Path = MEDIA_DIR, want=TRAIN_CLIPS + HELDOUT_CLIPS) -
     return {"available": available, "missing": missing}
 
 
-def load_clip(path: Path, p: Preset):
-    """Frames of one video, sampled at ``p.fps / 4``, covering ``p.width x p.height``, at most ``p.max_seconds``:
-    uint8 tensor ``[F, H, W, 3]``. Cached in ``.cache/reproduction/frames/``. Raises training.data.VideoReadError."""
+def cached_frames(path: Path, width: int, height: int, rate: float, seconds: float, cache_dir: Path):
+    """Frames of one video at ``rate`` fps covering ``width x height`` (training.data's reader), at most ``seconds``:
+    uint8 tensor ``[F, H, W, 3]``, cached as ``.npy`` in ``cache_dir``. Raises training.data.VideoReadError."""
     import numpy as np
     import torch
 
     from framememory.training.data import decode_frames, resample
 
-    rate = p.fps / 4
-    key = f"{path.name}_{p.width}x{p.height}_{rate:g}fps_{p.max_seconds:g}s_{path.stat().st_size}.npy"
-    cache = CACHE_DIR / "frames" / key
+    key = f"{path.name}_{width}x{height}_{rate:g}fps_{seconds:g}s_{path.stat().st_size}.npy"
+    cache = cache_dir / key
     if cache.exists():
         return torch.from_numpy(np.load(cache))
     frames = []
-    for k, a in enumerate(resample(decode_frames(path, p.width, p.height), rate)):
-        if k / rate >= p.max_seconds:
+    for k, a in enumerate(resample(decode_frames(path, width, height), rate)):
+        if k / rate >= seconds:
             break
         frames.append(a)
     arr = np.stack(frames)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, arr)
     return torch.from_numpy(arr)
+
+
+def load_clip(path: Path, p: Preset):
+    """Frames of one video, sampled at ``p.fps / 4``, covering ``p.width x p.height``, at most ``p.max_seconds``:
+    uint8 tensor ``[F, H, W, 3]`` (:func:`cached_frames`, cached in ``.cache/reproduction/frames/``)."""
+    return cached_frames(path, p.width, p.height, p.fps / 4, p.max_seconds, CACHE_DIR / "frames")
 
 
 def windows(n: int, length: int, stride: int, limit: int = 0) -> list[int]:
