@@ -57,8 +57,6 @@ def history_clip(path: str, seconds: float, width: int, height: int, fps: float)
 def segment_metrics(frames, sizes: list[int], history) -> list[dict]:
     """Per segment (``sizes`` frames each, in order, of ``frames`` ``[F, H, W, 3]`` 0..1): PSNR against the
     history's last frame and CIEDE2000 between mean CIELAB colours (module docstring)."""
-    import numpy as np
-    import torch
     from skimage.color import deltaE_ciede2000, rgb2lab
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
