@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 FAMILIES = ("wan21", "wan22", "hunyuan_video")
 MEMORY_TIMESTEPS = ("zero", "shared")  # see EncoderConfig.memory_timestep and models/wan.py
+# The memory designs an encoder file can hold (EncoderConfig.memory_type); models/memory_modes.py runs them.
+# "frame_preservation": arXiv 2512.23851 (all compressed history tokens); "pack_forcing": sink + top-K compressed mid
+# blocks + recent frames with RoPE re-packing (Mao et al., PackForcing); "video_ssm": sink + recent frames + a gated
+# delta-rule state per DiT block (arXiv 2512.04519).
+MEMORY_TYPES = ("frame_preservation", "pack_forcing", "video_ssm")
 
 
 def parse_rate(rate: str | tuple[int, int, int]) -> tuple[int, int, int]:
@@ -53,7 +58,12 @@ class EncoderConfig:
     overlap_latent_frames: int = 0        # add-on: the last N latent frames also as uncompressed tokens (paper: 3)
     cross_attention: bool = False         # add-on: every DiT block cross-attends to the HR branch's last hidden states
     memory_timestep: str = "zero"         # timestep of the memory tokens' modulation: "zero" (clean context, every family) or "shared" (the video tokens' sampling timestep; Wan 2.1 only, an ablation)
-    dit_blocks: int = 0                   # DiT blocks with a cross-attention layer (cross_attention only; Wan 2.1 1.3B: 30, HunyuanVideo: 20 double + 40 single = 60)
+    dit_blocks: int = 0                   # DiT blocks with a cross-attention layer (cross_attention) or a state module (video_ssm); Wan 2.1 1.3B: 30, HunyuanVideo: 20 double + 40 single = 60
+    memory_type: str = "frame_preservation"  # one of MEMORY_TYPES (files without the key: frame_preservation)
+    sink_latent_frames: int = 0           # pack_forcing / video_ssm: the history's first N latent frames uncompressed (attention sink)
+    top_k: int = 0                        # pack_forcing: compressed mid blocks kept per forward by query-key affinity (0: all)
+    ssm_heads: int = 0                    # video_ssm: heads of each block's state (state [heads, D // heads, ssm_key_dim])
+    ssm_key_dim: int = 64                 # video_ssm: key width of the state
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rate", parse_rate(self.rate))
@@ -84,6 +94,20 @@ class EncoderConfig:
                 raise ValueError(f"cross_attention needs dit_blocks >= 1 (the DiT's block count), got {self.dit_blocks}")
         elif self.dit_blocks < 0:
             raise ValueError(f"dit_blocks must be >= 0, got {self.dit_blocks}")
+        self._check_memory_type()
+
+    def _check_memory_type(self) -> None:
+        """Raise ValueError for settings of the PackForcing / VideoSSM memory types that cannot run."""
+        if self.memory_type not in MEMORY_TYPES:
+            raise ValueError(f"memory_type must be one of {MEMORY_TYPES}, got {self.memory_type!r}")
+        if min(self.sink_latent_frames, self.top_k, self.ssm_heads, self.ssm_key_dim) < 0:
+            raise ValueError("sink_latent_frames, top_k, ssm_heads and ssm_key_dim must be >= 0")
+        if self.memory_type == "video_ssm" and self.dim > 0 and self.ssm_heads:
+            if self.dim % self.ssm_heads or self.ssm_key_dim < 1 or self.dit_blocks < 1:
+                raise ValueError(f"video_ssm needs ssm_heads dividing dim {self.dim} (got {self.ssm_heads}), "
+                                 f"ssm_key_dim >= 1 and dit_blocks >= 1 (got {self.dit_blocks})")
+        if self.memory_type == "video_ssm" and self.cross_attention:
+            raise ValueError("video_ssm and the cross-attention add-on both use dit_blocks: choose one")
 
     @property
     def rate_str(self) -> str:

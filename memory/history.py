@@ -120,9 +120,14 @@ class HistoryBuffer:
         self.segments: list[HistorySegment] = list(segments or [])
         self.lr_streams: dict = {k: v.copy() for k, v in (lr_streams or {}).items()}
         self._concat: dict[PartKey, _Concat] = {}  # per key: concatenation cache of the encoded segments
+        # VideoSSM (models/memory_modes.py): per expert, (latent frames absorbed, state [1, L, H, dv, dk]); immutable
+        # tensors, shared by copies (absorbing more makes a new tensor)
+        self.states: dict = {}
 
     def copy(self) -> "HistoryBuffer":
-        return HistoryBuffer(self.segments, self.lr_streams)
+        out = HistoryBuffer(self.segments, self.lr_streams)
+        out.states = dict(self.states)
+        return out
 
     @property
     def num_frames(self) -> int:
@@ -286,6 +291,17 @@ class HistoryBuffer:
         positions = parts[1].clone()
         positions[:, 0] -= now
         return parts[0], positions
+
+    def latents(self, start: int, end: int) -> torch.Tensor | None:
+        """Latent frames ``start .. end - 1`` of the history's stream ``[C, end - start, h, w]`` (clamped to the
+        history), taken across segment boundaries; None when the range is empty."""
+        parts, offset = [], 0
+        for seg in self.segments:
+            lo, hi = max(start - offset, 0), min(end - offset, seg.latent_frames)
+            if lo < hi:
+                parts.append(seg.latent[:, lo:hi])
+            offset += seg.latent_frames
+        return torch.cat(parts, dim=1) if parts else None
 
     def last_latents(self, count: int) -> torch.Tensor | None:
         """The last ``count`` latent frames of the history ``[C, count', h, w]`` (fewer if the history is shorter),

@@ -16,12 +16,16 @@ import comfy.conds
 TOKENS_KEY = "memory_tokens"
 POSITIONS_KEY = "memory_positions2"
 HIDDEN_KEY = "memory_hidden"
+BLOCKS_KEY = "memory_blocks"  # PackForcing: [B, M] int64 partition labels (memory/packing.py)
+PACK_KEY = "memory_pack"  # PackForcing: [B, 4] int64 (top_k, rt, sink frames S, recent frames R)
+STATE_KEY = "memory_state"  # VideoSSM: [B, L, H, dv, dk] float, the state of every DiT block (memory/state_memory.py)
+EXTRA_KEYS = (BLOCKS_KEY, PACK_KEY, STATE_KEY)
 PATCH_KEY = "framememory"  # wrapper key and transformer_options key
 CROSS_KEY = "framememory_cross"  # transformer_options key of the cross-attention layers; additional-models key
 
 
 def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: torch.Tensor | None,
-                  hidden: torch.Tensor | None = None) -> list:
+                  hidden: torch.Tensor | None = None, mode_conds: dict | None = None) -> list:
     """Return a copy of a CONDITIONING list with memory tokens in every entry's ``model_conds``.
 
     Args:
@@ -30,6 +34,7 @@ def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: to
         positions: ``[M, 3]`` float RoPE positions ``(t, h, w)`` in DiT-token units, t relative to the segment
             being generated (negative = past).
         hidden: ``[M_h, Ch]`` float hidden states of the cross-attention add-on, or None (add-on off).
+        mode_conds: the memory modes' conds by key (:data:`EXTRA_KEYS`; without the batch dimension), or None.
     """
     out = []
     for cond, extra in conditioning:
@@ -38,6 +43,11 @@ def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: to
         mc.pop(TOKENS_KEY, None)
         mc.pop(POSITIONS_KEY, None)
         mc.pop(HIDDEN_KEY, None)
+        for key in EXTRA_KEYS:
+            mc.pop(key, None)
+        for key, value in (mode_conds or {}).items():
+            if value is not None:
+                mc[key] = comfy.conds.CONDRegular(value[None])
         if tokens is not None:
             mc[TOKENS_KEY] = comfy.conds.CONDRegular(tokens[None].float())
             mc[POSITIONS_KEY] = comfy.conds.CONDRegular((positions[None].double() * 2).round().long())
@@ -58,6 +68,11 @@ def pop_memory(kwargs: dict, device) -> tuple[torch.Tensor | None, torch.Tensor 
     if positions2 is None:
         raise ValueError(f"conditioning has '{TOKENS_KEY}' but no '{POSITIONS_KEY}'")
     return tokens, positions2[:1].to(device=device, dtype=torch.float32) / 2.0
+
+
+def pop_extra(kwargs: dict, key: str) -> torch.Tensor | None:
+    """Take one memory-mode cond (:data:`EXTRA_KEYS`) out of the forward kwargs: ``[B, ...]`` or None."""
+    return kwargs.pop(key, None)
 
 
 def pop_hidden(kwargs: dict) -> torch.Tensor | None:

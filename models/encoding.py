@@ -36,6 +36,7 @@ from ..memory.encoder import HistoryEncoder, lr_clip, overlap_window
 from ..memory.grid import memory_positions
 from ..memory.history import HistoryBuffer, PartKey
 from ..memory.io import load_encoder_file
+from ..memory.state_memory import StateMemory
 from . import families, hunyuan, wan
 from .vae_stream import VideoStream
 
@@ -91,6 +92,8 @@ class MemoryEncoder:
                              f"timestep, which only Wan 2.1 supports; {adapter.FAMILY} needs 'zero'")
         if self.cfg.dim == 0:
             return dataclasses.replace(self.cfg, **expect)
+        if self.cfg.memory_type == "video_ssm" and self.cfg.ssm_heads:
+            expect["dit_blocks"] = len(families.diffusion_model(model).blocks)
         if self.cfg.cross_attention:
             blocks = CROSS_ATTENTION_FAMILIES.get(adapter.FAMILY)
             if blocks is None:
@@ -107,12 +110,14 @@ class MemoryEncoder:
                 "trained for this model (width 1536 = Wan 2.1 1.3B, 5120 = Wan 2.1 14B, 3072 = Wan 2.2 5B and HunyuanVideo).")
         return self.cfg
 
-    def network(self, model) -> tuple[HistoryEncoder, object | None]:
-        """``(net, patcher)``: the Fig. 2 encoder for ``model`` and its model patcher (CoreModelPatcher when present),
-        built once per width; ``patcher`` is None for an encoder without weights (LR branch only)."""
+    def network(self, model) -> tuple[HistoryEncoder | StateMemory, object | None]:
+        """``(net, patcher)``: the Fig. 2 encoder for ``model`` (for a video_ssm file: its
+        :class:`~memory.state_memory.StateMemory`) and its model patcher (CoreModelPatcher when present), built once per
+        width; ``patcher`` is None for an encoder without weights (LR branch only)."""
         cfg = self.check(model)
         if cfg.dim not in self._patchers:
-            net = HistoryEncoder(cfg, ops=comfy.ops.manual_cast)
+            kind = StateMemory if cfg.memory_type == "video_ssm" else HistoryEncoder
+            net = kind(cfg, ops=comfy.ops.manual_cast)
             if self.state_dict is not None:
                 missing, unexpected = net.load_state_dict(self.state_dict, strict=False)
                 if missing or unexpected:
@@ -127,6 +132,16 @@ class MemoryEncoder:
                               offload_device=comfy.model_management.unet_offload_device())
             self._patchers[cfg.dim] = (net, patcher)
         return self._patchers[cfg.dim]
+
+    def state_network(self, model) -> StateMemory | None:
+        """The VideoSSM state modules of a video_ssm file with weights, loaded to the compute device (ComfyUI's
+        ``load_models_gpu``), or None (no state modules: local window only)."""
+        if self.cfg.memory_type != "video_ssm" or self.state_dict is None:
+            return None
+        net, patcher = self.network(model)
+        if patcher is not None:
+            comfy.model_management.load_models_gpu([patcher])
+        return net
 
     def patcher(self, model):
         """The encoder's model patcher for ``model`` (None without weights); see :meth:`network`."""

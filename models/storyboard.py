@@ -26,26 +26,15 @@ from ..memory.history import HistoryBuffer
 from ..memory.storyboard import Shot, plan_segments, seam_ratios, split_clip
 from . import families
 from .conds import attach_memory
-from .cross_attention import install_cross_attention, memory_hidden
-from .encoding import MemoryEncoder, MultiEncoder, encode_pending, next_memory, rate_str
+from .cross_attention import install_cross_attention
+from .encoding import MemoryEncoder, MultiEncoder, encode_pending, rate_str
+from .memory_modes import ENCODED_MODES, MEMORY_MODES, MemoryInputs, check_mode, memory_inputs, mode_config
+from .state_readout import install_state_readout
 from .experts import encode_pending_experts, expert_keys, expert_models, memory_token_count
 from .telemetry import peak_rss_mb, phase, segment_record
 from .vae_stream import CONTEXT_LATENTS, VideoStream
 
 log = logging.getLogger("FrameMemory")
-
-# How memory conditions each segment. "frame_preservation": memory tokens of the whole history (arXiv 2512.23851);
-# "off": no memory tokens, each segment sees only its prompt (the history is still kept for the output and the decode
-# stream): the baseline that measures what memory buys.
-MEMORY_MODES = ("frame_preservation", "off")
-
-
-def check_mode(mode: str) -> str:
-    """Return ``mode``; raise ValueError unless it is one of :data:`MEMORY_MODES`."""
-    if mode not in MEMORY_MODES:
-        raise ValueError(f"memory_mode must be one of {list(MEMORY_MODES)}, got {mode!r}")
-    return mode
-
 
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -79,7 +68,8 @@ class StepRange:
 @dataclass
 class Memory:
     """What the MEMORY socket carries: the history buffer plus the encoder and video geometry it was made with, and
-    the memory mode (:data:`MEMORY_MODES`; "off": no memory tokens, and the history's spans are not encoded)."""
+    the memory mode (:data:`models.memory_modes.MEMORY_MODES`; only frame_preservation and pack_forcing encode the
+    history's spans into compressed tokens)."""
 
     history: HistoryBuffer
     encoder: MemoryEncoder | MultiEncoder
@@ -90,26 +80,21 @@ class Memory:
 
     @property
     def encodes(self) -> bool:
-        """Whether this mode needs the history's memory tokens (False for "off")."""
-        return self.mode != "off"
+        """Whether this mode needs the history's compressed memory tokens (frame_preservation, pack_forcing)."""
+        return self.mode in ENCODED_MODES
 
     def tokens(self, model, expert: int = 0):
-        """``(tokens [M, D], positions [M, 3])`` for the segment after the history (time relative to its end),
-        including the overlap-window add-on, or ``(None, None)``. With the cross-attention add-on use :meth:`conds`.
-        ``model`` is the ``expert``-th DiT of the schedule (1: a Wan 2.2 A14B low-noise expert, whose tokens come
-        from its own patch embedding). Always ``(None, None)`` in mode "off"."""
-        if not self.encodes:
-            return None, None
-        return next_memory(model, self.encoder, self.history, expert)
+        """``(tokens [M, D], positions [M, 3])`` for the segment after the history (time relative to its end), or
+        ``(None, None)``; the whole context of the mode (see :meth:`conds`)."""
+        inputs = self.conds(model, expert)
+        return inputs.tokens, inputs.positions
 
-    def conds(self, model, expert: int = 0):
-        """``(tokens [M, D], positions [M, 3], hidden [M_h, Ch] or None)``: :meth:`tokens` plus the hidden states of
-        the cross-attention add-on (None without it; from the HR branch, the same for every expert), for
-        ``conds.attach_memory``. Always ``(None, None, None)`` in mode "off"."""
-        if not self.encodes:
-            return None, None, None
-        tokens, positions = next_memory(model, self.encoder, self.history, expert)
-        return tokens, positions, memory_hidden(model, self.encoder, self.history)
+    def conds(self, model, expert: int = 0) -> MemoryInputs:
+        """What the segment after the history attends to in this memory's mode (:func:`models.memory_modes.
+        memory_inputs`: tokens, positions, the cross-attention add-on's hidden states, PackForcing's partition labels,
+        VideoSSM's state), for ``conds.attach_memory``. ``model`` is the ``expert``-th DiT of the schedule (1: a
+        Wan 2.2 A14B low-noise expert, whose tokens come from its own patch embedding). Empty in mode "off"."""
+        return memory_inputs(model, self.encoder, self.history, expert, self.mode)
 
     def for_expert(self, model, expert: int, vae=None) -> "Memory":
         """This memory with the history also encoded for the ``expert``-th DiT of a schedule (1: the Wan 2.2 A14B
@@ -132,9 +117,9 @@ class Memory:
         patched for memory attention (:func:`memory_model`) and both conditionings carrying this memory. ``expert``
         1 gives the Wan 2.2 A14B low-noise expert ``model`` the tokens of its own patch embedding (for the second
         KSamplerAdvanced); see :meth:`for_expert`. Raises like :meth:`for_expert` and :meth:`MemoryEncoder.check`."""
-        tokens, positions, hidden = self.for_expert(model, expert, vae).conds(model, expert)
-        return (memory_model(model, self.encoder), attach_memory(positive, tokens, positions, hidden),
-                attach_memory(negative, tokens, positions, hidden))
+        inp = self.for_expert(model, expert, vae).conds(model, expert)
+        return (memory_model(model, self.encoder), attach_memory(positive, inp.tokens, inp.positions, inp.hidden, inp.extra),
+                attach_memory(negative, inp.tokens, inp.positions, inp.hidden, inp.extra))
 
 
 def memory_model(model, encoder):
@@ -146,6 +131,7 @@ def memory_model(model, encoder):
         raise ValueError(f"the encoders of a combination give their memory tokens different timesteps {sorted(rules)}")
     patched = families.patch_model(model, memory_t0=rules.pop() == "zero")
     install_cross_attention(patched, encoder)
+    install_state_readout(patched, encoder)
     return patched
 
 
@@ -181,9 +167,9 @@ def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, 
     stops at its ``end`` with the leftover noise (return_with_leftover_noise), the last runs to the end of the
     schedule. A single stage is exactly the stock KSampler call. Returns ``(samples [1, C, T, h, w] CPU, M)``, M the
     memory tokens the expert attended to."""
-    tokens, positions, hidden = mem.conds(stage.model, stage.expert)
-    pos = attach_memory(positive, tokens, positions, hidden)
-    neg = attach_memory(negative, tokens, positions, hidden)
+    inp = mem.conds(stage.model, stage.expert)
+    pos = attach_memory(positive, inp.tokens, inp.positions, inp.hidden, inp.extra)
+    neg = attach_memory(negative, inp.tokens, inp.positions, inp.hidden, inp.extra)
     whole = None if first and last else stage.start  # progress over the whole schedule when sampling in stages
     samples = comfy.sample.sample(
         stage.patched, noise, sampler.steps, sampler.cfg, sampler.sampler_name, sampler.scheduler, pos, neg, latent,
@@ -191,7 +177,7 @@ def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, 
         last_step=None if last else stage.end, force_full_denoise=False,
         callback=_progress_callback(stage.patched, sampler.steps, whole),
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    return samples.cpu(), 0 if tokens is None else int(tokens.shape[0])
+    return samples.cpu(), inp.count
 
 
 def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negative: list, latent: torch.Tensor,
@@ -226,10 +212,9 @@ def history_from_frames(model, vae, encoder: MemoryEncoder | MultiEncoder, image
         experts of different families, or an unknown mode.
     """
     adapter = check_size(model, width, height)
-    check_mode(mode)
     models = expert_models(model, model_low_noise)
     for m in models:
-        encoder.check(m)
+        mode_config(encoder, m, mode)
     ft = adapter.VAE_STRIDE[0]
     skip, count = split_clip(int(images.shape[0]), latent_frames, ft)
     frames = fit_frames(images[skip:, ..., :3], width, height)
@@ -313,8 +298,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         latent_frames: T per segment (4 on Wan: 13 frames for the stream's first segment, then 16, 1 s at 16 fps).
         start: history to continue (e.g. a starting clip from :func:`history_from_frames`), or None.
         model_low_noise: Wan 2.2 A14B low-noise expert, or None (see :mod:`models.experts`).
-        mode: :data:`MEMORY_MODES`; "off" samples every segment without memory tokens and encodes nothing (the
-        history still gives the output and the decode stream), the baseline for what memory buys.
+        mode: :data:`models.memory_modes.MEMORY_MODES`; "off" samples every segment without memory tokens and encodes
+        nothing (the history still gives the output and the decode stream), the baseline for what memory buys.
     Returns:
         frames ``[F, height, width, 3]`` float32 0..1 (generated part only), the final Memory (every segment
         encoded), and a report dict (segments, memory tokens per segment, seam ratios, seconds, RSS).
@@ -326,6 +311,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
     if start is not None and (start.width, start.height) != (width, height):
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
     models = expert_models(model, model_low_noise)
+    for m in models:
+        mode_config(encoder, m, mode)
     stages = step_ranges(models, encoder, sampler)
     mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height, check_mode(mode))
     if mem.encodes:

@@ -52,8 +52,10 @@ import torch
 
 import comfy.patcher_extension
 
-from .conds import CROSS_KEY, PATCH_KEY, pop_hidden, pop_memory
+from ..memory import packing
+from .conds import BLOCKS_KEY, CROSS_KEY, PACK_KEY, PATCH_KEY, STATE_KEY, pop_extra, pop_hidden, pop_memory
 from .cross_attention import cross_attend, cross_layers
+from .state_readout import STATE_MODULE_KEY, state_read
 
 FAMILY = "wan21"
 LATENT_CHANNELS = 16
@@ -176,6 +178,8 @@ def _block_patch(index: int, count: int, memory_t0: bool = True):
         out = extra["original_block"]({**args, "img": x, "vec": vec, "pe": pe})
         if mem.get("hidden") is not None:  # add-on: video tokens cross-attend to the encoder's hidden states
             out = {**out, "img": cross_attend(mem, index, out["img"], out["img"].shape[1] - m)}
+        if mem.get("state") is not None:  # VideoSSM: add the block's global-memory read-out to the video tokens
+            out = {**out, "img": state_read(mem, index, out["img"], out["img"].shape[1] - m)}
         if index == count - 1:
             out = {**out, "img": out["img"][:, : out["img"].shape[1] - m]}
         return out
@@ -189,15 +193,50 @@ def cross_blocks(dm) -> int:
     return len(dm.blocks)
 
 
+def pack_context(dm, x: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor, blocks: torch.Tensor,
+                 pack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PackForcing per forward (:mod:`memory.packing`): score the mid blocks by their mean query-key affinity with the
+    current segment's queries at the first DiT block (its ``self_attn.q`` / ``k`` and qk norms applied to the
+    patch-embedded noisy latent and to the memory tokens, before modulation: a cheap stand-in for the per-layer
+    queries), keep the top-K, re-pack their RoPE times.
+
+    Args:
+        x: ``[B, C, T, h, w]`` the forward's input latent. tokens: ``[B, M, D]``. ids: ``[1, M, 3]`` positions.
+        blocks: ``[M]`` int64 labels. pack: ``[4]`` int64 ``(top_k, rt, S, R)``.
+    Returns:
+        ``(tokens [B, M', D], ids [1, M', 3])``.
+    """
+    top_k, rt, sink, recent = (int(v) for v in pack.tolist())
+    blocks = blocks.to(tokens.device)
+    nb = int(blocks.max().item()) + 1 if blocks.numel() else 0
+    if top_k <= 0 or nb <= top_k:
+        kept = torch.arange(max(nb, 0))
+    else:
+        attn = dm.blocks[0].self_attn
+        with torch.no_grad():
+            video = dm.patch_embedding(x.float()).flatten(2).transpose(1, 2).to(tokens.dtype)  # [B, n, D]
+            q, k = attn.norm_q(attn.q(video)), attn.norm_k(attn.k(tokens))
+            kept = packing.select_blocks(packing.block_affinity(q, k, blocks, attn.num_heads), top_k)
+    index, pos = packing.repack_positions(ids[0].double(), blocks, kept, rt, recent, sink)
+    index = index.to(tokens.device)
+    return tokens[:, index], pos.to(ids)[None]
+
+
 def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
     tokens, ids = pop_memory(kwargs, x.device)  # [B, M, D], [1, M, 3]
     hidden = pop_hidden(kwargs)  # [B, M_h, Ch] or None
+    blocks, pack, state = (pop_extra(kwargs, k) for k in (BLOCKS_KEY, PACK_KEY, STATE_KEY))
     if tokens is not None:
         dm = executor.class_obj
+        if blocks is not None:
+            tokens, ids = pack_context(dm, x, tokens, ids, blocks[0], pack[0])
         freqs = dm.rope_embedder(ids).movedim(1, 2)  # [1, M, 1, d/2, 2, 2], like WanModel.rope_encode
         mem = {"tokens": tokens, "freqs": freqs, "model": dm}
         if hidden is not None:
             mem.update(hidden=hidden, cross=cross_layers(transformer_options.get(CROSS_KEY), hidden, cross_blocks(dm), dm.dim))
+        if state is not None:
+            mem.update(state=state, grid=(x.shape[2], x.shape[3] // 2, x.shape[4] // 2),
+                       readout=transformer_options.get(STATE_MODULE_KEY), recent=int(pack[0, 3]))
         transformer_options = {**transformer_options, PATCH_KEY: mem}
     return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 

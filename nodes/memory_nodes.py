@@ -25,7 +25,9 @@ class LoadMemoryEncoder(io.ComfyNode):
                 io.Combo.Input("encoder_name", options=[UNTRAINED] + folder_paths.get_filename_list(FOLDER),
                                tooltip="Encoder file in models/memory_encoders. 'untrained (LR branch only)' needs no file: "
                                        "memory tokens come from the DiT's own VAE and patch embedding of a 4x4x2 "
-                                       "downsampled history (no learned compression)."),
+                                       "downsampled history (no learned compression). A file holds one memory design "
+                                       "(frame_preservation, pack_forcing or video_ssm, in its metadata); Encode History "
+                                       "uses that design, the Storyboard's memory_mode must agree with it."),
             ],
             outputs=[MemoryEncoderType.Output(display_name="memory_encoder",
                                               tooltip="The history encoder; its width is checked against the model it is used with.")],
@@ -74,7 +76,9 @@ class EncodeHistory(io.ComfyNode):
         else:
             mw, mh = size_multiple(model)  # 16 px (Wan 2.1, HunyuanVideo) or 32 px (Wan 2.2 5B)
             width, height = images.shape[2] // mw * mw, images.shape[1] // mh * mh
-        mem, _ = history_from_frames(model, vae, memory_encoder, images, segment_latent_frames, fps, width, height, memory)
+        mode = memory.mode if memory is not None else memory_encoder.parts[0].cfg.memory_type  # the file's design
+        mem, _ = history_from_frames(model, vae, memory_encoder, images, segment_latent_frames, fps, width, height,
+                                     memory, mode=mode)
         return io.NodeOutput(mem)
 
 

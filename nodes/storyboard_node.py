@@ -59,10 +59,14 @@ class Storyboard(io.ComfyNode):
                                      "10 of 20 steps; 2 of 4 with the LightX2V 4-step LoRAs). 0 = half the steps, rounded up. "
                                      "Ignored without model_low_noise."),
                 io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="frame_preservation", optional=True,
-                               tooltip="frame_preservation: each segment attends to memory tokens of everything before it "
-                                       "(arXiv 2512.23851). off: no memory tokens, each segment sees only its prompt; the "
-                                       "history is still kept for the output and the decode stream. Use off to measure "
-                                       "what memory buys (same seed, compare against the real continuation)."),
+                               tooltip="What each segment attends to. frame_preservation: memory tokens of everything "
+                                       "before it (arXiv 2512.23851). pack_forcing: the first frames (sink) + the top-K "
+                                       "compressed blocks most relevant to the segment + the last frames, with RoPE "
+                                       "re-packed (PackForcing; bounded context). video_ssm: the first and last frames "
+                                       "plus a fixed-size state per DiT block that absorbs older frames (VideoSSM; needs "
+                                       "a video_ssm encoder file for the state). sliding_window: the last 3 latent "
+                                       "frames only. off: no memory (the baseline: same seed, compare against the real "
+                                       "continuation). pack_forcing and video_ssm: Wan 2.1 / 2.2 only."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),

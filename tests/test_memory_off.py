@@ -31,7 +31,7 @@ def test_memory_off_has_no_tokens_and_changes_the_video(tiny_wan):
     assert report_off["final_memory_tokens"] == 0
     # no encoding work: the history holds latents and frames, no memory tokens
     assert start_off.history.num_tokens == 0 and final_off.history.num_tokens == 0
-    assert start_off.tokens(tiny_wan[0]) == (None, None) and start_off.conds(tiny_wan[0]) == (None, None, None)
+    assert start_off.tokens(tiny_wan[0]) == (None, None) and start_off.conds(tiny_wan[0]).count == 0
     # the same history, geometry and continuous decode stream; only the memory differs
     assert on.shape == off.shape == (32, H, W, 3) and torch.isfinite(off).all()
     assert final_on.history.num_frames == final_off.history.num_frames == 13 + 32
@@ -59,7 +59,8 @@ def test_node_input_and_bad_mode(tiny_wan):
     inputs = {i.id: i for i in Storyboard.define_schema().inputs}
     mode = inputs["memory_mode"]
     assert list(inputs)[-1] == "memory_mode" and mode.optional  # new widget last: saved UI workflows keep their slots
-    assert mode.options == ["frame_preservation", "off"] and mode.default == "frame_preservation"
+    assert mode.options == ["frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off"]
+    assert mode.default == "frame_preservation"
     model, vae, encoder, _, video = tiny_wan
     with pytest.raises(ValueError, match="memory_mode must be one of"):
         history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H, mode="packforcing")

@@ -121,6 +121,10 @@ class DitFamily:
         opts = rec.options
         if memory is not None and memory.hidden is not None and memory.cross is not None:
             opts[CROSS_KEY] = memory.cross
+        if memory is not None and getattr(memory, "readout", None) is not None:
+            from ..models.state_readout import STATE_MODULE_KEY
+
+            opts[STATE_MODULE_KEY] = memory.readout
         opts["patches_replace"]["dit"] = {key: self.video_pe_patch(patch, frame_pe)
                                           for key, patch in opts["patches_replace"]["dit"].items()}
         return opts
@@ -139,6 +143,7 @@ class DitFamily:
             kwargs.update(memory_tokens=memory.tokens, memory_positions2=memory.positions2)
             if memory.hidden is not None and memory.cross is not None:
                 kwargs.update(memory_hidden=memory.hidden)
+            kwargs.update(getattr(memory, "extra", None) or {})
         with self.autograd_safe(dm):
             return dm(x_t, timestep, context, transformer_options=opts, **kwargs)
 

@@ -70,6 +70,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from ..memory import packing
 from ..memory.encoder import HistoryEncoder, encoder_parts, overlap_window
 from ..memory.grid import memory_positions
 from .dits import DEFAULT_GUIDANCE, HUNYUAN, WAN, dit_family
@@ -167,6 +168,8 @@ def encode_history(dm, encoder, latent: torch.Tensor, t_start: float, lr_latent=
     """
     embed = lambda z: dit_family(dm).embed(dm, z)  # noqa: E731  the DiT's frozen first projection
     parts = encoder_parts(encoder)
+    if overlap and parts[0].cfg.memory_type != "frame_preservation":  # Stage II of PackForcing / VideoSSM
+        return mode_history(dm, parts[0], latent, lr_latent)
     lrs = list(lr_latent) if isinstance(lr_latent, (list, tuple)) else [lr_latent]
     if len(lrs) != len(parts):
         raise ValueError(f"{len(parts)} encoders need {len(parts)} LR latents, got {len(lrs)}")
@@ -189,7 +192,44 @@ def encode_history(dm, encoder, latent: torch.Tensor, t_start: float, lr_latent=
         pos = torch.cat([pos, wpos.double() + t_start + latent.shape[2]], dim=0)
     pos2 = (pos * 2).round().long()[None].expand(latent.shape[0], -1, -1).to(latent.device)
     return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=hidden, cross=cross,
-                           memory_t0=parts[0].cfg.memory_timestep == "zero")
+                           memory_t0=parts[0].cfg.memory_timestep == "zero", extra={}, readout=None)
+
+
+def mode_history(dm, part, latent: torch.Tensor, lr_latent=None) -> SimpleNamespace:
+    """Stage II memory of a PackForcing or VideoSSM ``part`` (``cfg.memory_type``) for the clean history ``latent``
+    ``[B, C, T, h, w]`` (model space, times ``-T .. -1``), built by the functions inference uses
+    (:mod:`memory.packing`, :mod:`models.memory_modes`):
+
+    - pack_forcing: sink + the Fig. 2 tokens of the mid history + recent frames, with partition labels; the DiT's
+      wrapper selects the top-K mid blocks by affinity and re-packs RoPE in the forward, exactly as at inference.
+    - video_ssm (``part`` a :class:`memory.state_memory.StateMemory`): sink + recent frames uncompressed and the state
+      of every block after absorbing the frames between them (differentiable: the state modules learn).
+
+    Returns the namespace of :func:`encode_history` with ``extra`` (the modes' conds, batched) and ``readout`` (the
+    VideoSSM read-out modules, else None)."""
+    from ..models.conds import BLOCKS_KEY, PACK_KEY, STATE_KEY
+
+    embed = lambda z: dit_family(dm).embed(dm, z)  # noqa: E731
+    cfg, (b, t) = part.cfg, latent.shape[:3:2]
+    latents = lambda lo, hi: latent[:, :, lo:hi].float() if hi > lo else None  # noqa: E731
+    if cfg.memory_type == "pack_forcing":
+        compressed, _ = part(latent.float(), lr_latent, embed)  # [B, M, D]
+        cpos = memory_positions(part.grid(latent), cfg, t_start=-float(t), dtype=torch.float64)
+        tokens, pos, blocks, pack = packing.pack_inputs(embed, latents, t, (compressed, cpos), cfg)
+        extra, readout = {BLOCKS_KEY: blocks[None].expand(b, -1), PACK_KEY: pack[None].expand(b, -1)}, None
+    else:
+        sink, recent, s, r = packing.local_context(embed, latents, t, cfg)
+        tokens, pos, _ = packing.assemble(sink, None, recent)
+        evicted = latents(s, t - r)
+        state = None if evicted is None else part.absorb(embed(evicted).flatten(2).transpose(1, 2))
+        if state is None:
+            state = latent.new_zeros(b, cfg.dit_blocks, cfg.ssm_heads, cfg.dim // cfg.ssm_heads, cfg.ssm_key_dim)
+        extra = {PACK_KEY: torch.tensor([0, 1, s, r])[None].expand(b, -1), STATE_KEY: state}
+        readout = part
+    pos2 = (pos * 2).round().long()[None].expand(b, -1, -1).to(latent.device)
+    extra = {k: v.to(latent.device) for k, v in extra.items()}
+    return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=None, cross=None, memory_t0=True, extra=extra,
+                           readout=readout)
 
 
 def mask_lr_latent(lr_latent: torch.Tensor, omega: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor,
