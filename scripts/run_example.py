@@ -164,10 +164,32 @@ def make_tiny_models(python: str, comfyui_dir: Path, models_dir: Path) -> dict[s
     return names
 
 
-def lab_files() -> dict[str, Path] | None:
-    """{key: file} of the trained lab model when every file of LAB_FILES is in LAB_DIR, else None."""
-    files = {key: LAB_DIR / name for key, (name, _, _) in LAB_FILES.items()}
+LAB_MODE_FILES = {  # memory mode -> the lab encoder / state file and Stage II LoRA trained for it (training/lab.py phase 6)
+    "pack_forcing": {"encoder": "framememory_lab_wan21_packforcing_encoder.safetensors",
+                     "lora": "framememory_lab_wan21_packforcing_lora.safetensors"},
+    "video_ssm": {"encoder": "framememory_lab_wan21_videossm.safetensors",
+                  "lora": "framememory_lab_wan21_videossm_lora.safetensors"},
+}
+MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")  # models/memory_modes.py
+
+
+def lab_files(mode: str = "frame_preservation") -> dict[str, Path] | None:
+    """{key: file} of the trained lab model for memory ``mode`` (its own encoder and LoRA for pack_forcing /
+    video_ssm) when every file is in LAB_DIR, else None."""
+    names = {key: name for key, (name, _, _) in LAB_FILES.items()} | LAB_MODE_FILES.get(mode, {})
+    files = {key: LAB_DIR / name for key, name in names.items()}
     return files if all(p.is_file() for p in files.values()) else None
+
+
+def with_memory_mode(api: dict, mode: str) -> dict:
+    """The workflow with every Storyboard's memory_mode set to ``mode`` (unchanged for frame_preservation)."""
+    if mode == "frame_preservation":
+        return api
+    api = json.loads(json.dumps(api))
+    for node in api.values():
+        if node.get("class_type") == "FrameMemoryStoryboard":
+            node["inputs"]["memory_mode"] = mode
+    return api
 
 
 def install_lab_model(files: dict[str, Path], models_dir: Path) -> dict[tuple[str, str], str]:
@@ -375,11 +397,11 @@ class Models:
     recipe: dict = field(default_factory=dict)
 
 
-def choose_models(config: str | None, workflow: str | None) -> Models:
-    """User weights when given, else the lab model when its files are all in LAB_DIR, else the tiny random models.
-    Raises ExampleError for incomplete user weights or a missing workflow file."""
+def choose_models(config: str | None, workflow: str | None, mode: str = "frame_preservation") -> Models:
+    """User weights when given, else the lab model (the set trained for memory ``mode``) when its files are all in
+    LAB_DIR, else the tiny random models. Raises ExampleError for incomplete user weights or a missing workflow file."""
     weights = resolve_weights(config)
-    lab = None if weights else lab_files()
+    lab = None if weights else lab_files(mode)
     kind = "user" if weights else "lab" if lab else "tiny"
     default = {"user": WORKFLOW_REAL, "lab": WORKFLOW_LAB, "tiny": WORKFLOW_TINY}[kind]
     path = Path(workflow).resolve() if workflow else default
@@ -552,6 +574,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--history-seconds", type=float, default=2.8,
                     help="seconds of --video used as history (default 2.8; rounded down to whole VAE segments: "
                          "13 + 16k frames on Wan)")
+    ap.add_argument("--memory-mode", default="frame_preservation", choices=MEMORY_MODES,
+                    help="the Storyboard's memory_mode (default frame_preservation); the lab model loads the encoder / "
+                         "state file and LoRA trained for pack_forcing or video_ssm; the comparison arm stays 'off'")
     ap.add_argument("--no-eval", action="store_true",
                     help="skip the memory-off run and the comparison with the clip's real continuation")
     ap.add_argument("--base-dir", help="ComfyUI base directory to use (default: a fresh temporary one)")
@@ -572,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     video = Path(args.video).resolve()
     if not video.is_file():
         raise ExampleError(f"history video {video} is missing: run `bash scripts/setup.sh` to fetch it")
-    models = choose_models(args.config, args.workflow)
+    models = choose_models(args.config, args.workflow, args.memory_mode)
     if models.warning:
         banner(models.warning)
     base = Path(args.base_dir).resolve() if args.base_dir else Path(tempfile.mkdtemp(prefix="framememory_example_"))
@@ -603,7 +628,7 @@ def run_example(args, models: Models, server: ComfyServer, video: Path, out: Pat
     """Install the models and the history, start the server, run the workflow (memory on) and, unless skipped, the
     memory-off arm and the comparison. Returns (report.json without command / wall time, decoded, evaluation, RSS)."""
     subs = install_models(models, server)
-    api = substitute_inputs(json.loads(models.workflow.read_text()), subs)
+    api = with_memory_mode(substitute_inputs(json.loads(models.workflow.read_text()), subs), args.memory_mode)
     clip, no_history = None, example_eval.history_input(api)
     if no_history is None:
         api, clip = prepare_history(api, video, args.history_seconds, server.input_dir)

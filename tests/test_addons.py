@@ -307,7 +307,8 @@ def test_cross_attention_through_the_storyboard_loop(tiny_wan):
     for name, enc in (("plain", encoder), ("zero", _cross_encoder(encoder, None)), ("trained", _cross_encoder(encoder, 5))):
         start, _ = history_from_frames(model, vae, enc, video, 4, 16.0, 256, 128)
         if name != "plain":
-            tokens, positions, hidden = start.conds(model)
+            inp = start.conds(model)
+            tokens, positions, hidden = inp.tokens, inp.positions, inp.hidden
             assert hidden.shape == (32, 64) and tokens.shape == (32, 128)  # one hidden state per memory token
             patched, pos_c, neg_c = ApplyMemory.execute(model, start, neg, neg).args
             assert all(HIDDEN_KEY in c[1]["model_conds"] for c in pos_c + neg_c)

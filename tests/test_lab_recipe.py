@@ -16,7 +16,9 @@ import sys
 import pytest
 import torch
 
-from framememory.training.lab import FILES, META_KEY, PRESETS
+from framememory.training.lab import FILES, META_KEY, MODE_FILES, PRESETS
+
+ALL_FILES = {**FILES, **MODE_FILES}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def _metadata(path) -> dict:
 
 def test_every_file_records_recipe_seed_clips_and_commit(smoke_lab):
     summary = json.loads((smoke_lab / "summary.json").read_text())
-    for part, name in FILES.items():
+    for part, name in ALL_FILES.items():
         meta = _metadata(smoke_lab / name)
         assert meta["part"] == part and meta["preset"] == "smoke" and meta["seed"] == PRESETS["smoke"].seed
         assert list(meta["train_clips"]) == ["bigbuckbunny.mp4"] and meta["train_clips"]["bigbuckbunny.mp4"] > 0
@@ -77,13 +79,32 @@ def test_stock_loaders_take_the_files(comfy, smoke_lab):
     assert cfg.rate_str == r.rate and cfg.dim == r.dit_dim
 
 
+def test_mode_files_load_as_their_memory_designs(comfy, smoke_lab):
+    """Phase 6 of the recipe: the PackForcing encoder and the VideoSSM state file carry their design and settings in
+    their config, load through Load Memory Encoder and run their mode (issue 12)."""
+    from framememory.models.memory_modes import mode_config
+    from framememory.training.lab import load_lab_model
+
+    r = PRESETS["smoke"]
+    model, _, pack = load_lab_model(smoke_lab, mode="pack_forcing")
+    cfg = mode_config(pack, model, "pack_forcing")
+    assert (cfg.memory_type, cfg.sink_latent_frames, cfg.overlap_latent_frames, cfg.top_k) == (
+        "pack_forcing", r.pack_sink, r.pack_recent, r.pack_top_k)
+    model, _, ssm = load_lab_model(smoke_lab, mode="video_ssm")
+    cfg = mode_config(ssm, model, "video_ssm")
+    assert (cfg.memory_type, cfg.ssm_heads, cfg.dit_blocks) == ("video_ssm", r.ssm_heads, r.dit_layers)
+    assert ssm.state_network(model).state_numel() == r.dit_layers * r.ssm_heads * (r.dit_dim // r.ssm_heads) * r.ssm_key_dim
+    with pytest.raises(ValueError, match="set memory_mode to video_ssm"):
+        mode_config(ssm, model, "frame_preservation")
+
+
 def test_committed_lab_model_loads_through_stock_loaders(comfy):
     """The shipped lab_model/ set: recipe metadata of the full preset, <= 30 MB, and it loads as the nodes load it."""
     from framememory.training.lab import LAB_DIR, load_lab_model
 
-    total = sum((LAB_DIR / f).stat().st_size for f in FILES.values())
+    total = sum((LAB_DIR / f).stat().st_size for f in ALL_FILES.values())
     assert total <= 30e6
-    for part, name in FILES.items():
+    for part, name in ALL_FILES.items():
         meta = _metadata(LAB_DIR / name)
         assert meta["preset"] == "lab" and meta["part"] == part and len(meta["train_clips"]) >= 10
         assert not set(meta["train_clips"]) & set(meta["heldout_clips"]) and "bikes.mp4" in meta["heldout_clips"]

@@ -259,7 +259,8 @@ def test_one_model_is_the_plain_ksampler_call(tiny_wan):
     assert "experts" not in report and final.history.keys == [PartKey()]
     assert sorted({t for t, _ in calls}, reverse=True) == pytest.approx(_timesteps(model, 3))
 
-    tokens, positions, hidden = start.conds(model)
+    inp = start.conds(model)
+    tokens, positions, hidden = inp.tokens, inp.positions, inp.hidden
     pos = attach_memory(clip.encode_from_tokens_scheduled(clip.tokenize("a cyclist")), tokens, positions, hidden)
     latent = torch.zeros([1, 16, 4, H // 8, W // 8])
     expected = comfy.sample.sample(memory_model(model, encoder), comfy.sample.prepare_noise(latent, 1), 3, 3.0, "euler",

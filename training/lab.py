@@ -349,17 +349,26 @@ def build_modes(lab: _Lab, base, dataset, stage1_encoder) -> None:
             _save_exported(lab, part, res["exported"][key])
 
 
-def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1.0):
+# memory mode -> (encoder file, LoRA file) of the lab set; sliding_window and off run the Frame Preservation set
+MODE_SET = {"pack_forcing": ("packforcing_encoder", "packforcing_lora"), "video_ssm": ("videossm", "videossm_lora")}
+
+
+def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1.0, mode: str = "frame_preservation"):
     """The lab model set as ComfyUI's stock nodes load it: ``(MODEL with the Stage II LoRA, VAE, memory encoder)``
     via ``comfy.sd.load_diffusion_model`` (Load Diffusion Model), ``comfy.sd.load_lora_for_models``
     (LoraLoaderModelOnly), ``comfy.sd.VAE`` (Load VAE) and ``MemoryEncoder.from_file`` (Load Memory Encoder).
-    Needs ComfyUI importable. Raises FileNotFoundError naming the missing file and the command that makes it."""
+    ``mode``: a memory mode (``models.memory_modes.MEMORY_MODES``); pack_forcing and video_ssm get their own encoder /
+    state file and LoRA (:data:`MODE_FILES`), the others the Frame Preservation set. Needs ComfyUI importable.
+    Raises FileNotFoundError naming the missing file and the command that makes it."""
     import comfy.sd
     import comfy.utils
 
     from framememory.models.encoding import MemoryEncoder
 
-    paths = {k: Path(folder) / f for k, f in FILES.items()}
+    enc_key, lora_key = MODE_SET.get(mode, ("encoder", "lora"))
+    names = {"dit": FILES["dit"], "vae": FILES["vae"], "encoder": {**FILES, **MODE_FILES}[enc_key],
+             "lora": {**FILES, **MODE_FILES}[lora_key]}
+    paths = {k: Path(folder) / f for k, f in names.items()}
     for k, p in paths.items():
         if not p.is_file():
             raise FileNotFoundError(f"lab model {k} file {p} is missing: run `.venv/bin/python training/lab.py`")
