@@ -1,8 +1,9 @@
 """Benchmark 6 (issue 13, point 1): VRAM at real size without a GPU, per phase of the storyboard loop.
 
 Usage:
-  python benchmarks/vram_estimate.py                 # all models (+ the 5B in fp8), 5-8 min on 2 shared CPU cores
+  python benchmarks/vram_estimate.py                 # all models (+ the 5B in fp8) and modes, 7-9 min on 2 shared cores
   python benchmarks/vram_estimate.py --models wan21_1.3b_bf16 --skip-validation   # one model, quick
+  python benchmarks/vram_estimate.py --skip-modes    # without the PackForcing / VideoSSM rows
 
 Method (DESIGN.md section 6). ComfyUI's own model classes are built at real size under
 ``torch._subclasses.fake_tensor.FakeTensorMode`` (no weights, no GPU) and run in inference mode under
@@ -28,9 +29,17 @@ says what stays loaded per phase and gives the peak per phase: as ComfyUI 0.3.75
 tokens' activations declared to ComfyUI's ``memory_required`` (``declared``), plus the ``--reserve-vram`` that
 would make the declared plan fit. A margin (:data:`MARGIN`) covers what the tracker cannot see.
 
-Validation (:func:`validate`): five small configurations (Wan bf16 / fp8 and HunyuanVideo fp8 DiTs with memory
+Bounded memory modes (:data:`MODES`, ``models/memory_modes.py``; :data:`MODE_MODELS` at 20 / 60 / 120 s): PackForcing
+(sink + top-K compressed mid blocks + recent frames, selected per forward by ``models/wan.py``'s ``pack_context``
+from conds that carry the whole compressed history) and VideoSSM (sink + recent frames and a gated delta-rule state per
+block, read out after every block by ``StateMemory.read``; its state modules loaded with the DiT, and the absorb of
+the frames leaving the window as a phase of its own) through the same product path and replay (:func:`mode_rows`).
+The conds' index metadata are FakeTensor constants (:class:`fake_constants`), so the product's selection code runs.
+
+Validation (:func:`validate`): seven small configurations (Wan bf16 / fp8 and HunyuanVideo fp8 DiTs with memory
 through the product path, a Wan VAE decode, the encoder append) run on fake and on real CPU tensors under the same
-tracker (two also under the stock MemTracker); the real runs' allocations are also counted by the PyTorch profiler.
+tracker (two also under the stock MemTracker), plus the Wan DiT in each bounded mode; the real runs' allocations are
+also counted by the PyTorch profiler.
 Prints tables, writes benchmarks/results/vram_estimate.json and the README section benchmarks/results/vram_estimate.md.
 """
 from __future__ import annotations
@@ -61,6 +70,14 @@ MIN_WEIGHT_MEMORY_RATIO = 0.0  # "if is_nvidia(): MIN_WEIGHT_MEMORY_RATIO = 0.0"
 MARGIN = dict(allocator_frac=0.10,  # caching-allocator rounding / fragmentation, fraction of the activation peak
               workspaces_gib=0.25,  # cuBLAS / cuDNN (Conv3d in the VAE) workspaces
               sage=True)            # sageattention: int8 q, k + fp16 v of the largest attention call
+MODES = ("pack_forcing", "video_ssm")  # models/memory_modes.py, Wan families only
+MODE_MODELS = ("wan21_1.3b_bf16", "wan21_14b_fp8", "wan22_5b_bf16")
+MODE_HISTORIES = (20, 60, 120)
+MODE_RATE = "4x4x2"  # PackForcing's compressed mid blocks: the Fig. 2 encoder at 4x4x2 (a block = one memory time step)
+SSM_VALUE_DIM = 128  # VideoSSM state [H, dv, dk] per block, H = D / dv: 12 heads on the 1.3B, 40 on the 14B
+SSM_KEY_DIM = 64
+CONSTANT_LIMIT = 1 << 22  # FakeTensor constants up to this many elements (index metadata, see fake_constants)
+FLAT_TOLERANCE = 0.05  # issue 13: a bounded memory mode's peak stays within 5 % from 20 s to 120 s of history
 MODELS = {
     "wan21_1.3b_bf16": dict(kind="wan", adapter="wan", weight="bfloat16", width=832, height=480, fps=16, channels=16,
                             stride=(4, 8, 8), vae="wan21", te="umt5", text_len=512, cfg=5.0,
@@ -419,13 +436,13 @@ def text_encode(spec: dict, te) -> dict:
     return measure(lambda: (te.llama.encode_token_weights(llama), te.clip_l.encode_token_weights(clip_l)), te)
 
 
-def load_list(module) -> list[tuple[int, int, bool]]:
-    """``[(offload bytes, bytes, castable)]`` of the leaf modules ComfyUI's ``ModelPatcher._load_list`` would move
-    (its own code, run on the fake module); castable = the module can stream its weights (``comfy_cast_weights``)."""
+def load_list(module) -> list[tuple[int, int, bool, str]]:
+    """``[(offload bytes, bytes, castable, name)]`` of the leaf modules ComfyUI's ``ModelPatcher._load_list`` would
+    move (its own code, run on the fake module); castable = the module can stream its weights (``comfy_cast_weights``)."""
     import comfy.model_patcher
 
     rows = comfy.model_patcher.ModelPatcher._load_list(SimpleNamespace(model=module, patches={}))
-    return [(int(off), int(mem), hasattr(m, "comfy_cast_weights")) for off, mem, _, m, _ in rows]
+    return [(int(off), int(mem), hasattr(m, "comfy_cast_weights"), n) for off, mem, n, m, _ in rows]
 
 
 # ------------------------------------------------------------------------------------------------ ComfyUI's plan
@@ -434,13 +451,17 @@ def load_list(module) -> list[tuple[int, int, bool]]:
 @dataclasses.dataclass(eq=False)
 class Patcher:
     """A model patcher as ``comfy.model_management`` sees it: its leaf modules (:func:`load_list`), which of them are
-    on the card, the offload buffer ComfyUI reserved for streaming the others (``model_offload_buffer_memory``)."""
+    on the card, the offload buffer ComfyUI reserved for streaming the others (``model_offload_buffer_memory``), and
+    whether parameters outside the leaf modules (VideoSSM's ``distance_weight``) are on the card: ``ModelPatcher.load``
+    moves them only on a complete load with ``full_load`` (``self.model.to(device_to)``), a full unload (``detach``)
+    moves them back, a partial unload leaves them."""
 
     name: str
     modules: list
     loaded: set = dataclasses.field(default_factory=set)
     buffer: int = 0
     lowvram: bool = False
+    root: bool = False
 
     @property
     def size(self) -> int:
@@ -460,7 +481,7 @@ class Patcher:
         mem = buffer = 0
         loaded, lowvram = set(), False
         for i in self._order(largest_first=True):
-            off, size, castable = self.modules[i]
+            off, size, castable = self.modules[i][:3]
             potential = max(buffer, off * (NUM_STREAMS + 1))
             fits = mem + size + potential < lowvram_model_memory
             if not full and castable and not fits:
@@ -471,6 +492,7 @@ class Patcher:
             else:
                 buffer = potential
         self.loaded, self.buffer, self.lowvram = loaded, buffer, lowvram
+        self.root = self.root or (full and not lowvram)
 
     def partially_unload(self, memory_to_free: float) -> int:
         """``ModelPatcher.partially_unload``: smallest loaded modules first until ``memory_to_free`` (plus any growth
@@ -493,6 +515,15 @@ class Patcher:
             self.partially_unload(-extra_memory)
         elif self.lowvram or self.on_card == 0:
             self.load(self.on_card + extra_memory, full=self.on_card + extra_memory > self.size)
+
+    def in_flight(self, runs: tuple[str, ...] | None = None) -> int:
+        """Streamed weights in flight while this model computes (0 unless low-VRAM): ComfyUI's reserved buffer, or with
+        ``runs`` (name prefixes of the modules that compute in this phase, for a model of which only some modules run)
+        ``min(their streamed modules, NUM_STREAMS + 1) x`` the largest of them."""
+        if not self.lowvram or runs is None:
+            return self.buffer if self.lowvram else 0
+        off = [m[0] for i, m in enumerate(self.modules) if i not in self.loaded and m[3].startswith(runs)]
+        return min(len(off), NUM_STREAMS + 1) * max(off, default=0)
 
     def state(self) -> str:
         if not self.loaded and not self.lowvram:
@@ -527,7 +558,7 @@ class Card:
         """``LoadedModel.model_unload``: a partial unload when that frees enough, else the whole model."""
         if memory_to_free < p.on_card and p.partially_unload(memory_to_free) >= memory_to_free:
             return False
-        p.loaded, p.buffer, p.lowvram = set(), 0, False
+        p.loaded, p.buffer, p.lowvram, p.root = set(), 0, False, False
         return True
 
     def free_memory(self, required: float) -> None:
@@ -563,10 +594,12 @@ class Card:
             p.partially_load(budget)
             self.models.insert(0, p)
 
-    def peak(self, act: float, running: list[Patcher]) -> float:
+    def peak(self, act: float, running: list[Patcher], runs: dict | None = None) -> float:
         """Bytes in use while ``running`` compute with ``act`` bytes of activations: context + all weights on the card
-        + activations + the offload buffers of the running low-VRAM models (streamed weights in flight)."""
-        return self.context + sum(p.on_card for p in self.known) + act + sum(p.buffer for p in running if p.lowvram)
+        + activations + the streamed weights in flight of the running low-VRAM models (:meth:`Patcher.in_flight`,
+        ``runs[patcher]``: the module name prefixes that compute, default all: ComfyUI's reserved buffer)."""
+        flight = sum(p.in_flight((runs or {}).get(p)) for p in running)
+        return self.context + sum(p.on_card for p in self.known) + act + flight
 
     def state(self) -> str:
         return ", ".join(p.state() for p in self.known if p.loaded or p.lowvram) or "nothing"
@@ -599,29 +632,39 @@ def vae_memory_used(spec: dict, shape: list, decode: bool) -> float:
     return (1500 * t * h * w * 256 if decode else 900 * max(t, 2) * h * w) * 2  # HunyuanVideo's AutoencoderKL
 
 
-def plan_segment(card: Card, pt: dict, meas: dict, spec: dict, dit_act, out: dict, declared: float = 0.0) -> None:
+def plan_segment(card: Card, pt: dict, meas: dict, spec: dict, dit_act, out: dict,
+                 declared: float | None = None) -> None:
     """One segment of the storyboard loop (``models.storyboard.generate_segment``) on ``card``: text encoding (at a
-    shot change), sampling, decode, encode-append; each phase's peak (max over calls) and what was loaded go to
-    ``out[phase]``. ``pt``: the patchers; ``meas``: measurements; ``dit_act(batch)``: DiT activation bytes;
-    ``declared``: bytes of the memory tokens' activations at batch 2 added to ComfyUI's ``memory_required`` (0: as
-    ComfyUI 0.3.75 runs the pack today; half of it at batch 1)."""
-    def note(phase: str, act: float, running: list, **extra) -> None:
-        peak = card.peak(act, running)
+    shot change), VideoSSM's state absorb (when ``meas`` has one), sampling, decode, encode-append (modes with an
+    encoder); each phase's peak (max over calls) and what was loaded go to ``out[phase]``. ``pt``: the patchers
+    (``pt["ssm"]``: VideoSSM's state modules, loaded with the DiT as its additional model; only their read-out
+    modules run in the DiT step); ``meas``: measurements; ``dit_act(batch)``: DiT activation bytes; ``declared``: None
+    as ComfyUI 0.3.75 runs the pack today, else bytes of the memory tokens' activations at batch 2 added to ComfyUI's
+    ``memory_required`` (half of it at batch 1) and VideoSSM's absorb declared as the state modules' memory_required."""
+    def note(phase: str, act: float, running: list, runs: dict | None = None, **extra) -> None:
+        peak = card.peak(act, running, runs)
         if peak >= out.get(phase, {}).get("peak", -1):
             out[phase] = {"peak": peak, "act": act, "loaded": card.state(), **extra}
 
     card.load_models_gpu([pt["te"]])  # CLIP.encode_from_tokens -> load_model -> load_model_gpu
     note("text", meas["text"]["act"], [pt["te"]])
-    mr2, mr1 = dit_memory_required(spec, 2) + declared, dit_memory_required(spec, 1) + declared / 2
-    card.load_models_gpu([pt["dit"]], mr2, mr1)  # sampler_helpers.prepare_sampling
+    if "absorb" in meas:
+        _plan_absorb(card, pt, meas["absorb"], note, declared is not None)
+    dit, runs = [pt["dit"]], None  # prepare_sampling: [model] + additional models
+    if "ssm" in pt:
+        dit, runs = dit + [pt["ssm"]], {pt["ssm"]: ("read_proj.", "out.")}
+    mr2, mr1 = dit_memory_required(spec, 2) + (declared or 0), dit_memory_required(spec, 1) + (declared or 0) / 2
+    card.load_models_gpu(dit, mr2, mr1)  # sampler_helpers.prepare_sampling
     # samplers._calc_cond_batch: cond + uncond in one call while memory_required * 1.5 < free; cfg 1 drops uncond
     batch = 2 if spec["cfg"] != 1.0 and mr2 * 1.5 < card.free() else 1
-    note("sample", dit_act(batch), [pt["dit"]], batch=batch)
+    note("sample", dit_act(batch), dit, runs, batch=batch, **({"state_root": pt["ssm"].root} if runs else {}))
     dec = meas["decode"]
     card.load_models_gpu([pt["vae"]], vae_memory_used(spec, dec["latent"], True))  # VAE.decode
     untiled = card.peak(dec["act"], [pt["vae"]])
     tiled = untiled > card.total  # OOM -> VAE.decode retries with decode_tiled_3d
     note("decode", meas["decode_tiled" if tiled else "decode"]["act"], [pt["vae"]], tiled=tiled, untiled=untiled)
+    if "append" not in meas:  # VideoSSM: no compressed memory to encode
+        return
     enc = meas["lr_encode"]
     card.load_models_gpu([pt["vae"]], vae_memory_used(spec, enc["pixels"], False))  # LR clip: VAE.encode
     note("encode", enc["act"], [pt["vae"]])
@@ -630,13 +673,31 @@ def plan_segment(card: Card, pt: dict, meas: dict, spec: dict, dit_act, out: dic
     note("encode", meas["append"]["act"], [pt["enc"], pt["dit"]])
 
 
-def plan(spec: dict, meas: dict, lists: dict, dit_act, declared: float = 0.0, reserve: float | None = None,
+def _plan_absorb(card: Card, pt: dict, absorb: dict, note, declared: bool) -> None:
+    """VideoSSM before sampling (``models.memory_modes.ssm_inputs``): the local window's patch embedding (loads the
+    DiT), ``state_network`` (loads the state modules; ``declared``: with the absorb's bytes as ``memory_required``),
+    ``absorbed_state``'s patch embedding of the frames that left the window (loads the DiT again), then
+    ``StateMemory.absorb``, where only ``absorb_proj`` computes, on the device of ``next(net.parameters())``:
+    ``distance_weight``, on the card only while the state modules were last loaded completely (else on the CPU, in
+    host RAM, adding nothing to the card)."""
+    need = absorb["act"] + absorb["inputs"]
+    card.load_models_gpu([pt["dit"]])
+    card.load_models_gpu([pt["ssm"]], need if declared else 0)
+    card.load_models_gpu([pt["dit"]])
+    if pt["ssm"].root:
+        note("absorb", need, [pt["ssm"]], {pt["ssm"]: ("absorb_proj",)}, device="card")
+    else:  # absorbed_state ran on next(net.parameters()).device when this table was made (now: the compute device)
+        note("absorb", 0.0, [], device="cpu")
+
+
+def plan(spec: dict, meas: dict, lists: dict, dit_act, declared: float | None = None, reserve: float | None = None,
          total: float = CARD_GIB * GIB, context: float = CUDA_CONTEXT_GIB * GIB) -> dict:
     """ComfyUI's plan for two segments (the first from an empty card, the second in steady state) on a card of
     ``total`` bytes: ``{phase: {"peak" bytes, "act", "loaded", ...}}`` with the larger peak of the two segments
     (``declared``: see :func:`plan_segment`; ``reserve``: ``--reserve-vram`` in bytes, see :class:`Card`)."""
     card = Card(total, context, reserve)
-    pt = {k: Patcher(name, lists[k]) for k, name in (("te", "TE"), ("dit", "DiT"), ("vae", "VAE"), ("enc", "encoder"))}
+    names = (("te", "TE"), ("dit", "DiT"), ("vae", "VAE"), ("enc", "encoder"), ("ssm", "state"))
+    pt = {k: Patcher(name, lists[k]) for k, name in names if k in lists}
     out: dict = {}
     for _ in range(2):
         plan_segment(card, pt, meas, spec, dit_act, out, declared)
@@ -676,7 +737,9 @@ def small_case(name: str, fake: bool):
     """One validation case built on fake or real CPU tensors: ``(run, external)`` for :func:`measure`.
     ``name``: ``wan_bf16`` / ``wan_fp8`` (Wan DiT, 2 blocks of width 256, 20 s of history at 2x2x2 through the product
     path, cond + uncond), ``hunyuan_fp8`` (1 double + 1 single block, width 256), ``vae`` (WanVAE dim 16 decode),
-    ``encoder`` (HistoryEncoder append with the DiT's patch embedding). The VAE case runs in float32."""
+    ``encoder`` (HistoryEncoder append with the DiT's patch embedding), ``pack_forcing`` / ``video_ssm`` (the Wan
+    bf16 DiT in that memory mode after 60 s of history, :func:`mode_case`; VideoSSM with its state modules),
+    ``absorb`` (VideoSSM's absorb of one segment, :func:`absorb_case`). The VAE case runs in float32."""
     import torch
 
     base = "hunyuan_video_fp8" if name == "hunyuan_fp8" else "wan21_14b_fp8" if name == "wan_fp8" else "wan21_1.3b_bf16"
@@ -691,12 +754,20 @@ def small_case(name: str, fake: bool):
         z = torch.empty(1, 16, 2, 8, 12)
         z = z if fake else (_init_real(vae), torch.randn(z.shape).to(z.dtype))[1]
         return (lambda: vae.decode(z)), (vae, z)
+    if name == "absorb":
+        ssm = build_state_memory(spec)
+        return absorb_case(spec, ssm, fake=fake) if fake else (_init_real(ssm), absorb_case(spec, ssm, fake=fake))[1]
     dm = build_dit(spec)
     if not fake:
         _init_real(dm)
     if name == "encoder":
         return _encoder_case(spec, dm, fake)
     opts = dit_options(spec, dm)
+    if name in MODES:
+        ssm = build_state_memory(spec) if name == "video_ssm" else None
+        if ssm is not None and not fake:
+            _init_real(ssm)
+        return mode_case(spec, dm, opts, 2, 60, name, ssm, fake)[:2]
     kw = dit_inputs(spec, 2, 20, "2x2x2")
     kw = kw if fake else _real_inputs(kw)
     x, t, ctx = kw.pop("x"), kw.pop("timestep"), kw.pop("context")
@@ -739,7 +810,8 @@ def profiler_peak(run) -> int:
     return peak
 
 
-def validate(names=("wan_bf16", "wan_fp8", "hunyuan_fp8", "vae", "encoder"), stock=("wan_bf16", "hunyuan_fp8"),
+def validate(names=("wan_bf16", "wan_fp8", "hunyuan_fp8", "vae", "encoder", *MODES, "absorb"),
+             stock=("wan_bf16", "hunyuan_fp8"),
              profiler: bool = True) -> list[dict]:
     """Each small case (:func:`small_case`) on fake tensors and on real CPU tensors under :func:`peak_tracker_class`
     (for the cases in ``stock`` also under the unmodified ``MemTracker``; with ``profiler`` also
@@ -772,10 +844,11 @@ def _flat(case):
 # ------------------------------------------------------------------------------------------------ per model
 
 
-def measure_parts(spec: dict, log=print) -> tuple[dict, dict, object]:
+def measure_parts(spec: dict, log=print) -> tuple[dict, dict, object, tuple]:
     """Build the text encoder, VAE, DiT and encoders of ``spec`` under the active fake mode and measure the
-    history-independent phases. Returns ``(meas, lists, dit_act)``: ``meas[rate]`` per-phase dicts, ``lists`` the
-    module lists per model (``lists["enc"][rate]``), ``dit_act(seconds, rate, batch)`` a cached DiT-step measurement."""
+    history-independent phases. Returns ``(meas, lists, dit_act, (dm, opts))``: ``meas[rate]`` per-phase dicts,
+    ``lists`` the module lists per model (``lists["enc"][rate]``), ``dit_act(seconds, rate, batch)`` a cached DiT-step
+    measurement, the DiT and its ``transformer_options``."""
     t0 = time.perf_counter()
     te = build_text_encoder(spec)
     text, lists = text_encode(spec, te), {"te": load_list(te)}
@@ -804,40 +877,55 @@ def measure_parts(spec: dict, log=print) -> tuple[dict, dict, object]:
                 f"act {cache[key]['act'] / GIB:.2f} GiB ({time.perf_counter() - t1:.1f} s)")
         return cache[key]
 
-    return meas, lists, dit_act
+    return meas, lists, dit_act, (dm, opts)
 
 
 def case_row(name: str, spec: dict, seconds: int, rate: str, meas: dict, lists: dict, dit_act) -> dict:
     """One table row: ComfyUI's plan for ``seconds`` of history at ``rate``: per-phase peaks (GiB, CUDA context
     included), what is loaded, margins, the verdict against :data:`TARGET_GIB`; and the same plan when the memory
-    tokens' extra activations are declared to ComfyUI's ``memory_required`` (``*_declared``)."""
+    tokens' extra activations are declared to ComfyUI's ``memory_required`` (``*_declared``). ``meas`` / ``lists``:
+    this rate's (or memory mode's) measurements and module lists, as :func:`plan` takes them."""
     def step_bytes(batch: int) -> float:  # activations + the step's inputs (latent, text, memory tokens on the card)
         m = dit_act(seconds, rate, batch)
         return m["act"] + m["inputs"]
 
     b2, dim = dit_act(seconds, rate, 2), spec["dit"].get("dim", spec["dit"].get("hidden_size"))
     tokens = b2["M"] + b2["N"]
-    lists = {**lists, "enc": lists["enc"][rate]}
-    phases = plan(spec, meas[rate], lists, step_bytes)
+    phases = plan(spec, meas, lists, step_bytes)
     declared = max(0.0, step_bytes(2) - (dit_act(0, rate, 2)["act"] + dit_act(0, rate, 2)["inputs"]))
-    alt = plan(spec, meas[rate], lists, step_bytes, declared)
+    alt = plan(spec, meas, lists, step_bytes, declared)
     row = {"model": name, "history_s": seconds, "rate": rate if seconds else "-", "M": b2["M"], "N": b2["N"],
            "dit_weights_gib": round(b2["weights"] / GIB, 2), "dit_act_b2_gib": round(step_bytes(2) / GIB, 2),
+           "dit_act_only_b2_gib": round(b2["act"] / GIB, 3),
            "comfy_memory_required_b2_gib": round(dit_memory_required(spec, 2) / GIB, 2),
            "batch": phases["sample"]["batch"], "decode": "tiled (OOM fallback)" if phases["decode"]["tiled"] else "untiled"}
-    for ph in ("text", "sample", "decode", "encode"):
+    for ph in phases:  # text, (absorb), sample, decode, (encode)
         row[f"{ph}_gib"] = round(phases[ph]["peak"] / GIB, 2)
         row[f"{ph}_margin_gib"] = round(margin_bytes(ph, phases[ph]["act"], phases[ph].get("batch", 1), tokens, dim) / GIB, 2)
         row[f"{ph}_loaded"] = phases[ph]["loaded"]
-    row["peak_gib"] = max(row[f"{ph}_gib"] for ph in ("text", "sample", "decode", "encode"))
+    row["peak_gib"] = max(row[f"{ph}_gib"] for ph in phases)
     row["peak_plus_margin_gib"] = round(_worst(phases, tokens, dim) / GIB, 2)
     row["fits"] = row["peak_plus_margin_gib"] <= TARGET_GIB  # the issue's target: peak + margin <= 11.5 GiB
     row.update(sample_declared_gib=round(alt["sample"]["peak"] / GIB, 2), sample_declared_batch=alt["sample"]["batch"],
                sample_declared_loaded=alt["sample"]["loaded"],
                peak_plus_margin_declared_gib=round(_worst(alt, tokens, dim) / GIB, 2))
     row["fits_declared"] = row["peak_plus_margin_declared_gib"] <= TARGET_GIB
-    row["reserve_vram_needed_gib"] = reserve_needed(spec, meas[rate], lists, step_bytes, declared, tokens, dim)
+    row["reserve_vram_needed_gib"] = reserve_needed(spec, meas, lists, step_bytes, declared, tokens, dim)
+    if "absorb" in phases:
+        reserve = row["reserve_vram_needed_gib"]
+        at = plan(spec, meas, lists, step_bytes, declared, reserve=reserve * GIB) if reserve is not None else None
+        row.update(_ssm_fields(phases, alt, at))
     return row
+
+
+def _ssm_fields(phases: dict, declared: dict, reserve: dict | None) -> dict:
+    """VideoSSM's row fields: where the absorb ran at its peak (``card`` or ``cpu``) as ComfyUI runs it, declared, and
+    declared with the ``--reserve-vram`` that fits; whether ``distance_weight`` was on the card in the DiT step
+    (``StateMemory.read`` mixes it with the card's tensors)."""
+    return {"absorb_device": phases["absorb"]["device"], "absorb_declared_device": declared["absorb"]["device"],
+            "absorb_reserve_device": reserve["absorb"]["device"] if reserve else None,
+            "state_root_on_card": phases["sample"]["state_root"],
+            "state_root_declared": declared["sample"]["state_root"]}
 
 
 def reserve_needed(spec: dict, meas: dict, lists: dict, step_bytes, declared: float, tokens: int, dim: int):
@@ -870,6 +958,265 @@ def growth_rows(rows: list[dict]) -> list[dict]:
                         "sample_20s": a["sample_gib"], "sample_120s": b["sample_gib"],
                         "sample_growth_gib": round(b["sample_gib"] - a["sample_gib"], 2)})
     return out
+
+
+# ------------------------------------------------------------------------------------------------ bounded memory modes
+
+
+def mode_config(spec: dict, mode: str):
+    """The resolved ``EncoderConfig`` of ``mode`` for ``spec`` as ``models.memory_modes.mode_config`` makes it from an
+    encoder file of that type: PackForcing with :data:`PACK_DEFAULTS` (S 2, R 2, top-K 16) at :data:`MODE_RATE`,
+    VideoSSM with :data:`SSM_DEFAULTS` (S 1, R 3) and trained state modules on every DiT block
+    (``ssm_heads = D / 128``, ``ssm_key_dim`` 64)."""
+    from framememory.models.memory_modes import PACK_DEFAULTS, SSM_DEFAULTS
+
+    cfg = encoder_config(spec, MODE_RATE)
+    if mode == "pack_forcing":
+        return dataclasses.replace(cfg, memory_type=mode, **PACK_DEFAULTS)
+    return dataclasses.replace(cfg, memory_type=mode, dit_blocks=spec["dit"]["num_layers"], use_hr=False,
+                               ssm_heads=cfg.dim // SSM_VALUE_DIM, ssm_key_dim=SSM_KEY_DIM, **SSM_DEFAULTS)
+
+
+def mode_layout(spec: dict, seconds: int, mode: str) -> dict:
+    """The memory conds of ``mode`` after ``seconds`` of history, as plain lists (computed outside the fake mode with
+    ``memory.packing``'s own functions, ``memory_inputs``' order sink, mid, recent): ``positions2`` ``[M, 3]`` (twice
+    the RoPE positions), ``blocks`` ``[M]`` (PackForcing's labels, else None), ``pack`` ``(top_k, rt, S, R)``,
+    ``carried`` M (tokens in the conds) and ``attended`` M' (after PackForcing's top-K, ``repack_positions``)."""
+    import torch
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from framememory.memory import packing
+    from framememory.memory.grid import memory_positions
+
+    cfg, pf = mode_config(spec, mode), mode == "pack_forcing"
+    _, grid, lat = history_tokens(spec, seconds, MODE_RATE)
+    ht, wt = spec["height"] // spec["stride"][1] // 2, spec["width"] // spec["stride"][2] // 2
+    rt = cfg.patch_size[0] * cfg.rate[2] if pf else 1
+    with unset_fake_temporarily():
+        s, r = packing.partition_frames(lat, cfg.sink_latent_frames, cfg.overlap_latent_frames)
+
+        def frames(n: int, t0: int):  # packing.uncompressed: n latent frames at rate 1x1x1 from time t0
+            pos = memory_positions((n, ht, wt), dataclasses.replace(cfg, rate=(1, 1, 1)), float(t0)).double()
+            return (torch.empty(pos.shape[0], 0), pos) if n else None
+
+        mid = None
+        if pf:
+            comp = memory_positions(grid, cfg, t_start=-lat)
+            mid = packing.mid_partition(torch.empty(comp.shape[0], 0), comp, lat, s, r, rt)
+        _, pos, blocks = packing.assemble(frames(s, -lat), mid, frames(r, -r))
+        nb = int(blocks.max()) + 1 if pf else 0
+        kept = min(nb, cfg.top_k) if cfg.top_k > 0 else nb
+        index, _ = packing.repack_positions(pos, blocks, torch.arange(nb - kept, nb), rt, r, s)
+        return {"positions2": (pos * 2).round().long().tolist(), "blocks": blocks.tolist() if pf else None,
+                "pack": [cfg.top_k if pf else 0, rt, s, r], "carried": int(pos.shape[0]),
+                "attended": int(index.numel()), "cfg": cfg}
+
+
+class fake_constants:
+    """Context, inside the fake mode: tensors made with ``torch.tensor`` keep their values (FakeTensor constants up to
+    :data:`CONSTANT_LIMIT` elements instead of 1), and so does what is computed from them alone, so the product's
+    ``pack_context`` / ``repack_positions`` / ``state_read`` read the labels, window sizes and positions of the conds
+    as on real tensors. PackForcing's top-K choice itself depends on the affinity scores' values, which fake tensors
+    do not have: ``packing.select_blocks`` runs (its allocations count) and then the most recent K blocks are kept
+    (every block has the same token count, so which K does not change memory). ``active`` False: does nothing (real
+    tensors)."""
+
+    def __init__(self, active: bool = True) -> None:
+        self.active = active
+
+    def __enter__(self):
+        import torch
+        import torch._subclasses.fake_tensor as ft
+
+        from framememory.memory import packing
+
+        self.ft, self.packing, self.old = ft, packing, (ft.CONSTANT_NUMEL_LIMIT, packing.select_blocks)
+        select = packing.select_blocks
+
+        def select_recent(scores, top_k: int):
+            n, nb = select(scores, top_k).shape[0], scores.shape[0]
+            return torch.tensor(list(range(nb - n, nb)), dtype=torch.long)
+
+        if self.active:
+            ft.CONSTANT_NUMEL_LIMIT, packing.select_blocks = CONSTANT_LIMIT, select_recent
+
+    def __exit__(self, *exc):
+        self.ft.CONSTANT_NUMEL_LIMIT, self.packing.select_blocks = self.old
+
+
+def build_state_memory(spec: dict):
+    """VideoSSM's :class:`~memory.state_memory.StateMemory` for ``spec`` as ``MemoryEncoder.network`` builds it from a
+    video_ssm file (``comfy.ops.manual_cast``; float32 parameters, whatever the file's dtype): ``absorb_proj``
+    ``D x L*H*(dk + dv + 2)``, per block ``read_proj`` ``D x (H*dk + H)`` and ``out`` ``D x D``. Build it under a fake
+    mode for real size."""
+    import comfy.ops
+
+    from framememory.memory.state_memory import StateMemory
+
+    return StateMemory(mode_config(spec, "video_ssm"), ops=comfy.ops.manual_cast).eval()
+
+
+def mode_case(spec: dict, dm, opts: dict, batch: int, seconds: int, mode: str, ssm=None, fake: bool = True):
+    """One DiT forward in ``mode`` with the conds ``memory_inputs`` makes after ``seconds`` of history:
+    ``memory_tokens`` ``[B, M, D]`` bf16 (every carried token: PackForcing's whole compressed history, selected per
+    forward in the product's ``pack_context``), ``memory_positions2``, ``memory_blocks`` (PackForcing),
+    ``memory_pack``, ``memory_state`` ``[B, L, H, dv, dk]`` bf16 (VideoSSM with ``ssm``: read out after every block,
+    handed over as ``transformer_options[STATE_MODULE_KEY]``). ``fake``: built under the fake mode (else real CPU
+    tensors, random values). Returns ``(run, external, layout)`` (:func:`measure`, :func:`mode_layout`)."""
+    import torch
+
+    from framememory.models.conds import BLOCKS_KEY, PACK_KEY, POSITIONS_KEY, STATE_KEY, TOKENS_KEY
+    from framememory.models.state_readout import STATE_MODULE_KEY
+
+    lay = mode_layout(spec, seconds, mode)
+    cfg, bf16 = lay["cfg"], torch.bfloat16
+    with fake_constants(fake):
+        kw = dit_inputs(spec, batch, 0, MODE_RATE)
+        kw[TOKENS_KEY] = torch.empty(batch, lay["carried"], cfg.dim, dtype=bf16)
+        kw[POSITIONS_KEY] = torch.tensor([lay["positions2"]] * batch, dtype=torch.long)
+        kw[PACK_KEY] = torch.tensor([lay["pack"]] * batch, dtype=torch.long)
+        if lay["blocks"] is not None:
+            kw[BLOCKS_KEY] = torch.tensor([lay["blocks"]] * batch, dtype=torch.long)
+        if ssm is not None:
+            kw[STATE_KEY] = torch.empty(batch, cfg.dit_blocks, cfg.ssm_heads, cfg.dim // cfg.ssm_heads,
+                                        cfg.ssm_key_dim, dtype=bf16)
+            opts = {**opts, STATE_MODULE_KEY: ssm}
+    kw = kw if fake else _real_inputs(kw)
+    x, t, ctx = kw.pop("x"), kw.pop("timestep"), kw.pop("context")
+
+    def run():
+        with fake_constants(fake):
+            return dm(x, t, ctx, transformer_options=opts, **kw)
+
+    return run, (dm, x, t, ctx, *kw.values(), *([] if ssm is None else [ssm])), lay
+
+
+def mode_step(spec: dict, dm, opts: dict, batch: int, seconds: int, mode: str, ssm=None) -> dict:
+    """Peak of one DiT forward in ``mode`` (:func:`mode_case`, :func:`dit_step`'s conventions), under the fake mode
+    ``dm`` was built in. Returns :func:`measure`'s dict plus ``M`` (tokens attended, after PackForcing's top-K),
+    ``M_carried`` (in the conds) and ``N`` (video tokens)."""
+    run, ext, lay = mode_case(spec, dm, opts, batch, seconds, mode, ssm)
+    x = ext[1]
+    n = SEGMENT_LATENTS * (x.shape[3] // 2) * ((x.shape[4] + 1) // 2)
+    return {**measure(run, *ext), "M": lay["attended"], "M_carried": lay["carried"], "N": n}
+
+
+def absorb_case(spec: dict, ssm, frames: int = SEGMENT_LATENTS, fake: bool = True):
+    """``(run, external)`` of VideoSSM's absorb of one new segment (``memory_modes.absorbed_state``: the 4 latent
+    frames that left the local window, ``4 x Ht x Wt`` patch-embedded tokens ``[1, N, D]`` float32 on the device,
+    continuing the cached state ``[1, L, H, dv, dk]`` float32): ``StateMemory.absorb``, i.e. ``absorb_proj`` for all L
+    blocks at once and the gated delta rule batched over ``L`` (torch path, chunks of 64: what runs without the
+    optional fla-core package). The patch embedding before it runs on the DiT and is moved to the CPU (smaller,
+    earlier). ``frames``: latent frames absorbed in one call (1: a lever; frame by frame gives the same state).
+    ``fake``: fake tensors (else real CPU tensors, random values)."""
+    import torch
+
+    cfg = ssm.cfg
+    ht, wt = spec["height"] // spec["stride"][1] // 2, spec["width"] // spec["stride"][2] // 2
+    make = torch.empty if fake else torch.randn
+    tokens = make(1, frames * ht * wt, cfg.dim)
+    state = make(1, cfg.dit_blocks, cfg.ssm_heads, cfg.dim // cfg.ssm_heads, cfg.ssm_key_dim)
+    return (lambda: ssm.absorb(tokens, state)), (ssm, tokens, state)
+
+
+def absorb_step(spec: dict, ssm, frames: int = SEGMENT_LATENTS) -> dict:
+    """Peak of :func:`absorb_case` under the fake mode ``ssm`` was built in; ``tokens``: N."""
+    run, ext = absorb_case(spec, ssm, frames)
+    return {**measure(run, *ext), "tokens": int(ext[1].shape[1])}
+
+
+def mode_parts(spec: dict, mode: str, meas: dict, lists: dict, dit_act, dit, log=print) -> tuple[dict, dict, object]:
+    """``(meas, lists, act)`` of ``mode`` for :func:`case_row`: PackForcing appends like Frame Preservation at
+    :data:`MODE_RATE` (same encoder); VideoSSM has no encode phase but the absorb (:func:`absorb_step`) and its state
+    modules (``lists["ssm"]``) loaded with the DiT. ``act(seconds, rate, batch)``: :func:`mode_step`, cached (0 s: the
+    DiT without memory, ``dit_act``). ``dit``: ``(dm, opts)`` of :func:`measure_parts`. Call under its fake mode."""
+    dm, opts = dit
+    meas, lists, ssm = dict(meas[MODE_RATE]), {**lists, "enc": lists["enc"][MODE_RATE]}, None
+    if mode == "video_ssm":
+        ssm = build_state_memory(spec)
+        meas = {k: meas[k] for k in ("text", "decode", "decode_tiled")}
+        meas["absorb"], lists = absorb_step(spec, ssm), {**lists, "ssm": load_list(ssm)}
+        meas["absorb_frame"] = absorb_step(spec, ssm, frames=1)  # what models.memory_modes.absorbed_state now runs
+        del lists["enc"]
+        log(f"  {mode} absorb of {meas['absorb']['tokens']} tokens: act {meas['absorb']['act'] / GIB:.2f} GiB "
+            f"(one frame: {meas['absorb_frame']['act'] / GIB:.2f}), state modules "
+            f"{sum(x[1] for x in lists['ssm']) / GIB:.2f} GiB")
+    cache: dict = {}
+
+    def act(seconds: int, rate: str, batch: int) -> dict:
+        if not seconds:
+            return dit_act(0, rate, batch)
+        if (seconds, batch) not in cache:
+            t1 = time.perf_counter()
+            cache[seconds, batch] = m = mode_step(spec, dm, opts, batch, seconds, mode, ssm)
+            log(f"  {mode} DiT step {seconds:>3} s batch {batch}: M={m['M']:>6} (carried {m['M_carried']:>6}) "
+                f"act {m['act'] / GIB:.2f} GiB ({time.perf_counter() - t1:.1f} s)")
+        return cache[seconds, batch]
+
+    return meas, lists, act
+
+
+def mode_rows(name: str, spec: dict, meas: dict, lists: dict, dit_act, dit, log=print) -> list[dict]:
+    """Rows of the bounded memory modes (:data:`MODES`) for one model at :data:`MODE_HISTORIES`: :func:`case_row`
+    (the same ComfyUI replay) plus the mode, the tokens carried in the conds and their host memory, the state
+    modules, and for VideoSSM the same plan with the segment absorbed frame by frame (``frame_absorb_*``, a lever)."""
+    rows = []
+    for mode in MODES:
+        m_meas, m_lists, act = mode_parts(spec, mode, meas, lists, dit_act, dit, log)
+        rate = MODE_RATE if mode == "pack_forcing" else "-"
+        for s in MODE_HISTORIES:
+            row, step = {"mode": mode, **case_row(name, spec, s, rate, m_meas, m_lists, act)}, act(s, rate, 2)
+            row.update(rate=rate, M_carried=step["M_carried"],
+                       cond_host_gib=round(cond_host_bytes(spec, mode, step) / GIB, 3),
+                       dit_weights_gib=round(sum(x[1] for x in lists["dit"]) / GIB, 2),
+                       state_weights_gib=round(sum(x[1] for x in m_lists.get("ssm", [])) / GIB, 2))
+            if "absorb" in m_meas:
+                lever = case_row(name, spec, s, rate, {**m_meas, "absorb": m_meas["absorb_frame"]}, m_lists, act)
+                row.update(absorb_act_gib=round(m_meas["absorb"]["act"] / GIB, 2),
+                           absorb_frame_act_gib=round(m_meas["absorb_frame"]["act"] / GIB, 2),
+                           **{f"frame_absorb_{k}": lever[k] for k in (
+                               "peak_plus_margin_gib", "fits", "peak_plus_margin_declared_gib", "fits_declared",
+                               "reserve_vram_needed_gib", "absorb_device", "absorb_declared_device",
+                               "absorb_reserve_device")})
+            rows.append(row)
+    return rows
+
+
+def cond_host_bytes(spec: dict, mode: str, step: dict) -> float:
+    """Host (CPU) memory of one segment's memory conds (``conds.attach_memory`` on positive and negative): the carried
+    tokens float32 ``[M, D]`` (shared by both), twice the int64 positions ``[M, 3]``, PackForcing's labels ``[M]``,
+    VideoSSM's float32 state ``[L, H, dv, dk]``, plus ``samplers._calc_cond_batch``'s float32 concatenation of cond +
+    uncond ``[2, M, D]`` (and ``[2, L, H, dv, dk]``) made on the host before ComfyUI casts it to the device in bf16
+    (``convert_tensor``)."""
+    cfg, m = mode_config(spec, mode), step["M_carried"]
+    state = cfg.dit_blocks * cfg.dim * cfg.ssm_key_dim * 4 if mode == "video_ssm" else 0
+    return 4 * m * cfg.dim * 3 + 2 * 8 * 3 * m + (8 * m if mode == "pack_forcing" else 0) + 3 * state
+
+
+def mode_growth(mode_rows_: list[dict], rows: list[dict]) -> list[dict]:
+    """Per model and mode (and Frame Preservation at the same rate for comparison): attended and carried tokens, the
+    DiT step's activations alone and with its inputs (batch 2), the planned DiT step and the max planned peak +
+    margin, at 20 s and 120 s; ``flat``: the last three stay within :data:`FLAT_TOLERANCE` (the issue's target)."""
+    out = []
+    fp = [{**r, "mode": "frame_preservation", "M_carried": r["M"]} for r in rows if r["rate"] == MODE_RATE]
+    for model in dict.fromkeys(r["model"] for r in mode_rows_):
+        for mode in ("frame_preservation", *MODES):
+            at = {r["history_s"]: r for r in fp + mode_rows_ if r["model"] == model and r["mode"] == mode}
+            if 20 not in at or 120 not in at:
+                continue
+            a, b = at[20], at[120]
+            row = {"model": model, "mode": mode, "M_20s": a["M"], "M_120s": b["M"],
+                   "carried_20s": a["M_carried"], "carried_120s": b["M_carried"]}
+            for key, col in (("dit_act_only_b2_gib", "act_only"), ("dit_act_b2_gib", "act_b2"), ("sample_gib", "sample"),
+                             ("peak_plus_margin_gib", "peak")):
+                row.update({f"{col}_20s": a[key], f"{col}_120s": b[key], f"{col}_growth_pct": _pct(a[key], b[key])})
+            row["flat"] = all(abs(row[f"{c}_growth_pct"]) <= 100 * FLAT_TOLERANCE for c in ("act_b2", "sample", "peak"))
+            out.append(row)
+    return out
+
+
+def _pct(a: float, b: float) -> float:
+    return round(100 * (b - a) / a, 1)
 
 
 # ------------------------------------------------------------------------------------------------ README section
@@ -1017,7 +1364,10 @@ Fake and real tensors agree within {worst:.2f} % (the difference is the real run
 the global-peak tracker equals the stock `MemTracker`. The profiler sees what the tracker cannot: op-internal
 workspaces: CPU flash attention's blocks (up to {dit:.1f} % on the DiT cases), the CPU's unfolded Conv3d buffers
 ({pct.get("encoder", 0):.1f} % on the encoder case, {pct.get("vae", 0):.0f} % on the small VAE case; a CPU artefact: a
-GPU runs cuDNN, whose PyTorch binding falls back to algorithms with smaller workspaces when memory is short).
+GPU runs cuDNN, whose PyTorch binding falls back to algorithms with smaller workspaces when memory is short). It does
+not see weights the run leaves untouched, which the tracker counts as resident (the absorb case: the read-out layers,
+{pct.get("absorb", 0):.1f} %). The bounded-mode cases run the product's top-K selection on real tensors and agree with
+the fake runs, whose selection is fixed (see above).
 
 **Margin** added to every planned peak (the CUDA context, {CUDA_CONTEXT_GIB} GiB, is already in the plan, where
 ComfyUI also sees it as used memory): {MARGIN['allocator_frac']:.0%} of the phase's activations for the caching
@@ -1040,10 +1390,115 @@ def _md_parts(parts: list[dict]) -> str:
             + _md_table(parts, cols, heads))
 
 
-def markdown(rows: list[dict], growth: list[dict], val: list[dict], parts: list[dict]) -> str:
+def _md_modes(modes: list[dict], growth: list[dict]) -> str:
+    if not modes:
+        return ""
+    cols = ["model", "mode", "history_s", "rate", "M", "M_carried", "batch", "dit_act_b2_gib", "state_weights_gib",
+            "cond_host_gib", "text_gib", "absorb_gib", "sample_gib", "decode_gib", "encode_gib", "peak_plus_margin_gib",
+            "fits", "sample_declared_gib", "peak_plus_margin_declared_gib", "fits_declared", "reserve_vram_needed_gib"]
+    heads = ["model", "mode", "history s", "rate", "tokens attended M'", "tokens in the conds M", "CFG batch",
+             "DiT act. batch 2", "state modules", "conds on the host", "text", "absorb", "DiT step", "decode", "encode",
+             "max peak + margin", f"fits {TARGET_GIB}", "DiT step, declared", "max + margin, declared", "fits, declared",
+             "declared + `--reserve-vram` GiB to fit"]
+    shown = [{**r, "reserve_vram_needed_gib": "> 4" if r["reserve_vram_needed_gib"] is None
+              else r["reserve_vram_needed_gib"], **{c: "-" for c in ("absorb_gib", "encode_gib") if c not in r}}
+             for r in modes]
+    gcols = ["model", "mode", "M_20s", "M_120s", "carried_20s", "carried_120s", "act_only_growth_pct", "act_b2_20s",
+             "act_b2_120s", "act_b2_growth_pct", "sample_20s", "sample_120s", "sample_growth_pct", "peak_20s",
+             "peak_120s", "peak_growth_pct", "flat"]
+    gheads = ["model", "mode", "M' 20 s", "M' 120 s", "conds M 20 s", "120 s", "DiT activations alone, growth %",
+              "DiT act. + inputs b2 20 s", "120 s", "growth %", "planned DiT step 20 s", "120 s", "growth %",
+              "max peak + margin 20 s", "120 s", "growth %", f"flat within {FLAT_TOLERANCE:.0%}"]
+    return (_md_modes_method() + "\n**Planned peak per phase, bounded memory modes** (GiB, as the table above; `absorb`: "
+            "VideoSSM's state absorb before sampling; `state modules`: VideoSSM's float32 `StateMemory`, loaded with "
+            "the DiT; `conds on the host`: the memory conds in CPU RAM, full count):\n\n" + _md_table(shown, cols, heads)
+            + "\n**Growth from 20 s to 120 s, bounded modes vs Frame Preservation at the same rate** (`flat`: the "
+            f"step's activations + inputs, the planned step and the max peak + margin all within {FLAT_TOLERANCE:.0%}; "
+            "`M'`: tokens the blocks attend to, `conds M`: tokens carried in the conds):\n\n"
+            + _md_table(growth, gcols, gheads) + _md_modes_fit(modes))
+
+
+def _md_modes_method() -> str:
+    import textwrap
+
+    from framememory.models.memory_modes import PACK_DEFAULTS, SSM_DEFAULTS
+
+    pf, ssm = PACK_DEFAULTS, SSM_DEFAULTS
+    text = f"""**Bounded memory modes** (`models/memory_modes.py`, Wan only: {", ".join(MODE_MODELS)}; 20 / 60 / 120 s),
+through the same product path and the same ComfyUI replay. *PackForcing* (`pack_forcing`, defaults S
+{pf["sink_latent_frames"]}, R {pf["overlap_latent_frames"]}, top-K {pf["top_k"]}, mid blocks from the Fig. 2 encoder at
+{MODE_RATE}): the conds carry the sink and recent latent frames uncompressed (1560 tokens each on Wan 2.1 at 832x480,
+390 on Wan 2.2 5B) and every compressed mid block of the history (91 tokens a block on Wan 2.1, 18 on the 5B);
+`models/wan.py`'s `pack_context` scores all mid blocks against the segment's queries and keeps K per forward, so the
+blocks attend to a bounded M' while the conds (M) and the scoring pass grow with the history (up to 120 s the scoring
+pass stays below the blocks' peak: the activations alone are flat). It appends with the Fig. 2 encoder like Frame
+Preservation (`encode`). *VideoSSM* (`video_ssm`, S {ssm["sink_latent_frames"]}, R {ssm["overlap_latent_frames"]}):
+sink + recent frames uncompressed and a gated delta-rule state `[H, dv, dk]` per block (dv {SSM_VALUE_DIM}, H = D / dv:
+12 heads on the 1.3B, 40 on the 14B, 24 on the 5B; dk {SSM_KEY_DIM}; trained state modules on every block), read out
+after each block by `StateMemory.read`. Its `StateMemory` (float32, as `MemoryEncoder.network` builds it whatever the
+file's dtype: `absorb_proj` D x L*H*(dk+dv+2), per block `read_proj` D x (H*dk+H) and `out` D x D) is the DiT's
+additional model, so ComfyUI loads it with the DiT for sampling; in the DiT step only the read-out layers run (their
+streamed weights in flight count, not ComfyUI's buffer reservation for the unused `absorb_proj`). Before sampling, the
+frames that left the window (4 latent frames a segment) are absorbed by `StateMemory.absorb` (`absorb_proj` for all
+blocks at once, then `gated_delta_rule` batched over the blocks, torch path in chunks of 64, as without the optional
+fla-core), with no `memory_required` declared to ComfyUI (`absorb` column), on the device of
+`next(net.parameters())`, i.e. `distance_weight`: ComfyUI's `ModelPatcher.load` moves parameters outside the leaf
+modules to the card only on a complete load, so when the state modules are partly loaded or were evicted the absorb
+runs on the CPU (host RAM, slow; nothing on the card), and in the DiT step `StateMemory.read` would then mix a CPU
+`distance_weight` with the card's tensors. VideoSSM has no encoder. Everything, `StateMemory` included, runs under the
+fake mode (nothing estimated analytically): the conds' labels, window sizes and positions are FakeTensor constants, so
+the product's selection and re-packing run on them; only the top-K choice (it depends on score values fake tensors
+lack) keeps the most recent K blocks, all blocks being the same size (the validation runs the real choice on real
+tensors). `declared`: the memory's extra DiT-step activations declared to ComfyUI, and VideoSSM's absorb declared when
+its state modules load (`absorbed_state`'s patch embedding then reloads the DiT undeclared, which can take the room
+back). `conds on the host`: the carried tokens float32, positions, labels, state, and the float32 cond + uncond
+concatenation ComfyUI makes before casting them to the card in bf16 (that bf16 copy is in the DiT step's inputs)."""
+    return "\n" + textwrap.fill(" ".join(text.split()), 118, break_long_words=False, break_on_hyphens=False) + "\n"
+
+
+def _md_modes_fit(modes: list[dict]) -> str:
+    out = f"\n**What fits {CARD_GIB:g} GiB at 120 s** (planned peak + margin <= {TARGET_GIB} GiB, every phase):\n\n"
+    for mode in MODES:
+        parts = []
+        for r in (r for r in modes if r["mode"] == mode and r["history_s"] == 120):
+            phases = [p for p in ("text", "absorb", "sample", "decode", "encode") if f"{p}_gib" in r]
+            limit = max(phases, key=lambda p: r[f"{p}_gib"] + r[f"{p}_margin_gib"])
+            parts.append(f"{r['model']} {_md_how(r)} ({r['peak_plus_margin_gib']:.2f} GiB, declared "
+                         f"{r['peak_plus_margin_declared_gib']:.2f}; largest phase: {limit})" if mode != "video_ssm"
+                         else _md_ssm_fit(r, limit))
+        out += f"- {mode}: " + "; ".join(parts) + ".\n"
+    return out
+
+
+def _md_ssm_fit(r: dict, limit: str) -> str:
+    """VideoSSM's verdict at 120 s, with where the absorb runs and the frame-by-frame lever."""
+    def verdict(pre: str) -> str:
+        device = (r[f"{pre}absorb_device"] if r[f"{pre}fits"] else r[f"{pre}absorb_declared_device"]
+                  if r[f"{pre}fits_declared"] else r[f"{pre}absorb_reserve_device"])
+        return (f"{_md_how(r, pre)}{', the absorb then on the CPU' if device == 'cpu' else ''} "
+                f"({r[f'{pre}peak_plus_margin_gib']:.2f} GiB, declared {r[f'{pre}peak_plus_margin_declared_gib']:.2f})")
+
+    where = "in host RAM" if r["absorb_device"] == "cpu" else "on the card"
+    state = "" if r["state_root_on_card"] and r["state_root_declared"] else \
+        "; in its DiT step the state modules are partly loaded, so `distance_weight` stays on the CPU"
+    return (f"{r['model']} {verdict('')}, largest phase {limit}, the absorb's {r['absorb_act_gib']:.2f} GiB of "
+            f"activations {where} as ComfyUI runs it; absorbing frame by frame ({r['absorb_frame_act_gib']:.2f} GiB): "
+            f"{verdict('frame_absorb_')}{state}")
+
+
+def _md_how(r: dict, pre: str = "") -> str:
+    """Verdict of a row (``pre``: the lever's columns)."""
+    reserve = r[f"{pre}reserve_vram_needed_gib"]
+    return ("fits as ComfyUI runs it" if r[f"{pre}fits"] else "fits once declared" if r[f"{pre}fits_declared"]
+            else f"fits declared with `--reserve-vram {reserve}`" if reserve is not None else "does not fit")
+
+
+def markdown(rows: list[dict], growth: list[dict], val: list[dict], parts: list[dict], modes: list[dict] = (),
+             mode_growth_: list[dict] = ()) -> str:
     """The README section (benchmarks/results/vram_estimate.md)."""
-    return _md_method() + "\n" + _md_tables(rows) + _md_fit(rows) + _md_growth(growth) + _md_remedies(rows) \
-        + _md_parts(parts) + _md_validation(val)
+    return _md_method() + "\n" + _md_tables(rows) + _md_fit(rows) + _md_growth(growth) \
+        + _md_modes(list(modes), list(mode_growth_)) + _md_remedies(rows) + _md_parts(parts) + _md_validation(val)
+
 
 def cases() -> list[tuple[int, str]]:
     """``(history seconds, rate)`` of the table: no memory, then every history length at every rate, then 120 s
@@ -1051,18 +1506,21 @@ def cases() -> list[tuple[int, str]]:
     return [(0, RATES[0])] + [(s, r) for r in RATES for s in HISTORIES if s] + [(120, MIXED)]
 
 
-def run_models(names: list[str], log=print) -> tuple[list[dict], list[dict]]:
-    """``(rows, parts)``: :func:`case_row` for every model in ``names``, history length and rate, and
-    :func:`parts_row` per model."""
-    rows, parts = [], []
+def run_models(names: list[str], log=print, modes: bool = True) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(rows, parts, mode_rows)``: :func:`case_row` for every model in ``names``, history length and rate,
+    :func:`parts_row` per model, and (``modes``) :func:`mode_rows` for the models of :data:`MODE_MODELS`."""
+    rows, parts, modes_ = [], [], []
     for name in names:
         spec = MODELS[name]
         log(f"{name}:")
         with fake_mode():
-            meas, lists, dit_act = measure_parts(spec, log)
-            rows += [case_row(name, spec, s, r, meas, lists, dit_act) for s, r in spec.get("cases", cases())]
+            meas, lists, dit_act, dit = measure_parts(spec, log)
+            rows += [case_row(name, spec, s, r, meas[r], {**lists, "enc": lists["enc"][r]}, dit_act)
+                     for s, r in spec.get("cases", cases())]
             parts.append(parts_row(name, spec, meas, lists, dit_act))
-    return rows, parts
+            if modes and name in MODE_MODELS:
+                modes_ += mode_rows(name, spec, meas, lists, dit_act, dit, log)
+    return rows, parts, modes_
 
 
 def parts_row(name: str, spec: dict, meas: dict, lists: dict, dit_act) -> dict:
@@ -1089,6 +1547,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     ap.add_argument("--skip-validation", action="store_true")
+    ap.add_argument("--skip-modes", action="store_true", help="no PackForcing / VideoSSM rows")
     ap.add_argument("--markdown-only", action="store_true",
                     help="rewrite results/vram_estimate.md from results/vram_estimate.json without measuring")
     args = ap.parse_args()
@@ -1102,7 +1561,7 @@ def main() -> None:
         val = validate()
         print("\nvalidation (small configurations, fake vs real CPU tensors, MiB):")
         print_table(val, list(val[0]))
-    rows, parts = run_models(args.models)
+    rows, parts, modes = run_models(args.models, modes=not args.skip_modes)
     print("\nmeasured parts (GiB; act = activation peak of the part alone):")
     print_table(parts, list(parts[0]))
     print(f"\nplanned peak per phase on a {CARD_GIB:g} GiB card (GiB, incl. {CUDA_CONTEXT_GIB} GiB CUDA context):")
@@ -1110,17 +1569,25 @@ def main() -> None:
     growth = growth_rows(rows)
     print("\ngrowth of the DiT step from 20 s to 120 s of history:")
     print_table(growth, list(growth[0]) if growth else ["model"])
+    mgrowth = mode_growth(modes, rows)
+    if modes:
+        print("\nbounded memory modes (GiB):")
+        print_table(modes, ["mode", *TABLE[:3], "M_carried", *TABLE[3:8], "absorb_gib", *TABLE[8:]], digits=2)
+        print("\ngrowth from 20 s to 120 s, bounded modes vs Frame Preservation:")
+        print_table(mgrowth, list(mgrowth[0]))
     extra = {"attention": attention_name(), "card_gib": CARD_GIB, "cuda_context_gib": CUDA_CONTEXT_GIB,
              "target_gib": TARGET_GIB, "margin": MARGIN, "num_streams": NUM_STREAMS, "validation": val,
-             "growth": growth, "parts": parts, "models": MODELS, "seconds": round(time.perf_counter() - t0, 1)}
+             "growth": growth, "parts": parts, "models": MODELS, "mode_rows": modes, "mode_growth": mgrowth,
+             "seconds": round(time.perf_counter() - t0, 1)}
     print("written:", write_result("vram_estimate", rows, extra))
-    print("written:", write_markdown(rows, growth, val, parts), f"({time.perf_counter() - t0:.0f} s)")
+    print("written:", write_markdown(rows, growth, val, parts, modes, mgrowth), f"({time.perf_counter() - t0:.0f} s)")
 
 
-def write_markdown(rows: list[dict], growth: list[dict], val: list[dict], parts: list[dict]) -> str:
+def write_markdown(rows: list[dict], growth: list[dict], val: list[dict], parts: list[dict], modes: list[dict] = (),
+                   mode_growth_: list[dict] = ()) -> str:
     md = os.path.join(ROOT, "benchmarks", "results", "vram_estimate.md")
     with open(md, "w") as f:
-        f.write(markdown(rows, growth, val, parts))
+        f.write(markdown(rows, growth, val, parts, modes, mode_growth_))
     return md
 
 
@@ -1129,7 +1596,9 @@ def write_markdown_from_json() -> None:
 
     with open(os.path.join(ROOT, "benchmarks", "results", "vram_estimate.json")) as f:
         data = json.load(f)
-    print("written:", write_markdown(data["rows"], data["growth"], data["validation"], data.get("parts", [])))
+    comfy_setup()  # the modes' text reads models.memory_modes' defaults
+    print("written:", write_markdown(data["rows"], data["growth"], data["validation"], data.get("parts", []),
+                                     data.get("mode_rows", []), data.get("mode_growth", [])))
 
 
 if __name__ == "__main__":

@@ -272,7 +272,7 @@ class StateMemory(nn.Module):
         q = F.normalize(rearrange(q.float(), "b n (h d) -> b n h d", h=h), dim=-1, eps=1e-6)
         o = torch.einsum("bhvk,bnhk->bnhv", state.to(x.dtype), q.to(x.dtype))  # [B, n, H, dv]
         dist = torch.log1p(distance.to(device=x.device, dtype=torch.float32))
-        w_d = self.distance_weight[index].float()
+        w_d = self.distance_weight[index].to(x.device).float()  # a raw parameter: ComfyUI's partial load may leave it on the CPU
         g = torch.sigmoid(gate.float() + dist[:, None] * w_d)  # [B, n, H]
         y = rearrange(o * g.to(o.dtype)[..., None], "b n h v -> b n (h v)")
         return _project(self.out[index], y).to(x.dtype)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+import comfy.model_management
+
 from ..memory import packing
 from ..memory.config import EncoderConfig
 from ..memory.history import HistoryBuffer, PartKey
@@ -33,7 +35,8 @@ from .encoding import next_memory
 MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")
 ENCODED_MODES = ("frame_preservation", "pack_forcing")  # modes that need the Fig. 2 encoder's tokens
 WAN_FAMILIES = ("wan21", "wan22")  # PackForcing's selection and VideoSSM's read-out live in models/wan.py
-SLIDING_WINDOW_FRAMES = 3  # arXiv 2512.23851's sliding-window baseline: 3 latent frames
+SLIDING_WINDOW_FRAMES = 3
+ABSORB_FRAMES = 1  # VideoSSM: latent frames absorbed per call (absorbing in parts equals absorbing at once)  # arXiv 2512.23851's sliding-window baseline: 3 latent frames
 # PackForcing paper: sink 8 frames (2 Wan latent frames), recent 4 (we take 2 latent frames = 8 frames), top-K 16
 PACK_DEFAULTS = {"sink_latent_frames": 2, "overlap_latent_frames": 2, "top_k": 16}
 SSM_DEFAULTS = {"sink_latent_frames": 1, "overlap_latent_frames": 3}
@@ -150,14 +153,14 @@ def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, 
     done, state = history.states.get(expert, (start, None))
     if done > end:  # the cache is ahead of this history (should not happen: histories only grow)
         done, state = start, None
-    if end > done:
-        lat = latent_range(model, history)(done, end)
-        emb = families.patch_embed(model, lat)  # [1, D, n, Ht, Wt]
-        device = next(net.parameters()).device
+    device = comfy.model_management.get_torch_device()  # the layers cast their weights to the input's device
+    for lo in range(done, end, ABSORB_FRAMES):  # a few latent frames at a time: bounded activations at any size
+        hi = min(lo + ABSORB_FRAMES, end)
+        emb = families.patch_embed(model, latent_range(model, history)(lo, hi))  # [1, D, n, Ht, Wt]
         with torch.no_grad():
             state = net.absorb(emb.flatten(2).transpose(1, 2).to(device),
                                None if state is None else state.to(device)).float().cpu()
-        history.states[expert] = (end, state)
+        history.states[expert] = (hi, state)
     if state is None:
         shape = (1, net.cfg.dit_blocks, net.cfg.ssm_heads, net.cfg.dim // net.cfg.ssm_heads, net.cfg.ssm_key_dim)
         state = torch.zeros(shape)

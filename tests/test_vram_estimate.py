@@ -2,10 +2,12 @@
 ComfyUI's loading rules agrees with ComfyUI's own ``ModelPatcher``.
 
 Small configurations only (ComfyUI's WanModel at width 256, 2 blocks, 208x112, 20 s of history at 2x2x2 through the
-product path's memory patches, cond + uncond): well under a minute on 2 CPU cores.
+product path's memory patches, cond + uncond; PackForcing and VideoSSM at 20 s and 120 s): about 20 s on 2 CPU
+cores.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -95,3 +97,38 @@ def test_card_keeps_comfy_inference_reserve(vram):
     reserve = max(mm.minimum_inference_memory(), 1 * gib + mm.extra_reserved_memory())
     assert dit.on_card + dit.buffer + reserve <= 11.5 * gib
     assert card.free() >= reserve
+
+
+def test_bounded_modes_flat_while_frame_preservation_grows(vram):
+    """PackForcing and VideoSSM through the product path (``pack_context``'s scoring, top-K and re-packing on the
+    carried conds; ``StateMemory.read`` after every block) at the validation size: from 20 s to 120 s of history the
+    tokens the blocks attend to stay the same and the DiT step's activations stay within 5 %, while Frame
+    Preservation's grow. PackForcing's conds still carry every compressed mid block: its inputs grow by exactly those
+    tokens (bf16 tokens, int64 positions and labels), nothing else."""
+    from framememory.memory.grid import memory_grid
+
+    spec = {**vram.MODELS["wan21_1.3b_bf16"], **vram.SMALL}
+    with vram.fake_mode():
+        dm = vram.build_dit(spec)
+        opts = vram.dit_options(spec, dm)
+        ssm, reads = vram.build_state_memory(spec), []
+        read = ssm.read
+        ssm.read = lambda i, *args: reads.append(i) or read(i, *args)  # count the read-outs (product path)
+        fp = {s: vram.dit_step(spec, dm, opts, 2, s, vram.MODE_RATE) for s in (20, 120)}
+        pf = {s: vram.mode_step(spec, dm, opts, 2, s, "pack_forcing") for s in (20, 120)}
+        ssm_rows = {s: vram.mode_step(spec, dm, opts, 2, s, "video_ssm", ssm) for s in (20, 120)}
+
+    def growth(rows: dict) -> float:
+        return rows[120]["act"] / rows[20]["act"] - 1
+
+    assert fp[120]["M"] > fp[20]["M"] and growth(fp) > 4 * vram.FLAT_TOLERANCE
+    for rows in (pf, ssm_rows):
+        assert rows[120]["M"] == rows[20]["M"] and abs(growth(rows)) <= vram.FLAT_TOLERANCE
+    cfg, dim = vram.mode_config(spec, "pack_forcing"), spec["dit"]["dim"]
+    frame = (spec["height"] // 16) * (spec["width"] // 16)  # DiT tokens of one latent frame
+    block = math.prod(memory_grid((2, spec["height"] // 8, spec["width"] // 8), cfg))  # one memory time step
+    assert pf[120]["M"] == (cfg.sink_latent_frames + cfg.overlap_latent_frames) * frame + cfg.top_k * block
+    carried = pf[120]["M_carried"] - pf[20]["M_carried"]
+    assert carried > 0 and pf[120]["inputs"] - pf[20]["inputs"] == 2 * carried * (dim * 2 + 3 * 8 + 8)
+    assert ssm_rows[120]["M"] == (1 + 3) * frame
+    assert reads == [*range(spec["dit"]["num_layers"])] * 2  # every block read its state, at 20 s and at 120 s

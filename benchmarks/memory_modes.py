@@ -1,0 +1,595 @@
+"""Benchmark (issue 12): the memory modes side by side on the lab model, one comparison table.
+
+Usage:
+  .venv/bin/python benchmarks/memory_modes.py [--lab-dir lab_model/] [--rows off sliding fp ...] [--clips bikes.mp4 ...]
+      [--seconds 3] [--drift-seconds 60] [--steps 12] [--out benchmarks/results/memory_modes_lab] [--quick]
+
+Rows (``--rows`` takes the keys): ``off`` "no memory" (mode off, Frame Preservation (FP) lab set); ``sliding``
+"sliding window" (mode sliding_window, FP set: the last 3 latent frames); ``fp`` "Frame Preservation <rate>" (the
+trained lab encoder and its LoRA: 2x2x1 in the lab recipe); ``fp_4x4x2`` / ``fp_2x2x2`` "Frame Preservation
+4x4x2 / 2x2x2 (LR only, untrained)" (``MemoryEncoder.untrained(rate)`` with the FP LoRA: the lab has no trained
+encoder at these rates); ``pack_forcing`` "PackForcing" and ``video_ssm`` "VideoSSM" (their own lab encoder / state
+file and LoRA, ``training.lab.MODE_FILES``). Every row runs in its own subprocess (``--arm``), so its RSS is its own
+and a crash loses only that row; partial results are written after every row.
+
+Columns (units):
+
+1. ``tok 20s / 60s / 120s``: memory tokens one DiT forward attends to after 20 / 60 / 120 s of history at the lab
+   size (256x128, 16 fps: 4 latent frames per second, 8x16 = 128 DiT tokens per latent frame). Counted by functions
+   of the resolved mode config (:func:`context_count`; PackForcing after its per-forward top-K selection, so it is
+   bounded; ``carried`` in the JSON is before selection). ``state``: VideoSSM state floats (``L*H*dv*dk``, one per
+   sample, constant). ``cost 20s``: token-equivalents at 20 s = tokens + state floats / D (the plot's x).
+   Checks in the JSON: ``measured`` (off / sliding / VideoSSM: ``memory_inputs`` on a synthetic history of random
+   latents of that length) and ``token_check`` (every generated segment's reported tokens vs the count function at
+   that segment's history length; the drift run reaches 20 s). ``wan480``: the same functions for Wan 2.1 1.3B at
+   832x480 (30x52 tokens per latent frame, D 1536, 30 blocks; VideoSSM 12 heads, dk 64) with the lab configs'
+   rate / S / R / K: computed, not run.
+2. ``step x``: median wall time of a segment's sampling phase (report ``segments[i]["sample_s"]``) over the quality
+   runs, divided by the "no memory" row's.
+3. ``PSNR dB`` / ``SSIM``: each held-out clip's first H frames as history (H from ``--history-seconds``, 13 + 16k
+   frames, ``example_eval.history_length``; fewer when the clip leaves no room for the generated part, as the main
+   job's carphone run), ``--seconds`` generated in 1 s segments (one shot, ``long_run.PROMPT``, seed 42, 12 Euler
+   steps, cfg 1, scheduler simple: the main job's settings), generated frame j vs real frame H + j (torchmetrics,
+   RGB in [0, 1]) averaged over the first 2 s, then over the clips; per clip and per segment in the JSON.
+4. ``recall dB``: the Stage I frame query at inference: the first ``--recall-seconds`` of a clip as history through
+   the inference code (``history_from_frames``, ``Memory.conds``), ONE latent frame sampled (own Euler loop over
+   ComfyUI's sigmas, ``training.stages.dit_forward``) at RoPE time ``j - T_H`` (``--recall-frame`` j, early in the
+   history), decoded, PSNR vs the real latent frame j decoded the same way (VAE error left out; the JSON also has
+   the RMSE of the two latents in model space, no VAE at all). "no memory": no memory at all. PackForcing re-packs
+   the kept blocks' RoPE times next to the recent window, so a query at the original time does not line up with
+   them (a property of the design, measured as is).
+5. ``drift <N>s`` / ``drift mean``: a ``--drift-seconds`` storyboard from bikes.mp4's first ``--history-seconds``
+   (as ``long_run.py``): CIEDE2000 of a segment's mean CIELAB colour vs the history's at the last 10 s mark, and
+   the mean over all segments (every 10 s mark in the JSON). ``--drift-seconds 0`` skips it.
+6. ``RSS MB``: peak resident set size (``ru_maxrss``) of the row's subprocess, MiB (after each stage in the JSON:
+   the drift run's frames come last).
+
+Writes ``<out>.json`` (table rows, every arm's details, the settings) and ``<out>.png`` (x: context cost at 20 s in
+token-equivalents, log scale; y: mean PSNR; one labelled point per row). ``--quick`` (the test): bikes.mp4 only,
+13 history frames, 1 s, 2 steps, no drift, recall after 29 frames (1.8 s) of history.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ (also under PYTHONSAFEPATH)
+from common import ROOT, print_table, write_result  # noqa: E402
+from long_run import PROMPT, history_clip, segment_metrics, setup  # noqa: E402
+from long_run import run_arm as storyboard_arm  # noqa: E402
+
+FP = "frame_preservation"
+ROWS = {  # key -> name, memory mode, lab set (training.lab.load_lab_model mode), encoder
+    "off": {"name": "no memory", "mode": "off", "set": FP, "encoder": "lab"},
+    "sliding": {"name": "sliding window", "mode": "sliding_window", "set": FP, "encoder": "lab"},
+    "fp": {"name": "Frame Preservation (lab encoder)", "mode": FP, "set": FP, "encoder": "lab"},
+    "fp_4x4x2": {"name": "Frame Preservation 4x4x2 (LR only, untrained)", "mode": FP, "set": FP,
+                 "encoder": "untrained:4x4x2"},
+    "fp_2x2x2": {"name": "Frame Preservation 2x2x2 (LR only, untrained)", "mode": FP, "set": FP,
+                 "encoder": "untrained:2x2x2"},
+    "pack_forcing": {"name": "PackForcing", "mode": "pack_forcing", "set": "pack_forcing", "encoder": "lab"},
+    "video_ssm": {"name": "VideoSSM", "mode": "video_ssm", "set": "video_ssm", "encoder": "lab"},
+}
+WIDTH, HEIGHT, FPS, SEGMENT = 256, 128, 16.0, 4  # the lab size; 4 latent frames (1 s) per segment
+LATENT_PER_S = FPS / 4  # Wan: 4 video frames per latent frame
+CONTEXT_SECONDS = (20, 60, 120)
+WAN480 = {"ht": 30, "wt": 52, "dim": 1536, "blocks": 30, "ssm_heads": 12, "ssm_key_dim": 64}  # Wan 2.1 1.3B, 832x480
+HELDOUT = ("bikes.mp4", "tree.avi", "carphone_pristine.mp4")  # training.reproduce.HELDOUT_CLIPS with >= 64 frames
+MEDIA = os.path.join(ROOT, ".cache", "media")
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[memory_modes +{time.perf_counter() - T0:7.1f} s] {msg}", flush=True)
+
+
+def clip_path(name: str) -> str:
+    return name if os.path.exists(name) else os.path.join(MEDIA, name)
+
+
+def latent_frames(seconds: float) -> int:
+    return int(round(seconds * LATENT_PER_S))
+
+
+# ---- column 1: context ------------------------------------------------------------------------------------------
+def context_count(mode: str, cfg, frames: int, ht: int, wt: int, dim: int) -> dict:
+    """Memory per DiT forward after ``frames`` latent frames of history on an ``ht x wt`` token grid, from the
+    resolved mode config: ``tokens`` attended (PackForcing: after top-K), ``carried`` (in the conds, before
+    selection), ``state_floats`` (VideoSSM), ``cost`` = tokens + state floats / ``dim`` (token-equivalents)."""
+    from framememory.memory.grid import memory_grid
+    from framememory.memory.packing import partition_frames
+
+    per_frame = ht * wt
+    rt = cfg.patch_size[0] * cfg.rate[2]
+    _, hm, wm = memory_grid((rt, ht * cfg.patch_size[1], wt * cfg.patch_size[2]), cfg)
+    tokens = carried = state = 0
+    if mode == "sliding_window":
+        tokens = carried = min(frames, cfg.overlap_latent_frames) * per_frame
+    elif mode == FP:
+        tokens = carried = frames // rt * hm * wm + min(frames, cfg.overlap_latent_frames) * per_frame
+    elif mode == "pack_forcing":
+        s, r = partition_frames(frames, cfg.sink_latent_frames, cfg.overlap_latent_frames)
+        blocks = max(0, (frames - r) // rt - -(-s // rt))  # memory steps wholly between sink and recent window
+        kept = blocks if cfg.top_k <= 0 else min(blocks, cfg.top_k)
+        carried, tokens = ((s + r) * per_frame + n * hm * wm for n in (blocks, kept))
+    elif mode == "video_ssm":
+        s, r = partition_frames(frames, cfg.sink_latent_frames, cfg.overlap_latent_frames)
+        tokens = carried = (s + r) * per_frame
+        if cfg.ssm_heads:
+            state = cfg.dit_blocks * cfg.ssm_heads * (dim // cfg.ssm_heads) * cfg.ssm_key_dim
+    return {"tokens": tokens, "carried": carried, "state_floats": state, "cost": round(tokens + state / dim, 2)}
+
+
+def wan480_config(cfg, mode: str):
+    """The lab config at Wan 2.1 1.3B's width (and, for VideoSSM, its 30 blocks, 12 heads, dk 64)."""
+    if mode == "video_ssm" and cfg.ssm_heads:
+        return dataclasses.replace(cfg, dim=WAN480["dim"], dit_blocks=WAN480["blocks"],
+                                   ssm_heads=WAN480["ssm_heads"], ssm_key_dim=WAN480["ssm_key_dim"])
+    return dataclasses.replace(cfg, dim=WAN480["dim"])
+
+
+def synthetic_counts(model, encoder, mode: str, seconds=CONTEXT_SECONDS) -> dict:
+    """Measured with the inference code (``memory_inputs``) on a synthetic history of random latents, for the modes
+    that need no encoded spans (off, sliding_window, video_ssm): ``{"<seconds>": {"tokens", "state_floats"}}``."""
+    import torch
+
+    from framememory.memory.history import HistoryBuffer
+    from framememory.models.conds import STATE_KEY
+    from framememory.models.memory_modes import memory_inputs
+
+    g, history, out = torch.Generator().manual_seed(0), HistoryBuffer(), {}
+    for s in sorted(seconds):
+        while history.latent_frames < latent_frames(s):
+            first = not history.segments
+            history.append(torch.randn(16, SEGMENT, HEIGHT // 8, WIDTH // 8, generator=g),
+                           torch.zeros(13 if first else 16, 1, 1, 3, dtype=torch.uint8), stream_start=first)
+        inp = memory_inputs(model, encoder, history, 0, mode)
+        state = inp.extra.get(STATE_KEY)
+        out[str(s)] = {"tokens": inp.count, "state_floats": 0 if state is None else int(state.numel())}
+    return out
+
+
+def context_column(lab, mode: str) -> dict:
+    """Column 1 for one row: counts at the lab size and at Wan 2.1 1.3B 480p, plus the measured ones."""
+    from framememory.models.memory_modes import mode_config
+
+    model, _, encoder = lab
+    cfg = mode_config(encoder, model, mode)
+    dim = model.model.diffusion_model.dim
+    ht, wt = HEIGHT // 8 // cfg.patch_size[1], WIDTH // 8 // cfg.patch_size[2]
+    wan = wan480_config(cfg, mode)
+    out = {"config": {k: v for k, v in dataclasses.asdict(cfg).items() if k in (
+               "rate", "overlap_latent_frames", "sink_latent_frames", "top_k", "ssm_heads", "ssm_key_dim",
+               "dit_blocks", "use_hr", "use_lr", "memory_type")},
+           "lab": {str(s): context_count(mode, cfg, latent_frames(s), ht, wt, dim) for s in CONTEXT_SECONDS},
+           "wan480": {str(s): context_count(mode, wan, latent_frames(s), WAN480["ht"], WAN480["wt"], WAN480["dim"])
+                      for s in CONTEXT_SECONDS}}
+    net = encoder.parts[0].state_network(model) if mode == "video_ssm" else None
+    if net is not None:
+        out["state_numel"] = net.state_numel()  # StateMemory's own count, vs the function's
+    if mode in ("off", "sliding_window", "video_ssm"):
+        out["measured"] = synthetic_counts(model, encoder, mode)
+    return out
+
+
+def token_check(segments: list[dict], mode: str, cfg, dim: int) -> dict:
+    """Every segment's reported memory tokens (before PackForcing's selection) vs :func:`context_count`'s
+    ``carried`` at its history length (causal stream: 1 + (F - 1) / 4 latent frames for F frames)."""
+    ht, wt = HEIGHT // 8 // cfg.patch_size[1], WIDTH // 8 // cfg.patch_size[2]
+    pairs = []
+    for s in segments:
+        t = 1 + (s["history_frames_total"] - 1) // 4
+        pairs.append((t, s["memory_tokens"], context_count(mode, cfg, t, ht, wt, dim)["carried"]))
+    return {"checked": len(pairs), "mismatches": [p for p in pairs if p[1] != p[2]],
+            "at_20s": next(({"latent_frames": t, "reported": a, "counted": b} for t, a, b in pairs
+                            if t == latent_frames(20)), None)}
+
+
+# ---- columns 2-3: next segments vs the real continuation --------------------------------------------------------
+def generated_frames(seconds: float) -> int:
+    from framememory.memory.storyboard import Shot, plan_segments
+
+    return sum(p.frames for p in plan_segments([Shot(0, PROMPT, 0.0, seconds)], FPS, SEGMENT, 4, continues=True))
+
+
+def quality_clip(path: str, history_seconds: float, generated: int):
+    """uint8 frames ``[F, H, W, 3]`` of the clip (history + continuation) and H: the main job's history length
+    (``example_eval.history_length``), shortened when the clip leaves fewer than ``generated`` frames after it."""
+    from example_eval import history_length, read_clip
+
+    from framememory.memory.storyboard import segment_frames
+
+    frames = read_clip(path, WIDTH, HEIGHT, FPS, math.floor(history_seconds * FPS + 1e-6) + generated)
+    room = len(frames) - generated
+    available = room if room >= segment_frames(SEGMENT) else len(frames)
+    return frames, history_length(history_seconds, FPS, SEGMENT, available)
+
+
+def quality_run(lab, mode: str, clip: str, args) -> dict:
+    """One clip: continue its history for ``args.seconds``; PSNR / SSIM against the real continuation."""
+    import torch
+    from example_eval import arm_metrics
+
+    from framememory.memory.frames import to_uint8
+    from framememory.models.memory_modes import mode_config
+
+    frames, h = quality_clip(clip_path(clip), args.history_seconds, generated_frames(args.seconds))
+    out, report = storyboard_arm(lab, torch.from_numpy(frames[:h]).float() / 255.0, mode, args.seconds, args.seed,
+                                 args.steps)
+    pred, real = to_uint8(out).numpy(), frames[h:]
+    f = min(len(pred), len(real))
+    if f == 0:
+        raise ValueError(f"{clip}: no real frame after the {h} history frames")
+    segs, f2 = [s["frames"] for s in report["segments"]], min(f, int(2 * FPS))
+    first, whole = arm_metrics(pred[:f2], real[:f2], segs), arm_metrics(pred[:f], real[:f], segs)
+    model, _, encoder = lab
+    return {"clip": clip, "history_frames": h, "compared_frames": f, "psnr_db": first["psnr_db"],
+            "ssim": first["ssim"], "psnr_db_all": whole["psnr_db"], "ssim_all": whole["ssim"],
+            "per_segment_psnr_db": whole["per_segment_psnr_db"],
+            "sample_s": [s["sample_s"] for s in report["segments"]],
+            "memory_tokens": [s["memory_tokens"] for s in report["segments"]],
+            "token_check": token_check(report["segments"], mode, mode_config(encoder, model, mode),
+                                       model.model.diffusion_model.dim)}
+
+
+# ---- column 4: recall of an early frame -------------------------------------------------------------------------
+def training_memory(model, encoder, inp, mode: str):
+    """The inference memory (``MemoryInputs``) as the training forward's namespace (``training.stages``), batch 1;
+    None for an empty memory."""
+    from types import SimpleNamespace
+
+    from framememory.models.memory_modes import mode_config
+
+    if inp.tokens is None:
+        return None
+    return SimpleNamespace(
+        tokens=inp.tokens[None].float(), positions2=(inp.positions.double() * 2).round().long()[None], hidden=None,
+        cross=None, memory_t0=mode_config(encoder, model, mode).memory_timestep == "zero",
+        extra={k: v[None] for k, v in inp.extra.items()},
+        readout=encoder.parts[0].state_network(model) if mode == "video_ssm" else None)
+
+
+def sample_frame(model, context, memory, frame_time: int, steps: int, seed: int):
+    """ONE latent frame ``[1, 16, 1, h, w]`` (model space) at RoPE time ``frame_time``: Euler over ComfyUI's own
+    "simple" sigmas of the model, velocity from ``training.stages.dit_forward`` (the DiT with its LoRA applied)."""
+    import comfy.model_management
+    import comfy.samplers
+    import torch
+
+    from framememory.training.stages import dit_forward
+
+    comfy.model_management.load_models_gpu([model])  # applies the LoRA patches to the shared weights
+    dm = model.model.diffusion_model
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).float()
+    x = torch.randn((1, 16, 1, HEIGHT // 8, WIDTH // 8), generator=torch.Generator().manual_seed(seed)) * sigmas[0]
+    times = torch.tensor([[float(frame_time)]])
+    with torch.no_grad():
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            v = dit_forward(dm, x, s.view(1), context, memory, frame_times=times)
+            x = x + (s_next - s) * v.float()
+    return x
+
+
+def recall_run(lab, mode: str, clip: str, args) -> dict:
+    """Column 4 for one clip (module docstring): PSNR / SSIM of the queried frame vs the real latent frame j, both
+    decoded alone by the VAE."""
+    from example_eval import frame_metrics
+
+    from framememory.demo.text_encoder import StandInTextEncoder
+    from framememory.memory.frames import to_uint8
+    from framememory.models.storyboard import history_from_frames
+
+    model, vae, encoder = lab
+    history, h = history_clip(clip_path(clip), args.recall_seconds, WIDTH, HEIGHT, FPS)
+    mem, _ = history_from_frames(model, vae, encoder, history, SEGMENT, FPS, WIDTH, HEIGHT, mode=mode)
+    t_h, j = mem.history.latent_frames, args.recall_frame
+    if not 0 <= j < t_h:
+        raise ValueError(f"--recall-frame {j} is outside the history's {t_h} latent frames")
+    memory = None if mode == "off" else training_memory(model, encoder, mem.conds(model), mode)
+    text = StandInTextEncoder()
+    context = text.encode_from_tokens_scheduled(text.tokenize(PROMPT))[0][0]
+    x = sample_frame(model, context, memory, j - t_h, args.steps, args.seed)
+    decode = lambda z: to_uint8(vae.decode(z).reshape(-1, HEIGHT, WIDTH, 3)[:1]).numpy()  # noqa: E731
+    real_latent = mem.history.latents(j, j + 1)[None]
+    gen, real = decode(model.model.process_latent_out(x)), decode(real_latent)
+    psnr, ssim = frame_metrics(gen, real)
+    rmse = float((x - model.model.process_latent_in(real_latent)).pow(2).mean().sqrt())  # model space, no VAE
+    return {"clip": clip, "history_frames": h, "history_latent_frames": t_h, "query_latent_frame": j,
+            "distance_s": round((t_h - j) / LATENT_PER_S, 2), "memory_tokens": 0 if memory is None else
+            int(memory.tokens.shape[1]), "psnr_db": round(float(psnr[0]), 3), "ssim": round(float(ssim[0]), 4),
+            "latent_rmse": round(rmse, 4)}
+
+
+# ---- column 5: colour drift -------------------------------------------------------------------------------------
+def drift_run(lab, mode: str, args) -> dict:
+    """A ``args.drift_seconds`` storyboard after ``args.history_seconds`` of bikes.mp4 (as long_run.py): CIEDE2000
+    of each segment's mean colour vs the history's, at every 10 s mark and on average."""
+    from framememory.models.memory_modes import mode_config
+
+    history, h = history_clip(clip_path(args.drift_clip), args.history_seconds, WIDTH, HEIGHT, FPS)
+    frames, report = storyboard_arm(lab, history, mode, args.drift_seconds, args.seed, args.steps)
+    rows = segment_metrics(frames, [s["frames"] for s in report["segments"]], history)
+    del frames
+    for r, s in zip(rows, report["segments"]):
+        r["end_s"] = round((s["start_frame"] - report["start_frames"] + s["frames"]) / FPS, 4)
+    marks = [{"t_s": r["end_s"], "ciede2000": r["ciede2000"]} for r in rows
+             if r["end_s"] >= 10 and abs(r["end_s"] / 10 - round(r["end_s"] / 10)) < 1e-6]
+    model, _, encoder = lab
+    return {"clip": args.drift_clip, "history_frames": h, "seconds": args.drift_seconds, "marks": marks,
+            "mean_ciede2000": round(statistics.fmean(r["ciede2000"] for r in rows), 3), "curve": rows,
+            "sample_s": [s["sample_s"] for s in report["segments"]],
+            "token_check": token_check(report["segments"], mode, mode_config(encoder, model, mode),
+                                       model.model.diffusion_model.dim)}
+
+
+# ---- one row in its own process ---------------------------------------------------------------------------------
+def load_row(lab_dir: str, row: dict):
+    """``(model, vae, encoder)`` of the row: the lab set of its mode, the encoder replaced for untrained rows."""
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.training.lab import load_lab_model
+
+    model, vae, encoder = load_lab_model(lab_dir, mode=row["set"])
+    if row["encoder"].startswith("untrained:"):
+        encoder = MemoryEncoder.untrained(row["encoder"].split(":", 1)[1])
+    return model, vae, encoder
+
+
+def stage(out: dict, key: str, label: str, fn, save) -> None:
+    """``out[key] = fn()``, or the error (the arm goes on with its other columns); ``save(label)`` and a log line
+    either way."""
+    t0 = time.perf_counter()
+    try:
+        out[key] = fn()
+        log(f"{label}: done in {time.perf_counter() - t0:.1f} s")
+    except Exception as e:  # noqa: BLE001  a column that fails is reported, the others still run
+        out[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        log(f"{label}: FAILED ({type(e).__name__}: {e})")
+    save(label)
+
+
+def arm_main(args) -> None:
+    """The work of one row (``--arm KEY``), written to ``--arm-json`` after every stage."""
+    setup()
+    import torch
+
+    from framememory.models.telemetry import peak_rss_mb
+
+    torch.set_num_threads(args.threads)
+    row = ROWS[args.arm]
+    out = {"key": args.arm, **row, "quality": {}, "recall": {}}
+
+    def save(label: str) -> None:
+        out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        out.setdefault("peak_rss_mb_after", {})[label] = out["peak_rss_mb"]
+        with open(args.arm_json + ".tmp", "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(args.arm_json + ".tmp", args.arm_json)
+
+    lab = load_row(args.lab_dir, row)
+    if args.arm == "fp":
+        out["name"] = f"Frame Preservation {lab[2].check(lab[0]).rate_str}"
+    label = out["name"]
+    stage(out, "context", f"{label} | context", lambda: context_column(lab, row["mode"]), save)
+    for clip in args.clips:
+        stage(out["quality"], clip, f"{label} | {clip} | next {args.seconds:g} s",
+              lambda: quality_run(lab, row["mode"], clip, args), save)
+    for clip in args.recall_clips:
+        stage(out["recall"], clip, f"{label} | {clip} | recall", lambda: recall_run(lab, row["mode"], clip, args), save)
+    if args.drift_seconds > 0:
+        stage(out, "drift", f"{label} | {args.drift_clip} | drift {args.drift_seconds:g} s",
+              lambda: drift_run(lab, row["mode"], args), save)
+
+
+# ---- the parent: rows in subprocesses, the table, the plot ------------------------------------------------------
+PASS = ("lab_dir", "clips", "seconds", "history_seconds", "drift_seconds", "drift_clip", "steps", "seed",
+        "recall_clips", "recall_seconds", "recall_frame", "threads")
+
+
+def run_row(key: str, args, folder: str) -> dict:
+    """Run one row's subprocess; its JSON (possibly partial), with the exit code and wall time."""
+    path = os.path.join(folder, f"{key}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--arm", key, "--arm-json", path]
+    for name in PASS:
+        value = getattr(args, name)
+        cmd += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    arm = {"key": key, **ROWS[key]}
+    if os.path.exists(path):
+        with open(path) as f:
+            arm = json.load(f)
+    arm.update(returncode=rc, wall_s=round(time.perf_counter() - t0, 1))
+    if rc != 0:
+        arm["error"] = f"the row's process exited with {rc}"
+    return arm
+
+
+def ok(d) -> bool:
+    return isinstance(d, dict) and "error" not in d
+
+
+def mean_of(items: dict, key: str):
+    vals = [v[key] for v in items.values() if ok(v)]
+    return round(statistics.fmean(vals), 3) if vals else None
+
+
+def errors(arm: dict) -> str | None:
+    """The row's process error and every failed column ("column: message"), or None."""
+    found = [arm["error"]] if arm.get("error") else []
+    for col in ("context", "drift"):
+        if isinstance(arm.get(col), dict) and "error" in arm[col]:
+            found.append(f"{col}: {arm[col]['error']}")
+    for col in ("quality", "recall"):
+        found += [f"{col} {clip}: {v['error']}" for clip, v in arm.get(col, {}).items() if not ok(v)]
+    return "; ".join(found) or None
+
+
+def table_row(arm: dict, args) -> dict:
+    """The printed row of one arm (None where a column failed or was skipped)."""
+    ctx = arm.get("context") if ok(arm.get("context")) else None
+    lab, wan = (ctx["lab"], ctx["wan480"]) if ctx else ({}, {})
+    quality, recall = arm.get("quality", {}), arm.get("recall", {})
+    samples = [t for q in quality.values() if ok(q) for t in q["sample_s"]]
+    drift = arm.get("drift") if ok(arm.get("drift")) else None
+    return {
+        "key": arm["key"], "row": arm.get("name"), **{f"tok {s}s": lab[s]["tokens"] for s in lab},
+        "state": lab["20"]["state_floats"] if lab else None, "cost 20s": lab["20"]["cost"] if lab else None,
+        "wan480 tok 20/60/120s": "/".join(str(wan[str(s)]["tokens"]) for s in CONTEXT_SECONDS) if wan else None,
+        "wan480 state": wan["20"]["state_floats"] if wan else None,
+        "sample_s": statistics.median(samples) if samples else None, "step x": None,
+        "PSNR dB": mean_of(quality, "psnr_db"), "SSIM": mean_of(quality, "ssim"),
+        "PSNR per clip": "/".join(f"{quality[c]['psnr_db']:.2f}" if ok(quality.get(c)) else "-" for c in args.clips),
+        "recall dB": mean_of(recall, "psnr_db"),
+        "recall per clip": "/".join(f"{recall[c]['psnr_db']:.2f}" if ok(recall.get(c)) else "-"
+                                    for c in args.recall_clips),
+        f"drift {args.drift_seconds:g}s": drift["marks"][-1]["ciede2000"] if drift and drift["marks"] else None,
+        "drift mean": drift["mean_ciede2000"] if drift else None,
+        "RSS MB": arm.get("peak_rss_mb"), "error": errors(arm),
+    }
+
+
+def step_ratios(rows: list[dict]) -> None:
+    """Fill ``step x``: each row's median sampling time per segment over the "no memory" row's."""
+    base = next((r["sample_s"] for r in rows if r["key"] == "off"), None)
+    for r in rows:
+        if base and r["sample_s"] is not None:
+            r["step x"] = round(r["sample_s"] / base, 3)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Context cost at 20 s (token-equivalents, log x; 0 drawn at 1) vs mean PSNR, one labelled point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    shown = [r for r in rows if r["cost 20s"] is not None and r["PSNR dB"] is not None]
+    for i, r in enumerate(shown):
+        x = max(r["cost 20s"], 1.0)
+        ax.scatter([x], [r["PSNR dB"]])
+        ax.annotate(r["row"] + (" (0 tokens)" if r["cost 20s"] == 0 else ""), (x, r["PSNR dB"]), fontsize=7,
+                    xytext=(5, (4, -10, 12)[i % 3]), textcoords="offset points")  # staggered: close points
+    ax.set_xscale("log")
+    ax.set_xlim(0.5, 30 * max([1.0] + [max(r["cost 20s"], 1.0) for r in shown]))  # room for the labels
+    ax.set(xlabel="context at 20 s of history (memory tokens + state floats / D), lab size",
+           ylabel="mean PSNR over the first 2 s vs real (dB)", title="memory modes on the lab model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+COLUMNS = ["row", "tok 20s", "tok 60s", "tok 120s", "state", "cost 20s", "wan480 tok 20/60/120s", "wan480 state",
+           "step x", "PSNR dB", "SSIM", "PSNR per clip", "recall dB", "recall per clip"]
+
+
+def save_result(stem: str, rows: list[dict], extra: dict) -> str:
+    """``write_result`` to ``<stem>.json`` (a stem outside benchmarks/results/ goes by its absolute path)."""
+    results = os.path.join(ROOT, "benchmarks", "results")
+    rel = os.path.relpath(os.path.abspath(stem), results)
+    return write_result(os.path.abspath(stem) if rel.startswith("..") else rel, rows, extra)
+
+
+def settings(args) -> dict:
+    return {k: getattr(args, k) for k in PASS} | {
+        "rows": args.rows, "jobs": args.jobs, "prompt": PROMPT, "cfg": 1.0, "sampler": "euler", "scheduler": "simple",
+        "size": [WIDTH, HEIGHT], "fps": FPS, "segment_latent_frames": SEGMENT, "quick": args.quick}
+
+
+NOTES = [
+    "Context counts are functions of each mode's resolved config (column 1 of the module docstring), checked against "
+    "memory_inputs on synthetic histories (off / sliding / VideoSSM: 'measured') and against every generated "
+    "segment's reported tokens ('token_check'; carried tokens, before PackForcing's selection).",
+    "One prompt (long_run.PROMPT) for every row and clip, as long_run.py; the stand-in text encoder carries word "
+    "identity only, and cfg 1 ignores the (empty) negative.",
+    "wan480 columns are computed for Wan 2.1 1.3B at 832x480 with the lab configs' rate / S / R / K (VideoSSM 12 "
+    "heads, dk 64): not run.",
+    "The 4x4x2 / 2x2x2 Frame Preservation rows use an untrained LR-only encoder with the lab's Frame Preservation "
+    "LoRA (trained with the lab encoder): the lab has no trained encoder at these rates.",
+    "recall: the real frame is latent frame j decoded alone by the same VAE (VAE error excluded); the DiT runs with "
+    "each row's Stage II LoRA (Stage I's frame-query LoRA is not shipped). PackForcing re-packs RoPE times, so a "
+    "query at the original time does not line up with the selected blocks; VideoSSM's read-out distance is that of "
+    "the next segment (token_distance ignores the query's RoPE time).",
+]
+
+
+def run_rows(args, stem: str) -> dict:
+    """Every row in its own subprocess, ``args.jobs`` at a time; ``<stem>_partial.json`` after each one ends."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    arms = {}
+    with tempfile.TemporaryDirectory(prefix="memory_modes_") as folder, ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_row, key, args, folder): key for key in args.rows}
+        for i, key in enumerate(args.rows):
+            log(f"row {i + 1}/{len(args.rows)}: {ROWS[key]['name']} ({key}) queued")
+        for future in as_completed(futures):
+            key = futures[future]
+            arms[key] = future.result()
+            log(f"row {key}: exit {arms[key]['returncode']} after {arms[key]['wall_s']} s ({len(arms)}/{len(futures)})")
+            save_result(stem + "_partial", [], {"settings": settings(args), "arms": arms})
+    return arms
+
+
+def main() -> None:
+    args = parse_args()
+    if args.arm:
+        return arm_main(args)
+    stem = args.out
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    arms = run_rows(args, stem)
+    rows = [table_row(arms[k], args) for k in args.rows]
+    step_ratios(rows)
+    cols = COLUMNS + ([f"drift {args.drift_seconds:g}s", "drift mean"] if args.drift_seconds > 0 else []) + ["RSS MB"]
+    print_table(rows, cols, digits=2)
+    for r in rows:
+        if r["error"]:
+            print(f"{r['row']}: {r['error']}")
+    plot(rows, stem + ".png")
+    path = save_result(stem, rows, {"settings": settings(args), "notes": NOTES, "arms": arms})
+    print("written:", stem + ".png", path)
+    if os.path.exists(stem + "_partial.json"):
+        os.remove(stem + "_partial.json")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lab-dir", default=os.path.join(ROOT, "lab_model"), help="the lab model set (all 8 files)")
+    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to run (keys)")
+    ap.add_argument("--clips", nargs="+", default=list(HELDOUT), help="held-out clips for PSNR / SSIM")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds generated per clip (default 3)")
+    ap.add_argument("--history-seconds", type=float, default=2.8, help="history of the clips (default 2.8: 29 frames)")
+    ap.add_argument("--drift-seconds", type=float, default=60.0, help="drift run length; 0 skips it (default 60)")
+    ap.add_argument("--drift-clip", default="bikes.mp4")
+    ap.add_argument("--steps", type=int, default=12, help="Euler steps per segment (default 12, as the main job)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--recall-clips", nargs="+", default=["bikes.mp4", "tree.avi"])
+    ap.add_argument("--recall-seconds", type=float, default=12.8, help="recall history (default 12.8 s = 205 "
+                    "frames; a shorter clip gives what it has: bikes.mp4 157 frames)")
+    ap.add_argument("--recall-frame", type=int, default=4, help="latent frame j queried (default 4)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per row (default 2)")
+    ap.add_argument("--jobs", type=int, default=1, help="rows run at once (default 1: keeps the step-time column "
+                    "fair; more only for quick checks)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "memory_modes_lab"),
+                    help="result path stem: <out>.json and <out>.png")
+    ap.add_argument("--quick", action="store_true", help="test size: bikes.mp4, 1 s, 2 steps, no drift, short recall")
+    ap.add_argument("--arm", choices=list(ROWS), help=argparse.SUPPRESS)
+    ap.add_argument("--arm-json", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.clips, args.recall_clips = args.clips[:1], args.recall_clips[:1]
+        args.seconds, args.steps, args.drift_seconds = 1.0, 2, 0.0
+        args.history_seconds, args.recall_seconds = 0.85, 2.8  # 13 and 29 history frames (4 and 8 latent frames)
+    return args
+
+
+if __name__ == "__main__":
+    main()
