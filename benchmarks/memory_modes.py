@@ -357,13 +357,22 @@ def stage(out: dict, key: str, label: str, fn, save) -> None:
 
 
 def arm_main(args) -> None:
-    """The work of one row (``--arm KEY``), written to ``--arm-json`` after every stage."""
+    """The work of one row (``--arm KEY``), written to ``--arm-json`` after every stage; under
+    ``torch.inference_mode()`` as ComfyUI's executor runs every node (``execution.py``). Without it the VAE stream's
+    causal cache (``models.vae_stream``) chains the autograd graphs of all parts: measured +285 MB of RSS per
+    16-frame part on the smoke VAE, never freed while the stream lives."""
     setup()
     import torch
 
+    torch.set_num_threads(args.threads)
+    with torch.inference_mode():
+        arm_rows(args)
+
+
+def arm_rows(args) -> None:
+    """Load the row's model set, then its columns one stage at a time (:func:`stage`)."""
     from framememory.models.telemetry import peak_rss_mb
 
-    torch.set_num_threads(args.threads)
     row = ROWS[args.arm]
     out = {"key": args.arm, **row, "quality": {}, "recall": {}}
 
@@ -509,6 +518,7 @@ NOTES = [
     "Context counts are functions of each mode's resolved config (column 1 of the module docstring), checked against "
     "memory_inputs on synthetic histories (off / sliding / VideoSSM: 'measured') and against every generated "
     "segment's reported tokens ('token_check'; carried tokens, before PackForcing's selection).",
+    "Every row runs in its own process under torch.inference_mode(), as ComfyUI's executor runs nodes.",
     "One prompt (long_run.PROMPT) for every row and clip, as long_run.py; the stand-in text encoder carries word "
     "identity only, and cfg 1 ignores the (empty) negative.",
     "wan480 columns are computed for Wan 2.1 1.3B at 832x480 with the lab configs' rate / S / R / K (VideoSSM 12 "
@@ -572,8 +582,8 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=12, help="Euler steps per segment (default 12, as the main job)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--recall-clips", nargs="+", default=["bikes.mp4", "tree.avi"])
-    ap.add_argument("--recall-seconds", type=float, default=12.8, help="recall history (default 12.8 s = 205 "
-                    "frames; a shorter clip gives what it has: bikes.mp4 157 frames)")
+    ap.add_argument("--recall-seconds", type=float, default=12.85, help="recall history (default 12.85 s: 205 "
+                    "frames = 52 latent frames; a shorter clip gives what it has: bikes.mp4 157 frames)")
     ap.add_argument("--recall-frame", type=int, default=4, help="latent frame j queried (default 4)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per row (default 2)")
     ap.add_argument("--jobs", type=int, default=1, help="rows run at once (default 1: keeps the step-time column "

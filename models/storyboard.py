@@ -28,7 +28,7 @@ from . import families
 from .conds import attach_memory
 from .cross_attention import install_cross_attention
 from .encoding import MemoryEncoder, MultiEncoder, encode_pending, rate_str
-from .memory_modes import ENCODED_MODES, MEMORY_MODES, MemoryInputs, check_mode, memory_inputs, mode_config
+from .memory_modes import MEMORY_MODES, ENCODED_MODES, MemoryInputs, check_mode, memory_inputs, mode_config  # noqa: F401  MEMORY_MODES: re-exported for the nodes
 from .state_readout import install_state_readout
 from .experts import encode_pending_experts, expert_keys, expert_models, memory_token_count
 from .telemetry import peak_rss_mb, phase, segment_record

@@ -128,3 +128,20 @@ def tiny_wan(comfy, tmp_path_factory, media_dir):
         frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(30), c.decode(video=0))]
     clip = torch.stack(frames).float() / 255.0  # [30, 272, 640, 3] real street video
     return model, vae, MemoryEncoder.from_file(paths["encoder"]), StandInTextEncoder(), clip
+
+
+@pytest.fixture(scope="session")
+def smoke_lab(tmp_path_factory, repo_root, media_dir):
+    """The lab recipe's smoke preset (``training/lab.py --preset smoke``: every file of the lab set, tiny and barely
+    trained) run once per session in a temporary folder; shared by the recipe and memory-mode benchmark tests."""
+    import subprocess
+
+    if not (media_dir / "bigbuckbunny.mp4").exists() or not (media_dir / "bikes.mp4").exists():
+        pytest.fail("bigbuckbunny.mp4 / bikes.mp4 missing: run `bash scripts/setup.sh`")
+    out = tmp_path_factory.mktemp("lab")
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    proc = subprocess.run([sys.executable, str(repo_root / "training" / "lab.py"), "--preset", "smoke", "--out",
+                           str(out), "--work", str(out / "work")], cwd=repo_root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out

@@ -1,7 +1,7 @@
 """Every memory mode end to end through a real headless ComfyUI server (tests/harness.py), on the committed lab model
 (lab_model/: the DiT, VAE and, per mode, its encoder / state file and Stage II LoRA, loaded by the stock loaders):
-the shipped workflows workflows/storyboard_wan21_lab{,_packforcing,_videossm}_api.json, shortened to one 1 s shot and
-2 steps, plus sliding_window and off on the Frame Preservation workflow."""
+the shipped workflows workflows/storyboard_wan21_lab_{packforcing,videossm}_api.json, shortened to one 1 s shot and
+2 steps, plus sliding_window on the Frame Preservation workflow."""
 from __future__ import annotations
 
 import json
@@ -16,12 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows"
 LAB_DIR = REPO_ROOT / "lab_model"
 FOLDERS = {"framememory_lab_wan21.safetensors": "diffusion_models", "framememory_lab_wan21_vae.safetensors": "vae"}
-CASES = {  # mode -> workflow
-    "frame_preservation": "storyboard_wan21_lab_api.json",
+CASES = {  # mode -> workflow (frame_preservation and off through a server: the main job and tests/test_e2e_server.py)
     "pack_forcing": "storyboard_wan21_lab_packforcing_api.json",
     "video_ssm": "storyboard_wan21_lab_videossm_api.json",
     "sliding_window": "storyboard_wan21_lab_api.json",
-    "off": "storyboard_wan21_lab_api.json",
 }
 VIDEO = "bikes.mp4"
 

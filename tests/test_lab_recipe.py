@@ -9,9 +9,6 @@ minute on 2 cores), then loads what it wrote the way ComfyUI's stock nodes do: L
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,19 +16,6 @@ import torch
 from framememory.training.lab import FILES, META_KEY, MODE_FILES, PRESETS
 
 ALL_FILES = {**FILES, **MODE_FILES}
-
-
-@pytest.fixture(scope="module")
-def smoke_lab(tmp_path_factory, repo_root, media_dir):
-    if not (media_dir / "bigbuckbunny.mp4").exists() or not (media_dir / "bikes.mp4").exists():
-        pytest.fail("bigbuckbunny.mp4 / bikes.mp4 missing: run `bash scripts/setup.sh`")
-    out = tmp_path_factory.mktemp("lab")
-    env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    proc = subprocess.run([sys.executable, str(repo_root / "training" / "lab.py"), "--preset", "smoke", "--out",
-                           str(out), "--work", str(out / "work")], cwd=repo_root, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
 
 
 def _metadata(path) -> dict:

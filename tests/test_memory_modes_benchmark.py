@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -15,19 +14,6 @@ import pytest
 
 ROWS = ("off", "sliding", "fp", "fp_4x4x2", "fp_2x2x2", "pack_forcing", "video_ssm")
 SECONDS = ("20", "60", "120")
-
-
-@pytest.fixture(scope="module")
-def smoke_lab(tmp_path_factory, repo_root, media_dir):
-    if not (media_dir / "bigbuckbunny.mp4").exists() or not (media_dir / "bikes.mp4").exists():
-        pytest.fail("bigbuckbunny.mp4 / bikes.mp4 missing: run `bash scripts/setup.sh`")
-    out = tmp_path_factory.mktemp("lab")
-    env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    proc = subprocess.run([sys.executable, str(repo_root / "training" / "lab.py"), "--preset", "smoke", "--out",
-                           str(out), "--work", str(out / "work")], cwd=repo_root, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -246,6 +246,23 @@ def test_accelerate_launch_stage1_then_stage2_from_the_cli(parts, tmp_path, comf
     assert (tmp_path / "s2" / "lora_stage2.safetensors").is_file() and (tmp_path / "s2" / "encoder_stage2.safetensors").is_file()
     bad = _launch(tmp_path, "cpu.yaml", str(tmp_path / "s3"), ["--stage", "1", "--no-memory"])
     assert bad.returncode != 0 and "--no-memory is a Stage II baseline" in bad.stderr
+    # issue 12: Stage II of PackForcing (from the Stage I encoder) and of VideoSSM (new state modules) from the CLI
+    from framememory.memory.io import load_encoder_file
+
+    common = ["--stage", "2", "--steps", "2", "--window", "6", "--segment-frames", "2", "--sink-frames", "1",
+              "--recent-frames", "1"]
+    pack = _launch(tmp_path, "cpu.yaml", str(tmp_path / "pack"),
+                   [*common, "--encoder", str(enc), "--memory-type", "pack_forcing", "--top-k", "1"])
+    assert pack.returncode == 0, pack.stderr[-3000:]
+    ssm = _launch(tmp_path, "cpu.yaml", str(tmp_path / "ssm"),
+                  [*common, "--memory-type", "video_ssm", "--ssm-heads", "2", "--ssm-key-dim", "8"])
+    assert ssm.returncode == 0, ssm.stderr[-3000:]
+    _, cfg = load_encoder_file(str(tmp_path / "pack" / "encoder_stage2.safetensors"))
+    assert (cfg.memory_type, cfg.top_k, cfg.sink_latent_frames) == ("pack_forcing", 1, 1)
+    _, cfg = load_encoder_file(str(tmp_path / "ssm" / "encoder_stage2.safetensors"))
+    assert (cfg.memory_type, cfg.ssm_heads, cfg.ssm_key_dim) == ("video_ssm", 2, 8) and cfg.dit_blocks >= 1
+    no_stage1 = _launch(tmp_path, "cpu.yaml", str(tmp_path / "s4"), ["--stage", "1", "--memory-type", "video_ssm"])
+    assert no_stage1.returncode != 0 and "has no Stage I" in no_stage1.stderr
 
 
 def test_ddp_with_two_cpu_processes(parts, tmp_path, comfyui_dir):

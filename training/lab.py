@@ -301,9 +301,6 @@ def build_memory(lab: _Lab, base, dataset) -> None:
                 copy.deepcopy(base), one["module"].encoder, dataset)
     lab.summary["stage1"] = {"seconds": round(one["seconds"], 1), "final_loss": one["final_loss"]}
     lab.summary["stage2"] = {"seconds": round(two["seconds"], 1), "final_loss": two["final_loss"]}
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     for part in ("encoder", "lora"):
         _save_exported(lab, part, two["exported"][part])
     return one["module"].encoder

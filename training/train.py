@@ -40,6 +40,7 @@ DiT (smoke tests; no meaning).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -106,35 +107,73 @@ def tiny_dit(family: str, seed: int):
 
 def build_encoder(dm, args):
     """The history encoder to train: loaded from --encoder (Stage I result; several files: one EncoderSet trained
-    together) or new from --rate/--hr-channels (``A+B``, e.g. ``4x4x2+2x2x8``: an EncoderSet)."""
-    from framememory.memory.config import EncoderConfig
-    from framememory.memory.encoder import EncoderSet, HistoryEncoder
-    from framememory.memory.io import load_encoder_file
+    together) or new from --rate/--hr-channels (``A+B``, e.g. ``4x4x2+2x2x8``: an EncoderSet); with --memory-type
+    pack_forcing the (Stage I) encoder gets PackForcing's settings, with video_ssm new (or loaded) VideoSSM state
+    modules (issue 12; Stage II only)."""
+    import torch
+
+    from framememory.memory.encoder import EncoderSet
     from framememory.training.dits import dit_family
 
     if args.no_memory:
         return None
     family = dit_family(dm)
     width = family.width(dm)
-    parts = []
-    for path in [args.encoder] if isinstance(args.encoder, str) else list(args.encoder or []):
-        sd, cfg = load_encoder_file(path)
-        if cfg.dim != width or cfg.family != family.name:
-            raise SystemExit(f"{path} is for {cfg.family} width {cfg.dim}, the DiT is {family.name} width {width}")
-        enc = HistoryEncoder(cfg)
-        enc.load_state_dict(sd)
-        parts.append(enc)
+    kind = getattr(args, "memory_type", "frame_preservation")
+    if kind == "video_ssm" and args.stage == 1:
+        raise SystemExit("--memory-type video_ssm has no Stage I (VideoSSM trains its state modules in Stage II)")
+    parts = [_load_part(path, family, width) for path in
+             ([args.encoder] if isinstance(args.encoder, str) else list(args.encoder or []))]
+    if kind == "video_ssm":
+        return parts[0] if parts else _new_state_memory(dm, family, width, args)
     if not parts:
-        chans = tuple(int(c) for c in args.hr_channels.split(","))
-        parts = [HistoryEncoder(EncoderConfig(family=family.name, dim=width, rate=rate, hr_channels=chans,
-                                              attn_heads=args.attn_heads, use_hr=not args.only_lr,
-                                              use_lr=not args.without_lr))
-                 for rate in args.rate.split("+")]
-        import torch
-
+        parts = _new_encoders(family, width, args)
         for i, part in enumerate(parts):  # seeded (--seed): the same command gives the same start on every process
             part.reset_parameters(torch.Generator().manual_seed(getattr(args, "seed", 0) + 1 + i))
+    if kind == "pack_forcing":
+        if len(parts) > 1:
+            raise SystemExit("--memory-type pack_forcing takes one encoder")
+        parts[0].cfg = dataclasses.replace(parts[0].cfg, memory_type="pack_forcing", sink_latent_frames=args.sink_frames,
+                                           overlap_latent_frames=args.recent_frames, top_k=args.top_k)
     return parts[0] if len(parts) == 1 else EncoderSet(parts)
+
+
+def _load_part(path: str, family, width: int):
+    """A trained encoder (HistoryEncoder) or VideoSSM state file (StateMemory) from ``path``, checked against the DiT."""
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.io import load_encoder_file
+    from framememory.memory.state_memory import StateMemory
+
+    sd, cfg = load_encoder_file(path)
+    if cfg.dim != width or cfg.family != family.name:
+        raise SystemExit(f"{path} is for {cfg.family} width {cfg.dim}, the DiT is {family.name} width {width}")
+    enc = (StateMemory if cfg.memory_type == "video_ssm" else HistoryEncoder)(cfg)
+    enc.load_state_dict(sd)
+    return enc
+
+
+def _new_encoders(family, width: int, args) -> list:
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.encoder import HistoryEncoder
+
+    chans = tuple(int(c) for c in args.hr_channels.split(","))
+    return [HistoryEncoder(EncoderConfig(family=family.name, dim=width, rate=rate, hr_channels=chans,
+                                         attn_heads=args.attn_heads, use_hr=not args.only_lr,
+                                         use_lr=not args.without_lr))
+            for rate in args.rate.split("+")]
+
+
+def _new_state_memory(dm, family, width: int, args):
+    import torch
+
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.state_memory import StateMemory
+
+    net = StateMemory(EncoderConfig(family=family.name, dim=width, memory_type="video_ssm", use_hr=False,
+                                    dit_blocks=len(dm.blocks), ssm_heads=args.ssm_heads, ssm_key_dim=args.ssm_key_dim,
+                                    sink_latent_frames=args.sink_frames, overlap_latent_frames=args.recent_frames))
+    net.reset_parameters(torch.Generator().manual_seed(getattr(args, "seed", 0) + 2))
+    return net
 
 
 def parse_args(argv=None):
@@ -159,6 +198,16 @@ def parse_args(argv=None):
     ap.add_argument("--attn-heads", type=int, default=8, help="new encoder: heads of the HR attention")
     ap.add_argument("--only-lr", action="store_true", help="new encoder without HR branch (ablation)")
     ap.add_argument("--without-lr", action="store_true", help="new encoder without LR branch (ablation)")
+    mode = ap.add_argument_group("memory design (issue 12)")
+    mode.add_argument("--memory-type", default="frame_preservation", choices=["frame_preservation", "pack_forcing", "video_ssm"],
+                      help="pack_forcing: Stage II with sink + top-K mid blocks + recent frames, selection and RoPE "
+                           "re-packing in every step (start from the Stage I encoder); video_ssm: Stage II of new "
+                           "VideoSSM state modules (no Stage I)")
+    mode.add_argument("--sink-frames", type=int, default=2, help="pack_forcing / video_ssm: sink latent frames")
+    mode.add_argument("--recent-frames", type=int, default=2, help="pack_forcing / video_ssm: recent latent frames")
+    mode.add_argument("--top-k", type=int, default=16, help="pack_forcing: mid blocks kept per forward (paper: 16)")
+    mode.add_argument("--ssm-heads", type=int, default=12, help="video_ssm: state heads per block (D divisible)")
+    mode.add_argument("--ssm-key-dim", type=int, default=64, help="video_ssm: state key width")
     ap.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     ap.add_argument("--batch-size", type=int, default=1, help="samples per micro-batch and process")
     ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -220,7 +269,7 @@ def main(argv=None) -> int:
     lr_rate = None
     if isinstance(encoder, EncoderSet):
         lr_rate = tuple(p.cfg.rate_str for p in encoder_parts(encoder))
-    elif encoder is not None and encoder.cfg.use_lr:
+    elif encoder is not None and encoder.cfg.use_lr and encoder.cfg.memory_type != "video_ssm":  # VideoSSM: no LR branch
         lr_rate = encoder.cfg.rate_str
     try:
         dataset = ModelSpaceDataset(ShardDataset(a.data, lr_rate=lr_rate), dit_family(dm).latent_format())
