@@ -89,7 +89,8 @@ class VideoStream:
         """Video frames of the next part of ``latent_frames`` latent frames (the stream's first latent: 1 frame)."""
         return self.ft * latent_frames - (0 if self.started else self.ft - 1)
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()  # outside ComfyUI's executor (scripts, tests) the kept cache would otherwise hold the autograd
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:  # graph of every earlier part (+285 MB per part measured)
         """The next part's latent ``[1, C, T, h, w]`` (VAE space, CPU float32) from frames ``[F, H, W, 3]`` 0..1,
         ``F = frames_for(T)``. Raises ValueError for a frame count that is no whole number of latent frames."""
         if self.mode != "encode":
@@ -106,6 +107,7 @@ class VideoStream:
         self.started = True
         return out.float().cpu()
 
+    @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """The next part's frames ``[F, H, W, 3]`` float32 0..1 (CPU), ``F = frames_for(T)``, from a VAE-space
         latent ``[1, C, T, h, w]``."""

@@ -368,7 +368,8 @@ def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1
     paths = {k: Path(folder) / f for k, f in names.items()}
     for k, p in paths.items():
         if not p.is_file():
-            raise FileNotFoundError(f"lab model {k} file {p} is missing: run `.venv/bin/python training/lab.py`")
+            phase = " --phase modes" if p.name in MODE_FILES.values() else ""
+            raise FileNotFoundError(f"lab model {k} file {p} is missing: run `.venv/bin/python training/lab.py{phase}`")
     model = comfy.sd.load_diffusion_model(str(paths["dit"]))
     lora = comfy.utils.load_torch_file(str(paths["lora"]), safe_load=True)
     model, _ = comfy.sd.load_lora_for_models(model, None, lora, lora_strength, 0)
