@@ -12,6 +12,9 @@ import sys
 
 import pytest
 
+# ~3 min on 2 idle cores (7 rows, each a subprocess): run with -m slow (README "Tests")
+pytestmark = pytest.mark.slow
+
 ROWS = ("off", "sliding", "fp", "fp_4x4x2", "fp_2x2x2", "pack_forcing", "video_ssm")
 SECONDS = ("20", "60", "120")
 
