@@ -70,11 +70,6 @@ def pop_memory(kwargs: dict, device) -> tuple[torch.Tensor | None, torch.Tensor 
     return tokens, positions2[:1].to(device=device, dtype=torch.float32) / 2.0
 
 
-def pop_extra(kwargs: dict, key: str) -> torch.Tensor | None:
-    """Take one memory-mode cond (:data:`EXTRA_KEYS`) out of the forward kwargs: ``[B, ...]`` or None."""
-    return kwargs.pop(key, None)
-
-
 def pop_hidden(kwargs: dict) -> torch.Tensor | None:
     """Take the cross-attention add-on's hidden states ``[B, M_h, Ch]`` out of the forward kwargs (None when absent
     or empty)."""

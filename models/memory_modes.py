@@ -141,7 +141,7 @@ def ssm_inputs(model, encoder, history: HistoryBuffer, expert: int, cfg: Encoder
     sink, recent, s, r = packing.local_context(_embed(model), latent_range(model, history), frames, cfg)
     tokens, positions, _ = packing.assemble(sink, None, recent)
     extra = {PACK_KEY: torch.tensor([0, 1, s, r], dtype=torch.long)}
-    net = encoder.parts[0].state_network(model) if cfg.ssm_heads else None
+    net = encoder.parts[0].state_network(model)  # None without trained state modules: local window only
     if net is not None:
         extra[STATE_KEY] = absorbed_state(model, net, history, expert, s, frames - r)[0]
     return MemoryInputs(tokens[0], positions.float(), None, extra)

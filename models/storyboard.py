@@ -28,7 +28,7 @@ from . import families
 from .conds import attach_memory
 from .cross_attention import install_cross_attention
 from .encoding import MemoryEncoder, MultiEncoder, encode_pending, rate_str
-from .memory_modes import MEMORY_MODES, ENCODED_MODES, MemoryInputs, check_mode, memory_inputs, mode_config  # noqa: F401  MEMORY_MODES: re-exported for the nodes
+from .memory_modes import ENCODED_MODES, MemoryInputs, memory_inputs, mode_config
 from .state_readout import install_state_readout
 from .experts import encode_pending_experts, expert_keys, expert_models, memory_token_count
 from .telemetry import peak_rss_mb, phase, segment_record
@@ -314,7 +314,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
     for m in models:
         mode_config(encoder, m, mode)
     stages = step_ranges(models, encoder, sampler)
-    mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height, check_mode(mode))
+    mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height, mode)  # checked by mode_config
     if mem.encodes:
         encode_pending_experts(models, vae, encoder, mem.history)
     ft, sh, sw = adapter.VAE_STRIDE

@@ -53,7 +53,7 @@ import torch
 import comfy.patcher_extension
 
 from ..memory import packing
-from .conds import BLOCKS_KEY, CROSS_KEY, PACK_KEY, PATCH_KEY, STATE_KEY, pop_extra, pop_hidden, pop_memory
+from .conds import BLOCKS_KEY, CROSS_KEY, PACK_KEY, PATCH_KEY, STATE_KEY, pop_hidden, pop_memory
 from .cross_attention import cross_attend, cross_layers
 from .state_readout import STATE_MODULE_KEY, state_read
 
@@ -225,7 +225,7 @@ def pack_context(dm, x: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor, b
 def _diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={}, **kwargs):
     tokens, ids = pop_memory(kwargs, x.device)  # [B, M, D], [1, M, 3]
     hidden = pop_hidden(kwargs)  # [B, M_h, Ch] or None
-    blocks, pack, state = (pop_extra(kwargs, k) for k in (BLOCKS_KEY, PACK_KEY, STATE_KEY))
+    blocks, pack, state = (kwargs.pop(k, None) for k in (BLOCKS_KEY, PACK_KEY, STATE_KEY))  # memory-mode conds
     if tokens is not None:
         dm = executor.class_obj
         if blocks is not None:

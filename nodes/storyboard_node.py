@@ -8,7 +8,8 @@ import torch
 from comfy_api.latest import io
 
 from ..memory.storyboard import parse_storyboard
-from ..models.storyboard import MEMORY_MODES, SamplerSettings, history_from_frames, run_storyboard
+from ..models.memory_modes import MEMORY_MODES
+from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 EXAMPLE = "2.0 | a cyclist rides down a sunny city street\n2.0 | the cyclist passes parked cars, camera follows"

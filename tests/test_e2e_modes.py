@@ -14,8 +14,6 @@ from harness import ComfyServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows"
-LAB_DIR = REPO_ROOT / "lab_model"
-FOLDERS = {"framememory_lab_wan21.safetensors": "diffusion_models", "framememory_lab_wan21_vae.safetensors": "vae"}
 CASES = {  # mode -> workflow (frame_preservation and off through a server: the main job and tests/test_e2e_server.py)
     "pack_forcing": "storyboard_wan21_lab_packforcing_api.json",
     "video_ssm": "storyboard_wan21_lab_videossm_api.json",
@@ -24,27 +22,28 @@ CASES = {  # mode -> workflow (frame_preservation and off through a server: the 
 VIDEO = "bikes.mp4"
 
 
-def _folder(name: str) -> str:
-    if name in FOLDERS:
-        return FOLDERS[name]
-    return "loras" if name.endswith("_lora.safetensors") else "memory_encoders"
+def _run_example():
+    """scripts/run_example.py as a module: its lab-file table and installer put the files where the main job does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("framememory_run_example", REPO_ROOT / "scripts" / "run_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def lab_server(comfyui_dir, media_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_lab")
-    srv = ComfyServer(base, comfyui_dir=comfyui_dir)
+    example = _run_example()
+    srv = ComfyServer(tmp_path_factory.mktemp("comfy_lab"), comfyui_dir=comfyui_dir)
     srv.prepare_base()
-    for path in sorted(LAB_DIR.glob("*.safetensors")):
-        folder = srv.models_dir / _folder(path.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / path.name).symlink_to(path.resolve())
+    for mode in CASES:  # each mode's lab set (DiT, VAE, its encoder / state file and LoRA)
+        files = example.lab_files(mode)
+        assert files, f"lab model files for {mode} are missing in {example.LAB_DIR}: run training/lab.py"
+        example.install_lab_model(files, srv.models_dir)
     shutil.copy2(media_dir / VIDEO, srv.input_dir / VIDEO)
-    srv.start()
-    try:
+    with srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _prompt(mode: str) -> dict:

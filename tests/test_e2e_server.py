@@ -47,11 +47,8 @@ def server(comfyui_dir, media_dir, tmp_path_factory):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"demo/make_tiny_models.py failed:\n{proc.stdout}\n{proc.stderr}"
     shutil.copy2(media_dir / VIDEO, srv.input_dir / VIDEO)
-    srv.start()
-    try:
+    with srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

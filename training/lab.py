@@ -292,8 +292,7 @@ def build_memory(lab: _Lab, base, dataset) -> None:
     enc = HistoryEncoder(EncoderConfig(family="wan21", dim=r.dit_dim, rate=r.rate, hr_channels=tuple(r.hr_channels),
                                        attn_heads=r.attn_heads))
     enc.reset_parameters(torch.Generator().manual_seed(r.seed + 1))
-    common = dict(batch_size=r.batch_size, lr=r.lr, lora_rank=r.lora_rank, warmup_steps=r.warmup_steps,
-                  log_every=25, segment_frames=r.segment, timestep_loc=r.timestep_loc, seed=r.seed)
+    common = _train_settings(r)
     one = train(TrainArgs(stage=1, steps=r.stage1_steps, window=r.stage1_window,
                           output_dir=str(lab.work / "stage1"), **common), copy.deepcopy(base), enc, dataset)
     two = train(TrainArgs(stage=2, steps=r.stage2_steps, window=r.stage2_window,
@@ -304,6 +303,19 @@ def build_memory(lab: _Lab, base, dataset) -> None:
     for part in ("encoder", "lora"):
         _save_exported(lab, part, two["exported"][part])
     return one["module"].encoder
+
+
+def _train_settings(r: LabRecipe) -> dict:
+    """The ``TrainArgs`` every memory training of the recipe shares (Stage I, Stage II, the modes' Stage II)."""
+    return dict(batch_size=r.batch_size, lr=r.lr, lora_rank=r.lora_rank, warmup_steps=r.warmup_steps, log_every=25,
+                segment_frames=r.segment, timestep_loc=r.timestep_loc, seed=r.seed)
+
+
+def _provenance(preset: str, r: LabRecipe, train_paths: dict, held_paths: dict, command: str, **extra) -> dict:
+    """What every file's ``framememory_recipe`` metadata records: preset, settings, seed, commit, command, clips."""
+    return {"preset": preset, "recipe": dataclasses.asdict(r), "seed": r.seed, "commit": _commit(), "command": command,
+            "train_clips": {n: p.stat().st_size for n, p in train_paths.items()},
+            "heldout_clips": sorted(held_paths), "captions": CAPTIONS, **extra}
 
 
 def _save_exported(lab: _Lab, part: str, src: str) -> Path:
@@ -334,9 +346,7 @@ def build_modes(lab: _Lab, base, dataset, stage1_encoder) -> None:
                                           sink_latent_frames=r.ssm_sink, overlap_latent_frames=r.ssm_recent,
                                           use_hr=False))
     ssm.reset_parameters(torch.Generator().manual_seed(r.seed + 2))
-    common = dict(stage=2, steps=r.mode_steps, window=r.stage2_window, batch_size=r.batch_size, lr=r.lr,
-                  lora_rank=r.lora_rank, warmup_steps=r.warmup_steps, log_every=25, segment_frames=r.segment,
-                  timestep_loc=r.timestep_loc, seed=r.seed)
+    common = dict(stage=2, steps=r.mode_steps, window=r.stage2_window, **_train_settings(r))
     for name, enc, files in (("pack_forcing", pack, ("packforcing_encoder", "packforcing_lora")),
                              ("video_ssm", ssm, ("videossm", "videossm_lora"))):
         log(f"Stage II of {name}")
@@ -405,9 +415,7 @@ def run(preset: str, r: LabRecipe, out: Path, work: Path, command: str) -> dict:
 
     t0 = time.perf_counter()
     train_paths, held_paths, missing = _clip_paths(r)
-    provenance = {"preset": preset, "recipe": dataclasses.asdict(r), "seed": r.seed, "commit": _commit(),
-                  "command": command, "train_clips": {n: p.stat().st_size for n, p in train_paths.items()},
-                  "heldout_clips": sorted(held_paths), "missing_clips": missing, "captions": CAPTIONS}
+    provenance = _provenance(preset, r, train_paths, held_paths, command, missing_clips=missing)
     out.mkdir(parents=True, exist_ok=True)
     lab = _Lab(preset, r, out, work, train_paths, held_paths, provenance, {"provenance": provenance, "phases": {}})
     log(f"{len(train_paths)} training clips {sorted(train_paths)}; held-out {sorted(held_paths)}; missing {missing}")
@@ -451,9 +459,7 @@ def run_modes(preset: str, r: LabRecipe, out: Path, work: Path, command: str) ->
                          f"(`training/lab.py --preset {preset}`)")
     t0 = time.perf_counter()
     train_paths, held_paths, _ = _clip_paths(r)
-    provenance = {"preset": preset, "recipe": dataclasses.asdict(r), "seed": r.seed, "commit": _commit(),
-                  "command": command, "train_clips": {n: p.stat().st_size for n, p in train_paths.items()},
-                  "heldout_clips": sorted(held_paths), "captions": CAPTIONS, "phase": "modes"}
+    provenance = _provenance(preset, r, train_paths, held_paths, command, phase="modes")
     lab = _Lab(preset, r, out, work, train_paths, held_paths, provenance, {"provenance": provenance})
     from comfy.latent_formats import Wan21
 
