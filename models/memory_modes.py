@@ -57,6 +57,20 @@ class MemoryInputs:
         """Memory tokens carried (before PackForcing's per-forward selection)."""
         return 0 if self.tokens is None else int(self.tokens.shape[0])
 
+    @property
+    def attended(self) -> int:
+        """Memory tokens each forward attends to: :attr:`count`, except in PackForcing, where only the sink, the
+        recent window and the kept mid blocks count (the per-forward top-K keeps ``top_k`` blocks;
+        blocks of one rate have equal sizes, so the bound is exact)."""
+        blocks, pack = self.extra.get(BLOCKS_KEY), self.extra.get(PACK_KEY)
+        if blocks is None or pack is None or self.tokens is None:
+            return self.count
+        top_k = int(pack[0])
+        mid = blocks[blocks >= 0]
+        sizes = torch.bincount(mid).sort(descending=True).values if mid.numel() else mid
+        kept = sizes if top_k <= 0 else sizes[:top_k]
+        return int((blocks < 0).sum()) + int(kept.sum())
+
 
 def check_mode(mode: str) -> str:
     """Return ``mode``; raise ValueError unless it is one of :data:`MEMORY_MODES`."""

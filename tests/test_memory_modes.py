@@ -180,6 +180,7 @@ def test_pack_forcing_selects_top_k_blocks_per_forward(tiny_wan):
     tok, new_ids = wan.pack_context(dm, x, inp.tokens[None].expand(2, -1, -1), ids, blocks, info)
     per_block = int((blocks == 0).sum())
     assert tok.shape[1] == inp.count - per_block and new_ids.shape[1] == tok.shape[1]
+    assert inp.attended == tok.shape[1]  # the report counts what a forward attends to, not what is carried
     assert new_ids[0, :, 0].min() == -(2 + 1 * 2 + 2)  # S + K rt + R: packed
     all_k = info.clone()
     all_k[0] = 0
