@@ -2,6 +2,7 @@
 
 Usage:
   .venv/bin/python benchmarks/long_run.py [--seconds 60] [--clip .cache/media/bikes.mp4] [--history-seconds 2.8]
+  .venv/bin/python benchmarks/long_run.py --arms frame_preservation+colour --name long_run_lab_colour  # issue 14
 
 Loads the lab model set (``lab_model/``, made by ``training/lab.py``) with the stock loaders' own functions
 (:func:`training.lab.load_lab_model`), takes the first ``--history-seconds`` of the clip (a held-out clip: bikes.mp4
@@ -74,8 +75,9 @@ def segment_metrics(frames, sizes: list[int], history) -> list[dict]:
     return rows
 
 
-def run_arm(lab, history, mode: str, seconds: float, seed: int, steps: int):
-    """One storyboard of ``seconds`` after ``history`` in memory ``mode``. Returns (frames [F, H, W, 3] 0..1, report)."""
+def run_arm(lab, history, mode: str, seconds: float, seed: int, steps: int, colour: float = 0.0):
+    """One storyboard of ``seconds`` after ``history`` in memory ``mode`` with colour-drift correction strength
+    ``colour`` (0 = off; ``models.colour_match``). Returns (frames [F, H, W, 3] 0..1, report)."""
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.memory.storyboard import Shot
     from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
@@ -87,7 +89,7 @@ def run_arm(lab, history, mode: str, seconds: float, seed: int, steps: int):
     start, _ = history_from_frames(model, vae, encoder, history, 4, 16.0, w, h, mode=mode)
     frames, _, report = run_storyboard(model, vae, clip, encoder, negative, [Shot(0, PROMPT, 0.0, seconds)],
                                        SamplerSettings(steps, 1.0, "euler", "simple", seed), w, h, 16.0, 4, start,
-                                       mode=mode)
+                                       mode=mode, colour_correction=colour)
     return frames, report
 
 
@@ -102,14 +104,14 @@ def marks(rows_on: list[dict], rows_off: list[dict], every_s: float = 10.0) -> l
     return out
 
 
-def plot(rows_on: list[dict], rows_off: list[dict], path: str) -> None:
+def plot(curves: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for rows, label in ((rows_on, "memory on (frame_preservation)"), (rows_off, "memory off")):
+    for label, rows in curves.items():
         t = [r["end_s"] for r in rows]
         a.plot(t, [r["psnr_vs_history_db"] for r in rows], label=label)
         b.plot(t, [r["ciede2000"] for r in rows], label=label)
@@ -128,6 +130,11 @@ def main() -> None:
     ap.add_argument("--lab-dir", default=os.path.join(ROOT, "lab_model"), help="the lab model set")
     ap.add_argument("--steps", type=int, default=12, help="sampling steps per segment (default 12, as the example)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--arms", nargs="+", default=["frame_preservation", "off"],
+                    help="arms to run: a memory mode, optionally '+colour' (colour-drift correction at "
+                         "--colour-strength), e.g. frame_preservation+colour; the first two are compared at the marks")
+    ap.add_argument("--colour-strength", type=float, default=1.0, help="strength of the '+colour' arms (default 1)")
+    ap.add_argument("--name", default="long_run_lab", help="result name under benchmarks/results/ (default long_run_lab)")
     args = ap.parse_args()
     setup()
     import torch
@@ -138,9 +145,12 @@ def main() -> None:
     lab = load_lab_model(args.lab_dir)
     history, h_frames = history_clip(args.clip, args.history_seconds, 256, 128, 16.0)
     curves, wall, rss = {}, {}, {}
-    for mode in ("frame_preservation", "off"):
+    for arm in args.arms:
+        mode, _, extra = arm.partition("+")
         t0 = time.perf_counter()
-        frames, report = run_arm(lab, history, mode, args.seconds, args.seed, args.steps)
+        frames, report = run_arm(lab, history, mode, args.seconds, args.seed, args.steps,
+                                 args.colour_strength if extra == "colour" else 0.0)
+        mode = arm
         wall[mode] = round(time.perf_counter() - t0, 1)
         rows = segment_metrics(frames, [s["frames"] for s in report["segments"]], history)
         ends = [s["start_frame"] - report["start_frames"] + s["frames"] for s in report["segments"]]
@@ -149,16 +159,18 @@ def main() -> None:
         curves[mode] = rows
         rss[mode] = report["peak_rss_mb"]
         print(f"{mode}: {len(rows)} segments in {wall[mode]} s, peak RSS {rss[mode]} MB", flush=True)
-        write_result("long_run_lab_partial", rows, {"mode": mode, "wall_s": wall[mode], "report": report})
-    at = marks(curves["frame_preservation"], curves["off"])
+        write_result(f"{args.name}_partial", rows, {"mode": mode, "wall_s": wall[mode], "report": report})
+    first, second = args.arms[0], args.arms[1 % len(args.arms)]
+    at = marks(curves[first], curves[second])
     print_table(at, ["t_s", "psnr_on", "psnr_off", "drift_on", "drift_off", "on_drifts_less"], digits=2)
     target = all(m["on_drifts_less"] for m in at)
     print(f"memory-on drift below memory-off at every 10 s mark: {'met' if target else 'MISSED'}")
-    png = os.path.join(ROOT, "benchmarks", "results", "long_run_lab.png")
-    plot(curves["frame_preservation"], curves["off"], png)
-    print("written:", png, write_result("long_run_lab", at, {
+    png = os.path.join(ROOT, "benchmarks", "results", f"{args.name}.png")
+    plot(curves, png)
+    print("written:", png, write_result(args.name, at, {
         "clip": os.path.basename(args.clip), "history_frames": h_frames, "seconds": args.seconds,
         "steps": args.steps, "seed": args.seed, "prompt": PROMPT, "wall_s": wall, "peak_rss_mb": rss,
+        "arms": args.arms, "colour_strength": args.colour_strength,
         "target_met": target,
         "curves": curves}))
 

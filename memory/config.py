@@ -120,11 +120,26 @@ class EncoderConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "EncoderConfig":
-        """Inverse of :meth:`to_json`. Raises ValueError naming unknown keys (file from a newer version)."""
-        data = json.loads(text)
+    def from_json(cls, text: str, source: str = "encoder config") -> "EncoderConfig":
+        """Inverse of :meth:`to_json`. ``source`` names where the text comes from (e.g. the encoder file) in errors.
+
+        Raises:
+            ValueError: naming ``source``: the text is not a JSON object (with the parser's line and column), has
+                unknown keys (a file from a newer version), or a value of the wrong type or out of range.
+        """
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: the config metadata is not valid JSON ({e}); re-save the encoder with "
+                             "training/ or memory.io.save_encoder") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: the config metadata must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"encoder config has unknown keys {unknown}; is the file from a newer ComfyUI-FrameMemory?")
-        return cls(**data)
+            raise ValueError(f"{source}: encoder config has unknown keys {unknown}; is the file from a newer "
+                             "ComfyUI-FrameMemory?")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: invalid encoder config: {e}") from None

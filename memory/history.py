@@ -123,10 +123,14 @@ class HistoryBuffer:
         # VideoSSM (models/memory_modes.py): per expert, (latent frames absorbed, state [1, L, H, dv, dk]); immutable
         # tensors, shared by copies (absorbing more makes a new tensor)
         self.states: dict = {}
+        # colour statistics of every frame appended so far (models/colour_match.py: per Lab channel pixel count, sum,
+        # sum of squares, [3, 3] float64), the reference of the colour-drift correction; None until recorded
+        self.colour_stats: torch.Tensor | None = None
 
     def copy(self) -> "HistoryBuffer":
         out = HistoryBuffer(self.segments, self.lr_streams)
         out.states = dict(self.states)
+        out.colour_stats = self.colour_stats  # replaced, never changed in place
         return out
 
     @property

@@ -12,12 +12,21 @@ Segment arithmetic for a causal video VAE with temporal stride ``ft`` (4 for Wan
 continuous latent stream (arXiv 2512.23851 Sec. 4). The stream's first segment of ``T`` latent frames stands for
 ``ft * (T - 1) + 1`` video frames (the causal first latent is one frame); every later segment continues the stream
 and stands for ``ft * T`` frames (Wan, T = 4: 13 frames, then 16 per segment, i.e. exactly 1 s at 16 fps).
+
+Limit: a storyboard lasts at most :data:`MAX_STORYBOARD_SECONDS` (3600 s = one hour, 3600 segments of 1 s on Wan);
+longer ones are refused before anything runs. The segment plan is lazy (:class:`SegmentSchedule` computes segment
+``k`` on demand), so even a refused or huge storyboard allocates nothing per segment up front.
 """
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+MAX_STORYBOARD_SECONDS = 3600.0  # one hour of video; see the module docstring
 
 
 @dataclass(frozen=True)
@@ -41,8 +50,9 @@ def parse_storyboard(text: str) -> list[Shot]:
     """Parse ``seconds | prompt`` lines into shots.
 
     Raises:
-        ValueError: naming the line number, when a line has no ``|``, a non-numeric or non-positive duration,
-            or an empty prompt, or when there is no shot at all.
+        ValueError: naming the line number, when a line has no ``|``, a non-numeric, non-finite or non-positive
+            duration, or an empty prompt, or when there is no shot at all. (The total length is checked where the
+            frame rate is known: :class:`SegmentSchedule`.)
     """
     shots: list[Shot] = []
     t = 0.0
@@ -57,8 +67,9 @@ def parse_storyboard(text: str) -> list[Shot]:
             dur = float(secs.rstrip("s"))
         except ValueError:
             raise ValueError(f"storyboard line {n}: duration {secs!r} is not a number of seconds") from None
-        if not dur > 0:
-            raise ValueError(f"storyboard line {n}: duration must be > 0 seconds, got {dur}")
+        if not math.isfinite(dur) or not dur > 0:
+            raise ValueError(f"storyboard line {n}: duration must be > 0 and finite (seconds), got {secs!r}; "
+                             f"a storyboard lasts at most {MAX_STORYBOARD_SECONDS:g} s in all")
         if not prompt:
             raise ValueError(f"storyboard line {n}: the prompt is empty")
         shots.append(Shot(len(shots), prompt, t, dur))
@@ -76,32 +87,69 @@ def segment_frames(latent_frames: int, vae_time_stride: int = 4, stream_start: b
     return vae_time_stride * latent_frames - (vae_time_stride - 1 if stream_start else 0)
 
 
-def plan_segments(shots: list[Shot], fps: float, latent_frames: int, vae_time_stride: int = 4,
-                  continues: bool = False) -> list[SegmentPlan]:
-    """Split the storyboard into segments of ``latent_frames`` latent frames of one continuous stream.
+def storyboard_seconds(shots: list[Shot]) -> float:
+    """Total length of the storyboard in seconds (sum of the shots' durations)."""
+    return math.fsum(s.duration_s for s in shots)
+
+
+class SegmentSchedule(Sequence):
+    """The storyboard split into segments of ``latent_frames`` latent frames of one continuous stream, computed on
+    demand: ``len()``, ``schedule[k]`` (a :class:`SegmentPlan`), slices (another lazy schedule) and iteration cost
+    O(log shots) per segment and nothing up front.
 
     ``continues``: the storyboard continues a history (its first segment continues that stream, else it starts a
     new one). The number of segments is the one whose frames come closest to ``total_seconds * fps`` (at least 1);
     each segment's shot is the one containing the segment's middle time (the last shot past the end).
 
     Raises:
-        ValueError: ``fps`` is not positive.
+        ValueError: ``fps`` is not a finite number > 0, ``latent_frames`` < 1, or the storyboard is longer than
+            :data:`MAX_STORYBOARD_SECONDS` (the message gives its segments and minutes).
     """
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    ft = vae_time_stride
-    per = segment_frames(latent_frames, ft, stream_start=False)
-    lead = 0 if continues else ft - 1  # the stream's first segment is this many frames short
-    total = sum(s.duration_s for s in shots)
-    count = max(1, round((total * fps + lead) / per))
-    plans, start = [], 0
-    for k in range(count):
-        frames = per - (lead if k == 0 else 0)
-        mid = (start + frames / 2) / fps
-        shot = next((s.index for s in shots if s.start_s <= mid < s.start_s + s.duration_s), shots[-1].index)
-        plans.append(SegmentPlan(k, shot, start, frames, latent_frames))
-        start += frames
-    return plans
+
+    def __init__(self, shots: list[Shot], fps: float, latent_frames: int, vae_time_stride: int = 4,
+                 continues: bool = False, indices: range | None = None) -> None:
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a finite number > 0, got {fps}")
+        self.shots, self.fps, self.latent_frames, self.ft = shots, fps, latent_frames, vae_time_stride
+        self.continues = continues
+        self.per = segment_frames(latent_frames, vae_time_stride, stream_start=False)
+        self.lead = 0 if continues else vae_time_stride - 1  # the stream's first segment is this many frames short
+        total = storyboard_seconds(shots)
+        count = max(1, round((total * fps + self.lead) / self.per)) if total <= MAX_STORYBOARD_SECONDS else 0
+        if not count:
+            raise ValueError(f"the storyboard lasts {total:g} s ({total / 60:.4g} min), over the limit of "
+                             f"{MAX_STORYBOARD_SECONDS:g} s: shorten it, or chain storyboards through their memory")
+        self.count = count  # segments of the whole storyboard (a slice may hold fewer)
+        self.indices = range(count) if indices is None else indices
+        self._starts = [s.start_s for s in shots]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return SegmentSchedule(self.shots, self.fps, self.latent_frames, self.ft, self.continues, self.indices[k])
+        return self._plan(self.indices[k])
+
+    def _plan(self, k: int) -> SegmentPlan:
+        frames = self.per - (self.lead if k == 0 else 0)
+        start = 0 if k == 0 else self.per * k - self.lead
+        mid = (start + frames / 2) / self.fps
+        i = bisect.bisect_right(self._starts, mid) - 1
+        shot = self.shots[i] if i >= 0 and mid < self.shots[i].start_s + self.shots[i].duration_s else self.shots[-1]
+        return SegmentPlan(k, shot.index, start, frames, self.latent_frames)
+
+    @property
+    def total_frames(self) -> int:
+        """Video frames of every segment of the whole storyboard (not only this slice)."""
+        return self.per * self.count - self.lead
+
+
+def plan_segments(shots: list[Shot], fps: float, latent_frames: int, vae_time_stride: int = 4,
+                  continues: bool = False) -> list[SegmentPlan]:
+    """Every :class:`SegmentPlan` of :class:`SegmentSchedule` as a list (same arguments and errors); the storyboard
+    loop iterates the lazy schedule instead."""
+    return list(SegmentSchedule(shots, fps, latent_frames, vae_time_stride, continues))
 
 
 def split_clip(num_frames: int, latent_frames: int, vae_time_stride: int = 4) -> tuple[int, int]:

@@ -23,14 +23,17 @@ import comfy.utils
 
 from ..memory.frames import fit_frames, to_uint8
 from ..memory.history import HistoryBuffer
-from ..memory.storyboard import Shot, plan_segments, seam_ratios, split_clip
+from ..memory.storyboard import SegmentSchedule, Shot, seam_ratios, split_clip
 from . import families
 from .conds import attach_memory
+from .colour_match import correct_segment, record_colour
 from .cross_attention import install_cross_attention
 from .encoding import MemoryEncoder, MultiEncoder, encode_pending, rate_str
+from .input_checks import check_history_inputs, check_latent_finite, check_run_inputs
 from .memory_modes import ENCODED_MODES, MemoryInputs, memory_inputs, mode_config
 from .state_readout import install_state_readout
 from .experts import encode_pending_experts, expert_keys, expert_models, memory_token_count
+from .resume import make_position, replay_segments, resume_position, run_settings, save_memory_file
 from .telemetry import peak_rss_mb, phase, segment_record
 from .vae_stream import CONTEXT_LATENTS, VideoStream
 
@@ -69,7 +72,8 @@ class StepRange:
 class Memory:
     """What the MEMORY socket carries: the history buffer plus the encoder and video geometry it was made with, and
     the memory mode (:data:`models.memory_modes.MEMORY_MODES`; only frame_preservation and pack_forcing encode the
-    history's spans into compressed tokens)."""
+    history's spans into compressed tokens); from a Storyboard also where its run stands (``position``, a
+    :class:`memory.memory_file.StoryboardPosition`: an unfinished one is resumed, :mod:`models.resume`)."""
 
     history: HistoryBuffer
     encoder: MemoryEncoder | MultiEncoder
@@ -77,6 +81,7 @@ class Memory:
     width: int
     height: int
     mode: str = "frame_preservation"
+    position: object = None  # memory.memory_file.StoryboardPosition of the Storyboard run that made it, or None
 
     @property
     def encodes(self) -> bool:
@@ -177,14 +182,15 @@ def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, 
         last_step=None if last else stage.end, force_full_denoise=False,
         callback=_progress_callback(stage.patched, sampler.steps, whole),
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    return samples.cpu(), inp.count
+    return samples.cpu(), inp.attended
 
 
 def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negative: list, latent: torch.Tensor,
                    sampler: SamplerSettings, seed: int) -> tuple[torch.Tensor, int]:
     """Sample one segment from the empty ``latent`` ``[1, C, T, h, w]`` through every stage with steps
     (:func:`sample_steps`; a pair is the stock A14B chain of two KSamplerAdvanced nodes), noise from ``seed``.
-    Returns ``(samples [1, C, T, h, w] float CPU, memory tokens of the first stage)``."""
+    Returns ``(samples [1, C, T, h, w] float CPU, memory tokens of the first stage)``; raises ValueError when the
+    samples hold NaN / inf (:func:`models.input_checks.check_latent_finite`)."""
     noise = comfy.sample.prepare_noise(latent, seed)
     run = [s for s in stages if s.start < s.end]  # a switch at ``steps`` leaves the low-noise expert nothing to do
     counts = []
@@ -193,7 +199,69 @@ def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negativ
         step_noise = noise if first else torch.zeros(latent.shape, dtype=latent.dtype)
         latent, m = sample_steps(stage, mem, positive, negative, latent, step_noise, sampler, seed, first, k == len(run) - 1)
         counts.append(m)
-    return latent, counts[0]
+    return check_latent_finite(latent, seed), counts[0]
+
+
+class HistoryWriter:
+    """Appends a clip to a memory segment by segment as one continuous VAE stream: each segment is VAE-encoded
+    continuing the stream (:class:`~models.vae_stream.VideoStream`), appended to the history
+    (``HistoryBuffer.append``, its pixels as uint8) and, in the modes that encode (``Memory.encodes``), encoded into
+    memory tokens at once for every expert (``encode_pending_experts``), which drops its pixels as soon as every
+    encoder's LR branch covers them. The one path of :func:`history_from_frames` (Encode History, the Storyboard's
+    starting clip) and :func:`models.video_history.history_from_video` (Load Video as History): only one segment of
+    fitted frames exists at a time. In the modes that encode nothing (off, sliding_window, video_ssm)
+    ``keep_pixels=False`` drops every segment's pixels after appending: the history then holds latents only, and a
+    later run in an encoding mode cannot encode it (it raises; read the clip again in that mode).
+
+    Args:
+        model / model_low_noise: the DiT(s) the memory is for (Wan 2.2 A14B pair: both, see :mod:`models.experts`).
+        vae: their VAE. encoder: MemoryEncoder or MultiEncoder. latent_frames: T per segment.
+        fps / width / height: the clip's frame rate and the size its frames are given at. memory: history to
+        continue (not changed; the clip starts a new VAE stream); its size must be ``width x height``.
+        mode: :data:`models.memory_modes.MEMORY_MODES`.
+    Raises:
+        ValueError: a bad fps or size (:mod:`models.input_checks`), a memory of another size, an encoder/DiT
+        mismatch, experts of different families, or an unknown mode.
+    """
+
+    def __init__(self, model, vae, encoder: MemoryEncoder | MultiEncoder, latent_frames: int, fps: float, width: int,
+                 height: int, memory: Memory | None = None, model_low_noise=None, mode: str = "frame_preservation",
+                 keep_pixels: bool = True) -> None:
+        from .input_checks import check_fps, check_frame_size
+
+        fps = check_fps(fps)
+        adapter = check_frame_size(model, width, height, encoder, mode)
+        if memory is not None and (memory.width, memory.height) != (width, height):
+            raise ValueError(f"the memory to continue is {memory.width}x{memory.height} but the clip is made "
+                             f"{width}x{height}: set width and height to {memory.width}x{memory.height}")
+        self.models = expert_models(model, model_low_noise)
+        for m in self.models:
+            mode_config(encoder, m, mode)
+        self.vae, self.latent_frames, self.keep_pixels = vae, latent_frames, keep_pixels
+        self.time_stride = adapter.VAE_STRIDE[0]
+        self.mem = Memory(memory.history.copy() if memory else HistoryBuffer(), encoder, fps, width, height, mode)
+        self.stream = VideoStream(vae, "encode", time_stride=self.time_stride)
+
+    @property
+    def frames_needed(self) -> int:
+        """Video frames of the next segment: ``ft * (T - 1) + 1`` for the clip's first, then ``ft * T``."""
+        return self.stream.frames_for(self.latent_frames)
+
+    def append(self, frames: torch.Tensor) -> None:
+        """Encode and append the next segment, frames ``[F, height, width, 3]`` float 0..1 or uint8,
+        ``F = frames_needed``. Checks the interrupt first. Raises ValueError for another frame count or size."""
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        want = (self.frames_needed, self.mem.height, self.mem.width, 3)
+        if tuple(frames.shape) != want:
+            raise ValueError(f"the next history segment needs frames {list(want)}, got {list(frames.shape)}")
+        first = not self.stream.started
+        pixels = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
+        self.mem.history.append(self.stream.encode(pixels), frames, stream_start=first)
+        record_colour(self.mem.history, frames)  # the reference of the colour-drift correction (models/colour_match.py)
+        if self.mem.encodes:
+            encode_pending_experts(self.models, self.vae, self.mem.encoder, self.mem.history)
+        elif not self.keep_pixels:
+            self.mem.history.drop_frames([])  # no encoder needs them: every segment's pixels go
 
 
 def history_from_frames(model, vae, encoder: MemoryEncoder | MultiEncoder, images: torch.Tensor, latent_frames: int,
@@ -203,32 +271,24 @@ def history_from_frames(model, vae, encoder: MemoryEncoder | MultiEncoder, image
     continuous VAE stream (the first ``ft * (T - 1) + 1`` frames, then ``ft * T`` each; the oldest frames that do not
     fill a segment are dropped), encoded by the VAE as that stream (:class:`~models.vae_stream.VideoStream`) and
     into memory tokens, for ``model`` and, when given, the Wan 2.2 A14B low-noise expert ``model_low_noise`` (its
-    own patch embedding). Appended to ``memory``, the clip starts a new VAE stream. ``mode`` "off" (see
-    :data:`MEMORY_MODES`) skips the memory tokens: the history keeps latents and frames, unencoded.
-    Returns ``(memory, dropped)``.
+    own patch embedding), one segment at a time (:class:`HistoryWriter`). Appended to ``memory``, the clip starts a
+    new VAE stream. ``mode`` "off" (see :data:`MEMORY_MODES`) skips the memory tokens: the history keeps latents and
+    frames, unencoded. Returns ``(memory, dropped)``.
 
     Raises:
-        ValueError: a size the family cannot take, a clip shorter than one segment, an encoder/DiT mismatch,
-        experts of different families, or an unknown mode.
+        ValueError: bad inputs (:func:`models.input_checks.check_history_inputs`: non-finite fps or frames, a size the
+        family or memory cannot take), a clip shorter than one segment, a memory of another size, an encoder/DiT
+        mismatch, experts of different families, or an unknown mode.
     """
-    adapter = check_size(model, width, height)
-    models = expert_models(model, model_low_noise)
-    for m in models:
-        mode_config(encoder, m, mode)
-    ft = adapter.VAE_STRIDE[0]
-    skip, count = split_clip(int(images.shape[0]), latent_frames, ft)
-    frames = fit_frames(images[skip:, ..., :3], width, height)
-    mem = Memory(memory.history.copy() if memory else HistoryBuffer(), encoder, fps, width, height, mode)
-    stream, pos = VideoStream(vae, "encode", time_stride=ft), 0
+    images = check_history_inputs(model, vae, encoder, images, latent_frames, fps, width, height, mode)  # RGB, finite
+    writer = HistoryWriter(model, vae, encoder, latent_frames, fps, width, height, memory, model_low_noise, mode)
+    skip, count = split_clip(int(images.shape[0]), latent_frames, writer.time_stride)
+    pos = skip
     for _ in range(count):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        n = stream.frames_for(latent_frames)
-        chunk, first = frames[pos:pos + n], not stream.started
+        n = writer.frames_needed
+        writer.append(fit_frames(images[pos:pos + n], width, height))  # one segment fitted at a time
         pos += n
-        mem.history.append(stream.encode(chunk), chunk, stream_start=first)
-    if mem.encodes:
-        encode_pending_experts(models, vae, encoder, mem.history)
-    return mem, skip
+    return writer.mem, skip
 
 
 def decode_stream(vae, history: HistoryBuffer, time_stride: int) -> VideoStream:
@@ -257,6 +317,7 @@ class _Run:
     decoder: VideoStream
     latent_shape: tuple
     prompts: dict = dataclasses.field(default_factory=dict)
+    colour: float = 0.0  # colour-drift correction strength (models/colour_match.py), 0: off
 
 
 def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
@@ -275,6 +336,9 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
         images = to_uint8(run.decoder.decode(samples))  # [F, H, W, 3], 4x less RAM than float32
     if images.shape[0] != plan.frames:
         raise RuntimeError(f"segment {plan.index} decoded to {images.shape[0]} frames, the plan has {plan.frames}")
+    with phase(stats, "colour"):  # matched to the history's colours (strength 0: unchanged), then part of them
+        images = correct_segment(history, images, run.colour)
+        record_colour(history, images)
     history.append(samples, images, stream_start=not history.segments)
     if run.mem.encodes:  # mode "off": the history keeps the segment's latent and frames, no memory tokens
         with phase(stats, "encode"):
@@ -288,51 +352,108 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
 
 def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, negative: list, shots: list[Shot],
                    sampler: SamplerSettings, width: int, height: int, fps: float, latent_frames: int,
-                   start: Memory | None = None, model_low_noise=None,
-                   mode: str = "frame_preservation") -> tuple[torch.Tensor, Memory, dict]:
+                   start: Memory | None = None, model_low_noise=None, mode: str = "frame_preservation",
+                   colour_correction: float = 0.0, save_path: str | None = None,
+                   interrupt_path: str | None = None) -> tuple[torch.Tensor, Memory, dict]:
     """Generate a storyboard segment by segment, as one continuous video, with memory of everything before each.
 
     Args:
         model: MODEL of a supported family (patched here). vae: its VAE. clip: text encoder (``tokenize`` /
         ``encode_from_tokens_scheduled``). negative: CONDITIONING. shots: parsed storyboard.
         latent_frames: T per segment (4 on Wan: 13 frames for the stream's first segment, then 16, 1 s at 16 fps).
-        start: history to continue (e.g. a starting clip from :func:`history_from_frames`), or None.
+        start: history to continue (e.g. a starting clip from :func:`history_from_frames`), or None. A memory with an
+        unfinished position of this storyboard (a memory file, :func:`models.resume.load_memory_file`) is resumed:
+        the run continues at its next segment with its seed, and returns the frames of the whole storyboard (the
+        finished segments decoded again), the same frames as the run that was stopped would have returned.
         model_low_noise: Wan 2.2 A14B low-noise expert, or None (see :mod:`models.experts`).
         mode: :data:`models.memory_modes.MEMORY_MODES`; "off" samples every segment without memory tokens and encodes
         nothing (the history still gives the output and the decode stream), the baseline for what memory buys.
+        colour_correction: strength 0..1 of the colour-drift correction (:mod:`models.colour_match`: each segment's
+        Lab mean / std matched to the history's before it is appended); 0 = off.
+        save_path: memory file (memory/memory_file.py) written atomically after every segment, or None.
+        interrupt_path: memory file written with the finished segments when the run is interrupted (not needed with
+        ``save_path``, whose file already holds them), or None: an interrupt then loses them.
     Returns:
         frames ``[F, height, width, 3]`` float32 0..1 (generated part only), the final Memory (every segment
-        encoded), and a report dict (segments, memory tokens per segment, seam ratios, seconds, RSS).
+        encoded, its ``position`` finished), and a report dict (segments, memory tokens per segment, seam ratios,
+        seconds, RSS).
     Raises:
-        ValueError: bad sizes, encoder/DiT mismatch, experts of different families or an unknown mode;
+        ValueError: bad inputs (:func:`models.input_checks.check_run_inputs`: non-finite fps / cfg, sizes, a storyboard
+        over the length limit, a seed out of range, a size that does not fit in memory), encoder/DiT mismatch,
+        experts of different families or an unknown mode; a resumed memory made with other settings or another
+        encoder (:func:`models.resume.resume_position`); non-finite latents after sampling a segment;
         InterruptProcessingException when the user cancels.
     """
+    check_run_inputs(model, vae, encoder, shots, sampler, width, height, fps, latent_frames,
+                     start.history.num_frames if start else 0, mode)  # before any work: ValueError naming the input
     adapter = check_size(model, width, height)
     if start is not None and (start.width, start.height) != (width, height):
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
+    if not 0.0 <= colour_correction <= 1.0:
+        raise ValueError(f"colour_correction must be a strength in 0..1, got {colour_correction}")
     models = expert_models(model, model_low_noise)
     for m in models:
         mode_config(encoder, m, mode)
+    settings = run_settings(sampler, latent_frames, fps, width, height, mode, colour_correction)
+    resume = resume_position(start, shots, settings, encoder)
+    if resume is not None:  # the stopped run's seeds, whatever the seed widget says now
+        sampler = dataclasses.replace(sampler, seed=resume.seed)
     stages = step_ranges(models, encoder, sampler)
     mem = Memory(start.history.copy() if start else HistoryBuffer(), encoder, fps, width, height, mode)  # checked by mode_config
     if mem.encodes:
         encode_pending_experts(models, vae, encoder, mem.history)
+    run_start = resume.run_start_segment if resume else len(mem.history.segments)
+    before = HistoryBuffer(mem.history.segments[:run_start])  # the history this storyboard started from
     ft, sh, sw = adapter.VAE_STRIDE
-    run = _Run(models, stages, mem, vae, clip, shots, negative, sampler, decode_stream(vae, mem.history, ft),
-               (1, adapter.LATENT_CHANNELS, latent_frames, height // sh, width // sw))
-    plans = plan_segments(shots, fps, latent_frames, ft, continues=bool(mem.history.segments))
-    out_frames, segments = [], []
-    for plan in plans:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        images, record = generate_segment(run, plan)
-        out_frames.append(images)
-        segments.append(record)
-        log.info("FrameMemory: segment %d/%d (shot %d) %d frames, %d memory tokens, %.1fs", plan.index + 1,
-                 len(plans), plan.shot, images.shape[0], record["memory_tokens"], record["seconds"])
+    run = _Run(models, stages, mem, vae, clip, shots, negative, sampler, decode_stream(vae, before, ft),
+               (1, adapter.LATENT_CHANNELS, latent_frames, height // sh, width // sw), colour=colour_correction)
+    plans = SegmentSchedule(shots, fps, latent_frames, ft, continues=bool(before.segments))  # lazy: O(1) memory
+    colour_start = resume.colour_start if resume else (None if mem.history.colour_stats is None
+                                                       else mem.history.colour_stats.tolist())
+    done = resume.next_segment if resume else 0
+    out_frames = replay_segments(run.decoder, mem.history, run_start, plans[:done], colour_correction, colour_start)
+    segments = [{"index": p.index, "shot": p.shot, "frames": p.frames, "latent_frames": p.latent_frames,
+                 "start_frame": before.num_frames + p.start_frame, "replayed": True} for p in plans[:done]]
+    mem.position = resume
+    position = lambda k: make_position(plans, shots, sampler.seed, k, run_start, settings, colour_start)  # noqa: E731
+    segments += _generate_segments(run, plans[done:], len(plans), out_frames, position, save_path, interrupt_path)
     frames = torch.cat(out_frames, dim=0)
     del out_frames
     report = storyboard_report(run, model, segments, frames, start)
+    if resume is not None:
+        report["resumed_at_segment"] = done
     return frames.float() / 255.0, mem, report
+
+
+def _generate_segments(run: _Run, plans, total: int, out_frames: list, position, save_path: str | None,
+                       interrupt_path: str | None) -> list[dict]:
+    """Generate ``plans`` (appending their frames to ``out_frames``); after each, ``run.mem.position`` becomes
+    ``position(segments done)`` and the memory is written to ``save_path``. Interrupted, the memory as of the last
+    finished segment is written to ``interrupt_path`` (when no ``save_path`` holds it already), then the interrupt
+    goes on. Returns the segments' report records."""
+    mem, segments, finished = run.mem, [], None
+    try:
+        for plan in plans:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            images, record = generate_segment(run, plan)
+            out_frames.append(images)
+            segments.append(record)
+            mem.position = position(plan.index + 1)
+            if save_path:
+                save_memory_file(save_path, mem)
+            elif interrupt_path:
+                finished = dataclasses.replace(mem, history=mem.history.copy())  # cheap: segments are shared
+            log.info("FrameMemory: segment %d/%d (shot %d) %d frames, %d memory tokens, %.1fs", plan.index + 1,
+                     total, plan.shot, images.shape[0], record["memory_tokens"], record["seconds"])
+    except comfy.model_management.InterruptProcessingException:
+        if finished is not None:
+            save_memory_file(interrupt_path, finished)
+            log.warning("FrameMemory: interrupted; the %d finished segments are saved in %s (Load Memory -> the "
+                        "Storyboard's memory input continues the run)", finished.position.next_segment, interrupt_path)
+        elif save_path and mem.position is not None:
+            log.warning("FrameMemory: interrupted; the finished segments are in %s", save_path)
+        raise
+    return segments
 
 
 def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tensor, start: Memory | None) -> dict:
@@ -340,7 +461,7 @@ def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tens
     mem = run.mem
     report = {
         "model_family": families.adapter_for(model).FAMILY, "fps": mem.fps, "width": mem.width, "height": mem.height,
-        "start_frames": start.history.num_frames if start else 0, "total_frames": int(frames.shape[0]),
+        "start_frames": segments[0]["start_frame"], "total_frames": int(frames.shape[0]),
         "rate": rate_str(model, mem.encoder), "encoder": mem.encoder.name, "memory_mode": mem.mode,
         "shots": [{"index": s.index, "prompt": s.prompt, "start_s": s.start_s, "duration_s": s.duration_s}
                   for s in run.shots],

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from .combine_node import CombineMemoryEncoders
 from .memory_nodes import ApplyMemory, EncodeHistory, LoadMemoryEncoder
+from .memory_file_nodes import LoadMemory, SaveMemory
 from .storyboard_node import Storyboard
+from .video_history_node import LoadVideoAsHistory
 
-NODES = [LoadMemoryEncoder, EncodeHistory, ApplyMemory, Storyboard, CombineMemoryEncoders]
+NODES = [LoadMemoryEncoder, EncodeHistory, ApplyMemory, Storyboard, CombineMemoryEncoders, SaveMemory, LoadMemory,
+         LoadVideoAsHistory]

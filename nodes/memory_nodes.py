@@ -5,6 +5,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..models.encoding import UNTRAINED, MemoryEncoder
+from ..models.input_checks import check_fps, check_frame_size, check_frames, load_naming_file
 from ..models.storyboard import Memory, history_from_frames, size_multiple
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
@@ -37,7 +38,8 @@ class LoadMemoryEncoder(io.ComfyNode):
     def execute(cls, encoder_name: str) -> io.NodeOutput:
         if encoder_name == UNTRAINED:
             return io.NodeOutput(MemoryEncoder.untrained())
-        return io.NodeOutput(MemoryEncoder.from_file(folder_paths.get_full_path_or_raise(FOLDER, encoder_name)))
+        path = folder_paths.get_full_path_or_raise(FOLDER, encoder_name)
+        return io.NodeOutput(load_naming_file(path, MemoryEncoder.from_file))
 
 
 class EncodeHistory(io.ComfyNode):
@@ -66,11 +68,13 @@ class EncodeHistory(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, memory_encoder, fps, segment_latent_frames, images=None, latent=None, memory=None) -> io.NodeOutput:
+        check_fps(fps)
         if images is None:
             if latent is None:
                 raise ValueError("Encode History needs either images or a latent")
             images = vae.decode(latent["samples"])
             images = images.reshape(-1, *images.shape[-3:])
+        images = check_frames("images", images)  # RGBA -> RGB; NaN / inf refused
         if memory is not None:
             width, height = memory.width, memory.height
         else:
@@ -115,4 +119,5 @@ class ApplyMemory(io.ComfyNode):
     def execute(cls, model, memory: Memory, positive, negative, expert: str = EXPERTS[0], vae=None) -> io.NodeOutput:
         if expert not in EXPERTS:
             raise ValueError(f"expert must be one of {list(EXPERTS)}, got {expert!r}")
+        check_frame_size(model, memory.width, memory.height, memory.encoder, memory.mode)  # as the Storyboard does
         return io.NodeOutput(*memory.apply(model, positive, negative, EXPERTS.index(expert), vae))

@@ -2,15 +2,35 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 
 import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..memory.storyboard import parse_storyboard
+from ..memory.storyboard import MAX_STORYBOARD_SECONDS, parse_storyboard, split_clip
+from ..models.input_checks import check_frames, check_run_inputs
 from ..models.memory_modes import MEMORY_MODES
+from ..models import families
+from ..models.resume import load_memory_file, resumes
 from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+from .memory_file_nodes import memory_path
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
+
+log = logging.getLogger("FrameMemory")
+
+
+def vae_time_stride(model) -> int:
+    """Video frames per latent frame of the model's VAE (4 for Wan and HunyuanVideo)."""
+    return families.adapter_for(model).VAE_STRIDE[0]
+
+
+def interrupted_path() -> str:
+    """Where an interrupted run without save_path keeps its finished segments (a new file per run)."""
+    return memory_path(f"framememory/interrupted/storyboard_{time.strftime('%Y%m%d-%H%M%S')}")
+
 
 EXAMPLE = "2.0 | a cyclist rides down a sunny city street\n2.0 | the cyclist passes parked cars, camera follows"
 
@@ -33,14 +53,23 @@ class Storyboard(io.ComfyNode):
                 MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning used for every segment."),
                 io.String.Input("storyboard", multiline=True, default=EXAMPLE,
-                                tooltip="One shot per line: 'seconds | prompt'. Lines starting with # are ignored."),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip="Video width in pixels (multiple of 16)."),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16, tooltip="Video height in pixels (multiple of 16)."),
+                                tooltip="One shot per line: 'seconds | prompt'. Lines starting with # are ignored. "
+                                        f"At most {MAX_STORYBOARD_SECONDS:g} s in all ({MAX_STORYBOARD_SECONDS / 60:g} "
+                                        "min); chain Storyboards through their memory output for longer videos."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                             tooltip="Video width in pixels: a multiple of 16 (32 for Wan 2.2 5B), at least one memory "
+                                     "token (64 px with a 4x4x2 encoder on Wan 2.1). Sizes whose frames, latents, VAE "
+                                     "decode and attention would not fit in this machine's free memory are refused "
+                                     "before anything runs, naming the largest size that fits."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                             tooltip="Video height in pixels: a multiple of 16 (32 for Wan 2.2 5B), at least one memory "
+                                     "token (64 px with a 4x4x2 encoder on Wan 2.1); see width for the memory check."),
                 io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second (16 for Wan 2.1)."),
                 io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
                              tooltip="Latent frames generated per segment: 4 on Wan = 13 video frames, about 1 s at 16 fps."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the first segment; segment k uses seed + k."),
+                             tooltip="Seed of the first segment; segment k uses seed + k, which must stay below 2^64: "
+                                     "a seed within (segments - 1) of the maximum is refused, not wrapped."),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per segment."),
                 io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="Sampler, as in KSampler."),
@@ -68,6 +97,23 @@ class Storyboard(io.ComfyNode):
                                        "a video_ssm encoder file for the state). sliding_window: the last 3 latent "
                                        "frames only. off: no memory (the baseline: same seed, compare against the real "
                                        "continuation). pack_forcing and video_ssm: Wan 2.1 / 2.2 only."),
+                io.String.Input("save_path", default="", optional=True,
+                                tooltip="Memory file (relative to ComfyUI's output folder, '.safetensors' added) written "
+                                        "after every segment: history, memory tokens, encoder config and where the run "
+                                        "stands. Empty: nothing is written while it runs, and an interrupt writes the "
+                                        "finished segments to output/framememory/interrupted/ instead of losing them."),
+                io.Boolean.Input("resume", default=False, optional=True,
+                                 tooltip="Continue the unfinished run saved in save_path (e.g. after a server restart): "
+                                         "same next segment, same seeds, same frames as without the stop. Needs the same "
+                                         "storyboard text and settings. No file yet: starts from the beginning. A memory "
+                                         "input from Load Memory resumes the same way without this switch."),
+                io.Combo.Input("colour_correction", options=["off", "on"], default="off", optional=True,
+                               tooltip="Colour-drift correction: match each new segment's colour (mean and spread per "
+                                       "Lab channel) to the history's before it is appended, so tints do not build up "
+                                       "over a long storyboard. Changes only the frames, not the sampled latents."),
+                io.Float.Input("colour_strength", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="With colour_correction on: 1 = match the history's colour statistics fully, "
+                                       "0 = no change. Lower it when the story really changes colour (night falls)."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),
@@ -80,18 +126,33 @@ class Storyboard(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, clip, memory_encoder, negative, storyboard, width, height, fps, segment_latent_frames,
                 seed, steps, cfg, sampler_name, scheduler, include_history, start_images=None, memory=None,
-                model_low_noise=None, switch_step=0, memory_mode="frame_preservation") -> io.NodeOutput:
+                model_low_noise=None, switch_step=0, memory_mode="frame_preservation", save_path="", resume=False,
+                colour_correction="off", colour_strength=1.0) -> io.NodeOutput:
         if clip is None:
             raise ValueError("the clip input is None: load a text encoder (for Wan: umt5_xxl with type 'wan')")
+        start_images = None if start_images is None else check_frames("start_images", start_images)  # RGBA -> RGB
         shots = parse_storyboard(storyboard)
+        check_run_inputs(model, vae, memory_encoder, shots, SamplerSettings(steps, cfg, sampler_name, scheduler, seed),
+                         width, height, fps, segment_latent_frames, memory.history.num_frames if memory else 0,
+                         memory_mode, 0 if start_images is None else int(start_images.shape[0]), include_history)
+        save = memory_path(save_path) if save_path.strip() else None
+        if resume and memory is None and save is not None:
+            if os.path.isfile(save):
+                memory = load_memory_file(save, memory_encoder, vae)  # the stopped run: Load Memory without the node
+            else:
+                log.info("FrameMemory: resume is on but %s does not exist yet: starting the storyboard", save)
         start, dropped = memory, 0
-        if start_images is not None:
+        if start_images is not None and resumes(memory, shots):  # the saved history already holds the clip
+            dropped = split_clip(int(start_images.shape[0]), segment_latent_frames, vae_time_stride(model))[0]
+        elif start_images is not None:
             start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
                                                  fps, width, height, memory, model_low_noise, memory_mode)
         frames, final, report = run_storyboard(
             model, vae, clip, memory_encoder, negative, shots,
             SamplerSettings(steps, cfg, sampler_name, scheduler, seed, switch_step),
-            width, height, fps, segment_latent_frames, start, model_low_noise, memory_mode)
+            width, height, fps, segment_latent_frames, start, model_low_noise, memory_mode,
+            colour_correction=colour_strength if colour_correction == "on" else 0.0, save_path=save,
+            interrupt_path=None if save else interrupted_path())
         report["start_frames_dropped"] = dropped
         if include_history and start_images is not None:
             # the starting clip as the history holds it (fitted to width x height), then the generated frames

@@ -2,11 +2,13 @@
 of a real clip twice on one server, with memory (the workflow as given) and with ``memory_mode`` "off" (same seed,
 model and history), and both continuations are compared with the clip's real next frames (PSNR, SSIM).
 
-The clip is read by the training pipeline's own reader (``training/data.py``: scaled to cover, center-cropped,
-resampled to the model's fps) at the Storyboard's width x height x fps; its first H frames go to the server as a
-lossless FFV1 file (exact through ComfyUI's LoadVideo, checked), so generated frame j continues real frame H + j.
-The generated frames are compared as the node outputs them: a SaveAnimatedPNG node (8-bit PNG, lossless) is added
-to the prompt next to the workflow's own SaveVideo (h264 mp4, lossy).
+The history goes in through Load Video as History (``FrameMemoryLoadVideoHistory``, models/video_history.py): the
+node streams the clip itself (frame_load_cap = H frames from 0 s), resampled to the model's fps by the training
+reader's rule (nearest frame in time) and fitted by the nodes' ``fit_frames``, the pixels ``training/data.py`` gives
+(tested equal). The real continuation is read here by ``training/data.py``'s reader at the Storyboard's
+width x height x fps, so generated frame j continues real frame H + j. The generated frames are compared as the node
+outputs them: a SaveAnimatedPNG node (8-bit PNG, lossless) is added to the prompt next to the workflow's own
+SaveVideo (h264 mp4, lossy).
 
 No ComfyUI import: this runs in the client process, next to tests/harness.py.
 """
@@ -29,6 +31,8 @@ from framememory.memory.storyboard import parse_storyboard, plan_segments, segme
 from framememory.training.data import decode_frames, resample  # noqa: E402
 
 STORYBOARD = "FrameMemoryStoryboard"
+VIDEO_HISTORY = "FrameMemoryLoadVideoHistory"
+START_CHAIN = ("ImageFromBatch", "GetVideoComponents", "LoadVideo")  # a Storyboard's start_images from a video file
 VAE_TIME_STRIDE = 4  # video frames per latent frame (Wan 2.1 / 2.2, HunyuanVideo)
 TAP_PREFIX = "framememory/eval_frames"
 PSNR_CAP_DB = 100.0  # identical frames give inf; JSON cannot hold it
@@ -49,11 +53,57 @@ def metrics_missing() -> str | None:
 
 
 def history_input(api: dict) -> str | None:
-    """Why the prompt cannot take the clip as history (no LoadVideo, not exactly one Storyboard), or None."""
-    if not any(isinstance(n, dict) and n.get("class_type") == "LoadVideo" for n in api.values()):
-        return "the workflow has no LoadVideo"
+    """Why the prompt cannot take the clip as history (no LoadVideo or Load Video as History, not exactly one
+    Storyboard), or None."""
+    if not any(isinstance(n, dict) and n.get("class_type") in ("LoadVideo", VIDEO_HISTORY) for n in api.values()):
+        return f"the workflow has no LoadVideo or {VIDEO_HISTORY}"
     count = sum(isinstance(n, dict) and n.get("class_type") == STORYBOARD for n in api.values())
     return None if count == 1 else f"the workflow has {count} {STORYBOARD} nodes, not one"
+
+
+def with_video_history(api: dict, storyboard_id: str, video: str, frames: int) -> dict:
+    """A copy of ``api`` whose Storyboard takes its history from Load Video as History: the first ``frames`` frames of
+    ``video`` (a file in the server's input folder) at the Storyboard's size, fps, segment length and memory_mode. The
+    workflow's own Load Video as History node is used when it has one; otherwise one is added and the Storyboard's
+    start_images chain (LoadVideo -> GetVideoComponents -> ImageFromBatch) is removed, a memory the Storyboard
+    continued goes to the new node's memory input. Raises EvalError when neither is there."""
+    out = json.loads(json.dumps(api))
+    sb = out[storyboard_id]["inputs"]
+    found = [nid for nid, n in out.items() if isinstance(n, dict) and n.get("class_type") == VIDEO_HISTORY]
+    if found:
+        node_id = found[0]
+    elif isinstance(sb.get("start_images"), list):
+        node_id = str(max(int(k) for k in out if str(k).isdigit()) + 1)
+        _drop_start_chain(out, sb.pop("start_images")[0])
+        out[node_id] = {"class_type": VIDEO_HISTORY, "_meta": {"title": "History: first seconds of the clip"},
+                        "inputs": {k: sb[k] for k in ("model", "vae", "memory_encoder")}}
+        if isinstance(sb.get("memory"), list):
+            out[node_id]["inputs"]["memory"] = sb["memory"]
+        sb["memory"] = [node_id, 0]
+    else:
+        raise EvalError(f"the Storyboard {storyboard_id} takes no history from a video ({VIDEO_HISTORY} or start_images "
+                        "from LoadVideo)")
+    out[node_id]["inputs"].update(
+        video=video, frame_load_cap=int(frames), skip_first_seconds=0.0, select_every_nth=1,
+        **{k: sb.get(k, d) for k, d in (("width", 832), ("height", 480), ("fps", 16.0), ("segment_latent_frames", 4),
+                                         ("memory_mode", "frame_preservation"))})
+    return out
+
+
+def _drop_start_chain(api: dict, node_id: str) -> None:
+    """Remove ``node_id`` and, up the first input link, the rest of the LoadVideo -> GetVideoComponents ->
+    ImageFromBatch chain, each only when no other node uses it."""
+    for class_type in START_CHAIN:
+        node = api.get(node_id)
+        if not node or node.get("class_type") != class_type:
+            return
+        if any(isinstance(v, list) and v and v[0] == node_id for n in api.values() for v in n["inputs"].values()):
+            return  # still feeds another node
+        del api[node_id]
+        links = [v[0] for v in node["inputs"].values() if isinstance(v, list) and v]
+        if not links:
+            return
+        node_id = links[0]
 
 
 def storyboard_node(api: dict) -> tuple[str, dict]:
@@ -209,7 +259,7 @@ def evaluation(clip: Path, real: np.ndarray, history: int, on: np.ndarray, off: 
             "method": "generated frame j vs real frame history + j, RGB in [0, 1] at the output size; torchmetrics "
                       "PSNR (data_range 1.0) and SSIM per frame, averaged; per segment: PSNR averaged over its frames. "
                       "Generated frames from the Storyboard's IMAGE output saved losslessly (SaveAnimatedPNG, 8-bit), "
-                      "not from the h264 mp4; the history went in losslessly (FFV1)."}
+                      "not from the h264 mp4; the history read by Load Video as History (the training reader's pixels)."}
 
 
 def summary_line(ev: dict) -> str:

@@ -16,8 +16,9 @@ reduced-width VAE, a memory encoder and a Stage II LoRA trained here on real cli
 workflows/storyboard_wan21_lab_api.json), blurry by design, not Wan. Without those files: tiny RANDOM models
 written by demo/make_tiny_models.py, which check the pipeline end to end but make NO meaningful imagery.
 
-The history is the first H frames of --video (--history-seconds, read at the Storyboard's size and fps by the
-training reader, handed to LoadVideo losslessly). Unless --no-eval, or when the clip is too short, the same prompt
+The history is the first H frames of --video (--history-seconds, rounded down to whole VAE segments), streamed by
+the Load Video as History node (frame_load_cap H, at the Storyboard's size, fps and memory_mode; added in place of a
+workflow's LoadVideo -> start_images chain). Unless --no-eval, or when the clip is too short, the same prompt
 then runs again with memory_mode "off" and both are compared with the clip's real continuation (PSNR, SSIM):
 report.json "evaluation", storyboard_memory_off.mp4, contact_sheet_eval.png (scripts/example_eval.py).
 
@@ -440,8 +441,8 @@ def weights_entry(models: Models, subs: dict) -> dict:
 # ---- history and runs ---------------------------------------------------------------------------
 @dataclass
 class ClipPlan:
-    """The clip as the example uses it: frames at the model's size and fps, the first ``history`` of them handed to
-    LoadVideo, and why the memory-off comparison cannot run (None: it can)."""
+    """The clip as the example uses it: frames at the model's size and fps, the first ``history`` of them read by Load
+    Video as History, and why the memory-off comparison cannot run (None: it can)."""
 
     frames: object  # numpy uint8 [N, H, W, 3]
     history: int
@@ -452,8 +453,10 @@ class ClipPlan:
 
 
 def prepare_history(api: dict, video: Path, seconds: float, input_dir: Path) -> tuple[dict, ClipPlan]:
-    """Read ``video`` at the Storyboard's size and fps (training reader), write its first H frames losslessly into
-    ``input_dir`` and point LoadVideo / ImageFromBatch at them. Returns the substituted prompt and the plan."""
+    """Make the first ``seconds`` of ``video`` (rounded down to whole VAE segments) the Storyboard's history through
+    Load Video as History (``example_eval.with_video_history``), the file linked into ``input_dir``; read the clip's
+    first history + generated frames at the Storyboard's size and fps (training reader: the node's pixels) for the
+    comparison. Returns the substituted prompt and the plan."""
     sb_id, sb = example_eval.storyboard_node(api)
     width, height, fps, latent = int(sb["width"]), int(sb["height"]), float(sb["fps"]), int(sb["segment_latent_frames"])
     generated = sum(example_eval.planned_frames(sb))
@@ -462,16 +465,26 @@ def prepare_history(api: dict, video: Path, seconds: float, input_dir: Path) -> 
     except Exception as e:  # training.data.VideoReadError and friends
         raise ExampleError(f"cannot read {video}: {e}") from e
     history = example_eval.history_length(seconds, fps, latent, len(frames))
-    name = f"{video.stem}_history_{history}f_{width}x{height}.mkv"
-    example_eval.write_lossless(frames[:history], input_dir / name, fps)
-    log(f"input: {video.name} at {width}x{height}, {fps:g} fps (training reader): {history} history frames "
-        f"({history / fps:.2f} s) -> {name} (FFV1, lossless, checked)")
+    name = link_input(video, input_dir)
+    api = example_eval.with_video_history(api, sb_id, name, history)
+    log(f"input: {video.name} -> {input_dir / name}; Load Video as History reads its first {history} frames "
+        f"({history / fps:.2f} s) at {width}x{height}, {fps:g} fps")
     skip = None if len(frames) >= history + generated else (
         f"the clip has {len(frames)} frames at {fps:g} fps, the comparison needs {history} history + {generated} "
         "generated")
-    api = substitute_inputs(api, {("LoadVideo", "file"): name, ("ImageFromBatch", "length"): history,
-                                  ("ImageFromBatch", "batch_index"): 0})
     return api, ClipPlan(frames, history, generated, sb_id, name, skip)
+
+
+def link_input(video: Path, input_dir: Path) -> str:
+    """Put ``video`` into the server's input folder (a symbolic link, a copy where links fail); returns its name."""
+    target = input_dir / video.name
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    try:
+        target.symlink_to(video.resolve())
+    except OSError:
+        shutil.copy2(video, target)
+    return video.name
 
 
 def run_prompt(server: ComfyServer, api: dict, timeout: float, label: str) -> dict:
@@ -632,9 +645,9 @@ def run_example(args, models: Models, server: ComfyServer, video: Path, out: Pat
     clip, no_history = None, example_eval.history_input(api)
     if no_history is None:
         api, clip = prepare_history(api, video, args.history_seconds, server.input_dir)
-    elif any(n.get("class_type") == "LoadVideo" for n in api.values()):  # used as the workflow says
-        shutil.copy2(video, server.input_dir / video.name)
-        api = substitute_inputs(api, {("LoadVideo", "file"): video.name})
+    elif any(n.get("class_type") in ("LoadVideo", example_eval.VIDEO_HISTORY) for n in api.values()):  # as it says
+        name = link_input(video, server.input_dir)
+        api = substitute_inputs(api, {("LoadVideo", "file"): name, (example_eval.VIDEO_HISTORY, "video"): name})
         log(f"input: {video.name} -> {server.input_dir} ({no_history}: --history-seconds not used)")
     skip = ("--no-eval" if args.no_eval else no_history or clip.skip_eval or example_eval.metrics_missing())
     tap = None
@@ -658,7 +671,8 @@ def run_example(args, models: Models, server: ComfyServer, video: Path, out: Pat
         "warning": models.warning,
         "history": None if clip is None else {"clip": str(video), "frames": clip.history, "file": clip.file,
                                               "seconds": round(clip.history / float(report["fps"]), 3),
-                                              "reader": "training/data.py decode_frames + resample"},
+                                              "reader": "FrameMemoryLoadVideoHistory (models/video_history.py, "
+                                                        "streamed)"},
         "evaluation": ev,
         "decoded": decoded,
         "prompt_id": on["prompt_id"], "report_node": on["report_node"], "progress_events": on["progress_events"],

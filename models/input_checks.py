@@ -1,0 +1,314 @@
+"""Checks of the pack's inputs, run before any expensive work (issue 14): each raises ValueError naming the input
+and the fix, so a bad prompt fails in milliseconds instead of after minutes of sampling, an all-black video, a raw
+Python error or an out-of-memory kill. The nodes and :func:`models.storyboard.run_storyboard` /
+:func:`models.storyboard.history_from_frames` call them first; each check is one function.
+
+Memory estimate (:func:`estimate_memory`, :func:`check_memory`): bytes a frame size needs, conservative, in two parts.
+Host RAM (always): the whole output as kept uint8 frames plus the float32 IMAGE the node returns
+(:data:`OUTPUT_BYTES_PER_VALUE`), and the starting clip fitted to the size (float32 + kept uint8). Torch device, the
+peak of the per-segment phases that run one after the other: the sampled latents, one DiT step (activations of the
+CFG batch over the video tokens plus the memory tokens at the end of the storyboard, and one 1024-query chunk of
+attention scores), the VAE decode of one segment (ComfyUI's own ``VAE.memory_used_decode``; on a GPU ComfyUI falls
+back to 256 px tiles on out-of-memory, so the tiled figure counts there) and the VAE encode of one starting-clip
+segment (``VAE.memory_used_encode``). Model weights are not counted: ComfyUI loads and offloads them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from ..memory.grid import tokens_per_second
+from ..memory.storyboard import MAX_STORYBOARD_SECONDS, Shot, segment_frames, storyboard_seconds
+from . import families
+
+SEED_SPAN = 2 ** 64  # torch.manual_seed takes 0 .. 2^64 - 1; segment k samples with seed + k (refused past the end)
+OUTPUT_BYTES_PER_VALUE = 10  # per output pixel and channel: uint8 history + uint8 segment + float32 IMAGE + float32 temp
+START_BYTES_PER_VALUE = 5  # per starting-clip pixel and channel: fitted float32 + kept uint8
+LATENT_COPIES = 8  # latent, noise, sampler state, denoised, CFG cond + uncond, decoded input, history copy
+ACTIVATION_WIDTHS = 11  # per token of a DiT step, in units of the width D: x, q, k, v, attention out, FFN hidden (6 D)
+QUERY_CHUNK = 1024  # queries per attention chunk of the non-flash attention paths (sub-quadratic, split)
+TILE_LATENT = 32  # ComfyUI's tiled VAE fallback: 256 px tiles = 32 latent cells (Wan, HunyuanVideo)
+
+
+def check_finite(name: str, value: float, fix: str) -> float:
+    """``value`` as a float; raises ValueError naming ``name`` and ``fix`` when it is NaN, infinite or no number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}; {fix}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} is {value!r}, not a finite number; {fix}")
+    return number
+
+
+def check_fps(fps: float) -> float:
+    """Frames per second: a finite number > 0 (the widget's 1..120). Raises ValueError naming fps."""
+    fps = check_finite("fps", fps, "use the video's frame rate, e.g. 16 for Wan 2.1 or 24 for Wan 2.2 / HunyuanVideo")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}; use the video's frame rate, e.g. 16 for Wan 2.1")
+    return fps
+
+
+def check_cfg(cfg: float) -> float:
+    """Classifier-free guidance scale: finite and >= 0. Raises ValueError naming cfg."""
+    cfg = check_finite("cfg", cfg, "use a guidance scale such as 5.0 (1.0 = no guidance)")
+    if cfg < 0:
+        raise ValueError(f"cfg must be >= 0, got {cfg}; use a guidance scale such as 5.0")
+    return cfg
+
+
+def check_seed(seed: int, segments: int) -> int:
+    """Segment k samples with ``seed + k``, which must stay below 2^64 (torch.manual_seed); seeds past
+    ``2^64 - segments`` are refused, not wrapped. Raises ValueError naming seed and the largest seed that works."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    largest = SEED_SPAN - max(1, segments)
+    if not 0 <= seed <= largest:
+        raise ValueError(f"seed {seed} is out of range for {segments} segments: segment k uses seed + k, which must "
+                         f"stay below 2^64; use a seed from 0 to {largest}")
+    return seed
+
+
+def check_frames(name: str, images: torch.Tensor) -> torch.Tensor:
+    """IMAGE frames ``[F, H, W, C]`` as RGB ``[F, H, W, 3]``: an alpha channel (C = 4) is dropped, grey (C = 1) is
+    repeated. Raises ValueError naming ``name`` for another rank or channel count, no frames, or NaN / inf values."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be IMAGE frames [F, H, W, 3] (RGB; RGBA and grey are converted), got {shape}")
+    if images.shape[0] < 1 or images.shape[1] < 1 or images.shape[2] < 1:
+        raise ValueError(f"{name} holds no frames: {tuple(images.shape)}")
+    rgb = images[..., :3] if images.shape[-1] == 4 else images.expand(*images.shape[:3], 3)
+    if rgb.is_floating_point():
+        bad = int((~torch.isfinite(rgb)).sum())
+        if bad:
+            raise ValueError(f"{name} contain {bad} NaN / inf values (of {rgb.numel()}); the node that made them "
+                             "produced invalid pixels: check it (e.g. a blend factor or math node fed NaN)")
+    return rgb
+
+
+def check_latent_finite(latent: torch.Tensor, seed: int) -> torch.Tensor:
+    """Raises ValueError when a sampled segment latent holds NaN / inf (it would decode to a black video); returns
+    ``latent``."""
+    bad = int((~torch.isfinite(latent)).sum())
+    if bad:
+        raise ValueError(f"sampling the segment with seed {seed} gave {bad} NaN / inf latent values (of "
+                         f"{latent.numel()}): check cfg and the sampler settings, and the model / LoRA weights "
+                         "(fp16 overflow: try bf16 or fp8 weights, or a lower LoRA strength)")
+    return latent
+
+
+def min_frame_size(model, encoder=None, mode: str = "frame_preservation") -> tuple[int, int]:
+    """Smallest ``(width, height)`` in pixels the model and memory can take: one DiT token (VAE stride x patch, 16 px
+    on Wan 2.1) and, for the modes that encode compressed memory tokens, one memory token of every encoder (its rate
+    times that: 64 px at 4x4x2 on Wan 2.1). Raises TypeError (unsupported model) and ValueError like
+    ``MemoryEncoder.check``."""
+    from .memory_modes import ENCODED_MODES
+
+    adapter = families.adapter_for(model)
+    w = adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2]
+    h = adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
+    if encoder is None or mode not in ENCODED_MODES:
+        return w, h
+    rates = [p.cfg.rate for p in encoder.parts]
+    return max(w * r[1] for r in rates), max(h * r[0] for r in rates)
+
+
+def check_frame_size(model, width: int, height: int, encoder=None, mode: str = "frame_preservation"):
+    """Width and height: multiples of the model's token size and at least :func:`min_frame_size`. Returns the family
+    adapter. Raises ValueError naming the size, the multiple and the minimum."""
+    adapter = families.adapter_for(model)
+    mw, mh = adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2], adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
+    min_w, min_h = min_frame_size(model, encoder, mode)
+    if width < min_w or height < min_h:
+        raise ValueError(f"{width}x{height} is below the minimum frame size {min_w}x{min_h} for {adapter.FAMILY}"
+                         + (f" with memory encoder '{encoder.name}' (one memory token)" if (min_w, min_h) != (mw, mh)
+                            else "") + f": use at least {min_w}x{min_h}, e.g. 832x480")
+    if width % mw or height % mh:
+        raise ValueError(f"width and height must be multiples of {mw}x{mh} for {adapter.FAMILY}, got {width}x{height}; "
+                         f"use e.g. {width // mw * mw}x{height // mh * mh}")
+    return adapter
+
+
+def memory_tokens_per_second(model, encoder, width: int, height: int, fps: float) -> float:
+    """Compressed memory tokens per second of history at this size (sum over the encoders of a combination)."""
+    return sum(tokens_per_second(p.check(model), height, width, fps) for p in encoder.parts)
+
+
+def check_storyboard_length(shots: list[Shot], fps: float, latent_frames: int, vae_time_stride: int = 4,
+                            tokens_per_s: float | None = None, history_s: float = 0.0) -> float:
+    """Refuse storyboards longer than :data:`MAX_STORYBOARD_SECONDS` before anything is planned. Returns the length in
+    seconds. Raises ValueError with the estimate: segments, minutes of video, memory tokens at the end (when
+    ``tokens_per_s`` is given; ``history_s`` of history before the storyboard count too)."""
+    total = storyboard_seconds(shots)
+    if total <= MAX_STORYBOARD_SECONDS:
+        return total
+    def num(x: float) -> str:  # 1e308 s * fps overflows to inf
+        return f"{x:.4g}" if math.isfinite(x) else "more than 1e308"
+
+    segments = total / (segment_frames(latent_frames, vae_time_stride, stream_start=False) / fps)
+    tokens = f", {num((total + history_s) * tokens_per_s)} memory tokens at the end" if tokens_per_s else ""
+    raise ValueError(f"the storyboard lasts {total:g} s: {num(segments)} segments, {num(total / 60)} minutes of video"
+                     f"{tokens}; the limit is {MAX_STORYBOARD_SECONDS:g} s ({MAX_STORYBOARD_SECONDS / 60:g} min). "
+                     "Shorten the shot durations (seconds | prompt), or chain Storyboards through their memory output")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryNeed:
+    """Bytes a run needs: ``host`` in RAM whatever the device, ``device`` on the torch device (the peak phase)."""
+
+    host: dict
+    device: dict
+
+    def device_peak(self) -> int:
+        """Latents plus the largest of the phases that run one after another (sample, decode, encode)."""
+        return self.device["latents"] + max(v for k, v in self.device.items() if k != "latents")
+
+    def total(self, cpu: bool) -> int:
+        """Everything on one pool of memory (CPU) or only the device part (GPU)."""
+        return sum(self.host.values()) + self.device_peak() if cpu else self.device_peak()
+
+
+def _vae_bytes(vae, fn: str, shape: tuple) -> int:
+    """ComfyUI's own working-set estimate ``vae.memory_used_decode`` / ``memory_used_encode`` for ``shape``."""
+    estimate = getattr(vae, fn, None)
+    return int(estimate(shape, getattr(vae, "vae_dtype", torch.float32))) if estimate else 0
+
+
+def estimate_memory(model, vae, width: int, height: int, output_frames: int, start_frames: int, latent_frames: int,
+                    memory_tokens: int = 0, cpu: bool = True) -> MemoryNeed:
+    """Conservative bytes a run at ``width x height`` needs (module docstring): ``output_frames`` frames out (starting
+    clip included when the node outputs it), ``start_frames`` fitted starting-clip frames, segments of
+    ``latent_frames`` latent frames, ``memory_tokens`` compressed memory tokens at the end; ``cpu``: the torch device
+    is the CPU (no tiled VAE fallback). Raises TypeError for an unsupported model."""
+    import comfy.model_management
+
+    from .vae_stream import CONTEXT_LATENTS, exact_supported
+
+    adapter = families.adapter_for(model)
+    ft, sh, sw = adapter.VAE_STRIDE
+    pt, ph, pw = adapter.PATCH_SIZE
+    h, w = height // sh, width // sw
+    values = width * height * 3
+    host = {"output_frames": output_frames * values * OUTPUT_BYTES_PER_VALUE,
+            "start_frames": start_frames * values * START_BYTES_PER_VALUE}
+    dim = families.model_width(model)
+    heads = getattr(families.diffusion_model(model), "num_heads", max(1, dim // 128))
+    act = 4 if cpu else max(2, comfy.model_management.dtype_size(model.model_dtype()))
+    video = max(1, latent_frames // pt) * max(1, h // ph) * max(1, w // pw)
+    tokens = video + memory_tokens
+    sample = 2 * tokens * dim * ACTIVATION_WIDTHS * act + 2 * heads * min(video, QUERY_CHUNK) * tokens * 4
+    dec_t = latent_frames if exact_supported(vae) else latent_frames + CONTEXT_LATENTS
+    decode = _vae_bytes(vae, "memory_used_decode", (1, adapter.LATENT_CHANNELS, dec_t, h, w))
+    if not cpu:  # comfy.sd.VAE.decode retries out-of-memory with 256 px tiles
+        tile = (1, adapter.LATENT_CHANNELS, dec_t, min(h, TILE_LATENT), min(w, TILE_LATENT))
+        decode = min(decode, _vae_bytes(vae, "memory_used_decode", tile))
+    encode = _vae_bytes(vae, "memory_used_encode", (1, 3, ft * latent_frames, height, width)) if start_frames else 0
+    device = {"latents": adapter.LATENT_CHANNELS * latent_frames * h * w * 4 * LATENT_COPIES,
+              "sample": sample, "vae_decode": decode, "vae_encode": encode}
+    return MemoryNeed(host, device)
+
+
+def available_memory() -> tuple[int, int | None]:
+    """``(free RAM bytes, free bytes on the torch device or None when it is the CPU)``: psutil's available RAM, and
+    ``comfy.model_management.get_free_memory`` plus what the models ComfyUI holds there would free when unloaded."""
+    import psutil
+
+    import comfy.model_management as mm
+
+    host = int(psutil.virtual_memory().available)
+    dev = mm.get_torch_device()
+    if getattr(dev, "type", "cpu") == "cpu":
+        return host, None
+    loaded = sum(m.model_loaded_memory() for m in mm.current_loaded_models if m.device == dev)
+    return host, int(mm.get_free_memory(dev)) + int(loaded)
+
+
+def _fits(need: MemoryNeed, host: int, device: int | None) -> bool:
+    if device is None:
+        return need.total(cpu=True) <= host
+    return sum(need.host.values()) <= host and need.device_peak() <= device
+
+
+def check_memory(model, vae, width: int, height: int, output_frames: int, start_frames: int, latent_frames: int,
+                 memory_tokens: int = 0) -> MemoryNeed:
+    """Refuse a size that cannot run here (:func:`estimate_memory` against :func:`available_memory`) before anything
+    is allocated. Returns the estimate. Raises ValueError with the need, what is free, and the largest size of the
+    same aspect ratio (multiples of the model's token size) that fits."""
+    host, device = available_memory()
+    cpu = device is None
+
+    def need_at(w: int, h: int) -> MemoryNeed:
+        return estimate_memory(model, vae, w, h, output_frames, start_frames, latent_frames, memory_tokens, cpu)
+
+    need = need_at(width, height)
+    if _fits(need, host, device):
+        return need
+    adapter = families.adapter_for(model)
+    mw, mh = adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2], adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
+    largest = None
+    for k in range(width // mw - 1, 0, -1):  # narrower widths, height keeping the aspect ratio
+        w, h = k * mw, max(mh, round(k * mw * height / width / mh) * mh)
+        if _fits(need_at(w, h), host, device):
+            largest = f"{w}x{h}"
+            break
+    gib = 2 ** 30
+    parts = ", ".join(f"{k} {v / gib:.2f}" for k, v in {**need.host, **need.device}.items() if v)
+    where = (f"{need.total(True) / gib:.1f} GiB of RAM but {host / gib:.1f} GiB is available" if cpu else
+             f"{sum(need.host.values()) / gib:.1f} GiB of RAM and {need.device_peak() / gib:.1f} GiB on the device, "
+             f"but {host / gib:.1f} GiB of RAM and {device / gib:.1f} GiB of device memory are available")
+    fix = f"the largest size that fits is {largest} at this length" if largest else "no smaller size fits either"
+    raise ValueError(f"width x height {width}x{height} for {output_frames} output frames needs about {where} "
+                     f"(GiB: {parts}); {fix}; or generate fewer seconds, or free memory")
+
+
+def load_naming_file(path: str, load):
+    """``load(path)``; a ValueError / TypeError / KeyError from a broken file that does not name it is re-raised as
+    ValueError naming ``path`` (e.g. an encoder file whose config JSON is broken)."""
+    try:
+        return load(path)
+    except (ValueError, TypeError, KeyError) as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"memory encoder file {path}: {e}") from e
+
+
+def check_history_inputs(model, vae, encoder, images: torch.Tensor, latent_frames: int, fps: float, width: int,
+                         height: int, mode: str = "frame_preservation", name: str = "start_images") -> torch.Tensor:
+    """The checks of :func:`models.storyboard.history_from_frames`: fps, the frames (RGB, finite), the size and the
+    memory the fitted clip and its encode need. Returns the frames as RGB ``[F, H, W, 3]``."""
+    from ..memory.storyboard import split_clip
+
+    check_fps(fps)
+    images = check_frames(name, images)
+    adapter = check_frame_size(model, width, height, encoder, mode)
+    skip, _ = split_clip(int(images.shape[0]), latent_frames, adapter.VAE_STRIDE[0])
+    check_memory(model, vae, width, height, 0, int(images.shape[0]) - skip, latent_frames)
+    return images
+
+
+def check_run_inputs(model, vae, encoder, shots: list[Shot], sampler, width: int, height: int, fps: float,
+                     latent_frames: int, history_frames: int = 0, mode: str = "frame_preservation",
+                     start_frames: int = 0, output_start: bool = False) -> None:
+    """The checks of a storyboard run, cheapest first: fps, cfg, the frame size, the length (:data:`MAX_STORYBOARD_
+    SECONDS`), the seed range over its segments, and the memory the size needs. ``history_frames``: frames of
+    history before the storyboard; ``start_frames``: frames of a starting clip not yet made history (the part that fills
+    whole segments is counted, in the output too when ``output_start``). ``sampler``: anything with ``cfg`` and ``seed`` (SamplerSettings)."""
+    from ..memory.storyboard import SegmentSchedule, split_clip
+    from .memory_modes import ENCODED_MODES
+
+    fps = check_fps(fps)
+    check_cfg(sampler.cfg)
+    adapter = check_frame_size(model, width, height, encoder, mode)
+    if start_frames:  # the oldest frames that fill no segment are dropped (raises for a clip below one segment)
+        start_frames -= split_clip(start_frames, latent_frames, adapter.VAE_STRIDE[0])[0]
+    per_s = memory_tokens_per_second(model, encoder, width, height, fps) if mode in ENCODED_MODES else 0.0
+    history_s = (history_frames + start_frames) / fps
+    check_storyboard_length(shots, fps, latent_frames, adapter.VAE_STRIDE[0], per_s or None, history_s)
+    schedule = SegmentSchedule(shots, fps, latent_frames, adapter.VAE_STRIDE[0],
+                               continues=bool(history_frames or start_frames))
+    check_seed(sampler.seed, len(schedule))
+    tokens = int(per_s * (history_s + storyboard_seconds(shots)))
+    output = schedule.total_frames + (start_frames if output_start else 0)
+    check_memory(model, vae, width, height, output, start_frames, latent_frames, tokens)

@@ -1,0 +1,94 @@
+"""Load Video as History: a video file streamed into memory in bounded RAM (models/video_history.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..models.memory_modes import MEMORY_MODES
+from ..models.video_history import FrameSelection, history_from_video
+from .sockets import CATEGORY, MemoryEncoderType, MemoryType
+
+
+def input_videos() -> list[str]:
+    """Video files in ComfyUI's input folder (the stock LoadVideo's list), sorted."""
+    folder = folder_paths.get_input_directory()
+    files = [f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))]
+    return sorted(folder_paths.filter_files_content_types(files, ["video"]))
+
+
+class LoadVideoAsHistory(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FrameMemoryLoadVideoHistory",
+            display_name="Load Video as History (Memory)",
+            category=CATEGORY,
+            description="Reads a video file as history without loading it whole: one segment at a time is decoded, "
+                        "resampled to fps, center-cropped and resized to width x height, VAE-encoded as one continuous "
+                        "stream and into memory tokens, then dropped, so RAM does not grow with the clip's length "
+                        "(stock Load Video decodes every frame as float32). The oldest frames that do not fill a "
+                        "segment are dropped.",
+            inputs=[
+                io.Combo.Input("video", options=input_videos(), upload=io.UploadType.video,
+                               tooltip="A video in ComfyUI's input folder (or upload one). Any file PyAV decodes."),
+                io.Model.Input("model", tooltip="The model the memory is for (its patch embedding is the LR branch)."),
+                io.Vae.Input("vae", tooltip="The model's VAE."),
+                MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
+                io.Int.Input("width", default=832, min=16, max=4096, step=16,
+                             tooltip="Storyboard width in pixels: frames are center-cropped and resized to it."),
+                io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                             tooltip="Storyboard height in pixels: frames are center-cropped and resized to it."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
+                               tooltip="The model's frame rate (16 for Wan 2.1): the video is resampled to it (nearest "
+                                       "frame in time)."),
+                io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
+                             tooltip="Latent frames per history segment, as in the Storyboard (4 on Wan = 13 frames for "
+                                     "the first segment, 16 after)."),
+                io.Int.Input("frame_load_cap", default=0, min=0, max=10_000_000,
+                             tooltip="At most this many frames (at fps, after select_every_nth) become history; 0 = no "
+                                     "cap. 45 at 16 fps = 13 + 16 + 16: three segments, 2.8 s."),
+                io.Float.Input("skip_first_seconds", default=0.0, min=0.0, max=1e6, step=0.1,
+                               tooltip="Start time in the video, in seconds (the file is seeked, not decoded from the "
+                                       "start)."),
+                io.Int.Input("select_every_nth", default=1, min=1, max=1000,
+                             tooltip="Keep every n-th frame (after resampling to fps); the history then plays n times "
+                                     "faster. 1 = every frame."),
+                io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="frame_preservation",
+                               tooltip="Use the Storyboard's memory_mode. frame_preservation / pack_forcing: memory "
+                                       "tokens are encoded while reading. off / sliding_window / video_ssm: the "
+                                       "history keeps latents only (no pixels: bounded RAM), so a Storyboard in an "
+                                       "encoding mode cannot use it: read the video again in that mode."),
+                MemoryType.Input("memory", optional=True,
+                                 tooltip="Memory to continue (not changed; a new one is returned). The video starts a "
+                                         "new VAE stream after it; width and height must match it."),
+            ],
+            outputs=[
+                MemoryType.Output(display_name="memory", tooltip="The history with its memory tokens, for the "
+                                                                  "Storyboard's memory input or Apply Memory."),
+                io.String.Output(display_name="report", tooltip="JSON: source video, selection, frames read and dropped, "
+                                                                "segments, memory tokens, seconds, peak RSS."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, video, model, vae, memory_encoder, width, height, fps, segment_latent_frames, frame_load_cap,
+                skip_first_seconds, select_every_nth, memory_mode, memory=None) -> io.NodeOutput:
+        selection = FrameSelection(fps, skip_first_seconds, select_every_nth, frame_load_cap)
+        mem, report = history_from_video(model, vae, memory_encoder, folder_paths.get_annotated_filepath(video),
+                                         selection, width, height, segment_latent_frames, memory, memory_mode)
+        return io.NodeOutput(mem, json.dumps(report))
+
+    @classmethod
+    def fingerprint_inputs(cls, video, **kwargs):
+        path = folder_paths.get_annotated_filepath(video)
+        return os.path.getmtime(path) if os.path.isfile(path) else video  # the file's change re-runs the node
+
+    @classmethod
+    def validate_inputs(cls, video):  # only ``video``: the other inputs keep ComfyUI's own range checks
+        if not folder_paths.exists_annotated_filepath(video):
+            return (f"video: no file '{video}' in ComfyUI's input folder; put it there or use the node's upload "
+                    "button")
+        return True
