@@ -4,6 +4,9 @@ Usage:
   python benchmarks/sampling_step.py --preset cpu-small     # CPU: real 1.3B width, 2 blocks, 256x128
   python benchmarks/sampling_step.py --preset gpu-480p      # GPU: Wan 2.1 1.3B real shapes, bf16, 832x480
   python benchmarks/sampling_step.py --preset gpu-480p-14b  # GPU: Wan 2.1 14B real shapes (bf16 compute)
+  nice -n 5 python benchmarks/sampling_step.py --preset cpu-480p --repeats 1  # CPU: one real-width block at 832x480
+                                                                              # (1.3B and 14B) + the pack's overhead
+                                                                              # (sampling_step_480p.py)
 
 Runs ComfyUI's own ``WanModel`` (random weights) through the product path: the memory wrapper and per-block
 patches of ``models/wan.py`` with memory tokens as the Storyboard passes them. Cases: no memory; 20 s and 60 s of
@@ -38,15 +41,21 @@ def step_flops(dim: int, ffn: int, layers: int, tokens: int, text_len: int = TEX
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
+    ap.add_argument("--preset", choices=[*PRESETS, "cpu-480p"], default="cpu-small")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-full", action="store_true", help="skip the uncompressed 20 s history case")
     ap.add_argument("--attention", choices=["auto", "sage", "sdpa"], default="sdpa",
                     help="attention backend (benchmark 5: run once with sage, once with sdpa); sage falls back to SDPA "
                          "with a one-line notice without CUDA or sageattention")
+    ap.add_argument("--widths", nargs="+", choices=["1.3b", "14b"], default=["1.3b", "14b"],
+                    help="cpu-480p only: the Wan 2.1 widths whose block is measured")
     args = ap.parse_args()
-    p = PRESETS[args.preset]
     sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "ComfyUI"))))
+    if args.preset == "cpu-480p":
+        import sampling_step_480p
+
+        return sampling_step_480p.run(args, step_flops)
+    p = PRESETS[args.preset]
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = p["device"] == "cpu"

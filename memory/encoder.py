@@ -216,8 +216,19 @@ class HistoryEncoder(nn.Module):
                 f"{cfg.rate_str}; use longer segments or a larger resolution")
         return grid
 
+    def hr_branch(self, latent: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The DiT-independent half of :meth:`forward`: ``(hr [B, D, Tm, Hm, Wm], hidden [B, M, hr_channels[-1]])``
+        of the HR branch for ``latent`` (as in :meth:`forward`), or ``(None, None)`` without an HR branch. Pass it
+        to :meth:`forward` as ``hr_out`` to encode one span for several DiTs (Wan 2.2 A14B experts) with the HR branch
+        run once. Raises ValueError like :meth:`grid`."""
+        if self.hr is None:
+            return None, None
+        hr, hidden = self.hr(latent, self.grid(latent))  # [B, D, Tm, Hm, Wm], [B, Ch, Tm, Hm, Wm]
+        return hr, rearrange(hidden, "b c t h w -> b (t h w) c")
+
     def forward(self, latent: torch.Tensor, lr_latent: torch.Tensor | None = None,
-                embed: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                hr_out: tuple[torch.Tensor | None, torch.Tensor | None] | None = None):
         """Fig. 2 for one span of history.
 
         Args:
@@ -227,6 +238,7 @@ class HistoryEncoder(nn.Module):
                 (needed when ``cfg.use_lr``).
             embed: the DiT's own first projection, ``[B, C, T', h', w'] -> [B, D, T', h' // ph, w' // pw]`` (frozen;
                 needed when ``cfg.use_lr``).
+            hr_out: :meth:`hr_branch` of this ``latent``, computed before (reused, not recomputed), or None.
         Returns:
             ``(tokens [B, M, D], hidden [B, M, hr_channels[-1]] or None)``: memory tokens in ``(t, h, w)`` order,
             ``M = Tm * Hm * Wm``, on the HR branch's device and dtype (the LR output is moved there), and the HR
@@ -236,7 +248,7 @@ class HistoryEncoder(nn.Module):
         """
         cfg = self.cfg
         grid = self.grid(latent)
-        lr = hr = hidden = None
+        lr = None
         if cfg.use_lr:
             if lr_latent is None or embed is None:
                 raise ValueError("the LR branch needs lr_latent (VAE latent of lr_clip of the frames) and the DiT's "
@@ -245,9 +257,7 @@ class HistoryEncoder(nn.Module):
             if tuple(lr.shape[2:]) != grid:
                 raise ValueError(f"the LR branch gives a {tuple(lr.shape[2:])} grid, the memory grid is {grid}: "
                                  "make lr_latent from lr_clip of the same span")
-        if self.hr is not None:
-            hr, hidden = self.hr(latent, grid)  # [B, D, Tm, Hm, Wm], [B, Ch, Tm, Hm, Wm]
-            hidden = rearrange(hidden, "b c t h w -> b (t h w) c")
+        hr, hidden = self.hr_branch(latent) if hr_out is None else hr_out  # [B, D, Tm, Hm, Wm], [B, M, Ch]
         if lr is not None and hr is not None:
             lr = lr.to(device=hr.device, dtype=hr.dtype)
         tokens = combine_branches(hr, lr)  # [B, Tm*Hm*Wm, D]

@@ -148,8 +148,30 @@ class MemoryEncoder:
         return self.network(model)[1]
 
 
-def encode_segment(model, encoder: MemoryEncoder, latent: torch.Tensor,
-                   lr_latent: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+class HRCache:
+    """HR-branch outputs (:meth:`~memory.encoder.HistoryEncoder.hr_branch`) of the spans encoded during one pass over
+    the DiTs of a sampling schedule (``experts.encode_pending_experts``): the HR branch is the same function of a
+    span's latent for every expert (only the LR branch's patch embedding is the expert's own), so the second expert
+    reuses the first one's. Looked up by encoder network and exact equality of the HR branch's input (the model-space
+    latent), so a reuse is always the output that a fresh run would give; lives for one pass (the entries hold inputs
+    and outputs on the encoder's device)."""
+
+    def __init__(self) -> None:
+        self._entries: dict = {}  # (id(net), shape, sum) -> [(net, latent [1, C, T, h, w], hr_out), ...]
+
+    def get(self, net, latent: torch.Tensor, compute):
+        """``compute()`` once per (``net``, latent content); later calls with an equal latent return the same output."""
+        bucket = self._entries.setdefault((id(net), tuple(latent.shape), float(latent.sum())), [])
+        for owner, seen, out in bucket:
+            if owner is net and torch.equal(seen, latent):
+                return out
+        out = compute()
+        bucket.append((net, latent, out))
+        return out
+
+
+def encode_segment(model, encoder: MemoryEncoder, latent: torch.Tensor, lr_latent: torch.Tensor | None,
+                   hr_cache: HRCache | None = None) -> tuple[torch.Tensor, ...]:
     """Memory tokens of one span of history: Fig. 2 (:class:`~memory.encoder.HistoryEncoder`) with the DiT's own
     patch embedding (``families.patch_embed``, LoRAs applied) as the LR branch's first projection.
 
@@ -157,6 +179,8 @@ def encode_segment(model, encoder: MemoryEncoder, latent: torch.Tensor,
         latent: ``[C, T, h, w]`` VAE-space latent of the span (T a multiple of the encoder's ``rt``).
         lr_latent: ``[C, Tm, h', w']`` VAE-space LR latent of the span (:func:`lr_encoder`), or None without an LR
             branch.
+        hr_cache: reuse the HR branch of an equal span encoded before for another DiT of the schedule (same
+            encoder), or None (always run it). The result is the same either way.
     Returns:
         tokens ``[M, D]`` float32 CPU, positions ``[M, 3]`` float32 (t relative to the span's first latent), and
         with the cross-attention add-on the HR branch's last hidden states ``[M, hr_channels[-1]]`` float32 CPU.
@@ -172,8 +196,10 @@ def encode_segment(model, encoder: MemoryEncoder, latent: torch.Tensor,
         comfy.model_management.load_models_gpu([patcher])
         device = patcher.load_device
     with torch.no_grad():
-        tokens, hidden = net(to_model(latent[None].float()).to(device), lr_in,
-                             embed=lambda z: families.patch_embed(model, z))  # [1, M, D], [1, M, Ch] or None
+        x = to_model(latent[None].float()).to(device)  # [1, C, T, h, w] model space
+        hr_out = net.hr_branch(x) if hr_cache is None else hr_cache.get(net, x, lambda: net.hr_branch(x))
+        tokens, hidden = net(x, lr_in, embed=lambda z: families.patch_embed(model, z),
+                             hr_out=hr_out)  # [1, M, D], [1, M, Ch] or None
     grid = net.grid(latent[None])
     positions = memory_positions(grid, cfg, t_start=0.0)
     out = (tokens[0].float().cpu(), positions)
@@ -236,12 +262,13 @@ def time_unit(cfg: EncoderConfig) -> int:
     return cfg.patch_size[0] * cfg.rate[2]
 
 
-def encode_pending(model, vae, encoder, history: HistoryBuffer, expert: int = 0) -> int:
+def encode_pending(model, vae, encoder, history: HistoryBuffer, expert: int = 0, hr_cache: HRCache | None = None) -> int:
     """Encode the segments of ``history`` that have no memory tokens yet (in place), for every encoder of
     ``encoder`` (a MemoryEncoder or MultiEncoder), each grouped by its own time rate, under the keys of ``expert``
     (:class:`~memory.history.PartKey`): first the LR latents still missing (``vae``; continuing each encoder's LR
-    stream), then the tokens. Pixels are dropped once every encoder's LR latent covers them. Returns how many
-    segments the busiest encoder encoded.
+    stream; shared by every expert, so only the first expert to get here runs the VAE), then the tokens. Pixels
+    are dropped once every encoder's LR latent covers them. ``hr_cache``: see :func:`encode_segment`. Returns how
+    many segments the busiest encoder encoded.
 
     Raises:
         ValueError: like :meth:`HistoryBuffer.encode_lr_pending`, or LR latents are missing and ``vae`` is None.
@@ -256,7 +283,7 @@ def encode_pending(model, vae, encoder, history: HistoryBuffer, expert: int = 0)
             if i not in history.lr_streams:  # the LR stream of this encoder starts with the history
                 history.lr_streams[i] = VideoStream(vae, "encode", time_stride=cfg.vae_stride[0])
             history.encode_lr_pending(i, time_unit(cfg), lr_encoder(vae, cfg, history.lr_streams[i]))
-        n = max(n, history.encode_pending(lambda lat, lr, p=part: encode_segment(model, p, lat, lr),
+        n = max(n, history.encode_pending(lambda lat, lr, p=part: encode_segment(model, p, lat, lr, hr_cache),
                                           unit=time_unit(cfg), key=PartKey(i, expert)))
     history.drop_frames(with_lr)
     return n

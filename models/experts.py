@@ -2,15 +2,16 @@
 
 The experts share the history, its latents, its LR latents and the encoder (HR branch weights); only the LR branch's
 first projection differs (each expert's own patch embedding), so each expert caches its own memory tokens under its
-own :class:`~memory.history.PartKey` (``expert`` index). Every expert encodes each new span once (incremental, as for
-one model), from the kept latent and LR latent: no expert ever needs the pixels again, so a memory made with one
-model continues with a pair without decoding anything.
+own :class:`~memory.history.PartKey` (``expert`` index). Each new span is encoded once for the schedule: one LR VAE
+encode and one HR branch, then every expert's own patch embedding of the LR latent (incremental, as for one model),
+from the kept latent and LR latent: no expert ever needs the pixels again, so a memory made with one model continues
+with a pair without decoding anything.
 """
 from __future__ import annotations
 
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
-from .encoding import encode_pending
+from .encoding import HRCache, encode_pending
 
 
 def expert_keys(encoder, expert: int = 0) -> list[PartKey]:
@@ -40,12 +41,14 @@ def expert_models(model, model_low_noise=None) -> list:
 
 def encode_pending_experts(models: list, vae, encoder, history: HistoryBuffer) -> int:
     """:func:`models.encoding.encode_pending` for every DiT of a sampling schedule (``models[e]`` caches its tokens
-    under the keys of expert ``e``); with one model exactly ``encode_pending``. The last expert is encoded first: it
-    is the one still loaded after sampling, and the first one, needed next, ends up loaded. Returns how many segments
-    the busiest expert encoded. Raises like ``encode_pending``."""
-    n = 0
+    under the keys of expert ``e``); with one model exactly ``encode_pending``. What does not depend on the DiT is
+    computed once per span: the LR clip's VAE encode (the history keeps one LR latent per encoder) and the HR branch
+    (an :class:`~models.encoding.HRCache` for this pass); each expert runs only its own patch embedding on the LR
+    latent. The last expert is encoded first: it is the one still loaded after sampling, and the first one, needed
+    next, ends up loaded. Returns how many segments the busiest expert encoded. Raises like ``encode_pending``."""
+    n, hr_cache = 0, HRCache()
     for e in reversed(range(len(models))):
-        n = max(n, encode_pending(models[e], vae, encoder, history, expert=e))
+        n = max(n, encode_pending(models[e], vae, encoder, history, expert=e, hr_cache=hr_cache))
     return n
 
 

@@ -307,3 +307,66 @@ def test_storyboard_wan22_from_real_clip(comfy, wan22_files, media_dir):
     assert final.history.num_tokens == 4 * per_segment and final.history.num_frames == 29
     with pytest.raises(ValueError, match="multiples of 32x32 for wan22"):
         history_from_frames(model, vae, encoder, video, 2, 16.0, 240, 128)
+
+
+@pytest.fixture(scope="module")
+def a14b_low_noise(comfy, tmp_path_factory):
+    """The second DiT of a Wan 2.2 A14B-style pair: a tiny Wan 2.1-architecture DiT with other weights (its own
+    patch embedding), via the stock loader."""
+    import comfy.sd
+    from framememory.demo.make_tiny_models import write_family
+
+    return comfy.sd.load_diffusion_model(write_family(str(tmp_path_factory.mktemp("a14b_low")), seed=7, vae=False)["dit"])
+
+
+def test_a14b_pair_runs_the_vae_and_hr_branch_once_per_span(tiny_wan, a14b_low_noise):
+    """Two spans of a real clip encoded for a Wan 2.2 A14B pair: the LR clip's VAE encode and the HR branch run once
+    per span (only the patch embedding runs per expert), and every expert's tokens, positions and cross-attention
+    hidden states are bit-identical (torch.equal) to encoding each expert on its own (the per-expert path)."""
+    import dataclasses
+
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.frames import fit_frames
+    from framememory.memory.history import HistoryBuffer, PartKey
+    from framememory.models.encoding import MemoryEncoder, encode_pending
+    from framememory.models.experts import encode_pending_experts
+
+    model, vae, tiny_encoder, _, video = tiny_wan
+    cfg = dataclasses.replace(tiny_encoder.cfg, cross_attention=True, dit_blocks=2)  # hidden states are cached too
+    base = HistoryEncoder(cfg)
+    base.load_state_dict(tiny_encoder.state_dict, strict=False)  # the tiny file's HR branch, new cross layers
+    sd = base.state_dict()
+    g = torch.Generator().manual_seed(3)
+    sd["hr.proj.weight"] = torch.randn(sd["hr.proj.weight"].shape, generator=g) * 0.1  # an HR branch that adds something
+    encoder = MemoryEncoder(cfg, sd, "hr-random")
+    net = encoder.network(model)[0]
+    frames = fit_frames(video[:29], 128, 64)  # 13 + 16 frames: two 4-latent-frame segments of one stream
+    latent = vae.encode(frames)  # [1, 16, 8, 8, 16]
+    history = HistoryBuffer()
+    history.append(latent[:, :, :4], frames[:13])
+    history.append(latent[:, :, 4:], frames[13:])
+    models = [model, a14b_low_noise]
+
+    def encode(run):
+        counts = {"vae": 0, "hr": 0}
+        hooks = [vae.first_stage_model.encoder.register_forward_hook(lambda *_: counts.__setitem__("vae", counts["vae"] + 1)),
+                 net.hr.register_forward_hook(lambda *_: counts.__setitem__("hr", counts["hr"] + 1))]
+        hist = history.copy()
+        try:
+            run(hist)
+        finally:
+            for h in hooks:
+                h.remove()
+        return hist, counts
+
+    shared, once = encode(lambda h: encode_pending_experts(models, vae, encoder, h))
+    apart, per_expert = encode(lambda h: [encode_pending(models[e], vae, encoder, h, expert=e) for e in (1, 0)])
+    _, one_model = encode(lambda h: encode_pending(model, vae, encoder, h))
+    assert once["hr"] == 2 and per_expert["hr"] == 4  # one HR branch per span instead of one per span and expert
+    assert once["vae"] == per_expert["vae"] == one_model["vae"] > 0  # the LR clip's VAE encode: once per span
+    for key in (PartKey(0, 0), PartKey(0, 1)):
+        for seg_shared, seg_apart in zip(shared.segments, apart.segments):
+            got, expected = seg_shared.encoded[key], seg_apart.encoded[key]
+            assert len(got) == len(expected) == 3 and all(torch.equal(a, b) for a, b in zip(got, expected))
+    tokens = [shared.segments[1].encoded[PartKey(0, e)][0] for e in (0, 1)]
+    assert tokens[0].shape[0] > 0 and not torch.equal(tokens[0], tokens[1])  # each expert's own patch embedding
