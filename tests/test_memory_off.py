@@ -58,7 +58,10 @@ def test_node_input_and_bad_mode(tiny_wan):
 
     inputs = {i.id: i for i in Storyboard.define_schema().inputs}
     mode = inputs["memory_mode"]
-    assert list(inputs)[-1] == "memory_mode" and mode.optional  # new widget last: saved UI workflows keep their slots
+    names = list(inputs)
+    later = names[names.index("memory_mode"):]  # widgets added since come after it: saved UI workflows keep their slots
+    assert later[:1] == ["memory_mode"] and all(inputs[n].optional for n in later)
+    assert later[1:] == ["save_path", "resume", "colour_correction", "colour_strength"]
     assert mode.options == ["frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off"]
     assert mode.default == "frame_preservation"
     model, vae, encoder, _, video = tiny_wan
