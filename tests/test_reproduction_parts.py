@@ -308,3 +308,101 @@ def test_reproduce_helpers(reproduce_script):
     for bad in (["nope=1"], ["stage1_steps"], ["stage1_steps=many"]):
         with pytest.raises(SystemExit, match="--set"):
             mod.override(p, bad)
+
+
+# ------------------------------------------------------------------------------------------------ --vae lab
+
+
+@pytest.fixture(scope="module")
+def lab_vae(comfy):
+    from framememory.training.reproduce_labvae import LabVideoVAE
+
+    return LabVideoVAE()  # the committed lab_model/ VAE through comfy.sd.VAE
+
+
+@pytest.fixture(scope="module")
+def lab_frames(media_dir):
+    """17 frames of bikes.mp4 at 16 fps, 64x64 (uint8 [17, 64, 64, 3]): one causal stream of 5 latent frames."""
+    from framememory.training.data import decode_frames, resample
+
+    it = resample(decode_frames(media_dir / "bikes.mp4", 64, 64), 16.0)
+    return torch.from_numpy(np.stack([f for _, f in zip(range(17), it)]))
+
+
+def test_lab_vae_encodes_streams_and_real_lr_latents_on_the_memory_grid(lab_vae, lab_frames):
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.grid import memory_grid
+    from framememory.training.reproduce_labvae import stream_frames
+
+    z = lab_vae.encode(lab_frames)  # model space
+    t = (lab_frames.shape[0] - 1) // 4 + 1
+    assert z.shape == (1, 16, t, 8, 8) and stream_frames(t) == lab_frames.shape[0]
+    raw = lab_vae.encode_vae_space(lab_frames)
+    torch.testing.assert_close(lab_vae.fmt.process_out(z), raw)  # Wan 2.1 model space <-> VAE space
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        lab_vae.encode(lab_frames[:16])
+    for rate in ("4x4x2", "2x2x1"):
+        cfg = EncoderConfig(rate=rate)
+        tm, hm, wm = memory_grid((t, 8, 8), cfg)
+        lr = lab_vae.lr_latents(lab_frames, t, (rate,))[cfg.rate_str]
+        assert lr.shape == (16, tm, hm * 2, wm * 2), (rate, lr.shape)  # the DiT's 1x2x2 patchify lands on the grid
+        assert torch.isfinite(lr).all() and lr.std() > 0.1
+
+
+def test_lab_vae_render_decodes_queries_in_their_stream(lab_vae, lab_frames):
+    from framememory.training.reproduce_labvae import latent_video_frames
+
+    z = lab_vae.encode(lab_frames)
+    full = lab_vae.decode(z)[0]  # [17, 64, 64, 3]
+    assert full.shape == lab_frames.shape and 0 <= full.min() and full.max() <= 1
+    omega = torch.tensor([[3], [0], [1]])
+    gt = torch.stack([z[0, :, j] for j in (3, 0, 1)])[:, :, None]  # ground truth as the prediction
+    img, ref, index = lab_vae.render(z, omega, gt)
+    assert index.tolist() == latent_video_frames(3) + [0] + latent_video_frames(1) == [9, 10, 11, 12, 0, 1, 2, 3, 4]
+    # a prefix decode of a causal VAE gives the same frames as the whole stream: the ceiling is its reconstruction
+    torch.testing.assert_close(img, full[index].permute(0, 3, 1, 2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ref, img)
+    # a wrong latent frame changes only its own query's frames and the ones decoded after it
+    bad = gt.clone()
+    bad[1] = torch.randn_like(bad[1])  # latent 0 (frame 0) replaced by noise
+    img2, ref2, _ = lab_vae.render(z, omega, bad)
+    torch.testing.assert_close(ref2, ref)
+    assert (img2[4] - img[4]).abs().mean() > 0.05
+
+
+def test_chunk_windows_crop_lr_latents_with_the_window(lab_vae, lab_frames):
+    from types import SimpleNamespace
+
+    from framememory.memory.config import EncoderConfig
+    from framememory.training import evaluate
+    from framememory.training.reproduce_labvae import ChunkWindows, time_unit
+
+    z = lab_vae.encode(lab_frames)[0]  # [16, 5, 8, 8]
+    chunk = {"latent": torch.cat([z, z[:, :3]], 1), "lr": {}}  # 8 latent frames (a synthetic longer stream)
+    chunk["lr"]["4x4x2"] = torch.arange(4.0).reshape(1, 4, 1, 1).expand(16, 4, 2, 2)  # LR frame j carries j
+    unit = time_unit(("4x4x2", "2x2x1"))
+    assert unit == 2
+    ds = ChunkWindows([chunk], 4, 2, torch.zeros(1, 4096), unit)
+    assert len(ds) == 3 and "lr_latent" not in ds[0]
+    with_lr = ds.with_lr("4x4x2")
+    for k, start in enumerate((0, 2, 4)):
+        item = with_lr[k]
+        assert torch.equal(item["latent"], chunk["latent"][:, start: start + 4])
+        assert item["lr_latent"].shape == (16, 2, 2, 2) and item["lr_latent"][0, :, 0, 0].tolist() == [start // 2,
+                                                                                                       start // 2 + 1]
+    with pytest.raises(ValueError, match="multiple of the memory time step"):
+        ChunkWindows([chunk], 4, 1, None, unit)
+    # held-out items carry their LR latents; the evaluation picks the encoder's rate
+    enc = SimpleNamespace(cfg=EncoderConfig(rate="4x4x2"))
+    sample = {"latent": chunk["latent"][:, :4], "lr_latents": {"4x4x2": chunk["lr"]["4x4x2"][:, :2]}}
+    got = evaluate._lr_latent(enc, None, sample["latent"][None].expand(3, -1, -1, -1, -1), sample)
+    assert got.shape == (3, 16, 2, 2, 2) and torch.equal(got[2], sample["lr_latents"]["4x4x2"])
+
+
+def test_base_dit_cache_name_carries_the_vae_kind(reproduce_script):
+    mod = reproduce_script
+    p = mod.PRESETS["cpu-small"]
+    standin = mod.base_dit_file(p, "cpu-small", 0, "abc", "standin")
+    lab = mod.base_dit_file(p, "cpu-small", 0, "abc", "lab")
+    assert standin != lab and "vae-lab" in lab.name and "vae-" not in standin.name  # stand-in caches keep their name
+    assert mod._lr_rates(mod.VARIANTS) == ("4x4x2", "2x2x1")  # the LR latents a lab run encodes

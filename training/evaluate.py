@@ -82,18 +82,27 @@ def _time_grid(n_t: int, device) -> torch.Tensor:
     return ((torch.arange(n_t, dtype=torch.float32) + 0.5) / n_t).to(device)
 
 
-def _lr_latent(encoder, lr_fn, latent: torch.Tensor) -> torch.Tensor | None:
-    """``lr_fn(latent)`` when the encoder has an LR branch and ``lr_fn`` is given, else None (``encode_history``
-    then raises for an encoder with an LR branch)."""
-    return lr_fn(latent) if encoder.cfg.use_lr and lr_fn is not None else None
+def _lr_latent(encoder, lr_fn, latent: torch.Tensor, sample=None) -> torch.Tensor | None:
+    """The LR branch's input for ``latent`` when the encoder has an LR branch: ``lr_fn(latent)`` when ``lr_fn`` is
+    given, else the sample's own precomputed LR latent (a dict sample's ``"lr_latents"`` ``{rate: [C, Tm, h', w']}``,
+    model space, keyed by ``EncoderConfig.rate_str``; e.g. a real VAE's latent of :func:`memory.encoder.lr_clip`),
+    else None (``encode_history`` then raises for an encoder with an LR branch)."""
+    if not encoder.cfg.use_lr:
+        return None
+    if lr_fn is not None:
+        return lr_fn(latent)
+    lr = sample.get("lr_latents", {}).get(encoder.cfg.rate_str) if isinstance(sample, dict) else None
+    return None if lr is None else lr[None].float().to(latent.device).expand(latent.shape[0], -1, -1, -1, -1)
 
 
-def _clean_memory(dm, encoder, history: torch.Tensor, lr_fn, batch: int):
+def _clean_memory(dm, encoder, history: torch.Tensor, lr_fn, batch: int, sample=None):
     """Memory of a clean history ``[1, C, T, h, w]`` at times ``0 .. T-1`` (as in Stage I), expanded to ``batch``
-    (:func:`training.stages.encode_history`'s namespace), or None when ``encoder`` is None."""
+    (:func:`training.stages.encode_history`'s namespace), or None when ``encoder`` is None. ``sample``: the history's
+    dict sample (its ``"lr_latents"`` when ``lr_fn`` is None, :func:`_lr_latent`)."""
     if encoder is None:
         return None
-    mem = stages.encode_history(dm, encoder, history, t_start=0.0, lr_latent=_lr_latent(encoder, lr_fn, history))
+    mem = stages.encode_history(dm, encoder, history, t_start=0.0,
+                                lr_latent=_lr_latent(encoder, lr_fn, history, sample))
     mem.tokens = mem.tokens.expand(batch, -1, -1)
     mem.positions2 = mem.positions2.expand(batch, -1, -1)
     if mem.hidden is not None:
@@ -157,7 +166,8 @@ def _draw_omega(frames: int, queries: int, k: int, generator: torch.Generator) -
 def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries_per_clip: int, steps: int = 20,
                         lr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, omega_frames: int = 1,
                         context: torch.Tensor | None = None,
-                        predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict:
+                        predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                        render: Callable | None = None) -> dict:
     """Frame-retrieval PSNR / SSIM of frames regenerated from the memory of clean held-out histories (module docstring).
 
     Args:
@@ -177,6 +187,10 @@ def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries
         context: text condition ``[1, L, 4096]`` (default :func:`standin_context`).
         predict: replaces encoding + sampling by ``predict(history [1, C, T, h, w], omega [Q, k]) -> [Q, C, k, h, w]``
             (references: a ground-truth passthrough scores the VAE ceiling).
+        render: replaces the per-latent-frame decode for a VAE with temporal compression (e.g. Wan's causal VAE,
+            ``training/reproduce.py --vae lab``): ``render(history [1, C, T, h, w], omega [Q, k], pred [Q, C, k, h, w])
+            -> (images [N, 3, H, W], decoded ground truth [N, 3, H, W], frame index [N] int64)``, 0..1, the frame
+            index into the sample's ``"frames"`` (which then need not have one frame per latent frame).
     Returns:
         ``{"psnr", "ssim"}`` means over regenerated frames (dB, SSIM in [-1, 1]), ``"psnr_vae", "ssim_vae"`` the same
         against the decoded ground-truth latent, ``"n"`` frames scored, ``"reference"`` ``"frames"`` when every
@@ -195,23 +209,27 @@ def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries
             t = history.shape[2]
             if not 1 <= omega_frames <= t:
                 raise ValueError(f"omega_frames {omega_frames} must be in 1..{t}")
-            if frames is not None and len(frames) != t:
+            if frames is not None and render is None and len(frames) != t:
                 raise ValueError(f"clip {ci}: {len(frames)} frames for {t} latent frames (need one per latent frame)")
             omega, noise, gt = _queries(history, seed, ci, queries_per_clip, omega_frames, device)  # [Q, k], ...
             if predict is not None:
                 pred = predict(history, omega).to(device).float()
             else:
                 ctx_q = _batch_context(base_ctx, ctx, omega.shape[0])
-                memory = _clean_memory(dm, encoder, history, lr_fn, omega.shape[0])
+                memory = _clean_memory(dm, encoder, history, lr_fn, omega.shape[0], sample)
 
                 def velocity(x, tt):
                     return stages.dit_forward(dm, x, tt, ctx_q, memory, frame_times=omega).float()
 
                 pred = euler_sample(velocity, noise, steps)
-            img = vae.decode(pred).flatten(0, 1).permute(0, 3, 1, 2)  # [Q*k, 3, H, W]
-            ref_vae = vae.decode(gt).flatten(0, 1).permute(0, 3, 1, 2)
+            if render is not None:
+                img, ref_vae, index = (v.to(device) for v in render(history, omega, pred))
+            else:
+                img = vae.decode(pred).flatten(0, 1).permute(0, 3, 1, 2)  # [Q*k, 3, H, W]
+                ref_vae = vae.decode(gt).flatten(0, 1).permute(0, 3, 1, 2)
+                index = omega.flatten()
             if frames is not None:
-                ref = _as_unit_frames(frames, device)[omega.flatten()].permute(0, 3, 1, 2)
+                ref = _as_unit_frames(frames, device)[index].permute(0, 3, 1, 2)
             else:
                 all_frames, ref = False, ref_vae
             for key, r in (("", ref), ("_vae", ref_vae)):
@@ -247,10 +265,11 @@ def frame_query_loss(dm, encoder, clips: Iterable, *, seed: int, n_t: int = 4,
             history, ctx, _ = _unpack(sample, device)
             omega, eps, x0 = _queries(history, seed, ci, n_t, 1, device)  # [n_t, 1], [n_t, C, 1, h, w] x 2
             x_t, target = stages.flow_pair(x0, t_grid, eps)
-            mem = history
+            mem, mem_sample = history, sample
             if shuffle_memory and encoder is not None:
-                mem = _unpack(clips[(ci + 1) % len(clips)], device)[0]
-            memory = _clean_memory(dm, encoder, mem, lr_fn, n_t)
+                mem_sample = clips[(ci + 1) % len(clips)]
+                mem = _unpack(mem_sample, device)[0]
+            memory = _clean_memory(dm, encoder, mem, lr_fn, n_t, mem_sample)
             pred = stages.dit_forward(dm, x_t, t_grid, _batch_context(base_ctx, ctx, n_t), memory, frame_times=omega)
             total += torch.nn.functional.mse_loss(pred.float(), target.float()).item()
     return total / max(len(clips), 1)
@@ -285,7 +304,7 @@ def next_segment_loss(dm, encoder_or_none, samples: Iterable, *, seed: int, n_t:
             target = latent[:, :, -segment_frames:].expand(n_t, -1, -1, -1, -1)
             g = torch.Generator().manual_seed(seed * 100003 + i)
             eps = torch.randn(target.shape, generator=g).to(device)
-            lr_latent = None if encoder_or_none is None else _lr_latent(encoder_or_none, lr_fn, history)
+            lr_latent = None if encoder_or_none is None else _lr_latent(encoder_or_none, lr_fn, history, sample)
             loss, _ = stages.stage2_loss(dm, encoder_or_none, history, target, _batch_context(base_ctx, ctx, n_t),
                                          t=t_grid, eps=eps, lr_latent=lr_latent)
             total += loss.item()

@@ -2,6 +2,7 @@
 
     .venv/bin/python training/reproduce.py --preset cpu-small [--out benchmarks/results/reproduction_cpu-small.json]
     .venv/bin/python training/reproduce.py --preset gpu --seeds 0 1 2
+    .venv/bin/python training/reproduce.py --preset cpu-small --vae lab --paper-rows-only   # the lab model's Wan VAE
 
 What it does (each step logged, the whole run written as JSON and printed as tables):
 
@@ -37,6 +38,14 @@ about 10-11 dB), while ``L(1.5, 1)`` (more weight on high noise, where only the 
 Wan samples with a time shift for a similar reason) gives a clear gap (1.333 vs 1.508) and about 13-14 dB. Every
 training stage here uses ``L(timestep_loc, 1)``: the base pretraining directly, Stage I / II through
 ``TrainArgs.timestep_loc``.
+
+**``--vae lab``** replaces steps 1, 2 and the LR branch of step 4 by the lab model's real Wan VAE
+(:mod:`training.reproduce_labvae`): frames read at ``fps`` and encoded as causal streams (``1 + 4k`` frames ->
+``1 + k`` latent frames; training windows inside chunks of ``lab_chunk_frames`` frames, held-out histories each their
+own stream), the LR latents made from pixels by ``memory.encoder.lr_clip`` + that VAE (``training.data``'s
+``chunk_lr_latents``, as the shards; Stage I masks them in the loop), and frame queries decoded in their history's
+stream (the ceiling row is that VAE's reconstruction). The base DiT cache name carries the VAE kind
+(:func:`base_dit_file`). ``--paper-rows-only`` skips the "Proposed, shared timestep" row.
 
 The paper's ordering (PSNR) Large Patchifier < Only LR, Without LR < Proposed 4x4x2 < Proposed 2x2x1 is checked on
 the seed means and reported. All random draws are seeded (``--seeds``); timings are wall-clock on this machine.
@@ -125,6 +134,10 @@ class Preset:
     n_t: int = 8                      # diffusion times of the held-out Stage II loss
     threads: int = 1                  # torch CPU threads (1: the 2 shared cores do not oversubscribe)
     seeds: tuple = (0,)
+    # --vae lab only (training/reproduce_labvae.py): training chunks, each one VAE stream, of video frames at fps
+    lab_chunk_frames: int = 65        # frames per chunk (1 + 4k: 17 latent frames)
+    lab_chunk_stride: int = 260       # frames between chunk starts (spread over long clips, as the lab shards)
+    lab_max_chunks: int = 4           # chunks per training clip at most (the lab VAE encodes ~1 s of video per 10 s)
 
 
 PRESETS = {
@@ -133,7 +146,8 @@ PRESETS = {
     "cpu-small": Preset(),
     # a few seconds of a run, for tests and smoke checks (numbers meaningless)
     "smoke": Preset(max_seconds=6.0, base_steps=2, stage1_steps=2, stage2_steps=2, warmup_steps=0, eval_queries=2,
-                    eval_steps=2, eval_windows=1, stage2_eval_windows=1, n_t=2, batch_size=2, lora_rank=8),
+                    eval_steps=2, eval_windows=1, stage2_eval_windows=1, n_t=2, batch_size=2, lora_rank=8,
+                    lab_chunk_frames=45, lab_max_chunks=1),
     # one GPU: 448x256 frames (32x56 latent, 16x28 tokens), 16-frame histories (4 s), an 8-block width-512 Wan,
     # the paper's HR widths and LoRA rank 128, bf16 autocast.
     "gpu": Preset(width=448, height=256, history=16, train_stride=2, max_seconds=600.0, dim=512, layers=8, heads=4,
@@ -427,6 +441,8 @@ class _RunContext:
     eval1_items: list                # held-out histories (dicts with ``latent``, ``context``, ``frames``)
     eval2_items: list                # held-out (history, segment) windows (dicts with ``latent``, ``context``)
     common: dict                     # TrainArgs fields shared by Stage I and Stage II
+    vae_kind: str = "standin"        # "standin" (PatchPCAVAE) or "lab" (training.reproduce_labvae.LabVideoVAE)
+    variants: tuple = VARIANTS       # the Stage I variants run (--paper-rows-only: the five rows of the v1 table)
 
 
 def _device(p: Preset, preset_name: str, device_name: str | None):
@@ -442,25 +458,38 @@ def _device(p: Preset, preset_name: str, device_name: str | None):
     return device
 
 
-def _load_clips(p: Preset) -> tuple[dict, dict, list[str], list[str], dict]:
-    """Fetch and decode the clips (:func:`fetch_media`, :func:`load_clip`) and pick the usable ones. Returns
-    ``(media, clips {name: uint8 [F, H, W, 3]}, training names, held-out names, too_short {name: reason})``;
-    ``media["missing"]`` also gets the clips that failed to decode. Raises SystemExit without training or held-out
-    clips."""
+def _clip_needs(p: Preset, vae_kind: str) -> tuple[float, float, int, int]:
+    """``(sample fps, seconds, frames a training clip needs, frames a held-out clip needs)``: the stand-in samples at
+    ``fps / 4`` (one latent frame per frame); the lab VAE reads ``fps`` and encodes ``1 + 4k`` frames to ``1 + k``
+    latent frames, and needs only the frames its training chunks cover."""
+    if vae_kind != "lab":
+        return p.fps / 4, p.max_seconds, p.history + p.segment, p.history
+    from framememory.training.reproduce_labvae import stream_frames
+
+    covered = (p.lab_max_chunks - 1) * p.lab_chunk_stride + p.lab_chunk_frames
+    return p.fps, min(p.max_seconds, covered / p.fps), stream_frames(p.history + p.segment), stream_frames(p.history)
+
+
+def _load_clips(p: Preset, vae_kind: str = "standin") -> tuple[dict, dict, list[str], list[str], dict]:
+    """Fetch and decode the clips (:func:`fetch_media`, :func:`cached_frames` at :func:`_clip_needs`' rate) and pick
+    the usable ones. Returns ``(media, clips {name: uint8 [F, H, W, 3]}, training names, held-out names, too_short
+    {name: reason})``; ``media["missing"]`` also gets the clips that failed to decode. Raises SystemExit without
+    training or held-out clips."""
+    rate, seconds, need_train, need_held = _clip_needs(p, vae_kind)
     media = fetch_media()
     for n, why in media["missing"].items():
         log(f"clip {n} unavailable: {why}")
     clips = {}
     for n, path in media["available"].items():
         try:
-            clips[n] = load_clip(path, p)
+            clips[n] = cached_frames(path, p.width, p.height, rate, seconds, CACHE_DIR / "frames")
         except Exception as e:  # training.data.VideoReadError and friends: skip the clip, say so
             media["missing"][n] = f"decode failed: {e}"
             log(f"clip {n} skipped: {e}")
-    train_names = [n for n in TRAIN_CLIPS if n in clips and clips[n].shape[0] >= p.history + p.segment]
-    held_names = [n for n in HELDOUT_CLIPS if n in clips and clips[n].shape[0] >= p.history]
-    too_short = {n: f"{clips[n].shape[0]} frames at {p.fps / 4:g} fps; needs {p.history + p.segment} (training) / "
-                    f"{p.history} (held-out)" for n in clips if n not in train_names and n not in held_names}
+    train_names = [n for n in TRAIN_CLIPS if n in clips and clips[n].shape[0] >= need_train]
+    held_names = [n for n in HELDOUT_CLIPS if n in clips and clips[n].shape[0] >= need_held]
+    too_short = {n: f"{clips[n].shape[0]} frames at {rate:g} fps; needs {need_train} (training) / "
+                    f"{need_held} (held-out)" for n in clips if n not in train_names and n not in held_names}
     for n, why in too_short.items():
         log(f"clip {n} too short, not used: {why}")
     if not train_names or not held_names:
@@ -531,6 +560,63 @@ def _windows(p: Preset, vae, clips: dict, train_names: list[str], held_names: li
             "eval2_items": eval2_items}
 
 
+def _lr_rates(variants) -> tuple[str, ...]:
+    """The rates whose LR latents the run needs: those of the variants with an LR branch, in order, once each."""
+    return tuple(dict.fromkeys(rate for _, rate, kind in variants if kind not in ("large_patchifier", "without_lr")))
+
+
+def _lab_windows(p: Preset, preset_name: str, clips: dict, train_names: list[str], held_names: list[str],
+                 variants) -> tuple[object, str, dict]:
+    """``--vae lab``: the lab VAE (:class:`training.reproduce_labvae.LabVideoVAE`) and the datasets / held-out items
+    of :class:`_RunContext` encoded with it (cached under ``CACHE_DIR``, keyed by clips, sizes, chunking and the VAE
+    file). Returns ``(vae, fit_key, windows)``. Raises SystemExit as :func:`_windows`."""
+    import torch
+
+    from framememory.training import evaluate
+    from framememory.training import reproduce_labvae as lab
+
+    vae, rates = lab.LabVideoVAE(), _lr_rates(variants)
+    fit_key = hashlib.sha1(json.dumps([_fit_key(p, train_names), held_names, vae.key(), rates, p.history, p.segment,
+                                       p.lab_chunk_frames, p.lab_chunk_stride, p.lab_max_chunks, p.eval_windows,
+                                       p.stage2_eval_windows, p.stage2_steps > 0]).encode()).hexdigest()[:12]
+    cache = CACHE_DIR / f"labvae_windows_{preset_name}_{fit_key}.pt"
+    context = evaluate.standin_context()[0]  # [1, 4096]
+    if cache.exists():
+        enc = torch.load(cache)
+        log(f"lab VAE: encoded clips loaded from {cache.name}")
+    else:
+        t0 = time.perf_counter()
+        enc = {"chunks": lab.encode_training_chunks(vae, [clips[n] for n in train_names], p, rates, log=log),
+               "eval1": lab.encode_heldout(vae, [clips[n] for n in held_names], p.history, p.eval_windows, rates,
+                                           context),
+               "eval2": (lab.encode_heldout(vae, [clips[n] for n in held_names], p.history + p.segment,
+                                            p.stage2_eval_windows, rates, context, lr_latent_frames=p.history)
+                         if p.stage2_steps > 0 else [])}
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        torch.save(enc, cache)
+        log(f"lab VAE: clips encoded in {time.perf_counter() - t0:.0f} s")
+    unit = lab.time_unit(rates)
+    out = {"train1": lab.ChunkWindows(enc["chunks"], p.history, p.train_stride, context, unit),
+           "train2": lab.ChunkWindows(enc["chunks"], p.history + p.segment, p.train_stride, context, unit),
+           "train_base": lab.ChunkWindows(enc["chunks"], p.segment, p.train_stride, context, unit),
+           "eval1_items": enc["eval1"], "eval2_items": enc["eval2"]}
+    if len(out["eval1_items"]) < 2 or (p.stage2_steps > 0 and not out["eval2_items"]):
+        raise SystemExit(f"{len(out['eval1_items'])} held-out histories and {len(out['eval2_items'])} held-out "
+                         "(history, segment) pairs: need at least 2 and 1; use longer or more held-out clips")
+    log(f"windows (lab VAE, {len(enc['chunks'])} chunks): Stage I train {len(out['train1'])}, Stage II train "
+        f"{len(out['train2'])}, held-out histories {len(out['eval1_items'])}, held-out (history, segment) pairs "
+        f"{len(out['eval2_items'])}")
+    return vae, fit_key, out
+
+
+def _variant_data(ctx: "_RunContext", dataset, cfg):
+    """The training data of an encoder of config ``cfg`` (None: no encoder): with the lab VAE the windows carrying
+    the real LR latent of ``cfg``'s rate when it has an LR branch; the stand-in's windows as they are."""
+    if ctx.vae_kind != "lab":
+        return dataset
+    return dataset.with_lr(cfg.rate_str if cfg is not None and cfg.use_lr else None)
+
+
 def _common_train_args(p: Preset) -> dict:
     """The ``TrainArgs`` fields Stage I and Stage II runs share."""
     return dict(batch_size=p.batch_size, lr=p.lr, lora_rank=p.lora_rank, mixed_precision=p.mixed_precision,
@@ -539,8 +625,23 @@ def _common_train_args(p: Preset) -> dict:
 
 def _lr_fn(vae, cfg):
     """The LR branch's input for an encoder of config ``cfg``: ``latent [B, C, T, h, w] -> vae.lr_latent(latent,
-    cfg.rate)`` when ``cfg.use_lr``, else None."""
-    return (lambda x, _r=cfg.rate: vae.lr_latent(x, _r)) if cfg.use_lr else None
+    cfg.rate)`` when ``cfg.use_lr`` and ``vae`` is the stand-in, else None (the lab VAE's LR latents come with the
+    data: :func:`_variant_data`, the held-out items' ``"lr_latents"``)."""
+    return (lambda x, _r=cfg.rate: vae.lr_latent(x, _r)) if cfg.use_lr and hasattr(vae, "lr_latent") else None
+
+
+def _render(ctx: "_RunContext"):
+    """The frame-query ``render`` hook of the lab VAE (:meth:`LabVideoVAE.render`), None for the stand-in."""
+    return ctx.vae.render if ctx.vae_kind == "lab" else None
+
+
+def base_dit_file(p: Preset, preset_name: str, seed: int, fit_key: str, vae_kind: str) -> Path:
+    """The base DiT's cache file under ``CACHE_DIR``: preset, seed, sizes, steps, the data key ``fit_key`` and, for
+    a VAE other than the stand-in, its kind (the stand-in's names predate the kind; no other VAE shares them)."""
+    base_key = f"{p.dim}x{p.layers}x{p.heads}_{p.base_steps}steps_loc{p.timestep_loc:g}_{p.segment}f"
+    if vae_kind != "standin":
+        base_key += f"_vae-{vae_kind}"
+    return CACHE_DIR / f"base_dit_{preset_name}_seed{seed}_{base_key}_{fit_key}.safetensors"
 
 
 def _base_dit(ctx: _RunContext, seed: int):
@@ -549,8 +650,7 @@ def _base_dit(ctx: _RunContext, seed: int):
     final loss, mean of the last 20 steps)."""
     p = ctx.p
     base = make_dit(p, seed)
-    base_key = f"{p.dim}x{p.layers}x{p.heads}_{p.base_steps}steps_loc{p.timestep_loc:g}_{p.segment}f"
-    base_file = CACHE_DIR / f"base_dit_{ctx.preset_name}_seed{seed}_{base_key}_{ctx.fit_key}.safetensors"
+    base_file = base_dit_file(p, ctx.preset_name, seed, ctx.fit_key, ctx.vae_kind)
     if base_file.exists():
         from safetensors.torch import load_file
 
@@ -581,7 +681,8 @@ def _ceiling_row(ctx: _RunContext, base) -> dict:
         return gather_frames(history.expand(omega.shape[0], -1, -1, -1, -1), omega)
 
     ref = evaluate.frame_query_metrics(base, None, ctx.eval1_items, ctx.vae, seed=ctx.eval_seed,
-                                       queries_per_clip=ctx.p.eval_queries, predict=passthrough)
+                                       queries_per_clip=ctx.p.eval_queries, predict=passthrough, render=_render(ctx))
+    log(f"VAE ceiling ({ctx.vae_kind}): PSNR {ref['psnr']:.2f} SSIM {ref['ssim']:.3f} over {ref['n']} frames")
     return {"variant": "VAE ceiling (ground-truth latent)", "rate": "-", "tokens": "-",
             "psnr": ref["psnr"], "ssim": ref["ssim"], "seed": "-", "train_s": 0.0}
 
@@ -593,7 +694,7 @@ def _base_row(ctx: _RunContext, base, seed: int) -> dict:
     p = ctx.p
     t0 = time.perf_counter()
     m = evaluate.frame_query_metrics(base, None, ctx.eval1_items, ctx.vae, seed=ctx.eval_seed,
-                                     queries_per_clip=p.eval_queries, steps=p.eval_steps)
+                                     queries_per_clip=p.eval_queries, steps=p.eval_steps, render=_render(ctx))
     loss = evaluate.frame_query_loss(base, None, ctx.eval1_items, seed=ctx.eval_seed, n_t=p.n_t)
     row = {"variant": "Base DiT, no memory", "rate": "-", "tokens": 0, "psnr": m["psnr"], "ssim": m["ssim"],
            "loss": loss, "seed": seed, "train_s": 0.0, "eval_s": time.perf_counter() - t0}
@@ -615,10 +716,12 @@ def _stage1_variant(ctx: _RunContext, base, seed: int, name: str, rate: str, kin
     lr_fn = _lr_fn(ctx.vae, cfg)
     log(f"seed {seed} Stage I {label}: {memory_tokens(cfg, p)} memory tokens, "
         f"{sum(q.numel() for q in enc.parameters())} encoder parameters")
-    res = train(TrainArgs(stage=1, steps=p.stage1_steps, seed=seed, **ctx.common), dm, enc, ctx.train1, lr_fn=lr_fn)
+    res = train(TrainArgs(stage=1, steps=p.stage1_steps, seed=seed, **ctx.common), dm, enc,
+                _variant_data(ctx, ctx.train1, cfg), lr_fn=lr_fn)
     t0 = time.perf_counter()
     m = evaluate.frame_query_metrics(dm, enc, items, ctx.vae, seed=eval_seed,
-                                     queries_per_clip=p.eval_queries, steps=p.eval_steps, lr_fn=lr_fn)
+                                     queries_per_clip=p.eval_queries, steps=p.eval_steps, lr_fn=lr_fn,
+                                     render=_render(ctx))
     loss = evaluate.frame_query_loss(dm, enc, items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn)
     shuffled = evaluate.frame_query_loss(dm, enc, items, seed=eval_seed, n_t=p.n_t, lr_fn=lr_fn,
                                          shuffle_memory=True)
@@ -637,7 +740,7 @@ def _stage1_variant(ctx: _RunContext, base, seed: int, name: str, rate: str, kin
 def _stage1_rows(ctx: _RunContext, base, seed: int):
     """Stage I rows of every variant of :data:`VARIANTS`, in order. Returns ``(rows, the Proposed 4x4x2 encoder)``."""
     rows, proposed_442 = [], None
-    for name, rate, kind in VARIANTS:
+    for name, rate, kind in ctx.variants:
         row, enc = _stage1_variant(ctx, base, seed, name, rate, kind)
         rows.append(row)
         if row["variant"] == "Proposed 4x4x2":
@@ -657,7 +760,8 @@ def _stage2_arm(ctx: _RunContext, base, seed: int, arm: str, enc) -> dict:
     before = evaluate.next_segment_loss(base, enc, items, seed=eval_seed, n_t=p.n_t,
                                         segment_frames=p.segment, lr_fn=lr_fn)
     log(f"seed {seed} Stage II {arm}: held-out loss before {before:.4f}")
-    res = train(TrainArgs(stage=2, steps=p.stage2_steps, seed=seed, **ctx.common), dm, enc, ctx.train2, lr_fn=lr_fn)
+    res = train(TrainArgs(stage=2, steps=p.stage2_steps, seed=seed, **ctx.common), dm, enc,
+                _variant_data(ctx, ctx.train2, enc.cfg if enc is not None else None), lr_fn=lr_fn)
     after = evaluate.next_segment_loss(dm, enc, items, seed=eval_seed, n_t=p.n_t,
                                        segment_frames=p.segment, lr_fn=lr_fn)
     row = {"arm": arm, "rate": "4x4x2" if enc is not None else "-",
@@ -741,29 +845,48 @@ def _print_report(ctx: _RunContext, seeds, rows: list[dict], means: dict, orders
 
 
 def _clips_record(p: Preset, clips: dict, train_names: list[str], held_names: list[str], media: dict,
-                  too_short: dict) -> dict:
+                  too_short: dict, vae_kind: str = "standin") -> dict:
     """The ``clips`` entry of the result: frames per training / held-out clip, the missing and too short clips and
     the sample rate (frames per second)."""
     return {"train": {n: int(clips[n].shape[0]) for n in train_names},
             "heldout": {n: int(clips[n].shape[0]) for n in held_names}, "missing": media["missing"],
             "too_short": too_short,
-            "sample_fps": p.fps / 4}
+            "sample_fps": _clip_needs(p, vae_kind)[0]}
 
 
-def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_name: str | None) -> dict:
+def _vae_and_windows(p: Preset, preset_name: str, vae_kind: str, clips: dict, train_names: list[str],
+                     held_names: list[str], device, variants) -> tuple[object, str, dict, dict]:
+    """The run's VAE, cache key, datasets / held-out items and the JSON record of the VAE: the stand-in
+    (:func:`_standin_vae`, :func:`_windows`) or the lab VAE (:func:`_lab_windows`). Returns ``(vae, fit_key,
+    windows, record)``."""
+    if vae_kind == "lab":
+        vae, fit_key, wins = _lab_windows(p, preset_name, clips, train_names, held_names, variants)
+        record = {"kind": "lab", "definition": "lab model VAE (ComfyUI WanVAE, base width 12) via comfy.sd.VAE; "
+                  "frames at fps, causal 1+4k -> 1+k latent frames; LR branch lr_clip + the same VAE",
+                  "info": vae.info, "encoding": "training/reproduce_labvae.py"}
+        return vae, fit_key, wins, record
+    fit_key = _fit_key(p, train_names)
+    vae, ceiling = _standin_vae(p, preset_name, fit_key, clips, train_names, held_names, device)
+    record = {"kind": "standin", "definition": "8x8x3 pixel patches -> top-16 PCA components, whitened; 1 latent "
+              "frame per frame sampled at fps/4", "info": vae.info, "heldout_reconstruction": ceiling}
+    return vae, fit_key, _windows(p, vae, clips, train_names, held_names, device), record
+
+
+def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_name: str | None,
+        vae_kind: str = "standin", variants=VARIANTS) -> dict:
     """The whole reproduction (module docstring, steps 1-5) for each of ``seeds``; prints the tables and writes the
     result JSON to ``out``. Returns the result: ``benchmark``, ``paper``, ``preset``, ``preset_values``, ``seeds``,
     ``eval_seed``, ``machine``, ``command``, ``wall_s`` (seconds), ``clips``, ``standin_vae``, ``base_dit``,
-    ``rows`` (Stage I and reference rows: PSNR dB, SSIM, held-out losses, seconds), ``means``,
+    ``rows`` (Stage I and reference rows: PSNR dB, SSIM, held-out losses, seconds), ``means``, ``vae_kind``,
     ``ordering_psnr`` / ``ordering_ssim`` / ``ordering_heldout_loss``, ``stage2``, ``stage2_means``, ``paper_v1``.
     Raises SystemExit: no training or held-out clips, too few held-out windows."""
     t_start = time.perf_counter()
     device = _device(p, preset_name, device_name)
-    media, clips, train_names, held_names, too_short = _load_clips(p)
-    fit_key = _fit_key(p, train_names)
-    vae, ceiling = _standin_vae(p, preset_name, fit_key, clips, train_names, held_names, device)
-    ctx = _RunContext(p, preset_name, eval_seed, device, vae, fit_key,
-                     **_windows(p, vae, clips, train_names, held_names, device), common=_common_train_args(p))
+    media, clips, train_names, held_names, too_short = _load_clips(p, vae_kind)
+    vae, fit_key, wins, vae_record = _vae_and_windows(p, preset_name, vae_kind, clips, train_names, held_names,
+                                                      device, variants)
+    ctx = _RunContext(p, preset_name, eval_seed, device, vae, fit_key, **wins, common=_common_train_args(p),
+                      vae_kind=vae_kind, variants=tuple(variants))
     rows, stage2_rows, base_info = [], [], {}
     for i, seed in enumerate(seeds):
         base, base_info[seed] = _base_dit(ctx, seed)  # 3. base DiT
@@ -783,10 +906,8 @@ def run(p: Preset, preset_name: str, seeds, eval_seed: int, out: Path, device_na
         "preset_values": dataclasses.asdict(p), "seeds": list(seeds), "eval_seed": eval_seed,
         "machine": _bench_common().machine(),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "wall_s": wall,
-        "clips": _clips_record(p, clips, train_names, held_names, media, too_short),
-        "standin_vae": {"definition": "8x8x3 pixel patches -> top-16 PCA components, whitened; 1 latent frame per "
-                                      "frame sampled at fps/4", "info": vae.info,
-                        "heldout_reconstruction": ceiling},
+        "clips": _clips_record(p, clips, train_names, held_names, media, too_short, vae_kind), "vae_kind": vae_kind,
+        ("standin_vae" if vae_kind == "standin" else "vae"): vae_record,
         "base_dit": base_info, "rows": rows, "means": means,
         "ordering_psnr": orders["psnr"], "ordering_ssim": orders["ssim"], "ordering_heldout_loss": orders["loss"],
         "stage2": stage2_rows, "stage2_means": s2_means, "paper_v1": PAPER_V1,
@@ -828,9 +949,20 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's; 0 = torch's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override one preset field, e.g. --set stage1_steps=1000 (repeatable; tuples as 64,128)")
+    ap.add_argument("--vae", default="standin", choices=("standin", "lab"),
+                    help="standin: the linear patch-PCA stand-in (default); lab: the lab model's Wan VAE "
+                         "(lab_model/, training/reproduce_labvae.py)")
+    ap.add_argument("--paper-rows-only", action="store_true",
+                    help="run only the five variants of the paper's v1 table (skip 'Proposed, shared timestep')")
+    ap.add_argument("--variants", nargs="+", default=None, metavar="'NAME RATE'",
+                    help="run only these Stage I variants, e.g. 'Without LR 4x4x2' 'Proposed 2x2x1' (to finish a stopped "
+                         "run; the base DiT and the encoded windows come from the cache)")
     ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(REPO_ROOT / ".cache" / "ComfyUI"),
                     help="ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)")
     a = ap.parse_args(argv)
+    names = {f"{v[0]} {v[1]}" for v in VARIANTS}
+    if a.variants and not set(a.variants) <= names:
+        ap.error(f"--variants: unknown {sorted(set(a.variants) - names)}; choose from {sorted(names)}")
     p = override(PRESETS[a.preset], a.overrides)
     if a.threads is not None:
         p = dataclasses.replace(p, threads=a.threads)
@@ -838,7 +970,10 @@ def main(argv=None) -> int:
 
     setup_imports(a.comfyui_dir, cpu=(a.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu")
     out = Path(a.out) if a.out else REPO_ROOT / "benchmarks" / "results" / f"reproduction_{a.preset}.json"
-    run(p, a.preset, tuple(a.seeds) if a.seeds else p.seeds, a.eval_seed, out, a.device)
+    variants = tuple(v for v in VARIANTS if f"{v[0]} {v[1]}" in PAPER_V1) if a.paper_rows_only else VARIANTS
+    if a.variants:
+        variants = tuple(v for v in variants if f"{v[0]} {v[1]}" in a.variants)
+    run(p, a.preset, tuple(a.seeds) if a.seeds else p.seeds, a.eval_seed, out, a.device, a.vae, variants)
     return 0
 
 
