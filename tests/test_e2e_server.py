@@ -216,7 +216,7 @@ def _check_ui_node(node: dict, info: dict) -> list[str]:
                 err = _check_value(name, specs[name], value)
                 errors += [f"{where}: {err}"] if err else []
         return errors
-    i = 0
+    i = uploads = 0
     for name, spec in widgets:
         if i >= len(values):
             errors.append(f"{where}: widgets_values has {len(values)} entries, no value for '{name}'")
@@ -229,8 +229,10 @@ def _check_ui_node(node: dict, info: dict) -> list[str]:
         if (opts.get("control_after_generate") or name in ("seed", "noise_seed")) and i < len(values) \
                 and values[i] in CONTROL_VALUES:
             i += 1
-        if any(opts.get(f) for f in UPLOAD_FLAGS) and i < len(values) and values[i] in ("image", "video", "audio", ""):
-            i += 1
+        uploads += any(opts.get(f) for f in UPLOAD_FLAGS)
+    # the upload button of file combos is serialised after all the node's inputs (frontend: uploadImage.ts adds it last)
+    while uploads and i < len(values) and values[i] in ("image", "video", "audio", ""):
+        i, uploads = i + 1, uploads - 1
     if i < len(values):
         errors.append(f"{where}: {len(values) - i} widgets_values left over after {[n for n, _ in widgets]}: {values[i:]}")
     return errors

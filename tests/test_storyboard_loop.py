@@ -247,8 +247,11 @@ def test_one_model_is_the_plain_ksampler_call(tiny_wan):
     model, vae, encoder, clip, video = tiny_wan
     inputs = {i.id: i for i in Storyboard.define_schema().inputs}
     # widgets of saved UI workflows keep their slots: new inputs go last
-    assert list(inputs)[-3:] == ["model_low_noise", "switch_step", "memory_mode"]
-    assert all(inputs[k].optional for k in list(inputs)[-3:])  # old API workflows still validate
+    names = list(inputs)
+    later = names[names.index("model_low_noise"):]
+    assert later == ["model_low_noise", "switch_step", "memory_mode", "save_path", "resume", "colour_correction",
+                     "colour_strength"]
+    assert all(inputs[k].optional for k in later)  # old API workflows still validate
     calls = []
     recorded = _recording(model, calls)
     start, _ = history_from_frames(recorded, vae, encoder, video[:13], 4, 16.0, W, H)
