@@ -2,6 +2,8 @@
 to a Storyboard and the same clip made into training shards become the same pixels."""
 from __future__ import annotations
 
+from typing import Iterable, Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -35,3 +37,17 @@ def to_uint8(frames: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["fit_frames", "to_uint8"]
+
+
+def resample_indexed(items: Iterable[tuple[float, object]], fps: float, start: int = 0) -> Iterator[tuple[int, object]]:
+    """``(k, item)`` for ``k = start, start + 1, ...``: of ``(time s, item)`` pairs (times increasing), the item nearest
+    in time to ``k / fps`` (ties: the earlier), up to the last item's time. Items before ``start / fps`` only serve as
+    the earlier neighbour. The one resampling rule of the training reader (``training.data.resample``) and the
+    streaming history reader (``models.video_history``)."""
+    prev, k = None, start
+    for t, item in items:
+        while k / fps <= t:
+            tk = k / fps
+            yield k, prev[1] if prev is not None and tk - prev[0] <= t - tk else item
+            k += 1
+        prev = (t, item)

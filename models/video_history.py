@@ -32,7 +32,7 @@ import torch
 
 import comfy.utils
 
-from ..memory.frames import fit_frames, to_uint8
+from ..memory.frames import fit_frames, resample_indexed, to_uint8
 from ..memory.storyboard import split_clip
 from .input_checks import check_memory
 from .storyboard import HistoryWriter, Memory
@@ -85,21 +85,8 @@ class VideoPlan:
     seek_s: float | None
 
 
-def resample(items: Iterable[tuple[float, object]], fps: float, start: int = 0) -> Iterator[tuple[int, object]]:
-    """``(k, item)`` for ``k = start, start + 1, ...``: the item of ``(time s, item)`` pairs (times increasing) nearest
-    in time to ``k / fps`` (ties: the earlier), up to the last item's time. Items before ``start / fps`` only serve as
-    the earlier neighbour. The rule of ``training/data.py resample``, with a start index."""
-    prev, k = None, start
-    for t, item in items:
-        while k / fps <= t:
-            tk = k / fps
-            yield k, prev[1] if prev is not None and tk - prev[0] <= t - tk else item
-            k += 1
-        prev = (t, item)
-
-
 def select(resampled: Iterable[tuple[int, object]], sel: FrameSelection) -> Iterator[object]:
-    """The items of :func:`resample` (started at ``sel.first_index``) that ``select_every_nth`` and
+    """The items of :func:`memory.frames.resample_indexed` (started at ``sel.first_index``) that ``select_every_nth`` and
     ``frame_load_cap`` keep."""
     kept = 0
     for k, item in resampled:
@@ -157,7 +144,7 @@ def plan_video(path: str | Path, sel: FrameSelection) -> VideoPlan:
     if sel.first_index / sel.fps > times[-1]:
         raise ValueError(f"skip_first_seconds {sel.skip_first_seconds:g} is past the end of {path.name} "
                          f"({times[-1]:.2f} s); lower it")
-    selected = sum(1 for _ in select(resample(((t, None) for t in times), sel.fps, sel.first_index), sel))
+    selected = sum(1 for _ in select(resample_indexed(((t, None) for t in times), sel.fps, sel.first_index), sel))
     before = [t for t in times if t < sel.first_index / sel.fps]
     return VideoPlan(str(path), rate, len(times), width, height, round(times[-1] + 1 / rate, 3), t0, selected,
                      before[-1] if before else None)
@@ -183,7 +170,7 @@ def iter_frames(plan: VideoPlan, sel: FrameSelection, width: int, height: int) -
     last = (None, None)  # (source frame, fitted): a frame repeated by the resampling is fitted once
     with container:
         try:
-            for frame in select(resample(_decoded(container, stream, plan), sel.fps, sel.first_index), sel):
+            for frame in select(resample_indexed(_decoded(container, stream, plan), sel.fps, sel.first_index), sel):
                 if frame is not last[0]:
                     rgb = torch.from_numpy(np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
                     last = (frame, to_uint8(fit_frames(rgb[None], width, height))[0])

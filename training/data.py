@@ -67,7 +67,7 @@ import torch
 
 from ..memory.config import EncoderConfig
 from ..memory.encoder import lr_clip, lr_frames_per_span
-from ..memory.frames import fit_frames, to_uint8
+from ..memory.frames import fit_frames, resample_indexed, to_uint8
 from ..memory.grid import memory_grid
 
 log = logging.getLogger("framememory.training.data")
@@ -245,15 +245,8 @@ def decode_frames(path: str | os.PathLike, width: int, height: int) -> Iterator[
 
 def resample(frames: Iterator[tuple[float, np.ndarray]], fps: float) -> Iterator[np.ndarray]:
     """Frames at times k / fps (k = 0, 1, ...): for each, the source frame nearest in time (ties: the earlier).
-    Stops at the last source frame."""
-    prev = None  # (time, frame)
-    k = 0
-    for t, a in frames:
-        while k / fps <= t:
-            tk = k / fps
-            yield prev[1] if prev is not None and tk - prev[0] <= t - tk else a
-            k += 1
-        prev = (t, a)
+    Stops at the last source frame (:func:`memory.frames.resample_indexed`)."""
+    return (a for _, a in resample_indexed(frames, fps))
 
 
 def iter_chunks(path: str | os.PathLike, cfg: ClipSettings) -> Iterator[tuple[int, np.ndarray]]:
