@@ -190,7 +190,7 @@ def save_memory(path: str, record: MemoryRecord) -> None:
         streams[str(part)] = _stream_out(f"lr_stream.{part}", state, tensors)
     for expert, (absorbed, state) in history.states.items():
         tensors[f"state.{expert}"] = state
-    colour = getattr(history, "colour_stats", None)
+    colour = history.colour_stats
     if colour is not None:
         tensors["history.colour_stats"] = colour
     meta = {"format": FORMAT, "segments": _segments_out(history, tensors), "lr_streams": streams,

@@ -99,6 +99,13 @@ def check_latent_finite(latent: torch.Tensor, seed: int) -> torch.Tensor:
     return latent
 
 
+def size_multiple(model) -> tuple[int, int]:
+    """Pixels per DiT token ``(width, height)`` of the model's family (VAE stride x patch size): 16 for Wan 2.1 and
+    HunyuanVideo, 32 for Wan 2.2 TI2V 5B; frame sizes must be multiples of it. Raises TypeError (unsupported)."""
+    adapter = families.adapter_for(model)
+    return adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2], adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
+
+
 def min_frame_size(model, encoder=None, mode: str = "frame_preservation") -> tuple[int, int]:
     """Smallest ``(width, height)`` in pixels the model and memory can take: one DiT token (VAE stride x patch, 16 px
     on Wan 2.1) and, for the modes that encode compressed memory tokens, one memory token of every encoder (its rate
@@ -106,9 +113,7 @@ def min_frame_size(model, encoder=None, mode: str = "frame_preservation") -> tup
     ``MemoryEncoder.check``."""
     from .memory_modes import ENCODED_MODES
 
-    adapter = families.adapter_for(model)
-    w = adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2]
-    h = adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
+    w, h = size_multiple(model)
     if encoder is None or mode not in ENCODED_MODES:
         return w, h
     rates = [p.cfg.rate for p in encoder.parts]
@@ -119,7 +124,7 @@ def check_frame_size(model, width: int, height: int, encoder=None, mode: str = "
     """Width and height: multiples of the model's token size and at least :func:`min_frame_size`. Returns the family
     adapter. Raises ValueError naming the size, the multiple and the minimum."""
     adapter = families.adapter_for(model)
-    mw, mh = adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2], adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
+    mw, mh = size_multiple(model)
     min_w, min_h = min_frame_size(model, encoder, mode)
     if width < min_w or height < min_h:
         raise ValueError(f"{width}x{height} is below the minimum frame size {min_w}x{min_h} for {adapter.FAMILY}"
@@ -290,11 +295,12 @@ def check_history_inputs(model, vae, encoder, images: torch.Tensor, latent_frame
 
 def check_run_inputs(model, vae, encoder, shots: list[Shot], sampler, width: int, height: int, fps: float,
                      latent_frames: int, history_frames: int = 0, mode: str = "frame_preservation",
-                     start_frames: int = 0, output_start: bool = False) -> None:
+                     start_frames: int = 0, output_start: bool = False):
     """The checks of a storyboard run, cheapest first: fps, cfg, the frame size, the length (:data:`MAX_STORYBOARD_
     SECONDS`), the seed range over its segments, and the memory the size needs. ``history_frames``: frames of
     history before the storyboard; ``start_frames``: frames of a starting clip not yet made history (the part that fills
-    whole segments is counted, in the output too when ``output_start``). ``sampler``: anything with ``cfg`` and ``seed`` (SamplerSettings)."""
+    whole segments is counted, in the output too when ``output_start``). ``sampler``: anything with ``cfg`` and ``seed`` (SamplerSettings).
+    Returns the model's family adapter."""
     from ..memory.storyboard import SegmentSchedule, split_clip
     from .memory_modes import ENCODED_MODES
 
@@ -312,3 +318,4 @@ def check_run_inputs(model, vae, encoder, shots: list[Shot], sampler, width: int
     tokens = int(per_s * (history_s + storyboard_seconds(shots)))
     output = schedule.total_frames + (start_frames if output_start else 0)
     check_memory(model, vae, width, height, output, start_frames, latent_frames, tokens)
+    return adapter

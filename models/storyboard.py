@@ -140,23 +140,6 @@ def memory_model(model, encoder):
     return patched
 
 
-def size_multiple(model) -> tuple[int, int]:
-    """Pixels per DiT token ``(width, height)`` of the model's family (VAE stride x patch size): 16 for Wan 2.1 and
-    HunyuanVideo, 32 for Wan 2.2 TI2V 5B; frame sizes must be multiples of it. Raises TypeError (unsupported)."""
-    adapter = families.adapter_for(model)
-    return adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2], adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
-
-
-def check_size(model, width: int, height: int):
-    """Return the model's family adapter; raise ValueError unless width and height are multiples of
-    :func:`size_multiple`."""
-    adapter = families.adapter_for(model)
-    mw, mh = size_multiple(model)
-    if width % mw or height % mh:
-        raise ValueError(f"width and height must be multiples of {mw}x{mh} for {adapter.FAMILY}, got {width}x{height}")
-    return adapter
-
-
 def step_ranges(models: list, encoder, sampler: SamplerSettings) -> list[StepRange]:
     """One :class:`StepRange` per model: ``[0, steps)`` for one model, ``[0, switch)`` and ``[switch, steps)`` for a pair
     (``sampler.switch()``). Every model is patched for memory attention; raises like :func:`memory_model`."""
@@ -384,9 +367,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         encoder (:func:`models.resume.resume_position`); non-finite latents after sampling a segment;
         InterruptProcessingException when the user cancels.
     """
-    check_run_inputs(model, vae, encoder, shots, sampler, width, height, fps, latent_frames,
-                     start.history.num_frames if start else 0, mode)  # before any work: ValueError naming the input
-    adapter = check_size(model, width, height)
+    adapter = check_run_inputs(model, vae, encoder, shots, sampler, width, height, fps, latent_frames,
+                               start.history.num_frames if start else 0, mode)  # before any work: names the input
     if start is not None and (start.width, start.height) != (width, height):
         raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
     if not 0.0 <= colour_correction <= 1.0:

@@ -5,8 +5,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..models.encoding import UNTRAINED, MemoryEncoder
-from ..models.input_checks import check_fps, check_frame_size, check_frames, load_naming_file
-from ..models.storyboard import Memory, history_from_frames, size_multiple
+from ..models.input_checks import check_fps, check_frame_size, check_frames, load_naming_file, size_multiple
+from ..models.storyboard import Memory, history_from_frames
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 FOLDER = "memory_encoders"
