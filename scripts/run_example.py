@@ -50,10 +50,10 @@ from harness import ComfyServer, ServerError, substitute_inputs  # noqa: E402
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import example_eval  # noqa: E402
 
-WORKFLOW_TINY = REPO_ROOT / "workflows" / "storyboard_wan21_tiny_api.json"
-WORKFLOW_LAB = REPO_ROOT / "workflows" / "storyboard_wan21_lab_api.json"
+WORKFLOW_TINY = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json"
+WORKFLOW_LAB = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_lab_api.json"
 LAB_DIR = Path(os.environ.get("FRAMEMEMORY_LAB_DIR") or REPO_ROOT / "lab_model")
-WORKFLOW_REAL = REPO_ROOT / "workflows" / "storyboard_wan21_api.json"
+WORKFLOW_REAL = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_api.json"
 MEDIA_DIR = REPO_ROOT / ".cache" / "media"
 REPORT_KEY = "framememory_report"
 

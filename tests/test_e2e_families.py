@@ -35,7 +35,7 @@ def family_run(request, comfyui_dir, media_dir, tmp_path_factory):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"make_tiny_models failed:\n{proc.stdout}\n{proc.stderr}"
     shutil.copy2(media_dir / "bikes.mp4", srv.input_dir / "bikes.mp4")
-    api = substitute_inputs(json.loads((REPO_ROOT / "workflows" / workflow).read_text()), {
+    api = substitute_inputs(json.loads((REPO_ROOT / "workflows" / "api" / workflow).read_text()), {
         ("UNETLoader", "unet_name"): f"{stem}.safetensors", ("VAELoader", "vae_name"): f"{stem}_vae.safetensors",
         ("FrameMemoryLoadEncoder", "encoder_name"): f"{stem}_encoder.safetensors", ("LoadVideo", "file"): "bikes.mp4"})
     with srv:

@@ -13,7 +13,7 @@ import pytest
 from harness import ComfyServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO_ROOT / "workflows"
+WORKFLOWS = REPO_ROOT / "workflows" / "api"
 CASES = {  # mode -> workflow (frame_preservation and off through a server: the main job and tests/test_e2e_server.py)
     "pack_forcing": "storyboard_wan21_lab_packforcing_api.json",
     "video_ssm": "storyboard_wan21_lab_videossm_api.json",

@@ -17,7 +17,7 @@ from harness import ComfyServer, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows"
-TINY_API = WORKFLOWS / "storyboard_wan21_tiny_api.json"
+TINY_API = WORKFLOWS / "api" / "storyboard_wan21_tiny_api.json"
 OUR_NODES = ("FrameMemoryLoadEncoder", "FrameMemoryEncodeHistory", "FrameMemoryApplyMemory", "FrameMemoryStoryboard")
 TINY_NAMES = {
     ("UNETLoader", "unet_name"): "framememory_tiny_wan21.safetensors",
@@ -138,7 +138,7 @@ def test_report_segments_tile_the_video_and_memory_covers_history(run):
 
 # ---- UI workflows -------------------------------------------------------------------------------
 def _ui_workflows() -> list[Path]:
-    return sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))
+    return sorted(WORKFLOWS.glob("*.json"))
 
 
 def _combo_options(spec: list) -> list | None:
