@@ -1,7 +1,10 @@
-"""Shared helpers of the benchmarks: package import without ComfyUI, machine description, result files."""
+"""Shared helpers of the benchmarks: machine description, result files, text tables. The pack itself is the
+installed package ``framememory`` (``pip install -e .``, done by scripts/setup.sh); ``scripts/`` goes on sys.path
+for the main job's evaluation module ``example_eval`` (long_run.py, memory_modes.py)."""
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -9,7 +12,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from packimport import import_pack  # noqa: E402  (the repository as package `framememory`)
+
+
+def import_pack():
+    """The installed package ``framememory``. Only benchmarks/long_clip_history.py still calls this; new code writes
+    ``import framememory`` (or ``from framememory.x import y``) directly."""
+    return importlib.import_module("framememory")
 
 
 def machine() -> dict:

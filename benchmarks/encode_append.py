@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from common import import_pack, print_table, write_result
+from common import print_table, write_result
 
 
 def main() -> None:
@@ -35,7 +35,6 @@ def main() -> None:
     import comfy.model_management
     import comfy.sd
 
-    import_pack()
     from framememory.demo.tiny_models import tiny_wan21_dit, tiny_wan21_vae
     from framememory.memory.config import EncoderConfig
     from framememory.memory.encoder import HistoryEncoder

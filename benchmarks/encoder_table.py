@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import import_pack, print_table, write_result
+from common import print_table, write_result
 
 FAMILIES = {  # name: (family, width D, latent channels, vae stride, fps, 480p size, small size)
     "wan21_1.3b": ("wan21", 1536, 16, (4, 8, 8), 16, (832, 480), (256, 128)),
@@ -27,7 +27,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    import_pack()
     import torch
 
     from framememory.memory.config import EncoderConfig

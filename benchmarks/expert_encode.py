@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from common import import_pack, print_table, write_result
+from common import print_table, write_result
 from sampling_step_480p import HookTimer
 
 
@@ -61,7 +61,6 @@ def main() -> None:
     comfy.cli_args.args.cpu = True
     import torch
 
-    import_pack()
     from framememory.memory.history import HistoryBuffer, PartKey
     from framememory.models.encoding import encode_pending
     from framememory.models.experts import encode_pending_experts

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from common import ROOT, import_pack, print_table, write_result
+from common import ROOT, print_table, write_result
 
 PROMPT = "a street with cyclists and pedestrians on a sunny day"
 
@@ -38,7 +38,6 @@ def setup() -> None:
     # PyTorch SDPA, as a GPU run would attend: ComfyUI's CPU default (split / sub-quadratic attention sized to the
     # free RAM) took 23 GB of RSS at ~7k memory tokens and was OOM-killed in a 60 s run
     comfy.cli_args.args.use_pytorch_cross_attention = True
-    import_pack()
 
 
 def history_clip(path: str, seconds: float, width: int, height: int, fps: float):

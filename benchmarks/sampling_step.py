@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from common import import_pack, print_table, write_result
+from common import print_table, write_result
 
 PRESETS = {  # dim, ffn, heads, layers, width, height, fps, dtype, device
     "cpu-small": dict(dim=1536, ffn=8960, heads=12, layers=2, width=256, height=128, fps=16, dtype="float32", device="cpu"),
@@ -64,7 +64,6 @@ def main() -> None:
     import comfy.patcher_extension
     from comfy.ldm.wan.model import WanModel
 
-    import_pack()
     from framememory.memory.config import EncoderConfig
     from framememory.memory.grid import memory_grid, memory_positions
     from framememory.models import wan as adapter

@@ -278,9 +278,6 @@ def targets(rows: list[dict]) -> dict:
 def run(args, step_flops) -> None:
     """The cpu-480p preset (module docstring): overhead, block rows per width, then the full 20 s history (1.3B)."""
     torch = setup_comfy()
-    from common import import_pack
-
-    import_pack()
     rows, extra = [], {"preset": "cpu-480p", "dtype": "float32", "attention": "sdpa (use_pytorch_cross_attention)",
                        "repeats": args.repeats, "resolution": f"{WIDTH}x{HEIGHT}", "block_count": "1 block per width"}
     print(f"threads {torch.get_num_threads()}; overhead of one 1 s segment at 480p ...", flush=True)

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from common import import_pack, print_table, write_result
+from common import print_table, write_result
 
 PRESETS = {
     "cpu-tiny": dict(device="cpu", width=256, height=128, steps=2, dit="tiny", vae="tiny"),
@@ -54,7 +54,6 @@ def main() -> None:
     import comfy.sd
     import comfy.ops
 
-    import_pack()
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.demo.tiny_models import init_weights, tiny_encoder_config, tiny_wan21_dit, tiny_wan21_vae, TINY_DIT
     from framememory.memory.config import EncoderConfig

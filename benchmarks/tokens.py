@@ -11,7 +11,7 @@ Targets: 20 s at 4x4x2 on Wan 2.1 <= 3900 tokens (3640 expected), 120 s <= 23.4k
 """
 from __future__ import annotations
 
-from common import import_pack, print_table, write_result
+from common import print_table, write_result
 
 FAMILIES = {  # name: (width, height, fps, DiT width, vae stride, patch)
     "wan21_1.3b": (832, 480, 16, 1536, (4, 8, 8), (1, 2, 2)),
@@ -24,7 +24,6 @@ SECONDS = [1, 5, 20, 60, 120]
 
 
 def main() -> None:
-    import_pack()
     from framememory.memory.config import EncoderConfig
     from framememory.memory.grid import memory_grid
     from framememory.memory.storyboard import Shot, plan_segments

@@ -53,7 +53,7 @@ import time
 from copy import deepcopy
 from types import SimpleNamespace
 
-from common import ROOT, import_pack, print_table, write_result
+from common import ROOT, print_table, write_result
 
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -122,7 +122,6 @@ def comfy_setup():
     import comfy.model_management  # noqa: F401
     import comfy.ops  # noqa: F401
 
-    import_pack()
     return torch
 
 

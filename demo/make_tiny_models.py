@@ -21,18 +21,8 @@ FOLDERS = {"dit": "diffusion_models", "vae": "vae", "encoder": "memory_encoders"
 STEMS = {"wan21": "framememory_tiny_wan21", "hunyuan_video": "framememory_tiny_hunyuan", "wan22": "framememory_tiny_wan22"}
 
 
-def _import_pack(name: str = "framememory"):
-    """The repository as package ``name`` (scripts/packimport.py)."""
-    scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    from packimport import import_pack
-
-    return import_pack(name)
-
-
 def _save_atomic(path: str, state_dict: dict) -> None:
-    _import_pack()  # absolute import: this file also runs as a script (no parent package for a relative import)
+    # absolute imports of the installed package: this file also runs as a script (no parent package then)
     from framememory.memory.io import save_safetensors_atomic
 
     save_safetensors_atomic(path, state_dict, {})
@@ -40,7 +30,6 @@ def _save_atomic(path: str, state_dict: dict) -> None:
 
 def _family_parts(family: str, seed: int):
     """(DiT state dict, VAE state dict factory, encoder config) of one family's tiny models."""
-    _import_pack()
     if family == "wan21":
         from framememory.demo.tiny_models import tiny_encoder_config, tiny_wan21_dit, tiny_wan21_vae
 
@@ -61,7 +50,7 @@ def write_family(out: str, family: str = "wan21", seed: int = 0, vae: bool = Tru
     Returns {kind: path} with kinds dit, vae, encoder."""
     import torch
 
-    dit_sd, vae_sd, cfg = _family_parts(family, seed)  # imports the pack as `framememory`
+    dit_sd, vae_sd, cfg = _family_parts(family, seed)
     from framememory.memory.encoder import HistoryEncoder
     from framememory.memory.io import save_encoder
 

@@ -10,25 +10,19 @@ width x height x fps, so generated frame j continues real frame H + j. The gener
 outputs them: a SaveAnimatedPNG node (8-bit PNG, lossless) is added to the prompt next to the workflow's own
 SaveVideo (h264 mp4, lossy).
 
-No ComfyUI import: this runs in the client process, next to tests/harness.py.
+No ComfyUI import: this runs in the client process, next to framememory.headless.comfy_server.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS))
-from packimport import import_pack  # noqa: E402
-
-import_pack()
-from framememory.memory.storyboard import parse_storyboard, plan_segments, segment_frames  # noqa: E402
-from framememory.training.data import decode_frames, resample  # noqa: E402
+from framememory.memory.storyboard import parse_storyboard, plan_segments, segment_frames
+from framememory.training.data import decode_frames, resample
 
 STORYBOARD = "FrameMemoryStoryboard"
 VIDEO_HISTORY = "FrameMemoryLoadVideoHistory"

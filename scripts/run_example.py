@@ -42,12 +42,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from framememory.headless.comfy_server import ComfyServer, ServerError, substitute_inputs
+from framememory.models.attention import resolve_attention
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # tests/harness.py (only that directory: see tests/conftest.py)
-
-from harness import ComfyServer, ServerError, substitute_inputs  # noqa: E402
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))  # example_eval.py, next to this file (also when loaded by path)
 import example_eval  # noqa: E402
 
 WORKFLOW_TINY = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json"
@@ -371,14 +370,9 @@ def server_device_options(embedded: bool) -> dict:
     """CPU for the embedded default (tiny models) or when no CUDA device exists; otherwise the GPU, with the
     attention backend from FRAMEMEMORY_ATTENTION (auto | sage | sdpa): sage only with CUDA and the
     sageattention package, else PyTorch SDPA with a one-line notice (models/attention.py)."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("framememory_attention", REPO_ROOT / "models" / "attention.py")
-    attention = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(attention)
-    backend, notice = attention.resolve_attention(os.environ.get("FRAMEMEMORY_ATTENTION", "auto"))
+    backend, notice = resolve_attention(os.environ.get("FRAMEMEMORY_ATTENTION", "auto"))
     if notice:
         log(notice)
     use_gpu = not embedded and torch.cuda.is_available() and os.environ.get("FRAMEMEMORY_DEVICE", "auto") != "cpu"

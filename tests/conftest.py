@@ -1,8 +1,9 @@
 """Shared pytest set-up for ComfyUI-FrameMemory.
 
-* The repository root is loaded as the package ``framememory`` (so ``from framememory.memory.encoder import
-  HistoryEncoder`` works) without putting the root itself on ``sys.path``: our ``nodes/`` and ``models/`` would
-  shadow ComfyUI's ``nodes.py`` and ``models``.
+* ``framememory`` is this checkout installed as a package (``pip install -e .``, done by ``scripts/setup.sh``), so
+  ``from framememory.memory.encoder import HistoryEncoder`` works; anything else (not installed, or another copy)
+  stops the run with that fix. The repository root itself stays off ``sys.path``: our ``nodes/`` and ``models/``
+  would shadow ComfyUI's ``nodes.py`` and ``models``.
 * COMFYUI_DIR (default ``.cache/ComfyUI``, made by ``scripts/setup.sh``) goes on ``sys.path`` and
   ``comfy.cli_args.args.cpu`` is set to True before anything imports ``comfy.model_management``
   (set FRAMEMEMORY_TEST_GPU=1 to leave ComfyUI's device choice alone).
@@ -37,20 +38,14 @@ def _drop_repo_root_from_path() -> None:
     sys.path[:] = keep
 
 
-def _load_framememory() -> None:
-    if "framememory" in sys.modules:
-        return
-    init = REPO_ROOT / "__init__.py"
-    if not init.exists():
-        return
-    spec = importlib.util.spec_from_file_location("framememory", init, submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["framememory"] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules["framememory"]
-        raise
+def _installed_pack_problem() -> str | None:
+    """Why ``import framememory`` would not import this checkout (None when it would)."""
+    spec = importlib.util.find_spec("framememory")
+    if spec is None or spec.origin is None:
+        return "the package `framememory` is not installed in this interpreter"
+    if Path(spec.origin).resolve() != REPO_ROOT / "__init__.py":
+        return f"`framememory` is installed from {Path(spec.origin).parent}, not from this checkout {REPO_ROOT}"
+    return None
 
 
 def _add_comfyui() -> None:
@@ -66,10 +61,13 @@ def _add_comfyui() -> None:
 
 _drop_repo_root_from_path()
 _add_comfyui()
-_load_framememory()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    problem = _installed_pack_problem()
+    if problem:
+        raise pytest.UsageError(f"{problem}: run `bash scripts/setup.sh` (or `{sys.executable} -m pip install "
+                                f"--no-deps -e {REPO_ROOT}`)")
     config.addinivalue_line("markers", "slow: takes more than ~3 minutes; deselect with -m 'not slow'")
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU and FRAMEMEMORY_TEST_GPU=1; deselect with -m 'not cuda'")
     config.addinivalue_line("markers", "gguf: needs a city96/ComfyUI-GGUF checkout (COMFYUI_GGUF_DIR) and the gguf "

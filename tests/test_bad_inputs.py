@@ -17,7 +17,7 @@ import pytest
 import requests
 import torch
 
-from harness import ComfyServer, substitute_inputs
+from framememory.headless.comfy_server import ComfyServer, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_API = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json"

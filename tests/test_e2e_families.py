@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import ComfyServer, substitute_inputs
+from framememory.headless.comfy_server import ComfyServer, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASES = {

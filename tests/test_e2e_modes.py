@@ -1,4 +1,4 @@
-"""Every memory mode end to end through a real headless ComfyUI server (tests/harness.py), on the committed lab model
+"""Every memory mode end to end through a real headless ComfyUI server (headless/comfy_server.py), on the committed lab model
 (lab_model/: the DiT, VAE and, per mode, its encoder / state file and Stage II LoRA, loaded by the stock loaders):
 the shipped workflows workflows/storyboard_wan21_lab_{packforcing,videossm}_api.json, shortened to one 1 s shot and
 2 steps, plus sliding_window on the Frame Preservation workflow."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ComfyServer
+from framememory.headless.comfy_server import ComfyServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows" / "api"

@@ -1,4 +1,4 @@
-"""End to end through a real headless ComfyUI server (tests/harness.py) with the embedded default models.
+"""End to end through a real headless ComfyUI server (headless/comfy_server.py) with the embedded default models.
 
 One server per module: tiny random Wan 2.1 / VAE / memory encoder written by demo/make_tiny_models.py,
 bikes.mp4 from .cache/media (scripts/setup.sh fetches it) as the history video, FRAMEMEMORY_DEMO=1.
@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness import ComfyServer, substitute_inputs
+from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows"
@@ -26,14 +25,6 @@ TINY_NAMES = {
 }
 VIDEO = "bikes.mp4"
 RUN_TIMEOUT = 900  # seconds for one tiny storyboard on 2 CPU cores
-UI_ONLY_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
-# Combo inputs whose options are files on the server: the value only has to be a string.
-FILE_INPUTS = {"unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2", "encoder_name", "ckpt_name",
-               "lora_name", "control_net_name", "file", "image", "video", "audio"}
-MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 
 
 # ---- fixtures -----------------------------------------------------------------------------------
@@ -41,12 +32,7 @@ MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf
 def server(comfyui_dir, media_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
     srv = ComfyServer(base, comfyui_dir=comfyui_dir)
-    srv.prepare_base()
-    proc = subprocess.run([srv.python, str(REPO_ROOT / "demo" / "make_tiny_models.py"), "--comfyui-dir",
-                           str(comfyui_dir), "--out", str(srv.models_dir)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"demo/make_tiny_models.py failed:\n{proc.stdout}\n{proc.stderr}"
-    shutil.copy2(media_dir / VIDEO, srv.input_dir / VIDEO)
+    add_demo_inputs(srv, media_dir, VIDEO)
     with srv:
         yield srv
 
@@ -134,123 +120,6 @@ def test_report_segments_tile_the_video_and_memory_covers_history(run):
         assert seg["frames"] == 4 * seg["latent_frames"] - (3 if starts_stream else 0), seg
     assert report["decode"].startswith("exact"), report["decode"]
     assert len(report["seams"]["per_boundary"]) == len(segments) - 1, report["seams"]
-
-
-# ---- UI workflows -------------------------------------------------------------------------------
-def _ui_workflows() -> list[Path]:
-    return sorted(WORKFLOWS.glob("*.json"))
-
-
-def _combo_options(spec: list) -> list | None:
-    kind = spec[0]
-    if isinstance(kind, list):
-        return kind
-    if kind == "COMBO":
-        return (spec[1] if len(spec) > 1 else {}).get("options", [])
-    return None
-
-
-def _widget_inputs(node_info: dict) -> list[tuple[str, list]]:
-    """(name, spec) of the inputs the frontend shows as widgets, in widgets_values order."""
-    inputs, order = node_info.get("input") or {}, node_info.get("input_order") or {}
-    out = []
-    for group in ("required", "optional"):
-        specs = inputs.get(group) or {}
-        for name in order.get(group) or list(specs):
-            spec = specs.get(name)
-            if not spec:
-                continue
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if opts.get("forceInput") or opts.get("rawLink"):
-                continue
-            if isinstance(spec[0], list) or spec[0] in WIDGET_TYPES:
-                out.append((name, spec))
-    return out
-
-
-def _check_value(name: str, spec: list, value) -> str | None:
-    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    combo = _combo_options(spec)
-    if combo is not None:
-        is_file = (name in FILE_INPUTS or any(opts.get(f) for f in UPLOAD_FLAGS)
-                   or (isinstance(value, str) and value.lower().endswith(MODEL_SUFFIXES))
-                   or (combo and all(isinstance(o, str) and o.lower().endswith(MODEL_SUFFIXES) for o in combo)))
-        if is_file:
-            return None if isinstance(value, str) else f"{name}: file name {value!r} is not a string"
-        return None if value in combo else f"{name}: {value!r} not in {combo}"
-    kind = spec[0]
-    if kind == "INT":
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"{name}: {value!r} is not an INT"
-    elif kind == "FLOAT":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return f"{name}: {value!r} is not a FLOAT"
-    elif kind == "BOOLEAN":
-        return None if isinstance(value, bool) else f"{name}: {value!r} is not a BOOLEAN"
-    elif kind == "STRING":
-        return None if isinstance(value, str) else f"{name}: {value!r} is not a STRING"
-    if kind in ("INT", "FLOAT"):
-        if "min" in opts and value < opts["min"]:
-            return f"{name}: {value} < min {opts['min']}"
-        if "max" in opts and value > opts["max"]:
-            return f"{name}: {value} > max {opts['max']}"
-    return None
-
-
-def _check_ui_node(node: dict, info: dict) -> list[str]:
-    ntype = node.get("type")
-    where = f"node {node.get('id')} ({ntype})"
-    if ntype in UI_ONLY_TYPES:
-        return []
-    if ntype not in info:
-        return [f"{where}: type not in /object_info"]
-    values = node.get("widgets_values")
-    if values is None:
-        return []
-    widgets = _widget_inputs(info[ntype])
-    errors = []
-    if isinstance(values, dict):
-        specs = dict(widgets)
-        for name, value in values.items():
-            if name in specs:
-                err = _check_value(name, specs[name], value)
-                errors += [f"{where}: {err}"] if err else []
-        return errors
-    i = uploads = 0
-    for name, spec in widgets:
-        if i >= len(values):
-            errors.append(f"{where}: widgets_values has {len(values)} entries, no value for '{name}'")
-            break
-        err = _check_value(name, spec, values[i])
-        errors += [f"{where}: {err}"] if err else []
-        i += 1
-        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-        # frontend-only companions: seed "control after generate", and the upload button of file combos
-        if (opts.get("control_after_generate") or name in ("seed", "noise_seed")) and i < len(values) \
-                and values[i] in CONTROL_VALUES:
-            i += 1
-        uploads += any(opts.get(f) for f in UPLOAD_FLAGS)
-    # the upload button of file combos is serialised after all the node's inputs (frontend: uploadImage.ts adds it last)
-    while uploads and i < len(values) and values[i] in ("image", "video", "audio", ""):
-        i, uploads = i + 1, uploads - 1
-    if i < len(values):
-        errors.append(f"{where}: {len(values) - i} widgets_values left over after {[n for n, _ in widgets]}: {values[i:]}")
-    return errors
-
-
-def test_ui_workflows_match_server_node_specs(server):
-    paths = _ui_workflows()
-    assert paths, f"no UI-format workflows in {WORKFLOWS}"
-    info = server.object_info()
-    errors = []
-    for path in paths:
-        workflow = json.loads(path.read_text())
-        nodes = workflow.get("nodes")
-        if not nodes:
-            errors.append(f"{path.name}: no 'nodes' (is it API format? name it *_api.json)")
-            continue
-        errors += [f"{path.name}: {e}" for node in nodes for e in _check_ui_node(node, info)]
-    assert not errors, "\n".join(errors)
 
 
 # ---- interrupt ----------------------------------------------------------------------------------

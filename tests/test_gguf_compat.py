@@ -57,7 +57,8 @@ F32_KEEP = 1024  # ComfyUI-GGUF's tools/convert.py QUANTIZATION_THRESHOLD: tenso
 
 
 def _import_comfyui_gguf(path: Path):
-    """ComfyUI-GGUF as a package (its modules use relative imports), by path, like conftest loads our own pack."""
+    """ComfyUI-GGUF as a package (its modules use relative imports), by path, the way ComfyUI loads a custom node
+    folder: it is not on PyPI and has no installable package to import by name."""
     if PACKAGE in sys.modules:
         return sys.modules[PACKAGE]
     spec = importlib.util.spec_from_file_location(PACKAGE, path / "__init__.py", submodule_search_locations=[str(path)])

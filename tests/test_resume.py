@@ -175,9 +175,8 @@ def _next_segment(path: Path) -> int:
 
 @pytest.mark.slow  # three server starts and ~10 tiny segments: over 2 minutes on 2 busy cores
 def test_server_killed_after_two_segments_resumes_frame_identical(comfyui_dir, media_dir, tmp_path):
-    from harness import ComfyServer
+    from framememory.headless.comfy_server import ComfyServer, substitute_inputs
     from test_e2e_server import TINY_API, TINY_NAMES, VIDEO
-    from harness import substitute_inputs
 
     base = tmp_path / "base"
     first = ComfyServer(base, comfyui_dir=comfyui_dir)

@@ -145,7 +145,7 @@ TINY_NAMES = {
 def video_history_prompt(video: str, cap: int) -> dict:
     """The tiny storyboard workflow with its LoadVideo / GetVideoComponents / ImageFromBatch replaced by Load Video as
     History feeding the Storyboard's memory input (a 1 s storyboard)."""
-    from harness import substitute_inputs
+    from framememory.headless.comfy_server import substitute_inputs
 
     api = substitute_inputs(json.loads((REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json").read_text()),
                             TINY_NAMES)
@@ -163,7 +163,7 @@ def video_history_prompt(video: str, cap: int) -> dict:
 
 
 def test_server_storyboard_continues_a_video_read_as_history(comfyui_dir, media_dir, tmp_path):
-    from harness import ComfyServer, PromptError
+    from framememory.headless.comfy_server import ComfyServer, PromptError
 
     srv = ComfyServer(tmp_path / "base", comfyui_dir=comfyui_dir)
     srv.prepare_base()

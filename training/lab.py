@@ -489,10 +489,6 @@ def _setup(comfyui_dir: str, threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels 10x slower late in training
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from packimport import import_pack
-
-    import_pack()
 
 
 def main(argv=None) -> int:

@@ -23,8 +23,6 @@ import os
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-from packimport import import_pack as _import_pack  # noqa: E402  (the repository as package `framememory`)
 
 
 def _drop_repo_root_from_path() -> None:
@@ -109,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cpu:
         comfy.cli_args.args.cpu = True
-    _import_pack()
     from framememory.training.data import ClipSettings, prepare_dataset
 
     try:

@@ -182,8 +182,8 @@ def log(msg: str) -> None:
 
 
 def setup_imports(comfyui_dir: str, cpu: bool) -> None:
-    """ComfyUI on sys.path (``args.cpu`` set before ``comfy.model_management`` is imported when ``cpu``) and the
-    repository as package ``framememory`` (scripts/packimport.py), without the repository root on sys.path."""
+    """ComfyUI on sys.path (``args.cpu`` set before ``comfy.model_management`` is imported when ``cpu``), the
+    repository root off it; ``framememory`` itself is the installed package (``pip install -e .``)."""
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != str(REPO_ROOT)]
     if not os.path.isdir(os.path.join(comfyui_dir, "comfy")):
         raise SystemExit(f"no ComfyUI at {comfyui_dir}: run `bash scripts/setup.sh` (or set COMFYUI_DIR)")
@@ -192,10 +192,6 @@ def setup_imports(comfyui_dir: str, cpu: bool) -> None:
 
     if cpu:
         comfy.cli_args.args.cpu = True
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from packimport import import_pack
-
-    import_pack()
 
 
 # ------------------------------------------------------------------------------------------------- media

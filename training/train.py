@@ -51,7 +51,8 @@ if __package__:  # imported as framememory.training.train: the library API is tr
 
 
 def _setup_imports(comfyui_dir: str) -> None:
-    """ComfyUI on sys.path (CPU unless CUDA is there), the repository as package ``framememory``."""
+    """ComfyUI on sys.path (CPU unless CUDA is there), the repository root off it; ``framememory`` itself is the
+    installed package (``pip install -e .``)."""
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != REPO_ROOT]
     if not os.path.isdir(os.path.join(comfyui_dir, "comfy")):
         raise SystemExit(f"no ComfyUI at {comfyui_dir} (set --comfyui-dir or COMFYUI_DIR)")
@@ -65,10 +66,6 @@ def _setup_imports(comfyui_dir: str) -> None:
 
     if not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True
-    sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
-    from packimport import import_pack
-
-    import_pack()
 
 
 def load_dit(path: str, dtype: str):

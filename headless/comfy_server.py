@@ -1,9 +1,10 @@
 """Drive a real headless ComfyUI server with ComfyUI-FrameMemory installed.
 
-Used by tests/test_e2e_server.py and scripts/run_example.py. Standard library plus `requests` and
-`websocket-client` only, so it can be imported by any interpreter that has those two.
+Used by the end-to-end tests (tests/test_e2e_*.py) and scripts/run_example.py. Standard library plus `requests`
+and `websocket-client` only, so it can be imported by any interpreter that has those two and this pack installed
+(`pip install -e .`: the server gets this checkout, REPO_ROOT, linked into its custom_nodes/).
 
-    from harness import ComfyServer
+    from framememory.headless.comfy_server import ComfyServer
     with ComfyServer() as server:                 # fresh base dir, free port, FRAMEMEMORY_DEMO=1
         info = server.object_info()
         prompt_id = server.post_prompt(api_prompt)
@@ -425,6 +426,25 @@ class ComfyServer:
             return sum(q.memory_info().rss for q in procs) / 2**20
         except psutil.Error:
             return 0.0
+
+
+def add_demo_inputs(server: ComfyServer, media_dir: Path | None = None, clip: str = "bikes.mp4") -> None:
+    """Give ``server`` what the shipped workflows name: the tiny random demo models (``demo/make_tiny_models.py``,
+    run with the server's interpreter) in its model folders and ``clip`` from ``media_dir`` (default
+    ``.cache/media``, fetched by scripts/setup.sh) in its input folder. Call before :meth:`ComfyServer.start`.
+
+    Raises:
+        ServerError: the clip is missing or make_tiny_models.py failed (its output in the message)."""
+    source = Path(media_dir or REPO_ROOT / ".cache" / "media") / clip
+    if not source.is_file():
+        raise ServerError(f"{source} is missing: run `bash scripts/setup.sh` (it fetches the example clips)")
+    server.prepare_base()
+    proc = subprocess.run([server.python, str(REPO_ROOT / "demo" / "make_tiny_models.py"), "--comfyui-dir",
+                           str(server.comfyui_dir), "--out", str(server.models_dir)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise ServerError(f"demo/make_tiny_models.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    shutil.copy2(source, server.input_dir / clip)
 
 
 def substitute_inputs(api_prompt: dict, values: dict[tuple[str, str], object]) -> dict:

@@ -1,0 +1,131 @@
+"""The pack's example workflows as the real frontend sees them (issue 15): ``workflows/NAME.json`` is the UI-format
+workflow a user opens from the Templates browser, ``workflows/api/NAME_api.json`` the API prompt the frontend makes
+of it (``app.graphToPrompt``; what scripts and tests POST to ``/prompt``), ``workflows/NAME.jpg`` its thumbnail in
+the Templates browser (ComfyUI serves ``/api/workflow_templates/<pack>/NAME.jpg``).
+
+Every function takes an open :class:`~framememory.headless.browser.ComfyFrontend`; ``scripts/sync_workflows.py``
+is the command line, ``tests/test_browser.py`` the test.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from .browser import SAFE_AREA, ComfyFrontend
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO_ROOT / "workflows"
+THUMBNAIL_SIZE = (400, 300)  # px, 4:3 like the template cards; the graph is padded, never cropped
+
+
+def ui_workflows(directory: Path = WORKFLOWS) -> list[Path]:
+    """The UI-format workflows: every top-level ``*.json`` of ``directory`` (what the Templates browser lists)."""
+    return sorted(directory.glob("*.json"))
+
+
+def api_path_for(ui_path: Path) -> Path:
+    """``workflows/NAME.json`` -> ``workflows/api/NAME_api.json``."""
+    return ui_path.parent / "api" / f"{ui_path.stem}_api.json"
+
+
+def thumbnail_path_for(ui_path: Path) -> Path:
+    """``workflows/NAME.json`` -> ``workflows/NAME.jpg``."""
+    return ui_path.with_suffix(".jpg")
+
+
+def dumps(data: dict) -> str:
+    """The committed JSON layout: 2-space indent, UTF-8, trailing newline."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def open_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
+    """Load ``ui_path`` in the frontend; returns its problems so far (missing node types, page errors).
+
+    Raises:
+        ValueError: ``ui_path`` is not a UI-format workflow (no ``nodes``: an API file in the wrong folder)."""
+    workflow = json.loads(ui_path.read_text())
+    if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
+        raise ValueError(f"{ui_path}: not a UI-format workflow (no 'nodes'); API-format files belong in "
+                         f"{ui_path.parent / 'api'}")
+    errors_before = len(ui.errors)
+    missing = ui.load_workflow(workflow, ui_path.stem)
+    problems = [f"missing node type {t!r} (is the pack loaded, FRAMEMEMORY_DEMO=1 for demo nodes?)" for t in missing]
+    return problems + [f"page error while loading: {e}" for e in ui.errors[errors_before:]]
+
+
+def check_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
+    """Everything a user would trip over in ``ui_path``, as messages (``[]`` = fine): missing node types, page
+    errors, an API file that differs from the frontend's ``graphToPrompt`` of the graph, a saved view that hides a
+    node (off screen or under the toolbar, side bar or minimap) or draws nodes as blank boxes, a missing thumbnail."""
+    problems = open_workflow(ui, ui_path)
+    hidden, view = ui.hidden_nodes(), ui.view()
+    if hidden:
+        problems.append(f"the saved view hides {hidden} in a {ui.viewport['width']}x{ui.viewport['height']} window")
+    if view["low_quality"]:
+        problems.append(f"the saved view's zoom {view['scale']:.2f} draws nodes as blank boxes")
+    api_path = api_path_for(ui_path)
+    prompt = ui.graph_to_prompt()
+    if not api_path.exists():
+        problems.append(f"{api_path} is missing")
+    elif json.loads(api_path.read_text()) != prompt:
+        problems.append(f"{api_path.name} differs from the frontend's graphToPrompt of {ui_path.name}: "
+                        + prompt_difference(json.loads(api_path.read_text()), prompt))
+    if not thumbnail_path_for(ui_path).exists():
+        problems.append(f"{thumbnail_path_for(ui_path).name} (thumbnail) is missing")
+    return problems
+
+
+def prompt_difference(committed: dict, frontend: dict) -> str:
+    """The first nodes in which two API prompts differ, as ``id: committed -> frontend`` text (for messages)."""
+    ids = sorted(set(committed) | set(frontend), key=lambda k: (len(k), k))
+    diffs = [f"node {k}: {json.dumps(committed.get(k))[:300]} -> {json.dumps(frontend.get(k))[:300]}"
+             for k in ids if committed.get(k) != frontend.get(k)]
+    return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
+
+
+def write_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
+    """Re-save ``ui_path`` through the frontend with a view fitted to the whole graph (:data:`SAFE_AREA`), write its
+    API file from ``graphToPrompt`` and its thumbnail. Returns the problems that remain (then nothing is written
+    for this workflow: missing nodes, or a graph too large to be readable when it fits)."""
+    problems = open_workflow(ui, ui_path)
+    view = ui.fit_view()
+    if view["low_quality"]:
+        problems.append(f"the whole graph only fits at zoom {view['scale']:.2f}, where nodes draw as blank boxes: "
+                        "lay it out more compactly")
+    if problems:
+        return problems
+    workflow, prompt = ui.serialize(), ui.graph_to_prompt()
+    write_text_atomic(ui_path, dumps(workflow))
+    write_text_atomic(api_path_for(ui_path), dumps(prompt))
+    write_thumbnail(ui, thumbnail_path_for(ui_path))
+    return []
+
+
+def write_thumbnail(ui: ComfyFrontend, path: Path) -> Path:
+    """Screenshot the graph at the current view (its bounding box, 8 px margin), padded to
+    :data:`THUMBNAIL_SIZE` on the canvas colour, as a JPEG (quality 80) at ``path``."""
+    from PIL import Image, ImageOps
+
+    rects = list(ui.node_rects().values())
+    left, top, right, bottom = SAFE_AREA
+    box = (max(left, min(r[0] for r in rects) - 8), max(top, min(r[1] for r in rects) - 8),
+           min(right, max(r[0] + r[2] for r in rects) + 8), min(bottom, max(r[1] + r[3] for r in rects) + 8))
+    with tempfile.TemporaryDirectory() as tmp:
+        shot = ui.screenshot(Path(tmp) / "graph.png", clip=box)
+        with Image.open(shot) as image:
+            rgb = image.convert("RGB")
+            background = rgb.getpixel((1, 1))
+            thumb = ImageOps.pad(rgb, THUMBNAIL_SIZE, method=Image.Resampling.LANCZOS, color=background)
+        part = path.with_name(path.name + ".part")
+        thumb.save(part, format="JPEG", quality=80, optimize=True)
+        part.replace(path)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (no half-written file on a crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.replace(path)

@@ -1,0 +1,79 @@
+"""The pack as a ComfyUI user sees it: the real frontend (comfyui_frontend_package 1.32.9) in headless Chromium,
+driven by Playwright (issue 15; framememory.headless.browser / .workflows).
+
+One server for the module (tiny random demo models, bikes.mp4 as the input clip, FRAMEMEMORY_DEMO=1) and one page:
+1. the Templates browser lists exactly the UI-format workflows of workflows/, each with its thumbnail;
+2. every workflow loads with no missing node and no page error, its saved view shows every node, readably, in a
+   1920x1080 window, and the frontend's own graphToPrompt gives exactly the committed workflows/api/ file;
+3. the tiny storyboard queued with the Run button ends with a video on the Save Video node.
+Fix a failure of 2 with `.venv/bin/python scripts/sync_workflows.py --write`.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from framememory.headless.browser import ComfyFrontend
+from framememory.headless.comfy_server import PACK_NAME, ComfyServer, add_demo_inputs
+from framememory.headless.workflows import THUMBNAIL_SIZE, check_workflow, open_workflow, ui_workflows
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = REPO_ROOT / "workflows" / "storyboard_wan21_tiny.json"
+RUN_TIMEOUT_MS = 300_000
+ONE_SHOT = "1.0 | a cyclist rides down a sunny city street, tracking shot"
+
+
+@pytest.fixture(scope="module")
+def server(comfyui_dir, media_dir, tmp_path_factory):
+    srv = ComfyServer(tmp_path_factory.mktemp("comfy_base"), comfyui_dir=comfyui_dir)
+    add_demo_inputs(srv, media_dir)
+    with srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def ui(server):
+    with ComfyFrontend(server.url) as frontend:
+        yield frontend
+
+
+def test_templates_browser_lists_the_ui_workflows_with_thumbnails(server):
+    from PIL import Image
+
+    listed = server._get("/api/workflow_templates").json()
+    assert sorted(listed[PACK_NAME]) == sorted(p.stem for p in ui_workflows())
+    for name in listed[PACK_NAME]:
+        assert "nodes" in server._get(f"/api/workflow_templates/{PACK_NAME}/{name}.json").json(), name
+        thumb = server._get(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
+        with Image.open(io.BytesIO(thumb.content)) as image:
+            assert (image.format, image.size) == ("JPEG", THUMBNAIL_SIZE), name
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
+def test_workflow_as_the_frontend_sees_it(ui, path):
+    problems = check_workflow(ui, path)
+    assert not problems, f"{path.name}:\n" + "\n".join(problems) + "\nfix: .venv/bin/python scripts/sync_workflows.py --write"
+
+
+def test_run_button_ends_with_a_video(server, ui):
+    assert open_workflow(ui, TINY) == []
+    ui.page.evaluate("""() => { window.__framememory_done = null;
+        for (const type of ['execution_success', 'execution_error', 'execution_interrupted'])
+          window.app.api.addEventListener(type, e => { window.__framememory_done = {type, detail: e.detail}; }); }""")
+    boxes = ui.page.locator("textarea.comfy-multiline-input")
+    storyboard = next(boxes.nth(i) for i in range(boxes.count()) if " | " in boxes.nth(i).input_value())
+    storyboard.fill(ONE_SHOT)  # typed as a user would: one 1 s shot keeps the run short
+    assert ui.graph_to_prompt()["9"]["inputs"]["storyboard"] == ONE_SHOT
+    ui.page.get_by_role("button", name="Run", exact=True).click()
+    ui.page.wait_for_function("window.__framememory_done !== null", timeout=RUN_TIMEOUT_MS)
+    done = ui.page.evaluate("window.__framememory_done")
+    assert done["type"] == "execution_success", json.dumps(done)[:2000] + server.log_tail_text()
+    output_video = "Array.from(document.querySelectorAll('video')).map(v => v.currentSrc || v.src)" \
+                   ".filter(s => s.includes('type=output') && s.includes('storyboard'))"
+    ui.page.wait_for_function(f"{output_video}.length > 0", timeout=30_000)  # the Save Video node's preview
+    src = ui.page.evaluate(output_video)
+    video = ui.page.request.get(src[0])
+    assert video.ok and video.body()[4:8] == b"ftyp", (video.status, src)
