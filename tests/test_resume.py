@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -175,17 +173,12 @@ def _next_segment(path: Path) -> int:
 
 @pytest.mark.slow  # three server starts and ~10 tiny segments: over 2 minutes on 2 busy cores
 def test_server_killed_after_two_segments_resumes_frame_identical(comfyui_dir, media_dir, tmp_path):
-    from framememory.headless.comfy_server import ComfyServer, substitute_inputs
+    from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
     from test_e2e_server import TINY_API, TINY_NAMES, VIDEO
 
     base = tmp_path / "base"
     first = ComfyServer(base, comfyui_dir=comfyui_dir)
-    first.prepare_base()
-    proc = subprocess.run([first.python, str(REPO_ROOT / "demo" / "make_tiny_models.py"), "--comfyui-dir",
-                           str(comfyui_dir), "--out", str(first.models_dir)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    shutil.copy2(media_dir / VIDEO, first.input_dir / VIDEO)
+    add_demo_inputs(first, media_dir, VIDEO)
     tiny = substitute_inputs(json.loads(TINY_API.read_text()), {**TINY_NAMES, ("LoadVideo", "file"): VIDEO})
     saved = first.output_dir / "resume_test" / "killed.safetensors"
     with first:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +161,10 @@ def video_history_prompt(video: str, cap: int) -> dict:
 
 
 def test_server_storyboard_continues_a_video_read_as_history(comfyui_dir, media_dir, tmp_path):
-    from framememory.headless.comfy_server import ComfyServer, PromptError
+    from framememory.headless.comfy_server import ComfyServer, PromptError, add_demo_inputs
 
     srv = ComfyServer(tmp_path / "base", comfyui_dir=comfyui_dir)
-    srv.prepare_base()
-    proc = subprocess.run([srv.python, str(REPO_ROOT / "demo" / "make_tiny_models.py"), "--comfyui-dir",
-                           str(comfyui_dir), "--out", str(srv.models_dir)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    shutil.copy2(media_dir / "bikes.mp4", srv.input_dir / "bikes.mp4")
+    add_demo_inputs(srv, media_dir, "bikes.mp4")
     with srv:
         spec = srv.object_info("FrameMemoryLoadVideoHistory")["FrameMemoryLoadVideoHistory"]["input"]["required"]
         options = spec["video"][0] if isinstance(spec["video"][0], list) else spec["video"][1]["options"]
