@@ -171,7 +171,6 @@ def _next_segment(path: Path) -> int:
         return 0
 
 
-@pytest.mark.slow  # three server starts and ~10 tiny segments: over 2 minutes on 2 busy cores
 def test_server_killed_after_two_segments_resumes_frame_identical(comfyui_dir, media_dir, tmp_path):
     from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
     from test_e2e_server import TINY_API, TINY_NAMES, VIDEO
