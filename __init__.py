@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 
 __version__ = "0.1.0"
+# Frontend extension (web/framememory.js: run-wide progress, the storyboard box's height, the report on the node);
+# ComfyUI reads this before calling comfy_entrypoint.
+WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -26,7 +27,7 @@ from ..memory.history import HistoryBuffer
 from ..memory.storyboard import SegmentSchedule, Shot, seam_ratios, split_clip
 from . import families
 from .conds import attach_memory
-from .colour_match import correct_segment, record_colour
+from .colour_match import correct_segment, mean_std, record_colour
 from .cross_attention import install_cross_attention
 from .encoding import MemoryEncoder, MultiEncoder, encode_pending, rate_str
 from .input_checks import check_history_inputs, check_latent_finite, check_run_inputs
@@ -148,12 +149,14 @@ def step_ranges(models: list, encoder, sampler: SamplerSettings) -> list[StepRan
 
 
 def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, latent: torch.Tensor, noise: torch.Tensor,
-                 sampler: SamplerSettings, seed: int, first: bool, last: bool) -> tuple[torch.Tensor, int]:
+                 sampler: SamplerSettings, seed: int, first: bool, last: bool,
+                 on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, int]:
     """Sample one stage's steps of ``latent`` ``[1, C, T, h, w]`` with this expert's memory in both conditionings,
     through ``comfy.sample.sample`` as KSamplerAdvanced does: the first stage adds ``noise`` at step 0, a later one
     continues from the leftover noise (``noise`` zeros, ``disable_noise``) at its ``start``; every stage but the last
     stops at its ``end`` with the leftover noise (return_with_leftover_noise), the last runs to the end of the
-    schedule. A single stage is exactly the stock KSampler call. Returns ``(samples [1, C, T, h, w] CPU, M)``, M the
+    schedule. A single stage is exactly the stock KSampler call. ``on_step(n)``, if given, is called after each step
+    with the steps of the whole schedule done so far (1..steps). Returns ``(samples [1, C, T, h, w] CPU, M)``, M the
     memory tokens the expert attended to."""
     inp = mem.conds(stage.model, stage.expert)
     pos = attach_memory(positive, inp.tokens, inp.positions, inp.hidden, inp.extra)
@@ -163,15 +166,17 @@ def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, 
         stage.patched, noise, sampler.steps, sampler.cfg, sampler.sampler_name, sampler.scheduler, pos, neg, latent,
         denoise=1.0, disable_noise=not first, start_step=None if first else stage.start,
         last_step=None if last else stage.end, force_full_denoise=False,
-        callback=_progress_callback(stage.patched, sampler.steps, whole),
+        callback=_progress_callback(stage.patched, sampler.steps, whole, on_step),
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     return samples.cpu(), inp.attended
 
 
 def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negative: list, latent: torch.Tensor,
-                   sampler: SamplerSettings, seed: int) -> tuple[torch.Tensor, int]:
+                   sampler: SamplerSettings, seed: int, on_step: Callable[[int], None] | None = None
+                   ) -> tuple[torch.Tensor, int]:
     """Sample one segment from the empty ``latent`` ``[1, C, T, h, w]`` through every stage with steps
-    (:func:`sample_steps`; a pair is the stock A14B chain of two KSamplerAdvanced nodes), noise from ``seed``.
+    (:func:`sample_steps`; a pair is the stock A14B chain of two KSamplerAdvanced nodes), noise from ``seed``;
+    ``on_step`` as in :func:`sample_steps`.
     Returns ``(samples [1, C, T, h, w] float CPU, memory tokens of the first stage)``; raises ValueError when the
     samples hold NaN / inf (:func:`models.input_checks.check_latent_finite`)."""
     noise = comfy.sample.prepare_noise(latent, seed)
@@ -180,7 +185,8 @@ def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negativ
     for k, stage in enumerate(run):
         first = k == 0
         step_noise = noise if first else torch.zeros(latent.shape, dtype=latent.dtype)
-        latent, m = sample_steps(stage, mem, positive, negative, latent, step_noise, sampler, seed, first, k == len(run) - 1)
+        latent, m = sample_steps(stage, mem, positive, negative, latent, step_noise, sampler, seed, first,
+                                 k == len(run) - 1, on_step)
         counts.append(m)
     return check_latent_finite(latent, seed), counts[0]
 
@@ -301,6 +307,17 @@ class _Run:
     latent_shape: tuple
     prompts: dict = dataclasses.field(default_factory=dict)
     colour: float = 0.0  # colour-drift correction strength (models/colour_match.py), 0: off
+    progress: Callable[[int], None] | None = None  # run-wide sampling steps done (see run_storyboard's ``progress``)
+
+
+def colour_drift(before: torch.Tensor | None, after: torch.Tensor) -> float | None:
+    """How far a new segment's mean colour lies from the history's before it: the CIE76 colour difference (Delta E*ab,
+    Lab units; about 2.3 is just noticeable) of the two mean Lab colours, from the running
+    :func:`models.colour_match.lab_stats` sums ``before`` and ``after`` the segment was added (``[3, 3]`` float64).
+    None when the history had no colour yet (the first segment without a starting clip)."""
+    if before is None:
+        return None
+    return round(float((mean_std(after - before)[0] - mean_std(before)[0]).norm()), 3)
 
 
 def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
@@ -312,23 +329,27 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
     history = run.mem.history
     covered, total = history.encoded_frames, history.num_frames
     latent = comfy.sample.fix_empty_latent_channels(run.stages[0].patched, torch.zeros(run.latent_shape))
+    steps_before = plan.index * run.sampler.steps
+    on_step = None if run.progress is None else (lambda n: run.progress(steps_before + n))
     with phase(stats, "sample"):
         samples, memory_tokens = sample_segment(run.stages, run.mem, run.prompts[plan.shot], run.negative, latent,
-                                                run.sampler, run.sampler.seed + plan.index)
+                                                run.sampler, run.sampler.seed + plan.index, on_step)
     with phase(stats, "decode"):
         images = to_uint8(run.decoder.decode(samples))  # [F, H, W, 3], 4x less RAM than float32
     if images.shape[0] != plan.frames:
         raise RuntimeError(f"segment {plan.index} decoded to {images.shape[0]} frames, the plan has {plan.frames}")
     with phase(stats, "colour"):  # matched to the history's colours (strength 0: unchanged), then part of them
         images = correct_segment(history, images, run.colour)
+        colour_before = history.colour_stats
         record_colour(history, images)
+        drift = colour_drift(colour_before, history.colour_stats)
     history.append(samples, images, stream_start=not history.segments)
     if run.mem.encodes:  # mode "off": the history keeps the segment's latent and frames, no memory tokens
         with phase(stats, "encode"):
             encode_pending_experts(run.models, run.vae, run.mem.encoder, history)
     record = {"index": plan.index, "shot": plan.shot, "frames": int(images.shape[0]),
               "latent_frames": int(samples.shape[2]), "start_frame": total, "memory_tokens": memory_tokens,
-              "history_frames_covered": covered, "history_frames_total": total,
+              "history_frames_covered": covered, "history_frames_total": total, "colour_drift": drift,
               "seconds": round(time.perf_counter() - t0, 3), **segment_record(stats)}
     return images, record
 
@@ -336,8 +357,8 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
 def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, negative: list, shots: list[Shot],
                    sampler: SamplerSettings, width: int, height: int, fps: float, latent_frames: int,
                    start: Memory | None = None, model_low_noise=None, mode: str = "frame_preservation",
-                   colour_correction: float = 0.0, save_path: str | None = None,
-                   interrupt_path: str | None = None) -> tuple[torch.Tensor, Memory, dict]:
+                   colour_correction: float = 0.0, save_path: str | None = None, interrupt_path: str | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, Memory, dict]:
     """Generate a storyboard segment by segment, as one continuous video, with memory of everything before each.
 
     Args:
@@ -356,10 +377,13 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         save_path: memory file (memory/memory_file.py) written atomically after every segment, or None.
         interrupt_path: memory file written with the finished segments when the run is interrupted (not needed with
         ``save_path``, whose file already holds them), or None: an interrupt then loses them.
+        progress: called as ``progress(done, total)`` with the run-wide sampling steps (``total`` = segments of the
+        storyboard x ``sampler.steps``; segments resumed from a memory file count as done): once before the first
+        segment, then after every sampling step. None: no calls.
     Returns:
         frames ``[F, height, width, 3]`` float32 0..1 (generated part only), the final Memory (every segment
-        encoded, its ``position`` finished), and a report dict (segments, memory tokens per segment, seam ratios,
-        seconds, RSS).
+        encoded, its ``position`` finished), and a report dict (segments, memory tokens per segment, colour drift per
+        segment (:func:`colour_drift`), seam ratios, seconds, RSS).
     Raises:
         ValueError: bad inputs (:func:`models.input_checks.check_run_inputs`: non-finite fps / cfg, sizes, a storyboard
         over the length limit, a seed out of range, a size that does not fit in memory), encoder/DiT mismatch,
@@ -393,6 +417,10 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
     colour_start = resume.colour_start if resume else (None if mem.history.colour_stats is None
                                                        else mem.history.colour_stats.tolist())
     done = resume.next_segment if resume else 0
+    if progress is not None:
+        total_steps = len(plans) * sampler.steps
+        run.progress = lambda n: progress(n, total_steps)  # noqa: E731
+        run.progress(done * sampler.steps)
     out_frames = replay_segments(run.decoder, mem.history, run_start, plans[:done], colour_correction, colour_start)
     segments = [{"index": p.index, "shot": p.shot, "frames": p.frames, "latent_frames": p.latent_frames,
                  "start_frame": before.num_frames + p.start_frame, "replayed": True} for p in plans[:done]]
@@ -459,14 +487,21 @@ def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tens
     return report
 
 
-def _progress_callback(model, steps: int, offset: int | None = None):
+def _progress_callback(model, steps: int, offset: int | None = None, on_step: Callable[[int], None] | None = None):
     """Stock progress bar + latent previews (``latent_preview.prepare_callback``) when running in a server. ``offset``:
-    the first step of a stage when a segment is sampled in stages; progress then runs over the whole schedule."""
+    the first step of a stage when a segment is sampled in stages; progress then runs over the whole schedule.
+    ``on_step(n)``: also called after each step with the schedule's steps done (``offset + step + 1``)."""
     try:
         import latent_preview
+        preview = latent_preview.prepare_callback(model, steps)
     except ImportError:  # outside a ComfyUI server (tests import comfy only)
-        return None
-    callback = latent_preview.prepare_callback(model, steps)
-    if offset is None:
-        return callback
-    return lambda step, x0, x, total_steps: callback(offset + step, x0, x, steps)
+        preview = None
+    if offset is None and on_step is None:
+        return preview
+
+    def callback(step, x0, x, total_steps):
+        if preview is not None:
+            preview(step if offset is None else offset + step, x0, x, total_steps if offset is None else steps)
+        if on_step is not None:
+            on_step((offset or 0) + step + 1)
+    return callback if preview is not None or on_step is not None else None

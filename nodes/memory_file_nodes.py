@@ -9,6 +9,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..models.resume import load_memory_file, save_memory_file
+from . import tooltips
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 SUFFIX = ".safetensors"
@@ -86,7 +87,8 @@ class LoadMemory(io.ComfyNode):
                                 tooltip="File name relative to ComfyUI's output folder ('.safetensors' is added)."),
                 MemoryEncoderType.Input("memory_encoder", tooltip="The encoder the memory was made with (its config is "
                                                                   "checked against the file's)."),
-                io.Vae.Input("vae", tooltip="The VAE the memory was made with (its LR-branch stream continues)."),
+                io.Vae.Input("vae", tooltip="The VAE the memory was made with (its LR-branch stream continues): "
+                                            f"{tooltips.VAE_KINDS}."),
             ],
             outputs=[
                 MemoryType.Output(display_name="memory", tooltip="The saved history, memory tokens and storyboard position."),

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..models.encoding import UNTRAINED, MemoryEncoder
 from ..models.input_checks import check_fps, check_frame_size, check_frames, load_naming_file, size_multiple
 from ..models.storyboard import Memory, history_from_frames
+from . import tooltips
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 FOLDER = "memory_encoders"
@@ -50,18 +51,19 @@ class EncodeHistory(io.ComfyNode):
             display_name="Encode History",
             category=CATEGORY,
             description="Turns video frames into history and encodes it into memory tokens. Frames are center-cropped to "
-                        "a multiple of the model's token size (16 px; 32 px for Wan 2.2 5B) and cut into the segments "
+                        "a multiple of the model's token size (16 px; 32 px for Wan 2.2 TI2V 5B) and cut into the segments "
                         "of one continuous video; the oldest frames that do not fill a segment are dropped.",
             inputs=[
-                io.Model.Input("model", tooltip="The Wan 2.1 model the memory is for (its patch embedding is the LR branch)."),
-                io.Vae.Input("vae", tooltip="The model's VAE."),
+                io.Model.Input("model", tooltip=f"The model the memory is for. {tooltips.MODEL}"),
+                io.Vae.Input("vae", tooltip=tooltips.VAE),
                 MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
                 io.Image.Input("images", optional=True, tooltip="History frames [F, H, W, 3], oldest first."),
                 io.Latent.Input("latent", optional=True, tooltip="History as a video latent (decoded to frames first); used when no images are given."),
                 MemoryType.Input("memory", optional=True, tooltip="Existing memory to append to (it is not changed; a new one is returned)."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frame rate of the history in frames per second."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip=f"Frame rate of the history in frames per second: the model's, {tooltips.FPS}."),
                 io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
-                             tooltip="Latent frames per history segment (4 on Wan = 13 video frames); a multiple of the encoder's time rate."),
+                             tooltip=f"Latent frames per history segment, a multiple of the encoder's time rate: "
+                                     f"{tooltips.SEGMENT}."),
             ],
             outputs=[MemoryType.Output(display_name="memory", tooltip="History plus its memory tokens.")],
         )
@@ -96,7 +98,8 @@ class ApplyMemory(io.ComfyNode):
             description="Lets the model attend to memory tokens of the history while it generates the next segment. "
                         "Connect the outputs to the stock KSampler; every sampler and scheduler works.",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1 model."),
+                io.Model.Input("model", tooltip=f"The model that samples the next segment: {tooltips.FAMILIES} "
+                                                "(the one the memory was encoded for)."),
                 MemoryType.Input("memory", tooltip="From Encode History or Storyboard."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning of the next segment."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning (gets the same memory so CFG batches cond and uncond)."),
@@ -105,8 +108,9 @@ class ApplyMemory(io.ComfyNode):
                                        "expert, 'low noise' for the model of the second KSamplerAdvanced (its memory "
                                        "tokens come from its own patch embedding)."),
                 io.Vae.Input("vae", optional=True,
-                             tooltip="Optional. Used only if the memory has history whose LR-branch latent is not "
-                                     "encoded yet; memories from Encode History and Storyboard never need it."),
+                             tooltip="Optional: the model's VAE. Used only if the memory has history whose LR-branch "
+                                     "latent is not encoded yet; memories from Encode History and Storyboard never "
+                                     f"need it. {tooltips.VAE_KINDS}."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with memory attention installed."),

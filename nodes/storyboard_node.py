@@ -10,13 +10,16 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..memory.storyboard import MAX_STORYBOARD_SECONDS, parse_storyboard, split_clip
+from ..memory.storyboard import parse_storyboard, split_clip
 from ..models.input_checks import check_frames, check_run_inputs
 from ..models.memory_modes import MEMORY_MODES
 from ..models import families
 from ..models.resume import load_memory_file, resumes
 from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+from . import tooltips
 from .memory_file_nodes import memory_path
+from .progress_ui import NodeDisplay
+from .report_summary import report_summary
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 log = logging.getLogger("FrameMemory")
@@ -46,27 +49,21 @@ class Storyboard(io.ComfyNode):
                         "everything before it (starting clip included), appended to the history, and only the new "
                         "segment is encoded (arXiv 2512.23851).",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1 model (stock Load Diffusion Model; LoRAs may be applied). With "
-                                                "model_low_noise: the Wan 2.2 A14B high-noise expert."),
-                io.Vae.Input("vae", tooltip="The Wan 2.1 VAE."),
-                io.Clip.Input("clip", tooltip="Text encoder for the shot prompts (umt5 for Wan)."),
+                io.Model.Input("model", tooltip=f"{tooltips.MODEL} With model_low_noise: the Wan 2.2 A14B high-noise expert."),
+                io.Vae.Input("vae", tooltip=tooltips.VAE),
+                io.Clip.Input("clip", tooltip=tooltips.CLIP),
                 MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning used for every segment."),
-                io.String.Input("storyboard", multiline=True, default=EXAMPLE,
-                                tooltip="One shot per line: 'seconds | prompt'. Lines starting with # are ignored. "
-                                        f"At most {MAX_STORYBOARD_SECONDS:g} s in all ({MAX_STORYBOARD_SECONDS / 60:g} "
-                                        "min); chain Storyboards through their memory output for longer videos."),
+                io.String.Input("storyboard", multiline=True, default=EXAMPLE, tooltip=tooltips.STORYBOARD),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16,
-                             tooltip="Video width in pixels: a multiple of 16 (32 for Wan 2.2 5B), at least one memory "
-                                     "token (64 px with a 4x4x2 encoder on Wan 2.1). Sizes whose frames, latents, VAE "
-                                     "decode and attention would not fit in this machine's free memory are refused "
-                                     "before anything runs, naming the largest size that fits."),
+                             tooltip=f"Video width in pixels: {tooltips.SIZE}. Sizes whose frames, latents, VAE decode "
+                                     "and attention would not fit in this machine's free memory are refused before "
+                                     "anything runs, naming the largest size that fits."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16,
-                             tooltip="Video height in pixels: a multiple of 16 (32 for Wan 2.2 5B), at least one memory "
-                                     "token (64 px with a 4x4x2 encoder on Wan 2.1); see width for the memory check."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second (16 for Wan 2.1)."),
+                             tooltip=f"Video height in pixels: {tooltips.SIZE}; see width for the memory check."),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip=f"Frames per second: {tooltips.FPS}."),
                 io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
-                             tooltip="Latent frames generated per segment: 4 on Wan = 13 video frames, about 1 s at 16 fps."),
+                             tooltip=f"Latent frames generated per segment: {tooltips.SEGMENT}."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the first segment; segment k uses seed + k, which must stay below 2^64: "
                                      "a seed within (segments - 1) of the maximum is refused, not wrapped."),
@@ -119,7 +116,8 @@ class Storyboard(io.ComfyNode):
                 io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),
                 MemoryType.Output(display_name="memory", tooltip="The final history with every segment encoded (memory_mode "
                                                                    "off: kept, not encoded), for chaining."),
-                io.String.Output(display_name="report", tooltip="JSON: segments, memory tokens per segment, seconds, peak RSS."),
+                io.String.Output(display_name="report", tooltip="JSON: segments, memory tokens per segment, colour drift, "
+                                                                "seams, seconds, peak RSS. A summary shows on the node."),
             ],
         )
 
@@ -147,12 +145,13 @@ class Storyboard(io.ComfyNode):
         elif start_images is not None:
             start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
                                                  fps, width, height, memory, model_low_noise, memory_mode)
+        display = NodeDisplay(steps)  # run-wide progress and the report summary on the node (nodes/progress_ui.py)
         frames, final, report = run_storyboard(
             model, vae, clip, memory_encoder, negative, shots,
             SamplerSettings(steps, cfg, sampler_name, scheduler, seed, switch_step),
             width, height, fps, segment_latent_frames, start, model_low_noise, memory_mode,
             colour_correction=colour_strength if colour_correction == "on" else 0.0, save_path=save,
-            interrupt_path=None if save else interrupted_path())
+            interrupt_path=None if save else interrupted_path(), progress=display.progress)
         report["start_frames_dropped"] = dropped
         if include_history and start_images is not None:
             # the starting clip as the history holds it (fitted to width x height), then the generated frames
@@ -160,5 +159,7 @@ class Storyboard(io.ComfyNode):
             from ..memory.frames import fit_frames
             frames = torch.cat([fit_frames(history_frames, width, height).float().cpu(), frames], dim=0)
         report["output_frames"] = int(frames.shape[0])
-        text = json.dumps(report)
-        return io.NodeOutput(frames, final, text, ui={"framememory_report": [report]})
+        summary = report_summary(report)
+        display.show(summary)
+        # "text": as ComfyUI's PreviewText; web/framememory.js shows it again when the node's output comes from cache
+        return io.NodeOutput(frames, final, json.dumps(report), ui={"framememory_report": [report], "text": [summary]})

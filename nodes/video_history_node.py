@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..models.memory_modes import MEMORY_MODES
 from ..models.video_history import FrameSelection, history_from_video
+from . import tooltips
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 
@@ -34,19 +35,20 @@ class LoadVideoAsHistory(io.ComfyNode):
             inputs=[
                 io.Combo.Input("video", options=input_videos(), upload=io.UploadType.video,
                                tooltip="A video in ComfyUI's input folder (or upload one). Any file PyAV decodes."),
-                io.Model.Input("model", tooltip="The model the memory is for (its patch embedding is the LR branch)."),
-                io.Vae.Input("vae", tooltip="The model's VAE."),
+                io.Model.Input("model", tooltip=f"The model the memory is for. {tooltips.MODEL}"),
+                io.Vae.Input("vae", tooltip=tooltips.VAE),
                 MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16,
-                             tooltip="Storyboard width in pixels: frames are center-cropped and resized to it."),
+                             tooltip=f"Storyboard width in pixels, {tooltips.SIZE}: frames are center-cropped and "
+                                     "resized to it."),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16,
-                             tooltip="Storyboard height in pixels: frames are center-cropped and resized to it."),
+                             tooltip=f"Storyboard height in pixels, {tooltips.SIZE}: frames are center-cropped and "
+                                     "resized to it."),
                 io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
-                               tooltip="The model's frame rate (16 for Wan 2.1): the video is resampled to it (nearest "
-                                       "frame in time)."),
+                               tooltip=f"The model's frame rate ({tooltips.FPS}): the video is resampled to it "
+                                       "(nearest frame in time)."),
                 io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
-                             tooltip="Latent frames per history segment, as in the Storyboard (4 on Wan = 13 frames for "
-                                     "the first segment, 16 after)."),
+                             tooltip=f"Latent frames per history segment, as in the Storyboard: {tooltips.SEGMENT}."),
                 io.Int.Input("frame_load_cap", default=0, min=0, max=10_000_000,
                              tooltip="At most this many frames (at fps, after select_every_nth) become history; 0 = no "
                                      "cap. 45 at 16 fps = 13 + 16 + 16: three segments, 2.8 s."),

@@ -5,7 +5,9 @@ One server for the module (tiny random demo models, bikes.mp4 as the input clip,
 1. the Templates browser lists exactly the UI-format workflows of workflows/, each with its thumbnail;
 2. every workflow loads with no missing node and no page error, its saved view shows every node, readably, in a
    1920x1080 window, and the frontend's own graphToPrompt gives exactly the committed workflows/api/ file;
-3. the tiny storyboard queued with the Run button ends with a video on the Save Video node.
+3. the Storyboard's text box shows all three shots of the tiny workflow and has a tooltip; tooltips name the families;
+4. the tiny storyboard queued with the Run button ends with a video on the Save Video node, the queue panel's
+   "Total" moves during the run, and the run's report summary shows on the Storyboard node.
 Fix a failure of 2 with `.venv/bin/python scripts/sync_workflows.py --write`.
 """
 from __future__ import annotations
@@ -58,11 +60,35 @@ def test_workflow_as_the_frontend_sees_it(ui, path):
     assert not problems, f"{path.name}:\n" + "\n".join(problems) + "\nfix: .venv/bin/python scripts/sync_workflows.py --write"
 
 
-def test_run_button_ends_with_a_video(server, ui):
+STORYBOARD_NODE = "window.app.graph.findNodesByType('FrameMemoryStoryboard', [])[0]"
+# What the web/framememory.js extension moves: the queue panel's "Total" (frontend 1.32 keeps it in its execution store).
+TOTAL = "window.app.extensionManager._p._s.get('execution').executionProgress"
+
+
+def storyboard_box(ui) -> dict:
+    """The Storyboard's text box as the user sees it: its text, visible and content heights (px) and hover tooltip."""
+    return ui.page.evaluate(f"""() => {{ const w = {STORYBOARD_NODE}.widgets.find(w => w.name === 'storyboard');
+        return {{text: w.element.value, height: w.element.clientHeight, content: w.element.scrollHeight,
+                 tooltip: w.element.closest('.dom-widget').title}}; }}""")
+
+
+def test_storyboard_box_shows_every_shot_and_explains_its_format(ui):
     assert open_workflow(ui, TINY) == []
-    ui.page.evaluate("""() => { window.__framememory_done = null;
+    box = storyboard_box(ui)
+    assert box["text"].count(" | ") == 3 and box["height"] >= box["content"], box  # no shot clipped
+    assert "seconds | prompt" in box["tooltip"] and "Example" in box["tooltip"], box["tooltip"]
+    model_tooltip = ui.page.evaluate("window.LiteGraph.registered_node_types['FrameMemoryStoryboard']"
+                                     ".nodeData.input.required.model[1].tooltip")
+    assert all(family in model_tooltip for family in ("Wan 2.1", "Wan 2.2", "HunyuanVideo")), model_tooltip
+
+
+def test_run_button_ends_with_a_video_a_report_and_moving_total(server, ui):
+    assert open_workflow(ui, TINY) == []
+    ui.page.evaluate(f"""() => {{ window.__framememory_done = null; window.__framememory_totals = [];
         for (const type of ['execution_success', 'execution_error', 'execution_interrupted'])
-          window.app.api.addEventListener(type, e => { window.__framememory_done = {type, detail: e.detail}; }); }""")
+          window.app.api.addEventListener(type, e => {{ window.__framememory_done = {{type, detail: e.detail}}; }});
+        window.app.api.addEventListener('framememory.progress',
+          () => setTimeout(() => window.__framememory_totals.push({TOTAL}), 0)); }}""")
     boxes = ui.page.locator("textarea.comfy-multiline-input")
     storyboard = next(boxes.nth(i) for i in range(boxes.count()) if " | " in boxes.nth(i).input_value())
     storyboard.fill(ONE_SHOT)  # typed as a user would: one 1 s shot keeps the run short
@@ -77,3 +103,8 @@ def test_run_button_ends_with_a_video(server, ui):
     src = ui.page.evaluate(output_video)
     video = ui.page.request.get(src[0])
     assert video.ok and video.body()[4:8] == b"ftyp", (video.status, src)
+    totals = ui.page.evaluate("window.__framememory_totals")
+    assert len(totals) >= 3 and totals == sorted(totals) and 0 < max(totals) < 1, totals  # moved during the run
+    report = ui.page.evaluate(f"{STORYBOARD_NODE}.widgets.find(w => w.name === '$$node-text-preview').value")
+    assert report.startswith("1 segment generated") and "Memory:" in report and "Seams:" in report, report
+    assert storyboard_box(ui)["height"] >= 100  # the previews and the report did not squeeze the box
