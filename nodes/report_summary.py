@@ -12,22 +12,21 @@ def _seam_line(report: dict) -> str:
     ratios = [r for r in (report.get("seams") or {}).get("per_boundary", []) if r is not None]
     if not ratios:
         return "Seams: none (one segment)"
-    return (f"Seams: mean {_mean(ratios):.2f}x, worst {max(ratios):.2f}x the frame-to-frame change inside segments "
-            "(1.00x = no visible join)")
+    return f"Seams: mean {_mean(ratios):.2f}x, worst {max(ratios):.2f}x (1.00x: no visible join)"
 
 
 def _drift_line(segments: list[dict]) -> str:
     drift = [s["colour_drift"] for s in segments if s.get("colour_drift") is not None]
     if not drift:
-        return "Colour drift: not measured (no history colour before the first segment)"
-    return (f"Colour drift: mean {_mean(drift):.1f}, worst {max(drift):.1f} Delta E vs the history's mean colour "
-            "(2.3 = just noticeable)")
+        return "Colour drift: not measured (no history colour yet)"
+    return f"Colour drift: mean {_mean(drift):.1f}, worst {max(drift):.1f} Delta E (2.3: just visible)"
 
 
 def report_summary(report: dict) -> str:
     """A short human-readable summary of a :func:`models.storyboard.run_storyboard` report (as the Storyboard node
     returns it, with ``output_frames``): segments, video length, memory tokens and the history seconds they covered at
-    the last segment, run time, seam ratios and colour drift; one fact per line, plain text (no HTML).
+    the last segment, run time, seam ratios and colour drift; one fact per line of at most ~70 characters (the
+    Storyboard node's width), plain text (no HTML).
 
     Raises:
         KeyError: ``report`` lacks a field every report has (``fps``, ``segments``, ``total_frames``, ...).
@@ -38,23 +37,23 @@ def report_summary(report: dict) -> str:
     replayed = len(segments) - len(made)
     lines = [
         f"{len(made)} segment{'s' if len(made) != 1 else ''} generated"
-        + (f" ({replayed} resumed from the memory file)" if replayed else "")
-        + f", {report['total_frames']} frames = {report['total_frames'] / fps:.1f} s at {fps:g} fps, "
-        f"{report['width']}x{report['height']} ({report['model_family']})",
-        f"Memory: {report['memory_mode']}, rate {report['rate']}; last segment attended {last.get('memory_tokens', 0)} "
-        f"tokens covering {last.get('history_frames_covered', 0) / fps:.1f} s of "
-        f"{last.get('history_frames_total', 0) / fps:.1f} s history; final memory {report['final_memory_tokens']} tokens",
+        + (f" ({replayed} resumed from the memory file)" if replayed else ""),
+        f"{report['total_frames']} frames = {report['total_frames'] / fps:.1f} s at {fps:g} fps, "
+        f"{report['width']}x{report['height']}, {report['model_family']}",
+        f"Memory: {report['memory_mode']}, rate {report['rate']}, final {report['final_memory_tokens']} tokens",
+        f"Last segment: {last.get('memory_tokens', 0)} tokens for {last.get('history_frames_covered', 0) / fps:.1f} s "
+        f"of {last.get('history_frames_total', 0) / fps:.1f} s history",
     ]
     seconds = [s["seconds"] for s in made if "seconds" in s]
     if seconds:
-        lines.append(f"Time: {sum(seconds):.1f} s, {sum(seconds) / len(seconds):.1f} s per segment; "
+        lines.append(f"Time: {sum(seconds):.1f} s, {sum(seconds) / len(seconds):.1f} s per segment, "
                      f"peak RAM {report.get('peak_rss_mb', 0) / 1024:.1f} GiB")
     lines += [_seam_line(report), _drift_line(made)]
     if "output_frames" in report:
         dropped = report.get("start_frames_dropped") or 0
         lines.append(f"Output: {report['output_frames']} frames"
-                     + (f" ({dropped} frame{'s' if dropped != 1 else ''} of the starting clip dropped to fit whole "
-                        "segments)" if dropped else ""))
+                     + (f" ({dropped} start frame{'s' if dropped != 1 else ''} dropped to fit whole segments)"
+                        if dropped else ""))
     return "\n".join(lines)
 
 

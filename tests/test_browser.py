@@ -108,3 +108,8 @@ def test_run_button_ends_with_a_video_a_report_and_moving_total(server, ui):
     report = ui.page.evaluate(f"{STORYBOARD_NODE}.widgets.find(w => w.name === '$$node-text-preview').value")
     assert report.startswith("1 segment generated") and "Memory:" in report and "Seams:" in report, report
     assert storyboard_box(ui)["height"] >= 100  # the previews and the report did not squeeze the box
+    shown = ui.page.evaluate("""() => { const d = [...document.querySelectorAll('.dom-widget')]
+        .find(d => d.innerText.includes('segment generated'));
+        return d ? {text: d.innerText, height: d.clientHeight, content: d.scrollHeight} : null; }""")
+    assert shown and shown["text"].count("\n") >= report.count("\n"), (shown, report)
+    assert shown["height"] >= shown["content"] >= 14 * len(report.splitlines()), shown  # every line in view

@@ -9,7 +9,8 @@
 //    done in proportion to value / max.
 // 3. The report summary (the node's ui "text", as ComfyUI's PreviewText) is shown on the node again when the output
 //    comes from cache; a fresh run shows it through the server's progress_text, which the frontend displays natively.
-//    That text is display only: it is kept out of the saved workflow's widgets_values.
+//    That text is display only: it is kept out of the saved workflow's widgets_values. The node grows to show every
+//    line of it.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -18,6 +19,7 @@ const TEXT_WIDGET = "storyboard";
 const PROGRESS_TEXT_WIDGET = "$$node-text-preview"; // the frontend's widget for progress_text messages
 const TEXT_MIN_HEIGHT = 150; // px (graph units) with the 10 px margins: a box of 130 px, about eight lines
 const PROGRESS_EVENT = "framememory.progress";
+const REPORT_LINE_HEIGHT = 16; // px (graph units) per line of the report summary
 const UNITS = 100; // entries one Storyboard adds to the prompt's node table: the Total moves in 1 % steps of it
 
 // The frontend's Pinia execution store. 1.32 offers extensions no API to it; app.extensionManager is the workspace
@@ -64,6 +66,16 @@ api.addEventListener("executed", ({ detail }) => {
   if (hasUnits(detail.prompt_id, detail.node)) setRunFraction(detail.prompt_id, detail.node, 1);
 });
 
+// The frontend sizes its progress-text widget for two lines; the report summary has about eight: grow the widget
+// (and the node) to show every line.
+function fitReport(node, lines) {
+  const widget = node.widgets?.find((w) => w.name === PROGRESS_TEXT_WIDGET);
+  if (!widget?.options) return;
+  widget.options.getMinHeight = () => REPORT_LINE_HEIGHT * lines + 16;
+  node.setSize([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+  node.setDirtyCanvas?.(true, true);
+}
+
 app.registerExtension({
   name: "FrameMemory.Storyboard",
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -95,6 +107,7 @@ app.registerExtension({
       if (typeof text === "string" && text) {
         // the frontend's own progress-text display (the widget a server progress_text message fills)
         api.dispatchCustomEvent("progress_text", { nodeId: String(this.id), text });
+        requestAnimationFrame(() => fitReport(this, text.split("\n").length));
       }
       return result;
     };
