@@ -21,8 +21,9 @@ from pathlib import Path
 
 import requests
 
-# Chromium on a machine with a closed network: no background connections, no sandbox (root in CI), no GPU.
-CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+# Chromium on a machine with a closed network: no background connections, no sandbox (root in CI), no GPU, no
+# reliance on a large /dev/shm (containers).
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic")
 VIEWPORT = {"width": 1920, "height": 1080}  # a full-HD browser window: the size the saved views are made for
 # Settings stored on the server before the page opens: no Templates dialog on the first load.
@@ -66,6 +67,7 @@ class ComfyFrontend:
         self.viewport = dict(viewport or VIEWPORT)
         self.timeout_ms = int(timeout_s * 1000)
         self.errors: list[str] = []
+        self._in_flight: set = set()  # the page's HTTP requests not yet finished or failed
         self._playwright = self.browser = self.page = None
 
     def __enter__(self) -> "ComfyFrontend":
@@ -92,6 +94,9 @@ class ComfyFrontend:
         self.browser = self._playwright.chromium.launch(executable_path=executable, args=list(CHROMIUM_ARGS))
         self.page = self.browser.new_page(viewport=self.viewport)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("request", lambda request: self._in_flight.add(request))
+        self.page.on("requestfinished", lambda request: self._in_flight.discard(request))
+        self.page.on("requestfailed", lambda request: self._in_flight.discard(request))
         self.page.goto(self.url)
         self.page.wait_for_function(READY, timeout=self.timeout_ms)
 
@@ -114,13 +119,17 @@ class ComfyFrontend:
         self.settle()
         return missing
 
-    def settle(self, timeout_s: float = 10.0, interval_ms: int = 400, stable_reads: int = 3) -> None:
+    def settle(self, timeout_s: float = 20.0, interval_ms: int = 400, stable_reads: int = 3) -> None:
         """Wait until the open graph stops changing: widgets that load asynchronously (the Load Video preview appears
-        once the file has loaded) add their values late. Returns when ``stable_reads`` ``graphToPrompt`` results
-        ``interval_ms`` apart agree, or after ``timeout_s``."""
+        once its file has loaded, within the frontend's 8 s media timeout) add their values late. Returns when no
+        request of the page is in flight and ``stable_reads`` ``graphToPrompt`` results ``interval_ms`` apart agree,
+        or after ``timeout_s``."""
         reads: list[str] = []
         for _ in range(int(timeout_s * 1000 / interval_ms)):
             self.page.wait_for_timeout(interval_ms)
+            if self._in_flight:
+                reads.clear()
+                continue
             reads.append(self.page.evaluate("async () => JSON.stringify((await window.app.graphToPrompt()).output)"))
             if len(reads) >= stable_reads and len(set(reads[-stable_reads:])) == 1:
                 return
