@@ -4,7 +4,6 @@ for the main job's evaluation module ``example_eval`` (long_run.py, memory_modes
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -12,12 +11,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-
-def import_pack():
-    """The installed package ``framememory``. Only benchmarks/long_clip_history.py still calls this; new code writes
-    ``import framememory`` (or ``from framememory.x import y``) directly."""
-    return importlib.import_module("framememory")
 
 
 def machine() -> dict:

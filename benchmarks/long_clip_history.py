@@ -23,7 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, import_pack, print_table, write_result  # noqa: E402
+from common import ROOT, print_table, write_result  # noqa: E402
 
 MEDIA = Path(ROOT) / ".cache" / "media"
 
@@ -98,8 +98,6 @@ def read_one(clip: Path, args) -> dict:
 
     comfy.cli_args.args.cpu = True
     import comfy.model_management  # noqa: F401
-
-    import_pack()
 
     from framememory.models.telemetry import peak_rss_mb, rss_mb
     from framememory.models.video_history import FrameSelection, history_from_video

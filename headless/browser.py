@@ -32,6 +32,8 @@ FIRST_RUN_SETTINGS = {"Comfy.TutorialCompleted": True}
 # above y = 140, side bar left of x = 60, minimap and zoom controls below y = 820 on the right): left, top, right,
 # bottom in CSS px. ``fit_view`` places the graph inside it; ``hidden_nodes`` checks it with the real DOM.
 SAFE_AREA = (90, 150, 1890, 810)
+# The API prompt of the open graph as the Run button posts it (the frontend's graphToPrompt, through JSON.stringify).
+GRAPH_TO_PROMPT = "async () => JSON.stringify((await window.app.graphToPrompt()).output)"
 READY = "window.app && window.app.vueAppReady && window.app.graph && window.app.canvas"
 
 
@@ -130,14 +132,14 @@ class ComfyFrontend:
             if self._in_flight:
                 reads.clear()
                 continue
-            reads.append(self.page.evaluate("async () => JSON.stringify((await window.app.graphToPrompt()).output)"))
+            reads.append(self.page.evaluate(GRAPH_TO_PROMPT))
             if len(reads) >= stable_reads and len(set(reads[-stable_reads:])) == 1:
                 return
 
     def graph_to_prompt(self) -> dict:
         """The API prompt of the open graph, from the frontend's own ``app.graphToPrompt`` (``output``, as the Run
         button posts it: through ``JSON.stringify``)."""
-        return json.loads(self.page.evaluate("async () => JSON.stringify((await window.app.graphToPrompt()).output)"))
+        return json.loads(self.page.evaluate(GRAPH_TO_PROMPT))
 
     def serialize(self) -> dict:
         """The open graph as the frontend saves it: ``JSON.stringify(app.graph.serialize())`` (undefined fields dropped),

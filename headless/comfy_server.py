@@ -428,10 +428,12 @@ class ComfyServer:
             return 0.0
 
 
-def add_demo_inputs(server: ComfyServer, media_dir: Path | None = None, clip: str = "bikes.mp4") -> None:
-    """Give ``server`` what the shipped workflows name: the tiny random demo models (``demo/make_tiny_models.py``,
-    run with the server's interpreter) in its model folders and ``clip`` from ``media_dir`` (default
-    ``.cache/media``, fetched by scripts/setup.sh) in its input folder. Call before :meth:`ComfyServer.start`.
+def add_demo_inputs(server: ComfyServer, media_dir: Path | None = None, clip: str = "bikes.mp4",
+                    families: str = "wan21") -> None:
+    """Give ``server`` what the shipped workflows name: the tiny random demo models of ``families`` (comma-separated,
+    ``demo/make_tiny_models.py --families``, run with the server's interpreter) in its model folders and ``clip`` from
+    ``media_dir`` (default ``.cache/media``, fetched by scripts/setup.sh) in its input folder. Call before
+    :meth:`ComfyServer.start`.
 
     Raises:
         ServerError: the clip is missing or make_tiny_models.py failed (its output in the message)."""
@@ -440,8 +442,8 @@ def add_demo_inputs(server: ComfyServer, media_dir: Path | None = None, clip: st
         raise ServerError(f"{source} is missing: run `bash scripts/setup.sh` (it fetches the example clips)")
     server.prepare_base()
     proc = subprocess.run([server.python, str(REPO_ROOT / "demo" / "make_tiny_models.py"), "--comfyui-dir",
-                           str(server.comfyui_dir), "--out", str(server.models_dir)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                           str(server.comfyui_dir), "--out", str(server.models_dir), "--families", families],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise ServerError(f"demo/make_tiny_models.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     shutil.copy2(source, server.input_dir / clip)

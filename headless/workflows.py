@@ -8,10 +8,12 @@ is the command line, ``tests/test_browser.py`` the test.
 """
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
 
+from ..memory.io import write_file_atomic
 from .browser import SAFE_AREA, ComfyFrontend
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,11 +68,12 @@ def check_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
         problems.append(f"the saved view's zoom {view['scale']:.2f} draws nodes as blank boxes")
     api_path = api_path_for(ui_path)
     prompt = ui.graph_to_prompt()
-    if not api_path.exists():
+    committed = json.loads(api_path.read_text()) if api_path.exists() else None
+    if committed is None:
         problems.append(f"{api_path} is missing")
-    elif json.loads(api_path.read_text()) != prompt:
+    elif committed != prompt:
         problems.append(f"{api_path.name} differs from the frontend's graphToPrompt of {ui_path.name}: "
-                        + prompt_difference(json.loads(api_path.read_text()), prompt))
+                        + prompt_difference(committed, prompt))
     if not thumbnail_path_for(ui_path).exists():
         problems.append(f"{thumbnail_path_for(ui_path).name} (thumbnail) is missing")
     return problems
@@ -96,8 +99,8 @@ def write_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
     if problems:
         return problems
     workflow, prompt = ui.serialize(), ui.graph_to_prompt()
-    write_text_atomic(ui_path, dumps(workflow))
-    write_text_atomic(api_path_for(ui_path), dumps(prompt))
+    write_file_atomic(ui_path, dumps(workflow))
+    write_file_atomic(api_path_for(ui_path), dumps(prompt))
     write_thumbnail(ui, thumbnail_path_for(ui_path))
     return []
 
@@ -117,15 +120,7 @@ def write_thumbnail(ui: ComfyFrontend, path: Path) -> Path:
             rgb = image.convert("RGB")
             background = rgb.getpixel((1, 1))
             thumb = ImageOps.pad(rgb, THUMBNAIL_SIZE, method=Image.Resampling.LANCZOS, color=background)
-        part = path.with_name(path.name + ".part")
-        thumb.save(part, format="JPEG", quality=80, optimize=True)
-        part.replace(path)
+    jpeg = io.BytesIO()
+    thumb.save(jpeg, format="JPEG", quality=80, optimize=True)
+    write_file_atomic(path, jpeg.getvalue())
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (no half-written file on a crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_text(text)
-    part.replace(path)

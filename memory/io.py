@@ -30,6 +30,23 @@ def upgrade_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+def write_file_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically: a temporary file in the same folder, then
+    ``os.replace``, so a reader (or a crash) never sees half a file. The pack's writer for JSON and small files
+    (training manifests, workflows, thumbnails); safetensors go through :func:`save_safetensors_atomic`."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"  # created with the usual permissions (umask), unlike tempfile.mkstemp's 0600
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def save_safetensors_atomic(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write a safetensors file atomically: a temporary file in the same folder, then ``os.replace``, so a reader
     (or a crash) never sees half a file. Tensors are detached, moved to the CPU and made contiguous. The pack's one

@@ -6,14 +6,12 @@ after 13 frames of context): ~10 min for the workflow on 2 idle CPU cores, over 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from framememory.headless.comfy_server import ComfyServer, substitute_inputs
+from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASES = {
@@ -29,12 +27,7 @@ def family_run(request, comfyui_dir, media_dir, tmp_path_factory):
     family = request.param
     workflow, stem = CASES[family]
     srv = ComfyServer(tmp_path_factory.mktemp(f"comfy_{family}"), comfyui_dir=comfyui_dir)
-    srv.prepare_base()
-    proc = subprocess.run([srv.python, str(REPO_ROOT / "demo" / "make_tiny_models.py"), "--comfyui-dir", str(comfyui_dir),
-                           "--out", str(srv.models_dir), "--families", family],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"make_tiny_models failed:\n{proc.stdout}\n{proc.stderr}"
-    shutil.copy2(media_dir / "bikes.mp4", srv.input_dir / "bikes.mp4")
+    add_demo_inputs(srv, media_dir, "bikes.mp4", families=family)
     api = substitute_inputs(json.loads((REPO_ROOT / "workflows" / "api" / workflow).read_text()), {
         ("UNETLoader", "unet_name"): f"{stem}.safetensors", ("VAELoader", "vae_name"): f"{stem}_vae.safetensors",
         ("FrameMemoryLoadEncoder", "encoder_name"): f"{stem}_encoder.safetensors", ("LoadVideo", "file"): "bikes.mp4"})

@@ -69,6 +69,7 @@ from ..memory.config import EncoderConfig
 from ..memory.encoder import lr_clip, lr_frames_per_span
 from ..memory.frames import fit_frames, resample_indexed, to_uint8
 from ..memory.grid import memory_grid
+from ..memory.io import write_file_atomic
 
 log = logging.getLogger("framememory.training.data")
 
@@ -417,12 +418,6 @@ def chunk_lr_latents(pixels: torch.Tensor, latent_frames: int, cfg: ClipSettings
     return out
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _unbatched(t: torch.Tensor, ndim: int, what: str) -> torch.Tensor:
     """``t`` detached with a leading batch of 1 removed; ValueError unless it then has ``ndim`` dimensions."""
     t = t.detach()
@@ -552,7 +547,7 @@ class _Preparation:
     def save(self, done: list[str]) -> None:
         """Write the manifest with the videos done so far plus the earlier run's others."""
         videos = self.manifest["videos"] + [v for s, v in self.previous.items() if s not in done]
-        _write_json_atomic(self.out_dir / "manifest.json", {**self.manifest, "videos": videos})
+        write_file_atomic(self.out_dir / "manifest.json", json.dumps({**self.manifest, "videos": videos}, indent=1))
 
 
 def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: ClipSettings,
@@ -589,7 +584,7 @@ def prepare_dataset(input_dir: str | os.PathLike, out_dir: str | os.PathLike, cf
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(written=run["written"], skipped=run["skipped"], failed=run["failed"])
     manifest["num_shards"] = sum(len(v["shards"]) for v in manifest["videos"])
-    _write_json_atomic(out_dir / "manifest.json", manifest)
+    write_file_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=1))
     log.info("prepared %d shards (%d written, %d already there) from %d videos; %d failed", manifest["num_shards"],
              run["written"], run["skipped"], len(videos), run["failed"])
     return manifest
