@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
+import tempfile
 
 import torch
 
@@ -319,3 +322,117 @@ def check_run_inputs(model, vae, encoder, shots: list[Shot], sampler, width: int
     output = schedule.total_frames + (start_frames if output_start else 0)
     check_memory(model, vae, width, height, output, start_frames, latent_frames, tokens)
     return adapter
+
+
+# ---- memory files (save_path, Load Memory; memory/memory_file.py) -------------------------------------------------
+LR_STATE_BYTES_PER_PIXEL = 5700  # Wan 2.1 VAE's causal encoder cache per LR-clip pixel, float32: 135.4 MiB at 208x120
+FREE_SPACE_MARGIN = 1.10  # the estimate of memory_file_bytes plus 10 %
+
+
+def memory_file_bytes(model, encoder, mode: str, width: int, height: int, fps: float, latent_frames: int,
+                      segments: int, experts: int = 1) -> int:
+    """Bytes a memory folder (memory/memory_file.py) holds after ``segments`` segments of ``latent_frames`` latent
+    frames at ``width x height`` and ``fps`` in ``mode``: per segment its float32 latent, and in the modes that encode
+    (frame_preservation, pack_forcing) its memory tokens ``[M, D + 3]`` float32 per expert and LR latent, in the
+    others its uint8 pixels (kept for a later encode); plus two state files (the LR streams' causal caches,
+    :data:`LR_STATE_BYTES_PER_PIXEL` per pixel of every encoder's LR clip; a write keeps the old one until its index
+    commits). An estimate for the free-space check. Raises TypeError for an unsupported model."""
+    from .memory_modes import ENCODED_MODES
+
+    adapter = families.adapter_for(model)
+    ft, sh, sw = adapter.VAE_STRIDE
+    latent = adapter.LATENT_CHANNELS * latent_frames * (height // sh) * (width // sw) * 4
+    seconds = ft * latent_frames / fps
+    if mode in ENCODED_MODES:
+        tokens = memory_tokens_per_second(model, encoder, width, height, fps) * seconds
+        per_segment = latent + tokens * (families.model_width(model) + 3) * 4 * experts + latent // 8
+        lr_pixels = sum((height // (sh * p.check(model).rate[0])) * (width // (sw * p.check(model).rate[1]))
+                        * sh * sw for p in encoder.parts)
+        state = lr_pixels * LR_STATE_BYTES_PER_PIXEL
+    else:
+        per_segment, state = latent + ft * latent_frames * width * height * 3, 0
+    return int(segments * per_segment + 2 * state)
+
+
+def _existing_ancestor(path: str) -> str:
+    """The nearest part of ``path`` (itself or a parent) that exists."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_save_path(folder: str, need_bytes: int, root: str | None = None) -> None:
+    """Refuse a memory folder the run could not write, before its first segment: the folder is a file, a parent is a
+    file, it lies outside ``root`` once symlinks are resolved (``root``: ComfyUI's output folder, or None), the
+    nearest existing folder is not writable (a real write probe: permissions, read-only file systems), or the disk
+    has less free space than ``need_bytes`` (:func:`memory_file_bytes`) plus :data:`FREE_SPACE_MARGIN`.
+
+    Raises:
+        ValueError: naming save_path, the cause and the fix.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"save_path {folder} is a file, not a memory folder: choose another save_path, or delete or "
+                         "rename the file")
+    base = _existing_ancestor(os.path.dirname(os.path.abspath(folder)))
+    if not os.path.isdir(base):
+        raise ValueError(f"save_path {folder}: {base} is a file where a folder is expected: choose a save_path whose "
+                         "parent folders are folders (e.g. 'framememory/my_story')")
+    if root is not None:
+        real, real_root = os.path.realpath(folder), os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise ValueError(f"save_path {folder} leads to {real} through a symbolic link, outside ComfyUI's output "
+                             f"folder {real_root}: choose a save_path inside it without such links")
+    _probe_writable(folder, base)
+    free = shutil.disk_usage(base).free
+    need = int(need_bytes * FREE_SPACE_MARGIN)
+    if free < need:
+        gib = 2 ** 30
+        raise ValueError(f"save_path {folder}: this run's memory file needs about {need / gib:.2f} GiB but the disk "
+                         f"holding {base} has {free / gib:.2f} GiB free: free disk space, choose a save_path on "
+                         "another disk, or shorten the storyboard")
+
+
+def _probe_writable(folder: str, base: str) -> None:
+    """Create and remove a temporary file in ``base`` (the kernel decides: permissions, read-only mounts)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".framememory_probe_", dir=base)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"save_path {folder}: the folder {base} is not writable ({e.strerror or e}): choose a "
+                         "save_path in a writable folder (ComfyUI's output folder), or fix its permissions") from None
+
+
+def check_memory_matches(memory, model, width: int, height: int, fps: float) -> None:
+    """Refuse a memory (Load Memory, Encode History, a resumed save_path) that does not fit this run, before any
+    work: another frame size or fps, latents of another channel count or grid (e.g. a HunyuanVideo or Wan 2.2 memory
+    into a Wan 2.1 model), memory tokens of another width than the model's (a memory made for another DiT).
+
+    Raises:
+        ValueError: naming the memory's value, the run's, and the fix.
+    """
+    if (memory.width, memory.height) != (width, height):
+        raise ValueError(f"the memory is {memory.width}x{memory.height} but this run is {width}x{height}: set width "
+                         f"and height to {memory.width}x{memory.height}, or use a memory made at this size")
+    if abs(float(memory.fps) - float(fps)) > 1e-6:
+        raise ValueError(f"the memory was made at {memory.fps:g} fps but this run is at {fps:g} fps (its time "
+                         f"positions would be wrong): set fps to {memory.fps:g}, or make the history again at "
+                         f"{fps:g} fps (Load Video as History resamples a clip)")
+    adapter = families.adapter_for(model)
+    _, sh, sw = adapter.VAE_STRIDE
+    want = (adapter.LATENT_CHANNELS, height // sh, width // sw)
+    for seg in memory.history.segments[-1:]:
+        have = (int(seg.latent.shape[0]), *(int(n) for n in seg.latent.shape[2:]))
+        if have != want:
+            raise ValueError(f"the memory's latents are {have[0]} channels x {have[1]}x{have[2]} but this "
+                             f"{adapter.FAMILY} model at {width}x{height} makes {want[0]} x {want[1]}x{want[2]}: the "
+                             "memory was made with another model family or VAE; use a memory made with this model")
+    dim = families.model_width(model)
+    token = next((e[0] for s in memory.history.segments for e in s.encoded.values() if e[0].numel()), None)
+    if token is not None and int(token.shape[-1]) != dim:
+        raise ValueError(f"the memory's tokens are {int(token.shape[-1])} wide but this {adapter.FAMILY} model's width "
+                         f"is {dim}: the memory was made for another DiT; use a memory made with this model (and its "
+                         "memory encoder)")

@@ -17,7 +17,8 @@ import logging
 import torch
 
 from ..memory.history import HistoryBuffer
-from ..memory.memory_file import MemoryRecord, StoryboardPosition, StreamState, load_memory, save_memory, storyboard_hash
+from ..memory.memory_file import (MemoryRecord, StoryboardPosition, StreamState, find_memory, load_memory, save_memory,
+                                  storyboard_hash)
 from ..memory.frames import to_uint8
 from .colour_match import correct_segment, record_colour
 from .vae_stream import VideoStream
@@ -46,36 +47,96 @@ def restore_stream(state: StreamState, vae) -> VideoStream:
     return stream
 
 
+def vae_signature(vae) -> dict:
+    """What identifies a VAE's architecture for the LR streams of a memory (their causal caches only fit the VAE that
+    made them): the class of ``vae.first_stage_model`` (comfy.sd.VAE), its latent channels and parameter count."""
+    inner = getattr(vae, "first_stage_model", vae)
+    params = sum(int(p.numel()) for p in inner.parameters()) if hasattr(inner, "parameters") else 0
+    return {"class": type(inner).__name__, "latent_channels": int(getattr(vae, "latent_channels", 0) or 0),
+            "parameters": params}
+
+
 def memory_record(mem) -> MemoryRecord:
     """A :class:`~memory.memory_file.MemoryRecord` of ``mem`` (a models.storyboard.Memory) for
-    :func:`~memory.memory_file.save_memory`."""
+    :func:`~memory.memory_file.save_memory`, with the :func:`vae_signature` of its LR streams' VAE."""
     history = mem.history.copy()
+    vaes = [s.vae for s in history.lr_streams.values() if isinstance(s, VideoStream)]
     history.lr_streams = {p: stream_state(s) if isinstance(s, VideoStream) else s for p, s in history.lr_streams.items()}
     parts = mem.encoder.parts
     return MemoryRecord(history, [p.cfg for p in parts], [p.name for p in parts], mem.fps, mem.width, mem.height,
-                        mem.mode, getattr(mem, "position", None))
+                        mem.mode, getattr(mem, "position", None), vae_signature(vaes[0]) if vaes else None)
 
 
-def save_memory_file(path: str, mem) -> None:
-    """Write ``mem`` (with its position) to ``path`` atomically (memory/memory_file.py)."""
-    save_memory(path, memory_record(mem))
+def save_memory_file(path: str, mem) -> dict:
+    """Append ``mem`` (with its position) to the memory folder of ``path``, crash-safe
+    (:func:`memory.memory_file.save_memory`: only new or changed segments are written). Returns its write stats
+    (``bytes``, ``files``, ``segments_written``, ``generation``, ``seconds``). Raises like ``save_memory``."""
+    return save_memory(path, memory_record(mem))
 
 
 def load_memory_file(path: str, encoder, vae):
-    """The Memory saved in ``path``, its LR streams bound to ``vae``; ``encoder`` (MemoryEncoder or MultiEncoder)
-    must be the one it was made with.
+    """The Memory saved under ``path`` (a ``.fmem`` folder or a ``memory/1`` file,
+    :func:`memory.memory_file.find_memory`), its LR streams bound to ``vae``; ``encoder`` (MemoryEncoder or
+    MultiEncoder) and ``vae`` must be the ones it was made with.
 
     Raises:
         FileNotFoundError, ValueError: like :func:`~memory.memory_file.load_memory`; ValueError also when ``encoder``
-        has another config than the file's (naming the fields) or the VAE is of another kind.
+        has another config than the file's (naming the fields) or ``vae`` is another VAE than the one the memory's
+        LR streams were made with.
     """
     from .storyboard import Memory
 
     record = load_memory(path)
-    check_encoder(encoder, record.encoders, path)
+    source = find_memory(path) or path
+    check_encoder(encoder, record.encoders, source)
+    if record.vae is not None and record.history.lr_streams:
+        given = vae_signature(vae)
+        if given != record.vae:
+            raise ValueError(f"{source} was made with another VAE ({_vae_text(record.vae)}) than the one given "
+                             f"({_vae_text(given)}): connect the VAE the memory was made with to Load Memory")
     history = record.history
     history.lr_streams = {p: restore_stream(s, vae) for p, s in history.lr_streams.items()}
     return Memory(history, encoder, record.fps, record.width, record.height, record.mode, record.position)
+
+
+def _vae_text(sig: dict) -> str:
+    return f"{sig.get('class')}, {sig.get('latent_channels')} latent channels, {sig.get('parameters'):,} parameters"
+
+
+def resume_memory(save_path: str | None, resume: bool, memory, encoder, vae, shots):
+    """What a Storyboard with ``resume`` continues from: ``memory`` (the memory input) when given; with ``resume``,
+    the unfinished run of this storyboard saved under ``save_path``; None when nothing was saved there yet (the run
+    starts at its first segment). Without ``resume``, ``memory``.
+
+    Raises:
+        ValueError: ``resume`` without ``save_path``; the file holds a finished run of this storyboard, or a run of
+        another storyboard (each naming the file and what to change); like :func:`load_memory_file`.
+    """
+    if not resume:
+        return memory
+    if not save_path:
+        raise ValueError("resume is on but save_path is empty: set save_path to the memory file of the run to continue "
+                         "(a memory input from Load Memory continues a run without resume), or turn resume off")
+    if memory is not None:
+        return memory  # the memory input wins (Load Memory -> memory continues the same way)
+    if find_memory(save_path) is None:
+        log.info("FrameMemory: resume is on but %s holds no saved segment yet: starting the storyboard", save_path)
+        return None
+    memory = load_memory_file(save_path, encoder, vae)
+    pos, source = memory.position, find_memory(save_path)
+    if pos is not None and pos.storyboard_sha256 == storyboard_hash(shots) and pos.finished:
+        raise ValueError(f"resume is on but {source} holds a finished run of this storyboard ({pos.total_segments} of "
+                         f"{pos.total_segments} segments): turn resume off to start it again (the file is replaced), "
+                         "or add shots to the storyboard and continue it through Load Memory -> memory with another "
+                         "save_path")
+    if pos is None or pos.storyboard_sha256 != storyboard_hash(shots):
+        raise ValueError(f"resume is on but {source} holds "
+                         + ("a memory of no storyboard run" if pos is None else "a run of another storyboard (its text "
+                            "or durations differ)")
+                         + ": set the storyboard back to the one saved there to continue it, or turn resume off to "
+                           "start this one (the file is replaced), or continue that history through Load Memory -> "
+                           "memory with another save_path")
+    return memory
 
 
 def check_encoder(encoder, configs: list, source: str) -> None:
@@ -160,5 +221,5 @@ def replay_segments(decoder: VideoStream, history: HistoryBuffer, run_start: int
     return out
 
 
-__all__ = ["stream_state", "restore_stream", "memory_record", "save_memory_file", "load_memory_file", "check_encoder",
+__all__ = ["stream_state", "restore_stream", "vae_signature", "memory_record", "resume_memory", "save_memory_file", "load_memory_file", "check_encoder",
            "run_settings", "resume_position", "resumes", "make_position", "replay_segments"]

@@ -30,7 +30,8 @@ from .conds import attach_memory
 from .colour_match import correct_segment, mean_std, record_colour
 from .cross_attention import install_cross_attention
 from .encoding import MemoryEncoder, MultiEncoder, encode_pending, rate_str
-from .input_checks import check_history_inputs, check_latent_finite, check_run_inputs
+from .input_checks import (check_history_inputs, check_latent_finite, check_memory_matches, check_run_inputs,
+                           check_save_path, memory_file_bytes)
 from .memory_modes import ENCODED_MODES, MemoryInputs, memory_inputs, mode_config
 from .state_readout import install_state_readout
 from .experts import encode_pending_experts, expert_keys, expert_models, memory_token_count
@@ -216,13 +217,12 @@ class HistoryWriter:
     def __init__(self, model, vae, encoder: MemoryEncoder | MultiEncoder, latent_frames: int, fps: float, width: int,
                  height: int, memory: Memory | None = None, model_low_noise=None, mode: str = "frame_preservation",
                  keep_pixels: bool = True) -> None:
-        from .input_checks import check_fps, check_frame_size
+        from .input_checks import check_fps, check_frame_size, check_memory_matches
 
         fps = check_fps(fps)
         adapter = check_frame_size(model, width, height, encoder, mode)
-        if memory is not None and (memory.width, memory.height) != (width, height):
-            raise ValueError(f"the memory to continue is {memory.width}x{memory.height} but the clip is made "
-                             f"{width}x{height}: set width and height to {memory.width}x{memory.height}")
+        if memory is not None:
+            check_memory_matches(memory, model, width, height, fps)
         self.models = expert_models(model, model_low_noise)
         for m in self.models:
             mode_config(encoder, m, mode)
@@ -374,7 +374,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         nothing (the history still gives the output and the decode stream), the baseline for what memory buys.
         colour_correction: strength 0..1 of the colour-drift correction (:mod:`models.colour_match`: each segment's
         Lab mean / std matched to the history's before it is appended); 0 = off.
-        save_path: memory file (memory/memory_file.py) written atomically after every segment, or None.
+        save_path: memory folder (memory/memory_file.py) appended to after every segment (crash-safe), or None;
+        checked before the first segment (:func:`models.input_checks.check_save_path`).
         interrupt_path: memory file written with the finished segments when the run is interrupted (not needed with
         ``save_path``, whose file already holds them), or None: an interrupt then loses them.
         progress: called as ``progress(done, total)`` with the run-wide sampling steps (``total`` = segments of the
@@ -393,8 +394,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
     """
     adapter = check_run_inputs(model, vae, encoder, shots, sampler, width, height, fps, latent_frames,
                                start.history.num_frames if start else 0, mode)  # before any work: names the input
-    if start is not None and (start.width, start.height) != (width, height):
-        raise ValueError(f"the history is {start.width}x{start.height} but the storyboard is {width}x{height}")
+    if start is not None:  # size, fps, latent grid and token width: a memory of another run fails here, not mid-run
+        check_memory_matches(start, model, width, height, fps)
     if not 0.0 <= colour_correction <= 1.0:
         raise ValueError(f"colour_correction must be a strength in 0..1, got {colour_correction}")
     models = expert_models(model, model_low_noise)
@@ -402,6 +403,11 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         mode_config(encoder, m, mode)
     settings = run_settings(sampler, latent_frames, fps, width, height, mode, colour_correction)
     resume = resume_position(start, shots, settings, encoder)
+    if save_path:  # before any work: a file in the way, no write permission, a full disk
+        segments = (len(start.history.segments) if start else 0) + len(SegmentSchedule(
+            shots, fps, latent_frames, adapter.VAE_STRIDE[0])) - (resume.next_segment if resume else 0)
+        check_save_path(save_path, memory_file_bytes(model, encoder, mode, width, height, fps, latent_frames,
+                                                     segments, len(models)))
     if resume is not None:  # the stopped run's seeds, whatever the seed widget says now
         sampler = dataclasses.replace(sampler, seed=resume.seed)
     stages = step_ranges(models, encoder, sampler)
@@ -450,7 +456,8 @@ def _generate_segments(run: _Run, plans, total: int, out_frames: list, position,
             segments.append(record)
             mem.position = position(plan.index + 1)
             if save_path:
-                save_memory_file(save_path, mem)
+                saved = save_memory_file(save_path, mem)  # appends this segment (memory/memory_file.py)
+                record.update(memory_file_bytes=saved["bytes"], memory_file_s=saved["seconds"])
             elif interrupt_path:
                 finished = dataclasses.replace(mem, history=mem.history.copy())  # cheap: segments are shared
             log.info("FrameMemory: segment %d/%d (shot %d) %d frames, %d memory tokens, %.1fs", plan.index + 1,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import comfy.samplers
@@ -14,7 +13,7 @@ from ..memory.storyboard import parse_storyboard, split_clip
 from ..models.input_checks import check_frames, check_run_inputs
 from ..models.memory_modes import MEMORY_MODES
 from ..models import families
-from ..models.resume import load_memory_file, resumes
+from ..models.resume import resume_memory, resumes
 from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
 from . import tooltips
 from .memory_file_nodes import memory_path
@@ -95,15 +94,17 @@ class Storyboard(io.ComfyNode):
                                        "frames only. off: no memory (the baseline: same seed, compare against the real "
                                        "continuation). pack_forcing and video_ssm: Wan 2.1 / 2.2 only."),
                 io.String.Input("save_path", default="", optional=True,
-                                tooltip="Memory file (relative to ComfyUI's output folder, '.safetensors' added) written "
-                                        "after every segment: history, memory tokens, encoder config and where the run "
-                                        "stands. Empty: nothing is written while it runs, and an interrupt writes the "
-                                        "finished segments to output/framememory/interrupted/ instead of losing them."),
+                                tooltip="Memory folder (relative to ComfyUI's output folder, '.fmem' added) appended to "
+                                        "after every segment, crash-safe: history, memory tokens, encoder config and where "
+                                        "the run stands. Checked before the first segment (writable, free space). "
+                                        "Empty: nothing is written while it runs, and an interrupt writes the finished "
+                                        "segments to output/framememory/interrupted/ instead of losing them."),
                 io.Boolean.Input("resume", default=False, optional=True,
                                  tooltip="Continue the unfinished run saved in save_path (e.g. after a server restart): "
-                                         "same next segment, same seeds, same frames as without the stop. Needs the same "
-                                         "storyboard text and settings. No file yet: starts from the beginning. A memory "
-                                         "input from Load Memory resumes the same way without this switch."),
+                                         "same next segment, same seeds, same frames as without the stop. Needs save_path, "
+                                         "the same storyboard text and settings; a finished run or another storyboard's "
+                                         "file is refused. No file yet: starts from the beginning. A memory input from "
+                                         "Load Memory resumes the same way without this switch."),
                 io.Combo.Input("colour_correction", options=["off", "on"], default="off", optional=True,
                                tooltip="Colour-drift correction: match each new segment's colour (mean and spread per "
                                        "Lab channel) to the history's before it is appended, so tints do not build up "
@@ -134,11 +135,7 @@ class Storyboard(io.ComfyNode):
                          width, height, fps, segment_latent_frames, memory.history.num_frames if memory else 0,
                          memory_mode, 0 if start_images is None else int(start_images.shape[0]), include_history)
         save = memory_path(save_path) if save_path.strip() else None
-        if resume and memory is None and save is not None:
-            if os.path.isfile(save):
-                memory = load_memory_file(save, memory_encoder, vae)  # the stopped run: Load Memory without the node
-            else:
-                log.info("FrameMemory: resume is on but %s does not exist yet: starting the storyboard", save)
+        memory = resume_memory(save, resume, memory, memory_encoder, vae, shots)  # the stopped run, or refused
         start, dropped = memory, 0
         if start_images is not None and resumes(memory, shots):  # the saved history already holds the clip
             dropped = split_clip(int(start_images.shape[0]), segment_latent_frames, vae_time_stride(model))[0]

@@ -95,6 +95,13 @@ def test_interrupted_run_resumes_frame_identical(story, tmp_path, monkeypatch):
     saved = load_memory(str(full_path))
     assert saved.position.finished and saved.position.next_segment == saved.position.total_segments == 2
     assert saved.position.elapsed_s == 2.0 and saved.position.run_start_segment == 2
+    folder = tmp_path / "full.fmem"  # the memory folder: one file per segment, the state, the index
+    first, second = (s["memory_file_bytes"] for s in report["segments"])
+    segment_files = sorted(p.stat().st_size for p in folder.glob("segment-*"))
+    assert len(segment_files) == 4 and segment_files[-1] - segment_files[0] < 64  # same tensors, headers differ a bit
+    # the first write carried the 2 history segments too; the append wrote one segment, the state and the index
+    assert abs(first - second - 2 * segment_files[0]) < 100, (first, second, segment_files)
+    _assert_estimate_covers(story, folder, segments=4)
 
     generate = storyboard.generate_segment
 
@@ -137,6 +144,100 @@ def test_load_memory_rejects_another_encoder(story, tmp_path):
         load_memory_file(str(tmp_path / "missing.safetensors"), encoder, vae)
 
 
+def _assert_estimate_covers(story, folder: Path, segments: int) -> None:
+    """The free-space check's estimate (input_checks.memory_file_bytes) is at least the folder's real size."""
+    from framememory.models.input_checks import memory_file_bytes
+
+    model, _, encoder, *_ = story
+    real = sum(p.stat().st_size for p in folder.iterdir())
+    estimate = memory_file_bytes(model, encoder, "frame_preservation", 256, 128, 16.0, 4, segments)
+    assert real <= estimate, (real, estimate)
+
+
+def test_resume_refusals_name_the_file_and_the_fix(story, tmp_path):
+    """resume without save_path, on a finished run, on another storyboard's run; nothing saved yet starts afresh (a
+    folder whose first write never committed too); a memory input wins over the file."""
+    import dataclasses
+
+    from framememory.memory.memory_file import storyboard_hash
+    from framememory.memory.storyboard import parse_storyboard
+    from framememory.models.resume import resume_memory, save_memory_file
+
+    _, vae, encoder, _, start, _, shots, _ = story
+    with pytest.raises(ValueError, match="resume is on but save_path is empty: set save_path"):
+        resume_memory(None, True, None, encoder, vae, shots)
+    assert resume_memory(None, False, start, encoder, vae, shots) is start
+    path = str(tmp_path / "run")
+    assert resume_memory(path, True, None, encoder, vae, shots) is None  # nothing saved yet
+    (tmp_path / "run.fmem").mkdir()
+    (tmp_path / "run.fmem" / "segment-000000-000001.safetensors").write_bytes(b"half")  # stopped before a commit
+    assert resume_memory(path, True, None, encoder, vae, shots) is None
+    from framememory.memory.memory_file import StoryboardPosition
+
+    finished = StoryboardPosition(storyboard_hash(shots), 2, 2, -1, 7, 2.0, 2, {})
+    save_memory_file(path, dataclasses.replace(start, position=finished))
+    with pytest.raises(ValueError, match=r"run.fmem holds a finished run of this storyboard \(2 of 2 segments\): "
+                                         r"turn resume off"):
+        resume_memory(path, True, None, encoder, vae, shots)
+    other = parse_storyboard("3.0 | a boat")
+    with pytest.raises(ValueError, match=r"run.fmem holds a run of another storyboard .*set the storyboard back"):
+        resume_memory(path, True, None, encoder, vae, other)
+    assert resume_memory(path, True, start, encoder, vae, other) is start  # the memory input wins
+    unfinished = dataclasses.replace(finished, next_segment=1, next_shot=1)
+    save_memory_file(path, dataclasses.replace(start, position=unfinished))
+    assert resume_memory(path, True, None, encoder, vae, shots).position == unfinished
+
+
+def test_mismatched_memory_and_save_path_refused_before_the_first_segment(story, tmp_path, monkeypatch):
+    """A memory made at another fps, with latents of another channel count (another family's VAE) or tokens of another
+    width (another DiT), and a save_path under a file, on a full disk or as a file, fail before any segment is
+    sampled, naming the input and the fix."""
+    import dataclasses
+
+    import framememory.models.input_checks as checks
+    import framememory.models.storyboard as storyboard
+    from framememory.memory.history import HistoryBuffer
+
+    _, _, _, _, start, *_ = story
+
+    def never(*args, **kwargs):
+        raise AssertionError("a segment was generated")
+
+    monkeypatch.setattr(storyboard, "generate_segment", never)
+
+    def with_segments(change) -> object:
+        segments = [change(s) for s in start.history.segments]
+        return dataclasses.replace(start, history=HistoryBuffer(segments))
+
+    cases = {  # start memory / run kwargs -> error fragment
+        "fps": (dataclasses.replace(start, fps=24.0), {}, "memory was made at 24 fps but this run is at 16 fps"),
+        "channels": (with_segments(lambda s: dataclasses.replace(s, latent=torch.zeros(48, *s.latent.shape[1:]))), {},
+                     "latents are 48 channels x 16x32 but this wan21 model at 256x128 makes 16 x 16x32"),
+        "token width": (with_segments(lambda s: dataclasses.replace(s, encoded={
+            k: (torch.zeros(v[0].shape[0], 3072), *v[1:]) for k, v in s.encoded.items()})), {},
+            "tokens are 3072 wide but this wan21 model's width is 128"),
+        "size": (dataclasses.replace(start, width=512), {}, "the memory is 512x128 but this run is 256x128"),
+    }
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "taken.fmem").write_text("x")
+    cases["parent is a file"] = (start, {"save_path": str(tmp_path / "afile" / "run.fmem")},
+                                 "afile is a file where a folder is expected")
+    cases["folder is a file"] = (start, {"save_path": str(tmp_path / "taken.fmem")}, "taken.fmem is a file, not a")
+    for case, (memory, kwargs, fragment) in cases.items():
+        with pytest.raises(ValueError) as err:
+            _run(story, start=memory, **kwargs)
+        assert fragment in str(err.value), (case, str(err.value))
+    monkeypatch.setattr(checks.shutil, "disk_usage", lambda p: shutil_usage(free=2 ** 20))  # a disk with 1 MiB free
+    with pytest.raises(ValueError, match=r"memory file needs about 0\.\d\d GiB but the disk holding .* has 0\.00 GiB free"):
+        _run(story, save_path=str(tmp_path / "run"))
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(total=2 * free, used=free, free=free)
+
+
 # ---- through a real server, killed with SIGKILL mid-run -----------------------------------------------------------
 STORY = "2.0 | a cyclist rides down a sunny city street\n2.0 | the cyclist passes parked cars"  # 4 segments of 16
 
@@ -161,13 +262,11 @@ def _frames(server, prompt_id: str) -> np.ndarray:
     return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
 
 
-def _next_segment(path: Path) -> int:
-    from safetensors import safe_open
-
+def _next_segment(folder: Path) -> int:
+    """The next segment in the committed index of a memory folder (0 before its first commit)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads(f.metadata()["framememory_memory"])["position"]["next_segment"]
-    except Exception:  # not written yet (safetensors raises its own error types)
+        return json.loads((folder / "index.json").read_text())["position"]["next_segment"]
+    except FileNotFoundError:  # not written yet
         return 0
 
 
@@ -179,7 +278,7 @@ def test_server_killed_after_two_segments_resumes_frame_identical(comfyui_dir, m
     first = ComfyServer(base, comfyui_dir=comfyui_dir)
     add_demo_inputs(first, media_dir, VIDEO)
     tiny = substitute_inputs(json.loads(TINY_API.read_text()), {**TINY_NAMES, ("LoadVideo", "file"): VIDEO})
-    saved = first.output_dir / "resume_test" / "killed.safetensors"
+    saved = first.output_dir / "resume_test" / "killed.fmem"
     with first:
         reference = _frames(first, first.run(_prompt(tiny, "full"), timeout=900)[0])
         first.post_prompt(_prompt(tiny, "killed", save_path="resume_test/killed"))
