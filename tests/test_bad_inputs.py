@@ -290,6 +290,132 @@ def test_bad_input_fails_at_once_naming_the_input(server, case):
     assert server.alive()
 
 
+# ---- memory files (issue 25): each refused by the node that reads or checks it, in seconds, naming the file --------
+LAB = REPO_ROOT / "lab_model"
+LAB_ENCODER = "framememory_lab_wan21_encoder.safetensors"
+
+
+def _tiny_memory(server, position=None, fps: float = 16.0):
+    """A Memory of the tiny encoder with no segments (no LR stream: no VAE bound), at 128x64."""
+    from framememory.memory.history import HistoryBuffer
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import Memory
+
+    encoder = MemoryEncoder.from_file(str(server.models_dir / "memory_encoders" / TINY_NAMES[
+        ("FrameMemoryLoadEncoder", "encoder_name")]))
+    return Memory(HistoryBuffer(), encoder, fps, 128, 64, "frame_preservation", position)
+
+
+def _lab_memory(media_dir):
+    """A real memory made with the lab set (its DiT, VAE and encoder) from 13 frames of bikes.mp4 at 128x64."""
+    import comfy.sd
+    import comfy.utils
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.storyboard import history_from_frames
+
+    model = comfy.sd.load_diffusion_model(str(LAB / "framememory_lab_wan21.safetensors"))
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(LAB / "framememory_lab_wan21_vae.safetensors")))
+    with av.open(str(media_dir / "bikes.mp4")) as c:
+        frames = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for _, f in zip(range(13), c.decode(video=0))])
+    memory, _ = history_from_frames(model, vae, MemoryEncoder.from_file(str(LAB / LAB_ENCODER)), frames.float() / 255,
+                                    4, 16.0, 128, 64)
+    return memory
+
+
+@pytest.fixture(scope="module")
+def memory_files(server, media_dir, tmp_path_factory):
+    """Memory files in the server's output folder ``fm/``: damaged, foreign and mismatched ones, a finished run."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from framememory.memory.history import PartKey
+    from framememory.memory.memory_file import StoryboardPosition, storyboard_hash
+    from framememory.memory.storyboard import parse_storyboard
+    from framememory.models.resume import save_memory_file
+
+    fm = server.output_dir / "fm"
+    fm.mkdir(parents=True, exist_ok=True)
+    (fm / "bad_json.fmem").mkdir()
+    (fm / "bad_json.fmem" / "index.json").write_text("{oops")
+    (fm / "no_segments.fmem").mkdir()
+    (fm / "no_segments.fmem" / "index.json").write_text(json.dumps({"format": "memory/2", "generation": 1}))
+    save_file({"w": torch.zeros(1)}, str(fm / "old_json.safetensors"), {"framememory_memory": "{oops"})
+    save_file({"w": torch.zeros(1)}, str(fm / "old_no_segments.safetensors"),
+              {"framememory_memory": json.dumps({"format": "memory/1"})})
+    shutil.copy2(LAB / LAB_ENCODER, server.models_dir / "memory_encoders" / LAB_ENCODER)
+    save_memory_file(str(fm / "lab"), _lab_memory(media_dir))
+    finished = StoryboardPosition(storyboard_hash(parse_storyboard("0.5 | a cat")), 1, 1, -1, 42, 0.5, 0, {})
+    save_memory_file(str(fm / "finished"), _tiny_memory(server, finished))
+    save_memory_file(str(fm / "at24fps"), _tiny_memory(server, fps=24.0))
+    wide = _tiny_memory(server)
+    wide.history.append(torch.zeros(16, 4, 8, 16), torch.zeros(16, 64, 128, 3))
+    seg = wide.history.segments[0]
+    wide.history.segments[0] = dataclasses.replace(seg, frames=None, encoded={  # tokens of a 3072-wide DiT
+        PartKey(): (torch.zeros(8, 3072), torch.zeros(8, 3))})
+    save_memory_file(str(fm / "wide_tokens"), wide)
+    (server.output_dir / "afile").write_text("a file, not a folder")
+    (fm / "taken.fmem").write_text("a file where the memory folder goes")
+    (server.output_dir / "escape").symlink_to(tmp_path_factory.mktemp("outside_output"))
+    return fm
+
+
+def _load_memory_prompt(path: str, encoder: str | None = None, **storyboard) -> dict:
+    """``_prompt`` with a Load Memory node (tiny VAE; ``encoder``: another encoder file) into the Storyboard."""
+    api = _prompt(**storyboard)
+    api["12"] = {"class_type": "FrameMemoryLoadMemory", "inputs": {"path": path, "memory_encoder": ["8", 0],
+                                                                   "vae": ["5", 0]}}
+    if encoder:
+        api["13"] = {"class_type": "FrameMemoryLoadEncoder", "inputs": {"encoder_name": encoder}}
+        api["12"]["inputs"]["memory_encoder"] = ["13", 0]
+    api["9"]["inputs"]["memory"] = ["12", 0]
+    return api
+
+
+BAD_MEMORY = {  # case -> (prompt factory, fragments the error must contain)
+    "index not JSON": (lambda: _load_memory_prompt("fm/bad_json"),
+                       ["fm/bad_json.fmem/index.json is not valid JSON", "save the memory again"]),
+    "index without segments": (lambda: _load_memory_prompt("fm/no_segments"),
+                               ["fm/no_segments.fmem/index.json lacks", "segments", "damaged"]),
+    "old file, metadata not JSON": (lambda: _load_memory_prompt("fm/old_json"),
+                                    ["fm/old_json.safetensors", "metadata is not valid JSON"]),
+    "old file without segments": (lambda: _load_memory_prompt("fm/old_no_segments"),
+                                  ["fm/old_no_segments.safetensors", "no 'segments' list"]),
+    "lab memory, tiny VAE": (lambda: _load_memory_prompt("fm/lab", encoder=LAB_ENCODER),
+                             ["fm/lab.fmem was made with another VAE", "connect the VAE the memory was made with"]),
+    "memory of a 3072-wide DiT": (lambda: _load_memory_prompt("fm/wide_tokens"),
+                                  ["tokens are 3072 wide but this wan21 model's width is 128", "made for another DiT"]),
+    "memory at 24 fps": (lambda: _load_memory_prompt("fm/at24fps"), ["memory was made at 24 fps but this run is at 16",
+                                                                     "set fps to 24"]),
+    "resume, finished run": (lambda: _prompt(save_path="fm/finished", resume=True),
+                             ["fm/finished.fmem holds a finished run of this storyboard", "turn resume off"]),
+    "resume without save_path": (lambda: _prompt(resume=True), ["resume is on but save_path is empty"]),
+    "save_path under a file": (lambda: _prompt(save_path="afile/story"),
+                               ["afile is a file where a folder is expected", "choose a save_path"]),
+    "save_path is a file": (lambda: _prompt(save_path="fm/taken"), ["taken.fmem is a file, not a memory folder"]),
+    "save_path through a link": (lambda: _prompt(save_path="escape/story"),
+                                 ["through a symbolic link", "outside ComfyUI's output folder"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MEMORY))
+def test_bad_memory_file_fails_at_once_naming_it(server, memory_files, case):
+    make, fragments = BAD_MEMORY[case]
+    arrived = {}
+    events = server.follow(_post(server, make()), timeout=120, on_event=lambda e: arrived.setdefault(
+        (e["data"] or {}).get("node") if e["type"] == "executing" else e["type"], time.monotonic()))
+    last = events[-1]
+    assert last["type"] == "execution_error", f"{case}: {[e['type'] for e in events]}"
+    message = last["data"]["exception_message"]
+    missing = [f for f in fragments if f not in message]
+    assert not missing, f"{case}: {missing} not in {message!r}"
+    assert last["data"]["node_id"] in ("9", "12"), last["data"]  # the Storyboard or Load Memory refused it
+    seconds = arrived["execution_error"] - arrived.get(last["data"]["node_id"], arrived["execution_error"])
+    assert seconds < 3, f"{case}: node {last['data']['node_id']} refused after {seconds:.1f} s"
+    assert server.alive()
+
+
 def test_rgba_start_frames_and_good_prompt_run_after_the_bad_ones(server):
     """Run last (definition order): after every bad prompt the server still runs a good one, with RGBA start frames
     (alpha from the clip's red channel) whose alpha is dropped."""
