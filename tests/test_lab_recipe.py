@@ -1,8 +1,9 @@
-"""The lab model recipe (training/lab.py) shortened to its smoke preset, and its four files through the stock loaders.
+"""The lab model recipe (training/lab.py) shortened to its smoke preset, and its files through the stock loaders.
 
 Runs ``training/lab.py --preset smoke`` as a subprocess (the one command of the full recipe, same code path: real
-clip ``bigbuckbunny.mp4`` from scripts/setup.sh, VAE training, shards, DiT pretraining, Stage I, Stage II; about a
-minute on 2 cores), then loads what it wrote the way ComfyUI's stock nodes do: Load Diffusion Model
+clip ``bigbuckbunny.mp4`` from scripts/setup.sh, VAE training, plain and leave-and-return sequences, DiT pretraining,
+Stage I, Stage II at two rates, the no-memory and sliding-window floors, PackForcing, VideoSSM; one to three minutes
+on 2 cores), then loads what it wrote the way ComfyUI's stock nodes do: Load Diffusion Model
 (``comfy.sd.load_diffusion_model``), Load VAE (``comfy.sd.VAE``), LoraLoaderModelOnly
 (``comfy.sd.load_lora_for_models``) and our Load Memory Encoder (``MemoryEncoder.from_file``).
 """
@@ -13,9 +14,7 @@ import json
 import pytest
 import torch
 
-from framememory.training.lab import FILES, META_KEY, MODE_FILES, PRESETS
-
-ALL_FILES = {**FILES, **MODE_FILES}
+from framememory.training.lab import ALL_FILES, FILES, FLOOR_FILES, META_KEY, MODE_FILES, PRESETS
 
 
 def _metadata(path) -> dict:
@@ -35,7 +34,10 @@ def test_every_file_records_recipe_seed_clips_and_commit(smoke_lab):
         assert len(meta["commit"].split("+")[0]) == 40 or meta["commit"] == "unknown"
         assert meta["recipe"]["rate"] == PRESETS["smoke"].rate
     assert summary["shards"]["count"] >= 1 and summary["vae"]["heldout_fp16_file"]["per_clip"]["bikes.mp4"]["frames"] == 5
-    assert sum(f["bytes"] for f in summary["files"].values()) < 30e6
+    assert summary["shards"]["kinds"] == {"plain": 1, "return": 1}  # a leave-and-return sequence was built
+    assert set(summary["phases"]) >= {"vae", "sequences", "dit", "stage1", "stage2", "stage1_b", "stage2_b", "nomemory",
+                                      "sliding", "pack_forcing", "video_ssm"}
+    assert sum(f["bytes"] for f in summary["files"].values()) == summary["total_bytes"] < 40e6
 
 
 def test_stock_loaders_take_the_files(comfy, smoke_lab):
@@ -60,7 +62,38 @@ def test_stock_loaders_take_the_files(comfy, smoke_lab):
     assert pairs and len(patched.patches) == len(pairs)  # every LoRA pair found its weight
     enc = MemoryEncoder.from_file(str(smoke_lab / FILES["encoder"]))                      # Load Memory Encoder
     cfg = enc.check(patched)
-    assert cfg.rate_str == r.rate and cfg.dim == r.dit_dim
+    assert cfg.rate_str == r.rate and cfg.dim == r.dit_dim and cfg.overlap_latent_frames == r.overlap
+
+
+def test_floor_and_probe_loras_load_and_differ(comfy, smoke_lab):
+    """The no-memory, sliding-window, Stage I and 4x4x2 files (issue 23): every LoRA applies through the stock loader
+    at fp16, the 4x4x2 encoder loads at its rate, and the floors are separate trainings (not copies of the memory
+    LoRA); load_lab_model gives mode off / sliding_window their floor LoRA."""
+    import comfy.sd
+    import comfy.utils
+    from safetensors.torch import load_file
+
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.training.lab import load_lab_model
+
+    r = PRESETS["smoke"]
+    model = comfy.sd.load_diffusion_model(str(smoke_lab / FILES["dit"]))
+    loras = {}
+    for part in ("lora", "nomemory_lora", "sliding_lora", "stage1_lora", "lora_4x4x2"):
+        sd = comfy.utils.load_torch_file(str(smoke_lab / ALL_FILES[part]), safe_load=True)
+        assert all(v.dtype == torch.float16 for v in sd.values()), part
+        patched, _ = comfy.sd.load_lora_for_models(model, None, sd, 1.0, 0)
+        assert len(patched.patches) == len({k.rsplit(".lora_", 1)[0] for k in sd if ".lora_" in k}), part
+        loras[part] = load_file(str(smoke_lab / ALL_FILES[part]))
+    for part in ("nomemory_lora", "sliding_lora"):
+        assert any(not torch.equal(v, loras["lora"][k]) for k, v in loras[part].items() if "lora_B" in k), part
+    enc = MemoryEncoder.from_file(str(smoke_lab / FLOOR_FILES["encoder_4x4x2"]))
+    assert enc.check(model).rate_str == r.rate_b
+    off, _, _ = load_lab_model(smoke_lab, mode="off")
+    some = next(k for k in loras["nomemory_lora"] if k.endswith("lora_B.weight"))
+    key = some.replace(".lora_B.weight", ".weight")
+    up = off.patches[key][0][1].weights[0]  # comfy.weight_adapter LoRAAdapter: (lora_B, lora_A, alpha, ...)
+    assert torch.equal(up.float(), loras["nomemory_lora"][some].float())
 
 
 def test_mode_files_load_as_their_memory_designs(comfy, smoke_lab):
@@ -83,18 +116,23 @@ def test_mode_files_load_as_their_memory_designs(comfy, smoke_lab):
 
 
 def test_committed_lab_model_loads_through_stock_loaders(comfy):
-    """The shipped lab_model/ set: recipe metadata of the full preset, <= 30 MB, and it loads as the nodes load it."""
+    """The shipped lab_model/ set: recipe metadata of the full preset, <= 40 MB, and it loads as the nodes load it.
+    Sizes come from the files' own recipe metadata (the set before issue 23 has 8 files and a width-128 DiT; the
+    set after it all of ALL_FILES)."""
     from framememory.training.lab import LAB_DIR, load_lab_model
 
-    total = sum((LAB_DIR / f).stat().st_size for f in ALL_FILES.values())
-    assert total <= 30e6
-    for part, name in ALL_FILES.items():
+    present = {part: name for part, name in ALL_FILES.items() if (LAB_DIR / name).is_file()}
+    assert set(present) >= set(FILES) | set(MODE_FILES)
+    assert sum((LAB_DIR / f).stat().st_size for f in present.values()) <= 40e6
+    for part, name in present.items():
         meta = _metadata(LAB_DIR / name)
         assert meta["preset"] == "lab" and meta["part"] == part and len(meta["train_clips"]) >= 10
         assert not set(meta["train_clips"]) & set(meta["heldout_clips"]) and "bikes.mp4" in meta["heldout_clips"]
+    recipe = _metadata(LAB_DIR / FILES["dit"])["recipe"]
     model, vae, encoder = load_lab_model(LAB_DIR)
-    r = PRESETS["lab"]
-    assert model.model.diffusion_model.dim == r.dit_dim and len(model.patches) > 0  # the Stage II LoRA is applied
-    assert encoder.check(model).rate_str == r.rate
-    latent = vae.encode(torch.rand(5, r.height, r.width, 3))
-    assert tuple(latent.shape) == (1, 16, 2, r.height // 8, r.width // 8)
+    dm = model.model.diffusion_model
+    assert dm.dim == recipe["dit_dim"] and dm.num_heads == max(1, recipe["dit_dim"] // 128) and len(model.patches) > 0
+    assert encoder.check(model).rate_str == recipe["rate"]
+    h, w = recipe["height"], recipe["width"]
+    latent = vae.encode(torch.rand(5, h, w, 3))
+    assert tuple(latent.shape) == (1, 16, 2, h // 8, w // 8)

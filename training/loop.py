@@ -9,7 +9,7 @@ One loop for both stages (``TrainArgs.stage``), the losses are :mod:`training.st
 * **Mixed precision** (``no`` / ``bf16`` / ``fp16``: autocast around the forward), **gradient accumulation**
   (``accelerator.accumulate``: gradients sync and the optimizer steps every ``grad_accum`` micro-batches),
   gradient clipping.
-* **Checkpoints**: ``accelerator.save_state`` into ``OUT/checkpoints/step_NNNNNNN`` (optimizer, sampler epoch,
+* **Checkpoints**: ``accelerator.save_state`` into ``OUT/checkpoints/step_NNNNNNN`` (optimizer, LR scheduler, sampler epoch,
   RNG states, the step counter and, through a save hook, only the *trainable* weights: LoRA + encoder, not the
   frozen base DiT); ``resume`` continues exactly: every random draw of a micro-batch (Omega, mask levels, noise,
   diffusion time, window crop) comes from a generator seeded by ``(seed, micro-batch index, process)``, and the
@@ -76,7 +76,9 @@ class TrainArgs:
     save_every: int = 0                  # optimizer steps between checkpoints; 0: only the final export
     resume: str | None = None            # a checkpoint folder, or "latest" (newest under output_dir/checkpoints)
     log_every: int = 10                  # optimizer steps between log lines
-    warmup_steps: int = 0                # linear learning-rate warm-up
+    warmup_steps: int = 0                # linear learning-rate warm-up (torch LinearLR)
+    min_lr_frac: float = 1.0             # cosine decay to this fraction of lr after the warm-up (1.0: constant)
+    history_choices: tuple = ()          # Stage II: history lengths (latent frames) drawn per micro-batch; () = window
     max_grad_norm: float = 1.0           # gradient clipping; 0: off
     num_workers: int = 0                 # DataLoader workers
     report_to: str | None = None         # an Accelerate tracker ("tensorboard", "wandb", ...) or None
@@ -89,6 +91,8 @@ class TrainArgs:
         for name in ("steps", "batch_size", "grad_accum", "lora_rank", "omega_frames", "segment_frames", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.history_choices and (self.stage != 2 or min(self.history_choices) < 1):
+            raise ValueError(f"history_choices is for Stage II and needs lengths >= 1, got {self.history_choices}")
         if self.resume and not self.output_dir and self.resume == "latest":
             raise ValueError("resume='latest' needs output_dir (where checkpoints/ is)")
 
@@ -128,6 +132,8 @@ def collate(items: list[dict]) -> dict:
             out["lr_latent"] = [torch.stack([it["lr_latent"][i].float() for it in items]) for i in range(len(first))]
         else:
             out["lr_latent"] = torch.stack([it["lr_latent"].float() for it in items])
+    if all("cut" in it for it in items):  # leave-and-return sequences: where the return may start (crop_stage2)
+        out["cut"] = torch.stack([torch.as_tensor(it["cut"], dtype=torch.int64) for it in items])
     has_pooled = sum("pooled" in it for it in items)
     if has_pooled:
         if has_pooled != len(items):
@@ -161,6 +167,41 @@ def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator, 
     return out, crop_lr(lr_latent, unit)
 
 
+def crop_stage2(latent: torch.Tensor, history: int, segment: int, generator: torch.Generator, lr_latent=None,
+                unit: int = 1, cut: torch.Tensor | None = None, lr_units: list[int] | None = None):
+    """Stage II windows of ``history + segment`` latent frames per sample, starting on a memory time step, like
+    :func:`crop_windows`; for leave-and-return samples the start is chosen by ``cut`` ``[B, 2]`` int64 =
+    ``(first latent frame of the return, last latent frame of the first shot)``: the next segment lies in the return
+    and, where ``history`` is long enough, the history starts inside the first shot (so it holds shot A, the cutaway,
+    and the segment is A's continuation); where it is not, the history starts as early as it can (cutaway only).
+    ``cut`` None or a row ``(0, T)``: any start. Returns ``(latent, lr_latent, returns)``: ``returns`` counts the
+    samples whose history holds the first shot before a cut. Raises ValueError when ``T < history + segment``."""
+    b, t = latent.shape[0], latent.shape[2]
+    window = history + segment
+    if t < window:
+        raise ValueError(f"samples have {t} latent frames, fewer than history {history} + segment {segment}")
+    starts, returns = [], 0
+    for i in range(b):
+        cand = list(range(0, t - window + 1, unit))
+        if cut is not None and int(cut[i, 0]) > 0:
+            seg_min, a_last = int(cut[i, 0]), int(cut[i, 1])
+            after = [s for s in cand if s + history >= seg_min] or cand[-1:]
+            both = [s for s in after if s <= a_last]
+            cand = both or after[:1]
+            returns += bool(both)
+        starts.append(cand[int(torch.randint(0, len(cand), (1,), generator=generator))])
+    out = torch.stack([latent[i, :, s: s + window] for i, s in enumerate(starts)])
+
+    def crop_lr(lr, u):
+        return torch.stack([lr[i, :, s // u: (s + window) // u] for i, s in enumerate(starts)])
+
+    if lr_latent is None:
+        return out, None, returns
+    if isinstance(lr_latent, (list, tuple)):
+        return out, [crop_lr(lr, u) for lr, u in zip(lr_latent, lr_units or [unit] * len(lr_latent))], returns
+    return out, crop_lr(lr_latent, unit), returns
+
+
 class StageModule(torch.nn.Module):
     """The DiT (``dm``, with LoRA) and the history encoder (or None: no memory) as one module whose forward is
     the loss of one micro-batch, so Accelerate's DDP / FSDP wrappers see one forward.
@@ -190,14 +231,23 @@ class StageModule(torch.nn.Module):
         return math.lcm(*self.time_units())
 
     def forward(self, latent: torch.Tensor, context: torch.Tensor, seed: int, pooled: torch.Tensor | None = None,
-                lr_latent: torch.Tensor | None = None) -> torch.Tensor:
+                lr_latent: torch.Tensor | None = None, cut: torch.Tensor | None = None) -> torch.Tensor:
         """Loss (float32 scalar) of one micro-batch; every random draw comes from ``seed`` (CPU generator).
         ``latent`` ``[B, C, T, h, w]``, ``context`` ``[B, L, 4096]``, ``pooled`` ``[B, 768]`` (HunyuanVideo),
-        ``lr_latent`` ``[B, C, T // rt, h', w']`` (model space) or None."""
+        ``lr_latent`` ``[B, C, T // rt, h', w']`` (model space) or None, ``cut`` ``[B, 2]`` (:func:`crop_stage2`;
+        Stage II with ``history_choices``). Stage II with ``history_choices`` draws the history length of the
+        micro-batch from them and crops with :func:`crop_stage2`; counts go to ``self.last_crop``."""
         g = torch.Generator().manual_seed(seed)
         rt, units = self.time_unit(), self.time_units()
-        latent, lr_latent = crop_windows(latent, self.args.window, g, lr_latent, rt,
-                                         lr_units=units if isinstance(lr_latent, (list, tuple)) else None)
+        lr_units = units if isinstance(lr_latent, (list, tuple)) else None
+        if self.args.stage == 2 and self.args.history_choices:
+            choices = self.args.history_choices
+            h = choices[int(torch.randint(0, len(choices), (1,), generator=g))]
+            latent, lr_latent, returns = crop_stage2(latent, h, self.args.segment_frames, g, lr_latent, rt, cut,
+                                                     lr_units)
+            self.last_crop = {"history": h, "returns": returns, "samples": latent.shape[0]}
+        else:
+            latent, lr_latent = crop_windows(latent, self.args.window, g, lr_latent, rt, lr_units=lr_units)
         if self.args.stage == 1:
             if self.encoder is None:
                 raise ValueError("Stage I trains an encoder: pass one")
@@ -227,11 +277,6 @@ class StageModule(torch.nn.Module):
 def micro_seed(seed: int, micro: int, process: int) -> int:
     """Seed of the random draws of micro-batch ``micro`` on process ``process`` (independent of RNG history)."""
     return (seed * 1_000_003 + micro * 8191 + process * 131) % (2 ** 63)
-
-
-def lr_at(args: TrainArgs, step: int) -> float:
-    """Learning-rate factor at optimizer step ``step`` (0-based): linear warm-up, then constant."""
-    return min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else 1.0
 
 
 def latest_checkpoint(output_dir: str) -> str:
@@ -382,7 +427,8 @@ class _TrainRun:
     loader: object                       # the prepared DataLoader
     state: TrainState
     family: object                       # training.dits family of the DiT
-    base_lrs: list[float]                # per param group, before the warm-up factor
+    base_lrs: list[float]                # per param group, before the scheduler's factor
+    scheduler: object                    # torch LR scheduler (training.vae_train.warmup_cosine), stepped per step
     log: Callable[[str], None]
     log_file: Path | None                # OUT/log.jsonl on the main process, else None
     params: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every optimized tensor (clipping)
@@ -391,6 +437,7 @@ class _TrainRun:
     t0: float = 0.0                      # start of the step loop
     t_log: float = 0.0                   # time of the last log line (t0 before the first)
     samples_log: int = 0                 # samples (all processes) since the last log line
+    crops: dict = dataclasses.field(default_factory=lambda: {"samples": 0, "returns": 0})  # crop_stage2 counts
 
 
 def _check_inputs(args: TrainArgs, dm: torch.nn.Module, dataset, accelerator):
@@ -425,14 +472,16 @@ def _make_optimizer(args: TrainArgs, dm: torch.nn.Module,
     return optimizer, base_lrs, len(lora), len(enc_params)
 
 
-def _prepare(args: TrainArgs, accelerator, module: StageModule, optimizer: torch.optim.Optimizer, loader):
-    """``accelerator.prepare`` of the module, optimizer and loader, a :class:`TrainState` registered for
-    checkpointing, the trainable-only checkpoint hooks and (``args.report_to``) the trackers.
+def _prepare(args: TrainArgs, accelerator, module: StageModule, optimizer: torch.optim.Optimizer, loader, scheduler):
+    """``accelerator.prepare`` of the module, optimizer and loader, a :class:`TrainState` and the LR ``scheduler``
+    registered for checkpointing (the scheduler is not prepared: Accelerate would step it once per process), the
+    trainable-only checkpoint hooks and (``args.report_to``) the trackers.
     Returns ``(module, optimizer, loader, state)``, the first three wrapped by Accelerate."""
     _sync_module_states_on_cpu(accelerator, module)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    accelerator.register_for_checkpointing(scheduler)
     _trainable_only_hooks(accelerator)
     if args.report_to:
         accelerator.init_trackers("framememory", config={k: v for k, v in dataclasses.asdict(args).items()
@@ -469,7 +518,7 @@ def _epoch_batches(accelerator, loader, state: TrainState):
 
 def _micro_step(run: _TrainRun, batch: dict) -> torch.Tensor:
     """Forward and backward of one micro-batch (:func:`collate` output) inside ``accelerator.accumulate``; the
-    optimizer steps (with warm-up learning rate and clipping) when the accumulation window is complete. Returns the
+    optimizer steps (at the LR scheduler's rate, with clipping) when the accumulation window is complete. Returns the
     loss (float32 scalar, attached). Raises ValueError: unequal text lengths in a batch for a DiT without text mask."""
     args, accelerator, optimizer, state = run.args, run.accelerator, run.optimizer, run.state
     lengths = batch["context_lengths"]
@@ -477,12 +526,10 @@ def _micro_step(run: _TrainRun, batch: dict) -> torch.Tensor:
         raise ValueError(f"{run.family.name}: the samples of a batch have text lengths {lengths.tolist()}; its DiT "
                          "has no per-sample text mask, so zero padding would change the condition: use "
                          "--batch-size 1 (and --grad-accum for larger batches)")
-    for g, base in zip(optimizer.param_groups, run.base_lrs):
-        g["lr"] = base * lr_at(args, state.step)
     with accelerator.accumulate(run.module):
         loss = run.module(batch["latent"], batch["context"],
                           micro_seed(args.seed, state.micro, accelerator.process_index), batch.get("pooled"),
-                          batch.get("lr_latent"))
+                          batch.get("lr_latent"), batch.get("cut"))
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.params, args.max_grad_norm)
@@ -504,7 +551,8 @@ def _end_step(run: _TrainRun) -> None:
         raise FloatingPointError(f"loss became {step_loss} at step {state.step}: lower --lr or use fp32")
     run.losses.append(step_loss)
     if state.step % args.log_every == 0 or state.step == args.steps:
-        _write_log_record(run, step_loss)
+        _write_log_record(run, step_loss)  # the learning rate this step used
+    run.scheduler.step()
     if args.output_dir and args.save_every and state.step % args.save_every == 0:
         run.accelerator.save_state(str(Path(args.output_dir) / CHECKPOINTS / f"step_{state.step:07d}"))
 
@@ -519,6 +567,8 @@ def _write_log_record(run: _TrainRun, step_loss: float) -> None:
            "loss_avg": sum(losses[-args.log_every:]) / len(losses[-args.log_every:]),
            "lr": run.optimizer.param_groups[0]["lr"], "samples_per_s": run.samples_log / max(now - run.t_log, 1e-9),
            "elapsed_s": now - run.t0}
+    if run.crops["samples"]:
+        rec["return_frac"] = run.crops["returns"] / run.crops["samples"]
     run.t_log, run.samples_log = now, 0
     run.log(f"stage {args.stage} step {state.step}/{args.steps} loss {rec['loss_avg']:.4f} "
             f"lr {rec['lr']:.2e} {rec['samples_per_s']:.2f} samples/s")
@@ -537,6 +587,10 @@ def _run_steps(run: _TrainRun) -> None:
             loss = _micro_step(run, batch)
             run.samples_log += batch["latent"].shape[0] * accelerator.num_processes
             run.window.append(loss.detach().float())
+            crop = getattr(accelerator.unwrap_model(run.module), "last_crop", None)
+            if crop is not None:
+                run.crops["samples"] += crop["samples"]
+                run.crops["returns"] += crop["returns"]
             if not accelerator.sync_gradients:
                 continue
             _end_step(run)
@@ -571,16 +625,19 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
     log = log or accelerator.print
     set_seed(args.seed)
     family = _check_inputs(args, dm, dataset, accelerator)
+    from .vae_train import warmup_cosine
+
     optimizer, base_lrs, n_lora, n_enc = _make_optimizer(args, dm, encoder)
+    scheduler = warmup_cosine(optimizer, args.steps, args.warmup_steps, args.min_lr_frac)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate, num_workers=args.num_workers)
     module = StageModule(dm, encoder, args, lr_fn)
-    module, optimizer, loader, state = _prepare(args, accelerator, module, optimizer, loader)
+    module, optimizer, loader, state = _prepare(args, accelerator, module, optimizer, loader, scheduler)
     log(f"stage {args.stage}: {accelerator.num_processes} process(es) ({accelerator.distributed_type.value}, "
         f"{accelerator.device}), mixed precision {accelerator.mixed_precision}, {len(dataset)} samples, "
         f"{n_lora} LoRA tensors + {n_enc} encoder tensors trainable")
     _resume(args, accelerator, state, log)
-    run = _TrainRun(args, accelerator, module, optimizer, loader, state, family, base_lrs, log,
+    run = _TrainRun(args, accelerator, module, optimizer, loader, state, family, base_lrs, scheduler, log,
                     _log_file(args, accelerator), params=[p for g in optimizer.param_groups for p in g["params"]])
     run.t0 = run.t_log = time.perf_counter()
     start_micro = state.micro
@@ -594,8 +651,9 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
     return {"steps": state.step, "losses": run.losses,
             "final_loss": sum(tail) / len(tail) if tail else float("nan"), "seconds": seconds,
             "samples_per_s": (state.micro - start_micro) * args.batch_size * accelerator.num_processes / max(seconds, 1e-9),
-            "exported": exported, "module": accelerator.unwrap_model(module)}
+            "exported": exported, "module": accelerator.unwrap_model(module),
+            "return_frac": run.crops["returns"] / run.crops["samples"] if run.crops["samples"] else None}
 
 
-__all__ = ["TrainArgs", "TrainState", "StageModule", "collate", "crop_windows", "micro_seed", "lr_at",
+__all__ = ["TrainArgs", "TrainState", "StageModule", "collate", "crop_windows", "crop_stage2", "micro_seed",
            "latest_checkpoint", "make_accelerator", "train", "CHECKPOINTS"]

