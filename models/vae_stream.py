@@ -6,13 +6,19 @@ restart its stream at every part if each part were encoded or decoded alone: a s
 13 frames, and 20 % more latent frames per second. :class:`VideoStream` continues the stream instead:
 
 - **Exact mode** (ComfyUI's ``comfy.ldm.wan.vae.WanVAE``: Wan 2.1 / Wan 2.2 A14B VAE and the pack's small ones): the
-  VAE's own causal cache (``feat_cache``: the last 2 frames of every causal conv's input, which ``WanVAE.encode`` /
-  ``decode`` keep between the 1- and 4-frame chunks of one clip) is kept between parts. Each stock
-  ``VAE.encode`` / ``VAE.decode`` call (ComfyUI's memory management, dtype and device handling) runs with the
-  stream's cache handed to the encoder / decoder module, so a part continues the previous one exactly as the chunks
-  of one clip do: the result equals a one-shot encode / decode of the whole video (tested, max abs diff 0).
+  VAE's own causal cache (``feat_cache``: per causal conv the last 2 frames of its input, which ``WanVAE.encode`` /
+  ``decode`` keep between the chunks of one clip) is kept between parts. Each stock ``VAE.encode`` / ``VAE.decode``
+  call (ComfyUI's memory management, dtype and device handling) runs with the stream's cache handed to the encoder /
+  decoder module, so a part continues the previous one exactly as the chunks of one clip do: the result equals a
+  one-shot encode / decode of the whole video (tested on ComfyUI 0.3.75 and 0.33.0, max abs diff <= 1e-5).
   An encoded continuation part (4k frames) gets the 1-frame first chunk that ``WanVAE.encode`` always cuts off
-  answered without running the encoder, so its frames are chunked 4 by 4 as in the whole video.
+  answered without running the encoder, so its frames are chunked as in the whole video.
+  The cache layout is ComfyUI's and changed in v0.18 (``count_conv3d`` -> ``count_cache_layers``; chunks of 1, 4, 4
+  frames -> 1, 2, 2 with a ``Resample`` output deferred to the next chunk and flushed by ``final=``); it is detected
+  by the counting function the installed ComfyUI has (:func:`cache_slots`), never by version. A part ends with
+  ``final`` (flushed), so a causal conv may have seen a 1-frame chunk last, where the newer VAE caches one frame
+  (it relies on the deferral to see two); after every chunk the stream restores the second frame from the slot's
+  previous content (:func:`_keep_two_frames`), which makes the part boundary invisible on both layouts.
 - **Context mode** (every other VAE): the part is encoded / decoded together with the last ``context`` latent
   frames of the stream before it (``1 + ft * (context - 1)`` frames), whose output is dropped. Approximate: the
   difference to a one-shot pass is what the VAE's receptive field reaches beyond the context (measured in
@@ -28,18 +34,45 @@ import torch
 CONTEXT_LATENTS = 4  # context mode: latent frames of the stream before a part that are encoded / decoded with it
 
 
+def cache_slots(fsm, inner: torch.nn.Module) -> int | None:
+    """Length of the causal cache that ``fsm.encode`` / ``decode`` (a ``WanVAE``) allocate for its module ``inner``
+    (``fsm.encoder`` or ``fsm.decoder``), from the counting function the installed ComfyUI has: ComfyUI >= 0.18
+    ``count_cache_layers(inner)`` (causal convs + one deferred-output slot per ``downsample3d``), before it
+    ``count_conv3d(fsm.decoder)`` (for both). None when neither exists (an unknown layout: context mode)."""
+    import comfy.ldm.wan.vae as wan_vae
+
+    if hasattr(wan_vae, "count_cache_layers"):
+        return wan_vae.count_cache_layers(inner)
+    if hasattr(wan_vae, "count_conv3d"):
+        return wan_vae.count_conv3d(fsm.decoder)
+    return None
+
+
 def exact_supported(vae) -> bool:
-    """True when ``vae`` (``comfy.sd.VAE``) is ComfyUI's Wan 2.1 ``WanVAE`` (the exact, cached mode)."""
+    """True when ``vae`` (``comfy.sd.VAE``) is ComfyUI's Wan 2.1 ``WanVAE`` with a cache layout this module knows
+    (:func:`cache_slots`): the exact, cached mode."""
     from comfy.ldm.wan.vae import WanVAE
 
-    return type(getattr(vae, "first_stage_model", None)) is WanVAE
+    fsm = getattr(vae, "first_stage_model", None)
+    return type(fsm) is WanVAE and cache_slots(fsm, fsm.decoder) is not None
+
+
+def _keep_two_frames(before: list, cache: list) -> None:
+    """After one chunk: a slot that held frames and now holds a 1-frame tensor gets the previous content's last frame
+    prepended, so it keeps the last 2 frames its causal conv saw (what the cache means; ComfyUI < 0.18 did this
+    itself). Slots that only read their last frame (``Resample``) are unaffected; deferred outputs go None <-> tensor
+    within one chunk and are never touched."""
+    for k, (old, new) in enumerate(zip(before, cache)):
+        if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and new is not old and new.shape[2] == 1:
+            cache[k] = torch.cat([old[:, :, -1:].to(new), new], dim=2)
 
 
 class _CachedModule(torch.nn.Module):
     """Stands in for ``WanVAE.encoder`` / ``.decoder`` during one stock call: runs the real module with the
     stream's cache instead of the fresh one ``WanVAE.encode`` / ``decode`` made. With ``skip_first`` (an encoded
     continuation part), the first call (the 1-frame chunk ``WanVAE.encode`` always cuts off) returns an empty
-    output and leaves the cache alone."""
+    output and leaves the cache alone. Attribute access falls through to the real module: ComfyUI's loader
+    (``model_patcher._load_list`` / ``get_key_weight``, ComfyUI >= 0.4) walks paths such as ``decoder.conv1``."""
 
     def __init__(self, inner: torch.nn.Module, cache: list, skip_first: bool, out_channels: int, down: int) -> None:
         super().__init__()
@@ -47,11 +80,23 @@ class _CachedModule(torch.nn.Module):
         self.cache, self.skip_first = cache, skip_first
         self.out_channels, self.down = out_channels, down
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
     def forward(self, x, feat_cache=None, feat_idx=None, **kwargs):
         if self.skip_first:
             self.skip_first = False
             return x.new_zeros((x.shape[0], self.out_channels, 0, x.shape[3] // self.down, x.shape[4] // self.down))
-        return self.inner(x, feat_cache=self.cache, feat_idx=feat_idx if feat_idx is not None else [0], **kwargs)
+        if isinstance(feat_cache, list) and len(feat_cache) != len(self.cache):
+            raise RuntimeError(f"WanVAE allocated a causal cache of {len(feat_cache)} slots, FrameMemory's stream "
+                               f"{len(self.cache)}: this ComfyUI changed the Wan VAE cache layout (models/vae_stream.py)")
+        before = list(self.cache)
+        out = self.inner(x, feat_cache=self.cache, feat_idx=feat_idx if feat_idx is not None else [0], **kwargs)
+        _keep_two_frames(before, self.cache)
+        return out
 
 
 class VideoStream:
@@ -121,13 +166,15 @@ class VideoStream:
         return out.reshape(-1, *out.shape[-3:]).float().cpu()
 
     def _exact(self, x: torch.Tensor, skip_first: bool) -> torch.Tensor:
-        from comfy.ldm.wan.vae import count_conv3d
-
         fsm = self.vae.first_stage_model
         name = "encoder" if self.mode == "encode" else "decoder"
         inner = getattr(fsm, name)
+        slots = cache_slots(fsm, inner)  # the length WanVAE.encode / decode allocate
         if self.cache is None:
-            self.cache = [None] * count_conv3d(fsm.decoder)  # the length WanVAE.encode / decode allocate
+            self.cache = [None] * slots
+        elif len(self.cache) != slots:
+            raise ValueError(f"this VAE stream's causal cache has {len(self.cache)} slots, the VAE's layout {slots}: it "
+                             "was made with another VAE or another ComfyUI version's Wan VAE; start a new stream")
         device = self.vae.device
         self.cache = [t.to(device) if isinstance(t, torch.Tensor) else t for t in self.cache]
         proxy = _CachedModule(inner, self.cache, skip_first, 2 * fsm.z_dim, 2 ** (len(fsm.dim_mult) - 1))
@@ -156,4 +203,4 @@ class VideoStream:
         return out[drop:]
 
 
-__all__ = ["VideoStream", "CONTEXT_LATENTS", "exact_supported"]
+__all__ = ["VideoStream", "CONTEXT_LATENTS", "cache_slots", "exact_supported"]
