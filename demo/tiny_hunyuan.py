@@ -32,10 +32,23 @@ TINY_DIT = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, ve
 VAE_DDCONFIG = dict(double_z=True, z_channels=16, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
                     num_res_blocks=2, attn_resolutions=[], dropout=0.0, conv3d=True, time_compress=4)  # comfy/sd.py
 POOLED_DIM = 768  # CLIP-L pooled output -> y -> vector_in
+NEW_PARAMS = dict(meanflow_sum=False)  # HunyuanVideoParams fields of newer ComfyUI (meanflow_sum: v0.17), T2V values
+
+
+def _new_params() -> dict:
+    """The :data:`NEW_PARAMS` that the installed ComfyUI's ``HunyuanVideoParams`` declares (feature-detected)."""
+    import dataclasses
+
+    from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
+
+    names = {f.name for f in dataclasses.fields(HunyuanVideoParams)}
+    return {k: v for k, v in NEW_PARAMS.items() if k in names}
 
 
 def tiny_hunyuan_dit(seed: int = 0, **overrides) -> HunyuanVideo:
-    cfg = {**TINY_DIT, **overrides}
+    """The tiny T2V DiT (module docstring), weights drawn with ``seed``. Fields that ``HunyuanVideoParams`` of the
+    installed ComfyUI has and :data:`TINY_DIT` lacks get the real T2V model's value (:data:`NEW_PARAMS`)."""
+    cfg = {**TINY_DIT, **_new_params(), **overrides}
     return init_weights(HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg), seed).eval()
 
 

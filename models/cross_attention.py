@@ -40,11 +40,12 @@ def cross_layers(layers, hidden: torch.Tensor, blocks: int, width: int):
     return layers
 
 
-def cross_attend(mem: dict, index: int, x: torch.Tensor, n: int) -> torch.Tensor:
-    """Cross-attention after DiT block ``index``: the first ``n`` tokens of the block's output ``x`` ``[B, n + R, D]``
-    (the video tokens) go through layer ``mem["cross"][index]`` with keys/values from ``mem["hidden"]``
-    ``[B, M_h, Ch]`` (cast to ``x``'s device and dtype); the other ``R`` tokens (memory, text) are returned
-    unchanged. Without ``mem["hidden"]`` returns ``x`` itself.
+def cross_attend(mem: dict, index: int, x: torch.Tensor, n: int, start: int = 0) -> torch.Tensor:
+    """Cross-attention after DiT block ``index``: the ``n`` tokens from ``start`` of the block's output ``x``
+    ``[B, n + R, D]`` (the video tokens; ``start`` > 0 where text comes first, HunyuanVideo on ComfyUI >= 0.14) go
+    through layer ``mem["cross"][index]`` with keys/values from ``mem["hidden"]`` ``[B, M_h, Ch]`` (cast to ``x``'s
+    device and dtype); the other ``R`` tokens (memory, text) are returned unchanged. Without ``mem["hidden"]``
+    returns ``x`` itself.
 
     Returns:
         ``[B, n + R, D]``, ``x``'s dtype.
@@ -52,8 +53,8 @@ def cross_attend(mem: dict, index: int, x: torch.Tensor, n: int) -> torch.Tensor
     hidden = mem.get("hidden")
     if hidden is None:
         return x
-    video = mem["cross"][index](x[:, :n], hidden.to(device=x.device, dtype=x.dtype))  # [B, n, D]
-    return torch.cat([video, x[:, n:]], dim=1)
+    video = mem["cross"][index](x[:, start:start + n], hidden.to(device=x.device, dtype=x.dtype))  # [B, n, D]
+    return torch.cat([x[:, :start], video, x[:, start + n:]], dim=1)
 
 
 def cross_attention_part(encoder) -> tuple[int, object] | None:

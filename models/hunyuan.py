@@ -5,19 +5,26 @@ Same mechanism as the Wan adapter (``wan.py``): a ``DIFFUSION_MODEL`` wrapper ta
 forward's kwargs (``conds.pop_memory``) and puts it into ``transformer_options["framememory"]``; replace patches
 on every double and single block carry the memory tokens through ComfyUI's own ``forward_orig``. What differs:
 
-- **Two token streams.** Double blocks keep ``img`` (video) and ``txt`` apart and attend over
-  ``cat(img, txt)``; single blocks see that concatenation as one sequence, and ``pe`` (built by ``pe_embedder``
-  from ``cat(img_ids, txt_ids)``) follows the same order. Memory tokens are appended to ``img``, so the
-  sequence is ``[video N | memory M | txt L]`` in every block and the memory RoPE (the model's own
-  ``pe_embedder`` on the memory positions) is inserted into ``pe`` at ``N``, as are zeros into the text
-  attention mask. ``N`` counts ``ref_latent`` tokens too (they are prepended to ``img`` in ``forward_orig``).
-  The last single block removes the memory tokens, so the head sees exactly the sequence it would without
-  memory.
+- **Two token streams.** Double blocks keep ``img`` (video) and ``txt`` apart and attend over their
+  concatenation; single blocks see that concatenation as one sequence, and ``pe`` (built by ``pe_embedder``) and the
+  text attention mask follow the same order. Memory tokens are appended to ``img``, so the video stream is
+  ``[video N | memory M]`` in every block, and the memory RoPE (the model's own ``pe_embedder`` on the memory
+  positions) and zero mask columns are inserted right after the video tokens. ``N`` counts ``ref_latent`` tokens
+  too (they are prepended to ``img`` in ``forward_orig``). The last single block removes the memory tokens, so the
+  head sees exactly the sequence it would without memory.
+- **Token order, detected, not assumed.** ComfyUI < 0.14 attends over ``[video | txt]`` (the double block's
+  ``flipped_img_txt``), ComfyUI >= 0.14 over ``[txt | video]`` (single blocks get the video's place as
+  ``transformer_options["img_slice"]``). :func:`text_first` reads the block; the single blocks check it against
+  ``img_slice`` and raise when the two disagree, so a ComfyUI with yet another layout fails loudly instead of putting
+  RoPE, mask and modulation on the wrong tokens. Sequence: ``[video N | memory M | txt L]`` or
+  ``[txt L | video N | memory M]``.
 - **Clean memory tokens.** HunyuanVideo has per-token modulation (``modulation_dims``, used by I2V's
   ``guiding_frame_index``): memory tokens are modulated with the timestep-0 vector ``vec - time_in(t) +
   time_in(0)`` (text, pooled and guidance embeddings unchanged), as clean context. ``vec`` is handed to the
-  blocks as ``[B, 2, 1, D]`` (index 0: the sampled timestep, 1: clean) so that ``apply_mod`` broadcasts over
-  batches > 1 (stock ``guiding_frame_index`` with ``[B, 2, D]`` works for batch 1 only).
+  blocks with two rows (index 0: the sampled timestep, 1: clean) in the layout the installed ``apply_mod`` indexes
+  per batch (:func:`modulation_rows`, probed once): ``[B, 2, D]`` where it slices ``m_mult[:, k:k+1]`` (ComfyUI
+  >= 0.17), ``[B, 2, 1, D]`` where it indexes ``m_mult[:, k]`` (earlier; ``[B, 2, D]`` there works for batch 1
+  only).
 - **Text at t = 0.** Text tokens sit at RoPE position (0, 0, 0), i.e. at the first frame of the segment being
   generated; memory tokens at negative times are therefore "before" the text, exactly as when the segment
   starts at time 0 of a longer video (tests/test_hunyuan_adapter.py checks this equivalence).
@@ -29,9 +36,9 @@ hidden states into every DiT block"), with the Wan adapter's helpers (``cross_at
   len(single_blocks)`` (:func:`cross_blocks`; HunyuanVideo 13B: 20 + 40 = 60, the tiny test model 2 + 2 = 4).
   Layer ``cross.i`` runs after double block ``i`` for ``i < doubles`` and after single block ``i - doubles``
   otherwise, i.e. in the order the blocks run.
-- **Tokens.** Queries are the block output's first ``N`` tokens only, the video stream (including ``ref_latent``
-  tokens, which ``forward_orig`` prepends to it): in a double block the ``img`` stream minus the memory tokens, in a
-  single block the ``[video N | memory M | txt L]`` sequence's first ``N``. Memory and text tokens pass unchanged.
+- **Tokens.** Queries are the block output's ``N`` video tokens only (including ``ref_latent`` tokens, which
+  ``forward_orig`` prepends to them): in a double block the ``img`` stream minus the memory tokens, in a single
+  block the video part of the sequence. Memory and text tokens pass unchanged.
   Keys/values: the encoder's hidden states ``memory_hidden`` ``[B, M_h, Ch]``, a third model cond next to the memory
   tokens (``conds.pop_hidden``), ignored when the conditioning has no memory tokens.
 - Zero-initialised output projections: an untrained add-on leaves the output bit-identical.
@@ -40,6 +47,8 @@ Not supported with memory (raises NotImplementedError): per-token timesteps alre
 (``guiding_frame_index``; only HunyuanVideo I2V uses them) and ControlNet residuals added to double blocks.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from einops import rearrange
@@ -90,22 +99,65 @@ def patch_embed(dm, latent: torch.Tensor, device: str | torch.device | None = "c
     return y if device is None else y.to(device)
 
 
-def _with_memory(args: dict, mem: dict, n: int, m: int) -> dict:
-    """The block's args with the memory's RoPE, attention-mask columns and clean modulation inserted at token n."""
-    pe = args["pe"]  # [B, 1, N + L, d/2, 2, 2] over cat(img, txt)
+def text_first(dm) -> bool:
+    """True when the installed ComfyUI's HunyuanVideo blocks attend over ``[txt | video]`` (ComfyUI >= 0.14: the
+    double block has no ``flipped_img_txt``), False for ``[video | txt]`` (earlier: ``flipped_img_txt=True``)."""
+    return not getattr(dm.double_blocks[0], "flipped_img_txt", False)
+
+
+@functools.lru_cache(maxsize=1)
+def modulation_rows() -> int:
+    """Dimensions of a two-row ``vec`` that ``comfy.ldm.flux.layers.apply_mod`` applies per batch and per row: 3
+    (``[B, 2, D]``, ``m_mult[:, k:k+1]``) or 4 (``[B, 2, 1, D]``, ``m_mult[:, k]``), probed on 2 x 2 numbers.
+    Raises NotImplementedError when neither layout gives row ``k`` of batch ``b`` to the tokens of row ``k``."""
+    from comfy.ldm.flux.layers import apply_mod
+
+    mult = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[..., None]  # [B=2, rows=2, D=1]
+    for ndim in (3, 4):
+        try:
+            out = apply_mod(torch.ones(2, 2, 1), mult if ndim == 3 else mult[:, :, None], None, [(0, 1, 0), (1, None, 1)])
+        except RuntimeError:
+            continue
+        if out.shape == (2, 2, 1) and torch.equal(out, mult):
+            return ndim
+    raise NotImplementedError("comfy.ldm.flux.layers.apply_mod applies per-token modulation rows in a layout "
+                              "FrameMemory does not know (models/hunyuan.py)")
+
+
+def _with_memory(args: dict, mem: dict, at: int, m: int) -> dict:
+    """The block's args with the memory's RoPE, attention-mask columns and clean modulation inserted at sequence
+    position ``at`` (right after the video tokens)."""
+    pe = args["pe"]  # [B, 1, N + L, d/2, 2, 2] in the blocks' token order
     mpe = mem["pe"].to(device=pe.device, dtype=pe.dtype).expand(pe.shape[0], *mem["pe"].shape[1:])
-    out = {"pe": torch.cat([pe[:, :, :n], mpe, pe[:, :, n:]], dim=2)}
+    out = {"pe": torch.cat([pe[:, :, :at], mpe, pe[:, :, at:]], dim=2)}
     mask = args.get("attention_mask")
     if mask is not None:  # [.., N + L] additive mask over keys
         zeros = torch.zeros((*mask.shape[:-1], m), device=mask.device, dtype=mask.dtype)
-        out["attention_mask"] = torch.cat([mask[..., :n], zeros, mask[..., n:]], dim=-1)
+        out["attention_mask"] = torch.cat([mask[..., :at], zeros, mask[..., at:]], dim=-1)
     vec = args["vec"]
     if vec.ndim != 2 or args.get("modulation_dims", args.get("modulation_dims_img")) is not None:
         raise NotImplementedError("FrameMemory does not support HunyuanVideo with per-token timesteps "
                                   "(guiding_frame_index, HunyuanVideo I2V) yet")
     clean = vec + mem["delta"].to(device=vec.device, dtype=vec.dtype)
-    out["vec"] = torch.stack([vec, clean], dim=1)[:, :, None]  # [B, 2, 1, D]: apply_mod indexes [:, k] -> [B, 1, D]
+    rows = torch.stack([vec, clean], dim=1)  # [B, 2, D]: row 0 the sampled timestep, row 1 clean
+    out["vec"] = rows if mem["rows"] == 3 else rows[:, :, None]
     return out
+
+
+def _single_video_start(args: dict, mem: dict, m: int) -> int:
+    """Where the video tokens start in a single block's sequence: after the text (``img_slice``) or at 0.
+    Raises RuntimeError when ``img_slice`` contradicts the double blocks' order (an unknown ComfyUI layout)."""
+    img_slice = args["transformer_options"].get("img_slice")
+    if mem["text_first"] != (img_slice is not None):
+        raise RuntimeError("HunyuanVideo token layout not recognised: the double blocks put the "
+                           f"{'text' if mem['text_first'] else 'video'} first, but the single blocks "
+                           f"{'have no' if img_slice is None else 'have an'} img_slice (models/hunyuan.py)")
+    if img_slice is None:
+        return 0
+    start, end = int(img_slice[0]), int(img_slice[1])
+    if end - start != mem["n"] + m:
+        raise RuntimeError(f"HunyuanVideo img_slice {img_slice} does not hold the {mem['n']} video + {m} memory tokens")
+    return start
 
 
 def cross_blocks(dm) -> int:
@@ -126,7 +178,8 @@ def _double_patch(index: int, strip: bool):
             mem["n"] = img.shape[1]  # video (+ ref_latent) tokens; mem is this forward call's own dict
             img = torch.cat([img, mem["tokens"].to(device=img.device, dtype=img.dtype)], dim=1)
         n = mem["n"]
-        new = _with_memory(args, mem, n, m)
+        at = n + (args["txt"].shape[1] if mem["text_first"] else 0)  # memory right after the video in [txt | video]
+        new = _with_memory(args, mem, at, m)
         new["modulation_dims_img"] = [(0, n, 0), (n, None, 1)]
         new["modulation_dims_txt"] = [(0, None, 0)]
         out = extra["original_block"]({**args, **new, "img": img})
@@ -147,14 +200,16 @@ def _single_patch(index: int, strip: bool, layer: int):
         if mem is None:
             return extra["original_block"](args)
         n, m = mem["n"], mem["tokens"].shape[1]
-        new = _with_memory(args, mem, n, m)  # args["img"]: [B, N + M + L, D] = cat(video, memory, txt)
-        new["modulation_dims"] = [(0, n, 0), (n, n + m, 1), (n + m, None, 0)]
+        start = _single_video_start(args, mem, m)  # [video N | memory M | txt L] or [txt L | video N | memory M]
+        at = start + n
+        new = _with_memory(args, mem, at, m)
+        new["modulation_dims"] = [(0, at, 0), (at, at + m, 1), (at + m, None, 0)]
         out = extra["original_block"]({**args, **new})
-        if mem.get("hidden") is not None:  # add-on: queries = the video tokens of [video N | memory M | txt L]
-            out = {**out, "img": cross_attend(mem, layer, out["img"], n)}
+        if mem.get("hidden") is not None:  # add-on: queries = the video tokens
+            out = {**out, "img": cross_attend(mem, layer, out["img"], n, start)}
         if strip:
             x = out["img"]
-            out = {**out, "img": torch.cat([x[:, :n], x[:, n + m:]], dim=1)}
+            out = {**out, "img": torch.cat([x[:, :at], x[:, at + m:]], dim=1)}
         return out
 
     return patch
@@ -173,7 +228,7 @@ def _diffusion_wrapper(executor, x, timestep, context, y=None, txt_byt5=None, cl
         ts = torch.cat([torch.zeros_like(timestep), timestep])
         t_emb = dm.time_in(timestep_embedding(ts, 256, time_factor=1.0).to(x.dtype))  # as in forward_orig
         delta = t_emb[: timestep.shape[0]] - t_emb[timestep.shape[0]:]  # time_in(0) - time_in(t): [B, D]
-        mem = {"tokens": tokens, "pe": pe, "delta": delta}
+        mem = {"tokens": tokens, "pe": pe, "delta": delta, "text_first": text_first(dm), "rows": modulation_rows()}
         if hidden is not None:
             mem.update(hidden=hidden, cross=cross_layers(transformer_options.get(CROSS_KEY), hidden, cross_blocks(dm),
                                                          dm.hidden_size))
@@ -187,6 +242,7 @@ def install(model, dm, memory_t0: bool = True) -> None:
     are modulated at timestep 0. Raises ValueError for ``memory_t0`` False (the "shared" ablation is Wan 2.1 only)."""
     if not memory_t0:
         raise ValueError("HunyuanVideo memory tokens always get timestep 0 (memory_timestep 'zero')")
+    modulation_rows()  # an apply_mod of unknown layout fails here, before sampling
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY)
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, PATCH_KEY, _diffusion_wrapper)
     doubles, singles = len(dm.double_blocks), len(dm.single_blocks)

@@ -68,13 +68,29 @@ def _past(dm, x, frames):
     return {"memory_tokens": tokens, "memory_positions2": (ids.reshape(1, -1, 3) * 2).long()}
 
 
-def _whole_shifted(dm, x, context, kw, t, shift, **extra):
+def _whole_shifted(dm, x, context, kw, t, shift, transformer_options=None, **extra):
     """The whole video through ComfyUI's forward_orig with the img positions shifted by ``-shift`` frames."""
     img_ids = dm.img_ids(x)
     img_ids[..., 0] -= shift
     txt_ids = torch.zeros(1, context.shape[1], 3)
     return dm.forward_orig(x, img_ids, context, txt_ids, kw.get("attention_mask"), t, kw["y"],
-                           guidance=kw["guidance"], transformer_options={}, **extra)
+                           guidance=kw["guidance"], transformer_options=transformer_options or {}, **extra)
+
+
+def _guiding_frame_dims_for_text_first(dm):
+    """transformer_options whose single-block patches put the stock ``guiding_frame_index`` modulation on the video
+    tokens where the text comes first. ComfyUI >= 0.14 attends over ``[txt | video]`` but still hands the single
+    blocks ``[(0, frame_tokens, 0), (frame_tokens, None, 1)]``, counted from the sequence start, i.e. the clean row
+    lands on the text (an upstream inconsistency of HunyuanVideo I2V v1's token replace): shifted by the text length
+    (``img_slice``), the text keeps the noisy row as it does on 0.3.75. A no-op where there is no ``img_slice``."""
+    def single(args, extra):
+        start = (args["transformer_options"].get("img_slice") or [0])[0]
+        dims = args["modulation_dims"]
+        if start and dims is not None:
+            dims = [(0, start, 1)] + [(a + start, None if b is None else b + start, k) for a, b, k in dims]
+        return extra["original_block"]({**args, "modulation_dims": dims})
+
+    return {"patches_replace": {"dit": {("single_block", i): single for i in range(len(dm.single_blocks))}}}
 
 
 def test_memory_of_the_past_equals_attending_to_the_past(hv):
@@ -96,11 +112,13 @@ def test_memory_of_the_past_equals_attending_to_the_past(hv):
 
 def test_memory_tokens_are_clean_like_the_stock_guiding_frame(hv):
     """At a noisy timestep, a 1-frame memory equals the whole video where that frame is modulated at timestep 0
-    by ComfyUI's own per-token path (``guiding_frame_index=0``, HunyuanVideo I2V's token replace)."""
+    by ComfyUI's own per-token path (``guiding_frame_index=0``, HunyuanVideo I2V's token replace; its single-block
+    dims moved past the text where the text comes first, :func:`_guiding_frame_dims_for_text_first`)."""
     x, context, kw = _inputs(1, t=4)
     t = torch.tensor([700.0])
     with torch.no_grad():
-        clean_ref = _whole_shifted(hv, x, context, kw, t, shift=1, guiding_frame_index=torch.tensor([0.0]))[:, :, 1:]
+        clean_ref = _whole_shifted(hv, x, context, kw, t, shift=1, guiding_frame_index=torch.tensor([0.0]),
+                                   transformer_options=_guiding_frame_dims_for_text_first(hv))[:, :, 1:]
         noisy_ref = _whole_shifted(hv, x, context, kw, t, shift=1)[:, :, 1:]
         out = hv(x[:, :, 1:], t, context, transformer_options=_options(hv), **kw, **_past(hv, x, 1))
     torch.testing.assert_close(out, clean_ref, atol=2e-4, rtol=1e-3)
@@ -126,6 +144,26 @@ def test_positions_matter_and_no_memory_is_identity(hv):
     assert torch.equal(plain, patched_no_memory) and torch.equal(plain, empty)
     assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-5
     assert with_ref_mem.shape == plain.shape and (with_ref_mem - with_ref).abs().max() > 1e-3
+
+
+def test_token_order_and_modulation_layout_are_detected_and_a_contradiction_fails_loudly(hv, monkeypatch):
+    """The adapter reads the token order from the block (``flipped_img_txt``: [video | txt], ComfyUI < 0.14; absent:
+    [txt | video]) and checks it against the single blocks' ``img_slice``; the modulation layout from a probe of
+    ``apply_mod``. Where the two disagree (a ComfyUI with yet another layout) the forward raises."""
+    import inspect
+
+    import comfy.ldm.flux.layers as layers
+    from framememory.models import hunyuan
+
+    text_first = hunyuan.text_first(hv)
+    assert text_first == (not getattr(hv.double_blocks[0], "flipped_img_txt", False))
+    sliced = "d[2]:d[2] + 1" in inspect.getsource(layers.apply_mod)  # ComfyUI >= 0.17 slices the modulation rows
+    assert hunyuan.modulation_rows() == (3 if sliced else 4)
+    x, context, kw = _inputs(3, t=2)
+    mem = _past(hv, x, 1)
+    monkeypatch.setattr(hunyuan, "text_first", lambda dm: not text_first)  # the double blocks "say" the other order
+    with pytest.raises(RuntimeError, match="HunyuanVideo token layout not recognised"), torch.no_grad():
+        hv(x[:, :, 1:], torch.tensor([0.0]), context, transformer_options=_options(hv), **kw, **mem)
 
 
 def test_patch_embed_is_img_in(hv):
@@ -321,10 +359,11 @@ def test_cross_attention_zero_init_is_identity_and_every_block_has_its_layer(hv)
 
 
 def test_cross_attention_queries_are_the_video_tokens_only(hv):
-    """Each layer runs once per forward, in block order, on exactly the first N tokens of its block's output (the
-    video stream, ref_latent tokens included); memory tokens (double blocks) and memory + text tokens (single blocks)
-    leave the patch exactly as the block produced them."""
-    from framememory.models import conds
+    """Each layer runs once per forward, in block order, on exactly the N video tokens of its block's output (the
+    video stream, ref_latent tokens included: the first N, or after the text in single blocks where the text comes
+    first); memory tokens (double blocks) and memory + text tokens (single blocks) leave the patch exactly as the block
+    produced them."""
+    from framememory.models import conds, hunyuan
 
     x, context, kw, mem, hidden = _cross_inputs(hv, seed=6)
     t = torch.tensor([300.0])
@@ -364,15 +403,17 @@ def test_cross_attention_queries_are_the_video_tokens_only(hv):
     order = [("double_block", 0), ("double_block", 1), ("single_block", 0), ("single_block", 1)]
     for (k, q, ctx, out), key in zip(calls, order):
         block, patched = blocks[key]["block"]["img"], blocks[key]["patch"]["img"]
-        assert q.shape == (1, n, hv.hidden_size) and torch.equal(q, block[:, :n]), key
+        s = txt if key[0] == "single_block" and hunyuan.text_first(hv) else 0  # [txt | video | memory] (>= 0.14)
+        assert q.shape == (1, n, hv.hidden_size) and torch.equal(q, block[:, s:s + n]), key
         assert torch.equal(ctx, hidden)
         assert block.shape[1] == n + m + (txt if key[0] == "single_block" else 0)
-        assert torch.equal(patched[:, :n], out) and (out - q).abs().max() > 1e-3  # the video tokens changed
-        tail = patched[:, n:]
+        assert torch.equal(patched[:, s:s + n], out) and (out - q).abs().max() > 1e-3  # the video tokens changed
+        assert torch.equal(patched[:, :s], block[:, :s])  # text before the video untouched
+        tail = patched[:, s + n:]
         if key == order[-1]:  # the last block also drops the memory tokens
-            assert torch.equal(tail, block[:, n + m:]) and tail.shape[1] == txt
+            assert torch.equal(tail, block[:, s + n + m:]) and patched.shape[1] == n + txt
         else:
-            assert torch.equal(tail, block[:, n:])  # memory (and text) untouched
+            assert torch.equal(tail, block[:, s + n:])  # memory (and text) untouched
         if key[0] == "double_block":
             assert torch.equal(blocks[key]["patch"]["txt"], blocks[key]["block"]["txt"])  # text stream untouched
     assert conds.CROSS_KEY in opts
