@@ -3,6 +3,11 @@ conditioning entry's ``model_conds`` (DESIGN.md section 2). ComfyUI batches them
 model cond, casts floats to the model dtype and passes them to the diffusion model's forward as keyword
 arguments, where a family adapter's ``DIFFUSION_MODEL`` wrapper takes them out.
 
+Context windows (``comfy/context_windows.py``): ComfyUI 0.33.0 slices any model cond whose dim 2 has the latent's
+length (``memory_positions2`` ``[B, M, 3]`` at 3 latent frames, a VideoSSM state with as many heads); the memory is
+the whole past, never windowed, so :func:`exempt_from_context_windows` registers a ``RESIZE_COND_ITEM`` callback that
+keeps every memory cond whole (where the handler has that hook; 0.3.75 slices only conds of ndim < dim, never ours).
+
 ``memory_positions2`` holds *twice* the RoPE positions as int64: token centres are half-integers and int64 is
 not cast to the model dtype (bf16 cannot hold e.g. -300.5 exactly). ``memory_hidden`` (float, cast like the tokens)
 carries the encoder's last hidden states for the cross-attention add-on, only when it is on.
@@ -20,6 +25,7 @@ BLOCKS_KEY = "memory_blocks"  # PackForcing: [B, M] int64 partition labels (memo
 PACK_KEY = "memory_pack"  # PackForcing: [B, 4] int64 (top_k, rt, sink frames S, recent frames R)
 STATE_KEY = "memory_state"  # VideoSSM: [B, L, H, dv, dk] float, the state of every DiT block (memory/state_memory.py)
 EXTRA_KEYS = (BLOCKS_KEY, PACK_KEY, STATE_KEY)
+MEMORY_KEYS = (TOKENS_KEY, POSITIONS_KEY, HIDDEN_KEY, *EXTRA_KEYS)  # every model cond this pack adds
 PATCH_KEY = "framememory"  # wrapper key and transformer_options key
 CROSS_KEY = "framememory_cross"  # transformer_options key of the cross-attention layers; additional-models key
 
@@ -75,3 +81,42 @@ def pop_hidden(kwargs: dict) -> torch.Tensor | None:
     or empty)."""
     hidden = kwargs.pop(HIDDEN_KEY, None)
     return None if hidden is None or hidden.shape[1] == 0 else hidden
+
+
+def _keep_memory_cond(cond_key, cond_value, window, x_in, device, cond_item):
+    """``IndexListCallbacks.RESIZE_COND_ITEM`` callback: a memory cond stays whole in every context window (returned
+    unchanged); None leaves every other cond to ComfyUI."""
+    return cond_value if cond_key in MEMORY_KEYS else None
+
+
+def exempt_memory_conds(handler) -> bool:
+    """Register :func:`_keep_memory_cond` (once) on a context-window handler (``model_options["context_handler"]``,
+    ``comfy.context_windows.IndexListContextHandler``). Returns True when registered or already there, False when
+    there is no handler or it has no ``RESIZE_COND_ITEM`` hook (ComfyUI without cond-resize callbacks)."""
+    if handler is None or not isinstance(getattr(handler, "callbacks", None), dict):
+        return False
+    import comfy.context_windows
+    import comfy.patcher_extension
+
+    call = getattr(comfy.context_windows.IndexListCallbacks, "RESIZE_COND_ITEM", None)
+    if call is None:
+        return False
+    if not comfy.patcher_extension.get_callbacks_with_key(call, PATCH_KEY, handler.callbacks):
+        comfy.patcher_extension.add_callback_with_key(call, PATCH_KEY, _keep_memory_cond, handler.callbacks)
+    return True
+
+
+def _outer_sample_wrapper(executor, *args, **kwargs):
+    exempt_memory_conds(executor.class_obj.model_options.get("context_handler"))  # class_obj: the CFGGuider
+    return executor(*args, **kwargs)
+
+
+def exempt_from_context_windows(model) -> None:
+    """Keep the memory conds whole under context windows for every sampling of ``model`` (a ModelPatcher clone): an
+    ``OUTER_SAMPLE`` wrapper registers the callback on whatever context handler the sampled model carries, so it
+    works whether the context-window node comes before or after the memory patch in the graph."""
+    import comfy.patcher_extension
+
+    kind = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+    model.remove_wrappers_with_key(kind, PATCH_KEY)
+    model.add_wrapper_with_key(kind, PATCH_KEY, _outer_sample_wrapper)

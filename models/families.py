@@ -7,6 +7,7 @@ Each family module (``wan.py`` Wan 2.1 T2V/I2V, ``wan22.py`` Wan 2.2 TI2V 5B, ``
 from __future__ import annotations
 
 from . import hunyuan, wan, wan22
+from .conds import exempt_from_context_windows
 
 ADAPTERS = [wan, wan22, hunyuan]  # disjoint matches: wan = 16 latent channels, wan22 = 48
 
@@ -50,4 +51,5 @@ def patch_model(model, memory_t0: bool = True):
     adapter = adapter_for(model)
     m = model.clone()
     adapter.install(m, diffusion_model(model), memory_t0=memory_t0)
+    exempt_from_context_windows(m)  # the memory is the whole past: never sliced into context windows
     return m

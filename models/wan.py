@@ -14,6 +14,9 @@ Mechanism (DESIGN.md section 2), with no re-implementation of ComfyUI's forward:
   tokens, every block extends ``pe`` with the memory RoPE (and, where needed, the modulation ``vec``, below),
   the last block drops the memory tokens again, so the head and ``unpatchify`` see only the video tokens.
   Memory tokens thus pass through every block as clean context that the video tokens attend to in self-attention.
+  Newer ComfyUI appends its own clean context the same way (Bernini ``context_latents``, 0.33.0): the sequence is
+  then ``[video | context latents | memory]``, the memory leaves after the last block and ``forward_orig`` strips the
+  context latents before ``unpatchify`` (tested); the add-ons below query the video tokens only (:func:`video_tokens`).
 
 Timestep of the memory tokens. Wan modulates every token with ``vec = e0`` ``[B, L, 6, D]`` (``L = 1``: one
 timestep per sample; ``L = T``: one per latent frame, Wan 2.2's per-token timesteps, expanded to the tokens by
@@ -157,6 +160,14 @@ def memory_vec(dm, vec: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return torch.cat([video, zero.expand(vec.shape[0], m // r, -1, -1)], dim=1)
 
 
+def video_tokens(transformer_options: dict, tokens: int) -> int:
+    """The video tokens at the start of a block's sequence of ``tokens`` non-memory tokens: ``prod(grid_sizes)`` where
+    ``forward_orig`` publishes its patch grid in ``transformer_options`` (0.33.0 does, 0.3.75 does not; there Bernini's
+    ``context_latents`` may follow the video tokens and are no video), else all ``tokens``."""
+    grid = transformer_options.get("grid_sizes")
+    return tokens if grid is None else min(tokens, math.prod(int(g) for g in grid))
+
+
 def _block_patch(index: int, count: int, memory_t0: bool = True):
     """Replacement for block ``index`` of ``count``. ``memory_t0``: memory tokens always get timestep 0 (the rule,
     module docstring); False (the "shared" ablation): only when the model runs with per-token timesteps."""
@@ -176,10 +187,11 @@ def _block_patch(index: int, count: int, memory_t0: bool = True):
             vec = cached[1]
         pe = torch.cat([args["pe"], mem["freqs"].to(device=args["pe"].device, dtype=args["pe"].dtype)], dim=1)
         out = extra["original_block"]({**args, "img": x, "vec": vec, "pe": pe})
+        n = video_tokens(args["transformer_options"], out["img"].shape[1] - m)
         if mem.get("hidden") is not None:  # add-on: video tokens cross-attend to the encoder's hidden states
-            out = {**out, "img": cross_attend(mem, index, out["img"], out["img"].shape[1] - m)}
+            out = {**out, "img": cross_attend(mem, index, out["img"], n)}
         if mem.get("state") is not None:  # VideoSSM: add the block's global-memory read-out to the video tokens
-            out = {**out, "img": state_read(mem, index, out["img"], out["img"].shape[1] - m)}
+            out = {**out, "img": state_read(mem, index, out["img"], n)}
         if index == count - 1:
             out = {**out, "img": out["img"][:, : out["img"].shape[1] - m]}
         return out

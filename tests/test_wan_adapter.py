@@ -166,6 +166,71 @@ def test_stock_sampler_with_cfg_batches_cond_and_uncond(wan, comfy, tmp_path):
     assert seen and all(batch == 2 and has for batch, has in seen)  # cond+uncond in one call, memory present
 
 
+def _stock_model(dm, tmp_path):
+    """``dm``'s weights through the stock diffusion-model loader (a ModelPatcher of ComfyUI's WAN21)."""
+    import comfy.sd
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in dm.state_dict().items()}, str(path))
+    return comfy.sd.load_diffusion_model(str(path))
+
+
+def test_memory_conds_stay_whole_in_context_windows(wan, comfy, tmp_path, monkeypatch):
+    """ComfyUI's context windows (``model_options["context_handler"]``, as the stock Context Windows nodes set it)
+    sample 3 latent frames in windows of 2. ComfyUI 0.33 slices every model cond whose dim 2 has the latent's length,
+    here ``memory_positions2`` [B, M, 3]; the memory is the whole past, so every window's forward must get it whole
+    (``conds.exempt_from_context_windows``: a RESIZE_COND_ITEM callback registered when sampling starts, whether the
+    handler was set before or after the memory patch). Memory still changes the result."""
+    import comfy.context_windows as cw
+    import comfy.patcher_extension
+    import comfy.sample
+
+    from framememory.models import wan as wan_module
+
+    dm, adapter = wan
+    windows, positions_seen, real_pop = [], [], wan_module.pop_memory
+
+    def pop_spy(kwargs, device):
+        if adapter.POSITIONS_KEY in kwargs:
+            positions_seen.append(tuple(kwargs[adapter.POSITIONS_KEY].shape))
+        return real_pop(kwargs, device)
+
+    monkeypatch.setattr(wan_module, "pop_memory", pop_spy)
+
+    def windowed(m):
+        m = m.clone()
+        m.model_options["context_handler"] = cw.IndexListContextHandler(
+            context_schedule=cw.get_matching_context_schedule("standard_static"),
+            fuse_method=cw.get_matching_fuse_method("pyramid"), context_length=2, context_overlap=1, dim=2)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "spy",
+                               lambda executor, *a, **k: windows.append(a[0].shape[2]) or executor(*a, **k))
+        return m
+
+    model = _stock_model(dm, tmp_path)
+    g = torch.Generator().manual_seed(4)
+    pos_c, neg_c = ([[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]] for _ in range(2))
+    latent = torch.zeros(1, 16, 3, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 3)
+    tokens = torch.randn(8, dm.dim) * 0.5
+    positions = torch.tensor([[-1.5 - 2 * (i // 4), 1.5, 1.5 + (i % 4)] for i in range(8)])
+    mem_p, mem_n = (adapter.attach_memory(c, tokens, positions) for c in (pos_c, neg_c))
+
+    def run(m, p, n):
+        return comfy.sample.sample(m, noise, 2, 4.0, "euler", "simple", p, n, latent, seed=3, disable_pbar=True)
+
+    before = run(windowed(adapter.patch_model(model)), mem_p, mem_n)  # handler set after the memory patch
+    assert 2 in windows and set(windows) <= {2, 3}, windows  # windows of 2 (+ 0.33's causal fix frame after the first)
+    assert positions_seen and set(positions_seen) == {(2, 8, 3)}, positions_seen  # cond + uncond, memory whole
+    positions_seen.clear()
+    after = adapter.patch_model(windowed(model))  # handler set before the memory patch
+    torch.testing.assert_close(run(after, mem_p, mem_n), before)
+    assert set(positions_seen) == {(2, 8, 3)}
+    positions_seen.clear()
+    without = run(windowed(adapter.patch_model(model)), pos_c, neg_c)
+    assert not positions_seen and (before - without).abs().max() > 1e-3
+
+
 def test_non_wan_model_is_a_clear_error(comfy):
     from framememory.models import families as adapter
 
