@@ -65,6 +65,51 @@ def test_memory_of_the_past_equals_attending_to_the_past(wan, memory_timestep):
     assert (out - other).abs().max() > 1e-3  # the two timestep rules differ
 
 
+def test_memory_next_to_bernini_context_latents(wan):
+    """ComfyUI 0.33's Bernini in-context reference appends its own clean tokens (``context_latents``, RoPE with a
+    source id, anchored at the video's first frame) after the video tokens and strips them after the head. Memory
+    tokens go after those: every block sees [video | context | memory], the last block hands back [video | context],
+    the add-ons' video tokens are prod(grid_sizes), and memory and context both act on the output. (Exact
+    equivalence with the whole video does not exist here: the context is anchored at the segment's first frame with
+    memory and at the past's first frame without.) On ComfyUI without ``context_latents`` (0.3.75) the kwarg is
+    ignored: then no context tokens appear and the context changes nothing."""
+    import inspect
+
+    from comfy.ldm.wan.model import WanModel
+
+    from framememory.models.wan import video_tokens
+
+    dm, adapter = wan
+    bernini = "context_latents" in inspect.getsource(WanModel._forward)
+    x, t, context = _inputs(5, t=3)
+    lat = torch.randn(1, 16, 1, 8, 12, generator=torch.Generator().manual_seed(9))
+    n, c, m = 3 * 4 * 6, (1 * 4 * 6 if bernini else 0), 8
+    mem = {"memory_tokens": torch.randn(1, m, dm.dim, generator=torch.Generator().manual_seed(10)) * 0.5,
+           "memory_positions2": torch.tensor([[[-3 + (i // 4), 1, i % 4] for i in range(m)]]) * 2}
+    opts, seen = _options(adapter, len(dm.blocks)), []
+    replace = opts["patches_replace"]["dit"]
+    for key, patch in list(replace.items()):
+        def spy(args, extra, patch=patch, key=key):
+            out = patch(args, extra)
+            seen.append((key[1], args["img"].shape[1], out["img"].shape[1],
+                         video_tokens(args["transformer_options"], n + c)))
+            return out
+        replace[key] = spy
+    with torch.no_grad():
+        out = dm(x, t, context, transformer_options=opts, context_latents=[lat], **mem)
+        no_memory = dm(x, t, context, context_latents=[lat])
+        no_context = dm(x, t, context, transformer_options=opts, **mem)
+    assert out.shape == no_memory.shape == (1, 16, 3, 8, 12)
+    # block 0 gets [video | context] and returns it with the memory; the last returns [video | context] again
+    first = seen[:len(dm.blocks)]  # the first forward's blocks
+    assert first[0][1:] == (n + c, n + c + m, n) and first[-1][1:] == (n + c + m, n + c, n), first
+    assert (out - no_memory).abs().max() > 1e-3
+    if bernini:
+        assert (out - no_context).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(out, no_context, atol=0, rtol=0)
+
+
 def test_memory_timestep_rule_reaches_the_block_patches(wan, comfy, tmp_path):
     """patch_model / install default to timestep 0 for Wan 2.1; memory_t0=False installs the "shared" ablation; the
     memory_model of the storyboard follows EncoderConfig.memory_timestep."""
