@@ -141,6 +141,14 @@ class ComfyFrontend:
         button posts it: through ``JSON.stringify``)."""
         return json.loads(self.page.evaluate(GRAPH_TO_PROMPT))
 
+    def node_inputs(self, types: list[str]) -> dict[str, list[str]]:
+        """``{node type: input names}`` as this server defines them (``nodeData.input`` required + optional, the
+        server's ``/object_info`` as the frontend registered it); unknown types are left out."""
+        return self.page.evaluate("""types => { const out = {};
+            for (const t of types) { const d = window.LiteGraph.registered_node_types[t]?.nodeData;
+              if (d) out[t] = [...Object.keys(d.input?.required ?? {}), ...Object.keys(d.input?.optional ?? {})]; }
+            return out; }""", types)
+
     def serialize(self) -> dict:
         """The open graph as the frontend saves it: ``JSON.stringify(app.graph.serialize())`` (undefined fields dropped),
         the view in ``extra.ds``."""

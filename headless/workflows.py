@@ -26,6 +26,38 @@ def ui_workflows(directory: Path = WORKFLOWS) -> list[Path]:
     return sorted(directory.glob("*.json"))
 
 
+MODEL_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
+MODEL_FOLDERS = ("diffusion_models", "vae", "text_encoders", "memory_encoders", "loras")
+LAB_MODEL = REPO_ROOT / "lab_model"
+
+
+def add_named_model_files(models_dir: Path, paths: list[Path]) -> list[str]:
+    """Make every model file the workflows ``paths`` name (a widget value ending in a model suffix) listable in a
+    server's ``models_dir``, so the frontend shows the loaders as a user with those files sees them (frontend >= 1.48
+    outlines a loader whose file is missing in red, which would end up in the thumbnails): the ``lab_model/`` file
+    of that name linked in, else an empty placeholder (never loaded: listing only), in each of
+    :data:`MODEL_FOLDERS`. Files already present are left alone. Returns the names added. Call before the server
+    starts."""
+    names = set()
+    for path in paths:
+        for node in json.loads(path.read_text()).get("nodes", []):
+            values = node.get("widgets_values")
+            for value in values if isinstance(values, list) else []:
+                if isinstance(value, str) and value.lower().endswith(MODEL_SUFFIXES):
+                    names.add(value)
+    present = {p.name for p in models_dir.rglob("*") if p.is_file() or p.is_symlink()}
+    added = sorted(names - present)
+    for name in added:
+        for folder in MODEL_FOLDERS:
+            target = models_dir / folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (LAB_MODEL / name).is_file():
+                target.symlink_to(LAB_MODEL / name)
+            else:
+                target.touch()
+    return added
+
+
 def api_path_for(ui_path: Path) -> Path:
     """``workflows/NAME.json`` -> ``workflows/api/NAME_api.json``."""
     return ui_path.parent / "api" / f"{ui_path.stem}_api.json"
@@ -58,8 +90,9 @@ def open_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
 
 def check_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
     """Everything a user would trip over in ``ui_path``, as messages (``[]`` = fine): missing node types, page
-    errors, an API file that differs from the frontend's ``graphToPrompt`` of the graph, a saved view that hides a
-    node (off screen or under the toolbar, side bar or minimap) or draws nodes as blank boxes, a missing thumbnail."""
+    errors, an API file that differs from the frontend's ``graphToPrompt`` of the graph (beyond inputs of a newer
+    ComfyUI that this one lacks, :func:`for_this_server`), a saved view that hides a node (off screen or under the
+    toolbar, side bar or minimap) or draws nodes as blank boxes, a missing thumbnail."""
     problems = open_workflow(ui, ui_path)
     hidden, view = ui.hidden_nodes(), ui.view()
     if hidden:
@@ -71,12 +104,27 @@ def check_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
     committed = json.loads(api_path.read_text()) if api_path.exists() else None
     if committed is None:
         problems.append(f"{api_path} is missing")
-    elif committed != prompt:
+    elif (committed := for_this_server(ui, committed, prompt)) != prompt:
         problems.append(f"{api_path.name} differs from the frontend's graphToPrompt of {ui_path.name}: "
                         + prompt_difference(committed, prompt))
     if not thumbnail_path_for(ui_path).exists():
         problems.append(f"{thumbnail_path_for(ui_path).name} (thumbnail) is missing")
     return problems
+
+
+def for_this_server(ui: ComfyFrontend, committed: dict, frontend: dict) -> dict:
+    """``committed`` without the inputs a newer ComfyUI added that this one neither defines nor makes: an input of a
+    committed node is dropped when the server's node type has no input of that name and the frontend's own prompt
+    (``frontend``) has none either (e.g. Create Video's ``bit_depth`` and Save Video's ``codec.encoding`` of ComfyUI
+    0.33.0, unknown to 0.3.75, whose server ignores them in a POSTed prompt). Everything else must match exactly."""
+    defined = ui.node_inputs(sorted({node["class_type"] for node in committed.values()}))
+    out = {}
+    for node_id, node in committed.items():
+        mine = frontend.get(node_id, {}).get("inputs", {})
+        names = defined.get(node["class_type"])
+        inputs = {k: v for k, v in node.get("inputs", {}).items() if names is None or k in names or k in mine}
+        out[node_id] = {**node, "inputs": inputs}
+    return out
 
 
 def prompt_difference(committed: dict, frontend: dict) -> str:

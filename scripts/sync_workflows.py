@@ -9,6 +9,11 @@ makes its API prompt with its own ``graphToPrompt``; nothing of the workflow for
     .venv/bin/python scripts/sync_workflows.py --write    # after editing a workflow or a node's inputs: fit the
                                                           #   view, re-save NAME.json, write api/NAME_api.json + NAME.jpg
     .venv/bin/python scripts/sync_workflows.py --server http://127.0.0.1:8188 workflows/storyboard_wan21.json
+    COMFYUI_DIR=.cache/ComfyUI-0.33.0 .cache/venvs/comfyui-0.33.0/bin/python scripts/sync_workflows.py --write
+
+The committed files are saved through the frontend of ComfyUI 0.33.0 (1.48.7, the newest tested: its nodes have
+inputs 0.3.75 lacks, e.g. Create Video's bit_depth); the check passes on both (inputs a server neither defines nor
+makes are not compared, ``headless.workflows.for_this_server``).
 
 To change a workflow, open it in ComfyUI, edit, save it over ``workflows/NAME.json``, then run ``--write``. A node
 input added after the last one gets its default when ``--write`` re-saves the file through the frontend.
@@ -23,7 +28,7 @@ from pathlib import Path
 
 from framememory.headless.browser import ComfyFrontend
 from framememory.headless.comfy_server import ComfyServer, add_demo_inputs
-from framememory.headless.workflows import check_workflow, ui_workflows, write_workflow
+from framememory.headless.workflows import add_named_model_files, check_workflow, ui_workflows, write_workflow
 
 
 def sync(url: str, paths: list[Path], write: bool) -> int:
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                     "API file and thumbnail (default: only check)")
     ap.add_argument("--server", help="a running ComfyUI with this pack (and FRAMEMEMORY_DEMO=1 for the tiny "
                     "workflows); default: start one (scripts/setup.sh's ComfyUI, a temporary base directory with the "
-                    "tiny demo models and bikes.mp4)")
+                    "tiny demo models, bikes.mp4, the lab files and empty placeholders for the real weights' names)")
     args = ap.parse_args(argv)
     paths = [p.resolve() for p in args.workflows] or ui_workflows()
     for path in paths:
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         server = ComfyServer()
         add_demo_inputs(server)  # the files the workflows name, so the frontend shows them as a user would
+        add_named_model_files(server.models_dir, paths)  # the lab files, placeholders for real weights (listing only)
         with server:
             failed = sync(server.url, paths, args.write)
     print(f"{len(paths) - failed} of {len(paths)} workflows {'written' if args.write else 'ok'}")

@@ -1,14 +1,17 @@
-"""The pack as a ComfyUI user sees it: the real frontend (comfyui_frontend_package 1.32.9) in headless Chromium,
-driven by Playwright (issue 15; framememory.headless.browser / .workflows).
+"""The pack as a ComfyUI user sees it: the real frontend (comfyui_frontend_package 1.32.9 with ComfyUI 0.3.75, 1.48.7
+with 0.33.0: whichever the server under test serves) in headless Chromium, driven by Playwright (issues 15 and 24;
+framememory.headless.browser / .workflows).
 
-One server for the module (tiny random demo models, bikes.mp4 as the input clip, FRAMEMEMORY_DEMO=1) and one page:
+One server for the module (tiny random demo models, bikes.mp4 as the input clip, the lab files and placeholders for
+the other model files the workflows name, FRAMEMEMORY_DEMO=1) and one page:
 1. the Templates browser lists exactly the UI-format workflows of workflows/, each with its thumbnail;
 2. every workflow loads with no missing node and no page error, its saved view shows every node, readably, in a
-   1920x1080 window, and the frontend's own graphToPrompt gives exactly the committed workflows/api/ file;
+   1920x1080 window, and the frontend's own graphToPrompt gives exactly the committed workflows/api/ file (saved
+   through 1.48.7; on 1.32.9 without the inputs its server neither defines nor makes);
 3. the Storyboard's text box shows all three shots of the tiny workflow and has a tooltip; tooltips name the families;
 4. the tiny storyboard queued with the Run button ends with a video on the Save Video node, the queue panel's
    "Total" moves during the run, and the run's report summary shows on the Storyboard node.
-Fix a failure of 2 with `.venv/bin/python scripts/sync_workflows.py --write`.
+Fix a failure of 2 with `scripts/sync_workflows.py --write` run on ComfyUI 0.33.0 (see that script).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import pytest
 
 from framememory.headless.browser import ComfyFrontend
 from framememory.headless.comfy_server import PACK_NAME, ComfyServer, add_demo_inputs
-from framememory.headless.workflows import THUMBNAIL_SIZE, check_workflow, open_workflow, ui_workflows
+from framememory.headless.workflows import (THUMBNAIL_SIZE, add_named_model_files, check_workflow, open_workflow,
+                                            ui_workflows)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = REPO_ROOT / "workflows" / "storyboard_wan21_tiny.json"
@@ -32,6 +36,9 @@ ONE_SHOT = "1.0 | a cyclist rides down a sunny city street, tracking shot"
 def server(comfyui_dir, media_dir, tmp_path_factory):
     srv = ComfyServer(tmp_path_factory.mktemp("comfy_base"), comfyui_dir=comfyui_dir)
     add_demo_inputs(srv, media_dir)
+    # every file the workflows name is listed, as for a user who has them (frontend 1.48 pops an error box over the
+    # top right of the graph for a missing one): lab files linked, empty placeholders for the others (never run here)
+    add_named_model_files(srv.models_dir, ui_workflows())
     with srv:
         yield srv
 
@@ -57,12 +64,15 @@ def test_templates_browser_lists_the_ui_workflows_with_thumbnails(server):
 @pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
 def test_workflow_as_the_frontend_sees_it(ui, path):
     problems = check_workflow(ui, path)
-    assert not problems, f"{path.name}:\n" + "\n".join(problems) + "\nfix: .venv/bin/python scripts/sync_workflows.py --write"
+    assert not problems, f"{path.name}:\n" + "\n".join(problems) + "\nfix: scripts/sync_workflows.py --write on ComfyUI 0.33.0"
 
 
 STORYBOARD_NODE = "window.app.graph.findNodesByType('FrameMemoryStoryboard', [])[0]"
-# What the web/framememory.js extension moves: the queue panel's "Total" (frontend 1.32 keeps it in its execution store).
+# What the web/framememory.js extension moves: the queue panel's "Total" (frontends 1.32 to 1.58 keep it in their
+# execution store as executionProgress: done entries / entries of the running prompt's node table).
 TOTAL = "window.app.extensionManager._p._s.get('execution').executionProgress"
+# The Run button as a user sees it: labelled "Run" (1.48 adds a menu trigger whose accessible name is also "Run").
+RUN_BUTTON = dict(role="button", name="Run", exact=True)
 
 
 def storyboard_box(ui) -> dict:
@@ -93,7 +103,9 @@ def test_run_button_ends_with_a_video_a_report_and_moving_total(server, ui):
     storyboard = next(boxes.nth(i) for i in range(boxes.count()) if " | " in boxes.nth(i).input_value())
     storyboard.fill(ONE_SHOT)  # typed as a user would: one 1 s shot keeps the run short
     assert ui.graph_to_prompt()["9"]["inputs"]["storyboard"] == ONE_SHOT
-    ui.page.get_by_role("button", name="Run", exact=True).click()
+    run = ui.page.get_by_role(**RUN_BUTTON).filter(has_text="Run")
+    assert run.count() == 1, f"{run.count()} buttons labelled Run"
+    run.click()
     ui.page.wait_for_function("window.__framememory_done !== null", timeout=RUN_TIMEOUT_MS)
     done = ui.page.evaluate("window.__framememory_done")
     assert done["type"] == "execution_success", json.dumps(done)[:2000] + server.log_tail_text()

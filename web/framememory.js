@@ -1,4 +1,4 @@
-// ComfyUI-FrameMemory frontend extension (written against ComfyUI frontend 1.32).
+// ComfyUI-FrameMemory frontend extension (tested with ComfyUI frontend 1.32.9 and 1.48.7: ComfyUI 0.3.75 and 0.33.0).
 //
 // 1. The Storyboard's multiline text box keeps a minimum height, so previews and the progress text that share the
 //    node cannot squeeze it below a few shots (DOM widget option getMinHeight; display only, nothing serialised).
@@ -6,7 +6,9 @@
 //    frontend computes it as finished nodes / nodes of the prompt, so one node doing all the work held it at 0 %
 //    until the end. The server sends "framememory.progress" {prompt_id, node, value, max} after every sampling step
 //    (nodes/progress_ui.py); each Storyboard then counts as UNITS extra entries of the prompt's node table, marked
-//    done in proportion to value / max.
+//    done in proportion to value / max. No frontend offers extensions an API to that table: it is found by feature in
+//    the execution store (queuedPrompts in 1.32, queuedJobs from 1.48 on); where neither exists the Total is left
+//    alone and the run-wide progress shows on the node only (its progress text, "... 35 % of the run").
 // 3. The report summary (the node's ui "text", as ComfyUI's PreviewText) is shown on the node again when the output
 //    comes from cache; a fresh run shows it through the server's progress_text, which the frontend displays natively.
 //    That text is display only: it is kept out of the saved workflow's widgets_values. The node grows to show every
@@ -22,14 +24,28 @@ const PROGRESS_EVENT = "framememory.progress";
 const REPORT_LINE_HEIGHT = 16; // px (graph units) per line of the report summary
 const UNITS = 100; // entries one Storyboard adds to the prompt's node table: the Total moves in 1 % steps of it
 
-// The frontend's Pinia execution store. 1.32 offers extensions no API to it; app.extensionManager is the workspace
-// store, whose _p is the Pinia instance holding every store by id.
+// The frontend's Pinia execution store: app.extensionManager is the workspace store, whose _p is the Pinia instance
+// holding every store by id.
 function executionStore() {
   return app.extensionManager?._p?._s?.get("execution") ?? null;
 }
 
+let noTableNotice = false;
+// The execution store's table of queued prompts by id, each {nodes: {id: done}}: queuedJobs (1.48+) or queuedPrompts
+// (1.32); null (with a one-time notice) when this frontend has neither.
+function promptTable() {
+  const store = executionStore();
+  const table = store?.queuedJobs ?? store?.queuedPrompts ?? null;
+  if (!table && !noTableNotice) {
+    noTableNotice = true;
+    console.info("FrameMemory: this frontend's execution store has no prompt table; run-wide progress shows on the "
+      + "Storyboard node only");
+  }
+  return table;
+}
+
 function setRunFraction(promptId, nodeId, fraction) {
-  const prompt = executionStore()?.queuedPrompts?.[promptId];
+  const prompt = promptTable()?.[promptId];
   if (!prompt?.nodes) return;
   const done = Math.round(Math.min(Math.max(fraction, 0), 1) * UNITS);
   for (let i = 0; i < UNITS; i++) {
@@ -39,7 +55,7 @@ function setRunFraction(promptId, nodeId, fraction) {
 }
 
 function hasUnits(promptId, nodeId) {
-  return `framememory:${nodeId}:0` in (executionStore()?.queuedPrompts?.[promptId]?.nodes ?? {});
+  return `framememory:${nodeId}:0` in (promptTable()?.[promptId]?.nodes ?? {});
 }
 
 function isStoryboard(nodeId) {
@@ -50,7 +66,7 @@ function isStoryboard(nodeId) {
 // as UNITS undone entries, so the Total does not fall when its progress begins.
 api.addEventListener("execution_start", ({ detail }) => {
   setTimeout(() => {  // after the execution store has registered the prompt
-    const nodes = executionStore()?.queuedPrompts?.[detail.prompt_id]?.nodes ?? {};
+    const nodes = promptTable()?.[detail.prompt_id]?.nodes ?? {};
     for (const id of Object.keys(nodes).filter(isStoryboard)) setRunFraction(detail.prompt_id, id, 0);
   }, 0);
 });
