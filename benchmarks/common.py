@@ -43,3 +43,48 @@ def print_table(rows: list[dict], cols: list[str], digits: int | None = None) ->
     print("-|-".join("-" * w for w in widths))
     for r in rows:
         print(" | ".join(fmt(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
+
+
+# ---- the lab set's rows (issue 22) ----------------------------------------------------------------------------------
+LAB = "framememory_lab_wan21"
+LAB_ROW_FILES = {  # row -> (encoder file, LoRA file) in the lab folder; first existing LoRA wins, with its note
+    "off": (f"{LAB}_encoder", [(f"{LAB}_nomemory_lora", "no-memory LoRA"),
+                               (f"{LAB}_lora", "memory LoRA, memory removed")]),
+    "sliding": (f"{LAB}_encoder", [(f"{LAB}_sliding_lora", "sliding-window LoRA"),
+                                   (f"{LAB}_lora", "memory LoRA")]),
+    "fp": (f"{LAB}_encoder", [(f"{LAB}_lora", "")]),
+    "frame_preservation": (f"{LAB}_encoder", [(f"{LAB}_lora", "")]),
+    "fp_4x4x2": (f"{LAB}_4x4x2_encoder", [(f"{LAB}_4x4x2_lora", "")]),
+    "pack_forcing": (f"{LAB}_packforcing_encoder", [(f"{LAB}_packforcing_lora", "")]),
+    "video_ssm": (f"{LAB}_videossm", [(f"{LAB}_videossm_lora", "")]),
+    "stage1": (f"{LAB}_encoder", [(f"{LAB}_stage1_lora", "Stage I LoRA")]),
+}
+
+
+def lab_set_files(lab_dir: str, row: str) -> dict:
+    """The lab files a benchmark row uses (:data:`LAB_ROW_FILES`): ``{"files": {"dit", "vae", "encoder", "lora": path},
+    "note": which LoRA stands in, or ""}`` when they exist, else ``{"missing": [file names]}`` (the row is reported
+    "not trained"). The "off" row takes the no-memory LoRA when the lab set has one (the honest floor), else the
+    memory LoRA with memory removed; "sliding" likewise its own LoRA. Raises KeyError for an unknown row."""
+    encoder, loras = LAB_ROW_FILES[row]
+    path = lambda stem: os.path.join(lab_dir, stem + ".safetensors")  # noqa: E731
+    lora, note = next(((path(s), n) for s, n in loras if os.path.isfile(path(s))), (path(loras[0][0]), ""))
+    files = {"dit": path(LAB), "vae": path(f"{LAB}_vae"), "encoder": path(encoder), "lora": lora}
+    missing = [os.path.basename(p) for p in files.values() if not os.path.isfile(p)]
+    return {"missing": missing} if missing else {"files": files, "note": note}
+
+
+def load_lab_set(lab_dir: str, files: dict, vae=None):
+    """``(MODEL with the LoRA, VAE, memory encoder)`` from :func:`lab_set_files`' files, loaded as the stock nodes load
+    them (``training.lab.load_lab_model``'s calls: Load Diffusion Model, LoraLoaderModelOnly, Load VAE, Load Memory
+    Encoder); ``vae``: an already loaded VAE of the set to share. Needs ComfyUI importable (``long_run.setup``)."""
+    import comfy.sd
+    import comfy.utils
+
+    from framememory.models.encoding import MemoryEncoder
+
+    model = comfy.sd.load_diffusion_model(files["dit"])
+    model, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(files["lora"], safe_load=True),
+                                             1.0, 0)
+    vae = vae or comfy.sd.VAE(sd=comfy.utils.load_torch_file(files["vae"]))
+    return model, vae, MemoryEncoder.from_file(files["encoder"])

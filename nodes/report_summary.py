@@ -22,11 +22,31 @@ def _drift_line(segments: list[dict]) -> str:
     return f"Colour drift: mean {_mean(drift):.1f}, worst {max(drift):.1f} Delta E (2.3: just visible)"
 
 
+def _evaluation_lines(report: dict) -> list[str]:
+    """The margin of a run that was scored against real frames (the main job's ``evaluation``, scripts/scores.py):
+    memory on minus the best of memory off, mean colour and last frame, and plain words when it loses. [] without."""
+    ev = report.get("evaluation") or {}
+    entry = ev.get(ev.get("kind")) if isinstance(ev.get("kind"), str) else None
+    if not isinstance(entry, dict) or entry.get("margin_db") is None:
+        return []
+    rows = {"memory off": entry.get("memory_off"), **{k.replace("_", " "): v for k, v in
+                                                      (entry.get("references") or {}).items()
+                                                      if k in ("mean_colour", "last_frame")}}
+    rows = {k: v["psnr_db"] for k, v in rows.items() if isinstance(v, dict)}
+    best = max(rows, key=rows.get)
+    on, margin = entry["memory_on"]["psnr_db"], entry["margin_db"]
+    what = (f"Return after {entry['gap_seconds']:g} s away" if entry.get("gap_seconds") else "Continuation")
+    return [f"{what}: memory on {on:.2f} dB PSNR",
+            f"Margin {margin:+.2f} dB over the best trivial row ({best} {rows[best]:.2f})"
+            + ("" if margin > 0 else ": memory LOSES")]
+
+
 def report_summary(report: dict) -> str:
     """A short human-readable summary of a :func:`models.storyboard.run_storyboard` report (as the Storyboard node
     returns it, with ``output_frames``): segments, video length, memory tokens and the history seconds they covered at
-    the last segment, run time, seam ratios and colour drift; one fact per line of at most ~70 characters (the
-    Storyboard node's width), plain text (no HTML).
+    the last segment, run time, seam ratios and colour drift and, when the report carries an ``evaluation`` against
+    real frames (the main job's report.json), the memory row's margin over the best trivial row; one fact per line
+    of at most ~70 characters (the Storyboard node's width), plain text (no HTML).
 
     Raises:
         KeyError: ``report`` lacks a field every report has (``fps``, ``segments``, ``total_frames``, ...).
@@ -54,7 +74,7 @@ def report_summary(report: dict) -> str:
         lines.append(f"Output: {report['output_frames']} frames"
                      + (f" ({dropped} start frame{'s' if dropped != 1 else ''} dropped to fit whole segments)"
                         if dropped else ""))
-    return "\n".join(lines)
+    return "\n".join(lines + _evaluation_lines(report))
 
 
 __all__ = ["report_summary"]

@@ -1,6 +1,6 @@
-"""What memory buys, measured by the main job (scripts/run_example.py): the Storyboard continues the first H frames
-of a real clip twice on one server, with memory (the workflow as given) and with ``memory_mode`` "off" (same seed,
-model and history), and both continuations are compared with the clip's real next frames (PSNR, SSIM).
+"""The main job's workflow plumbing for its evaluations (scripts/run_example.py, scripts/revisit_job.py): the history
+through Load Video as History, the lossless frame tap, the memory-off prompt, clip reading, the contact sheet. The
+scores themselves come from scripts/scores.py (one code path for every evaluation).
 
 The history goes in through Load Video as History (``FrameMemoryLoadVideoHistory``, models/video_history.py): the
 node streams the clip itself (frame_load_cap = H frames from 0 s), resampled to the model's fps by the training
@@ -17,10 +17,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scores.py next to this file (also when loaded by path)
+import scores  # noqa: E402
 from framememory.memory.storyboard import parse_storyboard, plan_segments, segment_frames
 from framememory.training.data import decode_frames, resample
 
@@ -29,7 +32,7 @@ VIDEO_HISTORY = "FrameMemoryLoadVideoHistory"
 START_CHAIN = ("ImageFromBatch", "GetVideoComponents", "LoadVideo")  # a Storyboard's start_images from a video file
 VAE_TIME_STRIDE = 4  # video frames per latent frame (Wan 2.1 / 2.2, HunyuanVideo)
 TAP_PREFIX = "framememory/eval_frames"
-PSNR_CAP_DB = 100.0  # identical frames give inf; JSON cannot hold it
+PSNR_CAP_DB = scores.PSNR_CAP_DB
 
 
 class EvalError(RuntimeError):
@@ -197,7 +200,7 @@ def memory_off_prompt(api: dict, storyboard_id: str) -> dict:
     out[storyboard_id]["inputs"]["memory_mode"] = "off"
     for node in out.values():
         prefix = node.get("inputs", {}).get("filename_prefix")
-        if isinstance(prefix, str):
+        if isinstance(prefix, str) and not node.get("_meta", {}).get("title", "").startswith("FrameMemory eval: VAE"):
             node["inputs"]["filename_prefix"] = prefix + "_memory_off"
     return out
 
@@ -213,56 +216,20 @@ def generated_part(frames: np.ndarray, report: dict) -> np.ndarray:
 
 # ---- metrics ------------------------------------------------------------------------------------------------------
 def frame_metrics(pred: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame ``(PSNR dB [F], SSIM [F])`` of uint8 ``[F, H, W, 3]`` videos as RGB float in [0, 1] (torchmetrics,
-    data_range 1.0; SSIM with its default 11x11 Gaussian window, sigma 1.5). PSNR is capped at PSNR_CAP_DB."""
-    import torch
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
-    p, r = (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0 for x in (pred, real))
-    psnr = peak_signal_noise_ratio(p, r, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=PSNR_CAP_DB)
-    ssim = structural_similarity_index_measure(p, r, data_range=1.0, reduction="none")
-    return psnr.numpy(), ssim.numpy()
+    """Per-frame ``(PSNR dB [F], SSIM [F])``: :func:`scores.frame_metrics` (the one code path of every evaluation)."""
+    return scores.frame_metrics(pred, real)
 
 
 def arm_metrics(pred: np.ndarray, real: np.ndarray, seg_frames: list[int]) -> dict:
-    """``{"psnr_db", "ssim", "per_segment_psnr_db", "per_frame_psnr_db"}``: means over frames of the per-frame
-    values; a segment's PSNR is the mean over its frames (``seg_frames``: frames per segment, in order; frames
-    past the compared ones are left out)."""
-    psnr, ssim = frame_metrics(pred, real)
+    """:func:`scores.score` (``psnr_db``, ``ssim``, ``thumb_psnr_db``, ``thumb_ssim``, ``per_frame_psnr_db``) plus
+    ``per_segment_psnr_db``: a segment's PSNR is the mean over its frames (``seg_frames``: frames per segment, in
+    order; frames past the compared ones are left out)."""
+    out = scores.score(pred, real)
+    psnr = np.asarray(out["per_frame_psnr_db"])
     bounds = np.cumsum([0, *seg_frames])
-    per_segment = [float(psnr[a:min(b, len(psnr))].mean()) for a, b in zip(bounds, bounds[1:]) if a < len(psnr)]
-    return {"psnr_db": round(float(psnr.mean()), 3), "ssim": round(float(ssim.mean()), 4),
-            "per_segment_psnr_db": [round(v, 3) for v in per_segment],
-            "per_frame_psnr_db": [round(float(v), 2) for v in psnr]}
-
-
-def evaluation(clip: Path, real: np.ndarray, history: int, on: np.ndarray, off: np.ndarray, report: dict) -> dict:
-    """The report's ``"evaluation"`` entry: both arms against the real continuation ``real[history:]`` (uint8
-    ``[N, H, W, 3]`` clip frames at the model's fps); ``on`` / ``off``: the generated frames of each arm."""
-    f = min(len(on), len(off), len(real) - history)
-    if f <= 0:
-        raise EvalError(f"nothing to compare: {len(real)} clip frames, {history} of them history")
-    segs = [s["frames"] for s in report["segments"]]
-    target = real[history:history + f]
-    mem_on, mem_off = arm_metrics(on[:f], target, segs), arm_metrics(off[:f], target, segs)
-    return {"clip": str(clip), "history_frames": history, "compared_frames": f, "fps": report.get("fps"),
-            "size": [report.get("width"), report.get("height")],
-            "memory_on": mem_on, "memory_off": mem_off,
-            "gain_db": round(mem_on["psnr_db"] - mem_off["psnr_db"], 3),
-            "ssim_gain": round(mem_on["ssim"] - mem_off["ssim"], 4),
-            "method": "generated frame j vs real frame history + j, RGB in [0, 1] at the output size; torchmetrics "
-                      "PSNR (data_range 1.0) and SSIM per frame, averaged; per segment: PSNR averaged over its frames. "
-                      "Generated frames from the Storyboard's IMAGE output saved losslessly (SaveAnimatedPNG, 8-bit), "
-                      "not from the h264 mp4; the history read by Load Video as History (the training reader's pixels)."}
-
-
-def summary_line(ev: dict) -> str:
-    """One line with the numbers of an :func:`evaluation` entry."""
-    on, off = ev["memory_on"], ev["memory_off"]
-    return (f"memory vs no memory against the real continuation ({ev['compared_frames']} frames after "
-            f"{ev['history_frames']} history frames): PSNR {on['psnr_db']:.2f} vs {off['psnr_db']:.2f} dB "
-            f"(gain {ev['gain_db']:+.2f} dB), SSIM {on['ssim']:.4f} vs {off['ssim']:.4f}; per segment PSNR on "
-            f"{on['per_segment_psnr_db']} off {off['per_segment_psnr_db']}")
+    out["per_segment_psnr_db"] = [round(float(psnr[a:min(b, len(psnr))].mean()), 3)
+                                  for a, b in zip(bounds, bounds[1:]) if a < len(psnr)]
+    return out
 
 
 # ---- contact sheet ------------------------------------------------------------------------------------------------

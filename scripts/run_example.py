@@ -16,11 +16,14 @@ reduced-width VAE, a memory encoder and a Stage II LoRA trained here on real cli
 workflows/storyboard_wan21_lab_api.json), blurry by design, not Wan. Without those files: tiny RANDOM models
 written by demo/make_tiny_models.py, which check the pipeline end to end but make NO meaningful imagery.
 
-The history is the first H frames of --video (--history-seconds, rounded down to whole VAE segments), streamed by
-the Load Video as History node (frame_load_cap H, at the Storyboard's size, fps and memory_mode; added in place of a
-workflow's LoadVideo -> start_images chain). Unless --no-eval, or when the clip is too short, the same prompt
-then runs again with memory_mode "off" and both are compared with the clip's real continuation (PSNR, SSIM):
-report.json "evaluation", storyboard_memory_off.mp4, contact_sheet_eval.png (scripts/example_eval.py).
+Evaluation (--eval, scripts/revisit_job.py; --no-eval skips it): "revisit" (default) leaves and returns: the
+history is shot A (the first --history-seconds of --video, default the held-out carphone_pristine.mp4) then a
+--gap-seconds cutaway (default 5 s of the training-split bigbuckbunny.mp4), read by the Load Video as History node from
+one lossless file (one VAE stream, the cut inside it); the Storyboard generates --return-seconds with A's prompt.
+"continuation" continues the clip's first seconds with the workflow's own storyboard (default bikes.mp4). Either way
+the same prompt runs again with memory_mode "off" and with the memory of another clip (the shuffled control), and all
+three arms and the reference rows (mean colour, last frame raw and through the VAE, VAE ceiling; scripts/scores.py)
+are scored against the real frames: report.json "evaluation", storyboard_memory_off.mp4, contact_sheet_eval.png.
 
 Writes to --out (default ./out): storyboard.mp4, contact_sheet.png, report.json, comfyui_server.log (+ the two
 evaluation files). Exits non-zero with a message on any failure.
@@ -48,6 +51,8 @@ from framememory.models.attention import resolve_attention
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))  # example_eval.py, next to this file (also when loaded by path)
 import example_eval  # noqa: E402
+import revisit_eval  # noqa: E402
+import revisit_job  # noqa: E402
 
 WORKFLOW_TINY = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json"
 WORKFLOW_LAB = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_lab_api.json"
@@ -236,7 +241,8 @@ def lab_warning(recipe: dict, width: int, height: int, stand_in_text: bool) -> s
             f"FrameMemory encoder and a Stage II LoRA trained here {trained} at {size}"
             + (f" ({', '.join(extra)})" if extra else "")
             + (", prompts through a stand-in text encoder (no umt5)" if stand_in_text else "") + ". It is NOT Wan 2.1: "
-            "its video is blurry by design. It exists to measure what memory buys against a real clip's continuation. "
+            "its video is blurry by design. It exists to measure what memory buys when a scene comes back after a cutaway "
+            "(or continues), against the real frames and trivial predictors. "
             + REAL_WEIGHTS_HINT)
 
 
@@ -432,41 +438,24 @@ def weights_entry(models: Models, subs: dict) -> dict:
     return {f"{cls}.{inp}": f"(embedded tiny) {v}" for (cls, inp), v in subs.items()}
 
 
-# ---- history and runs ---------------------------------------------------------------------------
-@dataclass
-class ClipPlan:
-    """The clip as the example uses it: frames at the model's size and fps, the first ``history`` of them read by Load
-    Video as History, and why the memory-off comparison cannot run (None: it can)."""
-
-    frames: object  # numpy uint8 [N, H, W, 3]
-    history: int
-    generated: int  # frames the Storyboard will generate (its plan)
-    storyboard_id: str
-    file: str
-    skip_eval: str | None
-
-
-def prepare_history(api: dict, video: Path, seconds: float, input_dir: Path) -> tuple[dict, ClipPlan]:
-    """Make the first ``seconds`` of ``video`` (rounded down to whole VAE segments) the Storyboard's history through
-    Load Video as History (``example_eval.with_video_history``), the file linked into ``input_dir``; read the clip's
-    first history + generated frames at the Storyboard's size and fps (training reader: the node's pixels) for the
-    comparison. Returns the substituted prompt and the plan."""
-    sb_id, sb = example_eval.storyboard_node(api)
-    width, height, fps, latent = int(sb["width"]), int(sb["height"]), float(sb["fps"]), int(sb["segment_latent_frames"])
-    generated = sum(example_eval.planned_frames(sb))
+# ---- history and runs ---------------------------------------------------------------------------------------------
+def prepare_history(args, api: dict, video: Path, input_dir: Path, evaluate: bool):
+    """The Storyboard's history and what the evaluation compares (scripts/revisit_job.py): ``--eval revisit`` (the
+    default) A + cutaway + A's return, ``--eval continuation`` the clip's first seconds. Returns ``(prompt, plan)``."""
     try:
-        frames = example_eval.read_clip(video, width, height, fps, math.floor(seconds * fps + 1e-6) + generated)
+        if args.eval == "revisit":
+            api, plan = revisit_job.prepare(api, video, Path(args.cutaway).resolve(), args.gap_seconds,
+                                            args.history_seconds, args.return_seconds, input_dir, MEDIA_DIR, evaluate)
+        else:
+            api, plan = revisit_job.prepare_continuation(api, video, args.history_seconds, input_dir, MEDIA_DIR, evaluate)
+    except example_eval.EvalError:
+        raise
     except Exception as e:  # training.data.VideoReadError and friends
-        raise ExampleError(f"cannot read {video}: {e}") from e
-    history = example_eval.history_length(seconds, fps, latent, len(frames))
-    name = link_input(video, input_dir)
-    api = example_eval.with_video_history(api, sb_id, name, history)
-    log(f"input: {video.name} -> {input_dir / name}; Load Video as History reads its first {history} frames "
-        f"({history / fps:.2f} s) at {width}x{height}, {fps:g} fps")
-    skip = None if len(frames) >= history + generated else (
-        f"the clip has {len(frames)} frames at {fps:g} fps, the comparison needs {history} history + {generated} "
-        "generated")
-    return api, ClipPlan(frames, history, generated, sb_id, name, skip)
+        raise ExampleError(f"cannot read {video} or {args.cutaway}: {e}") from e
+    s = plan.seq
+    log(f"input: {plan.file} in {input_dir}: {s.name}, Load Video as History reads its first {s.history} frames; "
+        f"shots: " + "; ".join(f"{label} {b - a} frames{' (given)' if given else ''}" for label, _, a, b, given in s.shots))
+    return api, plan
 
 
 def link_input(video: Path, input_dir: Path) -> str:
@@ -505,29 +494,8 @@ def tap_frames(server: ComfyServer, run: dict, tap_id: str):
     return example_eval.generated_part(example_eval.read_apng(files[0], float(run["report"]["fps"])), run["report"])
 
 
-def run_evaluation(server: ComfyServer, api: dict, tap_id: str, on: dict, clip: ClipPlan, video: Path, out: Path,
-                   timeout: float) -> dict:
-    """The memory-off arm on the same server, then both arms against the clip's real continuation: returns the
-    report's "evaluation" entry; writes storyboard_memory_off.mp4 and contact_sheet_eval.png into ``out``."""
-    off = run_prompt(server, example_eval.memory_off_prompt(api, clip.storyboard_id), timeout, "memory off")
-    shutil.copy2(off["video"], out / "storyboard_memory_off.mp4")
-    on_frames, off_frames = tap_frames(server, on, tap_id), tap_frames(server, off, tap_id)
-    ev = example_eval.evaluation(video, clip.frames, clip.history, on_frames, off_frames, on["report"])
-    for arm, run in (("memory_on", on), ("memory_off", off)):
-        ev[arm]["memory_tokens_per_segment"] = [s.get("memory_tokens") for s in run["report"]["segments"]]
-        ev[arm]["memory_mode"] = run["report"].get("memory_mode")
-    f, h = ev["compared_frames"], clip.history
-    rows = [("real continuation", clip.frames[h:h + f]), ("memory on", on_frames[:f]), ("memory off", off_frames[:f])]
-    ev["contact_sheet_frames"] = [h + i for i in example_eval.eval_sheet(rows, out / "contact_sheet_eval.png", h,
-                                                                       float(on["report"]["fps"]))]
-    ev["memory_off_seconds"] = off["seconds"]
-    ev["paths"] = {"memory_off_video": str(out / "storyboard_memory_off.mp4"),
-                   "contact_sheet": str(out / "contact_sheet_eval.png")}
-    return ev
-
-
 # ---- outputs of the main run --------------------------------------------------------------------
-def save_main_outputs(run: dict, out: Path, clip: ClipPlan | None) -> dict:
+def save_main_outputs(run: dict, out: Path, clip) -> dict:
     """Copy the memory-on video to out/storyboard.mp4, check its frame count against the report and draw
     contact_sheet.png; returns report.json's "decoded" entry."""
     report = run["report"]
@@ -540,8 +508,8 @@ def save_main_outputs(run: dict, out: Path, clip: ClipPlan | None) -> dict:
         raise ExampleError(f"the saved video has {len(frames)} frames, the report says {expected}")
     start = report.get("start_frames", 0)
     shown = start if report.get("output_frames") == start + report.get("total_frames", -1) and start < len(frames) else 0
-    if clip is not None and start != clip.history:
-        raise ExampleError(f"the Storyboard kept {start} history frames, {clip.history} were given")
+    if clip is not None and start != clip.seq.history:
+        raise ExampleError(f"the Storyboard kept {start} history frames, {clip.seq.history} were given")
     sheet_idx = contact_sheet(frames, out / "contact_sheet.png", history_frames=shown)
     return {"frames": len(frames), "fps": fps, "height": int(frames[0].shape[0]), "width": int(frames[0].shape[1]),
             "contact_sheet_frames": sheet_idx}
@@ -559,16 +527,32 @@ def print_summary(report: dict, decoded: dict, wall: float, rss_mb: float, out: 
     if seams.get("per_boundary"):
         log(f"seams at segment joins (pixel change across a join / inside segments, 1.0 = none): mean "
             f"{seams.get('mean')}, per join {seams.get('per_boundary')}; decode: {report.get('decode')}")
-    if "memory_on" in ev:
-        log(example_eval.summary_line(ev))
+    if "kind" in ev:
+        for line in revisit_eval.summary_lines(ev[ev["kind"]]):
+            log(line)
+        log("the Storyboard's summary with this evaluation:\n  " + node_summary(report).replace("\n", "\n  "))
+        if ev[ev["kind"]]["losses"]:
+            banner("MEMORY DOES NOT WIN HERE: " + "; ".join(ev[ev["kind"]]["losses"]) + ".")
     else:
         log(f"evaluation skipped: {ev.get('skipped')}")
-    log(f"wall {wall:.1f} s, server peak RSS {rss_mb:.0f} MB")
+    log(f"wall {wall:.1f} s, server peak RSS {rss_mb:.0f} MB, load average at the end {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores")
     names = ["storyboard.mp4", "contact_sheet.png", "report.json", "comfyui_server.log"]
-    if "memory_on" in ev:
+    if "kind" in ev:
         names += ["storyboard_memory_off.mp4", "contact_sheet_eval.png"]
     for name in names:
         log(f"wrote {out / name}")
+
+
+def node_summary(report: dict) -> str:
+    """nodes/report_summary.py's text (what the Storyboard node shows) of the full report, evaluation included; loaded
+    by path: the nodes package imports ComfyUI, the summary module does not."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("framememory_report_summary", REPO_ROOT / "nodes" / "report_summary.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.report_summary(report)
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -577,10 +561,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", help="JSON file with keys wan_model, t5, vae, encoder (paths to weight files)")
     ap.add_argument("--out", default="out", help="output folder (default: ./out)")
     ap.add_argument("--workflow", help="API-format workflow to run instead of the default one")
-    ap.add_argument("--video", default=str(MEDIA_DIR / "bikes.mp4"), help="history video for LoadVideo (default: bikes.mp4)")
+    ap.add_argument("--video", help="shot A's clip (default: the held-out carphone_pristine.mp4 for --eval revisit, "
+                                    "bikes.mp4 for --eval continuation)")
+    ap.add_argument("--cutaway", default=str(MEDIA_DIR / "bigbuckbunny.mp4"),
+                    help="the cutaway's clip (default: bigbuckbunny.mp4, training split)")
+    ap.add_argument("--gap-seconds", type=float, default=5.0, help="cutaway length (default 5; whole 1 s segments)")
+    ap.add_argument("--return-seconds", type=float, default=1.0, help="seconds generated after the cutaway (default 1)")
+    ap.add_argument("--eval", choices=("revisit", "continuation"), default="revisit",
+                    help="revisit (default): A, a cutaway, back to A; continuation: the clip's next seconds")
     ap.add_argument("--history-seconds", type=float, default=2.8,
-                    help="seconds of --video used as history (default 2.8; rounded down to whole VAE segments: "
-                         "13 + 16k frames on Wan)")
+                    help="seconds of --video before the cutaway / used as history (default 2.8; rounded down to whole "
+                         "VAE segments: 13 + 16k frames on Wan)")
     ap.add_argument("--memory-mode", default="frame_preservation", choices=MEMORY_MODES,
                     help="the Storyboard's memory_mode (default frame_preservation); the lab model loads the encoder / "
                          "state file and LoRA trained for pack_forcing or video_ssm; the comparison arm stays 'off'")
@@ -601,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     comfyui_dir = Path(os.environ.get("COMFYUI_DIR") or REPO_ROOT / ".cache" / "ComfyUI").resolve()
     if not (comfyui_dir / "main.py").exists():
         raise ExampleError(f"no ComfyUI at {comfyui_dir}: run `bash scripts/setup.sh` (or set COMFYUI_DIR)")
-    video = Path(args.video).resolve()
+    video = Path(args.video or MEDIA_DIR / ("carphone_pristine.mp4" if args.eval == "revisit" else "bikes.mp4")).resolve()
     if not video.is_file():
         raise ExampleError(f"history video {video} is missing: run `bash scripts/setup.sh` to fetch it")
     models = choose_models(args.config, args.workflow, args.memory_mode)
@@ -637,13 +628,13 @@ def run_example(args, models: Models, server: ComfyServer, video: Path, out: Pat
     subs = install_models(models, server)
     api = with_memory_mode(substitute_inputs(json.loads(models.workflow.read_text()), subs), args.memory_mode)
     clip, no_history = None, example_eval.history_input(api)
+    skip = ("--no-eval" if args.no_eval else no_history or example_eval.metrics_missing())
     if no_history is None:
-        api, clip = prepare_history(api, video, args.history_seconds, server.input_dir)
+        api, clip = prepare_history(args, api, video, server.input_dir, evaluate=skip is None)
     elif any(n.get("class_type") in ("LoadVideo", example_eval.VIDEO_HISTORY) for n in api.values()):  # as it says
         name = link_input(video, server.input_dir)
         api = substitute_inputs(api, {("LoadVideo", "file"): name, (example_eval.VIDEO_HISTORY, "video"): name})
         log(f"input: {video.name} -> {server.input_dir} ({no_history}: --history-seconds not used)")
-    skip = ("--no-eval" if args.no_eval else no_history or clip.skip_eval or example_eval.metrics_missing())
     tap = None
     if skip is None:
         api, tap = example_eval.with_frame_tap(api, clip.storyboard_id, float(api[clip.storyboard_id]["inputs"]["fps"]))
@@ -654,7 +645,9 @@ def run_example(args, models: Models, server: ComfyServer, video: Path, out: Pat
     with RssSampler(server) as rss:
         on = run_prompt(server, api, args.timeout, "memory on" if skip is None else "workflow")
         decoded = save_main_outputs(on, out, clip)
-        ev = {"skipped": skip} if skip else run_evaluation(server, api, tap, on, clip, video, out, args.timeout)
+        ev = {"skipped": skip} if skip else revisit_job.evaluate(
+            server, api, on, tap_frames(server, on, tap), clip, out, run_prompt,
+            lambda run: tap_frames(server, run, tap), MEDIA_DIR, args.timeout)
     report = on["report"]
     full = {
         **report,
@@ -663,10 +656,10 @@ def run_example(args, models: Models, server: ComfyServer, video: Path, out: Pat
         "model": {"kind": models.kind, "description": models.warning or "user weights (see weights)",
                   **({"recipe": models.recipe} if models.recipe else {})},
         "warning": models.warning,
-        "history": None if clip is None else {"clip": str(video), "frames": clip.history, "file": clip.file,
-                                              "seconds": round(clip.history / float(report["fps"]), 3),
-                                              "reader": "FrameMemoryLoadVideoHistory (models/video_history.py, "
-                                                        "streamed)"},
+        "history": None if clip is None else {
+            "clip": str(video), "frames": clip.seq.history, "file": clip.file, "sequence": clip.seq.name,
+            "seconds": round(clip.seq.history / float(report["fps"]), 3), "storyboard": clip.seq.storyboard(
+                float(report["fps"])), "reader": "FrameMemoryLoadVideoHistory (models/video_history.py, streamed)"},
         "evaluation": ev,
         "decoded": decoded,
         "prompt_id": on["prompt_id"], "report_node": on["report_node"], "progress_events": on["progress_events"],

@@ -59,7 +59,44 @@ def test_metrics_rank_a_copy_above_another_scene(ev, bikes):
     other = ev.arm_metrics(bikes[24:40], real, [8, 8])
     assert same["psnr_db"] == ev.PSNR_CAP_DB and same["ssim"] == pytest.approx(1.0, abs=1e-4)
     assert other["psnr_db"] < 30 and len(other["per_segment_psnr_db"]) == 2
-    report = {"segments": [{"frames": 8}, {"frames": 8}], "fps": 16.0, "width": 64, "height": 32}
-    out = ev.evaluation("bikes.mp4", bikes, 16, bikes[16:32], bikes[20:36], report)
-    assert out["compared_frames"] == 16 and out["gain_db"] == round(out["memory_on"]["psnr_db"] - out["memory_off"]["psnr_db"], 3)
-    assert out["memory_on"]["psnr_db"] == ev.PSNR_CAP_DB > out["memory_off"]["psnr_db"]
+    assert other["thumb_psnr_db"] > other["psnr_db"]  # 8x thumbnails forgive detail
+    assert np.mean(other["per_frame_psnr_db"][:8]) == pytest.approx(other["per_segment_psnr_db"][0], abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def job(repo_root):
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(repo_root / "scripts"))
+    return importlib.import_module("revisit_job")
+
+
+def test_leave_and_return_prompt(ev, job, repo_root, media_dir, tmp_path):
+    """The main job's default: A (carphone), 5 s of the training-split cutaway, the return with A's prompt; one
+    lossless sequence file read by Load Video as History; the VAE branch; the shuffled control's prompt."""
+    import json
+
+    api = json.loads((repo_root / "workflows" / "api" / "storyboard_wan21_lab_api.json").read_text())
+    out, plan = job.prepare(api, media_dir / "carphone_pristine.mp4", media_dir / "bigbuckbunny.mp4", 5.0, 2.8, 1.0,
+                            tmp_path, media_dir)
+    seq, sb = plan.seq, out[plan.storyboard_id]["inputs"]
+    assert (seq.a_frames, seq.history, seq.ret, plan.gap_seconds) == (29, 109, 16, 5.0)
+    assert sb["storyboard"] == "1 | " + job.revisit_eval.PROMPTS["carphone_pristine.mp4"]
+    node = out[plan.history_node]["inputs"]
+    assert (node["video"], node["frame_load_cap"], sb["memory"][0]) == (plan.file, 109, plan.history_node)
+    assert np.array_equal(ev.decode_video_frames(tmp_path / plan.file), seq.frames)  # lossless, A + cutaway + A'
+    assert np.array_equal(seq.frames[29:109], ev.read_clip(media_dir / "bigbuckbunny.mp4", 256, 128, 16.0, 80))
+    batch = next(n["inputs"] for n in out.values() if n["class_type"] == "ImageFromBatch")
+    assert (batch["batch_index"], batch["length"]) == (109 - job.CONTEXT, job.CONTEXT + 16)
+    assert out[plan.vae_tap]["class_type"] == "SaveAnimatedPNG"
+    control = job.shuffled_prompt(out, plan)
+    assert control[plan.history_node]["inputs"]["video"] == plan.shuffled_file and plan.vae_tap not in control
+    assert all(n["inputs"]["filename_prefix"].endswith("_shuffled") for n in control.values()
+               if "filename_prefix" in n["inputs"])
+    shuffled = ev.decode_video_frames(tmp_path / plan.shuffled_file)  # bikes' first 29 frames, the same cutaway
+    assert len(shuffled) == 109 and np.array_equal(shuffled[29:], seq.frames[29:109])
+    assert not np.array_equal(shuffled[:29], seq.frames[:29])
+    with pytest.raises(job.example_eval.EvalError, match="--gap-seconds 6: the cutaway bigbuckbunny.mp4 has only 5.25 s"):
+        job.prepare(api, media_dir / "carphone_pristine.mp4", media_dir / "bigbuckbunny.mp4", 6.0, 2.8, 1.0,
+                    tmp_path, media_dir)
