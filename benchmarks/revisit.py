@@ -86,7 +86,9 @@ def cutaway_sequences(gaps: list[float], a_frames: int, ret: int, a_clips=A_CLIP
     longest = max(revisit_eval.whole_segments(g * FPS) for g in gaps)
     for a in a_clips:
         b = np.concatenate([read(n) for n in CUTAWAY_ORDER if n != a])
-        seq = revisit_eval.cutaway(read(a), b, a_frames, longest, ret, a, "+".join(n for n in CUTAWAY_ORDER if n != a))
+        names = [n for n in CUTAWAY_ORDER if n != a]
+        seq = revisit_eval.cutaway(read(a), b, a_frames, longest, ret, a, "+".join(names),
+                                   b_prompt=revisit_eval.prompt_for(names[0]))
         out[a] = (seq, {g: a_frames + revisit_eval.whole_segments(g * FPS) for g in gaps})
     return out
 
@@ -258,7 +260,8 @@ def encode_all(family: dict, loaded: dict, args) -> dict:
     return hist
 
 
-def one_gap(args, loaded: dict, family: dict, hist: dict, key: str, label, pool: dict) -> tuple[dict, tuple]:
+def one_gap(args, loaded: dict, family: dict, hist: dict, key: str, label, pool: dict,
+            seeds: list[int]) -> tuple[dict, tuple]:
     """Every row x seed of one sequence at one gap: ``({seed: scores}, (sequence, first seed's arms, refs))``."""
     import numpy as np
 
@@ -268,7 +271,7 @@ def one_gap(args, loaded: dict, family: dict, hist: dict, key: str, label, pool:
     vae = hist[key]["vae"][h]
     refs = scores.reference_frames(sub.frames[:h], sub.ret, np.concatenate([vae[:h], vae[h:h + sub.ret]]))
     per_seed, shown = {}, None
-    for seed in args.seeds:
+    for seed in seeds:
         arms = {}
         for r in args.rows:
             memory = hist[key].get(r if r in ("fp_4x4x2", "pack_forcing", "shuffled") else "fp", {}).get(h)
@@ -372,17 +375,19 @@ def run(args) -> dict:
     results, shown = {}, None
     status = {r: ("not trained: " + ", ".join(sets[r]["missing"])) if sets.get(r, {}).get("missing") else "ran"
               for r in args.rows}
-    for key in fam:
-        pool = pool_for(fam[key][3])
-        for label in fam[key][1]:
-            per_seed, sheet = one_gap(args, loaded, fam, hist, key, label, pool)
-            results.setdefault(key, {})[label] = {
-                "history_frames": fam[key][1][label], "return_frames": fam[key][0].ret, "seeds": per_seed,
-                "storyboard": (sub_sequence(fam[key][0], fam[key][1][label]) if fam[key][1][label] != fam[key][0].history
-                               else fam[key][0]).storyboard(FPS), "pool": list(pool)}
-            if key.startswith("cutaway:") and label == max(fam[key][1]) and shown is None:
-                shown = sheet
-            write_result(os.path.abspath(args.out) + "_partial", [], {"results": results, "status": status})
+    pools = {key: pool_for(fam[key][3]) for key in fam}
+    for seed in args.seeds:  # seeds outermost: a stopped run still has every gap for the first seeds
+        for key in fam:
+            for label, h in fam[key][1].items():
+                per_seed, sheet = one_gap(args, loaded, fam, hist, key, label, pools[key], [seed])
+                sub = sub_sequence(fam[key][0], h) if h != fam[key][0].history else fam[key][0]
+                entry = results.setdefault(key, {}).setdefault(label, {
+                    "history_frames": h, "return_frames": fam[key][0].ret, "seeds": {},
+                    "storyboard": sub.storyboard(FPS), "pool": list(pools[key])})
+                entry["seeds"].update(per_seed)
+                if key.startswith("cutaway:") and label == max(fam[key][1]) and shown is None:
+                    shown = sheet
+                write_result(os.path.abspath(args.out) + "_partial", [], {"results": results, "status": status})
     return {"results": results, "status": status, "names": names, "shown": shown,
             "files": {r: {k: os.path.basename(p) for k, p in s.get("files", {}).items()} for r, s in sets.items()}}
 
