@@ -137,3 +137,59 @@ def test_lab_sequences_repeat_returns_and_read_cuts_from_shards(tmp_path):
     assert data[1]["cut"].tolist() == [5, 2] and data[0]["cut"].tolist() == [0, 9] and "meta" not in data[0]
     assert data.shot_starts(1, 4, 9) == [5] and data.shot_starts(0, 4, 9) == list(range(6))
     assert len(LabSequences(ModelSpace(), 3, kinds=("plain",))) == 1
+
+
+class Stop(Exception):
+    """A run stopped from the outside (a killed process) at a chosen step."""
+
+
+def test_vae_and_base_training_resume_to_the_same_weights(comfy, tmp_path):
+    """A VAE / DiT pretraining stopped mid-run continues from its last checkpoint to the very weights an uninterrupted
+    run reaches (optimizer, LR scheduler and generator restored): the lab recipe's phases lose nothing when stopped."""
+    from framememory.demo.tiny_models import tiny_wan21_dit
+    from framememory.training.pretrain import pretrain_dit
+    from framememory.training.vae_train import VAETraining, train_vae
+
+    clip = [torch.randint(0, 255, (9, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))]
+    s = VAETraining(dim=4, steps=5, batch_size=1, crop=16, frames=5, warmup_steps=2, min_lr_frac=0.1)
+    quiet = lambda m: None  # noqa: E731
+    ref, _ = train_vae(clip, s, quiet)
+
+    def stop_at_3(vae):
+        if stop_at_3.armed and stop_at_3.calls == 2:
+            raise Stop
+        stop_at_3.calls += 1
+        return {}
+
+    stop_at_3.armed, stop_at_3.calls = True, 0
+    with pytest.raises(Stop):  # stopped after step 3, before its checkpoint (saved every 2 steps)
+        train_vae(clip, s, quiet, checkpoint_dir=tmp_path / "vae", save_every=2, evaluate=stop_at_3, eval_every=1)
+    assert torch.load(tmp_path / "vae" / "state.pt", weights_only=True)["step"] == 2
+    stop_at_3.armed = False
+    resumed, info = train_vae(clip, s, quiet, checkpoint_dir=tmp_path / "vae", save_every=2, evaluate=stop_at_3,
+                              eval_every=1)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()))
+    assert len(info["losses"]) == 5 and [e["step"] for e in info["evals"]] == [1, 2, 3, 4, 5][:len(info["evals"])]
+
+    calls = {"n": 0, "stop": None}
+
+    def batches(g):
+        if calls["n"] == calls["stop"]:
+            raise Stop
+        calls["n"] += 1
+        return torch.randn(2, 16, 2, 4, 4, generator=g), torch.randn(2, 3, 4096, generator=g)
+
+    def run(ckpt=None):
+        dm = tiny_wan21_dit(seed=0, num_layers=1)
+        pretrain_dit(dm, batches, steps=4, lr=1e-3, warmup_steps=2, min_lr_frac=0.1, log=quiet, checkpoint_dir=ckpt,
+                     save_every=1)
+        return dm
+
+    ref = run()
+    calls.update(n=0, stop=2)
+    with pytest.raises(Stop):
+        run(tmp_path / "dit")
+    calls.update(n=0, stop=None)
+    resumed = run(tmp_path / "dit")
+    assert calls["n"] == 2  # only the two steps left were taken
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()))

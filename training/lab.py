@@ -272,7 +272,7 @@ def build_vae(lab: _Lab):
 
     vae, info = train_vae(clips, VAETraining(**{"seed": r.seed, **r.vae}), log, checkpoint_dir=lab.work / "vae_ckpt",
                           evaluate=evaluate if probe else None, eval_every=r.vae_eval_every,
-                          save_every=r.save_every * 5)
+                          save_every=r.save_every)
     path = _save(lab, "vae", vae.state_dict(), torch.float16)
     held = _heldout_streams(lab, r.heldout_frames)
     stock = _comfy_vae(load_file(str(path)))  # the fp16 file, as the stock loader reads it
