@@ -537,8 +537,11 @@ def load_memory(path: str | os.PathLike) -> MemoryRecord:
     """
     found = find_memory(path)
     if found is None:
-        raise FileNotFoundError(f"memory file not found: {memory_folder(path)} (nor {legacy_file(path)}): check the "
-                                "name (relative to ComfyUI's output folder), or run the Storyboard with save_path first")
+        folder = memory_folder(path)
+        what = (f"{folder} holds no committed segment (its first write never finished)" if os.path.isdir(folder)
+                else f"memory file not found: {folder} (nor {legacy_file(path)})")
+        raise FileNotFoundError(f"{what}: check the name (relative to ComfyUI's output folder), or run the Storyboard "
+                                "with save_path first")
     return _load_folder(found) if os.path.isdir(found) else _load_legacy(found)
 
 

@@ -376,7 +376,7 @@ def check_save_path(folder: str, need_bytes: int, root: str | None = None) -> No
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"save_path {folder} is a file, not a memory folder: choose another save_path, or delete or "
                          "rename the file")
-    base = _existing_ancestor(os.path.dirname(os.path.abspath(folder)))
+    base = folder if os.path.isdir(folder) else _existing_ancestor(os.path.dirname(os.path.abspath(folder)))
     if not os.path.isdir(base):
         raise ValueError(f"save_path {folder}: {base} is a file where a folder is expected: choose a save_path whose "
                          "parent folders are folders (e.g. 'framememory/my_story')")

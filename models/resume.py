@@ -113,6 +113,8 @@ def resume_memory(save_path: str | None, resume: bool, memory, encoder, vae, sho
         another storyboard (each naming the file and what to change); like :func:`load_memory_file`.
     """
     if not resume:
+        if save_path and find_memory(save_path) is not None:
+            log.warning("FrameMemory: resume is off: the memory saved in %s is replaced by this run's", save_path)
         return memory
     if not save_path:
         raise ValueError("resume is on but save_path is empty: set save_path to the memory file of the run to continue "
