@@ -9,7 +9,10 @@ VAE wrapper feeds the module), ``mu = encode(x)``, ``z = mu + noise * std_c * ep
 scale, so the decoder tolerates the DiT's imperfect latents), ``loss = L1(decode(z), x) + MSE(decode(z), x)`` plus a
 moment loss that keeps every latent channel near ComfyUI's Wan 2.1 latent statistics (``comfy.latent_formats.Wan21``
 ``latents_mean`` / ``latents_std``): in model space ``(mu - mean) / std`` has per-channel mean 0 and std 1, which is
-what the DiT (and its ``process_in``) assume. Crops of a fully convolutional model generalise to whole frames.
+what the DiT (and its ``process_in``) assume. Crops of a fully convolutional model generalise to whole frames; in
+time they do only when a crop holds at least two 4-frame chunks after the first frame (``frames`` >= 9): the causal
+cache that carries a chunk into the next is otherwise never trained, and longer streams fall apart (5-frame crops:
+20.4 dB on 5 held-out frames, 12.1 dB on 17, issue 23).
 """
 from __future__ import annotations
 
