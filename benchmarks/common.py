@@ -88,3 +88,15 @@ def load_lab_set(lab_dir: str, files: dict, vae=None):
                                              1.0, 0)
     vae = vae or comfy.sd.VAE(sd=comfy.utils.load_torch_file(files["vae"]))
     return model, vae, MemoryEncoder.from_file(files["encoder"])
+
+
+def vae_pass(vae, frames):
+    """uint8 ``[F, H, W, 3]`` (F = 1 + 4k) encoded and decoded by ``vae`` as one stream (``models.vae_stream``): what
+    the reference rows "last frame through the VAE" and "VAE ceiling" are cut from (scripts/scores.py)."""
+    import torch
+
+    from framememory.memory.frames import to_uint8
+    from framememory.models.vae_stream import VideoStream
+
+    latent = VideoStream(vae, "encode", time_stride=4).encode(torch.from_numpy(frames).float() / 255.0)
+    return to_uint8(VideoStream(vae, "decode", time_stride=4).decode(latent)).numpy().reshape(frames.shape)

@@ -15,6 +15,12 @@ by default; read with the training pipeline's reader at 256x128, 16 fps) as the 
 * ``ciede2000``: CIEDE2000 colour difference (scikit-image ``deltaE_ciede2000``) between the segment's mean CIELAB
   colour (``rgb2lab`` of every pixel, averaged) and the history's: colour drift.
 
+Against the real continuation (issue 22; as far as the clip goes: bikes.mp4 about 8 s after the history): every arm,
+the shuffled-memory control (Frame Preservation with ``--shuffled-clip``'s first frames as the history, run that long)
+and the reference rows of scripts/scores.py (mean colour, last frame raw and through the VAE, VAE ceiling): PSNR /
+SSIM on frames and 8x thumbnails, each memory arm's margin over the best of memory off, mean colour and last frame,
+and a NOTE for every reference it loses to.
+
 Prints both curves at every 10 s mark, checks "memory-on drift below memory-off at every 10 s mark", writes
 ``benchmarks/results/long_run_lab.json`` and the plot ``benchmarks/results/long_run_lab.png`` (matplotlib).
 """
@@ -25,7 +31,7 @@ import os
 import sys
 import time
 
-from common import ROOT, print_table, write_result
+from common import ROOT, print_table, vae_pass, write_result
 
 PROMPT = "a street with cyclists and pedestrians on a sunny day"
 
@@ -103,6 +109,41 @@ def marks(rows_on: list[dict], rows_off: list[dict], every_s: float = 10.0) -> l
     return out
 
 
+def versus_real(lab, clip: str, history, frames_by_arm: dict, args) -> dict:
+    """Every arm and the reference rows (scripts/scores.py) against the clip's real continuation, over the frames the
+    clip has after the history (bikes.mp4: about 8 s), plus the shuffled-memory control: Frame Preservation with
+    another held-out clip's first frames as the history, run that long. Returns ``{"frames", "rows": {name:
+    scores}, "margin_db": {arm: margin}, "losses": [...]}``."""
+    import numpy as np
+    import scores
+    from example_eval import read_clip
+
+    from framememory.memory.frames import to_uint8
+
+    h = int(history.shape[0])
+    real = read_clip(clip, 256, 128, 16.0, 100_000)[h:]
+    m = 4 * (min(len(real), *(len(f) for f in frames_by_arm.values())) // 4)  # VAE pass: 1 + 4k frames
+    if m == 0:
+        return {"frames": 0, "note": "the clip has no frames after the history"}
+    hist, real = to_uint8(history).numpy(), real[:m]
+    other, _ = history_clip(os.path.join(ROOT, ".cache", "media", args.shuffled_clip), h / 16.0, 256, 128, 16.0)
+    if other.shape[0] != h:
+        raise ValueError(f"--shuffled-clip {args.shuffled_clip} gives {other.shape[0]} history frames, {h} needed")
+    shuffled, _ = run_arm(lab, other, "frame_preservation", math_ceil_s(m), args.seed, args.steps)
+    v = vae_pass(lab[1], np.concatenate([hist[-1:], real]))
+    refs = scores.reference_frames(hist, m, np.concatenate([np.zeros_like(hist[:-1]), v]))
+    rows = {k: scores.score(to_uint8(f[:m]).numpy(), real) for k, f in {**frames_by_arm, "shuffled": shuffled}.items()}
+    rows.update({k: scores.score(f, real) for k, f in refs.items()})
+    memory = [k for k in frames_by_arm if not k.startswith("off")]
+    return {"frames": m, "rows": rows, "margin_db": {k: scores.margin(rows, k, off="off") for k in memory},
+            "losses": scores.losses(rows, memory, against=("off", *scores.TRIVIAL, "last_frame_vae"))}
+
+
+def math_ceil_s(frames: int) -> float:
+    """Whole seconds of 1 s segments (16 frames) covering ``frames``."""
+    return float(-(-frames // 16))
+
+
 def plot(curves: dict, path: str) -> None:
     import matplotlib
 
@@ -133,21 +174,28 @@ def main() -> None:
                     help="arms to run: a memory mode, optionally '+colour' (colour-drift correction at "
                          "--colour-strength), e.g. frame_preservation+colour; the first two are compared at the marks")
     ap.add_argument("--colour-strength", type=float, default=1.0, help="strength of the '+colour' arms (default 1)")
+    ap.add_argument("--shuffled-clip", default="carphone_pristine.mp4",
+                    help="held-out clip whose first frames are the shuffled control's history ('' skips the comparison "
+                         "with the real continuation)")
     ap.add_argument("--name", default="long_run_lab", help="result name under benchmarks/results/ (default long_run_lab)")
     args = ap.parse_args()
     setup()
     import torch
 
     torch.set_num_threads(2)
+    from common import lab_set_files, load_lab_set
     from framememory.training.lab import load_lab_model
 
     lab = load_lab_model(args.lab_dir)
+    off_set = lab_set_files(args.lab_dir, "off")  # the no-memory LoRA when the lab set has one (the honest floor)
+    off_lab = load_lab_set(args.lab_dir, off_set["files"], lab[1]) if off_set.get("note") == "no-memory LoRA" else lab
+    print(f"off arm: {off_set.get('note') or 'memory LoRA, memory removed'}", flush=True)
     history, h_frames = history_clip(args.clip, args.history_seconds, 256, 128, 16.0)
-    curves, wall, rss = {}, {}, {}
+    curves, wall, rss, frames_by_arm = {}, {}, {}, {}
     for arm in args.arms:
         mode, _, extra = arm.partition("+")
         t0 = time.perf_counter()
-        frames, report = run_arm(lab, history, mode, args.seconds, args.seed, args.steps,
+        frames, report = run_arm(off_lab if mode == "off" else lab, history, mode, args.seconds, args.seed, args.steps,
                                  args.colour_strength if extra == "colour" else 0.0)
         mode = arm
         wall[mode] = round(time.perf_counter() - t0, 1)
@@ -156,9 +204,17 @@ def main() -> None:
         for r, e in zip(rows, ends):
             r["end_s"] = round(e / 16.0, 4)
         curves[mode] = rows
+        frames_by_arm[mode] = frames[:int(16 * 12)]  # the part a real continuation can exist for (<= 12 s kept)
         rss[mode] = report["peak_rss_mb"]
         print(f"{mode}: {len(rows)} segments in {wall[mode]} s, peak RSS {rss[mode]} MB", flush=True)
         write_result(f"{args.name}_partial", rows, {"mode": mode, "wall_s": wall[mode], "report": report})
+    vs_real = versus_real(lab, args.clip, history, frames_by_arm, args) if args.shuffled_clip else {}
+    for k, r in vs_real.get("rows", {}).items():
+        print(f"vs real, first {vs_real['frames']} frames: {k:16s} PSNR {r['psnr_db']:.2f} dB thumb "
+              f"{r['thumb_psnr_db']:.2f} SSIM {r['ssim']:.3f}" + (f"  margin {vs_real['margin_db'][k]:+.2f} dB"
+                                                                  if k in vs_real["margin_db"] else ""))
+    for line in vs_real.get("losses", []):
+        print("NOTE:", line)
     first, second = args.arms[0], args.arms[1 % len(args.arms)]
     at = marks(curves[first], curves[second])
     print_table(at, ["t_s", "psnr_on", "psnr_off", "drift_on", "drift_off", "on_drifts_less"], digits=2)
@@ -171,7 +227,7 @@ def main() -> None:
         "clip": os.path.basename(args.clip), "history_frames": h_frames, "seconds": args.seconds,
         "steps": args.steps, "seed": args.seed, "prompt": PROMPT, "wall_s": wall, "peak_rss_mb": rss,
         "arms": args.arms, "colour_strength": args.colour_strength,
-        "target_met": target,
+        "target_met": target, "versus_real": vs_real,
         "curves": curves}))
 
 

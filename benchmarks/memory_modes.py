@@ -4,13 +4,16 @@ Usage:
   .venv/bin/python benchmarks/memory_modes.py [--lab-dir lab_model/] [--rows off sliding fp ...] [--clips bikes.mp4 ...]
       [--seconds 3] [--drift-seconds 60] [--steps 12] [--out benchmarks/results/memory_modes_lab] [--quick]
 
-Rows (``--rows`` takes the keys): ``off`` "no memory" (mode off, Frame Preservation (FP) lab set); ``sliding``
-"sliding window" (mode sliding_window, FP set: the last 3 latent frames); ``fp`` "Frame Preservation <rate>" (the
-trained lab encoder and its LoRA: 2x2x1 in the lab recipe); ``fp_4x4x2`` / ``fp_2x2x2`` "Frame Preservation
-4x4x2 / 2x2x2 (LR only, untrained)" (``MemoryEncoder.untrained(rate)`` with the FP LoRA: the lab has no trained
-encoder at these rates); ``pack_forcing`` "PackForcing" and ``video_ssm`` "VideoSSM" (their own lab encoder / state
-file and LoRA, ``training.lab.MODE_FILES``). Every row runs in its own subprocess (``--arm``), so its RSS is its own
-and a crash loses only that row; partial results are written after every row.
+Rows (``--rows`` takes the keys): ``off`` "no memory" (mode off; the lab set's no-memory LoRA when it has one, else
+the Frame Preservation (FP) LoRA with memory removed, said in the name: ``common.lab_set_files``); ``sliding``
+"sliding window" (mode sliding_window: the last 3 latent frames; its own LoRA when present, else FP's); ``fp`` "Frame
+Preservation <rate>" (the trained lab encoder and its LoRA: 2x2x1 in the first lab recipe); ``fp_4x4x2`` (the trained
+4x4x2 set when the lab has it, else ``MemoryEncoder.untrained`` LR only with the FP LoRA) / ``fp_2x2x2`` (LR only,
+untrained); ``pack_forcing`` "PackForcing" and ``video_ssm`` "VideoSSM" (their own lab encoder / state file and LoRA,
+``training.lab.MODE_FILES``); ``shuffled``: FP with another held-out clip's history (the shuffled-memory control);
+``references``: no model, the reference predictors of scripts/scores.py (mean colour, last frame raw and through the
+VAE, VAE ceiling), printed as four rows. Every row runs in its own subprocess (``--arm``), so its RSS is its own and a
+crash loses only that row; partial results are written after every row.
 
 Columns (units):
 
@@ -31,13 +34,13 @@ Columns (units):
    job's carphone run), ``--seconds`` generated in 1 s segments (one shot, ``long_run.PROMPT``, seed 42, 12 Euler
    steps, cfg 1, scheduler simple: the main job's settings), generated frame j vs real frame H + j (torchmetrics,
    RGB in [0, 1]) averaged over the first 2 s, then over the clips; per clip and per segment in the JSON.
-4. ``recall dB``: the Stage I frame query at inference: the first ``--recall-seconds`` of a clip as history through
-   the inference code (``history_from_frames``, ``Memory.conds``), ONE latent frame sampled (own Euler loop over
-   ComfyUI's sigmas, ``training.stages.dit_forward``) at RoPE time ``j - T_H`` (``--recall-frame`` j, early in the
-   history), decoded, PSNR vs the real latent frame j decoded the same way (VAE error left out; the JSON also has
-   the RMSE of the two latents in model space, no VAE at all). "no memory": no memory at all. PackForcing re-packs
-   the kept blocks' RoPE times next to the recent window, so a query at the original time does not line up with
-   them (a property of the design, measured as is).
+4. ``recall dB`` / ``recall RMSE``: the Stage I frame query at inference, with the lab set's Stage I LoRA
+   (``framememory_lab_wan21_stage1_lora.safetensors``; "not trained" without it) and the FP encoder, for the rows
+   FP, no memory and shuffled: the clip's first frames as history, no longer than ``--recall-seconds`` nor the Stage I
+   window of the LoRA's recipe, through the inference code (``history_from_frames``, ``Memory.conds``); ONE latent
+   frame sampled (own Euler loop over ComfyUI's sigmas, ``training.stages.dit_forward``) at RoPE time ``j - T_H``
+   (``--recall-frame`` j), then it and the real latent frame j decoded in the history's stream (latent frames 0..j
+   as one stream); PSNR of frame j's pixels, and the RMSE of the two latents in model space (no VAE at all).
 5. ``drift <N>s`` / ``drift mean``: a ``--drift-seconds`` storyboard from bikes.mp4's first ``--history-seconds``
    (as ``long_run.py``): CIEDE2000 of a segment's mean CIELAB colour vs the history's at the last 10 s mark, and
    the mean over all segments (every 10 s mark in the JSON). ``--drift-seconds 0`` skips it.
@@ -63,7 +66,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ (also under PYTHONSAFEPATH)
-from common import ROOT, print_table, write_result  # noqa: E402
+from common import ROOT, lab_set_files, load_lab_set, print_table, vae_pass, write_result  # noqa: E402
 from long_run import PROMPT, history_clip, segment_metrics, setup  # noqa: E402
 from long_run import run_arm as storyboard_arm  # noqa: E402
 
@@ -78,7 +81,14 @@ ROWS = {  # key -> name, memory mode, lab set (training.lab.load_lab_model mode)
                  "encoder": "untrained:2x2x2"},
     "pack_forcing": {"name": "PackForcing", "mode": "pack_forcing", "set": "pack_forcing", "encoder": "lab"},
     "video_ssm": {"name": "VideoSSM", "mode": "video_ssm", "set": "video_ssm", "encoder": "lab"},
+    "shuffled": {"name": "shuffled memory (Frame Preservation, another clip's history)", "mode": FP, "set": FP,
+                 "encoder": "lab"},
+    "references": {"name": "reference rows", "mode": "off", "set": FP, "encoder": "lab"},
 }
+REFERENCE_NAMES = {"mean_colour": "mean colour of the history (reference)",
+                   "last_frame": "last history frame repeated (reference)",
+                   "last_frame_vae": "last history frame through the VAE (reference)",
+                   "vae_ceiling": "VAE ceiling: the real frames through the VAE (reference)"}
 WIDTH, HEIGHT, FPS, SEGMENT = 256, 128, 16.0, 4  # the lab size; 4 latent frames (1 s) per segment
 LATENT_PER_S = FPS / 4  # Wan: 4 video frames per latent frame
 CONTEXT_SECONDS = (20, 60, 120)
@@ -214,8 +224,17 @@ def quality_clip(path: str, history_seconds: float, generated: int):
     return frames, history_length(history_seconds, FPS, SEGMENT, available)
 
 
-def quality_run(lab, mode: str, clip: str, args) -> dict:
-    """One clip: continue its history for ``args.seconds``; PSNR / SSIM against the real continuation."""
+def shuffle_partner(clip: str) -> str:
+    """The clip whose first frames are the shuffled control's history for ``clip``: the next one of HELDOUT."""
+    names = [os.path.basename(c) for c in HELDOUT]
+    return HELDOUT[(names.index(os.path.basename(clip)) + 1) % len(HELDOUT)] if os.path.basename(clip) in names \
+        else HELDOUT[0]
+
+
+def quality_run(lab, mode: str, clip: str, args, shuffled: bool = False) -> dict:
+    """One clip: continue its history for ``args.seconds``; PSNR / SSIM (frames and 8x thumbnails) against the real
+    continuation. ``shuffled``: the history is another held-out clip's first frames (:func:`shuffle_partner`, the same
+    length), the continuation still this clip's: the shuffled-memory control."""
     import torch
     from example_eval import arm_metrics
 
@@ -223,7 +242,13 @@ def quality_run(lab, mode: str, clip: str, args) -> dict:
     from framememory.models.memory_modes import mode_config
 
     frames, h = quality_clip(clip_path(clip), args.history_seconds, generated_frames(args.seconds))
-    out, report = storyboard_arm(lab, torch.from_numpy(frames[:h]).float() / 255.0, mode, args.seconds, args.seed,
+    history = frames[:h]
+    if shuffled:
+        other, _ = quality_clip(clip_path(shuffle_partner(clip)), args.history_seconds, 0)
+        if len(other) < h:
+            raise ValueError(f"the shuffled control's clip {shuffle_partner(clip)} has {len(other)} frames, {h} needed")
+        history = other[:h]
+    out, report = storyboard_arm(lab, torch.from_numpy(history).float() / 255.0, mode, args.seconds, args.seed,
                                  args.steps)
     pred, real = to_uint8(out).numpy(), frames[h:]
     f = min(len(pred), len(real))
@@ -233,12 +258,34 @@ def quality_run(lab, mode: str, clip: str, args) -> dict:
     first, whole = arm_metrics(pred[:f2], real[:f2], segs), arm_metrics(pred[:f], real[:f], segs)
     model, _, encoder = lab
     return {"clip": clip, "history_frames": h, "compared_frames": f, "psnr_db": first["psnr_db"],
-            "ssim": first["ssim"], "psnr_db_all": whole["psnr_db"], "ssim_all": whole["ssim"],
+            "ssim": first["ssim"], "thumb_psnr_db": first["thumb_psnr_db"], "psnr_db_all": whole["psnr_db"],
+            "ssim_all": whole["ssim"], **({"history_from": shuffle_partner(clip)} if shuffled else {}),
             "per_segment_psnr_db": whole["per_segment_psnr_db"],
             "sample_s": [s["sample_s"] for s in report["segments"]],
             "memory_tokens": [s["memory_tokens"] for s in report["segments"]],
             "token_check": token_check(report["segments"], mode, mode_config(encoder, model, mode),
                                        model.model.diffusion_model.dim)}
+
+
+def reference_run(lab, clip: str, args) -> dict:
+    """The reference rows of one clip's continuation (scripts/scores.py): mean colour and last frame of the history,
+    and through the lab VAE (the history's last frame and the real continuation encoded and decoded as one stream)
+    the last frame and the ceiling; each scored as :func:`quality_run` scores a row (first 2 s and all)."""
+    import numpy as np
+    import scores
+    from example_eval import arm_metrics
+
+    frames, h = quality_clip(clip_path(clip), args.history_seconds, generated_frames(args.seconds))
+    f = min(len(frames) - h, generated_frames(args.seconds))
+    v = vae_pass(lab[1], frames[h - 1:h + f])
+    refs = scores.reference_frames(frames[:h], f, np.concatenate([np.zeros_like(frames[:h - 1]), v]))
+    f2, real = min(f, int(2 * FPS)), frames[h:h + f]
+    out = {}
+    for name, pred in refs.items():
+        first, whole = arm_metrics(pred[:f2], real[:f2], [f2]), arm_metrics(pred, real, [f])
+        out[name] = {"psnr_db": first["psnr_db"], "ssim": first["ssim"], "thumb_psnr_db": first["thumb_psnr_db"],
+                     "psnr_db_all": whole["psnr_db"], "ssim_all": whole["ssim"]}
+    return {"clip": clip, "history_frames": h, "compared_frames": f, "references": out}
 
 
 # ---- column 4: recall of an early frame -------------------------------------------------------------------------
@@ -279,18 +326,36 @@ def sample_frame(model, context, memory, frame_time: int, steps: int, seed: int)
     return x
 
 
-def recall_run(lab, mode: str, clip: str, args) -> dict:
-    """Column 4 for one clip (module docstring): PSNR / SSIM of the queried frame vs the real latent frame j, both
-    decoded alone by the VAE."""
+def stage1_window(lora_path: str) -> int | None:
+    """The Stage I history window (latent frames) from a lab file's ``framememory_recipe`` metadata, or None."""
+    from safetensors import safe_open
+
+    with safe_open(lora_path, framework="pt") as f:
+        recipe = json.loads((f.metadata() or {}).get("framememory_recipe") or "{}")
+    settings = recipe.get("recipe", recipe) if isinstance(recipe, dict) else {}
+    return settings.get("stage1_window")
+
+
+def recall_run(lab, mode: str, clip: str, args, window: int, shuffled: bool = False) -> dict:
+    """Column 4 for one clip (module docstring): the Stage I frame query. The history is the clip's first ``window``
+    latent frames at most (the trained length); latent frame j is sampled at its RoPE time with the memory of the
+    history (``shuffled``: of another clip's history, the control; mode "off": none), and both it and the real
+    latent frame j are decoded in the history's stream (latent frames 0..j decoded as one stream, frame j's pixels
+    kept). Returns PSNR / SSIM of those pixels and the latent RMSE in model space (no VAE at all)."""
     from example_eval import frame_metrics
 
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.memory.frames import to_uint8
     from framememory.models.storyboard import history_from_frames
+    from framememory.models.vae_stream import VideoStream
 
     model, vae, encoder = lab
-    history, h = history_clip(clip_path(clip), args.recall_seconds, WIDTH, HEIGHT, FPS)
-    mem, _ = history_from_frames(model, vae, encoder, history, SEGMENT, FPS, WIDTH, HEIGHT, mode=mode)
+    seconds = min(args.recall_seconds, (1 + 4 * (window - 1)) / FPS)
+    own, h = history_clip(clip_path(clip), seconds, WIDTH, HEIGHT, FPS)
+    source = own if not shuffled else history_clip(clip_path(shuffle_partner(clip)), h / FPS, WIDTH, HEIGHT, FPS)[0]
+    mem, _ = history_from_frames(model, vae, encoder, source, SEGMENT, FPS, WIDTH, HEIGHT, mode=mode)
+    real_mem = mem if not shuffled else history_from_frames(model, vae, encoder, own, SEGMENT, FPS, WIDTH, HEIGHT,
+                                                            mode="off")[0]
     t_h, j = mem.history.latent_frames, args.recall_frame
     if not 0 <= j < t_h:
         raise ValueError(f"--recall-frame {j} is outside the history's {t_h} latent frames")
@@ -298,15 +363,36 @@ def recall_run(lab, mode: str, clip: str, args) -> dict:
     text = StandInTextEncoder()
     context = text.encode_from_tokens_scheduled(text.tokenize(PROMPT))[0][0]
     x = sample_frame(model, context, memory, j - t_h, args.steps, args.seed)
-    decode = lambda z: to_uint8(vae.decode(z).reshape(-1, HEIGHT, WIDTH, 3)[:1]).numpy()  # noqa: E731
-    real_latent = mem.history.latents(j, j + 1)[None]
-    gen, real = decode(model.model.process_latent_out(x)), decode(real_latent)
-    psnr, ssim = frame_metrics(gen, real)
-    rmse = float((x - model.model.process_latent_in(real_latent)).pow(2).mean().sqrt())  # model space, no VAE
-    return {"clip": clip, "history_frames": h, "history_latent_frames": t_h, "query_latent_frame": j,
-            "distance_s": round((t_h - j) / LATENT_PER_S, 2), "memory_tokens": 0 if memory is None else
-            int(memory.tokens.shape[1]), "psnr_db": round(float(psnr[0]), 3), "ssim": round(float(ssim[0]), 4),
-            "latent_rmse": round(rmse, 4)}
+    real = real_mem.history.latents(0, j + 1)[None]  # [1, C, j + 1, h, w], VAE space
+    gen = real.clone()
+    gen[:, :, j] = model.model.process_latent_out(x)[:, :, 0]
+    pixels = lambda z: to_uint8(VideoStream(vae, "decode", time_stride=4).decode(z))[-(1 if j == 0 else 4):]  # noqa
+    psnr, ssim = frame_metrics(pixels(gen).numpy(), pixels(real).numpy())
+    rmse = float((x - model.model.process_latent_in(real[:, :, j:j + 1])).pow(2).mean().sqrt())
+    return {"clip": clip, "history_frames": h, "history_latent_frames": t_h, "trained_window": window,
+            "query_latent_frame": j, "distance_s": round((t_h - j) / LATENT_PER_S, 2),
+            "memory_tokens": 0 if memory is None else int(memory.tokens.shape[1]), "psnr_db": round(float(psnr.mean()), 3),
+            "ssim": round(float(ssim.mean()), 4), "latent_rmse": round(rmse, 4),
+            **({"history_from": shuffle_partner(clip)} if shuffled else {})}
+
+
+def recall_column(args, out: dict, save) -> None:
+    """Column 4 for the rows that have it (Frame Preservation, no memory, shuffled): with the lab set's Stage I LoRA
+    (``framememory_lab_wan21_stage1_lora.safetensors``) and the Frame Preservation encoder; "not trained" when the lab
+    set has no Stage I LoRA (a Stage II LoRA is not trained on the frame query)."""
+    if args.arm not in ("fp", "off", "shuffled"):
+        out["recall"] = {"skipped": "the frame query is a Stage I task: Frame Preservation, no memory, shuffled only"}
+        return
+    info = lab_set_files(args.lab_dir, "stage1")
+    if info.get("missing"):
+        out["recall"] = {"not_trained": f"no Stage I LoRA in the lab set ({', '.join(info['missing'])})"}
+        return
+    window = stage1_window(info["files"]["lora"]) or 12
+    lab = load_lab_set(args.lab_dir, info["files"])
+    mode = "off" if args.arm == "off" else FP
+    for clip in args.recall_clips:
+        stage(out["recall"], clip, f"{args.arm} | {clip} | recall (Stage I LoRA, {window} latent frames)",
+              lambda: recall_run(lab, mode, clip, args, window, shuffled=args.arm == "shuffled"), save)
 
 
 # ---- column 5: colour drift -------------------------------------------------------------------------------------
@@ -332,15 +418,24 @@ def drift_run(lab, mode: str, args) -> dict:
 
 
 # ---- one row in its own process ---------------------------------------------------------------------------------
-def load_row(lab_dir: str, row: dict):
-    """``(model, vae, encoder)`` of the row: the lab set of its mode, the encoder replaced for untrained rows."""
+def load_row(lab_dir: str, key: str, row: dict):
+    """``(model, vae, encoder)`` of the row (``common.lab_set_files``: "off" runs the no-memory LoRA when the lab set
+    has one, "sliding" the sliding-window LoRA; ``fp_4x4x2`` the trained 4x4x2 set when present) and the note of
+    which LoRA stood in; the encoder replaced for the untrained LR-only rows."""
     from framememory.models.encoding import MemoryEncoder
-    from framememory.training.lab import load_lab_model
 
-    model, vae, encoder = load_lab_model(lab_dir, mode=row["set"])
-    if row["encoder"].startswith("untrained:"):
+    set_key = {"sliding": "sliding", "off": "off", "fp_4x4x2": "fp_4x4x2", "pack_forcing": "pack_forcing",
+               "video_ssm": "video_ssm"}.get(key, "fp")
+    info = lab_set_files(lab_dir, set_key)
+    untrained = row["encoder"].startswith("untrained:") and (key != "fp_4x4x2" or info.get("missing"))
+    if untrained or info.get("missing"):
+        info = lab_set_files(lab_dir, "fp")
+    if info.get("missing"):
+        raise FileNotFoundError(f"lab files missing in {lab_dir}: {info['missing']} (run training/lab.py)")
+    model, vae, encoder = load_lab_set(lab_dir, info["files"])
+    if untrained:
         encoder = MemoryEncoder.untrained(row["encoder"].split(":", 1)[1])
-    return model, vae, encoder
+    return (model, vae, encoder), ("" if untrained else info["note"])
 
 
 def stage(out: dict, key: str, label: str, fn, save) -> None:
@@ -383,16 +478,22 @@ def arm_rows(args) -> None:
             json.dump(out, f, indent=1)
         os.replace(args.arm_json + ".tmp", args.arm_json)
 
-    lab = load_row(args.lab_dir, row)
-    if args.arm == "fp":
+    lab, note = load_row(args.lab_dir, args.arm, row)
+    if args.arm == "fp" or (args.arm == "fp_4x4x2" and not row["name"].endswith("untrained)") and not note):
         out["name"] = f"Frame Preservation {lab[2].check(lab[0]).rate_str}"
+    if args.arm == "fp_4x4x2" and lab[2].name != "untrained":
+        out["name"] = f"Frame Preservation {lab[2].check(lab[0]).rate_str} (trained)"
+    out["name"] += f" ({note})" if note else ""
     label = out["name"]
+    if args.arm == "references":  # no model rows: the reference predictors of each clip's continuation
+        for clip in args.clips:
+            stage(out["quality"], clip, f"references | {clip}", lambda: reference_run(lab, clip, args), save)
+        return
     stage(out, "context", f"{label} | context", lambda: context_column(lab, row["mode"]), save)
     for clip in args.clips:
         stage(out["quality"], clip, f"{label} | {clip} | next {args.seconds:g} s",
-              lambda: quality_run(lab, row["mode"], clip, args), save)
-    for clip in args.recall_clips:
-        stage(out["recall"], clip, f"{label} | {clip} | recall", lambda: recall_run(lab, row["mode"], clip, args), save)
+              lambda: quality_run(lab, row["mode"], clip, args, shuffled=args.arm == "shuffled"), save)
+    recall_column(args, out, save)
     if args.drift_seconds > 0:
         stage(out, "drift", f"{label} | {args.drift_clip} | drift {args.drift_seconds:g} s",
               lambda: drift_run(lab, row["mode"], args), save)
@@ -438,7 +539,8 @@ def errors(arm: dict) -> str | None:
         if isinstance(arm.get(col), dict) and "error" in arm[col]:
             found.append(f"{col}: {arm[col]['error']}")
     for col in ("quality", "recall"):
-        found += [f"{col} {clip}: {v['error']}" for clip, v in arm.get(col, {}).items() if not ok(v)]
+        found += [f"{col} {clip}: {v['error']}" for clip, v in arm.get(col, {}).items()
+                  if isinstance(v, dict) and "error" in v]
     return "; ".join(found) or None
 
 
@@ -456,8 +558,10 @@ def table_row(arm: dict, args) -> dict:
         "wan480 state": wan["20"]["state_floats"] if wan else None,
         "sample_s": statistics.median(samples) if samples else None, "step x": None,
         "PSNR dB": mean_of(quality, "psnr_db"), "SSIM": mean_of(quality, "ssim"),
+        "thumb dB": mean_of(quality, "thumb_psnr_db"), "margin dB": None,
         "PSNR per clip": "/".join(f"{quality[c]['psnr_db']:.2f}" if ok(quality.get(c)) else "-" for c in args.clips),
-        "recall dB": mean_of(recall, "psnr_db"),
+        "recall dB": "not trained" if "not_trained" in recall else mean_of(recall, "psnr_db"),
+        "recall RMSE": mean_of(recall, "latent_rmse"),
         "recall per clip": "/".join(f"{recall[c]['psnr_db']:.2f}" if ok(recall.get(c)) else "-"
                                     for c in args.recall_clips),
         f"drift {args.drift_seconds:g}s": drift["marks"][-1]["ciede2000"] if drift and drift["marks"] else None,
@@ -466,11 +570,43 @@ def table_row(arm: dict, args) -> dict:
     }
 
 
+def reference_rows(arm: dict, args) -> list[dict]:
+    """The printed rows of the reference predictors (the "references" arm: one per :data:`REFERENCE_NAMES`)."""
+    quality, out = arm.get("quality", {}), []
+    for key, name in REFERENCE_NAMES.items():
+        per = {c: q["references"][key] for c, q in quality.items() if ok(q) and key in q.get("references", {})}
+        out.append({"key": key, "row": name, "PSNR dB": mean_of(per, "psnr_db"), "SSIM": mean_of(per, "ssim"),
+                    "thumb dB": mean_of(per, "thumb_psnr_db"), "margin dB": None,
+                    "PSNR per clip": "/".join(f"{per[c]['psnr_db']:.2f}" if c in per else "-" for c in args.clips),
+                    "error": errors(arm)})
+    return out
+
+
+def add_margins(rows: list[dict], arms: dict, args) -> None:
+    """``margin dB`` of every memory row: the mean over clips of its PSNR minus the best of no memory, mean colour
+    and last frame on that clip (scripts/scores.py ``margin``)."""
+    import scores
+
+    refs = arms.get("references", {}).get("quality", {})
+    for r in rows:
+        arm = arms.get(r["key"])
+        if r["key"] in ("off", "references") or arm is None or r["key"] in REFERENCE_NAMES:
+            continue
+        vals = []
+        for clip in args.clips:
+            q, off, ref = (a.get("quality", {}).get(clip) for a in (arm, arms.get("off", {}), {"quality": refs}))
+            if not (ok(q) and ok(ref)):
+                continue
+            table = {"row": q, **({"off": off} if ok(off) else {}), **ref["references"]}
+            vals.append(scores.margin(table, "row", off="off"))
+        r["margin dB"] = round(statistics.fmean(vals), 3) if vals else None
+
+
 def step_ratios(rows: list[dict]) -> None:
     """Fill ``step x``: each row's median sampling time per segment over the "no memory" row's."""
     base = next((r["sample_s"] for r in rows if r["key"] == "off"), None)
     for r in rows:
-        if base and r["sample_s"] is not None:
+        if base and r.get("sample_s") is not None:
             r["step x"] = round(r["sample_s"] / base, 3)
 
 
@@ -482,7 +618,10 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    shown = [r for r in rows if r["cost 20s"] is not None and r["PSNR dB"] is not None]
+    shown = [r for r in rows if r.get("cost 20s") is not None and r["PSNR dB"] is not None]
+    for r, style in zip((r for r in rows if r["key"] in REFERENCE_NAMES and r["PSNR dB"] is not None), ":-.-"):
+        ax.axhline(r["PSNR dB"], linestyle=style, color="grey", linewidth=1)
+        ax.annotate(r["row"], (0.55, r["PSNR dB"]), fontsize=6, color="grey", xytext=(0, 2), textcoords="offset points")
     for i, r in enumerate(shown):
         x = max(r["cost 20s"], 1.0)
         ax.scatter([x], [r["PSNR dB"]])
@@ -498,7 +637,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 COLUMNS = ["row", "tok 20s", "tok 60s", "tok 120s", "state", "cost 20s", "wan480 tok 20/60/120s", "wan480 state",
-           "step x", "PSNR dB", "SSIM", "PSNR per clip", "recall dB", "recall per clip"]
+           "step x", "PSNR dB", "thumb dB", "SSIM", "margin dB", "PSNR per clip", "recall dB", "recall RMSE", "recall per clip"]
 
 
 def save_result(stem: str, rows: list[dict], extra: dict) -> str:
@@ -525,10 +664,13 @@ NOTES = [
     "heads, dk 64): not run.",
     "The 4x4x2 / 2x2x2 Frame Preservation rows use an untrained LR-only encoder with the lab's Frame Preservation "
     "LoRA (trained with the lab encoder): the lab has no trained encoder at these rates.",
-    "recall: the real frame is latent frame j decoded alone by the same VAE (VAE error excluded); the DiT runs with "
-    "each row's Stage II LoRA (Stage I's frame-query LoRA is not shipped). PackForcing re-packs RoPE times, so a "
-    "query at the original time does not line up with the selected blocks; VideoSSM's read-out distance is that of "
-    "the next segment (token_distance ignores the query's RoPE time).",
+    "recall (issue 22): the Stage I LoRA of the lab set with the Frame Preservation encoder, a history no longer than "
+    "the Stage I window, generated and real latent frame j decoded in the history's stream (latent frames 0..j as one "
+    "stream), latent RMSE in model space beside PSNR; rows Frame Preservation, no memory and shuffled (another clip's "
+    "history); 'not trained' when the lab set has no Stage I LoRA.",
+    "Reference rows (scripts/scores.py): mean colour and last frame of the history, and through the lab VAE the last "
+    "frame and the ceiling (the history's last frame and the real continuation encoded and decoded as one stream); "
+    "margin dB: a row's PSNR minus the best of no memory, mean colour and last frame, per clip, averaged.",
 ]
 
 
@@ -556,8 +698,10 @@ def main() -> None:
     stem = args.out
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     arms = run_rows(args, stem)
-    rows = [table_row(arms[k], args) for k in args.rows]
+    rows = [table_row(arms[k], args) for k in args.rows if k != "references"]
+    rows += reference_rows(arms["references"], args) if "references" in arms else []
     step_ratios(rows)
+    add_margins(rows, arms, args)
     cols = COLUMNS + ([f"drift {args.drift_seconds:g}s", "drift mean"] if args.drift_seconds > 0 else []) + ["RSS MB"]
     print_table(rows, cols, digits=2)
     for r in rows:

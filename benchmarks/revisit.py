@@ -85,7 +85,12 @@ def cutaway_sequences(gaps: list[float], a_frames: int, ret: int, a_clips=A_CLIP
     out = {}
     longest = max(revisit_eval.whole_segments(g * FPS) for g in gaps)
     for a in a_clips:
-        b = np.concatenate([read(n) for n in CUTAWAY_ORDER if n != a])
+        parts, need = [], longest
+        for n in (n for n in CUTAWAY_ORDER if n != a):
+            if need > 0:  # only the frames the longest cutaway uses
+                parts.append(read(n, need))
+                need -= len(parts[-1])
+        b = np.concatenate(parts)
         names = [n for n in CUTAWAY_ORDER if n != a]
         seq = revisit_eval.cutaway(read(a), b, a_frames, longest, ret, a, "+".join(names),
                                    b_prompt=revisit_eval.prompt_for(names[0]))
@@ -126,12 +131,22 @@ def pool_for(exclude: str) -> dict:
 
 # ---- histories ----------------------------------------------------------------------------------------------------
 def encode_history(lab, frames, mode: str, cuts: list[int], ret: int = 0, vae_refs: bool = False) -> dict:
+    """:func:`snapshots` collected: ``{cut: Memory}`` and, with ``vae_refs``, ``{("vae", cut): frames}``."""
+    out = {}
+    for cut, mem, vae in snapshots(lab, frames, mode, cuts, ret, vae_refs):
+        out[cut] = mem
+        if vae is not None:
+            out[("vae", cut)] = vae
+    return out
+
+
+def snapshots(lab, frames, mode: str, cuts: list[int], ret: int = 0, vae_refs: bool = False):
     """Encode the history ``frames`` (uint8 ``[N, H, W, 3]``) once with ``lab``'s encoder in ``mode``
-    (``models.storyboard.HistoryWriter``: one VAE stream), snapshotting the Memory after every history length in
-    ``cuts``. Returns ``{cut: Memory}`` and, with ``vae_refs``, ``{("vae", cut): uint8 [cut + ret, H, W, 3]}``: the VAE's
-    version of the last history frame and of the ``ret`` real frames after ``cut`` (encoded continuing the stream;
-    the history's last 4 latent frames and the return decoded as one stream, as ``decode_stream`` decodes generated
-    segments); only index ``cut - 1`` and the last ``ret`` frames are filled."""
+    (``models.storyboard.HistoryWriter``: one VAE stream), yielding ``(cut, Memory, vae frames or None)`` as soon as
+    the history reaches each length in ``cuts``. With ``vae_refs`` the frames are uint8 ``[cut + ret, H, W, 3]``: the
+    VAE's version of the last history frame and of the ``ret`` real frames after ``cut`` (encoded continuing the
+    stream; the history's last 4 latent frames and the return decoded as one stream, as ``decode_stream`` decodes
+    generated segments); only index ``cut - 1`` and the last ``ret`` frames are filled."""
     import torch
 
     from framememory.memory.frames import to_uint8
@@ -141,21 +156,21 @@ def encode_history(lab, frames, mode: str, cuts: list[int], ret: int = 0, vae_re
     model, vae, encoder = lab
     height, width = frames.shape[1:3]
     writer = HistoryWriter(model, vae, encoder, SEGMENT, FPS, width, height, mode=mode)
-    frames, out, pos = torch.from_numpy(frames), {}, 0
+    frames, pos = torch.from_numpy(frames), 0
     while pos < max(cuts):
         n = writer.frames_needed
         writer.append(frames[pos:pos + n])
         pos += n
         if pos in cuts:
-            out[pos] = dataclasses.replace(writer.mem, history=writer.mem.history.copy())
+            mem, refs = dataclasses.replace(writer.mem, history=writer.mem.history.copy()), None
             if vae_refs:
                 ret_latent = writer.stream.copy().encode(frames[pos:pos + ret].float() / 255.0)
                 dec = VideoStream(vae, "decode", time_stride=4)
                 last = to_uint8(dec.decode(writer.mem.history.last_latents(CONTEXT_LATENTS)[None]))[-1:]
                 back = to_uint8(dec.decode(ret_latent))
                 filler = torch.zeros((pos - 1, height, width, 3), dtype=torch.uint8)  # never read
-                out[("vae", pos)] = torch.cat([filler, last, back]).numpy()
-    return out
+                refs = torch.cat([filler, last, back]).numpy()
+            yield pos, mem, refs
 
 
 def with_segments(mem, segments, strip: bool = False):
@@ -229,35 +244,34 @@ def score_sequence(seq, arms: dict, refs: dict, pool: dict) -> dict:
     return {name: scores.row(frames[:seq.ret], seq.real_return, cands, "A") for name, frames in {**arms, **refs}.items()}
 
 
-def encode_all(family: dict, loaded: dict, args) -> dict:
-    """``{sequence key: {design: {cut: Memory}, "vae": {cut: frames}, "shuffled": {cut: Memory}}}``: each sequence's
-    history encoded once with the Frame Preservation set (VAE references included); the other designs' memories from
-    it (VideoSSM, off, sliding window: its latents; PackForcing and other encoders of the same rate: its latents and
-    LR latents, tokens encoded again; another rate: a pass of its own); the shuffled control spliced from the partner
-    clip's A (:func:`splice`)."""
-    hist = {}
+def histories(family: dict, loaded: dict, hist: dict):
+    """Fill ``hist[key] = {design: {cut: Memory}, "vae": {cut: frames}, "shuffled": {cut: Memory}}`` one history
+    length at a time, yielding ``(key, cut)`` as each becomes ready (so the first returns are generated while longer
+    histories are still to be encoded). Each sequence's history is encoded once with the Frame Preservation set (VAE
+    references included); the other designs' memories come from it (VideoSSM, off, sliding window: its latents;
+    PackForcing and other encoders of the same rate: its latents and LR latents, tokens encoded again; another rate: a
+    pass of its own, in step); the shuffled control is spliced from the partner clip's A (:func:`splice`)."""
     fp = loaded["fp"]
     rate = fp[2].check(fp[0]).rate_str
     for key, (seq, cuts, partner_frames, _) in family.items():
-        t0 = time.perf_counter()
-        cut_list = sorted(set(cuts.values()))
-        base = encode_history(fp, seq.frames[:max(cut_list) + seq.ret], "frame_preservation", cut_list, seq.ret, True)
-        entry = {"fp": {c: base[c] for c in cut_list}, "vae": {c: base[("vae", c)] for c in cut_list}}
-        log(f"{key}: history ({max(cut_list)} frames) encoded in {time.perf_counter() - t0:.1f} s")
-        for design in ("fp_4x4x2", "pack_forcing"):
-            if design not in loaded:
-                continue
-            if loaded[design][2].check(loaded[design][0]).rate_str == rate:
-                entry[design] = {c: with_segments(base[c], base[c].history.segments, strip=True) for c in cut_list}
-            else:
-                own = encode_history(loaded[design], seq.frames[:max(cut_list)], MODES[design], cut_list)
-                entry[design] = {c: own[c] for c in cut_list}
-                log(f"{key}: history encoded again for {design} (rate differs) in {time.perf_counter() - t0:.1f} s")
-        if partner_frames is not None:
-            other = encode_history(fp, partner_frames[:seq.a_frames], "frame_preservation", [seq.a_frames])
-            entry["shuffled"] = {c: splice(other[seq.a_frames], base[c], seq.a_frames) for c in cut_list}
-        hist[key] = entry
-    return hist
+        t0, cut_list = time.perf_counter(), sorted(set(cuts.values()))
+        entry = hist.setdefault(key, {"fp": {}, "vae": {}})
+        other = None if partner_frames is None else encode_history(
+            fp, partner_frames[:seq.a_frames], "frame_preservation", [seq.a_frames])[seq.a_frames]
+        own = {d: snapshots(loaded[d], seq.frames[:max(cut_list)], MODES[d], cut_list) for d in ("fp_4x4x2", "pack_forcing")
+               if d in loaded and loaded[d][2].check(loaded[d][0]).rate_str != rate}
+        for cut, mem, vae in snapshots(fp, seq.frames[:max(cut_list) + seq.ret], "frame_preservation", cut_list,
+                                       seq.ret, True):
+            entry["fp"][cut], entry["vae"][cut] = mem, vae
+            for d in ("fp_4x4x2", "pack_forcing"):
+                if d in own:
+                    entry.setdefault(d, {})[cut] = next(own[d])[1]
+                elif d in loaded:
+                    entry.setdefault(d, {})[cut] = with_segments(mem, mem.history.segments, strip=True)
+            if other is not None:
+                entry.setdefault("shuffled", {})[cut] = splice(other, mem, seq.a_frames)
+            log(f"{key}: history of {cut} frames ready after {time.perf_counter() - t0:.1f} s")
+            yield key, cut
 
 
 def one_gap(args, loaded: dict, family: dict, hist: dict, key: str, label, pool: dict,
@@ -371,23 +385,32 @@ def run(args) -> dict:
     loaded, names = load_rows(args, sets)
     cache_warmups()
     fam = families(args)
-    hist = encode_all(fam, loaded, args)
+    hist = {}
     results, shown = {}, None
     status = {r: ("not trained: " + ", ".join(sets[r]["missing"])) if sets.get(r, {}).get("missing") else "ran"
               for r in args.rows}
     pools = {key: pool_for(fam[key][3]) for key in fam}
-    for seed in args.seeds:  # seeds outermost: a stopped run still has every gap for the first seeds
+
+    def cell(seed: int, key: str, label) -> None:
+        nonlocal shown
+        h = fam[key][1][label]
+        per_seed, sheet = one_gap(args, loaded, fam, hist, key, label, pools[key], [seed])
+        sub = sub_sequence(fam[key][0], h) if h != fam[key][0].history else fam[key][0]
+        entry = results.setdefault(key, {}).setdefault(label, {
+            "history_frames": h, "return_frames": fam[key][0].ret, "seeds": {}, "storyboard": sub.storyboard(FPS),
+            "pool": list(pools[key])})
+        entry["seeds"].update(per_seed)
+        if key.startswith("cutaway:") and label == max(fam[key][1]) and shown is None:
+            shown = sheet
+        write_result(os.path.abspath(args.out) + "_partial", [], {"results": results, "status": status, "names": names})
+
+    for key, cut in histories(fam, loaded, hist):  # the first seed while the histories grow: every gap early
+        for label in [g for g, h in fam[key][1].items() if h == cut]:
+            cell(args.seeds[0], key, label)
+    for seed in args.seeds[1:]:
         for key in fam:
-            for label, h in fam[key][1].items():
-                per_seed, sheet = one_gap(args, loaded, fam, hist, key, label, pools[key], [seed])
-                sub = sub_sequence(fam[key][0], h) if h != fam[key][0].history else fam[key][0]
-                entry = results.setdefault(key, {}).setdefault(label, {
-                    "history_frames": h, "return_frames": fam[key][0].ret, "seeds": {},
-                    "storyboard": sub.storyboard(FPS), "pool": list(pools[key])})
-                entry["seeds"].update(per_seed)
-                if key.startswith("cutaway:") and label == max(fam[key][1]) and shown is None:
-                    shown = sheet
-                write_result(os.path.abspath(args.out) + "_partial", [], {"results": results, "status": status})
+            for label in fam[key][1]:
+                cell(seed, key, label)
     return {"results": results, "status": status, "names": names, "shown": shown,
             "files": {r: {k: os.path.basename(p) for k, p in s.get("files", {}).items()} for r, s in sets.items()}}
 
@@ -407,9 +430,22 @@ def print_report(rows: list[dict], status: dict) -> list[str]:
     return lines
 
 
+def summarize(path: str) -> None:
+    """Print the table and statements of a result file (a finished run's or a ``_partial.json`` of a stopped one)."""
+    with open(path) as f:
+        data = json.load(f)
+    names = data.get("names") or {}
+    rows = table(data["results"], names)
+    print_report(rows, data.get("status", {}))
+    runs = {k: sorted({int(s) for g in v.values() for s in g["seeds"]}) for k, v in data["results"].items()}
+    print("seeds per sequence:", runs)
+
+
 def main(argv=None) -> None:
     global WIDTH, HEIGHT
     args = parse_args(argv)
+    if args.summarize:
+        return summarize(args.summarize)
     WIDTH, HEIGHT = args.size
     from long_run import setup
 
@@ -450,6 +486,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "revisit_lab"),
                     help="result stem: <out>.json, <out>.png")
+    ap.add_argument("--summarize", help="print the table of a result JSON (also a stopped run's _partial.json) and exit")
     ap.add_argument("--quick", action="store_true",
                     help="test size: 128x64, A 13 frames, a 1 s cutaway, no pan, seed 0, 2 steps")
     args = ap.parse_args(argv)
