@@ -186,8 +186,10 @@ def summary_lines(ev: dict, memory: str = "memory_on", off: str = "memory_off") 
         return (f"PSNR {r['psnr_db']:.2f} dB, thumb {r['thumb_psnr_db']:.2f} dB, SSIM {r['ssim']:.3f}, "
                 f"retrieval {'A' if r.get('retrieval_top1') else 'miss'}")
 
-    lines = [f"return after a {ev['gap_seconds']:g} s cutaway ({ev['sequence']['return_frames']} frames vs A's real "
-             f"continuation; retrieval chance {ev['retrieval']['chance']:.0%}):"]
+    what = (f"return after a {ev['gap_seconds']:g} s cutaway" if ev.get("gap_seconds") is not None
+            else "continuation")
+    lines = [f"{what} ({ev['sequence']['return_frames']} frames vs the real frames; retrieval chance "
+             f"{ev['retrieval']['chance']:.0%}):"]
     for name in (memory, off, *[k for k in ev if k.startswith("shuffled")]):
         if isinstance(ev.get(name), dict):
             lines.append(f"  {name.replace('_', ' '):18s} {fmt(ev[name])}")

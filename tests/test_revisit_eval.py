@@ -121,6 +121,8 @@ def test_evaluate_margin_losses_and_retrieval(rv, sc, clips):
     assert bad["margin_db"] < 0 and any(s.startswith("memory on (") and "loses to memory off (" in s for s in bad["losses"])
     assert set(bad["references"]) == set(sc.REFERENCES)
     assert any(line.startswith("  NOTE:") for line in rv.summary_lines(bad))
+    cont = rv.evaluate(seq, {"memory_on": face[29:45], "memory_off": bikes[32:48]}, None, pool, None)
+    assert rv.summary_lines(cont)[0].startswith("continuation (16 frames")
 
 
 def test_storyboard_summary_states_the_margin():
