@@ -3,6 +3,7 @@ against the reference rows, for every arm a lab set folder has.
 
     .venv/bin/python training/lab_probe.py --lab-dir .cache/lab_v2/out            # carphone + tree, seeds 0 1
     .venv/bin/python training/lab_probe.py --lab-dir lab_model --modes frame_preservation off
+    .venv/bin/python training/lab_probe.py --vae-streams .cache/lab_v2/work/vae_ckpt/weights.safetensors  # VAE only
 
 For each clip: the history is its first ``--history-frames`` frames (13 + 16k, as the main job cuts histories) at
 256x128 / 16 fps, the real continuation its next 16 frames (1 s). Each arm generates one 1 s segment with the clip's
@@ -12,6 +13,9 @@ LoRA, sliding_window the sliding-window LoRA when the set has them). Scores and 
 ``scripts/scores.py`` (issue 22's one code path): mean colour, last frame raw and through the VAE (the real history +
 continuation as one VAE stream), the VAE ceiling. The target of issue 23: every trained memory arm beats
 ``last_frame_vae`` on full-frame PSNR. Prints a table and writes ``--out`` JSON. Held-out clips only.
+
+``--vae-streams FILE`` checks a VAE alone (a lab VAE file or a VAE checkpoint during training): reconstruction PSNR /
+SSIM on the first 1, 5, 9, 17, 49 frames of each clip as one stream (:func:`vae_streams`).
 """
 from __future__ import annotations
 
@@ -122,6 +126,24 @@ def probe(lab_dir: str, clips: list[str], history_frames: int, arms: list[str], 
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def vae_streams(vae_file: str, clips: list[str], lengths: list[int]) -> dict:
+    """Held-out reconstruction of a VAE file (a lab VAE or a checkpoint's ``weights.safetensors``, through
+    ``comfy.sd.VAE``) on the first ``n`` frames of each clip as one stream, for each ``n`` in ``lengths`` (4k+1):
+    ``{n: reconstruction_metrics}`` (training.vae_train). Shows whether a VAE holds up over long streams."""
+    from safetensors.torch import load_file
+
+    import comfy.sd
+
+    from framememory.training.vae_train import reconstruction_metrics
+
+    vae = comfy.sd.VAE(sd={k: v.float() for k, v in load_file(vae_file).items()})
+    frames = {n: clip_frames(n, max(lengths)) for n in clips}
+    import torch
+
+    with torch.inference_mode():
+        return {k: reconstruction_metrics(vae, {n: torch.from_numpy(f[:k]) for n, f in frames.items()}) for k in lengths}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lab-dir", default=str(REPO_ROOT / "lab_model"))
@@ -133,11 +155,21 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=12, help="sampling steps (the main job's 12)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="result JSON (default <lab-dir>/probe_first_second.json)")
+    ap.add_argument("--vae-streams", default=None, metavar="VAE_FILE",
+                    help="instead: reconstruction PSNR of this VAE file on the first 1/5/9/17/... frames of --clips")
+    ap.add_argument("--lengths", nargs="+", type=int, default=[1, 5, 9, 17, 49])
     ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(REPO_ROOT / ".cache" / "ComfyUI"))
     a = ap.parse_args(argv)
     if (a.history_frames - 13) % 16 or a.history_frames < 13:
         raise SystemExit(f"--history-frames must be 13 + 16k (whole segments of the VAE stream), got {a.history_frames}")
     setup(a.comfyui_dir, a.threads)
+    if a.vae_streams:
+        res = vae_streams(a.vae_streams, a.clips, a.lengths)
+        for k, v in res.items():
+            print(f"{k:4d} frames: PSNR {v['psnr_db']:.2f} dB SSIM {v['ssim']:.3f} {v['per_clip']}")
+        if a.out:
+            Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     res = probe(a.lab_dir, a.clips, a.history_frames, a.modes, a.seeds, a.steps)
     print(f"{'row':28s} {'PSNR':>7s} {'SSIM':>6s} {'thumb PSNR':>10s}")
     for k, v in res["mean"].items():
