@@ -80,3 +80,41 @@ def test_encoder_is_a_managed_model(files):
     assert same is patcher and net is patcher.model and net.hr is not None
     lr_only, none = MemoryEncoder.untrained().network(model)  # no weights: nothing to manage
     assert none is None and lr_only.hr is None and lr_only.cfg.dim == 128
+
+
+def test_encoder_and_lr_branch_under_the_patcher_class_comfyui_installs(files, monkeypatch):
+    """ComfyUI >= 0.12 makes ``CoreModelPatcher`` ``ModelPatcherDynamic`` (comfy-aimdo dynamic VRAM) on NVIDIA at
+    start-up (main.py). The encoder's patcher class is looked up when the patcher is built, so the pack gets whatever
+    ComfyUI installed: here a recording subclass, then (where it exists) ``ModelPatcherDynamic`` itself, which ComfyUI
+    reroutes to ``ModelPatcher`` for a CPU load device: the dynamic path proper needs an NVIDIA GPU and is not run
+    here. Under both, the encoder loads through load_models_gpu and the LR branch's patch_embed outside sampling gives
+    the tokens of the plain patcher."""
+    import comfy.model_management as mm
+    import comfy.model_patcher as mp
+    import comfy.sd
+    from framememory.demo.tiny_models import tiny_encoder_config
+    from framememory.memory.encoder import HistoryEncoder
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.families import patch_embed
+
+    weights = HistoryEncoder(tiny_encoder_config()).state_dict()
+    latent = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    reference = patch_embed(comfy.sd.load_diffusion_model(str(files / "dit.safetensors")), latent)
+    built = []
+
+    class Recording(mp.ModelPatcher):
+        def __init__(self, *args, **kwargs):
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    classes = [Recording] + ([mp.ModelPatcherDynamic] if hasattr(mp, "ModelPatcherDynamic") else [])
+    for cls in classes:
+        monkeypatch.setattr(mp, "CoreModelPatcher", cls, raising=False)
+        model = comfy.sd.load_diffusion_model(str(files / "dit.safetensors"))
+        patcher = MemoryEncoder(tiny_encoder_config(), weights, "t").patcher(model)
+        assert isinstance(patcher, mp.ModelPatcher)
+        if cls is Recording:
+            assert patcher in built
+        mm.load_models_gpu([patcher])
+        assert any(lm.model is patcher for lm in mm.current_loaded_models)
+        torch.testing.assert_close(patch_embed(model, latent), reference, rtol=0, atol=0)
