@@ -151,7 +151,7 @@ def test_vae_and_base_training_resume_to_the_same_weights(comfy, tmp_path):
     from framememory.training.vae_train import VAETraining, train_vae
 
     clip = [torch.randint(0, 255, (9, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))]
-    s = VAETraining(dim=4, steps=5, batch_size=1, crop=16, frames=5, warmup_steps=2, min_lr_frac=0.1)
+    s = VAETraining(dim=4, steps=5, batch_size=1, crop=16, frames=5, warmup_steps=2, min_lr_frac=0.1, burn_in=4)
     quiet = lambda m: None  # noqa: E731
     ref, _ = train_vae(clip, s, quiet)
 
@@ -193,3 +193,58 @@ def test_vae_and_base_training_resume_to_the_same_weights(comfy, tmp_path):
     resumed = run(tmp_path / "dit")
     assert calls["n"] == 2  # only the two steps left were taken
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()))
+
+
+def _real_stream(media_dir, frames: int, size: int = 32) -> torch.Tensor:
+    """The first ``frames`` frames of a training clip at 16 fps, ``[1, 3, frames, size, size]`` in [-1, 1]."""
+    import itertools
+
+    import numpy as np
+
+    from framememory.training.data import decode_frames, resample
+
+    x = np.stack(list(itertools.islice(resample(decode_frames(media_dir / "bigbuckbunny.mp4", size, size), 16.0),
+                                       frames)))
+    return torch.from_numpy(x).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+
+
+def test_vae_burn_in_streams_exactly_what_one_stock_pass_does(comfy, media_dir):
+    """The VAE burn-in (training.vae_train.stream_loss) drives WanVAE's chunk loop itself: a stream split into a
+    gradient-free head and a trained tail gives the latents and frames of one stock ``WanVAE.encode`` / ``decode``
+    pass over the whole stream, the loss is that of the tail of the stock reconstruction, and gradients reach the
+    weights through the tail only."""
+    from framememory.training.vae_train import (VAETraining, decode_chunks, encode_chunks, make_vae, stream_caches,
+                                                stream_loss)
+
+    vae = make_vae(4, seed=3).eval()
+    x = _real_stream(media_dir, 21)
+    with torch.no_grad():
+        mu_ref = vae.encode(x)                                       # stock: [1, 16, 6, 4, 4]
+        y_ref = vae.decode(mu_ref)
+        enc, dec = stream_caches(vae)
+        mu = torch.cat([encode_chunks(vae, x[:, :, :9], enc, True), encode_chunks(vae, x[:, :, 9:], enc, False)], 2)
+        y = torch.cat([decode_chunks(vae, mu[:, :, :3], dec), decode_chunks(vae, mu[:, :, 3:], dec)], 2)
+    assert mu.shape == mu_ref.shape == (1, 16, 6, 4, 4) and y.shape == y_ref.shape == x.shape
+    assert torch.allclose(mu, mu_ref, atol=1e-5) and torch.allclose(y, y_ref, atol=1e-5)
+
+    s = VAETraining(dim=4, frames=13, latent_noise=0.0, moment_weight=0.0)  # burn 8: head 9 frames, tail 12
+    loss, _ = stream_loss(vae, x, 8, s, torch.Generator().manual_seed(0))
+    tail = (y_ref[:, :, 9:], x[:, :, 9:])
+    expect = (tail[0] - tail[1]).abs().mean() + torch.nn.functional.mse_loss(*tail)
+    assert abs(loss.item() - expect.item()) < 1e-5
+    loss.backward()
+    grads = [p.grad for p in vae.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    with pytest.raises(ValueError, match="encode_chunks needs 4k frames"):
+        encode_chunks(vae, x[:, :, :5], stream_caches(vae)[0], False)
+
+
+def test_vae_training_checks_its_chunk_settings():
+    """Crop and burn-in lengths that are not whole 4-frame chunks are refused before any training, naming the setting."""
+    from framememory.training.vae_train import VAETraining, train_vae
+
+    clip = [torch.zeros(40, 32, 32, 3, dtype=torch.uint8)]
+    with pytest.raises(ValueError, match="VAETraining.frames must be 4k\\+1"):
+        train_vae(clip, VAETraining(frames=8), print)
+    with pytest.raises(ValueError, match="VAETraining.burn_in must be a multiple of 4"):
+        train_vae(clip, VAETraining(burn_in=6), print)

