@@ -190,22 +190,42 @@ def spiece_model(texts) -> bytes:
     return out.getvalue()
 
 
-def umt5_state_dict(device: str, build_device: str = "cpu") -> dict:
-    """umt5-xxl as Comfy-Org's ``umt5_xxl_fp8_e4m3fn_scaled`` holds it (ComfyUI's own class built with fp8-scaled
-    linears: fp8 e4m3fn weights + ``scale_weight``, bf16 embedding and norms, the ``scaled_fp8`` marker), random
-    weights generated on ``device``. ``build_device`` "meta": shapes only (tests)."""
+def umt5_scaled_layout() -> dict:
+    """``{key: meta tensor}`` of umt5-xxl in Comfy-Org's fp8-scaled file layout: every Linear's weight fp8 e4m3fn and a
+    float32 scalar ``scale_weight`` beside it, bf16 embedding and norms (the ``scaled_fp8`` marker is added by the
+    caller). Built from ComfyUI's own class: before ComfyUI 0.4 with its ``t5xxl_scaled_fp8`` option (which has these
+    keys), later (quantization metadata instead) in bf16 with every ``nn.Linear`` given that layout; the same keys."""
+    import inspect
+
     import torch
 
     import comfy.text_encoders.wan
 
+    fp8, bf16, prefix = torch.float8_e4m3fn, torch.bfloat16, "umt5xxl.transformer."
+    if "t5xxl_scaled_fp8" in inspect.signature(comfy.text_encoders.wan.te).parameters:
+        te = comfy.text_encoders.wan.te(dtype_t5=bf16, t5xxl_scaled_fp8=fp8)(device="meta", dtype=bf16)
+        sd = dict(te.state_dict())
+    else:
+        te = comfy.text_encoders.wan.te(dtype_t5=bf16)(device="meta", dtype=bf16)
+        sd = dict(te.state_dict())
+        for name, m in te.named_modules():
+            if isinstance(m, torch.nn.Linear):
+                sd[f"{name}.weight"] = torch.empty(m.weight.shape, dtype=fp8, device="meta")
+                sd[f"{name}.scale_weight"] = torch.empty((), dtype=torch.float32, device="meta")
+    # the wrapper's own logit_scale is not in the file; neither is the marker (added by umt5_state_dict)
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and not k.endswith("scaled_fp8")}
+
+
+def umt5_state_dict(device: str, build_device: str = "cpu") -> dict:
+    """umt5-xxl as Comfy-Org's ``umt5_xxl_fp8_e4m3fn_scaled`` holds it (ComfyUI's own class built with fp8-scaled
+    linears: fp8 e4m3fn weights + ``scale_weight``, bf16 embedding and norms, the ``scaled_fp8`` marker), random
+    weights generated on ``device``. ``build_device`` "meta": shapes only (tests). Layout: :func:`umt5_scaled_layout`."""
+    import torch
+
     fp8 = torch.float8_e4m3fn
-    te = comfy.text_encoders.wan.te(dtype_t5=torch.bfloat16, t5xxl_scaled_fp8=fp8)(device="meta", dtype=torch.bfloat16)
     sd = {}
     g = torch.Generator(device=device).manual_seed(2)
-    for k, v in te.state_dict().items():
-        if not k.startswith("umt5xxl.transformer."):
-            continue  # the wrapper's own logit_scale is not in the file
-        k = k[len("umt5xxl.transformer."):]
+    for k, v in umt5_scaled_layout().items():
         if build_device == "meta":
             sd[k] = torch.empty(v.shape, dtype=v.dtype, device="meta")
         elif k.endswith("scale_weight") or "layer_norm" in k:

@@ -46,10 +46,10 @@ LAYOUTS = ("frame_preservation", "video_ssm")
 
 
 def lr_cache_shapes(size: dict) -> list:
-    """Shapes of the Wan 2.1 VAE's causal encoder cache (``VideoStream`` exact mode, one entry per causal conv) after
-    a continuation part of the LR clip: ComfyUI's ``WanVAE`` encoder (``dim = size["vae_dim"]``) run under
-    ``FakeTensorMode`` on a 1-frame then a 4-frame chunk, as ``WanVAE.encode`` chunks a clip. Entries are shapes,
-    ``"Rep"`` or None."""
+    """Shapes of the Wan 2.1 VAE's causal encoder cache (``VideoStream`` exact mode, the installed ComfyUI's layout)
+    after a continuation part of the LR clip: ComfyUI's ``WanVAE`` (``dim = size["vae_dim"]``) under
+    ``FakeTensorMode`` encodes the stream's first frame, then one 4-frame part (``models.vae_stream.streamed``, as
+    the history stream does). Entries are shapes, ``"Rep"`` or None."""
     sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(ROOT, ".cache", "ComfyUI"))))
     import comfy.cli_args
 
@@ -57,15 +57,19 @@ def lr_cache_shapes(size: dict) -> list:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from comfy.ldm.wan.vae import WanVAE, count_conv3d
+    from comfy.ldm.wan.vae import WanVAE
+
+    from framememory.models.vae_stream import cache_slots, streamed
 
     h, w = size["lr_clip"]
     with FakeTensorMode():
         vae = WanVAE(dim=size["vae_dim"], z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                      temperal_downsample=[False, True, True], dropout=0.0)
-        cache = [None] * count_conv3d(vae.encoder)
-        for frames in (1, 4):
-            vae.encoder(torch.zeros(1, 3, frames, h, w), feat_cache=cache, feat_idx=[0])
+        cache = [None] * cache_slots(vae, vae.encoder)  # the installed ComfyUI's layout (models/vae_stream.py)
+        with streamed(vae, "encoder", cache):  # the stream's first frame, then one 4-frame continuation part
+            vae.encode(torch.zeros(1, 3, 1, h, w))
+        with streamed(vae, "encoder", cache, skip_first=True):
+            vae.encode(torch.zeros(1, 3, 5, h, w))
         return [tuple(e.shape) if isinstance(e, torch.Tensor) else e for e in cache]
 
 

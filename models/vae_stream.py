@@ -29,6 +29,8 @@ The cache lives on the CPU between parts (a decoder cache at 480p is hundreds of
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 CONTEXT_LATENTS = 4  # context mode: latent frames of the stream before a part that are encoded / decoded with it
@@ -97,6 +99,27 @@ class _CachedModule(torch.nn.Module):
         out = self.inner(x, feat_cache=self.cache, feat_idx=feat_idx if feat_idx is not None else [0], **kwargs)
         _keep_two_frames(before, self.cache)
         return out
+
+
+@contextlib.contextmanager
+def streamed(fsm, name: str, cache: list, skip_first: bool = False):
+    """Within the block, ``fsm.<name>`` (``fsm`` a ``WanVAE``, ``name`` ``"encoder"`` or ``"decoder"``) runs with
+    ``cache`` (a list of :func:`cache_slots` slots, updated in place) instead of the fresh cache ``WanVAE.encode`` /
+    ``decode`` allocate, so the stock loop continues the stream (:class:`_CachedModule`; ``skip_first``: an encoded
+    continuation part whose duplicated first frame is answered without running the encoder). Used by
+    :class:`VideoStream` (inference, under ComfyUI's ``VAE``) and ``training/vae_train.py`` (the lab VAE's burn-in,
+    with gradients). Raises ValueError when ``cache`` does not have the layout's slot count."""
+    inner = getattr(fsm, name)
+    slots = cache_slots(fsm, inner)
+    if len(cache) != slots:
+        raise ValueError(f"this VAE stream's causal cache has {len(cache)} slots, the VAE's layout {slots}: it "
+                         "was made with another VAE or another ComfyUI version's Wan VAE; start a new stream")
+    proxy = _CachedModule(inner, cache, skip_first, 2 * fsm.z_dim, 2 ** (len(fsm.dim_mult) - 1))
+    object.__setattr__(fsm, name, proxy)  # instance attribute: found before nn.Module's registered child
+    try:
+        yield proxy
+    finally:
+        del fsm.__dict__[name]
 
 
 class VideoStream:
@@ -168,22 +191,15 @@ class VideoStream:
     def _exact(self, x: torch.Tensor, skip_first: bool) -> torch.Tensor:
         fsm = self.vae.first_stage_model
         name = "encoder" if self.mode == "encode" else "decoder"
-        inner = getattr(fsm, name)
-        slots = cache_slots(fsm, inner)  # the length WanVAE.encode / decode allocate
         if self.cache is None:
-            self.cache = [None] * slots
-        elif len(self.cache) != slots:
-            raise ValueError(f"this VAE stream's causal cache has {len(self.cache)} slots, the VAE's layout {slots}: it "
-                             "was made with another VAE or another ComfyUI version's Wan VAE; start a new stream")
+            self.cache = [None] * cache_slots(fsm, getattr(fsm, name))  # the length WanVAE.encode / decode allocate
         device = self.vae.device
-        self.cache = [t.to(device) if isinstance(t, torch.Tensor) else t for t in self.cache]
-        proxy = _CachedModule(inner, self.cache, skip_first, 2 * fsm.z_dim, 2 ** (len(fsm.dim_mult) - 1))
-        object.__setattr__(fsm, name, proxy)  # instance attribute: found before nn.Module's registered child
+        cache = [t.to(device) if isinstance(t, torch.Tensor) else t for t in self.cache]
         try:
-            out = self.vae.encode(x[..., :3]) if self.mode == "encode" else self.vae.decode(x)
+            with streamed(fsm, name, cache, skip_first):
+                out = self.vae.encode(x[..., :3]) if self.mode == "encode" else self.vae.decode(x)
         finally:
-            del fsm.__dict__[name]
-            self.cache = [t.to("cpu") if isinstance(t, torch.Tensor) else t for t in self.cache]
+            self.cache = [t.to("cpu") if isinstance(t, torch.Tensor) else t for t in cache]
         return out
 
     def _context_encode(self, frames: torch.Tensor) -> torch.Tensor:
@@ -203,4 +219,4 @@ class VideoStream:
         return out[drop:]
 
 
-__all__ = ["VideoStream", "CONTEXT_LATENTS", "cache_slots", "exact_supported"]
+__all__ = ["VideoStream", "CONTEXT_LATENTS", "cache_slots", "exact_supported", "streamed"]

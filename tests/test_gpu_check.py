@@ -58,6 +58,7 @@ def test_real_size_state_dicts_are_what_comfyui_detects(repo_root, comfy):
 
     import comfy.model_detection
     import comfy.sd
+    import comfy.utils
     from comfy.text_encoders.sd3_clip import t5_xxl_detect
     from comfy.text_encoders.spiece_tokenizer import SPieceTokenizer
 
@@ -75,7 +76,12 @@ def test_real_size_state_dicts_are_what_comfyui_detects(repo_root, comfy):
                                                                           "patch_embedding.bias"}
     te = gpu_check.umt5_state_dict("cpu", build_device="meta")
     assert comfy.sd.detect_te_model(te) == comfy.sd.TEModel.T5_XXL
-    assert t5_xxl_detect(te) == {"dtype_t5": torch.bfloat16, "t5xxl_scaled_fp8": torch.float8_e4m3fn}
+    if hasattr(comfy.utils, "convert_old_quants"):  # ComfyUI >= 0.4: scaled-fp8 files become per-layer quant metadata
+        converted, _ = comfy.utils.convert_old_quants(dict(te), "", {})
+        quantized = {k[:-len(".comfy_quant")] for k in converted if k.endswith(".comfy_quant")}
+        assert len(quantized) == 168 and all(te[f"{k}.weight"].dtype == torch.float8_e4m3fn for k in quantized)
+    else:
+        assert t5_xxl_detect(te) == {"dtype_t5": torch.bfloat16, "t5xxl_scaled_fp8": torch.float8_e4m3fn}
     assert round(sum(v.numel() * v.element_size() for v in te.values()) / 2 ** 30, 2) == 6.27
     tokenizer = SPieceTokenizer(gpu_check.spiece_model(gpu_check.PROMPTS))
     ids = tokenizer(gpu_check.PROMPTS[0])["input_ids"]

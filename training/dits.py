@@ -47,6 +47,24 @@ class _OptionsRecorder:
         self.options["patches_replace"].setdefault(name, {})[(block_name, number)] = patch
 
 
+@contextlib.contextmanager
+def comfy_training_mode():
+    """While autograd records, set ComfyUI's documented training flag ``comfy.model_management.in_training`` (what
+    ComfyUI's own Train LoRA node sets around its loop, ``comfy_extras/nodes_train.py``): from ComfyUI 0.2x its RoPE
+    (``comfy.ldm.flux.math.apply_rope1``) otherwise runs a comfy_kitchen kernel that has no backward. Restored on
+    exit; nothing changes under ``torch.no_grad`` or on a ComfyUI without the flag (0.3.75)."""
+    import comfy.model_management as mm
+
+    if not torch.is_grad_enabled() or not hasattr(mm, "in_training"):
+        yield
+        return
+    before, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
 def frame_ids(frame_times: torch.Tensor, ht: int, wt: int) -> torch.Tensor:
     """RoPE positions ``(t, h, w)`` of the video tokens of ``k`` latent frames at times ``frame_times`` ``[B, k]``
     on an ``ht x wt`` token grid: ``[B, k*ht*wt, 3]`` float32 in ``(t, h, w)`` row-major token order (the order of
@@ -98,7 +116,7 @@ class DitFamily:
         """RoPE of the video tokens of frames at ``frame_times`` ``[B, k]`` in the layout of the family's ``pe``."""
         raise NotImplementedError
 
-    def video_pe_patch(self, inner, frame_pe: torch.Tensor | None):
+    def video_pe_patch(self, dm, inner, frame_pe: torch.Tensor | None):
         """Wrap a block replace patch so that the video tokens get ``frame_pe`` (None: unchanged)."""
         raise NotImplementedError
 
@@ -107,8 +125,9 @@ class DitFamily:
         return {}
 
     def autograd_safe(self, dm):
-        """Context manager around the forward that makes it differentiable (default: nothing to do)."""
-        return contextlib.nullcontext()
+        """Context manager around the forward that makes it differentiable: :func:`comfy_training_mode` while grad
+        is enabled (families add their own fixes)."""
+        return comfy_training_mode()
 
     def options(self, dm, frame_pe: torch.Tensor | None, memory=None) -> dict:
         """``transformer_options`` with the adapter's memory wrapper and block patches (as ``install`` registers
@@ -125,7 +144,7 @@ class DitFamily:
             from ..models.state_readout import STATE_MODULE_KEY
 
             opts[STATE_MODULE_KEY] = memory.readout
-        opts["patches_replace"]["dit"] = {key: self.video_pe_patch(patch, frame_pe)
+        opts["patches_replace"]["dit"] = {key: self.video_pe_patch(dm, patch, frame_pe)
                                           for key, patch in opts["patches_replace"]["dit"].items()}
         return opts
 
@@ -185,7 +204,7 @@ class WanFamily(DitFamily):
         """``[B, k*ht*wt, 1, d/2, 2, 2]``, matching ``WanModel.rope_encode`` for contiguous times."""
         return dm.rope_embedder(frame_ids(frame_times, ht, wt)).movedim(1, 2)
 
-    def video_pe_patch(self, inner, frame_pe):
+    def video_pe_patch(self, dm, inner, frame_pe):
         from ..models.conds import PATCH_KEY
 
         def patch(args: dict, extra: dict) -> dict:
@@ -275,17 +294,24 @@ class HunyuanFamily(DitFamily):
         ``img_ids`` rows of those frames in the full clip."""
         return dm.pe_embedder(frame_ids(frame_times, ht, wt))
 
-    def video_pe_patch(self, inner, frame_pe):
+    def video_pe_patch(self, dm, inner, frame_pe):
+        """The stock ``pe`` is over ``cat(txt, video)`` where ``models.hunyuan.text_first(dm)`` (ComfyUI >= 0.14): the
+        video rows are its last ``N``; else over ``cat(video, txt)``: its first ``N``."""
+        from ..models.hunyuan import text_first as txt_first
+
+        text_first = txt_first(dm)
+
         def patch(args: dict, extra: dict) -> dict:
             if frame_pe is None:
                 return inner(args, extra)
-            pe = args["pe"]  # [B, 1, N + L, d/2, 2, 2] over cat(video, txt): the stock pe of every block
+            pe = args["pe"]  # [B, 1, N + L, d/2, 2, 2]: the stock pe of every block
             n = frame_pe.shape[2]
             if pe.shape[2] <= n:
                 raise ValueError(f"the block's RoPE covers {pe.shape[2]} tokens, fewer than the {n} video tokens")
             fpe = frame_pe.to(device=pe.device, dtype=pe.dtype)
-            rest = pe[:, :, n:].expand(fpe.shape[0], *([-1] * (pe.ndim - 1)))
-            return inner({**args, "pe": torch.cat([fpe, rest], dim=2)}, extra)
+            expand = lambda t: t.expand(fpe.shape[0], *([-1] * (pe.ndim - 1)))  # noqa: E731
+            parts = [expand(pe[:, :, :-n]), fpe] if text_first else [fpe, expand(pe[:, :, n:])]
+            return inner({**args, "pe": torch.cat(parts, dim=2)}, extra)
 
         return patch
 
@@ -311,7 +337,8 @@ class HunyuanFamily(DitFamily):
         norms += [b.pre_norm for b in dm.single_blocks]
         hooks = [n.register_forward_pre_hook(_clone_saved_input) for n in norms]
         try:
-            yield
+            with comfy_training_mode():
+                yield
         finally:
             for h in hooks:
                 h.remove()

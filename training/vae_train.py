@@ -21,9 +21,9 @@ state depends on the last few dozen frames only (perturbing frame 0 of a trained
 steady state where every cache at every depth holds real earlier frames. So each batch first runs the encoder and the
 decoder *without gradient* over ``b`` frames (the first frame + ``b / 4`` chunks; ``b`` drawn per batch from
 0, 4, ..., ``burn_in``), then trains on the next ``frames - 1`` frames with the caches carried (:func:`stream_loss`);
-``b = 0`` trains the stream's start (``frames`` frames from frame 0). WanVAE's chunk loop (``comfy.ldm.wan.vae.WanVAE``
-``encode`` / ``decode``: the first frame alone, then 4 frames per encoder call, one latent frame per decoder call) is
-driven here (:func:`encode_chunks`, :func:`decode_chunks`) so the caches can be kept between the two parts.
+``b = 0`` trains the stream's start (``frames`` frames from frame 0). The stock ``WanVAE.encode`` / ``decode`` loops
+run with the stream's caches kept between the two parts (:func:`encode_chunks`, :func:`decode_chunks`), through
+``models.vae_stream.streamed``, the same code that streams the history at inference (on ComfyUI 0.3.75 and 0.33.0).
 """
 from __future__ import annotations
 
@@ -101,33 +101,35 @@ def _latent_stats() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stream_caches(vae) -> tuple[list, list]:
-    """Fresh causal caches ``(encoder, decoder)`` of a ``WanVAE``: one slot per ``CausalConv3d`` of each (as
-    ``WanVAE.encode`` / ``decode`` allocate them; a slot holds a layer's last 2 input frames, or ``"Rep"``)."""
-    from comfy.ldm.wan.vae import CausalConv3d
+    """Fresh causal caches ``(encoder, decoder)`` of a ``WanVAE``, as long as ``WanVAE.encode`` / ``decode`` allocate
+    them on the installed ComfyUI (``models.vae_stream.cache_slots``: per causal conv its last input frames, and on
+    ComfyUI >= 0.18 one deferred-output slot per temporal downsample)."""
+    from ..models.vae_stream import cache_slots
 
-    count = lambda m: sum(isinstance(x, CausalConv3d) for x in m.modules())  # noqa: E731
-    return [None] * count(vae.encoder), [None] * count(vae.decoder)
+    return [None] * cache_slots(vae, vae.encoder), [None] * cache_slots(vae, vae.decoder)
 
 
 def encode_chunks(vae, x: torch.Tensor, cache: list, first: bool) -> torch.Tensor:
     """``mu`` ``[B, 16, T', H / 8, W / 8]`` of ``x`` ``[B, 3, T, H, W]`` continuing the stream whose encoder caches are
-    ``cache`` (updated in place): with ``first`` the stream's first frame alone then 4-frame chunks (T = 4k+1, T' =
-    k + 1), else 4-frame chunks (T = 4k, T' = k). ``WanVAE.encode``'s loop (comfy.ldm.wan.vae); raises ValueError for
-    a T that is not whole chunks."""
+    ``cache`` (updated in place): with ``first`` the stream's start (T = 4k+1, T' = k + 1), else a continuation (T =
+    4k, T' = k). The stock ``WanVAE.encode`` loop runs with the stream's cache (``models.vae_stream.streamed``, the
+    inference stream's code), with gradients; raises ValueError for a T that is not whole chunks."""
+    from ..models.vae_stream import streamed
+
     if (x.shape[2] - int(first)) % 4 or x.shape[2] < int(first):
         raise ValueError(f"encode_chunks needs {'1 + ' if first else ''}4k frames, got {x.shape[2]}")
-    parts = [(0, 1)] if first else []
-    parts += [(i, i + 4) for i in range(int(first), x.shape[2], 4)]
-    out = torch.cat([vae.encoder(x[:, :, a:b], feat_cache=cache, feat_idx=[0]) for a, b in parts], 2)
-    return vae.conv1(out).chunk(2, dim=1)[0]
+    with streamed(vae, "encoder", cache, skip_first=not first):
+        return vae.encode(x if first else torch.cat([x[:, :, :1], x], 2))
 
 
 def decode_chunks(vae, z: torch.Tensor, cache: list) -> torch.Tensor:
     """Frames ``[B, 3, T, H, W]`` of latents ``z`` ``[B, 16, T', h, w]`` continuing the stream whose decoder caches
-    are ``cache`` (updated in place; fresh caches: T = 4T' - 3, else 4T'). ``WanVAE.decode``'s loop (one latent frame
-    per decoder call)."""
-    x = vae.conv2(z)
-    return torch.cat([vae.decoder(x[:, :, i:i + 1], feat_cache=cache, feat_idx=[0]) for i in range(x.shape[2])], 2)
+    are ``cache`` (updated in place; fresh caches: T = 4T' - 3, else 4T'): the stock ``WanVAE.decode`` loop with the
+    stream's cache (``models.vae_stream.streamed``), with gradients."""
+    from ..models.vae_stream import streamed
+
+    with streamed(vae, "decoder", cache):
+        return vae.decode(z)
 
 
 def stream_loss(vae, x: torch.Tensor, burn: int, s: VAETraining, g: torch.Generator
