@@ -25,9 +25,10 @@ the VAE decode of one segment (untiled, and ComfyUI's tiled fallback), the memor
 the VAE, the DiT's patch embedding, HR branch at widths 64..512). Each phase's measurement is fed to :class:`Card`,
 a replay of ``comfy.model_management.load_models_gpu`` / ``free_memory`` and ``ModelPatcher.load`` /
 ``partially_unload`` on a 12 GiB NVIDIA card (module lists from ComfyUI's own ``ModelPatcher._load_list``), which
-says what stays loaded per phase and gives the peak per phase: as ComfyUI 0.3.75 runs the pack, and with the memory
-tokens' activations declared to ComfyUI's ``memory_required`` (``declared``), plus the ``--reserve-vram`` that
-would make the declared plan fit. A margin (:data:`MARGIN`) covers what the tracker cannot see.
+says what stays loaded per phase and gives the peak per phase as ComfyUI 0.3.75 runs the pack, the memory declared to
+its ``memory_required`` as ``models/memory_plan.py`` declares it (issue 25), plus the smallest ``--reserve-vram`` that
+fits. A margin (:data:`MARGIN`) covers what the tracker cannot see. Rows that fit at no reserve say why and what to
+set instead (``why_not`` / ``set_instead``, benchmarks/vram_report.py, which also writes the README section).
 
 Bounded memory modes (:data:`MODES`, ``models/memory_modes.py``; :data:`MODE_MODELS` at 20 / 60 / 120 s): PackForcing
 (sink + top-K compressed mid blocks + recent frames, selected per forward by ``models/wan.py``'s ``pack_context``
@@ -40,7 +41,8 @@ Validation (:func:`validate`): seven small configurations (Wan bf16 / fp8 and Hu
 through the product path, a Wan VAE decode, the encoder append) run on fake and on real CPU tensors under the same
 tracker (two also under the stock MemTracker), plus the Wan DiT in each bounded mode; the real runs' allocations are
 also counted by the PyTorch profiler.
-Prints tables, writes benchmarks/results/vram_estimate.json and the README section benchmarks/results/vram_estimate.md.
+Prints tables, writes benchmarks/results/vram_estimate.json (``rows``, ``mode_rows``: benchmarks/gpu_check.py reads
+them) and the README section benchmarks/results/vram_estimate.md.
 """
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ MIB = 2 ** 20
 TARGET_GIB = 11.5          # issue 13: peak at 120 s of history on a 12 GB card
 CARD_GIB = 12.0            # RTX 4070: 12 GiB (cudaMemGetInfo total 12282 MiB ~ 11.99 GiB)
 CUDA_CONTEXT_GIB = 0.5     # CUDA context + cuBLAS handles: visible to ComfyUI as used memory (see MARGIN)
+DEFAULT_RESERVE_GIB = 0.4  # ComfyUI's EXTRA_RESERVED_VRAM on Linux (--reserve-vram unset)
 HISTORIES = (0, 20, 60, 120)
 RATES = ("4x4x2", "2x2x2")
 SEGMENT_LATENTS = 4        # 1 s segment on Wan 2.1 (16 frames at 16 fps)
+PATCH_VOLUME = 4           # latent cells per DiT token (patch 1x2x2, every family)
 # comfy.model_management on an NVIDIA card (this machine has none, so they cannot be read from the module):
 NUM_STREAMS = 2            # async weight offload streams, "Enable by default on Nvidia"
 MIN_WEIGHT_MEMORY_RATIO = 0.0  # "if is_nvidia(): MIN_WEIGHT_MEMORY_RATIO = 0.0"
@@ -223,8 +227,11 @@ def dit_options(spec: dict, dm) -> dict:
     from framememory.models.attention import attention_override
     from framememory.training.dits import _OptionsRecorder
 
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
     rec = _OptionsRecorder()
-    importlib.import_module(f"framememory.models.{spec['adapter']}").install(rec, dm)
+    with unset_fake_temporarily():  # HunyuanVideo's install probes ComfyUI's apply_mod on real numbers
+        importlib.import_module(f"framememory.models.{spec['adapter']}").install(rec, dm)
     return {**rec.options, "optimized_attention_override": attention_override("sdpa")}
 
 
@@ -604,20 +611,23 @@ class Card:
         return ", ".join(p.state() for p in self.known if p.loaded or p.lowvram) or "nothing"
 
 
-def dit_memory_required(spec: dict, batch: int) -> float:
+def dit_memory_required(spec: dict, batch: int, attended: int = 0) -> float:
     """ComfyUI's estimate of the DiT's inference memory (``BaseModel.memory_required``, the branch for PyTorch
-    flash / xformers attention on NVIDIA): ``B * T * h * w * 2 (bf16) * 0.01 * memory_usage_factor`` MiB, the factor
-    from ``comfy.supported_models`` (Wan: ``dim / 2222``; HunyuanVideo: 1.8). Memory tokens are not in it: the model
-    conds they travel in are not among ``memory_usage_factor_conds``."""
+    flash / xformers attention on NVIDIA): ``area * 2 (bf16) * 0.01 * memory_usage_factor`` MiB, the factor from
+    ``comfy.supported_models`` (Wan: ``dim / 2222``; HunyuanVideo: 1.8), ``area`` the volume of the noise shape as
+    the pack declares it (``models.memory_plan.planned_shape``: ``attended`` memory tokens added as latent cells)."""
     import comfy.supported_models as sm
+
+    from framememory.models.memory_plan import planned_shape
 
     ft, fh, fw = spec["stride"]
     if spec["kind"] == "wan":
         factor = sm.WAN21_T2V({"image_model": "wan2.1", "model_type": "t2v", "dim": spec["dit"]["dim"]}).memory_usage_factor
     else:
         factor = sm.HunyuanVideo.memory_usage_factor
-    area = batch * SEGMENT_LATENTS * (spec["height"] // fh) * (spec["width"] // fw)
-    return area * 2 * 0.01 * factor * MIB
+    shape = planned_shape([batch, spec["channels"], SEGMENT_LATENTS, spec["height"] // fh, spec["width"] // fw],
+                          attended, PATCH_VOLUME)
+    return shape[0] * math.prod(shape[2:]) * 2 * 0.01 * factor * MIB
 
 
 def vae_memory_used(spec: dict, shape: list, decode: bool) -> float:
@@ -631,15 +641,14 @@ def vae_memory_used(spec: dict, shape: list, decode: bool) -> float:
     return (1500 * t * h * w * 256 if decode else 900 * max(t, 2) * h * w) * 2  # HunyuanVideo's AutoencoderKL
 
 
-def plan_segment(card: Card, pt: dict, meas: dict, spec: dict, dit_act, out: dict,
-                 declared: float | None = None) -> None:
+def plan_segment(card: Card, pt: dict, meas: dict, spec: dict, dit_act, out: dict, attended: int = 0) -> None:
     """One segment of the storyboard loop (``models.storyboard.generate_segment``) on ``card``: text encoding (at a
     shot change), VideoSSM's state absorb (when ``meas`` has one), sampling, decode, encode-append (modes with an
     encoder); each phase's peak (max over calls) and what was loaded go to ``out[phase]``. ``pt``: the patchers
     (``pt["ssm"]``: VideoSSM's state modules, loaded with the DiT as its additional model; only their read-out
-    modules run in the DiT step); ``meas``: measurements; ``dit_act(batch)``: DiT activation bytes; ``declared``: None
-    as ComfyUI 0.3.75 runs the pack today, else bytes of the memory tokens' activations at batch 2 added to ComfyUI's
-    ``memory_required`` (half of it at batch 1) and VideoSSM's absorb declared as the state modules' memory_required."""
+    modules run in the DiT step); ``meas``: measurements; ``dit_act(batch)``: DiT activation bytes; ``attended``: the
+    memory tokens a forward attends to, which the pack declares to ComfyUI (``models.memory_plan``: counted in
+    ``memory_required`` for the load and for ``_calc_cond_batch``'s batching)."""
     def note(phase: str, act: float, running: list, runs: dict | None = None, **extra) -> None:
         peak = card.peak(act, running, runs)
         if peak >= out.get(phase, {}).get("peak", -1):
@@ -648,11 +657,11 @@ def plan_segment(card: Card, pt: dict, meas: dict, spec: dict, dit_act, out: dic
     card.load_models_gpu([pt["te"]])  # CLIP.encode_from_tokens -> load_model -> load_model_gpu
     note("text", meas["text"]["act"], [pt["te"]])
     if "absorb" in meas:
-        _plan_absorb(card, pt, meas["absorb"], note, declared is not None)
+        _plan_absorb(card, pt, meas["absorb"], note)
     dit, runs = [pt["dit"]], None  # prepare_sampling: [model] + additional models
     if "ssm" in pt:
         dit, runs = dit + [pt["ssm"]], {pt["ssm"]: ("read_proj.", "out.")}
-    mr2, mr1 = dit_memory_required(spec, 2) + (declared or 0), dit_memory_required(spec, 1) + (declared or 0) / 2
+    mr2, mr1 = dit_memory_required(spec, 2, attended), dit_memory_required(spec, 1, attended)
     card.load_models_gpu(dit, mr2, mr1)  # sampler_helpers.prepare_sampling
     # samplers._calc_cond_batch: cond + uncond in one call while memory_required * 1.5 < free; cfg 1 drops uncond
     batch = 2 if spec["cfg"] != 1.0 and mr2 * 1.5 < card.free() else 1
@@ -672,34 +681,33 @@ def plan_segment(card: Card, pt: dict, meas: dict, spec: dict, dit_act, out: dic
     note("encode", meas["append"]["act"], [pt["enc"], pt["dit"]])
 
 
-def _plan_absorb(card: Card, pt: dict, absorb: dict, note, declared: bool) -> None:
+def _plan_absorb(card: Card, pt: dict, absorb: dict, note) -> None:
     """VideoSSM before sampling (``models.memory_modes.ssm_inputs``): the local window's patch embedding (loads the
-    DiT), ``state_network`` (loads the state modules; ``declared``: with the absorb's bytes as ``memory_required``),
-    ``absorbed_state``'s patch embedding of the frames that left the window (loads the DiT again), then
-    ``StateMemory.absorb``, where only ``absorb_proj`` computes, on the device of ``next(net.parameters())``:
-    ``distance_weight``, on the card only while the state modules were last loaded completely (else on the CPU, in
-    host RAM, adding nothing to the card)."""
-    need = absorb["act"] + absorb["inputs"]
+    DiT), ``state_network`` (loads the state modules), then per latent frame that left the window (4 a segment)
+    ``absorbed_state``: its patch embedding (loads the DiT), ``memory_plan.load_for_absorb`` (loads the state modules
+    with the absorb declared as ``memory_required``) and ``StateMemory.absorb`` on the card, where only
+    ``absorb_proj`` computes."""
+    from framememory.models.memory_modes import ABSORB_FRAMES
+
     card.load_models_gpu([pt["dit"]])
-    card.load_models_gpu([pt["ssm"]], need if declared else 0)
-    card.load_models_gpu([pt["dit"]])
-    if pt["ssm"].root:
-        note("absorb", need, [pt["ssm"]], {pt["ssm"]: ("absorb_proj",)}, device="card")
-    else:  # absorbed_state ran on next(net.parameters()).device when this table was made (now: the compute device)
-        note("absorb", 0.0, [], device="cpu")
+    card.load_models_gpu([pt["ssm"]])
+    for _ in range(SEGMENT_LATENTS // ABSORB_FRAMES):
+        card.load_models_gpu([pt["dit"]])
+        card.load_models_gpu([pt["ssm"]], absorb["declared"])
+        note("absorb", absorb["act"] + absorb["inputs"], [pt["ssm"]], {pt["ssm"]: ("absorb_proj",)})
 
 
-def plan(spec: dict, meas: dict, lists: dict, dit_act, declared: float | None = None, reserve: float | None = None,
+def plan(spec: dict, meas: dict, lists: dict, dit_act, attended: int = 0, reserve: float | None = None,
          total: float = CARD_GIB * GIB, context: float = CUDA_CONTEXT_GIB * GIB) -> dict:
     """ComfyUI's plan for two segments (the first from an empty card, the second in steady state) on a card of
     ``total`` bytes: ``{phase: {"peak" bytes, "act", "loaded", ...}}`` with the larger peak of the two segments
-    (``declared``: see :func:`plan_segment`; ``reserve``: ``--reserve-vram`` in bytes, see :class:`Card`)."""
+    (``attended``: see :func:`plan_segment`; ``reserve``: ``--reserve-vram`` in bytes, see :class:`Card`)."""
     card = Card(total, context, reserve)
     names = (("te", "TE"), ("dit", "DiT"), ("vae", "VAE"), ("enc", "encoder"), ("ssm", "state"))
     pt = {k: Patcher(name, lists[k]) for k, name in names if k in lists}
     out: dict = {}
     for _ in range(2):
-        plan_segment(card, pt, meas, spec, dit_act, out, declared)
+        plan_segment(card, pt, meas, spec, dit_act, out, attended)
     return out
 
 
@@ -880,23 +888,23 @@ def measure_parts(spec: dict, log=print) -> tuple[dict, dict, object, tuple]:
 
 
 def case_row(name: str, spec: dict, seconds: int, rate: str, meas: dict, lists: dict, dit_act) -> dict:
-    """One table row: ComfyUI's plan for ``seconds`` of history at ``rate``: per-phase peaks (GiB, CUDA context
-    included), what is loaded, margins, the verdict against :data:`TARGET_GIB`; and the same plan when the memory
-    tokens' extra activations are declared to ComfyUI's ``memory_required`` (``*_declared``). ``meas`` / ``lists``:
-    this rate's (or memory mode's) measurements and module lists, as :func:`plan` takes them."""
+    """One table row: ComfyUI's plan for ``seconds`` of history at ``rate`` as the pack runs it (memory declared,
+    ``models.memory_plan``): per-phase peaks (GiB, CUDA context included), what is loaded, margins, the verdict
+    against :data:`TARGET_GIB`, and the smallest ``--reserve-vram`` with which it fits. ``meas`` / ``lists``: this
+    rate's (or memory mode's) measurements and module lists, as :func:`plan` takes them."""
     def step_bytes(batch: int) -> float:  # activations + the step's inputs (latent, text, memory tokens on the card)
         m = dit_act(seconds, rate, batch)
         return m["act"] + m["inputs"]
 
     b2, dim = dit_act(seconds, rate, 2), spec["dit"].get("dim", spec["dit"].get("hidden_size"))
     tokens = b2["M"] + b2["N"]
-    phases = plan(spec, meas, lists, step_bytes)
-    declared = max(0.0, step_bytes(2) - (dit_act(0, rate, 2)["act"] + dit_act(0, rate, 2)["inputs"]))
-    alt = plan(spec, meas, lists, step_bytes, declared)
+    phases = plan(spec, meas, lists, step_bytes, b2["M"])
     row = {"model": name, "history_s": seconds, "rate": rate if seconds else "-", "M": b2["M"], "N": b2["N"],
            "dit_weights_gib": round(b2["weights"] / GIB, 2), "dit_act_b2_gib": round(step_bytes(2) / GIB, 2),
-           "dit_act_only_b2_gib": round(b2["act"] / GIB, 3),
-           "comfy_memory_required_b2_gib": round(dit_memory_required(spec, 2) / GIB, 2),
+           "dit_act_only_b2_gib": round(b2["act"] / GIB, 3), "dit_act_b1_gib": round(step_bytes(1) / GIB, 2),
+           "comfy_memory_required_b2_gib": round(dit_memory_required(spec, 2, b2["M"]) / GIB, 2),
+           "comfy_memory_declared_b2_gib": round((dit_memory_required(spec, 2, b2["M"]) - dit_memory_required(
+               spec, 2)) / GIB, 2),
            "batch": phases["sample"]["batch"], "decode": "tiled (OOM fallback)" if phases["decode"]["tiled"] else "untiled"}
     for ph in phases:  # text, (absorb), sample, decode, (encode)
         row[f"{ph}_gib"] = round(phases[ph]["peak"] / GIB, 2)
@@ -905,33 +913,23 @@ def case_row(name: str, spec: dict, seconds: int, rate: str, meas: dict, lists: 
     row["peak_gib"] = max(row[f"{ph}_gib"] for ph in phases)
     row["peak_plus_margin_gib"] = round(_worst(phases, tokens, dim) / GIB, 2)
     row["fits"] = row["peak_plus_margin_gib"] <= TARGET_GIB  # the issue's target: peak + margin <= 11.5 GiB
-    row.update(sample_declared_gib=round(alt["sample"]["peak"] / GIB, 2), sample_declared_batch=alt["sample"]["batch"],
-               sample_declared_loaded=alt["sample"]["loaded"],
-               peak_plus_margin_declared_gib=round(_worst(alt, tokens, dim) / GIB, 2))
-    row["fits_declared"] = row["peak_plus_margin_declared_gib"] <= TARGET_GIB
-    row["reserve_vram_needed_gib"] = reserve_needed(spec, meas, lists, step_bytes, declared, tokens, dim)
+    reserve = reserve_needed(spec, meas, lists, step_bytes, b2["M"], tokens, dim)
+    row["reserve_vram_needed_gib"] = reserve
+    if reserve is not None and reserve > DEFAULT_RESERVE_GIB:
+        at = plan(spec, meas, lists, step_bytes, b2["M"], reserve=reserve * GIB)
+        row.update(reserve_peak_plus_margin_gib=round(_worst(at, tokens, dim) / GIB, 2),
+                   reserve_batch=at["sample"]["batch"], reserve_sample_loaded=at["sample"]["loaded"])
     if "absorb" in phases:
-        reserve = row["reserve_vram_needed_gib"]
-        at = plan(spec, meas, lists, step_bytes, declared, reserve=reserve * GIB) if reserve is not None else None
-        row.update(_ssm_fields(phases, alt, at))
+        row.update(absorb_declared_gib=round(meas["absorb"]["declared"] / GIB, 2),
+                   state_root_on_card=phases["sample"]["state_root"])
     return row
 
 
-def _ssm_fields(phases: dict, declared: dict, reserve: dict | None) -> dict:
-    """VideoSSM's row fields: where the absorb ran at its peak (``card`` or ``cpu``) as ComfyUI runs it, declared, and
-    declared with the ``--reserve-vram`` that fits; whether ``distance_weight`` was on the card in the DiT step
-    (``StateMemory.read`` mixes it with the card's tensors)."""
-    return {"absorb_device": phases["absorb"]["device"], "absorb_declared_device": declared["absorb"]["device"],
-            "absorb_reserve_device": reserve["absorb"]["device"] if reserve else None,
-            "state_root_on_card": phases["sample"]["state_root"],
-            "state_root_declared": declared["sample"]["state_root"]}
-
-
-def reserve_needed(spec: dict, meas: dict, lists: dict, step_bytes, declared: float, tokens: int, dim: int):
-    """Smallest ``--reserve-vram`` (GiB, 0.1 steps from ComfyUI's 0.4 to 4) with which the declared plan's peak +
-    margin stays <= :data:`TARGET_GIB` in every phase, or None."""
-    for tenth in range(4, 41):
-        if _worst(plan(spec, meas, lists, step_bytes, declared, reserve=tenth / 10 * GIB), tokens, dim) <= TARGET_GIB * GIB:
+def reserve_needed(spec: dict, meas: dict, lists: dict, step_bytes, attended: int, tokens: int, dim: int):
+    """Smallest ``--reserve-vram`` (GiB, 0.1 steps from ComfyUI's 0.4 to 4) with which the plan's peak + margin stays
+    <= :data:`TARGET_GIB` in every phase, or None."""
+    for tenth in range(round(DEFAULT_RESERVE_GIB * 10), 41):
+        if _worst(plan(spec, meas, lists, step_bytes, attended, reserve=tenth / 10 * GIB), tokens, dim) <= TARGET_GIB * GIB:
             return tenth / 10
     return None
 
@@ -1100,14 +1098,14 @@ def mode_step(spec: dict, dm, opts: dict, batch: int, seconds: int, mode: str, s
     return {**measure(run, *ext), "M": lay["attended"], "M_carried": lay["carried"], "N": n}
 
 
-def absorb_case(spec: dict, ssm, frames: int = SEGMENT_LATENTS, fake: bool = True):
-    """``(run, external)`` of VideoSSM's absorb of one new segment (``memory_modes.absorbed_state``: the 4 latent
-    frames that left the local window, ``4 x Ht x Wt`` patch-embedded tokens ``[1, N, D]`` float32 on the device,
+def absorb_case(spec: dict, ssm, frames: int = 1, fake: bool = True):
+    """``(run, external)`` of one of VideoSSM's absorb calls (``memory_modes.absorbed_state``: ``ABSORB_FRAMES`` = 1
+    latent frame that left the local window, ``Ht x Wt`` patch-embedded tokens ``[1, N, D]`` float32 on the device,
     continuing the cached state ``[1, L, H, dv, dk]`` float32): ``StateMemory.absorb``, i.e. ``absorb_proj`` for all L
     blocks at once and the gated delta rule batched over ``L`` (torch path, chunks of 64: what runs without the
     optional fla-core package). The patch embedding before it runs on the DiT and is moved to the CPU (smaller,
-    earlier). ``frames``: latent frames absorbed in one call (1: a lever; frame by frame gives the same state).
-    ``fake``: fake tensors (else real CPU tensors, random values)."""
+    earlier). ``frames``: latent frames absorbed in one call. ``fake``: fake tensors (else real CPU tensors, random
+    values)."""
     import torch
 
     cfg = ssm.cfg
@@ -1118,15 +1116,20 @@ def absorb_case(spec: dict, ssm, frames: int = SEGMENT_LATENTS, fake: bool = Tru
     return (lambda: ssm.absorb(tokens, state)), (ssm, tokens, state)
 
 
-def absorb_step(spec: dict, ssm, frames: int = SEGMENT_LATENTS) -> dict:
-    """Peak of :func:`absorb_case` under the fake mode ``ssm`` was built in; ``tokens``: N."""
+def absorb_step(spec: dict, ssm, frames: int = 1) -> dict:
+    """Peak of :func:`absorb_case` under the fake mode ``ssm`` was built in; ``tokens``: N; ``declared``: what the pack
+    declares to ComfyUI for it (``memory_plan.absorb_bytes``)."""
+    from framememory.models.memory_plan import absorb_bytes
+
     run, ext = absorb_case(spec, ssm, frames)
-    return {**measure(run, *ext), "tokens": int(ext[1].shape[1])}
+    n = int(ext[1].shape[1])
+    return {**measure(run, *ext), "tokens": n, "declared": absorb_bytes(ssm.cfg, n)}
 
 
 def mode_parts(spec: dict, mode: str, meas: dict, lists: dict, dit_act, dit, log=print) -> tuple[dict, dict, object]:
     """``(meas, lists, act)`` of ``mode`` for :func:`case_row`: PackForcing appends like Frame Preservation at
-    :data:`MODE_RATE` (same encoder); VideoSSM has no encode phase but the absorb (:func:`absorb_step`) and its state
+    :data:`MODE_RATE` (same encoder); VideoSSM has no encode phase but the absorb (:func:`absorb_step`, one call of
+    ``ABSORB_FRAMES`` latent frames, as ``memory_modes.absorbed_state`` runs it) and its state
     modules (``lists["ssm"]``) loaded with the DiT. ``act(seconds, rate, batch)``: :func:`mode_step`, cached (0 s: the
     DiT without memory, ``dit_act``). ``dit``: ``(dm, opts)`` of :func:`measure_parts`. Call under its fake mode."""
     dm, opts = dit
@@ -1134,11 +1137,12 @@ def mode_parts(spec: dict, mode: str, meas: dict, lists: dict, dit_act, dit, log
     if mode == "video_ssm":
         ssm = build_state_memory(spec)
         meas = {k: meas[k] for k in ("text", "decode", "decode_tiled")}
-        meas["absorb"], lists = absorb_step(spec, ssm), {**lists, "ssm": load_list(ssm)}
-        meas["absorb_frame"] = absorb_step(spec, ssm, frames=1)  # what models.memory_modes.absorbed_state now runs
+        from framememory.models.memory_modes import ABSORB_FRAMES
+
+        meas["absorb"], lists = absorb_step(spec, ssm, ABSORB_FRAMES), {**lists, "ssm": load_list(ssm)}
         del lists["enc"]
         log(f"  {mode} absorb of {meas['absorb']['tokens']} tokens: act {meas['absorb']['act'] / GIB:.2f} GiB "
-            f"(one frame: {meas['absorb_frame']['act'] / GIB:.2f}), state modules "
+            f"(declared {meas['absorb']['declared'] / GIB:.2f}), state modules "
             f"{sum(x[1] for x in lists['ssm']) / GIB:.2f} GiB")
     cache: dict = {}
 
@@ -1158,7 +1162,7 @@ def mode_parts(spec: dict, mode: str, meas: dict, lists: dict, dit_act, dit, log
 def mode_rows(name: str, spec: dict, meas: dict, lists: dict, dit_act, dit, log=print) -> list[dict]:
     """Rows of the bounded memory modes (:data:`MODES`) for one model at :data:`MODE_HISTORIES`: :func:`case_row`
     (the same ComfyUI replay) plus the mode, the tokens carried in the conds and their host memory, the state
-    modules, and for VideoSSM the same plan with the segment absorbed frame by frame (``frame_absorb_*``, a lever)."""
+    modules, and for VideoSSM the absorb's activations and the bytes declared for it."""
     rows = []
     for mode in MODES:
         m_meas, m_lists, act = mode_parts(spec, mode, meas, lists, dit_act, dit, log)
@@ -1170,13 +1174,8 @@ def mode_rows(name: str, spec: dict, meas: dict, lists: dict, dit_act, dit, log=
                        dit_weights_gib=round(sum(x[1] for x in lists["dit"]) / GIB, 2),
                        state_weights_gib=round(sum(x[1] for x in m_lists.get("ssm", [])) / GIB, 2))
             if "absorb" in m_meas:
-                lever = case_row(name, spec, s, rate, {**m_meas, "absorb": m_meas["absorb_frame"]}, m_lists, act)
                 row.update(absorb_act_gib=round(m_meas["absorb"]["act"] / GIB, 2),
-                           absorb_frame_act_gib=round(m_meas["absorb_frame"]["act"] / GIB, 2),
-                           **{f"frame_absorb_{k}": lever[k] for k in (
-                               "peak_plus_margin_gib", "fits", "peak_plus_margin_declared_gib", "fits_declared",
-                               "reserve_vram_needed_gib", "absorb_device", "absorb_declared_device",
-                               "absorb_reserve_device")})
+                           absorb_proj_gib=round(max(x[1] for x in m_lists["ssm"]) / GIB, 2))
             rows.append(row)
     return rows
 
@@ -1216,287 +1215,6 @@ def mode_growth(mode_rows_: list[dict], rows: list[dict]) -> list[dict]:
 
 def _pct(a: float, b: float) -> float:
     return round(100 * (b - a) / a, 1)
-
-
-# ------------------------------------------------------------------------------------------------ README section
-
-
-def _md_table(rows: list[dict], cols: list[str], heads: list[str]) -> str:
-    def cell(v) -> str:
-        return ("yes" if v else "**no**") if isinstance(v, bool) else f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]) + "\n"
-
-
-def _md_method() -> str:
-    return f"""### 6. VRAM at real size without a GPU (`python benchmarks/vram_estimate.py`)
-
-ComfyUI's own classes at real size (`WanModel`, `HunyuanVideo`, Wan 2.1 / 2.2 VAE, HunyuanVideo's `AutoencoderKL`,
-umt5-xxl and LLaVA-Llama-3-8B + CLIP-L text encoders, our `HistoryEncoder`) built under PyTorch's `FakeTensorMode`
-(no weights, no GPU) and run in inference mode under `torch.distributed._tools.mem_tracker.MemTracker`. The DiT runs
-through the product path: the family adapter's memory wrapper and per-block patches (`install`), memory tokens as the
-Storyboard passes them, so every block carries the extra tokens. Attention is PyTorch SDPA (ComfyUI's
-`--use-pytorch-cross-attention`, plus `optimized_attention_override`), as a GPU without sageattention runs it. One
-segment = 4 latent frames; Wan 832x480, HunyuanVideo 848x480. Cond and uncond run as one batch of 2 when ComfyUI
-batches them (`samplers._calc_cond_batch`: while 1.5 x `memory_required` < free memory), else one after the other;
-HunyuanVideo T2V is guidance-distilled and runs at cfg 1, where ComfyUI drops the uncond (batch 1).
-Weights: Wan 2.1 1.3B bf16, Wan 2.1 14B fp8 e4m3fn (bf16 compute, `manual_cast`), Wan 2.2 TI2V 5B bf16, HunyuanVideo
-13B fp8; text encoders fp8-scaled (Comfy-Org files); VAEs bf16. Memory tokens are counted as `benchmarks/tokens.py`
-counts the storyboard's history.
-
-Each phase's measurement is replayed through ComfyUI 0.3.75's own loading rules on a {CARD_GIB:g} GiB NVIDIA card
-(`Card` / `Patcher` in the script: `load_models_gpu`, `free_memory`, `ModelPatcher.load` / `partially_unload`, module
-lists from ComfyUI's `ModelPatcher._load_list`; `minimum_inference_memory` = 0.8 GiB + `EXTRA_RESERVED_VRAM` 0.4 GiB
-(Linux; 0.6 GiB on Windows), `NUM_STREAMS` = 2 and `MIN_WEIGHT_MEMORY_RATIO` = 0 on NVIDIA; the DiT's
-`memory_required` from `BaseModel.memory_required` with the `memory_usage_factor` of `comfy.supported_models`; the
-VAE's `memory_used_decode` / `memory_used_encode` from `comfy/sd.py`). The loop order is `generate_segment`'s: text
-encoding (at a shot change), sampling, decode (continuing the VAE stream), encode-append (LR clip through the VAE,
-encoder, the DiT's patch embedding). Peaks are the larger of the first segment (empty card) and the next one (steady
-state), with a {CUDA_CONTEXT_GIB} GiB CUDA context. ComfyUI's `memory_required` does not count the memory tokens (they
-travel in model conds that are not in `memory_usage_factor_conds`), so ComfyUI keeps as many weights loaded as without
-memory; the `declared` columns replay the same rules with the memory tokens' extra activations added to
-`memory_required` (a change the pack could make).
-"""
-
-
-def _md_tables(rows: list[dict]) -> str:
-    cols = ["model", "history_s", "rate", "M", "batch", "dit_act_b2_gib", "text_gib", "sample_gib", "decode_gib",
-            "encode_gib", "peak_plus_margin_gib", "fits", "sample_declared_gib", "peak_plus_margin_declared_gib",
-            "fits_declared", "reserve_vram_needed_gib"]
-    heads = ["model", "history s", "rate", "memory tokens M", "CFG batch", "DiT act. batch 2", "text", "DiT step",
-             "decode", "encode", "max peak + margin", f"fits {TARGET_GIB}", "DiT step, declared",
-             "max + margin, declared", "fits, declared", "declared + `--reserve-vram` GiB to fit"]
-    shown = [{**r, "reserve_vram_needed_gib": "> 4" if r["reserve_vram_needed_gib"] is None else r["reserve_vram_needed_gib"]}
-             for r in rows]
-    out = (f"**Planned peak per phase on a {CARD_GIB:g} GiB card** (GiB, CUDA context included; `DiT act. batch 2` is "
-           "the DiT step's activations + inputs at batch 2 alone; margin: see below; last column: the smallest "
-           "`--reserve-vram` with which the declared plan fits, 0.4 = ComfyUI's default):\n\n"
-           + _md_table(shown, cols, heads))
-    at = [r for r in rows if r["history_s"] == 120 and r["rate"] == RATES[0]]
-    cols = ["model", "text_loaded", "sample_loaded", "decode_loaded", "encode_loaded", "decode"]
-    out += (f"\n**What ComfyUI keeps on the card per phase** (120 s at {RATES[0]}; GiB on the card / model size, "
-            "`low-VRAM`: the rest streams per call; `buffer`: ComfyUI's reserve for the streamed weights in flight, "
-            "counted only while that model runs):\n\n"
-            + _md_table(at, cols, ["model", "text", "DiT step", "decode", "encode", "VAE decode"]))
-    return out
-
-
-def _md_fit(rows: list[dict]) -> str:
-    at = [r for r in rows if r["history_s"] == 120]
-    ok = [f"{r['model']} {r['rate']}" for r in at if r["fits"]]
-    ok_d = [f"{r['model']} {r['rate']} ({r['peak_plus_margin_declared_gib']:.2f} GiB)" for r in at
-            if r["fits_declared"] and not r["fits"]]
-    res = [f"{r['model']} {r['rate']} (`--reserve-vram {r['reserve_vram_needed_gib']}`)" for r in at
-           if not r["fits_declared"] and r["reserve_vram_needed_gib"] is not None]
-    base = [r["peak_gib"] for r in rows if r["history_s"] == 0]
-    no = [f"{r['model']} {r['rate']} ({r['peak_plus_margin_gib']:.2f} GiB, declared "
-          f"{r['peak_plus_margin_declared_gib']:.2f})" for r in at
-          if not r["fits_declared"] and r["reserve_vram_needed_gib"] is None]
-    return (f"\n**Fit at 120 s of history** (planned peak + margin <= {TARGET_GIB} GiB, every phase):\n\n"
-            f"- fits as ComfyUI 0.3.75 runs the pack today: {', '.join(ok) or 'none'}\n"
-            f"- fits once the memory tokens are declared to `memory_required`: {', '.join(ok_d) or 'none'}\n"
-            f"- fits when declared and with ComfyUI's `--reserve-vram` raised (more weights stream per step): "
-            f"{', '.join(res) or 'none'}\n"
-            f"- does not fit with a reserve up to 4 GiB: {', '.join(no) or 'none'}\n\n"
-            f"Without memory tokens the planned peaks are already {min(base):.1f}-{max(base):.1f} GiB: ComfyUI fills "
-            "the card with weights "
-            "(the text encoder stays loaded next to small DiTs; large DiTs load until `minimum_memory_required` is "
-            "left), so what decides a fit is whether the step's activations fit in what ComfyUI leaves free. Peaks "
-            "are not always monotonic in the history: ComfyUI stops batching cond + uncond once 1.5 x "
-            "`memory_required` exceeds free memory.\n")
-
-
-def _md_growth(growth: list[dict]) -> str:
-    cols = ["model", "rate", "M_20s", "M_120s", "act_b2_20s", "act_b2_120s", "act_growth_gib", "act_ratio",
-            "sample_20s", "sample_120s", "sample_growth_gib"]
-    heads = ["model", "rate", "M 20 s", "M 120 s", "DiT act. b2 20 s", "120 s", "growth GiB", "ratio",
-             "planned DiT step 20 s", "120 s", "growth GiB"]
-    return ("\n**Growth from 20 s to 120 s** (Frame Preservation's memory grows with the history, so its activations "
-            "grow too; a bounded memory mode should be flat within 5 %):\n\n" + _md_table(growth, cols, heads))
-
-
-def _md_remedies(rows: list[dict]) -> str:
-    out = "\n**What would make a non-fitting combination fit** (numbers: max planned peak + margin, GiB):\n\n"
-    for model in dict.fromkeys(r["model"] for r in rows):
-        rs = {(r["history_s"], r["rate"]): r for r in rows if r["model"] == model}
-        base, row = rs[(0, "-")], rs[(120, RATES[0])]
-        limit = max(("text", "sample", "decode", "encode"), key=lambda ph: row[f"{ph}_gib"] + row[f"{ph}_margin_gib"])
-        rates = "; ".join(f"{r} {rs[(120, r)]['peak_plus_margin_gib']:.2f} (declared "
-                          f"{rs[(120, r)]['peak_plus_margin_declared_gib']:.2f})" for r in (*RATES, MIXED) if (120, r) in rs)
-        weights = (f"; its DiT weights are {row['dit_weights_gib']:.2f} GiB in bf16, fp8 weights would halve them"
-                   if MODELS[model]["weight"] == "bfloat16" else "")
-        out += (f"- {model}: no memory {base['peak_plus_margin_gib']:.2f}; at 120 s: {rates}; limiting phase at 120 s "
-                f"{RATES[0]}: {limit}; VAE decode {row['decode']}{weights}.\n")
-    return out + f"""
-What each lever does, under ComfyUI's rules as replayed here:
-- **Declare the memory tokens to ComfyUI** (a pack change, e.g. a `PREPARE_SAMPLING` wrapper or the model's
-  `memory_usage_factor_conds` counting `memory_tokens`): ComfyUI then unloads or streams enough weights to leave room
-  for the extra activations instead of running out of memory (`declared` columns).
-- **Partial loading** is automatic: a DiT that does not fit streams its other weights per call (reserved buffer
-  `(NUM_STREAMS + 1) x` the largest streamed layer). `--reserve-vram G` (ComfyUI's `EXTRA_RESERVED_VRAM`, default
-  0.4 GiB) makes ComfyUI keep more free, so it loads fewer weights and streams the rest: the last column is the
-  smallest reserve (0.1 GiB steps) with which the declared plan fits, at the cost of speed.
-- **Tiling**: ComfyUI retries an out-of-memory VAE decode with `decode_tiled_3d` (256 px tiles); VAEs other than Wan
-  2.1's decode each segment with 4 latent frames of context (`models/vae_stream.py`), twice the frames of the exact
-  Wan 2.1 stream.
-- **fp8** weights for the bf16 DiTs (loader `weight_dtype`), as the 14B and HunyuanVideo rows use.
-- **A coarser rate for old history** (row `{MIXED}`: the last 20 s at 2x2x2, the rest at 4x4x2; the pack does not
-  offer this combination yet): the DiT's activations follow M almost linearly.
-"""
-
-
-def _md_validation(val: list[dict]) -> str:
-    if not val:
-        return "\n(validation skipped: run without `--skip-validation`)\n"
-    cols = [c for c in ("case", "fake_peak_mib", "real_peak_mib", "diff_pct", "stock_tracker_mib", "profiler_mib",
-                        "profiler_vs_fake_pct") if c in val[0]]
-    worst = max(abs(r["diff_pct"]) for r in val)
-    pct = {r["case"]: r.get("profiler_vs_fake_pct", 0) for r in val}
-    dit = max((v for k, v in pct.items() if k not in ("vae", "encoder")), default=0)
-    return ("\n**Validation** (small configurations of the same classes and the same product path, fake tensors vs "
-            "real CPU tensors under the same tracker; `stock` = the unmodified `MemTracker`; `profiler` = allocator "
-            "events of the real run from the PyTorch profiler, MiB):\n\n"
-            + _md_table(val, cols, [c.replace("_mib", " MiB").replace("_pct", " %").replace("_", " ") for c in cols])
-            + f"""
-Fake and real tensors agree within {worst:.2f} % (the difference is the real run's contiguous position tensor), and
-the global-peak tracker equals the stock `MemTracker`. The profiler sees what the tracker cannot: op-internal
-workspaces: CPU flash attention's blocks (up to {dit:.1f} % on the DiT cases), the CPU's unfolded Conv3d buffers
-({pct.get("encoder", 0):.1f} % on the encoder case, {pct.get("vae", 0):.0f} % on the small VAE case; a CPU artefact: a
-GPU runs cuDNN, whose PyTorch binding falls back to algorithms with smaller workspaces when memory is short). It does
-not see weights the run leaves untouched, which the tracker counts as resident (the absorb case: the read-out layers,
-{pct.get("absorb", 0):.1f} %). The bounded-mode cases run the product's top-K selection on real tensors and agree with
-the fake runs, whose selection is fixed (see above).
-
-**Margin** added to every planned peak (the CUDA context, {CUDA_CONTEXT_GIB} GiB, is already in the plan, where
-ComfyUI also sees it as used memory): {MARGIN['allocator_frac']:.0%} of the phase's activations for the caching
-allocator's rounding and fragmentation, {MARGIN['workspaces_gib']} GiB for cuBLAS / cuDNN workspaces, and for the DiT
-step with sageattention its quantised q, k (int8) and v (fp16) of one attention call (4 bytes x B x (N + M) x D).
-On a GPU, `storyboard_loop.py --preset gpu-*` measures these peaks: its rows replace the estimates and show how far
-off they were.
-""")
-
-
-def _md_parts(parts: list[dict]) -> str:
-    if not parts:
-        return ""
-    cols = list(parts[0])
-    heads = ["model", "TE weights", "text act.", "DiT weights", "DiT act. b2, no memory", "ComfyUI DiT estimate b2",
-             "VAE weights", "decoded latent T x h x w", "decode act.", "tiled decode act. (1 tile)",
-             "ComfyUI decode estimate", "LR encode act.", "encoder weights", "append act."]
-    return ("\n**Measured parts** (GiB; activation peaks of each part alone; the LR encode and append at 4x4x2; "
-            "`ComfyUI ... estimate`: `memory_required` / `memory_used_decode`, what ComfyUI frees memory for):\n\n"
-            + _md_table(parts, cols, heads))
-
-
-def _md_modes(modes: list[dict], growth: list[dict]) -> str:
-    if not modes:
-        return ""
-    cols = ["model", "mode", "history_s", "rate", "M", "M_carried", "batch", "dit_act_b2_gib", "state_weights_gib",
-            "cond_host_gib", "text_gib", "absorb_gib", "sample_gib", "decode_gib", "encode_gib", "peak_plus_margin_gib",
-            "fits", "sample_declared_gib", "peak_plus_margin_declared_gib", "fits_declared", "reserve_vram_needed_gib"]
-    heads = ["model", "mode", "history s", "rate", "tokens attended M'", "tokens in the conds M", "CFG batch",
-             "DiT act. batch 2", "state modules", "conds on the host", "text", "absorb", "DiT step", "decode", "encode",
-             "max peak + margin", f"fits {TARGET_GIB}", "DiT step, declared", "max + margin, declared", "fits, declared",
-             "declared + `--reserve-vram` GiB to fit"]
-    shown = [{**r, "reserve_vram_needed_gib": "> 4" if r["reserve_vram_needed_gib"] is None
-              else r["reserve_vram_needed_gib"], **{c: "-" for c in ("absorb_gib", "encode_gib") if c not in r}}
-             for r in modes]
-    gcols = ["model", "mode", "M_20s", "M_120s", "carried_20s", "carried_120s", "act_only_growth_pct", "act_b2_20s",
-             "act_b2_120s", "act_b2_growth_pct", "sample_20s", "sample_120s", "sample_growth_pct", "peak_20s",
-             "peak_120s", "peak_growth_pct", "flat"]
-    gheads = ["model", "mode", "M' 20 s", "M' 120 s", "conds M 20 s", "120 s", "DiT activations alone, growth %",
-              "DiT act. + inputs b2 20 s", "120 s", "growth %", "planned DiT step 20 s", "120 s", "growth %",
-              "max peak + margin 20 s", "120 s", "growth %", f"flat within {FLAT_TOLERANCE:.0%}"]
-    return (_md_modes_method() + "\n**Planned peak per phase, bounded memory modes** (GiB, as the table above; `absorb`: "
-            "VideoSSM's state absorb before sampling; `state modules`: VideoSSM's float32 `StateMemory`, loaded with "
-            "the DiT; `conds on the host`: the memory conds in CPU RAM, full count):\n\n" + _md_table(shown, cols, heads)
-            + "\n**Growth from 20 s to 120 s, bounded modes vs Frame Preservation at the same rate** (`flat`: the "
-            f"step's activations + inputs, the planned step and the max peak + margin all within {FLAT_TOLERANCE:.0%}; "
-            "`M'`: tokens the blocks attend to, `conds M`: tokens carried in the conds):\n\n"
-            + _md_table(growth, gcols, gheads) + _md_modes_fit(modes))
-
-
-def _md_modes_method() -> str:
-    import textwrap
-
-    from framememory.models.memory_modes import PACK_DEFAULTS, SSM_DEFAULTS
-
-    pf, ssm = PACK_DEFAULTS, SSM_DEFAULTS
-    text = f"""**Bounded memory modes** (`models/memory_modes.py`, Wan only: {", ".join(MODE_MODELS)}; 20 / 60 / 120 s),
-through the same product path and the same ComfyUI replay. *PackForcing* (`pack_forcing`, defaults S
-{pf["sink_latent_frames"]}, R {pf["overlap_latent_frames"]}, top-K {pf["top_k"]}, mid blocks from the Fig. 2 encoder at
-{MODE_RATE}): the conds carry the sink and recent latent frames uncompressed (1560 tokens each on Wan 2.1 at 832x480,
-390 on Wan 2.2 5B) and every compressed mid block of the history (91 tokens a block on Wan 2.1, 18 on the 5B);
-`models/wan.py`'s `pack_context` scores all mid blocks against the segment's queries and keeps K per forward, so the
-blocks attend to a bounded M' while the conds (M) and the scoring pass grow with the history (up to 120 s the scoring
-pass stays below the blocks' peak: the activations alone are flat). It appends with the Fig. 2 encoder like Frame
-Preservation (`encode`). *VideoSSM* (`video_ssm`, S {ssm["sink_latent_frames"]}, R {ssm["overlap_latent_frames"]}):
-sink + recent frames uncompressed and a gated delta-rule state `[H, dv, dk]` per block (dv {SSM_VALUE_DIM}, H = D / dv:
-12 heads on the 1.3B, 40 on the 14B, 24 on the 5B; dk {SSM_KEY_DIM}; trained state modules on every block), read out
-after each block by `StateMemory.read`. Its `StateMemory` (float32, as `MemoryEncoder.network` builds it whatever the
-file's dtype: `absorb_proj` D x L*H*(dk+dv+2), per block `read_proj` D x (H*dk+H) and `out` D x D) is the DiT's
-additional model, so ComfyUI loads it with the DiT for sampling; in the DiT step only the read-out layers run (their
-streamed weights in flight count, not ComfyUI's buffer reservation for the unused `absorb_proj`). Before sampling, the
-frames that left the window (4 latent frames a segment) are absorbed by `StateMemory.absorb` (`absorb_proj` for all
-blocks at once, then `gated_delta_rule` batched over the blocks, torch path in chunks of 64, as without the optional
-fla-core), with no `memory_required` declared to ComfyUI (`absorb` column), on the device of
-`next(net.parameters())`, i.e. `distance_weight`: ComfyUI's `ModelPatcher.load` moves parameters outside the leaf
-modules to the card only on a complete load, so when the state modules are partly loaded or were evicted the absorb
-runs on the CPU (host RAM, slow; nothing on the card), and in the DiT step `StateMemory.read` would then mix a CPU
-`distance_weight` with the card's tensors. VideoSSM has no encoder. Everything, `StateMemory` included, runs under the
-fake mode (nothing estimated analytically): the conds' labels, window sizes and positions are FakeTensor constants, so
-the product's selection and re-packing run on them; only the top-K choice (it depends on score values fake tensors
-lack) keeps the most recent K blocks, all blocks being the same size (the validation runs the real choice on real
-tensors). `declared`: the memory's extra DiT-step activations declared to ComfyUI, and VideoSSM's absorb declared when
-its state modules load (`absorbed_state`'s patch embedding then reloads the DiT undeclared, which can take the room
-back). `conds on the host`: the carried tokens float32, positions, labels, state, and the float32 cond + uncond
-concatenation ComfyUI makes before casting them to the card in bf16 (that bf16 copy is in the DiT step's inputs)."""
-    return "\n" + textwrap.fill(" ".join(text.split()), 118, break_long_words=False, break_on_hyphens=False) + "\n"
-
-
-def _md_modes_fit(modes: list[dict]) -> str:
-    out = f"\n**What fits {CARD_GIB:g} GiB at 120 s** (planned peak + margin <= {TARGET_GIB} GiB, every phase):\n\n"
-    for mode in MODES:
-        parts = []
-        for r in (r for r in modes if r["mode"] == mode and r["history_s"] == 120):
-            phases = [p for p in ("text", "absorb", "sample", "decode", "encode") if f"{p}_gib" in r]
-            limit = max(phases, key=lambda p: r[f"{p}_gib"] + r[f"{p}_margin_gib"])
-            parts.append(f"{r['model']} {_md_how(r)} ({r['peak_plus_margin_gib']:.2f} GiB, declared "
-                         f"{r['peak_plus_margin_declared_gib']:.2f}; largest phase: {limit})" if mode != "video_ssm"
-                         else _md_ssm_fit(r, limit))
-        out += f"- {mode}: " + "; ".join(parts) + ".\n"
-    return out
-
-
-def _md_ssm_fit(r: dict, limit: str) -> str:
-    """VideoSSM's verdict at 120 s, with where the absorb runs and the frame-by-frame lever."""
-    def verdict(pre: str) -> str:
-        device = (r[f"{pre}absorb_device"] if r[f"{pre}fits"] else r[f"{pre}absorb_declared_device"]
-                  if r[f"{pre}fits_declared"] else r[f"{pre}absorb_reserve_device"])
-        return (f"{_md_how(r, pre)}{', the absorb then on the CPU' if device == 'cpu' else ''} "
-                f"({r[f'{pre}peak_plus_margin_gib']:.2f} GiB, declared {r[f'{pre}peak_plus_margin_declared_gib']:.2f})")
-
-    where = "in host RAM" if r["absorb_device"] == "cpu" else "on the card"
-    state = "" if r["state_root_on_card"] and r["state_root_declared"] else \
-        "; in its DiT step the state modules are partly loaded, so `distance_weight` stays on the CPU"
-    return (f"{r['model']} {verdict('')}, largest phase {limit}, the absorb's {r['absorb_act_gib']:.2f} GiB of "
-            f"activations {where} as ComfyUI runs it; absorbing frame by frame ({r['absorb_frame_act_gib']:.2f} GiB): "
-            f"{verdict('frame_absorb_')}{state}")
-
-
-def _md_how(r: dict, pre: str = "") -> str:
-    """Verdict of a row (``pre``: the lever's columns)."""
-    reserve = r[f"{pre}reserve_vram_needed_gib"]
-    return ("fits as ComfyUI runs it" if r[f"{pre}fits"] else "fits once declared" if r[f"{pre}fits_declared"]
-            else f"fits declared with `--reserve-vram {reserve}`" if reserve is not None else "does not fit")
-
-
-def markdown(rows: list[dict], growth: list[dict], val: list[dict], parts: list[dict], modes: list[dict] = (),
-             mode_growth_: list[dict] = ()) -> str:
-    """The README section (benchmarks/results/vram_estimate.md)."""
-    return _md_method() + "\n" + _md_tables(rows) + _md_fit(rows) + _md_growth(growth) \
-        + _md_modes(list(modes), list(mode_growth_)) + _md_remedies(rows) + _md_parts(parts) + _md_validation(val)
 
 
 def cases() -> list[tuple[int, str]]:
@@ -1539,7 +1257,7 @@ def parts_row(name: str, spec: dict, meas: dict, lists: dict, dit_act) -> dict:
 
 
 TABLE = ["model", "history_s", "rate", "M", "batch", "dit_act_b2_gib", "text_gib", "sample_gib", "decode_gib",
-         "encode_gib", "peak_plus_margin_gib", "fits"]
+         "encode_gib", "peak_plus_margin_gib", "fits", "reserve_vram_needed_gib"]
 
 
 def main() -> None:
@@ -1550,8 +1268,10 @@ def main() -> None:
     ap.add_argument("--markdown-only", action="store_true",
                     help="rewrite results/vram_estimate.md from results/vram_estimate.json without measuring")
     args = ap.parse_args()
+    import vram_report  # reads this module's constants: imported once it is complete
+
     if args.markdown_only:
-        return write_markdown_from_json()
+        return vram_report.write_markdown_from_json()
     t0 = time.perf_counter()
     comfy_setup()
     print(f"attention: {attention_name()} (ComfyUI --use-pytorch-cross-attention) + optimized_attention_override sdpa")
@@ -1569,6 +1289,9 @@ def main() -> None:
     print("\ngrowth of the DiT step from 20 s to 120 s of history:")
     print_table(growth, list(growth[0]) if growth else ["model"])
     mgrowth = mode_growth(modes, rows)
+    vram_report.add_why_not(rows, modes)
+    for r in (r for r in rows + modes if "why_not" in r):
+        print(f"  {r['model']} {r.get('mode', '')} {r['history_s']} s {r['rate']}: {r['why_not']}; set {r['set_instead']}")
     if modes:
         print("\nbounded memory modes (GiB):")
         print_table(modes, ["mode", *TABLE[:3], "M_carried", *TABLE[3:8], "absorb_gib", *TABLE[8:]], digits=2)
@@ -1579,25 +1302,8 @@ def main() -> None:
              "growth": growth, "parts": parts, "models": MODELS, "mode_rows": modes, "mode_growth": mgrowth,
              "seconds": round(time.perf_counter() - t0, 1)}
     print("written:", write_result("vram_estimate", rows, extra))
-    print("written:", write_markdown(rows, growth, val, parts, modes, mgrowth), f"({time.perf_counter() - t0:.0f} s)")
-
-
-def write_markdown(rows: list[dict], growth: list[dict], val: list[dict], parts: list[dict], modes: list[dict] = (),
-                   mode_growth_: list[dict] = ()) -> str:
-    md = os.path.join(ROOT, "benchmarks", "results", "vram_estimate.md")
-    with open(md, "w") as f:
-        f.write(markdown(rows, growth, val, parts, modes, mode_growth_))
-    return md
-
-
-def write_markdown_from_json() -> None:
-    import json
-
-    with open(os.path.join(ROOT, "benchmarks", "results", "vram_estimate.json")) as f:
-        data = json.load(f)
-    comfy_setup()  # the modes' text reads models.memory_modes' defaults
-    print("written:", write_markdown(data["rows"], data["growth"], data["validation"], data.get("parts", []),
-                                     data.get("mode_rows", []), data.get("mode_growth", [])))
+    print("written:", vram_report.write_markdown(rows, growth, val, parts, modes, mgrowth),
+          f"({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ keeps every memory cond whole (where the handler has that hook; 0.3.75 slices on
 ``memory_positions2`` holds *twice* the RoPE positions as int64: token centres are half-integers and int64 is
 not cast to the model dtype (bf16 cannot hold e.g. -300.5 exactly). ``memory_hidden`` (float, cast like the tokens)
 carries the encoder's last hidden states for the cross-attention add-on, only when it is on.
+
+``memory_attended`` ``[B, M', 0]`` (empty: no storage) declares the memory to ComfyUI's loader: its shape holds the
+memory tokens each forward attends to (M' = M, or PackForcing's sink + top-K blocks + recent), which
+:mod:`models.memory_plan` turns into the latent volume ComfyUI's ``memory_required`` counts.
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ HIDDEN_KEY = "memory_hidden"
 BLOCKS_KEY = "memory_blocks"  # PackForcing: [B, M] int64 partition labels (memory/packing.py)
 PACK_KEY = "memory_pack"  # PackForcing: [B, 4] int64 (top_k, rt, sink frames S, recent frames R)
 STATE_KEY = "memory_state"  # VideoSSM: [B, L, H, dv, dk] float, the state of every DiT block (memory/state_memory.py)
+PLAN_KEY = "memory_attended"  # [B, M', 0] empty: memory tokens attended per forward, counted by ComfyUI's estimate
 EXTRA_KEYS = (BLOCKS_KEY, PACK_KEY, STATE_KEY)
-MEMORY_KEYS = (TOKENS_KEY, POSITIONS_KEY, HIDDEN_KEY, *EXTRA_KEYS)  # every model cond this pack adds
+MEMORY_KEYS = (TOKENS_KEY, POSITIONS_KEY, HIDDEN_KEY, PLAN_KEY, *EXTRA_KEYS)  # every model cond this pack adds
 PATCH_KEY = "framememory"  # wrapper key and transformer_options key
 CROSS_KEY = "framememory_cross"  # transformer_options key of the cross-attention layers; additional-models key
 
@@ -48,8 +53,7 @@ def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: to
         mc = dict(extra.get("model_conds", {}))
         mc.pop(TOKENS_KEY, None)
         mc.pop(POSITIONS_KEY, None)
-        mc.pop(HIDDEN_KEY, None)
-        for key in EXTRA_KEYS:
+        for key in (HIDDEN_KEY, PLAN_KEY, *EXTRA_KEYS):
             mc.pop(key, None)
         for key, value in (mode_conds or {}).items():
             if value is not None:
@@ -59,14 +63,32 @@ def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: to
             mc[POSITIONS_KEY] = comfy.conds.CONDRegular((positions[None].double() * 2).round().long())
             if hidden is not None:
                 mc[HIDDEN_KEY] = comfy.conds.CONDRegular(hidden[None].float())
+            mode = mode_conds or {}
+            mc[PLAN_KEY] = comfy.conds.CONDRegular(torch.empty(1, attended_tokens(
+                int(tokens.shape[0]), mode.get(BLOCKS_KEY), mode.get(PACK_KEY)), 0))
         extra["model_conds"] = mc
         out.append([cond, extra])
     return out
 
 
+def attended_tokens(count: int, blocks: torch.Tensor | None, pack: torch.Tensor | None) -> int:
+    """Memory tokens one forward attends to, of ``count`` carried: all of them, except in PackForcing (``blocks`` ``[M]``
+    int64 labels, -1 outside the mid blocks; ``pack`` ``[4]`` with ``top_k`` first), where the sink, the recent window
+    and the ``top_k`` largest mid blocks count (blocks of one rate have equal sizes, so the bound is exact)."""
+    if blocks is None or pack is None:
+        return count
+    top_k = int(pack[0])
+    mid = blocks[blocks >= 0]
+    sizes = torch.bincount(mid).sort(descending=True).values if mid.numel() else mid
+    kept = sizes if top_k <= 0 else sizes[:top_k]
+    return int((blocks < 0).sum()) + int(kept.sum())
+
+
 def pop_memory(kwargs: dict, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Take the memory out of a diffusion model's forward kwargs: ``(tokens [B, M, D], positions [1, M, 3] float32)``
-    or ``(None, None)`` when absent or empty. Raises ValueError when tokens come without positions."""
+    or ``(None, None)`` when absent or empty (the loader's declaration, ``memory_attended``, is dropped too). Raises
+    ValueError when tokens come without positions."""
+    kwargs.pop(PLAN_KEY, None)
     tokens = kwargs.pop(TOKENS_KEY, None)
     positions2 = kwargs.pop(POSITIONS_KEY, None)
     if tokens is None or tokens.shape[1] == 0:

@@ -6,8 +6,11 @@ Each family module (``wan.py`` Wan 2.1 T2V/I2V, ``wan22.py`` Wan 2.2 TI2V 5B, ``
 """
 from __future__ import annotations
 
+import math
+
 from . import hunyuan, wan, wan22
 from .conds import exempt_from_context_windows
+from .memory_plan import declare_memory
 
 ADAPTERS = [wan, wan22, hunyuan]  # disjoint matches: wan = 16 latent channels, wan22 = 48
 
@@ -52,4 +55,5 @@ def patch_model(model, memory_t0: bool = True):
     m = model.clone()
     adapter.install(m, diffusion_model(model), memory_t0=memory_t0)
     exempt_from_context_windows(m)  # the memory is the whole past: never sliced into context windows
+    declare_memory(m, math.prod(adapter.PATCH_SIZE))  # ComfyUI's loader plans for the memory tokens' activations
     return m

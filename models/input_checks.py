@@ -10,7 +10,9 @@ peak of the per-segment phases that run one after the other: the sampled latents
 CFG batch over the video tokens plus the memory tokens at the end of the storyboard, and one 1024-query chunk of
 attention scores), the VAE decode of one segment (ComfyUI's own ``VAE.memory_used_decode``; on a GPU ComfyUI falls
 back to 256 px tiles on out-of-memory, so the tiled figure counts there) and the VAE encode of one starting-clip
-segment (``VAE.memory_used_encode``). Model weights are not counted: ComfyUI loads and offloads them.
+segment (``VAE.memory_used_encode``). Model weights are not counted: ComfyUI loads and offloads them. On a GPU the
+VRAM pre-flight (:mod:`models.vram_check`) then checks the run's largest step as ComfyUI plans it, with the memory the
+run carries at its end declared (:mod:`models.memory_plan`), and names what to set instead when nothing fits.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from ..memory.grid import tokens_per_second
 from ..memory.storyboard import MAX_STORYBOARD_SECONDS, Shot, segment_frames, storyboard_seconds
 from . import families
+from .vram_check import check_vram
 
 SEED_SPAN = 2 ** 64  # torch.manual_seed takes 0 .. 2^64 - 1; segment k samples with seed + k (refused past the end)
 OUTPUT_BYTES_PER_VALUE = 10  # per output pixel and channel: uint8 history + uint8 segment + float32 IMAGE + float32 temp
@@ -303,7 +306,8 @@ def check_run_inputs(model, vae, encoder, shots: list[Shot], sampler, width: int
     SECONDS`), the seed range over its segments, and the memory the size needs. ``history_frames``: frames of
     history before the storyboard; ``start_frames``: frames of a starting clip not yet made history (the part that fills
     whole segments is counted, in the output too when ``output_start``). ``sampler``: anything with ``cfg`` and ``seed`` (SamplerSettings).
-    Returns the model's family adapter."""
+    On a GPU, last, the VRAM pre-flight (:func:`models.vram_check.check_vram`: the run's largest step with the memory
+    at its end, as ComfyUI plans it). Returns the model's family adapter."""
     from ..memory.storyboard import SegmentSchedule, split_clip
     from .memory_modes import ENCODED_MODES
 
@@ -321,6 +325,7 @@ def check_run_inputs(model, vae, encoder, shots: list[Shot], sampler, width: int
     tokens = int(per_s * (history_s + storyboard_seconds(shots)))
     output = schedule.total_frames + (start_frames if output_start else 0)
     check_memory(model, vae, width, height, output, start_frames, latent_frames, tokens)
+    check_vram(model, encoder, mode, width, height, fps, latent_frames, history_s + storyboard_seconds(shots))
     return adapter
 
 

@@ -28,9 +28,10 @@ from ..memory import packing
 from ..memory.config import EncoderConfig
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
-from .conds import BLOCKS_KEY, PACK_KEY, STATE_KEY
+from .conds import BLOCKS_KEY, PACK_KEY, STATE_KEY, attended_tokens
 from .cross_attention import memory_hidden
 from .encoding import next_memory
+from .memory_plan import load_for_absorb
 
 MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")
 ENCODED_MODES = ("frame_preservation", "pack_forcing")  # modes that need the Fig. 2 encoder's tokens
@@ -62,14 +63,7 @@ class MemoryInputs:
         """Memory tokens each forward attends to: :attr:`count`, except in PackForcing, where only the sink, the
         recent window and the kept mid blocks count (the per-forward top-K keeps ``top_k`` blocks;
         blocks of one rate have equal sizes, so the bound is exact)."""
-        blocks, pack = self.extra.get(BLOCKS_KEY), self.extra.get(PACK_KEY)
-        if blocks is None or pack is None or self.tokens is None:
-            return self.count
-        top_k = int(pack[0])
-        mid = blocks[blocks >= 0]
-        sizes = torch.bincount(mid).sort(descending=True).values if mid.numel() else mid
-        kept = sizes if top_k <= 0 else sizes[:top_k]
-        return int((blocks < 0).sum()) + int(kept.sum())
+        return attended_tokens(self.count, self.extra.get(BLOCKS_KEY), self.extra.get(PACK_KEY))
 
 
 def check_mode(mode: str) -> str:
@@ -157,13 +151,17 @@ def ssm_inputs(model, encoder, history: HistoryBuffer, expert: int, cfg: Encoder
     extra = {PACK_KEY: torch.tensor([0, 1, s, r], dtype=torch.long)}
     net = encoder.parts[0].state_network(model)  # None without trained state modules: local window only
     if net is not None:
-        extra[STATE_KEY] = absorbed_state(model, net, history, expert, s, frames - r)[0]
+        patcher = encoder.parts[0].patcher(model)
+        extra[STATE_KEY] = absorbed_state(model, net, history, expert, s, frames - r, patcher)[0]
     return MemoryInputs(tokens[0], positions.float(), None, extra)
 
 
-def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, end: int) -> torch.Tensor:
+def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, end: int,
+                   patcher=None) -> torch.Tensor:
     """The state ``[1, L, H, dv, dk]`` float32 CPU after absorbing latent frames ``start .. end - 1`` of ``history``
-    (patch-embedded tokens in (t, h, w) order), continuing the cached state of ``expert`` when it covers a prefix."""
+    (patch-embedded tokens in (t, h, w) order), continuing the cached state of ``expert`` when it covers a prefix.
+    ``patcher``: the state modules' model patcher; each absorb is declared to ComfyUI's loader through it
+    (:func:`models.memory_plan.load_for_absorb`)."""
     done, state = history.states.get(expert, (start, None))
     if done > end:  # the cache is ahead of this history (should not happen: histories only grow)
         done, state = start, None
@@ -171,6 +169,7 @@ def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, 
     for lo in range(done, end, ABSORB_FRAMES):  # a few latent frames at a time: bounded activations at any size
         hi = min(lo + ABSORB_FRAMES, end)
         emb = families.patch_embed(model, latent_range(model, history)(lo, hi))  # [1, D, n, Ht, Wt]
+        load_for_absorb(patcher, net.cfg, emb[0, 0].numel())  # ComfyUI frees the absorb's activations first
         with torch.no_grad():
             state = net.absorb(emb.flatten(2).transpose(1, 2).to(device),
                                None if state is None else state.to(device)).float().cpu()

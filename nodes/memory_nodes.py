@@ -5,7 +5,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..models.encoding import UNTRAINED, MemoryEncoder
-from ..models.input_checks import check_fps, check_frame_size, check_frames, load_naming_file, size_multiple
+from ..models.input_checks import (check_fps, check_frame_size, check_frames, check_memory_matches, load_naming_file,
+                                   size_multiple)
 from ..models.storyboard import Memory, history_from_frames
 from . import tooltips
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
@@ -124,4 +125,6 @@ class ApplyMemory(io.ComfyNode):
         if expert not in EXPERTS:
             raise ValueError(f"expert must be one of {list(EXPERTS)}, got {expert!r}")
         check_frame_size(model, memory.width, memory.height, memory.encoder, memory.mode)  # as the Storyboard does
+        # a memory of another family, VAE or DiT width (e.g. from Load Memory) fails here, naming the fix
+        check_memory_matches(memory, model, memory.width, memory.height, memory.fps)
         return io.NodeOutput(*memory.apply(model, positive, negative, EXPERTS.index(expert), vae))

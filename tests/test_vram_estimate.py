@@ -132,3 +132,106 @@ def test_bounded_modes_flat_while_frame_preservation_grows(vram):
     assert carried > 0 and pf[120]["inputs"] - pf[20]["inputs"] == 2 * carried * (dim * 2 + 3 * 8 + 8)
     assert ssm_rows[120]["M"] == (1 + 3) * frame
     assert reads == [*range(spec["dit"]["num_layers"])] * 2  # every block read its state, at 20 s and at 120 s
+
+
+def test_plan_uses_comfy_estimate_with_the_declared_memory(vram, monkeypatch):
+    """The replay's ``memory_required`` is ComfyUI's own ``BaseModel.memory_required`` (the NVIDIA flash-attention
+    branch, run here on the installed ComfyUI) of the noise shape the pack declares (``memory_plan.planned_shape``):
+    the memory tokens count 2 x at batch 2 and 1 x at batch 1, 4 latent cells a token."""
+    import types
+
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.supported_models as sm
+    import torch
+
+    from framememory.models.memory_plan import planned_shape
+
+    monkeypatch.setattr(comfy.model_management, "pytorch_attention_flash_attention", lambda: True)
+    for name in ("wan21_1.3b_bf16", "wan21_14b_fp8", "hunyuan_video_fp8"):
+        spec = vram.MODELS[name]
+        factor = (sm.HunyuanVideo.memory_usage_factor if spec["kind"] == "hunyuan" else
+                  sm.WAN21_T2V({"image_model": "wan2.1", "model_type": "t2v", "dim": spec["dit"]["dim"]}).memory_usage_factor)
+        model = types.SimpleNamespace(memory_usage_factor_conds=(), memory_usage_shape_process={}, manual_cast_dtype=None,
+                                      memory_usage_factor=factor, get_dtype=lambda: torch.bfloat16,
+                                      get_dtype_inference=lambda: torch.bfloat16)
+        h, w = spec["height"] // spec["stride"][1], spec["width"] // spec["stride"][2]
+        for batch, attended in ((2, 0), (2, 21840), (1, 21840)):
+            shape = planned_shape([batch, spec["channels"], vram.SEGMENT_LATENTS, h, w], attended, 4)
+            assert vram.dit_memory_required(spec, batch, attended) == pytest.approx(
+                comfy.model_base.BaseModel.memory_required(model, shape), rel=1e-9), (name, batch, attended)
+        extra = vram.dit_memory_required(spec, 2, 1000) - vram.dit_memory_required(spec, 2)
+        assert extra == pytest.approx(2 * (vram.dit_memory_required(spec, 1, 1000) - vram.dit_memory_required(spec, 1)))
+
+
+def test_absorb_declaration_covers_the_measured_absorb(vram):
+    """What the pack declares for one VideoSSM absorb call (``memory_plan.absorb_bytes``) covers its activation peak
+    measured on the product's ``StateMemory.absorb`` (fake tensors) by at most 2x, at the validation size and for a
+    token count that is no multiple of the delta rule's chunk."""
+    from framememory.models.memory_plan import absorb_bytes
+
+    spec = {**vram.MODELS["wan21_1.3b_bf16"], **vram.SMALL}
+    with vram.fake_mode():
+        ssm = vram.build_state_memory(spec)
+        for frames in (1, 4):
+            step = vram.absorb_step(spec, ssm, frames)
+            assert step["tokens"] % 64 and step["declared"] == absorb_bytes(ssm.cfg, step["tokens"])
+            assert step["act"] + step["inputs"] <= step["declared"] <= 2 * (step["act"] + step["inputs"]), step
+
+
+def test_why_not_names_the_reason_and_what_to_set(comfy, repo_root):
+    """Rows that fit at no ``--reserve-vram`` up to 4 GiB get the limiting phase's reason and the best fitting
+    alternative at the same history (a rate, a mode, or a shorter history); fitting rows get none."""
+    sys.path.insert(0, str(repo_root / "benchmarks"))
+    try:
+        import vram_report
+    finally:
+        sys.path.remove(str(repo_root / "benchmarks"))
+
+    def row(**kw):
+        base = dict(model="m", history_s=120, rate="4x4x2", M=100, dit_act_b1_gib=3.0, text_gib=8.0,
+                    text_margin_gib=0.3, sample_gib=10.0, sample_margin_gib=0.5, decode_gib=9.0, decode_margin_gib=0.5,
+                    peak_plus_margin_gib=10.5, fits=True, reserve_vram_needed_gib=0.4)
+        return {**base, **kw}
+
+    big = row(rate="2x2x2", M=9000, sample_gib=13.0, peak_plus_margin_gib=13.9, fits=False, reserve_vram_needed_gib=None)
+    short = row(rate="2x2x2", history_s=60, M=4500, fits=False, reserve_vram_needed_gib=1.2)
+    ok = row()
+    absorb = row(absorb_gib=15.0, absorb_margin_gib=1.0, absorb_act_gib=9.0, absorb_declared_gib=11.0,
+                 absorb_proj_gib=5.9, peak_plus_margin_gib=16.0, fits=False, reserve_vram_needed_gib=None,
+                 mode="video_ssm", rate="-")
+    pf = row(mode="pack_forcing", peak_plus_margin_gib=10.9, fits=False, reserve_vram_needed_gib=0.9)
+    vram_report.add_why_not([big, short, ok], [absorb, pf])
+    assert "why_not" not in ok and "why_not" not in short and "why_not" not in pf
+    assert "9000 memory tokens" in big["why_not"] and "3.00 GiB" in big["why_not"]
+    assert big["set_instead"] == "memory_mode frame_preservation with a 4x4x2 encoder (10.50 GiB)"
+    assert "absorb of one latent frame needs 9.00 GiB" in absorb["why_not"] and "5.90 GiB" in absorb["why_not"]
+    assert absorb["set_instead"] == "memory_mode frame_preservation with a 4x4x2 encoder (10.50 GiB)"
+    alone = row(rate="2x2x2", M=9000, sample_gib=13.0, peak_plus_margin_gib=13.9, fits=False,
+                reserve_vram_needed_gib=None)
+    vram_report.add_why_not([alone, short], [])
+    assert alone["set_instead"].startswith("at most 60 s of history")
+
+
+def test_result_file_gives_every_120_s_row_a_verdict(repo_root):
+    """benchmarks/results/vram_estimate.json keeps its ``rows`` / ``mode_rows`` layout (gpu_check.py reads it) and
+    every row at 120 s of history fits with ComfyUI's defaults, names the smallest ``--reserve-vram`` that fits, or
+    says why not and what to set instead; every model and bounded mode the issue lists is there."""
+    import json
+
+    data = json.loads((repo_root / "benchmarks" / "results" / "vram_estimate.json").read_text())
+    rows = [r for r in data["rows"] + data["mode_rows"] if r["history_s"] == 120]
+    want = {("wan21_1.3b_bf16", "4x4x2"), ("wan21_14b_fp8", "4x4x2"), ("wan22_5b_bf16", "4x4x2"),
+            ("wan22_5b_fp8", "4x4x2"), ("hunyuan_video_fp8", "4x4x2")}
+    assert want <= {(r["model"], r["rate"]) for r in data["rows"] if r["history_s"] == 120}
+    modes = {(r["model"], r["mode"]) for r in data["mode_rows"] if r["history_s"] == 120}
+    assert {(m, mode) for m in ("wan21_1.3b_bf16", "wan21_14b_fp8", "wan22_5b_bf16")
+            for mode in ("pack_forcing", "video_ssm")} <= modes
+    for r in rows:
+        assert not {"fits_declared", "peak_plus_margin_declared_gib"} & set(r)  # the plan is what ComfyUI now does
+        if r["fits"]:
+            assert r["peak_plus_margin_gib"] <= data["target_gib"] and "why_not" not in r
+        elif r["reserve_vram_needed_gib"] is not None:
+            assert r["reserve_peak_plus_margin_gib"] <= data["target_gib"] and "why_not" not in r
+        else:
+            assert r["why_not"] and r["set_instead"], r
