@@ -61,6 +61,21 @@ LAB_ROW_FILES = {  # row -> (encoder file, LoRA file) in the lab folder; first e
 }
 
 
+def fetch_heldout(names) -> None:
+    """Fetch the clips ``names`` (file names in .cache/media) that are missing, with
+    ``training.reproduce.fetch_media`` (tree.avi from Debian's opencv-doc, the held-out webps from ComfyUI's templates
+    package; bikes and carphone come with scripts/setup.sh). Raises SystemExit naming each clip still missing and
+    why, before any model runs."""
+    from pathlib import Path
+
+    from framememory.training.reproduce import fetch_media
+
+    want = tuple(dict.fromkeys(os.path.basename(n) for n in names))
+    missing = fetch_media(Path(ROOT) / ".cache" / "media", want=want)["missing"]
+    if missing:
+        raise SystemExit("clips missing from .cache/media: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
+
+
 def lab_set_files(lab_dir: str, row: str) -> dict:
     """The lab files a benchmark row uses (:data:`LAB_ROW_FILES`): ``{"files": {"dit", "vae", "encoder", "lora": path},
     "note": which LoRA stands in, or ""}`` when they exist, else ``{"missing": [file names]}`` (the row is reported

@@ -66,7 +66,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ (also under PYTHONSAFEPATH)
-from common import ROOT, lab_set_files, load_lab_set, print_table, vae_pass, write_result  # noqa: E402
+from common import ROOT, fetch_heldout, lab_set_files, load_lab_set, print_table, vae_pass, write_result  # noqa: E402
 from long_run import PROMPT, history_clip, segment_metrics, setup  # noqa: E402
 from long_run import run_arm as storyboard_arm  # noqa: E402
 
@@ -697,6 +697,7 @@ def main() -> None:
         return arm_main(args)
     stem = args.out
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    fetch_heldout([c for c in args.clips + args.recall_clips + list(HELDOUT) if not os.path.exists(c)])
     arms = run_rows(args, stem)
     rows = [table_row(arms[k], args) for k in args.rows if k != "references"]
     rows += reference_rows(arms["references"], args) if "references" in arms else []

@@ -6,11 +6,12 @@ Usage:
 
 Sequences (``scripts/revisit_eval.py``; real held-out footage only, training.reproduce.HELDOUT_CLIPS, 256x128, 16 fps):
 
-* **cutaway**: shot A (the first 45 frames = 2.81 s of carphone_pristine.mp4 or tree.avi: 13 + 16k frames, the
-  longest that leaves a 1 s return in these 4 s clips), then a cutaway of ``gap`` seconds (the other held-out footage
-  in a fixed order: bikes.mp4, the other of the two clips, the two held-out template webps), then A's real
-  continuation (16 frames, 1 s), generated with A's prompt after A + cutaway as the history (one VAE stream, the cut
-  inside it).
+* **cutaway**: shot A (the first 61 frames = 3.81 s of tree.avi, a 29.6 s held-out clip: 13 + 16k frames, the
+  shortest A of at least 3 s), then a cutaway of ``gap`` seconds (the other held-out footage in a fixed order:
+  bikes.mp4, carphone_pristine.mp4, the two held-out template webps: 160 + 64 + 48 + 48 = 320 frames, exactly the
+  20 s cutaway), then A's real continuation (16 frames, 1 s), generated with A's prompt after A + cutaway as the
+  history (one VAE stream, the cut inside it). ``--a-clips 2`` adds carphone_pristine.mp4 as a second A (4 s: its
+  A is cut to the 45 frames = 2.81 s that leave a 1 s return).
 * **pan**: a 256x128 window over a still held-out frame (the first frame of each held-out template webp, 832x480):
   holds top-left for 45 frames, slides to the bottom-right corner over 16 frames (1 s), holds there for ``gap - 1``
   seconds, and the return (16 frames) is the window back top-left (a cut back: the model has no camera control).
@@ -43,13 +44,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ (also under PYTHONSAFEPATH)
-from common import ROOT, lab_set_files, load_lab_set, print_table, write_result  # noqa: E402  (scripts/ on sys.path)
+from common import ROOT, fetch_heldout, lab_set_files, load_lab_set, print_table, write_result  # noqa: E402  (scripts/ on sys.path)
 
 import revisit_eval  # noqa: E402
 import scores  # noqa: E402
 
 WIDTH, HEIGHT, FPS, SEGMENT = 256, 128, 16.0, 4
-A_CLIPS = ("carphone_pristine.mp4", "tree.avi")
+A_CLIPS = ("tree.avi", "carphone_pristine.mp4")
 CUTAWAY_ORDER = ("bikes.mp4", "carphone_pristine.mp4", "tree.avi", "video_wan2_2_5B_ti2v-1.webp",
                  "video_hunyuan_video_1.5_720p_t2v-1.webp")
 PAN_SOURCES = ("video_wan2_2_5B_ti2v-1.webp", "video_hunyuan_video_1.5_720p_t2v-1.webp")
@@ -77,6 +78,17 @@ def read(name: str, max_frames: int = 10_000, width: int | None = None, height: 
 
 
 # ---- sequences ----------------------------------------------------------------------------------------------------
+def a_length(clip: str, want: int, ret: int) -> int:
+    """Shot A's frames for ``clip``: the largest 13 + 16k not above ``want`` that leaves ``ret`` return frames.
+    Raises ValueError when the clip is shorter than 13 + ``ret`` frames at :data:`FPS`."""
+    n = len(read(clip))
+    if n < revisit_eval.FIRST + ret:
+        raise ValueError(f"{clip} has {n} frames at {FPS:g} fps, shot A and a {ret}-frame return need "
+                         f"{revisit_eval.FIRST + ret}")
+    fit = min(want, n - ret)
+    return revisit_eval.FIRST + revisit_eval.PER * ((fit - revisit_eval.FIRST) // revisit_eval.PER)
+
+
 def cutaway_sequences(gaps: list[float], a_frames: int, ret: int, a_clips=A_CLIPS) -> dict:
     """``{A clip: (Sequence at the longest gap, {gap: history frames})}``: each A's sequence is built once at the
     longest gap; a shorter gap's history is its prefix."""
@@ -188,12 +200,13 @@ def with_segments(mem, segments, strip: bool = False):
 def splice(partner, mem, a_frames: int):
     """The shuffled control's history: the segments of ``partner`` (another clip's first ``a_frames``, encoded alone)
     in place of shot A's segments of ``mem``, then ``mem``'s cutaway segments (their latents and tokens as encoded
-    after A: a causal VAE's few frames of context are the only difference to a history encoded from the start)."""
-    k = 1 + (a_frames - revisit_eval.FIRST) // revisit_eval.PER
-    own, other = mem.history.segments, partner.history.segments
-    if len(other) != k or [s.num_frames for s in other] != [s.num_frames for s in own[:k]]:
-        raise ValueError(f"the control's A ({[s.num_frames for s in other]}) does not match this A's segments")
-    return with_segments(mem, list(other) + list(own[k:]))
+    after A: a causal VAE's few frames of context are the only difference to a history encoded from the start).
+    The main job's Splice History node does the same (``scripts/eval_nodes.splice_history``)."""
+    from eval_nodes import splice_history
+
+    if partner.history.num_frames != a_frames:
+        raise ValueError(f"the control's A has {partner.history.num_frames} frames, shot A {a_frames}")
+    return splice_history(mem, partner)
 
 
 def cache_warmups() -> None:
@@ -211,6 +224,29 @@ def cache_warmups() -> None:
         return cache[key][0].copy()
 
     sb.decode_stream = cached
+
+
+def skip_final_encode() -> None:
+    """Skip the memory-token encoding of a return after it is generated: ``models.storyboard.generate_segment``
+    appends every new segment to the history and encodes it for the *next* segment, but a return is one segment whose
+    memory is then dropped, so that encoding (memory encoder + the LR branch's VAE pass) changes no scored frame. The
+    encoding at a run's start (``run_storyboard``: memories stripped for another encoder of the same rate) still
+    runs."""
+    import framememory.models.storyboard as sb
+
+    encode, segment, inside = sb.encode_pending_experts, sb.generate_segment, [False]
+
+    def encode_outside(*args, **kwargs):
+        return None if inside[0] else encode(*args, **kwargs)
+
+    def segment_without_encode(run, plan):
+        inside[0] = True
+        try:
+            return segment(run, plan)
+        finally:
+            inside[0] = False
+
+    sb.encode_pending_experts, sb.generate_segment = encode_outside, segment_without_encode
 
 
 def generate(lab, start, mode: str, prompt: str, frames: int, seed: int, steps: int):
@@ -306,8 +342,9 @@ def families(args) -> dict:
     sequences (the partner: the window over the other pan source)."""
     fam = {}
     for i, a in enumerate(A_CLIPS[:args.a_clips]):
-        seq, cuts = cutaway_sequences(args.gaps, args.a_frames, args.return_frames, (a,))[a]
-        fam[f"cutaway:{a}"] = (seq, cuts, read(A_CLIPS[(i + 1) % len(A_CLIPS)], args.a_frames), a)
+        a_frames = a_length(a, args.a_frames, args.return_frames)
+        seq, cuts = cutaway_sequences(args.gaps, a_frames, args.return_frames, (a,))[a]
+        fam[f"cutaway:{a}"] = (seq, cuts, read(A_CLIPS[(i + 1) % len(A_CLIPS)], a_frames), a)
     for i, src in enumerate(PAN_SOURCES[:args.pan_sources] if args.pan_gaps else ()):
         seqs = pan_sequences(args.pan_gaps, args.a_frames, args.return_frames, (src,))
         seq = max(seqs.values(), key=lambda q: q.history)
@@ -378,12 +415,14 @@ def load_rows(args, sets: dict) -> tuple[dict, dict]:
 def run(args) -> dict:
     """Load the rows, build the sequences, encode the histories, generate and score every row x seed x gap; writes
     partial results after every gap. Returns the result dict (``write_result`` extra)."""
+    fetch_heldout(A_CLIPS + CUTAWAY_ORDER + POOL_CLIPS + PAN_SOURCES)
     sets = row_sets(args.lab_dir, list(dict.fromkeys(["fp", *args.rows])))
     if sets["fp"].get("missing"):
         raise SystemExit(f"the lab set in {args.lab_dir} lacks {sets['fp']['missing']}: every history is encoded with "
                          "the Frame Preservation set (run training/lab.py)")
     loaded, names = load_rows(args, sets)
     cache_warmups()
+    skip_final_encode()
     fam = families(args)
     hist = {}
     results, shown = {}, None
@@ -477,9 +516,10 @@ def parse_args(argv=None):
                     help="pan: seconds away, the 1 s move included (default 2; none: no pan sequences)")
     ap.add_argument("--pan-sources", type=int, default=1, help="how many of the two held-out webps pan (default 1)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--a-frames", type=int, default=45, help="frames of shot A (13 + 16k; default 45 = 2.81 s)")
+    ap.add_argument("--a-frames", type=int, default=61, help="frames of shot A (13 + 16k; default 61 = 3.81 s; a "
+                    "clip too short for it and a 1 s return gets the longest A that fits)")
     ap.add_argument("--return-frames", type=int, default=16, help="frames of the return (16k; default 16 = 1 s)")
-    ap.add_argument("--a-clips", type=int, default=1, help="how many of carphone, tree are A (default 1: carphone; the "
+    ap.add_argument("--a-clips", type=int, default=1, help="how many of tree, carphone are A (default 1: tree; the "
                     "other gives the shuffled control's A)")
     ap.add_argument("--size", type=int, nargs=2, default=[WIDTH, HEIGHT], help="frame width height (default 256 128)")
     ap.add_argument("--steps", type=int, default=12, help="Euler steps per segment (default 12, as the main job)")

@@ -5,8 +5,10 @@ by a cutaway (the first ``--gap-seconds`` of ``--cutaway``, a bundled training-s
 return. The history goes in through Load Video as History from one lossless file of the whole sequence
 (``scripts/revisit_eval.py``: A, the cutaway, A's real continuation; the node reads the first ``history`` frames), so
 it is one VAE stream with the cut inside it. Three arms on one server: memory on (the workflow's memory mode),
-memory off (the same prompt, ``memory_mode`` off), and the shuffled-memory control (memory on, the history of
-another clip before the same cutaway). A branch of stock nodes (LoadVideo -> GetVideoComponents -> ImageFromBatch ->
+memory off (the same prompt, ``memory_mode`` off; ComfyUI's cache reuses the encoded history), and the
+shuffled-memory control (memory on, another clip's first frames in place of shot A before the same cutaway: only that
+clip's A is encoded, its segments spliced into the cached history by the evaluation-only node of
+``scripts/eval_nodes``, which :func:`install_eval_nodes` links into the server). A branch of stock nodes (LoadVideo -> GetVideoComponents -> ImageFromBatch ->
 VAEEncode -> VAEDecode) gives the VAE's version of the history's last frame and the real return as one stream (17
 frames): the "last frame through the VAE" and "VAE ceiling" reference rows. Scores: ``scripts/scores.py``.
 
@@ -14,7 +16,9 @@ No ComfyUI import: this runs in the client process, next to framememory.headless
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import example_eval
 import revisit_eval
 
 VAE_TAP_PREFIX = "framememory/eval_vae"
+SPLICE_NODE = "FrameMemoryEvalSpliceHistory"  # scripts/eval_nodes
+EVAL_NODES = Path(__file__).resolve().parent / "eval_nodes"
 CONTEXT = 1  # frames of the history before the return that go through the VAE with it (its last frame: the stream start)
 
 
@@ -84,8 +90,8 @@ def prepare(api: dict, video: Path, cutaway: Path, gap_seconds: float, history_s
         raise example_eval.EvalError(f"{e} (--video {video.name}, --history-seconds, --gap-seconds)") from e
     api = json.loads(json.dumps(api))
     api[sb_id]["inputs"]["storyboard"] = seq.return_storyboard(fps)
-    return _with_files(api, sb_id, seq, shuffled, f"revisit_{video.stem}_{cutaway.stem}_{gap}f", input_dir, fps,
-                       evaluate, gap / fps, video, cutaway)
+    return _with_files(api, sb_id, seq, shuffled.frames[:a], f"revisit_{video.stem}_{cutaway.stem}_{gap}f", input_dir,
+                       fps, evaluate, gap / fps, video, cutaway, shuffled)
 
 
 def prepare_continuation(api: dict, video: Path, history_seconds: float, input_dir: Path, media_dir: Path,
@@ -109,25 +115,28 @@ def prepare_continuation(api: dict, video: Path, history_seconds: float, input_d
                                                                h + generated, False)], h)
             for p, f in ((video, frames[:h + generated]),
                          (other, example_eval.read_clip(other, width, height, fps, h)))]
-    return _with_files(api, sb_id, seqs[0], seqs[1], f"continuation_{video.stem}", input_dir, fps, evaluate, 0.0,
-                       video, None)
+    return _with_files(api, sb_id, seqs[0], seqs[1].frames[:h], f"continuation_{video.stem}", input_dir, fps,
+                       evaluate, 0.0, video, None, seqs[1])
 
 
-def _with_files(api: dict, sb_id: str, seq, shuffled, tag: str, input_dir: Path, fps: float, evaluate: bool,
-                gap_seconds: float, video: Path, cutaway: Path | None) -> tuple[dict, RevisitPlan]:
-    """Write the sequence (history + real frames to score) and the control's history as lossless files, point Load
-    Video as History at the first and, with ``evaluate``, add the VAE branch. Returns ``(prompt, plan)``."""
+def _with_files(api: dict, sb_id: str, seq, control, tag: str, input_dir: Path, fps: float, evaluate: bool,
+                gap_seconds: float, video: Path, cutaway: Path | None, shuffled=None) -> tuple[dict, RevisitPlan]:
+    """Write the sequence (history + real frames to score) and the control's frames (uint8 ``control``: another
+    clip's A for a revisit, spliced in by :func:`shuffled_prompt`; its whole history for a continuation) as lossless
+    files, point Load Video as History at the first and, with ``evaluate``, add the VAE branch. ``shuffled``: the
+    control's Sequence (default ``seq`` with ``control`` as its A). Returns ``(prompt, plan)``."""
     names = [f"framememory_{tag}.mkv", f"framememory_{tag}_shuffled.mkv"]
     example_eval.write_lossless(seq.frames, input_dir / names[0], fps)
     if evaluate:
-        example_eval.write_lossless(shuffled.frames[:shuffled.history], input_dir / names[1], fps)
+        example_eval.write_lossless(control, input_dir / names[1], fps)
     api = example_eval.with_video_history(api, sb_id, names[0], seq.history)
     history_node = next(k for k, n in api.items() if n.get("class_type") == example_eval.VIDEO_HISTORY
                         and n["inputs"].get("video") == names[0])
     tap = None
     if evaluate:
         api, tap = with_vae_branch(api, sb_id, names[0], seq.history - CONTEXT, CONTEXT + seq.ret, fps)
-    return api, RevisitPlan(seq, shuffled, sb_id, names[0], names[1], history_node, tap, gap_seconds, video, cutaway)
+    return api, RevisitPlan(seq, shuffled or seq, sb_id, names[0], names[1], history_node, tap, gap_seconds, video,
+                            cutaway)
 
 
 def with_vae_branch(api: dict, storyboard_id: str, file: str, start: int, length: int, fps: float) -> tuple[dict, str]:
@@ -150,10 +159,26 @@ def with_vae_branch(api: dict, storyboard_id: str, file: str, start: int, length
 
 
 def shuffled_prompt(api: dict, plan: RevisitPlan) -> dict:
-    """The control: ``api`` with the history read from the shuffled file (another clip before the same cutaway), its
-    saves renamed ``..._shuffled``, and without the VAE branch (its frames are already there)."""
+    """The control: ``api`` with its saves renamed ``..._shuffled``, without the VAE branch (its frames are already
+    there), and the Storyboard's memory replaced. Revisit: another Load Video as History node reads the shuffled file
+    (another clip's first ``a_frames``: the control's A) and the Splice History node (``scripts/eval_nodes``) puts
+    its segments in place of A's in the real history, which ComfyUI's cache keeps from the memory-on run (the cutaway
+    is not encoded again). Continuation: the history node reads the shuffled file (another clip's history)."""
     out = json.loads(json.dumps(api))
-    out[plan.history_node]["inputs"]["video"] = plan.shuffled_file
+    hist = out[plan.history_node]["inputs"]
+    if plan.cutaway is None:
+        hist["video"] = plan.shuffled_file
+    else:
+        sb = out[plan.storyboard_id]["inputs"]
+        if sb.get("memory") != [plan.history_node, 0]:
+            raise example_eval.EvalError(f"the Storyboard's memory does not come from the history node "
+                                         f"{plan.history_node}: cannot build the shuffled control")
+        n = max(int(k) for k in out if str(k).isdigit()) + 1
+        out[str(n)] = {"class_type": example_eval.VIDEO_HISTORY, "_meta": {"title": "FrameMemory eval: control's A"},
+                       "inputs": {**hist, "video": plan.shuffled_file, "frame_load_cap": int(plan.seq.a_frames)}}
+        out[str(n + 1)] = {"class_type": SPLICE_NODE, "_meta": {"title": "FrameMemory eval: shuffled history"},
+                           "inputs": {"memory": [plan.history_node, 0], "other": [str(n), 0]}}
+        sb["memory"] = [str(n + 1), 0]
     branch = [k for k, n in out.items() if n.get("_meta", {}).get("title", "").startswith("FrameMemory eval: VAE")]
     for k in branch:
         del out[k]
@@ -162,6 +187,23 @@ def shuffled_prompt(api: dict, plan: RevisitPlan) -> dict:
         if isinstance(prefix, str):
             node["inputs"]["filename_prefix"] = prefix + "_shuffled"
     return out
+
+
+def install_eval_nodes(custom_nodes: Path) -> Path:
+    """Link ``scripts/eval_nodes`` (the Splice History node of the shuffled control) into a server's ``custom_nodes``
+    folder as ``FrameMemoryEval`` (a copy where links fail). Returns the path. Call before the server starts."""
+    import shutil
+
+    target = Path(custom_nodes) / "FrameMemoryEval"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    try:
+        os.symlink(EVAL_NODES, target, target_is_directory=True)
+    except OSError:
+        shutil.copytree(EVAL_NODES, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
 
 
 def vae_pass(frames: np.ndarray, plan: RevisitPlan) -> np.ndarray:
@@ -195,7 +237,7 @@ def evaluate(server, api: dict, on: dict, on_frames: np.ndarray, plan: RevisitPl
     shutil.copy2(off["video"], out / "storyboard_memory_off.mp4")
     sh = run_prompt(server, shuffled_prompt(api, plan), timeout, "shuffled memory (control)")
     arms = {"memory_on": on_frames, "memory_off": frames_of(off), "shuffled": frames_of(sh)}
-    pool = revisit_eval.shot_pool(bundled_clips(media_dir, plan, on["report"]))
+    pool = bundled_pool(media_dir, plan, on["report"])
     vae = saved_frames(server, on, plan.vae_tap, fps)
     ev = entry(plan, arms, vae, pool)
     seq, ret = plan.seq, plan.seq.ret
@@ -211,14 +253,40 @@ def evaluate(server, api: dict, on: dict, on_frames: np.ndarray, plan: RevisitPl
                       "contact_sheet": str(out / "contact_sheet_eval.png"), "sequence": plan.file}}
 
 
-def bundled_clips(media_dir: Path, plan: RevisitPlan, report: dict) -> dict:
-    """The held-out clips in ``media_dir`` other than A's and the cutaway's (training.reproduce.HELDOUT_CLIPS: after
-    a plain setup bikes.mp4 only; tree.avi and the held-out webps when fetched), at the report's size and fps."""
-    names = ("bikes.mp4", "carphone_pristine.mp4", "tree.avi", "video_wan2_2_5B_ti2v-1.webp",
-             "video_hunyuan_video_1.5_720p_t2v-1.webp")
+POOL_CLIPS = ("bikes.mp4", "video_wan2_2_5B_ti2v-1.webp", "video_hunyuan_video_1.5_720p_t2v-1.webp",
+              "carphone_pristine.mp4", "bigbuckbunny.mp4")  # retrieval candidates, in this order (first 8 shots)
+TEMPLATES_PACKAGE = "comfyui_workflow_templates_media_video"  # a ComfyUI requirement: installed by scripts/setup.sh
+
+
+def bundled_file(name: str, media_dir: Path) -> Path | None:
+    """Where a bundled clip is: ``media_dir`` (scripts/setup.sh's media), else, for the two template webps, the
+    ``templates`` folder of the installed ComfyUI requirement ``comfyui_workflow_templates_media_video`` (the same
+    files training.reproduce.fetch_media copies into .cache/media); None when neither has it."""
+    if (media_dir / name).is_file():
+        return media_dir / name
+    spec = importlib.util.find_spec(TEMPLATES_PACKAGE)
+    if spec is not None and spec.origin and name.endswith(".webp"):
+        path = Path(spec.origin).parent / "templates" / name
+        return path if path.is_file() else None
+    return None
+
+
+def bundled_pool(media_dir: Path, plan: RevisitPlan, report: dict, count: int = 8) -> dict:
+    """The retrieval candidates besides A and the cutaway: the first ``count`` shots (``revisit_eval.shot_pool``) of
+    :data:`POOL_CLIPS` other than A's and the cutaway's clip, at the report's size and fps, from only what a plain
+    scripts/setup.sh provides (bikes.mp4 is a six-shot montage: six candidates; the two held-out template webps;
+    carphone_pristine.mp4 and the training-split bigbuckbunny.mp4 when they are not A or the cutaway), so a fresh
+    clone ranks A among 10 (A, the cutaway, 8 shots). A clip found nowhere is left out (the report's
+    ``retrieval.chance`` says how many candidates there were); clips are read only until ``count`` shots are there."""
     skip = {plan.video.name, plan.cutaway.name if plan.cutaway else None}
-    return {n: example_eval.read_clip(media_dir / n, int(report["width"]), int(report["height"]), float(report["fps"]),
-                                      10_000) for n in names if n not in skip and (media_dir / n).is_file()}
+    pool = {}
+    for name in (n for n in POOL_CLIPS if n not in skip):
+        path = bundled_file(name, media_dir)
+        if path is not None and len(pool) < count:
+            frames = example_eval.read_clip(path, int(report["width"]), int(report["height"]), float(report["fps"]),
+                                            10_000)
+            pool.update(revisit_eval.shot_pool({name: frames}))
+    return dict(list(pool.items())[:count])
 
 
 def entry(plan: RevisitPlan, arms: dict, vae: np.ndarray, pool: dict) -> dict:

@@ -638,6 +638,8 @@ def run_example(args, models: Models, server: ComfyServer, video: Path, out: Pat
     tap = None
     if skip is None:
         api, tap = example_eval.with_frame_tap(api, clip.storyboard_id, float(api[clip.storyboard_id]["inputs"]["fps"]))
+    if skip is None:  # the shuffled control's Splice History node (evaluation only, not part of the pack)
+        log(f"eval: {_short(revisit_job.install_eval_nodes(server.base / 'custom_nodes'))} -> scripts/eval_nodes")
     t0 = time.monotonic()
     log(f"server: starting ComfyUI (headless{', --cpu' if server.cpu else ''})")
     server.start()

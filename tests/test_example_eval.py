@@ -74,7 +74,8 @@ def job(repo_root):
 
 def test_leave_and_return_prompt(ev, job, repo_root, media_dir, tmp_path):
     """The main job's default: A (carphone), 5 s of the training-split cutaway, the return with A's prompt; one
-    lossless sequence file read by Load Video as History; the VAE branch; the shuffled control's prompt."""
+    lossless sequence file read by Load Video as History; the VAE branch; the shuffled control's prompt (another clip's
+    A read by its own history node and spliced into the cached history by scripts/eval_nodes)."""
     import json
 
     api = json.loads((repo_root / "workflows" / "api" / "storyboard_wan21_lab_api.json").read_text())
@@ -91,12 +92,16 @@ def test_leave_and_return_prompt(ev, job, repo_root, media_dir, tmp_path):
     assert (batch["batch_index"], batch["length"]) == (109 - job.CONTEXT, job.CONTEXT + 16)
     assert out[plan.vae_tap]["class_type"] == "SaveAnimatedPNG"
     control = job.shuffled_prompt(out, plan)
-    assert control[plan.history_node]["inputs"]["video"] == plan.shuffled_file and plan.vae_tap not in control
+    assert control[plan.history_node] == out[plan.history_node] and plan.vae_tap not in control  # cached history
+    splice_id = control[plan.storyboard_id]["inputs"]["memory"][0]
+    splice = control[splice_id]
+    assert splice["class_type"] == job.SPLICE_NODE and splice["inputs"]["memory"] == [plan.history_node, 0]
+    other = control[splice["inputs"]["other"][0]]["inputs"]  # the control's A: its own Load Video as History
+    assert (other["video"], other["frame_load_cap"]) == (plan.shuffled_file, 29)
     assert all(n["inputs"]["filename_prefix"].endswith("_shuffled") for n in control.values()
                if "filename_prefix" in n["inputs"])
-    shuffled = ev.decode_video_frames(tmp_path / plan.shuffled_file)  # bikes' first 29 frames, the same cutaway
-    assert len(shuffled) == 109 and np.array_equal(shuffled[29:], seq.frames[29:109])
-    assert not np.array_equal(shuffled[:29], seq.frames[:29])
+    shuffled = ev.decode_video_frames(tmp_path / plan.shuffled_file)  # bikes' first 29 frames only
+    assert len(shuffled) == 29 and not np.array_equal(shuffled, seq.frames[:29])
     with pytest.raises(job.example_eval.EvalError, match="--gap-seconds 6: the cutaway bigbuckbunny.mp4 has only 5.25 s"):
         job.prepare(api, media_dir / "carphone_pristine.mp4", media_dir / "bigbuckbunny.mp4", 6.0, 2.8, 1.0,
                     tmp_path, media_dir)
