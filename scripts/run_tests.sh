@@ -19,4 +19,4 @@ for arg in "$@"; do
   case "$arg" in tests/*) WHERE=() ;; esac
 done
 # PYTHONSAFEPATH: keep the repo root off sys.path (our nodes/ and models/ would shadow ComfyUI's).
-PYTHONSAFEPATH=1 exec "$FRAMEMEMORY_PYTHON" -m pytest -q -p no:cacheprovider -m "not slow and not cuda and not gguf" "${WHERE[@]}" "$@"
+PYTHONSAFEPATH=1 exec "$FRAMEMEMORY_PYTHON" -m pytest -q -p no:cacheprovider --durations=15 -m "not slow and not cuda and not gguf" "${WHERE[@]}" "$@"

@@ -65,6 +65,7 @@ def _shapes(sd: dict) -> dict:
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
+@pytest.mark.slow  # 35 s: two FSDP processes
 def test_fsdp_two_cpu_processes_resume_and_export(comfy, tmp_path, comfyui_dir):
     pytest.importorskip("peft")
     pytest.importorskip("accelerate")

@@ -270,6 +270,7 @@ def _next_segment(folder: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # 118 s: a whole server killed mid-run and restarted; the in-process resume and crash tests stay in the default suite
 def test_server_killed_after_two_segments_resumes_frame_identical(comfyui_dir, media_dir, tmp_path):
     from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
     from test_e2e_server import TINY_API, TINY_NAMES, VIDEO

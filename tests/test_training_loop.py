@@ -233,6 +233,7 @@ def _launch(tmp_path, config: str, out: str, extra: list[str]):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
 
 
+@pytest.mark.slow  # 51 s: accelerate launch in subprocesses; the in-process stage tests and DDP stay in the default suite
 def test_accelerate_launch_stage1_then_stage2_from_the_cli(parts, tmp_path, comfyui_dir):
     _shards(tmp_path / "shards")
     os.environ.setdefault("COMFYUI_DIR", str(comfyui_dir))
