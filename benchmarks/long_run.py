@@ -162,7 +162,7 @@ def plot(curves: dict, path: str) -> None:
     fig.savefig(path, dpi=80)
 
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds to generate (default 60)")
     ap.add_argument("--clip", default=os.path.join(ROOT, ".cache", "media", "bikes.mp4"), help="history clip")
@@ -178,7 +178,42 @@ def main() -> None:
                     help="held-out clip whose first frames are the shuffled control's history ('' skips the comparison "
                          "with the real continuation)")
     ap.add_argument("--name", default="long_run_lab", help="result name under benchmarks/results/ (default long_run_lab)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def run_arms(args, lab, off_lab, history) -> tuple[dict, dict, dict, dict]:
+    """Every arm of ``args.arms`` over the same history: ``(curves, wall, rss, frames_by_arm)`` keyed by arm; each
+    arm's segment rows are written as a partial result when it ends."""
+    curves, wall, rss, frames_by_arm = {}, {}, {}, {}
+    for arm in args.arms:
+        mode, _, extra = arm.partition("+")
+        t0 = time.perf_counter()
+        frames, report = run_arm(off_lab if mode == "off" else lab, history, mode, args.seconds, args.seed, args.steps,
+                                 args.colour_strength if extra == "colour" else 0.0)
+        wall[arm] = round(time.perf_counter() - t0, 1)
+        rows = segment_metrics(frames, [s["frames"] for s in report["segments"]], history)
+        ends = [s["start_frame"] - report["start_frames"] + s["frames"] for s in report["segments"]]
+        for r, e in zip(rows, ends):
+            r["end_s"] = round(e / 16.0, 4)
+        curves[arm] = rows
+        frames_by_arm[arm] = frames[:int(16 * 12)]  # the part a real continuation can exist for (<= 12 s kept)
+        rss[arm] = report["peak_rss_mb"]
+        print(f"{arm}: {len(rows)} segments in {wall[arm]} s, peak RSS {rss[arm]} MB", flush=True)
+        write_result(f"{args.name}_partial", rows, {"mode": arm, "wall_s": wall[arm], "report": report})
+    return curves, wall, rss, frames_by_arm
+
+
+def print_versus_real(vs_real: dict) -> None:
+    for k, r in vs_real.get("rows", {}).items():
+        print(f"vs real, first {vs_real['frames']} frames: {k:16s} PSNR {r['psnr_db']:.2f} dB thumb "
+              f"{r['thumb_psnr_db']:.2f} SSIM {r['ssim']:.3f}" + (f"  margin {vs_real['margin_db'][k]:+.2f} dB"
+                                                                  if k in vs_real["margin_db"] else ""))
+    for line in vs_real.get("losses", []):
+        print("NOTE:", line)
+
+
+def main() -> None:
+    args = parse_args()
     setup()
     import torch
 
@@ -191,30 +226,9 @@ def main() -> None:
     off_lab = load_lab_set(args.lab_dir, off_set["files"], lab[1]) if off_set.get("note") == "no-memory LoRA" else lab
     print(f"off arm: {off_set.get('note') or 'memory LoRA, memory removed'}", flush=True)
     history, h_frames = history_clip(args.clip, args.history_seconds, 256, 128, 16.0)
-    curves, wall, rss, frames_by_arm = {}, {}, {}, {}
-    for arm in args.arms:
-        mode, _, extra = arm.partition("+")
-        t0 = time.perf_counter()
-        frames, report = run_arm(off_lab if mode == "off" else lab, history, mode, args.seconds, args.seed, args.steps,
-                                 args.colour_strength if extra == "colour" else 0.0)
-        mode = arm
-        wall[mode] = round(time.perf_counter() - t0, 1)
-        rows = segment_metrics(frames, [s["frames"] for s in report["segments"]], history)
-        ends = [s["start_frame"] - report["start_frames"] + s["frames"] for s in report["segments"]]
-        for r, e in zip(rows, ends):
-            r["end_s"] = round(e / 16.0, 4)
-        curves[mode] = rows
-        frames_by_arm[mode] = frames[:int(16 * 12)]  # the part a real continuation can exist for (<= 12 s kept)
-        rss[mode] = report["peak_rss_mb"]
-        print(f"{mode}: {len(rows)} segments in {wall[mode]} s, peak RSS {rss[mode]} MB", flush=True)
-        write_result(f"{args.name}_partial", rows, {"mode": mode, "wall_s": wall[mode], "report": report})
+    curves, wall, rss, frames_by_arm = run_arms(args, lab, off_lab, history)
     vs_real = versus_real(lab, args.clip, history, frames_by_arm, args) if args.shuffled_clip else {}
-    for k, r in vs_real.get("rows", {}).items():
-        print(f"vs real, first {vs_real['frames']} frames: {k:16s} PSNR {r['psnr_db']:.2f} dB thumb "
-              f"{r['thumb_psnr_db']:.2f} SSIM {r['ssim']:.3f}" + (f"  margin {vs_real['margin_db'][k]:+.2f} dB"
-                                                                  if k in vs_real["margin_db"] else ""))
-    for line in vs_real.get("losses", []):
-        print("NOTE:", line)
+    print_versus_real(vs_real)
     first, second = args.arms[0], args.arms[1 % len(args.arms)]
     at = marks(curves[first], curves[second])
     print_table(at, ["t_s", "psnr_on", "psnr_off", "drift_on", "drift_off", "on_drifts_less"], digits=2)
