@@ -13,8 +13,9 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     """V3 entry point called by ComfyUI when it loads the pack. Registers ``models/memory_encoders`` with
-    ``folder_paths`` and returns the extension. Demo nodes (tiny stand-ins for tests and the embedded default)
-    are registered only when the environment variable ``FRAMEMEMORY_DEMO=1`` is set."""
+    ``folder_paths`` and the prompt handler of nodes/history_settings.py, and returns the extension. Demo nodes
+    (tiny stand-ins for tests and the embedded default) are registered only when the environment variable
+    ``FRAMEMEMORY_DEMO=1`` is set."""
     import folder_paths
     from comfy_api.latest import ComfyExtension
 
@@ -23,8 +24,9 @@ async def comfy_entrypoint():
     folder_paths.add_model_folder_path("memory_encoders", path)
     folder_paths.folder_names_and_paths["memory_encoders"][1].update({".safetensors", ".sft"})
 
-    from .nodes import NODES
+    from .nodes import NODES, history_settings
 
+    history_settings.register()  # Load Video as History takes its shared settings from the Storyboard it feeds
     node_list = list(NODES)
     if os.environ.get("FRAMEMEMORY_DEMO") == "1":
         from .demo.nodes import DEMO_NODES

@@ -441,3 +441,25 @@ def check_memory_matches(memory, model, width: int, height: int, fps: float) -> 
         raise ValueError(f"the memory's tokens are {int(token.shape[-1])} wide but this {adapter.FAMILY} model's width "
                          f"is {dim}: the memory was made for another DiT; use a memory made with this model (and its "
                          "memory encoder)")
+
+
+def check_memory_mode(memory, mode: str, where: str = "this Storyboard") -> None:
+    """Refuse, before any work, a memory that ``mode`` cannot use: one made in a mode that encodes nothing (off,
+    sliding_window, video_ssm) whose pixels are gone (Load Video as History keeps latents only in those modes), for a
+    mode that must encode it into memory tokens (frame_preservation, pack_forcing). ``where``: the node that checks,
+    as the message names it.
+
+    Raises:
+        ValueError: naming memory_mode, the memory's mode, ``where``'s mode and the fix.
+    """
+    from .memory_modes import ENCODED_MODES
+
+    if mode not in ENCODED_MODES or memory.mode in ENCODED_MODES:
+        return
+    if all(s.frames is not None or s.lr_latents for s in memory.history.segments):
+        return  # the pixels are still there: they are encoded at the run's start
+    raise ValueError(
+        f"memory_mode differs: the memory at {where}'s memory input was made with memory_mode {memory.mode!r}, which "
+        f"keeps latents only (no pixels), but {where} has memory_mode {mode!r}, which must encode the history into "
+        f"memory tokens: set memory_mode to {memory.mode!r} on {where}, or make the memory again with memory_mode "
+        f"{mode!r} (a Load Video as History linked to a Storyboard takes the Storyboard's memory_mode)")

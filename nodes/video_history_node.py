@@ -8,8 +8,11 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..models.memory_modes import MEMORY_MODES
+from ..models.input_checks import check_memory_mode
 from ..models.video_history import FrameSelection, history_from_video
 from . import tooltips
+from .advanced_inputs import advanced
+from .history_settings import SHARED_SETTINGS, settings_conflict
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 
@@ -31,7 +34,9 @@ class LoadVideoAsHistory(io.ComfyNode):
                         "resampled to fps, center-cropped and resized to width x height, VAE-encoded as one continuous "
                         "stream and into memory tokens, then dropped, so RAM does not grow with the clip's length "
                         "(stock Load Video decodes every frame as float32). The oldest frames that do not fill a "
-                        "segment are dropped.",
+                        "segment are dropped. Linked to a Storyboard's memory input, its width, height, fps, "
+                        "segment_latent_frames and memory_mode are the Storyboard's (set them there).",
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # to find the Storyboards its memory feeds
             inputs=[
                 io.Combo.Input("video", options=input_videos(), upload=io.UploadType.video,
                                tooltip="A video in ComfyUI's input folder (or upload one). Any file PyAV decodes."),
@@ -40,15 +45,16 @@ class LoadVideoAsHistory(io.ComfyNode):
                 MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
                 io.Int.Input("width", default=832, min=16, max=4096, step=16,
                              tooltip=f"Storyboard width in pixels, {tooltips.SIZE}: frames are center-cropped and "
-                                     "resized to it."),
+                                     f"resized to it. {tooltips.FOLLOWS_STORYBOARD}"),
                 io.Int.Input("height", default=480, min=16, max=4096, step=16,
                              tooltip=f"Storyboard height in pixels, {tooltips.SIZE}: frames are center-cropped and "
-                                     "resized to it."),
+                                     f"resized to it. {tooltips.FOLLOWS_STORYBOARD}"),
                 io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
                                tooltip=f"The model's frame rate ({tooltips.FPS}): the video is resampled to it "
-                                       "(nearest frame in time)."),
+                                       f"(nearest frame in time). {tooltips.FOLLOWS_STORYBOARD}"),
                 io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
-                             tooltip=f"Latent frames per history segment, as in the Storyboard: {tooltips.SEGMENT}."),
+                             tooltip=f"Latent frames per history segment, as in the Storyboard: {tooltips.SEGMENT}. "
+                                     f"{tooltips.FOLLOWS_STORYBOARD}"),
                 io.Int.Input("frame_load_cap", default=0, min=0, max=10_000_000,
                              tooltip="At most this many frames (at fps, after select_every_nth) become history; 0 = no "
                                      "cap. 45 at 16 fps = 13 + 16 + 16: three segments, 2.8 s."),
@@ -59,13 +65,16 @@ class LoadVideoAsHistory(io.ComfyNode):
                              tooltip="Keep every n-th frame (after resampling to fps); the history then plays n times "
                                      "faster. 1 = every frame."),
                 io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="frame_preservation",
-                               tooltip="Use the Storyboard's memory_mode. frame_preservation / pack_forcing: memory "
-                                       "tokens are encoded while reading. off / sliding_window / video_ssm: the "
-                                       "history keeps latents only (no pixels: bounded RAM), so a Storyboard in an "
-                                       "encoding mode cannot use it: read the video again in that mode."),
-                MemoryType.Input("memory", optional=True,
-                                 tooltip="Memory to continue (not changed; a new one is returned). The video starts a "
-                                         "new VAE stream after it; width and height must match it."),
+                               tooltip="The Storyboard's memory_mode, which needs its own encoder file and LoRA (see "
+                                       "the Storyboard's tooltip). frame_preservation / pack_forcing: memory tokens "
+                                       "are made while reading. off / sliding_window / video_ssm: only latents are "
+                                       "kept (bounded RAM), which a Storyboard in an encoding mode cannot use. "
+                                       f"{tooltips.FOLLOWS_STORYBOARD}"),
+                MemoryType.Input("memory", optional=True, **advanced(),
+                                 tooltip="Only to put this video after an existing memory (Load Memory, another "
+                                         "history): it is not changed, a new one is returned. The video starts a new "
+                                         "VAE stream after it; width and height must match it. Leave empty to start "
+                                         "from the video alone."),
             ],
             outputs=[
                 MemoryType.Output(display_name="memory", tooltip="The history with its memory tokens, for the "
@@ -78,6 +87,13 @@ class LoadVideoAsHistory(io.ComfyNode):
     @classmethod
     def execute(cls, video, model, vae, memory_encoder, width, height, fps, segment_latent_frames, frame_load_cap,
                 skip_first_seconds, select_every_nth, memory_mode, memory=None) -> io.NodeOutput:
+        hidden = getattr(cls, "hidden", None)  # None when called outside ComfyUI's executor (tests, scripts)
+        values = dict(zip(SHARED_SETTINGS, (width, height, fps, segment_latent_frames, memory_mode)))
+        conflict = settings_conflict(getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), values)
+        if conflict:  # before any frame is read
+            raise ValueError(conflict)
+        if memory is not None:
+            check_memory_mode(memory, memory_mode, "this Load Video as History")
         selection = FrameSelection(fps, skip_first_seconds, select_every_nth, frame_load_cap)
         mem, report = history_from_video(model, vae, memory_encoder, folder_paths.get_annotated_filepath(video),
                                          selection, width, height, segment_latent_frames, memory, memory_mode)
