@@ -21,7 +21,9 @@ only until the LR branch has encoded them, and in the modes that encode nothing 
 """
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +85,26 @@ class VideoPlan:
     t0: float
     selected: int
     seek_s: float | None
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """Where a history read by :func:`history_from_video` came from, kept on its Memory (``Memory.video_source``) so
+    the Storyboard's include_history can stream the same frames back (:func:`video_history_frames`): the file
+    (``path``, its ``mtime`` and ``size`` in bytes when read), the ``selection``, the size the frames were fitted to
+    (``width x height`` px), ``frames_dropped`` (oldest selected frames that filled no segment), ``frames`` (history
+    frames read from the file) and ``first_segment`` (index of the file's first segment in the history: > 0 when it
+    continued another memory)."""
+
+    path: str
+    mtime: float
+    size: int
+    selection: FrameSelection
+    width: int
+    height: int
+    frames_dropped: int
+    frames: int
+    first_segment: int
 
 
 def select(resampled: Iterable[tuple[int, object]], sel: FrameSelection) -> Iterator[object]:
@@ -207,8 +229,13 @@ def history_from_video(model, vae, encoder, path: str | Path, sel: FrameSelectio
             f"segment needs {writer.frames_needed} ({writer.frames_needed / sel.fps:.2f} s); lower skip_first_seconds "
             f"or select_every_nth, raise frame_load_cap (0: no cap), or lower segment_latent_frames") from None
     check_memory(model, vae, width, height, 0, writer.frames_needed, latent_frames)  # one segment at a time
+    first_segment = len(writer.mem.history.segments)
     appended = _append_segments(writer, iter_frames(plan, sel, width, height), skip, count)
     history = writer.mem.history
+    stat = os.stat(path)
+    writer.mem.video_source = VideoSource(str(Path(path).resolve()), stat.st_mtime, stat.st_size, sel, width, height,
+                                          skip, history.num_frames - (memory.history.num_frames if memory else 0),
+                                          first_segment)
     report = {"file": Path(path).name, "source": {"width": plan.width, "height": plan.height,
                                                   "fps": round(plan.source_fps, 3), "frames": plan.source_frames,
                                                   "duration_s": plan.duration_s},
@@ -242,4 +269,48 @@ def _append_segments(writer: HistoryWriter, frames: Iterator[torch.Tensor], skip
     return done
 
 
-__all__ = ["FrameSelection", "VideoPlan", "plan_video", "resample", "select", "iter_frames", "history_from_video"]
+def video_history_frames(memory, width: int, height: int) -> tuple[torch.Tensor | None, str]:
+    """The history frames of a memory read by :func:`history_from_video`, streamed again from its file with the same
+    reader, selection and fit (one source frame decoded at a time; the result is the IMAGE output's share anyway).
+
+    Args:
+        memory: a Memory; only one with a ``video_source`` (:class:`VideoSource`) has frames to give.
+        width / height: the run's frame size (px); must be the size the history was read at.
+    Returns:
+        ``(frames [F, height, width, 3] float32 0..1, "")`` with F the history frames read from the file (the part
+        of the history before it, when it continued another memory, is not included: the reason says so), or
+        ``(None, reason)`` when no frames can be had: no source (a memory file, Encode History, a Storyboard's
+        memory), the file gone or changed since it was read, another size.
+    """
+    source = getattr(memory, "video_source", None)
+    if source is None:
+        return None, ("the memory keeps no video source to stream its frames from (only a history read by Load Video "
+                      "as History in this run has one; memory files and Storyboard memories keep no pixels)")
+    name = Path(source.path).name
+    if not os.path.isfile(source.path):
+        return None, f"the video {name} the history was read from is gone ({source.path})"
+    stat = os.stat(source.path)
+    if (stat.st_mtime, stat.st_size) != (source.mtime, source.size):
+        return None, f"the video {name} changed since the history was read from it"
+    if (width, height) != (source.width, source.height):
+        return None, f"the history was read at {source.width}x{source.height}, this run is {width}x{height}"
+    out = torch.empty((source.frames, height, width, 3), dtype=torch.float32)
+    n = 0
+    try:
+        plan = plan_video(source.path, source.selection)
+        frames = itertools.islice(iter_frames(plan, source.selection, width, height), source.frames_dropped,
+                                  source.frames_dropped + source.frames)
+        for n, frame in enumerate(frames, 1):
+            out[n - 1] = frame.float() / 255.0
+    except ValueError as e:
+        return None, f"the video {name} cannot be read again ({e})"
+    if n != source.frames:
+        return None, f"the video {name} gave {n} of the history's {source.frames} frames when read again"
+    if source.first_segment:
+        return out, (f"only the frames read from {name} are shown: the {source.first_segment} history segments before "
+                     "them came from another memory, which keeps no pixels")
+    return out, ""
+
+
+__all__ = ["FrameSelection", "VideoPlan", "VideoSource", "plan_video", "select", "iter_frames", "history_from_video",
+           "video_history_frames"]
