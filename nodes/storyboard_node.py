@@ -10,12 +10,14 @@ import torch
 from comfy_api.latest import io
 
 from ..memory.storyboard import parse_storyboard, split_clip
-from ..models.input_checks import check_frames, check_run_inputs
+from ..models.input_checks import check_frames, check_memory_mode, check_run_inputs
 from ..models.memory_modes import MEMORY_MODES
 from ..models import families
 from ..models.resume import resume_memory, resumes
 from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+from ..models.video_history import video_history_frames
 from . import tooltips
+from .advanced_inputs import advanced
 from .memory_file_nodes import memory_path
 from .progress_ui import NodeDisplay
 from .report_summary import report_summary
@@ -32,6 +34,24 @@ def vae_time_stride(model) -> int:
 def interrupted_path() -> str:
     """Where an interrupted run without save_path keeps its finished segments (a new file per run)."""
     return memory_path(f"framememory/interrupted/storyboard_{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def history_output(include_history: bool, start_images, dropped: int, memory, width: int,
+                   height: int) -> tuple[torch.Tensor | None, str]:
+    """The history frames the Storyboard puts before the generated ones (include_history): the starting clip as the
+    history holds it (``start_images`` past the ``dropped`` oldest, fitted to width x height), else the frames of a
+    history read by Load Video as History, streamed again from its file (:func:`models.video_history.
+    video_history_frames`). Returns ``(frames [F, height, width, 3] float32 0..1 or None, reason)``: the reason, for
+    the report, says why nothing (or only part) is there; empty when all is."""
+    if not include_history:
+        return None, ""
+    if start_images is not None:
+        from ..memory.frames import fit_frames
+
+        return fit_frames(start_images[dropped:], width, height).float().cpu(), ""
+    if memory is None:
+        return None, "no history: neither start_images nor memory is connected"
+    return video_history_frames(memory, width, height)
 
 
 EXAMPLE = "2.0 | a cyclist rides down a sunny city street\n2.0 | the cyclist passes parked cars, camera follows"
@@ -70,48 +90,31 @@ class Storyboard(io.ComfyNode):
                 io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="Sampler, as in KSampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler, as in KSampler."),
-                io.Boolean.Input("include_history", default=True,
-                                 tooltip="Put the starting clip's frames before the generated frames in the output."),
+                io.Boolean.Input("include_history", default=True, tooltip=tooltips.INCLUDE_HISTORY),
                 io.Image.Input("start_images", optional=True,
                                tooltip="Starting clip: real frames that form the initial history (center-cropped and resized to width x height)."),
-                MemoryType.Input("memory", optional=True, tooltip="History to continue from (e.g. another Storyboard's memory output)."),
-                io.Model.Input("model_low_noise", optional=True,
-                               tooltip="Wan 2.2 A14B (T2V or I2V) low-noise expert, e.g. wan2.2_t2v_low_noise_14B; 'model' is then "
-                                       "the high-noise expert. Each segment is sampled like the stock Wan 2.2 14B template's two "
-                                       "KSamplerAdvanced nodes: the high-noise expert up to switch_step, this one from there to the "
-                                       "end, each with memory tokens made with its own patch embedding. Leave empty for one model."),
-                io.Int.Input("switch_step", default=0, min=0, max=10000, optional=True,
-                             tooltip="With model_low_noise: the step where the low-noise expert takes over (the stock templates: "
-                                     "10 of 20 steps; 2 of 4 with the LightX2V 4-step LoRAs). 0 = half the steps, rounded up. "
-                                     "Ignored without model_low_noise."),
+                MemoryType.Input("memory", optional=True,
+                                 tooltip="History to continue from: Load Video as History (which then takes width, "
+                                         "height, fps, segment_latent_frames and memory_mode from this node), Load "
+                                         "Memory, or another Storyboard's memory output."),
+                io.Model.Input("model_low_noise", optional=True, tooltip=tooltips.MODEL_LOW_NOISE, **advanced()),
+                io.Int.Input("switch_step", default=0, min=0, max=10000, optional=True, tooltip=tooltips.SWITCH_STEP,
+                             **advanced()),
                 io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="frame_preservation", optional=True,
-                               tooltip="What each segment attends to. frame_preservation: memory tokens of everything "
-                                       "before it (arXiv 2512.23851). pack_forcing: the first frames (sink) + the top-K "
-                                       "compressed blocks most relevant to the segment + the last frames, with RoPE "
-                                       "re-packed (PackForcing; bounded context). video_ssm: the first and last frames "
-                                       "plus a fixed-size state per DiT block that absorbs older frames (VideoSSM; needs "
-                                       "a video_ssm encoder file for the state). sliding_window: the last 3 latent "
-                                       "frames only. off: no memory (the baseline: same seed, compare against the real "
-                                       "continuation). pack_forcing and video_ssm: Wan 2.1 / 2.2 only."),
+                               tooltip=tooltips.MEMORY_MODE),
                 io.String.Input("save_path", default="", optional=True,
                                 tooltip="Memory folder (relative to ComfyUI's output folder, '.fmem' added) appended to "
                                         "after every segment, crash-safe: history, memory tokens, encoder config and where "
                                         "the run stands. Checked before the first segment (writable, free space). "
                                         "Empty: nothing is written while it runs, and an interrupt writes the finished "
                                         "segments to output/framememory/interrupted/ instead of losing them."),
-                io.Boolean.Input("resume", default=False, optional=True,
-                                 tooltip="Continue the unfinished run saved in save_path (e.g. after a server restart): "
-                                         "same next segment, same seeds, same frames as without the stop. Needs save_path, "
-                                         "the same storyboard text and settings; a finished run or another storyboard's "
-                                         "file is refused. No file yet: starts from the beginning. A memory input from "
-                                         "Load Memory resumes the same way without this switch."),
+                io.Boolean.Input("resume", default=False, optional=True, tooltip=tooltips.RESUME, **advanced()),
                 io.Combo.Input("colour_correction", options=["off", "on"], default="off", optional=True,
                                tooltip="Colour-drift correction: match each new segment's colour (mean and spread per "
                                        "Lab channel) to the history's before it is appended, so tints do not build up "
                                        "over a long storyboard. Changes only the frames, not the sampled latents."),
                 io.Float.Input("colour_strength", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
-                               tooltip="With colour_correction on: 1 = match the history's colour statistics fully, "
-                                       "0 = no change. Lower it when the story really changes colour (night falls)."),
+                               tooltip=tooltips.COLOUR_STRENGTH, **advanced()),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),
@@ -134,6 +137,8 @@ class Storyboard(io.ComfyNode):
         check_run_inputs(model, vae, memory_encoder, shots, SamplerSettings(steps, cfg, sampler_name, scheduler, seed),
                          width, height, fps, segment_latent_frames, memory.history.num_frames if memory else 0,
                          memory_mode, 0 if start_images is None else int(start_images.shape[0]), include_history)
+        if memory is not None:  # a latents-only memory into a mode that must encode it: named, before any work
+            check_memory_mode(memory, memory_mode)
         save = memory_path(save_path) if save_path.strip() else None
         memory = resume_memory(save, resume, memory, memory_encoder, vae, shots)  # the stopped run, or refused
         start, dropped = memory, 0
@@ -150,11 +155,12 @@ class Storyboard(io.ComfyNode):
             colour_correction=colour_strength if colour_correction == "on" else 0.0, save_path=save,
             interrupt_path=None if save else interrupted_path(), progress=display.progress)
         report["start_frames_dropped"] = dropped
-        if include_history and start_images is not None:
-            # the starting clip as the history holds it (fitted to width x height), then the generated frames
-            history_frames = start_images[dropped:]
-            from ..memory.frames import fit_frames
-            frames = torch.cat([fit_frames(history_frames, width, height).float().cpu(), frames], dim=0)
+        history, reason = history_output(include_history, start_images, dropped, memory, width, height)
+        report["history_frames_in_output"] = 0 if history is None else int(history.shape[0])
+        if reason:
+            report["history_frames_reason"] = reason
+        if history is not None:
+            frames = torch.cat([history, frames], dim=0)
         report["output_frames"] = int(frames.shape[0])
         summary = report_summary(report)
         display.show(summary)
