@@ -54,7 +54,7 @@ import example_eval  # noqa: E402
 import revisit_eval  # noqa: E402
 import revisit_job  # noqa: E402
 
-WORKFLOW_TINY = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json"
+WORKFLOW_TINY = REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json"
 WORKFLOW_LAB = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_lab_api.json"
 LAB_DIR = Path(os.environ.get("FRAMEMEMORY_LAB_DIR") or REPO_ROOT / "lab_model")
 WORKFLOW_REAL = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_api.json"

@@ -20,7 +20,7 @@ import torch
 from framememory.headless.comfy_server import ComfyServer, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_API = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json"
+TINY_API = REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json"
 TINY_NAMES = {
     ("UNETLoader", "unet_name"): "framememory_tiny_wan21.safetensors",
     ("VAELoader", "vae_name"): "framememory_tiny_wan21_vae.safetensors",

@@ -27,7 +27,7 @@ from framememory.headless.workflows import (THUMBNAIL_SIZE, add_named_model_file
                                             ui_workflows)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = REPO_ROOT / "workflows" / "storyboard_wan21_tiny.json"
+TINY = REPO_ROOT / "demo" / "workflows" / "storyboard_wan21_tiny.json"
 RUN_TIMEOUT_MS = 300_000
 ONE_SHOT = "1.0 | a cyclist rides down a sunny city street, tracking shot"
 

@@ -28,7 +28,7 @@ def family_run(request, comfyui_dir, media_dir, tmp_path_factory):
     workflow, stem = CASES[family]
     srv = ComfyServer(tmp_path_factory.mktemp(f"comfy_{family}"), comfyui_dir=comfyui_dir)
     add_demo_inputs(srv, media_dir, "bikes.mp4", families=family)
-    api = substitute_inputs(json.loads((REPO_ROOT / "workflows" / "api" / workflow).read_text()), {
+    api = substitute_inputs(json.loads((REPO_ROOT / "demo" / "workflows" / "api" / workflow).read_text()), {
         ("UNETLoader", "unet_name"): f"{stem}.safetensors", ("VAELoader", "vae_name"): f"{stem}_vae.safetensors",
         ("FrameMemoryLoadEncoder", "encoder_name"): f"{stem}_encoder.safetensors", ("LoadVideo", "file"): "bikes.mp4"})
     with srv:

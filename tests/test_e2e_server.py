@@ -15,8 +15,7 @@ import pytest
 from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO_ROOT / "workflows"
-TINY_API = WORKFLOWS / "api" / "storyboard_wan21_tiny_api.json"
+TINY_API = REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json"  # test-only, not a template
 OUR_NODES = ("FrameMemoryLoadEncoder", "FrameMemoryEncodeHistory", "FrameMemoryApplyMemory", "FrameMemoryStoryboard")
 TINY_NAMES = {
     ("UNETLoader", "unet_name"): "framememory_tiny_wan21.safetensors",

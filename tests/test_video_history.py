@@ -117,7 +117,7 @@ def test_example_puts_the_node_in_place_of_a_load_video_chain(repo_root):
     spec = importlib.util.spec_from_file_location("example_eval", repo_root / "scripts" / "example_eval.py")
     ev = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ev)
-    tiny = json.loads((repo_root / "workflows" / "api" / "storyboard_wan21_tiny_api.json").read_text())  # LoadVideo chain
+    tiny = json.loads((repo_root / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json").read_text())  # LoadVideo chain
     lab = json.loads((repo_root / "workflows" / "api" / "storyboard_wan21_lab_api.json").read_text())  # the node already
     for api in (tiny, lab):
         sb_id, sb = ev.storyboard_node(api)
@@ -145,7 +145,7 @@ def video_history_prompt(video: str, cap: int) -> dict:
     History feeding the Storyboard's memory input (a 1 s storyboard)."""
     from framememory.headless.comfy_server import substitute_inputs
 
-    api = substitute_inputs(json.loads((REPO_ROOT / "workflows" / "api" / "storyboard_wan21_tiny_api.json").read_text()),
+    api = substitute_inputs(json.loads((REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json").read_text()),
                             TINY_NAMES)
     for node in ("1", "2", "3"):
         assert api.pop(node)["class_type"] in ("LoadVideo", "GetVideoComponents", "ImageFromBatch")
