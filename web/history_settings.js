@@ -70,7 +70,6 @@ function release(w) {
 // Storyboards that disagree when the prompt runs), or make its widgets editable when it feeds none.
 export function syncHistoryNode(node) {
   const storyboard = storyboardsFed(node)[0] ?? null;
-  let changed = false;
   for (const name of SHARED) {
     const own = widget(node, name);
     if (!own) continue;
@@ -82,11 +81,10 @@ export function syncHistoryNode(node) {
     if (own.value !== theirs.value) {
       own.value = theirs.value;
       own.callback?.(own.value);
-      changed = true;
     }
     follow(own, storyboard);
   }
-  if (changed) node.setDirtyCanvas?.(true, true);
+  node.setDirtyCanvas?.(true, true);
 }
 
 function syncGraph(graph = app.graph) {
