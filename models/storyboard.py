@@ -35,6 +35,7 @@ from .input_checks import (check_history_inputs, check_latent_finite, check_memo
 from .memory_modes import ENCODED_MODES, MemoryInputs, memory_inputs, mode_config
 from .state_readout import install_state_readout
 from .experts import encode_pending_experts, expert_keys, expert_models, memory_token_count
+from .run_progress import RunClock, RunProgress
 from .resume import make_position, replay_segments, resume_position, run_settings, save_memory_file
 from .telemetry import peak_rss_mb, phase, segment_record
 from .vae_stream import CONTEXT_LATENTS, VideoStream
@@ -151,13 +152,14 @@ def step_ranges(models: list, encoder, sampler: SamplerSettings) -> list[StepRan
 
 def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, latent: torch.Tensor, noise: torch.Tensor,
                  sampler: SamplerSettings, seed: int, first: bool, last: bool,
-                 on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, int]:
+                 on_step: Callable[[int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, int]:
     """Sample one stage's steps of ``latent`` ``[1, C, T, h, w]`` with this expert's memory in both conditionings,
     through ``comfy.sample.sample`` as KSamplerAdvanced does: the first stage adds ``noise`` at step 0, a later one
     continues from the leftover noise (``noise`` zeros, ``disable_noise``) at its ``start``; every stage but the last
     stops at its ``end`` with the leftover noise (return_with_leftover_noise), the last runs to the end of the
-    schedule. A single stage is exactly the stock KSampler call. ``on_step(n)``, if given, is called after each step
-    with the steps of the whole schedule done so far (1..steps). Returns ``(samples [1, C, T, h, w] CPU, M)``, M the
+    schedule. A single stage is exactly the stock KSampler call. ``on_step(n, x0)``, if given, is called after each
+    step with the steps of the whole schedule done so far (1..steps) and the denoised estimate (then it replaces the
+    stock progress bar and latent previews, see :func:`_progress_callback`). Returns ``(samples [1, C, T, h, w] CPU, M)``, M the
     memory tokens the expert attended to."""
     inp = mem.conds(stage.model, stage.expert)
     pos = attach_memory(positive, inp.tokens, inp.positions, inp.hidden, inp.extra)
@@ -173,7 +175,7 @@ def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, 
 
 
 def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negative: list, latent: torch.Tensor,
-                   sampler: SamplerSettings, seed: int, on_step: Callable[[int], None] | None = None
+                   sampler: SamplerSettings, seed: int, on_step: Callable[[int, torch.Tensor], None] | None = None
                    ) -> tuple[torch.Tensor, int]:
     """Sample one segment from the empty ``latent`` ``[1, C, T, h, w]`` through every stage with steps
     (:func:`sample_steps`; a pair is the stock A14B chain of two KSamplerAdvanced nodes), noise from ``seed``;
@@ -307,7 +309,14 @@ class _Run:
     latent_shape: tuple
     prompts: dict = dataclasses.field(default_factory=dict)
     colour: float = 0.0  # colour-drift correction strength (models/colour_match.py), 0: off
-    progress: Callable[[int], None] | None = None  # run-wide sampling steps done (see run_storyboard's ``progress``)
+    clock: RunClock | None = None  # the run-wide fraction (models/run_progress.py), with ``on_progress``
+    on_progress: Callable[[RunProgress], None] | None = None  # run_storyboard's ``progress``
+
+    def tell(self, segment: int, phase_name: str, done: float, step: int = 0, **details) -> None:
+        """Report where the run stands (:class:`RunProgress`) to ``on_progress``; nothing without one."""
+        if self.on_progress is not None:
+            self.on_progress(RunProgress(segment, self.clock.segments, phase_name, step, self.sampler.steps,
+                                         self.clock.fraction(segment, phase_name, done), **details))
 
 
 def colour_drift(before: torch.Tensor | None, after: torch.Tensor) -> float | None:
@@ -321,19 +330,23 @@ def colour_drift(before: torch.Tensor | None, after: torch.Tensor) -> float | No
 
 
 def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
-    """Sample, decode (continuing the stream), append and encode one segment. Returns ``(frames [F, H, W, 3] uint8
-    CPU, report record)``."""
+    """Sample, decode (continuing the stream), append and encode one segment, telling ``run`` where it stands after
+    every step and phase. Returns ``(frames [F, H, W, 3] uint8 CPU, report record)``."""
     t0, stats = time.perf_counter(), {}
     if plan.shot not in run.prompts:
         run.prompts[plan.shot] = run.clip.encode_from_tokens_scheduled(run.clip.tokenize(run.shots[plan.shot].prompt))
     history = run.mem.history
     covered, total = history.encoded_frames, history.num_frames
     latent = comfy.sample.fix_empty_latent_channels(run.stages[0].patched, torch.zeros(run.latent_shape))
-    steps_before = plan.index * run.sampler.steps
-    on_step = None if run.progress is None else (lambda n: run.progress(steps_before + n))
+    steps = run.sampler.steps
+    run.tell(plan.index, "sample", 0.0)
+    on_step = None if run.on_progress is None else (
+        lambda n, x0: run.tell(plan.index, "sample", n / steps, step=n, latent=x0))
     with phase(stats, "sample"):
         samples, memory_tokens = sample_segment(run.stages, run.mem, run.prompts[plan.shot], run.negative, latent,
                                                 run.sampler, run.sampler.seed + plan.index, on_step)
+    memory = {"memory_tokens": memory_tokens, "history_seconds": covered / run.mem.fps}
+    run.tell(plan.index, "decode", 0.0, step=steps, **memory)
     with phase(stats, "decode"):
         images = to_uint8(run.decoder.decode(samples))  # [F, H, W, 3], 4x less RAM than float32
     if images.shape[0] != plan.frames:
@@ -345,8 +358,13 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
         drift = colour_drift(colour_before, history.colour_stats)
     history.append(samples, images, stream_start=not history.segments)
     if run.mem.encodes:  # mode "off": the history keeps the segment's latent and frames, no memory tokens
+        run.tell(plan.index, "encode", 0.0, step=steps, **memory)
         with phase(stats, "encode"):
             encode_pending_experts(run.models, run.vae, run.mem.encoder, history)
+    if run.clock is not None:
+        run.clock.measured({"sample": stats["sample_s"], "decode": stats["decode_s"] + stats["colour_s"],
+                            "encode": stats.get("encode_s", 0.0)})
+    run.tell(plan.index, "segment done", 1.0, step=steps, frames=images, **memory)
     record = {"index": plan.index, "shot": plan.shot, "frames": int(images.shape[0]),
               "latent_frames": int(samples.shape[2]), "start_frame": total, "memory_tokens": memory_tokens,
               "history_frames_covered": covered, "history_frames_total": total, "colour_drift": drift,
@@ -358,7 +376,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
                    sampler: SamplerSettings, width: int, height: int, fps: float, latent_frames: int,
                    start: Memory | None = None, model_low_noise=None, mode: str = "frame_preservation",
                    colour_correction: float = 0.0, save_path: str | None = None, interrupt_path: str | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, Memory, dict]:
+                   progress: Callable[[RunProgress], None] | None = None) -> tuple[torch.Tensor, Memory, dict]:
     """Generate a storyboard segment by segment, as one continuous video, with memory of everything before each.
 
     Args:
@@ -378,9 +396,11 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         checked before the first segment (:func:`models.input_checks.check_save_path`).
         interrupt_path: memory file written with the finished segments when the run is interrupted (not needed with
         ``save_path``, whose file already holds them), or None: an interrupt then loses them.
-        progress: called as ``progress(done, total)`` with the run-wide sampling steps (``total`` = segments of the
-        storyboard x ``sampler.steps``; segments resumed from a memory file count as done): once before the first
-        segment, then after every sampling step. None: no calls.
+        progress: called with a :class:`models.run_progress.RunProgress` (the run-wide fraction through every
+        segment's sampling steps, decode and encode; segments resumed from a memory file count as done; the memory
+        tokens and history seconds of the segment; its decoded frames when it is done): once before the first segment,
+        after every sampling step and at each phase of a segment. It replaces the stock per-segment progress bar and
+        latent previews (the caller shows its own). None: no calls, the stock bar and previews.
     Returns:
         frames ``[F, height, width, 3]`` float32 0..1 (generated part only), the final Memory (every segment
         encoded, its ``position`` finished), and a report dict (segments, memory tokens per segment, colour drift per
@@ -424,9 +444,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
                                                        else mem.history.colour_stats.tolist())
     done = resume.next_segment if resume else 0
     if progress is not None:
-        total_steps = len(plans) * sampler.steps
-        run.progress = lambda n: progress(n, total_steps)  # noqa: E731
-        run.progress(done * sampler.steps)
+        run.clock, run.on_progress = RunClock(len(plans), sampler.steps), progress
+        run.tell(done, "sample", 0.0)
     out_frames = replay_segments(run.decoder, mem.history, run_start, plans[:done], colour_correction, colour_start)
     segments = [{"index": p.index, "shot": p.shot, "frames": p.frames, "latent_frames": p.latent_frames,
                  "start_frame": before.num_frames + p.start_frame, "replayed": True} for p in plans[:done]]
@@ -480,6 +499,7 @@ def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tens
         "model_family": families.adapter_for(model).FAMILY, "fps": mem.fps, "width": mem.width, "height": mem.height,
         "start_frames": segments[0]["start_frame"], "total_frames": int(frames.shape[0]),
         "rate": rate_str(model, mem.encoder), "encoder": mem.encoder.name, "memory_mode": mem.mode,
+        "colour_correction": run.colour,
         "shots": [{"index": s.index, "prompt": s.prompt, "start_s": s.start_s, "duration_s": s.duration_s}
                   for s in run.shots],
         "segments": segments, "final_memory_tokens": memory_token_count(mem.history, mem.encoder),
@@ -494,21 +514,20 @@ def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tens
     return report
 
 
-def _progress_callback(model, steps: int, offset: int | None = None, on_step: Callable[[int], None] | None = None):
-    """Stock progress bar + latent previews (``latent_preview.prepare_callback``) when running in a server. ``offset``:
-    the first step of a stage when a segment is sampled in stages; progress then runs over the whole schedule.
-    ``on_step(n)``: also called after each step with the schedule's steps done (``offset + step + 1``)."""
-    try:
-        import latent_preview
-        preview = latent_preview.prepare_callback(model, steps)
-    except ImportError:  # outside a ComfyUI server (tests import comfy only)
-        preview = None
-    if offset is None and on_step is None:
-        return preview
+def _progress_callback(model, steps: int, offset: int | None = None,
+                       on_step: Callable[[int, torch.Tensor], None] | None = None):
+    """The sampler's per-step callback. Without ``on_step``: the stock progress bar + latent previews
+    (``latent_preview.prepare_callback``) when running in a server (None outside one: tests import comfy only).
+    With ``on_step``: only ``on_step(n, x0)`` after each step, ``n`` the schedule's steps done (``offset + step + 1``;
+    ``offset``: the first step of a stage when a segment is sampled in stages) and ``x0`` the denoised estimate; the
+    caller then owns the progress display (the Storyboard's run-wide bar, nodes/progress_ui.py)."""
+    if on_step is None:
+        try:
+            import latent_preview
+            return latent_preview.prepare_callback(model, steps)
+        except ImportError:
+            return None
 
     def callback(step, x0, x, total_steps):
-        if preview is not None:
-            preview(step if offset is None else offset + step, x0, x, total_steps if offset is None else steps)
-        if on_step is not None:
-            on_step((offset or 0) + step + 1)
-    return callback if preview is not None or on_step is not None else None
+        on_step((offset or 0) + step + 1, x0)
+    return callback

@@ -1,10 +1,16 @@
 """The Storyboard node: per-shot prompts and durations -> a long video generated segment by segment with memory."""
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
+import shutil
 import time
 
+import folder_paths
+
+import comfy.model_management
 import comfy.samplers
 import torch
 from comfy_api.latest import io
@@ -31,9 +37,45 @@ def vae_time_stride(model) -> int:
     return families.adapter_for(model).VAE_STRIDE[0]
 
 
+INTERRUPTED_FOLDER = "framememory/interrupted"  # in ComfyUI's output folder
+INTERRUPTED_KEEP = 5  # memory files of cancelled runs kept there; the oldest beyond that are removed
+
+
 def interrupted_path() -> str:
-    """Where an interrupted run without save_path keeps its finished segments (a new file per run)."""
-    return memory_path(f"framememory/interrupted/storyboard_{time.strftime('%Y%m%d-%H%M%S')}")
+    """Where an interrupted run without save_path keeps its finished segments: a new memory folder per run in
+    ``output/framememory/interrupted/``, of which at most :data:`INTERRUPTED_KEEP` are kept (the oldest of the
+    earlier ones are removed here, before the run, so the new one makes the cap; see :func:`prune_interrupted`)."""
+    path = memory_path(f"{INTERRUPTED_FOLDER}/storyboard_{time.strftime('%Y%m%d-%H%M%S')}")
+    prune_interrupted(os.path.dirname(path), INTERRUPTED_KEEP - 1)
+    return path
+
+
+def prune_interrupted(folder: str, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` (by modification time) ``storyboard_*.fmem`` memory folders of ``folder``
+    (only those: nothing else there is touched). Returns the removed paths."""
+    if not os.path.isdir(folder):
+        return []
+    runs = sorted((p for p in glob.glob(os.path.join(folder, "storyboard_*.fmem")) if os.path.isdir(p)),
+                  key=os.path.getmtime, reverse=True)
+    for old in runs[max(keep, 0):]:
+        shutil.rmtree(old, ignore_errors=True)
+    return runs[max(keep, 0):]
+
+
+def cancel_text(finished: int, segments: int, saved_in: str | None, with_save_path: bool) -> str:
+    """What the node shows after the user cancelled: how far the run got, where the finished segments are (a memory
+    folder ``saved_in``, absolute, inside ComfyUI's output folder) and how to continue from them."""
+    if not segments:
+        return "Cancelled before the first segment: nothing was generated"
+    head = f"Cancelled after segment {finished} of {segments}" if finished else \
+        f"Cancelled during segment 1 of {segments}: nothing was finished or saved"
+    if not finished or saved_in is None:
+        return head
+    name = os.path.relpath(saved_in, folder_paths.get_output_directory())
+    how = ("To continue: switch resume on and Run again." if with_save_path else
+           f"To continue: Load Memory with path {name[:-len('.fmem')]} -> this node's memory input, same "
+           f"storyboard, Run. Only the newest {INTERRUPTED_KEEP} cancelled runs are kept there.")
+    return f"{head}.\nThe finished segments are saved in output/{name}.\n{how}"
 
 
 def history_output(include_history: bool, start_images, dropped: int, memory, width: int,
@@ -147,13 +189,19 @@ class Storyboard(io.ComfyNode):
         elif start_images is not None:
             start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
                                                  fps, width, height, memory, model_low_noise, memory_mode)
-        display = NodeDisplay(steps)  # run-wide progress and the report summary on the node (nodes/progress_ui.py)
-        frames, final, report = run_storyboard(
-            model, vae, clip, memory_encoder, negative, shots,
-            SamplerSettings(steps, cfg, sampler_name, scheduler, seed, switch_step),
-            width, height, fps, segment_latent_frames, start, model_low_noise, memory_mode,
-            colour_correction=colour_strength if colour_correction == "on" else 0.0, save_path=save,
-            interrupt_path=None if save else interrupted_path(), progress=display.progress)
+        display = NodeDisplay(model)  # run-wide progress, previews and the report summary (nodes/progress_ui.py)
+        interrupt = None if save else interrupted_path()
+        try:
+            frames, final, report = run_storyboard(
+                model, vae, clip, memory_encoder, negative, shots,
+                SamplerSettings(steps, cfg, sampler_name, scheduler, seed, switch_step),
+                width, height, fps, segment_latent_frames, start, model_low_noise, memory_mode,
+                colour_correction=colour_strength if colour_correction == "on" else 0.0, save_path=save,
+                interrupt_path=interrupt, progress=display.progress)
+        except comfy.model_management.InterruptProcessingException:
+            saved = save or (interrupt if interrupt and os.path.isdir(interrupt) else None)
+            display.show(cancel_text(display.finished, display.segments, saved, save is not None))
+            raise
         report["start_frames_dropped"] = dropped
         history, reason = history_output(include_history, start_images, dropped, memory, width, height)
         report["history_frames_in_output"] = 0 if history is None else int(history.shape[0])

@@ -13,16 +13,17 @@ W, H = 256, 128
 
 @pytest.fixture(scope="module")
 def node_run(tiny_wan):
-    """The Storyboard node executed in-process on a real clip (2 segments x 3 steps), its progress calls recorded:
-    ``(node output, [(done, total), ...])``."""
+    """The Storyboard node executed in-process on a real clip (2 segments x 3 steps), its progress reports recorded:
+    ``(node output, [RunProgress, ...])``."""
     from framememory.nodes import storyboard_node
     from framememory.nodes.progress_ui import NodeDisplay
 
     calls = []
 
     class Recorder(NodeDisplay):
-        def progress(self, done, total):
-            calls.append((done, total))
+        def progress(self, p):
+            super().progress(p)
+            calls.append(p)
 
     model, vae, encoder, clip, video = tiny_wan
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
@@ -37,10 +38,25 @@ def node_run(tiny_wan):
     return out, calls
 
 
-def test_progress_covers_every_step_of_the_run(node_run):
-    _, calls = node_run
-    # 2 segments x 3 steps: announced at 0 before the first segment, then once after every sampling step
-    assert calls == [(n, 6) for n in range(7)]
+def test_progress_is_one_fraction_through_sampling_decode_and_encode(node_run):
+    out, calls = node_run
+    # 2 segments x 3 steps: announced before the first segment, then every step, the decode, the encode, the end
+    per_segment = [("sample", 0)] + [("sample", n) for n in (1, 2, 3)] + [("decode", 3), ("encode", 3),
+                                                                          ("segment done", 3)]
+    assert [(p.phase, p.step) for p in calls] == [("sample", 0)] + per_segment * 2
+    fractions = [p.fraction for p in calls]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0, fractions
+    done = [p for p in calls if p.phase == "segment done"]
+    assert [p.fraction for p in done] == [0.5, 1.0] and all(p.segments == 2 for p in calls)
+    # decode and encode move the run's fraction: the percentage does not stand still for most of a segment
+    decode, encode = (next(p for p in calls[7:] if p.phase == phase) for phase in ("decode", "encode"))
+    assert 0.5 < decode.fraction < encode.fraction < 1.0, (decode.fraction, encode.fraction)
+    segs = __import__("json").loads(out.result[2])["segments"]
+    for p, seg in zip(done, segs):  # each finished segment's decoded frames, for its preview on the node
+        assert str(p.frames.dtype) == "torch.uint8" and tuple(p.frames.shape) == (seg["frames"], H, W, 3)
+        assert p.memory_tokens == seg["memory_tokens"] > 0
+        assert p.history_seconds == pytest.approx(seg["history_frames_covered"] / 16)
+    assert all(p.latent is not None for p in calls if p.phase == "sample" and p.step > 0)
 
 
 def test_progress_runs_over_both_experts_of_a_wan22_a14b_pair(tiny_wan, comfy, tmp_path_factory):
@@ -56,9 +72,25 @@ def test_progress_runs_over_both_experts_of_a_wan22_a14b_pair(tiny_wan, comfy, t
     calls = []
     run_storyboard(model, vae, clip, encoder, neg, parse_storyboard("0.8 | a cyclist"),
                    SamplerSettings(3, 3.0, "euler", "simple", 1, switch_step=2), W, H, 16.0, 4, start,
-                   model_low_noise=low, progress=lambda done, total: calls.append((done, total)))
+                   model_low_noise=low, progress=calls.append)
     # high-noise expert steps 1-2, low-noise expert step 3: one run-wide count over the whole schedule
-    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert [p.step for p in calls if p.phase == "sample"] == [0, 0, 1, 2, 3]
+    assert [p.phase for p in calls][-3:] == ["decode", "encode", "segment done"]
+
+
+def test_run_clock_weights_phases_by_their_measured_time():
+    from framememory.models.run_progress import FIRST_SEGMENT_WEIGHTS, RunClock
+
+    clock = RunClock(segments=4, steps=10)
+    assert clock.fraction(0, "decode", 0.0) == pytest.approx(FIRST_SEGMENT_WEIGHTS["sample"] / 4)
+    clock.measured({"sample": 2.0, "decode": 6.0, "encode": 2.0})  # the lab model on CPU: decode dominates
+    assert clock.fraction(1, "sample", 1.0) == pytest.approx((1 + 0.2) / 4)
+    assert clock.fraction(1, "encode", 0.0) == pytest.approx((1 + 0.8) / 4)
+    assert clock.fraction(1, "segment done", 1.0) == 0.5
+    with pytest.raises(ValueError, match="unknown phase"):
+        clock.fraction(0, "upload", 0.0)
+    with pytest.raises(ValueError, match="at least one segment"):
+        RunClock(0, 4)
 
 
 def test_report_summary_is_shown_and_states_the_reports_figures(node_run):
@@ -75,39 +107,36 @@ def test_report_summary_is_shown_and_states_the_reports_figures(node_run):
     assert len(segs) == 2 and all(isinstance(s["colour_drift"], float) and math.isfinite(s["colour_drift"])
                                   and s["colour_drift"] >= 0 for s in segs)
     lines = summary.splitlines()
-    assert 8 <= len(lines) <= 9 and "{" not in summary and "<" not in summary  # text, not JSON or HTML
+    assert 6 <= len(lines) <= 7 and "{" not in summary and "<" not in summary  # text, not JSON or HTML
     assert max(len(line) for line in lines) <= 72, lines  # fits the Storyboard node's width
-    assert lines[:2] == ["2 segments generated", "32 frames = 2.0 s at 16 fps, 256x128, wan21"]
+    assert lines[0] == "Made 2.0 s of video: 2 segments, 256x128, 16 fps"
     last = segs[-1]
-    assert (f"Last segment: {last['memory_tokens']} tokens for {last['history_frames_covered'] / 16:.1f} s of "
-            f"{last['history_frames_total'] / 16:.1f} s history") in summary
-    assert f"final {report['final_memory_tokens']} tokens" in summary
+    assert lines[1] == (f"Memory (Frame Preservation): {last['memory_tokens']} tokens held the last "
+                        f"{last['history_frames_covered'] / 16:.1f} s of video")
     seconds = sum(s["seconds"] for s in segs)
-    assert f"Time: {seconds:.1f} s, {seconds / 2:.1f} s per segment" in summary
-    ratio = report["seams"]["per_boundary"][0]
-    assert f"Seams: mean {ratio:.2f}x, worst {ratio:.2f}x" in summary
-    drift = [s["colour_drift"] for s in segs]
-    assert f"Colour drift: mean {sum(drift) / 2:.1f}, worst {max(drift):.1f} Delta E" in summary
+    assert lines[2].startswith(f"Took {seconds:.1f} s ({seconds / 2:.1f} s per segment), peak RAM ")
+    assert "rate" not in summary and "Delta E" not in summary or "colour_correction" in summary
     assert report["start_frames_dropped"] == 1  # 30 frames: 1 + 13 + 16
     assert lines[-1] == "Output: 61 frames (1 start frame dropped to fit whole segments)"
 
 
-def test_colour_drift_is_the_lab_distance_of_the_mean_colours():
-    import torch
+def test_report_summary_points_to_the_setting_that_helps():
+    from framememory.nodes.report_summary import report_summary
 
-    from framememory.models.colour_match import lab_stats
-    from framememory.models.storyboard import colour_drift
+    def summary(drift, seams, colour_correction=0.0):
+        return report_summary({
+            "fps": 16.0, "width": 832, "height": 480, "memory_mode": "frame_preservation", "total_frames": 45,
+            "colour_correction": colour_correction, "seams": {"per_boundary": seams},
+            "segments": [{"index": k, "frames": 16, "memory_tokens": 182, "history_frames_covered": 13 + 16 * k,
+                          "seconds": 1.0, "colour_drift": d} for k, d in enumerate(drift)]})
 
-    grey = torch.full((2, 4, 4, 3), 0.5)
-    assert colour_drift(None, lab_stats(grey)) is None  # no history colour before the first segment
-    before = lab_stats(grey)
-    assert colour_drift(before, before + lab_stats(grey)) == 0.0
-    red = grey.clone()
-    red[..., 0] = 0.7
-    import kornia.color
-    lab = lambda x: kornia.color.rgb_to_lab(x[:1, :1, :1].permute(0, 3, 1, 2)).flatten()  # noqa: E731
-    expected = float((lab(red) - lab(grey)).norm())
-    assert colour_drift(before, before + lab_stats(red)) == pytest.approx(expected, abs=1e-3)
+    assert "Colour: steady" in summary([1.0, 2.0], [1.1])
+    assert "Joins between segments: smooth" in summary([1.0, 2.0], [1.1])
+    drifting = summary([3.0, 11.4], [2.6])
+    assert "Colour: drifts (worst 11.4 Delta E): set colour_correction to on" in drifting
+    assert "Joins between segments: a visible jump (worst 2.6x the motion inside a segment)" in drifting
+    assert "even with colour_correction on" in summary([3.0, 11.4], [1.0], colour_correction=1.0)
+    assert "drifts a little (worst 4.0" in summary([4.0], [1.0])
 
 
 def test_report_summary_of_a_resumed_single_segment_run():
@@ -120,34 +149,77 @@ def test_report_summary_of_a_resumed_single_segment_run():
                            {"index": 1, "frames": 16, "memory_tokens": 0, "history_frames_covered": 0,
                             "history_frames_total": 13, "seconds": 3.0, "colour_drift": None}]}
     text = report_summary(report)
-    assert text.splitlines()[:2] == ["1 segment generated (1 resumed from the memory file)",
-                                     "29 frames = 1.2 s at 24 fps, 832x480, hunyuan_video"]
-    assert "Seams: none (one segment)" in text and "Colour drift: not measured" in text
+    assert text.splitlines()[:2] == ["Made 1.2 s of video: 1 segment (+1 resumed), 832x480, 24 fps",
+                                     "Memory: off (each segment saw only its prompt and the frames before it)"]
+    assert "Joins: none (one segment)" in text and "Colour: not measured" in text
     assert "peak RAM 2.0 GiB" in text
     with pytest.raises(KeyError):
         report_summary({"fps": 16})
 
 
 def test_progress_text():
+    from framememory.models.run_progress import RunProgress
     from framememory.nodes.progress_ui import progress_text
 
-    assert progress_text(0, 20, 4) == "Segment 1/5, step 0/4 - 0 % of the run"
-    assert progress_text(11, 20, 4) == "Segment 3/5, step 3/4 - 55 % of the run"
-    assert progress_text(12, 20, 4) == "Segment 3/5 sampled, decoding and encoding it - 60 % of the run"
-    assert progress_text(13, 20, 4) == "Segment 4/5, step 1/4 - 65 % of the run"
-    assert progress_text(20, 20, 4) == "Segment 5/5 sampled, decoding and encoding it - 100 % of the run"
-    for bad in ((21, 20, 4), (-1, 20, 4), (0, 18, 4), (0, 20, 0)):
-        with pytest.raises(ValueError, match="progress needs"):
-            progress_text(*bad)
+    assert progress_text(RunProgress(0, 5, "sample", 0, 4, 0.0)) == "Segment 1/5: sampling, step 0/4 - 0 %"
+    assert progress_text(RunProgress(2, 5, "sample", 3, 4, 0.55)) == "Segment 3/5: sampling, step 3/4 - 55 %"
+    assert progress_text(RunProgress(2, 5, "decode", 4, 4, 0.58, 182, 2.8)) == (
+        "Segment 3/5: decoding its frames - 57 %\nMemory: 182 tokens for the last 2.8 s of video")
+    assert progress_text(RunProgress(4, 5, "segment done", 4, 4, 1.0, 0, 0.0)).startswith(
+        "Segment 5/5: done - 100 %\nMemory: none")
 
 
 def test_node_display_sends_nothing_outside_a_server():
+    from framememory.models.run_progress import RunProgress
     from framememory.nodes.progress_ui import NodeDisplay
 
-    display = NodeDisplay(4)
+    display = NodeDisplay()
     assert not display.live
-    display.progress(1, 4)  # no server, no executing node: nothing to send, no error
+    display.progress(RunProgress(1, 4, "segment done", 4, 4, 0.5))  # no server, no executing node: no error
+    assert (display.finished, display.segments) == (2, 4)
     display.show("text")
+
+
+def test_frames_preview_is_a_grid_of_real_frames():
+    import torch
+
+    from framememory.nodes.progress_ui import frames_preview
+
+    frames = torch.zeros(16, 128, 256, 3, dtype=torch.uint8)
+    frames[-1] = 255  # the last frame white: it is the grid's bottom-right cell
+    kind, image, max_px = frames_preview(frames)
+    assert (kind, image.size, max_px) == ("JPEG", (2 * 256 + 6, 2 * 128 + 6), 512)
+    assert image.getpixel((256 + 4 + 128, 128 + 4 + 64)) == (255, 255, 255)
+    assert image.getpixel((2 + 128, 2 + 64)) == (0, 0, 0)
+
+
+def test_cancel_text_and_the_interrupted_cap(comfy, tmp_path, monkeypatch):
+    import os
+    import time
+
+    import folder_paths
+
+    from framememory.nodes import storyboard_node as sb
+
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
+    folder = tmp_path / "framememory" / "interrupted"
+    for k in range(7):  # seven earlier cancelled runs and a file of the user's
+        run = folder / f"storyboard_2026120{k}-000000.fmem"
+        run.mkdir(parents=True)
+        os.utime(run, (time.time() - 100 + k, time.time() - 100 + k))
+    (folder / "notes.txt").write_text("mine")
+    path = sb.interrupted_path()
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["notes.txt"] + [f"storyboard_2026120{k}-000000.fmem" for k in (3, 4, 5, 6)], left
+    assert path.startswith(str(folder)) and path.endswith(".fmem")  # the new run makes INTERRUPTED_KEEP = 5
+    os.makedirs(path)
+    text = sb.cancel_text(2, 3, path, with_save_path=False)
+    name = os.path.relpath(path, tmp_path)
+    assert text.splitlines()[:2] == ["Cancelled after segment 2 of 3.", f"The finished segments are saved in output/{name}."]
+    assert f"Load Memory with path {name[:-5]}" in text and "newest 5" in text
+    assert sb.cancel_text(1, 3, str(tmp_path / "story.fmem"), with_save_path=True).endswith(
+        "To continue: switch resume on and Run again.")
+    assert sb.cancel_text(0, 3, None, False) == "Cancelled during segment 1 of 3: nothing was finished or saved"
 
 
 # ---- tooltips -------------------------------------------------------------------------------------------------------
