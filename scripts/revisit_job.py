@@ -62,6 +62,16 @@ def shuffle_clip(video: Path, media_dir: Path) -> Path:
     raise example_eval.EvalError(f"no bundled clip for the shuffled control in {media_dir}: run scripts/setup.sh")
 
 
+def check_within_clip(video: Path, fps: float, frames: int, what: str) -> None:
+    """Raise EvalError naming ``what`` (the options asking for them) when ``video`` holds fewer than ``frames`` frames
+    at ``fps`` (counted from its packets, before anything is decoded), with the clip's length and the fix."""
+    available = example_eval.clip_frames(video, fps)
+    if available < frames:
+        raise example_eval.EvalError(f"{what} need {frames} frames ({frames / fps:.2f} s at {fps:g} fps) but "
+                                     f"{video.name} holds {available} ({available / fps:.2f} s): ask for less or "
+                                     f"give a longer clip")
+
+
 def prepare(api: dict, video: Path, cutaway: Path, gap_seconds: float, history_seconds: float,
             return_seconds: float, input_dir: Path, media_dir: Path, evaluate: bool = True) -> tuple[dict, RevisitPlan]:
     """The leave-and-return: build the sequence (and the control's) at the Storyboard's size and fps, write them as
@@ -75,14 +85,18 @@ def prepare(api: dict, video: Path, cutaway: Path, gap_seconds: float, history_s
     if ret < revisit_eval.PER or gap < revisit_eval.PER:
         raise example_eval.EvalError(f"--gap-seconds {gap_seconds:g} and the return ({return_seconds:g} s) need at "
                                      f"least {revisit_eval.PER} frames ({revisit_eval.PER / fps:g} s) each")
-    a_clip = example_eval.read_clip(video, width, height, fps, 10_000)
-    b_clip = example_eval.read_clip(cutaway, width, height, fps, gap)
-    if len(b_clip) < gap:
-        raise example_eval.EvalError(f"--gap-seconds {gap_seconds:g}: the cutaway {cutaway.name} has only "
-                                     f"{len(b_clip) / fps:.2f} s at {fps:g} fps; use a shorter gap or --cutaway FILE")
     try:
-        a = revisit_eval.history_frames(min(history_seconds, (len(a_clip) - ret) / fps), fps)
+        a = revisit_eval.history_frames(history_seconds, fps)
+    except ValueError as e:
+        raise example_eval.EvalError(f"--history-seconds {history_seconds:g}: {e}") from e
+    check_within_clip(video, fps, a + ret, f"--history-seconds {history_seconds:g} (shot A, {a} frames) and the "
+                                          f"{ret}-frame return")
+    check_within_clip(cutaway, fps, gap, f"--gap-seconds {gap_seconds:g}")
+    a_clip = example_eval.read_clip(video, width, height, fps, a + ret)  # only what the sequence uses
+    b_clip = example_eval.read_clip(cutaway, width, height, fps, gap)
+    try:
         seq = revisit_eval.cutaway(a_clip, b_clip, a, gap, ret, video.name, cutaway.name)
+        del a_clip  # the sequence holds its own copy
         other = shuffle_clip(video, media_dir)
         shuffled = revisit_eval.cutaway(example_eval.read_clip(other, width, height, fps, a + ret), b_clip, a, gap,
                                         ret, other.name, cutaway.name)
@@ -102,6 +116,8 @@ def prepare_continuation(api: dict, video: Path, history_seconds: float, input_d
     sb_id, sb = example_eval.storyboard_node(api)
     width, height, fps = int(sb["width"]), int(sb["height"]), float(sb["fps"])
     generated = sum(example_eval.planned_frames(sb))
+    check_within_clip(video, fps, int(history_seconds * fps + 1e-6) + generated,
+                      f"--history-seconds {history_seconds:g} and the {generated} frames the storyboard generates")
     frames = example_eval.read_clip(video, width, height, fps, int(history_seconds * fps + 1e-6) + generated)
     h = example_eval.history_length(history_seconds, fps, int(sb["segment_latent_frames"]),
                                     max(len(frames) - generated, revisit_eval.FIRST))

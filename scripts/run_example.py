@@ -580,7 +580,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--base-dir", help="ComfyUI base directory to use (default: a fresh temporary one)")
     ap.add_argument("--keep-base", action="store_true", help="keep the temporary ComfyUI base directory")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds each prompt may run (default 3600)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for flag in ("history_seconds", "gap_seconds", "return_seconds", "timeout"):  # before any work
+        value = getattr(args, flag)
+        if not math.isfinite(value) or value <= 0:
+            ap.error(f"--{flag.replace('_', '-')} must be a finite number of seconds above 0, got {value:g}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,35 @@ def test_leave_and_return_prompt(ev, job, repo_root, media_dir, tmp_path):
                if "filename_prefix" in n["inputs"])
     shuffled = ev.decode_video_frames(tmp_path / plan.shuffled_file)  # bikes' first 29 frames only
     assert len(shuffled) == 29 and not np.array_equal(shuffled, seq.frames[:29])
-    with pytest.raises(job.example_eval.EvalError, match="--gap-seconds 6: the cutaway bigbuckbunny.mp4 has only 5.25 s"):
+    with pytest.raises(job.example_eval.EvalError, match=r"--gap-seconds 6 need 96 frames \(6.00 s at 16 fps\) but bigbuckbunny.mp4 holds 85"):
         job.prepare(api, media_dir / "carphone_pristine.mp4", media_dir / "bigbuckbunny.mp4", 6.0, 2.8, 1.0,
                     tmp_path, media_dir)
+
+
+def test_run_example_refuses_bad_seconds_before_any_work(repo_root, capsys):
+    import sys
+
+    spec = importlib.util.spec_from_file_location("framememory_run_example", repo_root / "scripts" / "run_example.py")
+    mod = sys.modules.get(spec.name)
+    if mod is None:
+        mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
+        spec.loader.exec_module(mod)
+    assert mod.parse_args(["--history-seconds", "4.5"]).history_seconds == 4.5
+    for flag, value in (("--history-seconds", "inf"), ("--history-seconds", "nan"), ("--gap-seconds", "0"),
+                        ("--return-seconds", "-1")):
+        with pytest.raises(SystemExit) as stop:
+            mod.parse_args([flag, value])
+        assert stop.value.code == 2
+        assert f"{flag} must be a finite number of seconds above 0" in capsys.readouterr().err
+
+
+def test_a_history_longer_than_the_clip_is_refused_before_reading(job, media_dir):
+    ev = job.example_eval
+    clip = media_dir / "bikes.mp4"
+    n = ev.clip_frames(clip, 16.0)
+    assert abs(n - len(ev.read_clip(clip, 64, 32, 16.0, 100_000))) <= 1  # the container's length, no decoding
+    job.check_within_clip(clip, 16.0, n - 1, "--history-seconds 1")  # fits: nothing raised
+    with pytest.raises(ev.EvalError, match=r"--history-seconds 99 need 1584 frames \(99.00 s at 16 fps\) but "
+                                           r"bikes.mp4 holds \d+ \([\d.]+ s\): ask for less or give a longer clip"):
+        job.check_within_clip(clip, 16.0, 1584, "--history-seconds 99")
+    assert ev.read_clip(clip, 64, 32, 16.0, 20).shape == (20, 32, 64, 3)  # only what is asked for
