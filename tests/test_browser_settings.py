@@ -11,7 +11,8 @@ The lab workflow (workflows/storyboard_wan21_lab.json) links a Load Video as His
 3. unlinked, the history node is editable again and keeps its values; linked again, it follows again;
 4. the advanced group: the server marks model_low_noise, switch_step, resume and colour_strength advanced where its V3
    schema takes ``advanced`` (0.33.0); frontend 1.48.7 then folds them behind "Show advanced inputs" in its node view
-   (Nodes 2.0) while its canvas still draws them; 1.32.9 with 0.3.75 gets no such flag and shows them all.
+   (Nodes 2.0) while its canvas still draws them; 1.32.9 with 0.3.75 gets no such flag and shows them all. In that
+   node view the history node shows its followed values too, and follows a width typed into the Storyboard.
 """
 from __future__ import annotations
 
@@ -147,7 +148,14 @@ def test_advanced_inputs_as_each_frontend_shows_them(server, ui):
         shown = node.inner_text()
         assert "switch_step" in shown and "colour_strength" in shown and "resume" in shown, shown
         hist = ui.page.locator(f'[data-node-id="{hid}"]').inner_text()
-        assert "width" in hist and "set on the Storyboard" in hist, hist
+        assert "width = 256, set on the Storyboard" in hist, hist
+        width = node.locator("input").first  # the Storyboard's width field in the node view, typed into as a user does
+        assert width.input_value() == "256"
+        width.fill("320", force=True)
+        width.press("Enter")
+        ui.page.wait_for_timeout(500)
+        assert widgets(ui, hid)["width"]["value"] == 320 and widgets(ui, sid)["width"]["value"] == 320
+        assert "width = 320, set on the Storyboard" in ui.page.locator(f'[data-node-id="{hid}"]').inner_text()
     finally:
         ui.page.evaluate("async () => { await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false); }")
     assert not ui.errors, ui.errors
