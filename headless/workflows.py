@@ -1,29 +1,41 @@
-"""The pack's example workflows as the real frontend sees them (issue 15): ``workflows/NAME.json`` is the UI-format
-workflow a user opens from the Templates browser, ``workflows/api/NAME_api.json`` the API prompt the frontend makes
+"""The pack's example workflows as the real frontend sees them (issues 15 and 26): ``workflows/NAME.json`` is a
+template a user opens from the Templates browser, ``workflows/api/NAME_api.json`` the API prompt the frontend makes
 of it (``app.graphToPrompt``; what scripts and tests POST to ``/prompt``), ``workflows/NAME.jpg`` its thumbnail in
-the Templates browser (ComfyUI serves ``/api/workflow_templates/<pack>/NAME.jpg``).
+the Templates browser (ComfyUI serves ``/api/workflow_templates/<pack>/NAME.jpg``; made by
+:mod:`framememory.headless.templates`: frames of what it makes). Each template has a Note node (the frontend's own
+``Note``) saying what it needs. ``demo/workflows/`` holds the test-only workflows of the tiny random models (same
+layout, no thumbnail, no Note), out of the Templates browser.
 
 Every function takes an open :class:`~framememory.headless.browser.ComfyFrontend`; ``scripts/sync_workflows.py``
-is the command line, ``tests/test_browser.py`` the test.
+is the command line, ``tests/test_browser.py`` and ``tests/test_browser_templates.py`` the tests.
 """
 from __future__ import annotations
 
-import io
 import json
-import tempfile
 from pathlib import Path
 
 from ..memory.io import write_file_atomic
-from .browser import SAFE_AREA, ComfyFrontend
+from .browser import ComfyFrontend
+from .templates import NOTE_TITLE, NOTE_TYPE, THUMBNAIL_MARK, THUMBNAIL_SIZE, note_text, template_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO_ROOT / "workflows"
-THUMBNAIL_SIZE = (400, 300)  # px, 4:3 like the template cards; the graph is padded, never cropped
+WORKFLOWS = REPO_ROOT / "workflows"  # the templates (ComfyUI lists <pack>/workflows/*.json)
+DEMO_WORKFLOWS = REPO_ROOT / "demo" / "workflows"  # test-only workflows of the tiny random models
 
 
-def ui_workflows(directory: Path = WORKFLOWS) -> list[Path]:
-    """The UI-format workflows: every top-level ``*.json`` of ``directory`` (what the Templates browser lists)."""
+def template_workflows(directory: Path = WORKFLOWS) -> list[Path]:
+    """The templates: every top-level ``*.json`` of ``directory`` (what the Templates browser lists)."""
     return sorted(directory.glob("*.json"))
+
+
+def ui_workflows() -> list[Path]:
+    """Every UI-format workflow kept in step with the frontend: the templates, then ``demo/workflows/*.json``."""
+    return template_workflows() + sorted(DEMO_WORKFLOWS.glob("*.json"))
+
+
+def is_template(ui_path: Path) -> bool:
+    """True for a Templates-browser workflow (in ``workflows/``), False for a test-only one."""
+    return ui_path.resolve().parent == WORKFLOWS
 
 
 MODEL_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
@@ -92,7 +104,8 @@ def check_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
     """Everything a user would trip over in ``ui_path``, as messages (``[]`` = fine): missing node types, page
     errors, an API file that differs from the frontend's ``graphToPrompt`` of the graph (beyond inputs of a newer
     ComfyUI that this one lacks, :func:`for_this_server`), a saved view that hides a node (off screen or under the
-    toolbar, side bar or minimap) or draws nodes as blank boxes, a missing thumbnail."""
+    toolbar, side bar or minimap) or draws nodes as blank boxes; for a template also a missing or wrong Note
+    (:func:`note_problems`) and a missing thumbnail or one not made by :mod:`~framememory.headless.templates`."""
     problems = open_workflow(ui, ui_path)
     hidden, view = ui.hidden_nodes(), ui.view()
     if hidden:
@@ -107,9 +120,44 @@ def check_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
     elif (committed := for_this_server(ui, committed, prompt)) != prompt:
         problems.append(f"{api_path.name} differs from the frontend's graphToPrompt of {ui_path.name}: "
                         + prompt_difference(committed, prompt))
-    if not thumbnail_path_for(ui_path).exists():
-        problems.append(f"{thumbnail_path_for(ui_path).name} (thumbnail) is missing")
+    if is_template(ui_path):
+        problems += note_problems(ui, ui_path) + thumbnail_problems(thumbnail_path_for(ui_path))
     return problems
+
+
+def thumbnail_problems(path: Path) -> list[str]:
+    """``[]`` when ``path`` is a :data:`THUMBNAIL_SIZE` JPEG whose comment starts with :data:`THUMBNAIL_MARK`
+    (made from frames by ``scripts/sync_workflows.py --thumbnails``), else what is wrong."""
+    from PIL import Image
+
+    if not path.exists():
+        return [f"{path.name} (thumbnail) is missing: scripts/sync_workflows.py --thumbnails"]
+    with Image.open(path) as image:
+        kind, size, comment = image.format, image.size, image.info.get("comment", b"")
+    if (kind, size) != ("JPEG", THUMBNAIL_SIZE) or not comment.startswith(THUMBNAIL_MARK.encode()):
+        return [f"{path.name} is not a frame thumbnail ({kind} {size}, comment {comment[:60]!r}): "
+                "scripts/sync_workflows.py --thumbnails"]
+    return []
+
+
+# The Note the frontend shows: its text, its rectangle and the rectangles of the other nodes (graph units).
+READ_NOTES = """([type, title]) => window.app.graph.nodes.filter(n => n.type === type && n.title === title)
+    .map(n => ({id: n.id, text: n.widgets?.[0]?.value ?? null, rect: Array.from(n.boundingRect),
+                others: window.app.graph.nodes.filter(m => m !== n).map(m => Array.from(m.boundingRect))}))"""
+
+
+def note_problems(ui: ComfyFrontend, ui_path: Path) -> list[str]:
+    """``[]`` when the open graph (template ``ui_path``) has exactly one Note titled :data:`NOTE_TITLE` whose
+    text is :func:`~framememory.headless.templates.note_text` and which overlaps no other node."""
+    notes = ui.page.evaluate(READ_NOTES, [NOTE_TYPE, NOTE_TITLE])
+    if len(notes) != 1:
+        return [f"{len(notes)} {NOTE_TYPE} nodes titled {NOTE_TITLE!r} (want 1): scripts/sync_workflows.py --write"]
+    note, want = notes[0], note_text(template_for(ui_path))
+    problems = [] if note["text"] == want else [f"the Note's text differs from templates.note_text: "
+                                                 "scripts/sync_workflows.py --write"]
+    x, y, w, h = note["rect"]
+    overlapped = [r for r in note["others"] if x < r[0] + r[2] and r[0] < x + w and y < r[1] + r[3] and r[1] < y + h]
+    return problems + ([f"the Note overlaps {len(overlapped)} node(s)"] if overlapped else [])
 
 
 def for_this_server(ui: ComfyFrontend, committed: dict, frontend: dict) -> dict:
@@ -136,10 +184,14 @@ def prompt_difference(committed: dict, frontend: dict) -> str:
 
 
 def write_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
-    """Re-save ``ui_path`` through the frontend with a view fitted to the whole graph (:data:`SAFE_AREA`), write its
-    API file from ``graphToPrompt`` and its thumbnail. Returns the problems that remain (then nothing is written
-    for this workflow: missing nodes, or a graph too large to be readable when it fits)."""
+    """Re-save ``ui_path`` through the frontend: for a template first its Note (:func:`place_note`), then a view
+    fitted to the whole graph (:data:`~framememory.headless.browser.SAFE_AREA`); write its API file from
+    ``graphToPrompt``. Thumbnails are made apart (``scripts/sync_workflows.py --thumbnails``). Returns the problems
+    that remain (then nothing is written for this workflow: missing nodes, or a graph too large to be readable when
+    it fits)."""
     problems = open_workflow(ui, ui_path)
+    if is_template(ui_path) and not problems:
+        place_note(ui, note_text(template_for(ui_path)))
     view = ui.fit_view()
     if view["low_quality"]:
         problems.append(f"the whole graph only fits at zoom {view['scale']:.2f}, where nodes draw as blank boxes: "
@@ -149,26 +201,37 @@ def write_workflow(ui: ComfyFrontend, ui_path: Path) -> list[str]:
     workflow, prompt = ui.serialize(), ui.graph_to_prompt()
     write_file_atomic(ui_path, dumps(workflow))
     write_file_atomic(api_path_for(ui_path), dumps(prompt))
-    write_thumbnail(ui, thumbnail_path_for(ui_path))
     return []
 
 
-def write_thumbnail(ui: ComfyFrontend, path: Path) -> Path:
-    """Screenshot the graph at the current view (its bounding box, 8 px margin), padded to
-    :data:`THUMBNAIL_SIZE` on the canvas colour, as a JPEG (quality 80) at ``path``."""
-    from PIL import Image, ImageOps
+# Add (or update) the template's Note with the frontend's own API: LiteGraph.createNode + graph.add, its text in the
+# node's widget. It goes into the free space right of the Storyboard, under the nodes that follow it (Create / Save
+# Video), down to the Storyboard's bottom; below the whole graph when that space is under MIN_NOTE_HEIGHT.
+PLACE_NOTE = """([type, title, text, gap, minHeight, fallback]) => {
+    const graph = window.app.graph;
+    let note = graph.nodes.find(n => n.type === type && n.title === title);
+    if (!note) { note = window.LiteGraph.createNode(type); note.title = title; graph.add(note); }
+    note.widgets[0].value = text;
+    const rects = graph.nodes.filter(n => n !== note).map(n => Array.from(n.boundingRect));
+    const title_h = window.LiteGraph.NODE_TITLE_HEIGHT;
+    const board = graph.nodes.find(n => n.type === 'FrameMemoryStoryboard');
+    const b = board ? Array.from(board.boundingRect) : null;
+    const after = b ? rects.filter(r => r[0] >= b[0] + b[2]) : [];
+    let x, y, w, h;
+    if (after.length) {
+      x = Math.min(...after.map(r => r[0])); y = Math.max(...after.map(r => r[1] + r[3])) + gap + title_h;
+      w = Math.max(...after.map(r => r[0] + r[2])) - x; h = b[1] + b[3] - y;
+    }
+    if (!after.length || h < minHeight) {
+      x = Math.min(...rects.map(r => r[0])); y = Math.max(...rects.map(r => r[1] + r[3])) + gap + title_h;
+      [w, h] = fallback;
+    }
+    note.pos = [x, y]; note.size = [w, h]; graph.setDirtyCanvas(true, true);
+    return [x, y, w, h]; }"""
+MIN_NOTE_HEIGHT = 380  # graph units: the note's text (about 22 lines) without a scroll bar
 
-    rects = list(ui.node_rects().values())
-    left, top, right, bottom = SAFE_AREA
-    box = (max(left, min(r[0] for r in rects) - 8), max(top, min(r[1] for r in rects) - 8),
-           min(right, max(r[0] + r[2] for r in rects) + 8), min(bottom, max(r[1] + r[3] for r in rects) + 8))
-    with tempfile.TemporaryDirectory() as tmp:
-        shot = ui.screenshot(Path(tmp) / "graph.png", clip=box)
-        with Image.open(shot) as image:
-            rgb = image.convert("RGB")
-            background = rgb.getpixel((1, 1))
-            thumb = ImageOps.pad(rgb, THUMBNAIL_SIZE, method=Image.Resampling.LANCZOS, color=background)
-    jpeg = io.BytesIO()
-    thumb.save(jpeg, format="JPEG", quality=80, optimize=True)
-    write_file_atomic(path, jpeg.getvalue())
-    return path
+
+def place_note(ui: ComfyFrontend, text: str) -> list[float]:
+    """Give the open graph one :data:`NOTE_TYPE` node titled :data:`NOTE_TITLE` holding ``text``, placed where it
+    overlaps no node (:data:`PLACE_NOTE`); returns its ``[x, y, w, h]`` (graph units, body without title bar)."""
+    return ui.page.evaluate(PLACE_NOTE, [NOTE_TYPE, NOTE_TITLE, text, 40, MIN_NOTE_HEIGHT, [760, 440]])

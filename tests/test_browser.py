@@ -4,10 +4,12 @@ framememory.headless.browser / .workflows).
 
 One server for the module (tiny random demo models, bikes.mp4 as the input clip, the lab files and placeholders for
 the other model files the workflows name, FRAMEMEMORY_DEMO=1) and one page:
-1. the Templates browser lists exactly the UI-format workflows of workflows/, each with its thumbnail;
-2. every workflow loads with no missing node and no page error, its saved view shows every node, readably, in a
-   1920x1080 window, and the frontend's own graphToPrompt gives exactly the committed workflows/api/ file (saved
-   through 1.48.7; on 1.32.9 without the inputs its server neither defines nor makes);
+1. the Templates browser lists exactly the templates of workflows/ (not the test-only demo/workflows/), each with
+   its Note and its frame thumbnail (tests/test_browser_templates.py: the Templates dialog as rendered);
+2. every workflow (templates and demo/workflows/) loads with no missing node and no page error, its saved view
+   shows every node (a template's Note included, overlapping none), readably, in a 1920x1080 window, and the
+   frontend's own graphToPrompt gives exactly the committed api/ file (saved through 1.48.7; on 1.32.9 without the
+   inputs its server neither defines nor makes);
 3. the Storyboard's text box shows all three shots of the tiny workflow and has a tooltip; tooltips name the families;
 4. the tiny storyboard queued with the Run button ends with a video on the Save Video node, the queue panel's
    "Total" moves during the run, and the run's report summary shows on the Storyboard node.
@@ -23,7 +25,9 @@ import pytest
 
 from framememory.headless.browser import ComfyFrontend
 from framememory.headless.comfy_server import PACK_NAME, ComfyServer, add_demo_inputs
-from framememory.headless.workflows import (THUMBNAIL_SIZE, add_named_model_files, check_workflow, open_workflow,
+from framememory.headless.templates import (NOTE_TYPE, THUMBNAIL_MARK, THUMBNAIL_MAX_BYTES, THUMBNAIL_SIZE,
+                                            note_text, template_for)
+from framememory.headless.workflows import (add_named_model_files, check_workflow, open_workflow, template_workflows,
                                             ui_workflows)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +53,21 @@ def ui(server):
         yield frontend
 
 
-def test_templates_browser_lists_the_ui_workflows_with_thumbnails(server):
+def test_templates_browser_lists_the_templates_with_frame_thumbnails(server):
     from PIL import Image
 
     listed = server._get("/api/workflow_templates").json()
-    assert sorted(listed[PACK_NAME]) == sorted(p.stem for p in ui_workflows())
+    assert sorted(listed[PACK_NAME]) == sorted(p.stem for p in template_workflows())  # demo/workflows/ not listed
+    assert not [name for name in listed[PACK_NAME] if "tiny" in name], listed[PACK_NAME]
     for name in listed[PACK_NAME]:
-        assert "nodes" in server._get(f"/api/workflow_templates/{PACK_NAME}/{name}.json").json(), name
+        workflow = server._get(f"/api/workflow_templates/{PACK_NAME}/{name}.json").json()
+        notes = [n for n in workflow["nodes"] if n["type"] == NOTE_TYPE]
+        assert len(notes) == 1 and notes[0]["widgets_values"][0] == note_text(template_for(name)), name
         thumb = server._get(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
+        assert len(thumb.content) < THUMBNAIL_MAX_BYTES, (name, len(thumb.content))
         with Image.open(io.BytesIO(thumb.content)) as image:
             assert (image.format, image.size) == ("JPEG", THUMBNAIL_SIZE), name
+            assert image.info["comment"].startswith(f"{THUMBNAIL_MARK} {name}: ".encode()), name  # frames, not graph
 
 
 @pytest.mark.parametrize("path", ui_workflows(), ids=lambda p: p.stem)
@@ -118,10 +127,69 @@ def test_run_button_ends_with_a_video_a_report_and_moving_total(server, ui):
     totals = ui.page.evaluate("window.__framememory_totals")
     assert len(totals) >= 3 and totals == sorted(totals) and 0 < max(totals) < 1, totals  # moved during the run
     report = ui.page.evaluate(f"{STORYBOARD_NODE}.widgets.find(w => w.name === '$$node-text-preview').value")
-    assert report.startswith("1 segment generated") and "Memory:" in report and "Seams:" in report, report
+    assert report.startswith("Made 1.0 s of video: 1 segment") and "Memory (Frame Preservation):" in report, report
+    assert "Joins: none (one segment)" in report and "Colour:" in report, report
     assert storyboard_box(ui)["height"] >= 100  # the previews and the report did not squeeze the box
     shown = ui.page.evaluate("""() => { const d = [...document.querySelectorAll('.dom-widget')]
-        .find(d => d.innerText.includes('segment generated'));
+        .find(d => d.innerText.includes('s of video: 1 segment'));
         return d ? {text: d.innerText, height: d.clientHeight, content: d.scrollHeight} : null; }""")
     assert shown and shown["text"].count("\n") >= report.count("\n"), (shown, report)
     assert shown["height"] >= shown["content"] >= 14 * len(report.splitlines()), shown  # every line in view
+
+
+CANCEL_BUTTON = dict(role="button", name="Cancel current run", exact=True)  # the queue's button, 1.32 and 1.48
+SAMPLE = f"""() => {{ const n = {STORYBOARD_NODE};
+    return {{text: n.widgets.find(w => w.name === '$$node-text-preview')?.value ?? '', total: {TOTAL},
+             title: document.title, images: (n.imgs ?? []).map(i => [i.naturalWidth, i.naturalHeight])}}; }}"""
+
+
+def test_progress_previews_and_cancel_as_a_user_sees_them(server, ui):
+    """Issue 26 points 3-4 on the tiny three-segment storyboard: one percentage (the node's text, the queue's Total and
+    the tab title agree within 1 %) that moves through decode and encode; each finished segment's decoded frames on
+    the node with the memory's tokens and seconds; the queue's Cancel button after the first segment leaves the node
+    saying after which segment it stopped, where the finished ones are and how to continue, and the interrupted
+    folder keeps the newest 5 runs."""
+    import os
+    import re
+    import time
+
+    interrupted = server.output_dir / "framememory" / "interrupted"
+    for k in range(6):  # earlier cancelled runs, oldest first
+        old = interrupted / f"storyboard_2026010{k}-000000.fmem"
+        old.mkdir(parents=True)
+        os.utime(old, (time.time() - 1000 + k, time.time() - 1000 + k))
+    assert open_workflow(ui, TINY) == []
+    ui.page.evaluate(f"""() => {{ window.__framememory_done = null; window.__framememory_seen = [];
+        for (const type of ['execution_success', 'execution_error', 'execution_interrupted'])
+          window.app.api.addEventListener(type, e => {{ window.__framememory_done = {{type, detail: e.detail}}; }});
+        window.app.api.addEventListener('framememory.progress', e => setTimeout(() =>
+          window.__framememory_seen.push({{value: e.detail.value / e.detail.max, ...({SAMPLE})()}}), 0)); }}""")
+    ui.page.get_by_role(**RUN_BUTTON).filter(has_text="Run").click()
+    ui.page.wait_for_function("window.__framememory_seen.some(s => s.text.startsWith('Segment 2/3: sampling, step 1'))",
+                              timeout=RUN_TIMEOUT_MS)
+    ui.page.get_by_role(**CANCEL_BUTTON).click()
+    ui.page.wait_for_function("window.__framememory_done !== null", timeout=RUN_TIMEOUT_MS)
+    assert ui.page.evaluate("window.__framememory_done.type") == "execution_interrupted"
+    seen = ui.page.evaluate("window.__framememory_seen")
+    for s in seen:  # one number: the text's percentage, the Total and the tab title's first [NN%]
+        percent = int(re.search(r" - (\d+) %", s["text"]).group(1))
+        title = int(re.match(r"\[(\d+)%\]", s["title"]).group(1))
+        assert abs(percent - 100 * s["value"]) <= 1 and abs(100 * s["total"] - 100 * s["value"]) <= 1.5, s
+        assert abs(title - 100 * s["total"]) <= 1, s
+    values = [s["value"] for s in seen]
+    assert values == sorted(values), values
+    decode = next(s for s in seen if "decoding its frames" in s["text"])
+    encode = next(s for s in seen if "adding it to the memory" in s["text"])
+    assert 0 < decode["value"] < encode["value"] < 1 / 3, (decode, encode)  # decode and encode move it too
+    first_done = next(s for s in seen if s["text"].startswith("Segment 1/3: done - 33 %"))
+    assert re.search(r"\nMemory: \d+ tokens for the last [\d.]+ s of video$", first_done["text"]), first_done
+    assert first_done["images"] == [[512, 259]], first_done  # 2x2 decoded 256x128 frames (+2 px gaps) in 512 px
+    text = ui.page.evaluate(f"({SAMPLE})().text")
+    lines = text.splitlines()
+    assert re.fullmatch(r"Cancelled after segment [12] of 3\.", lines[0]), text
+    saved = re.fullmatch(r"The finished segments are saved in output/(framememory/interrupted/storyboard_[\d-]+"
+                         r"\.fmem)\.", lines[1])
+    assert saved and (server.output_dir / saved.group(1)).is_dir(), text
+    assert "Load Memory with path" in lines[2] and "newest 5" in lines[2], text
+    kept = sorted(p.name for p in interrupted.glob("storyboard_*.fmem"))
+    assert len(kept) == 5 and kept[0] == "storyboard_20260102-000000.fmem", kept  # the two oldest removed
