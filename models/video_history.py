@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import psutil
 import torch
 
 import comfy.utils
@@ -269,6 +270,11 @@ def _append_segments(writer: HistoryWriter, frames: Iterator[torch.Tensor], skip
     return done
 
 
+def _size(n: int) -> str:
+    """Bytes as a short text: GiB from 1 GiB on, else MiB."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def video_history_frames(memory, width: int, height: int) -> tuple[torch.Tensor | None, str]:
     """The history frames of a memory read by :func:`history_from_video`, streamed again from its file with the same
     reader, selection and fit (one source frame decoded at a time; the result is the IMAGE output's share anyway).
@@ -280,7 +286,8 @@ def video_history_frames(memory, width: int, height: int) -> tuple[torch.Tensor 
         ``(frames [F, height, width, 3] float32 0..1, "")`` with F the history frames read from the file (the part
         of the history before it, when it continued another memory, is not included: the reason says so), or
         ``(None, reason)`` when no frames can be had: no source (a memory file, Encode History, a Storyboard's
-        memory), the file gone or changed since it was read, another size.
+        memory), the file gone or changed since it was read, another size, or not enough free RAM for them (twice
+        their size: the output's concatenation copies them; checked before any frame is decoded).
     """
     source = getattr(memory, "video_source", None)
     if source is None:
@@ -294,6 +301,12 @@ def video_history_frames(memory, width: int, height: int) -> tuple[torch.Tensor 
         return None, f"the video {name} changed since the history was read from it"
     if (width, height) != (source.width, source.height):
         return None, f"the history was read at {source.width}x{source.height}, this run is {width}x{height}"
+    need = source.frames * height * width * 3 * 4  # float32; the output's concatenation copies it once more
+    free = psutil.virtual_memory().available
+    if 2 * need > free:
+        return None, (f"the history's {source.frames} frames at {width}x{height} need {_size(2 * need)} of RAM in the "
+                      f"output and {_size(free)} is free: shorten the history (frame_load_cap) or switch "
+                      "include_history off")
     out = torch.empty((source.frames, height, width, 3), dtype=torch.float32)
     n = 0
     try:

@@ -182,14 +182,25 @@ def test_include_history_puts_the_clips_frames_first(tiny_wan, media_dir, tmp_pa
     assert "clip.mp4 the history was read from is gone" in rep["history_frames_reason"], rep
 
 
-def test_include_history_says_why_a_memory_without_source_gives_none(tiny_wan, media_dir):
+def test_include_history_says_why_a_memory_without_source_gives_none(tiny_wan, media_dir, monkeypatch):
     import dataclasses
+    from types import SimpleNamespace
 
-    from framememory.models.video_history import FrameSelection, history_from_video
+    from framememory.models import video_history
+    from framememory.models.video_history import FrameSelection, history_from_video, video_history_frames
 
     model, vae, encoder, _, _ = tiny_wan
     mem, _ = history_from_video(model, vae, encoder, media_dir / "bikes.mp4", FrameSelection(FPS, frame_load_cap=13),
                                 W, H, 4)
+    frames, reason = video_history_frames(mem, W, H)
+    assert frames.shape == (13, H, W, 3) and reason == ""
+    assert video_history_frames(mem, 2 * W, H) == (None, f"the history was read at {W}x{H}, this run is {2 * W}x{H}")
+    with monkeypatch.context() as m:  # 13 frames at 256x128 float32: 5.2 MB, twice that must be free
+        m.setattr(video_history.psutil, "virtual_memory", lambda: SimpleNamespace(available=8 * 2**20))
+        frames, reason = video_history_frames(mem, W, H)
+        assert frames is None and reason.startswith("the history's 13 frames at 256x128 need 10 MiB of RAM in the output "
+                                                   "and 8 MiB is free"), reason
+        assert "switch include_history off" in reason
     as_from_file = dataclasses.replace(mem)  # what Load Memory gives: the history without its video source
     images, rep = run_storyboard_node(tiny_wan, as_from_file)
     assert images.shape[0] == rep["output_frames"] == 16 and rep["history_frames_in_output"] == 0
