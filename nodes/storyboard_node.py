@@ -134,7 +134,10 @@ class Storyboard(io.ComfyNode):
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler, as in KSampler."),
                 io.Boolean.Input("include_history", default=True, tooltip=tooltips.INCLUDE_HISTORY),
                 io.Image.Input("start_images", optional=True,
-                               tooltip="Starting clip: real frames that form the initial history (center-cropped and resized to width x height)."),
+                               tooltip="Optional starting clip: frames (e.g. Load Video -> Get Video Components) that "
+                                       "become the history the storyboard continues, center-cropped and resized to "
+                                       "width x height. Held in RAM as float32: for a long clip use Load Video as "
+                                       "History on the memory input instead. Leave empty to start from nothing."),
                 MemoryType.Input("memory", optional=True,
                                  tooltip="History to continue from: Load Video as History (which then takes width, "
                                          "height, fps, segment_latent_frames and memory_mode from this node), Load "
