@@ -91,7 +91,8 @@ def click_width_arrow(ui, node_id: int, name: str) -> None:
 def test_history_node_follows_the_storyboard(ui):
     hid, sid = lab_ids()
     ui.load_workflow(json.loads(LAB.read_text()), LAB.stem)
-    ui.page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [0, 0]; c.setDirty(true, true); }")
+    ui.page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [0, 0]; "
+                     "c.setDirty(true, true); }")
     before = assert_follows(ui, hid, sid)["width"]["value"]
 
     ui.page.evaluate(f"() => {{ const c = window.app.canvas, n = window.app.graph.getNodeById({sid});"
@@ -157,5 +158,6 @@ def test_advanced_inputs_as_each_frontend_shows_them(server, ui):
         assert widgets(ui, hid)["width"]["value"] == 320 and widgets(ui, sid)["width"]["value"] == 320
         assert "width = 320, set on the Storyboard" in ui.page.locator(f'[data-node-id="{hid}"]').inner_text()
     finally:
-        ui.page.evaluate("async () => { await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false); }")
+        ui.page.evaluate("async () => { await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', "
+                         "false); }")
     assert not ui.errors, ui.errors

@@ -198,8 +198,9 @@ def test_include_history_says_why_a_memory_without_source_gives_none(tiny_wan, m
     with monkeypatch.context() as m:  # 13 frames at 256x128 float32: 5.2 MB, twice that must be free
         m.setattr(video_history.psutil, "virtual_memory", lambda: SimpleNamespace(available=8 * 2**20))
         frames, reason = video_history_frames(mem, W, H)
-        assert frames is None and reason.startswith("the history's 13 frames at 256x128 need 10 MiB of RAM in the output "
-                                                   "and 8 MiB is free"), reason
+        assert frames is None, "frames given although they do not fit in free RAM"
+        assert reason.startswith("the history's 13 frames at 256x128 need 10 MiB of RAM in the output and 8 MiB is "
+                                 "free"), reason
         assert "switch include_history off" in reason
     as_from_file = dataclasses.replace(mem)  # what Load Memory gives: the history without its video source
     images, rep = run_storyboard_node(tiny_wan, as_from_file)

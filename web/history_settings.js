@@ -7,9 +7,9 @@
 // Storyboard. Unlinked, the history node's widgets are editable again. The server does the same when a prompt is
 // queued (nodes/history_settings.py), so a prompt from a script or an older page cannot disagree either.
 //
-// Only the widgets' values, disabled flag and tooltip change: nothing is added to the saved workflow, and
-// widgets_values keeps its order. The frontend's LiteGraph API is used as both versions expose it (node.outputs[].links,
-// graph.getLink / graph.links, node.widgets, onConnectionsChange, widget callbacks).
+// Only the widgets' values, disabled flag, label and tooltip change: nothing is added to the saved workflow, and
+// widgets_values keeps its order. The frontend's LiteGraph API is used as both versions expose it
+// (node.outputs[].links, graph.getLink / graph.links, node.widgets, onConnectionsChange, widget callbacks).
 import { app } from "../../scripts/app.js";
 
 const HISTORY = "FrameMemoryLoadVideoHistory";
