@@ -110,7 +110,8 @@ class ComfyServer:
         python: interpreter that runs main.py (default: default_python()).
         port: TCP port on 127.0.0.1 (default: a free one).
         env: extra environment variables for the server (FRAMEMEMORY_DEMO=1 is always set).
-        extra_args: more command-line arguments for main.py.
+        extra_args: more command-line arguments for main.py (``--preview-method auto`` is added unless they name
+            one: latent previews while sampling, as a user's ComfyUI Desktop shows them).
         cpu: pass --cpu (the default, for tests and the embedded default); False lets ComfyUI use the GPU.
         startup_timeout: seconds to wait for GET /object_info to answer.
         require_pack: raise if the server log says our custom node pack failed to import.
@@ -182,6 +183,8 @@ class ComfyServer:
         self.prepare_base()
         cmd = [self.python, "main.py", *(["--cpu"] if self.cpu else []), "--listen", self.host, "--port", str(self.port),
                "--base-directory", str(self.base), "--disable-auto-launch", *self.extra_args]
+        if "--preview-method" not in self.extra_args:  # sampling previews on the node, as ComfyUI Desktop shows them
+            cmd += ["--preview-method", "auto"]
         if "--database-url" in (self.comfyui_dir / "comfy" / "cli_args.py").read_text(errors="replace") \
                 and "--database-url" not in self.extra_args:
             # The database default is <ComfyUI>/user/comfyui.db even with --base-directory (0.3.75):

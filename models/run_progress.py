@@ -32,8 +32,6 @@ class RunProgress:
         memory_tokens: memory tokens the segment attended to (None before it was sampled).
         history_seconds: seconds of history those tokens covered, at the run's fps (None before sampling).
         frames: with phase "segment done": the segment's decoded frames ``[F, H, W, 3]`` uint8 (CPU), else None.
-        latent: with phase "sample": the denoised latent estimate ``x0`` of the last step (for latent previews),
-            else None.
     """
 
     segment: int
@@ -45,7 +43,6 @@ class RunProgress:
     memory_tokens: int | None = None
     history_seconds: float | None = None
     frames: torch.Tensor | None = None
-    latent: torch.Tensor | None = None
 
 
 class RunClock:

@@ -152,14 +152,14 @@ def step_ranges(models: list, encoder, sampler: SamplerSettings) -> list[StepRan
 
 def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, latent: torch.Tensor, noise: torch.Tensor,
                  sampler: SamplerSettings, seed: int, first: bool, last: bool,
-                 on_step: Callable[[int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, int]:
+                 on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, int]:
     """Sample one stage's steps of ``latent`` ``[1, C, T, h, w]`` with this expert's memory in both conditionings,
     through ``comfy.sample.sample`` as KSamplerAdvanced does: the first stage adds ``noise`` at step 0, a later one
     continues from the leftover noise (``noise`` zeros, ``disable_noise``) at its ``start``; every stage but the last
     stops at its ``end`` with the leftover noise (return_with_leftover_noise), the last runs to the end of the
-    schedule. A single stage is exactly the stock KSampler call. ``on_step(n, x0)``, if given, is called after each
-    step with the steps of the whole schedule done so far (1..steps) and the denoised estimate (then it replaces the
-    stock progress bar and latent previews, see :func:`_progress_callback`). Returns ``(samples [1, C, T, h, w] CPU, M)``, M the
+    schedule. A single stage is exactly the stock KSampler call. ``on_step(n)``, if given, is called after each step
+    with the steps of the whole schedule done so far (1..steps); it then replaces the stock progress bar and latent
+    previews (:func:`_progress_callback`). Returns ``(samples [1, C, T, h, w] CPU, M)``, M the
     memory tokens the expert attended to."""
     inp = mem.conds(stage.model, stage.expert)
     pos = attach_memory(positive, inp.tokens, inp.positions, inp.hidden, inp.extra)
@@ -175,7 +175,7 @@ def sample_steps(stage: StepRange, mem: Memory, positive: list, negative: list, 
 
 
 def sample_segment(stages: list[StepRange], mem: Memory, positive: list, negative: list, latent: torch.Tensor,
-                   sampler: SamplerSettings, seed: int, on_step: Callable[[int, torch.Tensor], None] | None = None
+                   sampler: SamplerSettings, seed: int, on_step: Callable[[int], None] | None = None
                    ) -> tuple[torch.Tensor, int]:
     """Sample one segment from the empty ``latent`` ``[1, C, T, h, w]`` through every stage with steps
     (:func:`sample_steps`; a pair is the stock A14B chain of two KSamplerAdvanced nodes), noise from ``seed``;
@@ -341,7 +341,7 @@ def generate_segment(run: _Run, plan) -> tuple[torch.Tensor, dict]:
     steps = run.sampler.steps
     run.tell(plan.index, "sample", 0.0)
     on_step = None if run.on_progress is None else (
-        lambda n, x0: run.tell(plan.index, "sample", n / steps, step=n, latent=x0))
+        lambda n: run.tell(plan.index, "sample", n / steps, step=n))
     with phase(stats, "sample"):
         samples, memory_tokens = sample_segment(run.stages, run.mem, run.prompts[plan.shot], run.negative, latent,
                                                 run.sampler, run.sampler.seed + plan.index, on_step)
@@ -400,7 +400,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         segment's sampling steps, decode and encode; segments resumed from a memory file count as done; the memory
         tokens and history seconds of the segment; its decoded frames when it is done): once before the first segment,
         after every sampling step and at each phase of a segment. It replaces the stock per-segment progress bar and
-        latent previews (the caller shows its own). None: no calls, the stock bar and previews.
+        latent previews (the caller shows its own: the decoded frames). None: no calls, the stock bar and previews.
     Returns:
         frames ``[F, height, width, 3]`` float32 0..1 (generated part only), the final Memory (every segment
         encoded, its ``position`` finished), and a report dict (segments, memory tokens per segment, colour drift per
@@ -445,7 +445,8 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
     done = resume.next_segment if resume else 0
     if progress is not None:
         run.clock, run.on_progress = RunClock(len(plans), sampler.steps), progress
-        run.tell(done, "sample", 0.0)
+        if done:  # resumed: where the run stands before the finished segments are decoded again
+            run.tell(done, "sample", 0.0)
     out_frames = replay_segments(run.decoder, mem.history, run_start, plans[:done], colour_correction, colour_start)
     segments = [{"index": p.index, "shot": p.shot, "frames": p.frames, "latent_frames": p.latent_frames,
                  "start_frame": before.num_frames + p.start_frame, "replayed": True} for p in plans[:done]]
@@ -514,13 +515,12 @@ def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tens
     return report
 
 
-def _progress_callback(model, steps: int, offset: int | None = None,
-                       on_step: Callable[[int, torch.Tensor], None] | None = None):
+def _progress_callback(model, steps: int, offset: int | None = None, on_step: Callable[[int], None] | None = None):
     """The sampler's per-step callback. Without ``on_step``: the stock progress bar + latent previews
     (``latent_preview.prepare_callback``) when running in a server (None outside one: tests import comfy only).
-    With ``on_step``: only ``on_step(n, x0)`` after each step, ``n`` the schedule's steps done (``offset + step + 1``;
-    ``offset``: the first step of a stage when a segment is sampled in stages) and ``x0`` the denoised estimate; the
-    caller then owns the progress display (the Storyboard's run-wide bar, nodes/progress_ui.py)."""
+    With ``on_step``: only ``on_step(n)`` after each step, ``n`` the schedule's steps done (``offset + step + 1``;
+    ``offset``: the first step of a stage when a segment is sampled in stages); the caller then owns the progress
+    display (the Storyboard's run-wide bar with each finished segment's decoded frames, nodes/progress_ui.py)."""
     if on_step is None:
         try:
             import latent_preview
@@ -529,5 +529,5 @@ def _progress_callback(model, steps: int, offset: int | None = None,
             return None
 
     def callback(step, x0, x, total_steps):
-        on_step((offset or 0) + step + 1, x0)
+        on_step((offset or 0) + step + 1)
     return callback

@@ -5,9 +5,9 @@ and memory encode), shown alike in three places:
 * the node's progress text ("Segment 2/3: decoding its frames - 52 %" and a line on the memory: its tokens and the
   seconds of history they cover), which the frontend shows natively under the widgets;
 * the node's progress bar (one ``comfy.utils.ProgressBar`` over the run, 0..:data:`BAR_UNITS`, in place of the
-  sampler's per-segment bar), with a preview image: each finished segment's decoded frames as a grid (real pixels,
-  whatever ``--preview-method`` says) and, while sampling and only when the server has a latent previewer
-  (``--preview-method``), ComfyUI's own latent preview (``latent_preview.get_previewer``);
+  sampler's per-segment bar and its latent previews), with a preview image: each finished segment's decoded frames
+  as a grid (real pixels, whatever ``--preview-method`` says), which stays on the node while the next segment is
+  sampled;
 * a ``framememory.progress`` websocket event ``{prompt_id, node, value, max}`` that ``web/framememory.js`` folds into
   the queue panel's "Total" and the tab title (the frontend computes those from finished nodes only, so one long
   node would otherwise hold them at 0 %).
@@ -58,13 +58,10 @@ def frames_preview(frames: torch.Tensor):
 class NodeDisplay:
     """Sends progress, previews and text for the node being executed (``comfy_execution.utils.get_executing_context``)
     through ``PromptServer.instance``; every call does nothing when there is no server or no executing node.
-
-    Args:
-        model: the MODEL being sampled (its ``load_device`` and latent format choose ComfyUI's latent previewer).
     """
 
-    def __init__(self, model=None) -> None:
-        self.server, self.context, self.bar, self.previewer = None, None, None, None
+    def __init__(self) -> None:
+        self.server, self.context, self.bar = None, None, None
         self.finished, self.segments = 0, 0  # segments finished so far (resumed ones included) / of the run
         try:
             import comfy.utils
@@ -75,7 +72,6 @@ class NodeDisplay:
         self.server, self.context = getattr(PromptServer, "instance", None), get_executing_context()
         if self.live:
             self.bar = comfy.utils.ProgressBar(BAR_UNITS)
-            self.previewer = _latent_previewer(model)
 
     @property
     def live(self) -> bool:
@@ -89,11 +85,7 @@ class NodeDisplay:
         if not self.live:
             return
         value = round(p.fraction * BAR_UNITS)
-        preview = None
-        if p.frames is not None:
-            preview = frames_preview(p.frames)
-        elif p.latent is not None and self.previewer is not None:
-            preview = self.previewer.decode_latent_to_preview_image("JPEG", p.latent)
+        preview = None if p.frames is None else frames_preview(p.frames)
         self.server.send_progress_text(progress_text(p), self.context.node_id)
         self.bar.update_absolute(value, BAR_UNITS, preview)
         self.server.send_sync(PROGRESS_EVENT, {"prompt_id": self.context.prompt_id, "node": self.context.node_id,
@@ -103,18 +95,6 @@ class NodeDisplay:
         """Show ``text`` (plain, lines split by newlines) on the node, replacing the progress line."""
         if self.live:
             self.server.send_progress_text(text, self.context.node_id)
-
-
-def _latent_previewer(model):
-    """ComfyUI's latent previewer for ``model`` (``latent_preview.get_previewer``: TAESD or latent2rgb as the
-    server's ``--preview-method`` says), or None (no model, no previews configured, outside a server)."""
-    if model is None:
-        return None
-    try:
-        import latent_preview
-        return latent_preview.get_previewer(model.load_device, model.model.latent_format)
-    except (ImportError, AttributeError):
-        return None
 
 
 __all__ = ["PROGRESS_EVENT", "BAR_UNITS", "progress_text", "frames_preview", "NodeDisplay"]

@@ -192,7 +192,7 @@ class Storyboard(io.ComfyNode):
         elif start_images is not None:
             start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
                                                  fps, width, height, memory, model_low_noise, memory_mode)
-        display = NodeDisplay(model)  # run-wide progress, previews and the report summary (nodes/progress_ui.py)
+        display = NodeDisplay()  # run-wide progress, previews and the report summary (nodes/progress_ui.py)
         interrupt = None if save else interrupted_path()
         try:
             frames, final, report = run_storyboard(

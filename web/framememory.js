@@ -6,7 +6,8 @@
 //    frontend computes it as finished nodes / nodes of the prompt, so one node doing all the work held it at 0 %
 //    until the end. The server sends "framememory.progress" {prompt_id, node, value, max} after every sampling step
 //    (nodes/progress_ui.py); each Storyboard then counts as UNITS extra entries of the prompt's node table, marked
-//    done in proportion to value / max. No frontend offers extensions an API to that table: it is found by feature in
+//    done in proportion to value / max (the run-wide fraction through every segment's sampling, decode and encode,
+//    nodes/progress_ui.py). No frontend offers extensions an API to that table: it is found by feature in
 //    the execution store (queuedPrompts in 1.32, queuedJobs from 1.48 on); where neither exists the Total is left
 //    alone and the run-wide progress shows on the node only (its progress text, "... 35 % of the run").
 // 3. The report summary (the node's ui "text", as ComfyUI's PreviewText) is shown on the node again when the output
@@ -22,7 +23,10 @@ const PROGRESS_TEXT_WIDGET = "$$node-text-preview"; // the frontend's widget for
 const TEXT_MIN_HEIGHT = 150; // px (graph units) with the 10 px margins: a box of 130 px, about eight lines
 const PROGRESS_EVENT = "framememory.progress";
 const REPORT_LINE_HEIGHT = 16; // px (graph units) per line of the report summary
-const UNITS = 100; // entries one Storyboard adds to the prompt's node table: the Total moves in 1 % steps of it
+// Entries one Storyboard adds to the prompt's node table. 1000 against a workflow's ten-odd other nodes keeps the
+// Total within about 1 % of the Storyboard's own run-wide percentage (its progress text and bar), so the node, the
+// queue panel's Total and the tab title show one number.
+const UNITS = 1000;
 
 // The frontend's Pinia execution store: app.extensionManager is the workspace store, whose _p is the Pinia instance
 // holding every store by id.
