@@ -138,9 +138,17 @@ def test_run_button_ends_with_a_video_a_report_and_moving_total(server, ui):
 
 
 CANCEL_BUTTON = dict(role="button", name="Cancel current run", exact=True)  # the queue's button, 1.32 and 1.48
-SAMPLE = f"""() => {{ const n = {STORYBOARD_NODE};
-    return {{text: n.widgets.find(w => w.name === '$$node-text-preview')?.value ?? '', total: {TOTAL},
-             title: document.title, images: (n.imgs ?? []).map(i => [i.naturalWidth, i.naturalHeight])}}; }}"""
+NODE_TEXT = f"{STORYBOARD_NODE}.widgets.find(w => w.name === '$$node-text-preview')?.value ?? ''"
+# What the page receives, in order: the node's progress texts, the run-wide progress (with the Total and the tab title
+# once the extension has folded it in) and the size of every preview image sent to the node.
+RECORD = """() => { const log = window.__framememory_log = []; window.__framememory_done = null; const api = window.app.api;
+    for (const type of ['execution_success', 'execution_error', 'execution_interrupted'])
+      api.addEventListener(type, e => { window.__framememory_done = {type, detail: e.detail}; });
+    api.addEventListener('progress_text', e => log.push({kind: 'text', text: e.detail.text}));
+    api.addEventListener('framememory.progress', e => { const entry = {kind: 'progress', value: e.detail.value / e.detail.max};
+      log.push(entry); setTimeout(() => { entry.total = %s; entry.title = document.title; }, 0); });
+    api.addEventListener('b_preview', e => { const entry = {kind: 'preview'}; log.push(entry);
+      createImageBitmap(e.detail).then(b => { entry.size = [b.width, b.height]; }); }); }""" % TOTAL
 
 
 def test_progress_previews_and_cancel_as_a_user_sees_them(server, ui):
@@ -159,37 +167,40 @@ def test_progress_previews_and_cancel_as_a_user_sees_them(server, ui):
         old.mkdir(parents=True)
         os.utime(old, (time.time() - 1000 + k, time.time() - 1000 + k))
     assert open_workflow(ui, TINY) == []
-    ui.page.evaluate(f"""() => {{ window.__framememory_done = null; window.__framememory_seen = [];
-        for (const type of ['execution_success', 'execution_error', 'execution_interrupted'])
-          window.app.api.addEventListener(type, e => {{ window.__framememory_done = {{type, detail: e.detail}}; }});
-        window.app.api.addEventListener('framememory.progress', e => setTimeout(() =>
-          window.__framememory_seen.push({{value: e.detail.value / e.detail.max, ...({SAMPLE})()}}), 0)); }}""")
+    ui.page.evaluate(RECORD)
     ui.page.get_by_role(**RUN_BUTTON).filter(has_text="Run").click()
-    ui.page.wait_for_function("window.__framememory_seen.some(s => s.text.startsWith('Segment 2/3: sampling, step 1'))",
-                              timeout=RUN_TIMEOUT_MS)
+    ui.page.wait_for_function("window.__framememory_log.some(e => e.kind === 'text' && "
+                              "e.text.startsWith('Segment 2/3: sampling, step 1'))", timeout=RUN_TIMEOUT_MS)
     ui.page.get_by_role(**CANCEL_BUTTON).click()
     ui.page.wait_for_function("window.__framememory_done !== null", timeout=RUN_TIMEOUT_MS)
     assert ui.page.evaluate("window.__framememory_done.type") == "execution_interrupted"
-    seen = ui.page.evaluate("window.__framememory_seen")
-    for s in seen:  # one number: the text's percentage, the Total and the tab title's first [NN%]
-        percent = int(re.search(r" - (\d+) %", s["text"]).group(1))
-        title = int(re.match(r"\[(\d+)%\]", s["title"]).group(1))
-        assert abs(percent - 100 * s["value"]) <= 1 and abs(100 * s["total"] - 100 * s["value"]) <= 1.5, s
-        assert abs(title - 100 * s["total"]) <= 1, s
-    values = [s["value"] for s in seen]
-    assert values == sorted(values), values
-    decode = next(s for s in seen if "decoding its frames" in s["text"])
-    encode = next(s for s in seen if "adding it to the memory" in s["text"])
-    assert 0 < decode["value"] < encode["value"] < 1 / 3, (decode, encode)  # decode and encode move it too
-    first_done = next(s for s in seen if s["text"].startswith("Segment 1/3: done - 33 %"))
-    assert re.search(r"\nMemory: \d+ tokens for the last [\d.]+ s of video$", first_done["text"]), first_done
-    assert first_done["images"] == [[512, 259]], first_done  # 2x2 decoded 256x128 frames (+2 px gaps) in 512 px
-    text = ui.page.evaluate(f"({SAMPLE})().text")
-    lines = text.splitlines()
-    assert re.fullmatch(r"Cancelled after segment [12] of 3\.", lines[0]), text
+    log = ui.page.evaluate("window.__framememory_log")
+    progress = [e for e in log if e["kind"] == "progress"]
+    values = [e["value"] for e in progress]
+    assert values == sorted(values) and len(values) >= 10, values
+    for e in progress:  # one number: the run's fraction, the Total and the tab title's first [NN%]
+        assert abs(e["total"] - e["value"]) <= 0.015 and abs(int(re.match(r"\[(\d+)%\]", e["title"]).group(1))
+                                                           - 100 * e["total"]) <= 1, e
+    for k, e in enumerate(log):  # each text's percentage is the run fraction sent with it
+        if e["kind"] == "text" and not e["text"].startswith("Cancelled"):
+            sent = next(p for p in log[k:] if p["kind"] == "progress")
+            assert int(re.search(r" - (\d+) %", e["text"]).group(1)) == int(100 * sent["value"] + 1e-9), (e, sent)
+    texts = [e["text"] for e in log if e["kind"] == "text"]
+    where = {what: next(e["value"] for k, e in enumerate(log) if e["kind"] == "progress" and any(
+        what in t["text"] for t in log[:k] if t["kind"] == "text")) for what in ("decoding its", "adding it")}
+    assert 0 < where["decoding its"] < where["adding it"] < 1 / 3, where  # decode and encode move it too
+    done = next(k for k, e in enumerate(log) if e["kind"] == "text" and e["text"].startswith("Segment 1/3: done - 33 %"))
+    assert re.search(r"\nMemory: \d+ tokens for the last [\d.]+ s of video$", log[done]["text"]), log[done]
+    grid = next(e for e in log[done:] if e["kind"] == "preview")
+    assert grid["size"] == [512, 259], grid  # the segment's frames: 2x2 decoded 256x128 frames (+2 px gaps), 512 px
+    previews = [e["size"] for e in log if e["kind"] == "preview"]  # decoded frames only, never latent colours
+    assert previews == [[512, 259]] * sum(" done - " in t for t in texts), previews
+    assert ui.page.evaluate(f"{STORYBOARD_NODE}.imgs.map(i => [i.naturalWidth, i.naturalHeight])") == [[512, 259]]
+    lines = ui.page.evaluate(NODE_TEXT).splitlines()
+    assert re.fullmatch(r"Cancelled after segment [12] of 3\.", lines[0]), (lines, texts[-3:])
     saved = re.fullmatch(r"The finished segments are saved in output/(framememory/interrupted/storyboard_[\d-]+"
                          r"\.fmem)\.", lines[1])
-    assert saved and (server.output_dir / saved.group(1)).is_dir(), text
-    assert "Load Memory with path" in lines[2] and "newest 5" in lines[2], text
+    assert saved and (server.output_dir / saved.group(1)).is_dir(), lines
+    assert "Load Memory with path" in lines[2] and "newest 5" in lines[2], lines
     kept = sorted(p.name for p in interrupted.glob("storyboard_*.fmem"))
     assert len(kept) == 5 and kept[0] == "storyboard_20260102-000000.fmem", kept  # the two oldest removed
