@@ -20,6 +20,7 @@ import torch
 from framememory.models.video_history import FrameSelection, history_from_video, iter_frames, plan_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_API = REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json"  # test-only, not a template
 W, H, FPS = 256, 128, 16.0
 
 
@@ -117,7 +118,7 @@ def test_example_puts_the_node_in_place_of_a_load_video_chain(repo_root):
     spec = importlib.util.spec_from_file_location("example_eval", repo_root / "scripts" / "example_eval.py")
     ev = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ev)
-    tiny = json.loads((repo_root / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json").read_text())  # LoadVideo chain
+    tiny = json.loads(TINY_API.read_text())  # LoadVideo chain
     lab = json.loads((repo_root / "workflows" / "api" / "storyboard_wan21_lab_api.json").read_text())  # the node already
     for api in (tiny, lab):
         sb_id, sb = ev.storyboard_node(api)
@@ -145,8 +146,7 @@ def video_history_prompt(video: str, cap: int) -> dict:
     History feeding the Storyboard's memory input (a 1 s storyboard)."""
     from framememory.headless.comfy_server import substitute_inputs
 
-    api = substitute_inputs(json.loads((REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json").read_text()),
-                            TINY_NAMES)
+    api = substitute_inputs(json.loads(TINY_API.read_text()), TINY_NAMES)
     for node in ("1", "2", "3"):
         assert api.pop(node)["class_type"] in ("LoadVideo", "GetVideoComponents", "ImageFromBatch")
     sb = api["9"]["inputs"]
