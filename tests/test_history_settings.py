@@ -9,7 +9,8 @@ include_history puts a video history's frames in the Storyboard's output (models
 * a latents-only memory into an encoding memory_mode is refused naming memory_mode, not "another encoder";
 * include_history with a video history: the clip's frames, as many as the history holds and equal to a fresh read,
   come before the generated ones; without a source, or with the file gone, none, and the report says why;
-* through a real server: the handler is registered and a mismatched prompt still runs with the Storyboard's values.
+* through a real server: the handler is registered and a mismatched prompt runs with the Storyboard's values;
+  Storyboards that disagree are refused by the history node before it reads a frame.
 """
 from __future__ import annotations
 
@@ -141,6 +142,8 @@ def test_latents_only_memory_into_an_encoding_mode_names_memory_mode(tiny_wan, m
     assert "another encoder" not in msg
     check_memory_mode(mem, "off")
     check_memory_mode(mem, "sliding_window")
+    with pytest.raises(ValueError, match="^memory_mode differs: the memory at this Storyboard's memory input"):
+        run_storyboard_node(tiny_wan, mem)  # the Storyboard itself: frame_preservation (its default)
 
 
 # ---- include_history with a video history -------------------------------------------------------------------------
@@ -219,12 +222,21 @@ def test_server_runs_a_mismatched_prompt_with_the_storyboards_values(comfyui_dir
     srv = ComfyServer(tmp_path / "base", comfyui_dir=comfyui_dir)
     add_demo_inputs(srv, media_dir)
     add_named_model_files(srv.models_dir, [p for p in ui_workflows() if p.stem == "storyboard_wan21_lab"])
+    disagree = copy.deepcopy(api)
+    second = with_second_storyboard(disagree, sid, width=320)
     with srv:
         prompt_id, _ = srv.run(api, timeout=600)
         history = srv.history(prompt_id)
+        events = srv.follow(srv.post_prompt(disagree), timeout=300)  # refused by the history node as it starts
         log = srv.log_text()
-    assert history["status"]["status_str"] == "success", history["status"]
+    error = events[-1]["data"]
+    assert events[-1]["type"] == "execution_error" and error["node_id"] == hid, events[-1]
+    # the Storyboards disagree on width (256, 320): the handler leaves the history's 512, which the node refuses
     title = api[hid]["_meta"]["title"]
+    assert error["exception_message"].startswith(f"width: '{title}' (#{hid}) has 512 but the Storyboard 'Storyboard "
+                                                 f"(Memory)' (#{sid}) its memory feeds has 256"), error
+    assert not any(e["type"] == "progress" and e["data"].get("node") == hid for e in events), "frames were read"
+    assert history["status"]["status_str"] == "success", history["status"]
     assert f"'{title}' (#{hid}) width: 512 -> 256, as on the Storyboard" in log, log[-3000:]
     assert f"'{title}' (#{hid}) segment_latent_frames: 2 -> 4" in log
     report = next(ui["framememory_report"][0] for ui in history["outputs"].values() if ui.get("framememory_report"))
