@@ -13,8 +13,8 @@ Note node (the frontend's ``Note``, added with LiteGraph.createNode + graph.add)
     .venv/bin/python scripts/sync_workflows.py --write    # after editing a workflow, a node's inputs or a template's
                                                           #   text: add/update the Note, fit the view, re-save
                                                           #   NAME.json, write api/NAME_api.json
-    .venv/bin/python scripts/sync_workflows.py --thumbnails   # only remake the templates' NAME.jpg (runs the
-                                                          #   lab templates: minutes on a CPU; see below)
+    .venv/bin/python scripts/sync_workflows.py --thumbnails   # only remake the templates' NAME.jpg (runs the 3
+                                                          #   lab templates: ~4 min each on 2 busy CPU cores)
     .venv/bin/python scripts/sync_workflows.py --server http://127.0.0.1:8188 workflows/storyboard_wan21.json
     COMFYUI_DIR=.cache/ComfyUI-0.33.0 .cache/venvs/comfyui-0.33.0/bin/python scripts/sync_workflows.py --write
 
