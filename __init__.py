@@ -13,9 +13,9 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     """V3 entry point called by ComfyUI when it loads the pack. Registers ``models/memory_encoders`` with
-    ``folder_paths`` and the prompt handler of nodes/history_settings.py, and returns the extension. Demo nodes
-    (tiny stand-ins for tests and the embedded default) are registered only when the environment variable
-    ``FRAMEMEMORY_DEMO=1`` is set."""
+    ``folder_paths`` and the prompt handler of nodes/history_settings.py, and returns the extension. The lab model's
+    stand-in text encoder (demo/nodes.py ``LAB_NODES``) is always registered; the HunyuanVideo stand-in of the tiny
+    test models only when the environment variable ``FRAMEMEMORY_DEMO=1`` is set."""
     import folder_paths
     from comfy_api.latest import ComfyExtension
 
@@ -27,10 +27,10 @@ async def comfy_entrypoint():
     from .nodes import NODES, history_settings
 
     history_settings.register()  # Load Video as History takes its shared settings from the Storyboard it feeds
-    node_list = list(NODES)
-    if os.environ.get("FRAMEMEMORY_DEMO") == "1":
-        from .demo.nodes import DEMO_NODES
+    from .demo.nodes import DEMO_NODES, LAB_NODES
 
+    node_list = list(NODES) + LAB_NODES  # the lab templates' stand-in text encoder: they run with no download
+    if os.environ.get("FRAMEMEMORY_DEMO") == "1":
         node_list += DEMO_NODES
 
     class FrameMemoryExtension(ComfyExtension):

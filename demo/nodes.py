@@ -1,4 +1,6 @@
-"""Demo-only nodes (registered with FRAMEMEMORY_DEMO=1)."""
+"""Stand-in text encoders. ``LAB_NODES`` (the Wan stand-in the lab model was trained with) are always registered: the
+no-download lab templates need them. ``DEMO_NODES`` (the HunyuanVideo stand-in of the tiny test models) only with
+``FRAMEMEMORY_DEMO=1``."""
 from __future__ import annotations
 
 from comfy_api.latest import io
@@ -11,10 +13,12 @@ class DemoTextEncoder(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="FrameMemoryDemoTextEncoder",
-            display_name="Demo Text Encoder (stand-in, not T5)",
-            category="FrameMemory/demo",
-            description="DEMO ONLY: a weightless stand-in for umt5-xxl so tests and the embedded default run without "
-                        "real weights. Prompts change the conditioning but carry no meaning.",
+            display_name="Lab Text Encoder (stand-in for umt5, lab model only)",
+            category="FrameMemory/lab",
+            description="The weightless stand-in for umt5-xxl that the lab model (lab_model/) was trained with, so "
+                        "the lab templates, the tests and the embedded default run without downloading a text "
+                        "encoder. Prompts change the conditioning but carry no meaning. With real Wan weights use "
+                        "Load CLIP (umt5_xxl, type wan) instead.",
             inputs=[io.Int.Input("width", default=4096, min=8, max=8192, tooltip="Conditioning width (4096 = Wan's umt5-xxl).")],
             outputs=[io.Clip.Output(display_name="clip", tooltip="A stand-in CLIP usable by CLIPTextEncode and Storyboard.")],
         )
@@ -43,4 +47,5 @@ class DemoHunyuanTextEncoder(io.ComfyNode):
         return io.NodeOutput(StandInTextEncoder(width, pooled_dim=pooled_width))
 
 
-DEMO_NODES = [DemoTextEncoder, DemoHunyuanTextEncoder]
+LAB_NODES = [DemoTextEncoder]
+DEMO_NODES = [DemoHunyuanTextEncoder]

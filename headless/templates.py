@@ -130,8 +130,8 @@ def note_text(template: Template) -> str:
         lines += ["Runs with no download. Needs the pack's own lab files: copy or link each from",
                   "custom_nodes/ComfyUI-FrameMemory/lab_model/ into ComfyUI's models/ folder shown:"]
         lines += [f"  {folder}/{name}" for name, folder, _ in template.files]
-        lines += ["and a video in input/ (any clip: its frames are the memory). Start ComfyUI with the",
-                  "environment variable FRAMEMEMORY_DEMO=1: the stand-in text encoder is a demo node.", "",
+        lines += ["and a video in input/ (any clip: its frames are the memory). The text encoder is the",
+                  "pack's Lab Text Encoder, a stand-in the lab model was trained with (no download).", "",
                   LAB_MODEL_TEXT]
         if template.mode_text:
             lines += ["", template.mode_text]

@@ -118,7 +118,10 @@ def register(server_module=None) -> bool:
     """Register :func:`on_prompt` with ComfyUI's ``PromptServer.instance`` once (``server.PromptServer.
     add_on_prompt_handler``). Returns False where there is no running server instance (tests, scripts)."""
     if server_module is None:
-        import server as server_module
+        try:
+            import server as server_module
+        except ImportError:  # ComfyUI's server module cannot be imported here (a test process, a script)
+            return False
     instance = getattr(getattr(server_module, "PromptServer", None), "instance", None)
     if instance is None or not hasattr(instance, "add_on_prompt_handler"):
         return False

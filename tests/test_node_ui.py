@@ -274,3 +274,25 @@ def test_storyboard_tooltip_explains_the_format_with_an_example_that_parses(sche
     example = tip.split("Example:\n", 1)[1]
     shots = parse_storyboard(example)
     assert [(s.duration_s, s.start_s) for s in shots] == [(2.0, 0.0), (1.5, 2.0), (3.0, 3.5)]
+
+
+def test_the_lab_templates_load_without_the_demo_switch(comfy, monkeypatch, tmp_path, repo_root):
+    """A user's ComfyUI (no FRAMEMEMORY_DEMO) registers every node type the lab templates use: the lab model's
+    stand-in text encoder is part of the pack; only the HunyuanVideo test stand-in stays behind the switch."""
+    import asyncio
+    import json
+
+    import folder_paths
+
+    import framememory
+
+    monkeypatch.delenv("FRAMEMEMORY_DEMO", raising=False)
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "memory_encoders", ([], set()))
+    extension = asyncio.run(framememory.comfy_entrypoint())
+    ours = {n.define_schema().node_id for n in asyncio.run(extension.get_node_list())}
+    assert "FrameMemoryDemoTextEncoder" in ours and "FrameMemoryDemoTextEncoderHunyuanVideo" not in ours
+    for path in sorted((repo_root / "workflows").glob("storyboard_wan21_lab*.json")):
+        used = {n["type"] for n in json.loads(path.read_text())["nodes"]}
+        pack_types = {t for t in used if t.startswith("FrameMemory")}
+        assert pack_types <= ours, (path.name, pack_types - ours)
