@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import psutil
@@ -203,12 +203,13 @@ def iter_frames(plan: VideoPlan, sel: FrameSelection, width: int, height: int) -
 
 
 def history_from_video(model, vae, encoder, path: str | Path, sel: FrameSelection, width: int, height: int,
-                       latent_frames: int, memory: Memory | None = None,
-                       mode: str = "frame_preservation") -> tuple[Memory, dict]:
+                       latent_frames: int, memory: Memory | None = None, mode: str = "frame_preservation",
+                       on_segment: Callable[[int, int], None] | None = None) -> tuple[Memory, dict]:
     """Read ``path`` as history (module docstring): the frames ``sel`` selects, fitted to ``width x height``, the
     oldest that do not fill a segment dropped, encoded segment by segment by :class:`HistoryWriter` (appended to
-    ``memory`` when given: the clip starts a new VAE stream). Progress: one step per segment; the interrupt is
-    checked per segment.
+    ``memory`` when given: the clip starts a new VAE stream). Progress: one step per segment, and
+    ``on_segment(done, planned)`` after each segment when given (the node's progress text); the interrupt is checked
+    per segment.
 
     Returns:
         ``(memory, report)``; report (JSON-able): file, source geometry, selection, frames read / dropped,
@@ -231,7 +232,7 @@ def history_from_video(model, vae, encoder, path: str | Path, sel: FrameSelectio
             f"or select_every_nth, raise frame_load_cap (0: no cap), or lower segment_latent_frames") from None
     check_memory(model, vae, width, height, 0, writer.frames_needed, latent_frames)  # one segment at a time
     first_segment = len(writer.mem.history.segments)
-    appended = _append_segments(writer, iter_frames(plan, sel, width, height), skip, count)
+    appended = _append_segments(writer, iter_frames(plan, sel, width, height), skip, count, on_segment)
     history = writer.mem.history
     stat = os.stat(path)
     writer.mem.video_source = VideoSource(str(Path(path).resolve()), stat.st_mtime, stat.st_size, sel, width, height,
@@ -248,9 +249,11 @@ def history_from_video(model, vae, encoder, path: str | Path, sel: FrameSelectio
     return writer.mem, report
 
 
-def _append_segments(writer: HistoryWriter, frames: Iterator[torch.Tensor], skip: int, count: int) -> int:
+def _append_segments(writer: HistoryWriter, frames: Iterator[torch.Tensor], skip: int, count: int,
+                     on_segment: Callable[[int, int], None] | None = None) -> int:
     """Feed ``frames`` (uint8 ``[H, W, 3]``) past the first ``skip`` to ``writer`` one segment at a time, ``count``
-    segments at most; returns the segments appended. Raises ValueError when the file ends before the first."""
+    segments at most, calling ``on_segment(done, count)`` after each; returns the segments appended. Raises
+    ValueError when the file ends before the first."""
     bar, done, buf, n = comfy.utils.ProgressBar(count), 0, None, 0
     for i, frame in enumerate(frames):
         if i < skip:
@@ -262,6 +265,8 @@ def _append_segments(writer: HistoryWriter, frames: Iterator[torch.Tensor], skip
             writer.append(buf)
             done, buf = done + 1, None
             bar.update(1)
+            if on_segment is not None:
+                on_segment(done, count)
             if done == count:
                 break
     if done == 0:

@@ -55,6 +55,13 @@ def frames_preview(frames: torch.Tensor):
     return "JPEG", Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy()), PREVIEW_MAX_PX
 
 
+def reading_text(done: int, planned: int, seconds_per_segment: float) -> str:
+    """Load Video as History's progress text after ``done`` of ``planned`` history segments, e.g.
+    ``"Reading the video into memory: segment 3 of 7 (2.8 s of 6.6 s) - 42 %"``."""
+    return (f"Reading the video into memory: segment {done} of {planned} ({done * seconds_per_segment:.1f} s of "
+            f"{planned * seconds_per_segment:.1f} s) - {100 * done // max(planned, 1)} %")
+
+
 class NodeDisplay:
     """Sends progress, previews and text for the node being executed (``comfy_execution.utils.get_executing_context``)
     through ``PromptServer.instance``; every call does nothing when there is no server or no executing node.
@@ -97,4 +104,4 @@ class NodeDisplay:
             self.server.send_progress_text(text, self.context.node_id)
 
 
-__all__ = ["PROGRESS_EVENT", "BAR_UNITS", "progress_text", "frames_preview", "NodeDisplay"]
+__all__ = ["PROGRESS_EVENT", "BAR_UNITS", "progress_text", "reading_text", "frames_preview", "NodeDisplay"]

@@ -9,10 +9,12 @@ from comfy_api.latest import io
 
 from ..models.memory_modes import MEMORY_MODES
 from ..models.input_checks import check_memory_mode
+from ..models import families
 from ..models.video_history import FrameSelection, history_from_video
 from . import tooltips
 from .advanced_inputs import advanced
 from .history_settings import SHARED_SETTINGS, settings_conflict
+from .progress_ui import NodeDisplay, reading_text
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 
@@ -95,8 +97,13 @@ class LoadVideoAsHistory(io.ComfyNode):
         if memory is not None:
             check_memory_mode(memory, memory_mode, "this Load Video as History")
         selection = FrameSelection(fps, skip_first_seconds, select_every_nth, frame_load_cap)
+        display = NodeDisplay()  # what the node shows while it reads (nodes/progress_ui.py)
+        per_segment = families.adapter_for(model).VAE_STRIDE[0] * segment_latent_frames / fps  # s per segment
         mem, report = history_from_video(model, vae, memory_encoder, folder_paths.get_annotated_filepath(video),
-                                         selection, width, height, segment_latent_frames, memory, memory_mode)
+                                         selection, width, height, segment_latent_frames, memory, memory_mode,
+                                         on_segment=lambda k, n: display.show(reading_text(k, n, per_segment)))
+        display.show(f"Read {report['history_frames']} frames ({report['history_frames'] / fps:.1f} s) of "
+                     f"{report['file']} into {report['memory_tokens']} memory tokens in {report['seconds']:.0f} s")
         return io.NodeOutput(mem, json.dumps(report))
 
     @classmethod

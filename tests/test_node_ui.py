@@ -296,3 +296,10 @@ def test_the_lab_templates_load_without_the_demo_switch(comfy, monkeypatch, tmp_
         used = {n["type"] for n in json.loads(path.read_text())["nodes"]}
         pack_types = {t for t in used if t.startswith("FrameMemory")}
         assert pack_types <= ours, (path.name, pack_types - ours)
+
+
+def test_reading_text():
+    from framememory.nodes.progress_ui import reading_text
+
+    assert reading_text(3, 7, 1.0) == "Reading the video into memory: segment 3 of 7 (3.0 s of 7.0 s) - 42 %"
+    assert reading_text(7, 7, 1.0).endswith("- 100 %")
