@@ -351,8 +351,8 @@ def absorb(model, encoder, prefix, carried: dict, stats: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- one row
 def step_seconds(times: list[float]) -> tuple[float | None, float | None]:
-    """``(median seconds per step after the first, first step)`` from the progress callback's timestamps (one before
-    the first step, one after each)."""
+    """``(median seconds per step after the first, first step)`` from the progress callback's timestamps (its
+    "sample" reports: one before the first step, one after each)."""
     steps = [b - a for a, b in zip(times, times[1:])]
     if not steps:
         return None, None
@@ -391,7 +391,7 @@ def run_row(ctx: dict, mode: str, seconds: int, start_history) -> dict:
             ctx["model"], ctx["vae"], MeasuredClip(ctx["clip"], text), encoder, ctx["negative"],
             parse_storyboard(f"1.0 | {PROMPTS[0]}"), SamplerSettings(size["steps"], 5.0, "euler", "simple", 42),
             size["width"], size["height"], size["fps"], size["latent_frames"], start=start, mode=mode,
-            progress=lambda done, total: times.append(time.perf_counter()))
+            progress=lambda p: times.append(time.perf_counter()) if p.phase == "sample" else None)
     except (torch.OutOfMemoryError, mm.OOM_EXCEPTION, ValueError) as e:
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         row.update(vram_now())

@@ -136,25 +136,26 @@ def history_length(seconds: float, fps: float, latent_frames: int, available: in
 def read_clip(path: Path, width: int, height: int, fps: float, max_frames: int) -> np.ndarray:
     """The first ``max_frames`` (or fewer: the clip's end) frames of ``path`` as the training reader gives them:
     uint8 ``[F, height, width, 3]`` at ``fps``, decoded into one array (no second copy of the frames while reading;
-    its size comes from the clip's duration, :func:`clip_frames`, so a large ``max_frames`` costs nothing).
-    Raises ``training.data.VideoReadError``, EvalError when no frame decodes."""
+    it is sized from the clip's duration where the container gives one, :func:`clip_frames`, else grown by halves, so
+    a large ``max_frames`` costs nothing). Raises ``training.data.VideoReadError``, EvalError when no frame decodes."""
     frames = itertools.islice(resample(decode_frames(path, width, height), fps), max_frames)
     first = next(frames, None)
     if first is None:
         raise EvalError(f"{path}: no frames decoded")
-    out = np.empty((max(min(max_frames, clip_frames(path, fps) + 1), 1), *first.shape), dtype=np.uint8)
+    expected = clip_frames(path, fps)
+    out = np.empty((max(min(max_frames, (expected or 64) + 1), 1), *first.shape), dtype=np.uint8)
     out[0], count = first, 1
     for frame in frames:
-        if count == len(out):  # the packet count was short: grow (rare)
-            out = np.concatenate([out, np.empty_like(out[:max(count // 4, 1)])])
+        if count == len(out):  # no duration in the file, or the container's was short: grow
+            out = np.concatenate([out, np.empty_like(out[:max(count // 2, 1)])])
         out[count], count = frame, count + 1
     return out[:count]
 
 
-def clip_frames(path: Path, fps: float) -> int:
+def clip_frames(path: Path, fps: float) -> int | None:
     """About how many frames ``path`` holds at ``fps``: its duration from the container (no decoding) x ``fps``,
-    rounded down, plus one (a frame at 0 s). For checks before reading; :func:`read_clip` gives the exact frames.
-    Raises EvalError for a file PyAV cannot open or without a duration."""
+    rounded down, plus one (a frame at 0 s); None where the container gives no duration (e.g. animated WebP). For
+    checks before reading; :func:`read_clip` gives the exact frames. Raises EvalError for a file PyAV cannot open."""
     import av
 
     try:
@@ -165,7 +166,7 @@ def clip_frames(path: Path, fps: float) -> int:
             elif container.duration:
                 seconds = container.duration / av.time_base
             else:
-                raise EvalError(f"{Path(path).name}: no duration in the file; re-encode it")
+                return None
     except av.error.FFmpegError as e:
         raise EvalError(f"{Path(path).name}: PyAV cannot open it ({e})") from e
     return math.floor(seconds * fps + 1e-6) + 1

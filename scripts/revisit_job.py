@@ -64,9 +64,10 @@ def shuffle_clip(video: Path, media_dir: Path) -> Path:
 
 def check_within_clip(video: Path, fps: float, frames: int, what: str) -> None:
     """Raise EvalError naming ``what`` (the options asking for them) when ``video`` holds fewer than ``frames`` frames
-    at ``fps`` (counted from its packets, before anything is decoded), with the clip's length and the fix."""
+    at ``fps`` (from the container's duration, before anything is decoded), with the clip's length and the fix; a
+    file without a duration passes (the sequence's own length checks then refuse it after reading)."""
     available = example_eval.clip_frames(video, fps)
-    if available < frames:
+    if available is not None and available < frames:  # no duration in the file: read_clip's length decides
         raise example_eval.EvalError(f"{what} need {frames} frames ({frames / fps:.2f} s at {fps:g} fps) but "
                                      f"{video.name} holds {available} ({available / fps:.2f} s): ask for less or "
                                      f"give a longer clip")
