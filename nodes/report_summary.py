@@ -11,11 +11,6 @@ DRIFT_VISIBLE = 2.3  # Delta E*ab: a just noticeable colour difference
 DRIFT_ACT = 5.0  # Delta E*ab of a segment against the video before it: suggest colour_correction above it
 
 
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def _memory_line(report: dict, last: dict) -> str:
     fps, mode = float(report["fps"]), report["memory_mode"]
     if mode == "off":
