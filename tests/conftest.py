@@ -8,7 +8,8 @@
   ``comfy.cli_args.args.cpu`` is set to True before anything imports ``comfy.model_management``
   (set FRAMEMEMORY_TEST_GPU=1 to leave ComfyUI's device choice alone).
 * Fixtures: ``comfy`` (session; the ``comfy`` package with model_management imported on CPU),
-  ``repo_root``, ``comfyui_dir``, ``media_dir``.
+  ``repo_root``, ``comfyui_dir``, ``media_dir``; for the browser tests ``browser_server`` (session: one server for
+  every browser test file) and ``ui`` (a page of the real frontend per test file).
 * Marker ``slow``: tests over ~3 minutes; marker ``cuda``: tests that need a CUDA GPU (and FRAMEMEMORY_TEST_GPU=1);
   ``scripts/run_tests.sh`` runs ``-m "not slow and not cuda"``.
 """
@@ -143,3 +144,28 @@ def smoke_lab(tmp_path_factory, repo_root, media_dir):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def browser_server(comfyui_dir, media_dir, tmp_path_factory):
+    """One ComfyUI server for every browser test file (tests/test_browser*.py): the tiny demo models, bikes.mp4 in
+    its input folder, FRAMEMEMORY_DEMO=1, and every model file the workflows name listed, as for a user who has
+    them (frontend 1.48 pops an error box over the graph for a missing one): lab files linked, empty placeholders
+    for the others (never run)."""
+    from framememory.headless.comfy_server import ComfyServer, add_demo_inputs
+    from framememory.headless.workflows import add_named_model_files, ui_workflows
+
+    srv = ComfyServer(tmp_path_factory.mktemp("comfy_browser"), comfyui_dir=comfyui_dir)
+    add_demo_inputs(srv, media_dir)
+    add_named_model_files(srv.models_dir, ui_workflows())
+    with srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def ui(browser_server):
+    """The real frontend of :func:`browser_server` in headless Chromium, one page per test file."""
+    from framememory.headless.browser import ComfyFrontend
+
+    with ComfyFrontend(browser_server.url) as frontend:
+        yield frontend

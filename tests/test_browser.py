@@ -2,7 +2,7 @@
 with 0.33.0: whichever the server under test serves) in headless Chromium, driven by Playwright (issues 15 and 24;
 framememory.headless.browser / .workflows).
 
-One server for the module (tiny random demo models, bikes.mp4 as the input clip, the lab files and placeholders for
+One server for every browser test file (tests/conftest.py ``browser_server``: tiny random demo models, bikes.mp4 as the input clip, the lab files and placeholders for
 the other model files the workflows name, FRAMEMEMORY_DEMO=1) and one page:
 1. the Templates browser lists exactly the templates of workflows/ (not the test-only demo/workflows/), each with
    its Note and its frame thumbnail (tests/test_browser_templates.py: the Templates dialog as rendered);
@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from framememory.headless.browser import ComfyFrontend
-from framememory.headless.comfy_server import PACK_NAME, ComfyServer, add_demo_inputs
+from framememory.headless.comfy_server import PACK_NAME
 from framememory.headless.templates import (NOTE_TYPE, THUMBNAIL_MARK, THUMBNAIL_MAX_BYTES, THUMBNAIL_SIZE,
                                             note_text, template_for)
-from framememory.headless.workflows import (add_named_model_files, check_workflow, open_workflow, template_workflows,
+from framememory.headless.workflows import (check_workflow, open_workflow, template_workflows,
                                             ui_workflows)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,20 +36,9 @@ ONE_SHOT = "1.0 | a cyclist rides down a sunny city street, tracking shot"
 
 
 @pytest.fixture(scope="module")
-def server(comfyui_dir, media_dir, tmp_path_factory):
-    srv = ComfyServer(tmp_path_factory.mktemp("comfy_base"), comfyui_dir=comfyui_dir)
-    add_demo_inputs(srv, media_dir)
-    # every file the workflows name is listed, as for a user who has them (frontend 1.48 pops an error box over the
-    # top right of the graph for a missing one): lab files linked, empty placeholders for the others (never run here)
-    add_named_model_files(srv.models_dir, ui_workflows())
-    with srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def ui(server):
-    with ComfyFrontend(server.url) as frontend:
-        yield frontend
+def server(browser_server):
+    """The session's browser server (tests/conftest.py)."""
+    return browser_server
 
 
 def test_templates_browser_lists_the_templates_with_frame_thumbnails(server):

@@ -17,14 +17,10 @@ The lab workflow (workflows/storyboard_wan21_lab.json) links a Load Video as His
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from framememory.headless.browser import ComfyFrontend
-from framememory.headless.comfy_server import ComfyServer
-from framememory.headless.workflows import add_named_model_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAB = REPO_ROOT / "workflows" / "storyboard_wan21_lab.json"
@@ -33,19 +29,9 @@ ADVANCED = ("model_low_noise", "switch_step", "resume", "colour_strength")
 
 
 @pytest.fixture(scope="module")
-def server(comfyui_dir, media_dir, tmp_path_factory):
-    srv = ComfyServer(tmp_path_factory.mktemp("comfy_base"), comfyui_dir=comfyui_dir)
-    srv.prepare_base()
-    shutil.copy2(media_dir / "bikes.mp4", srv.input_dir / "bikes.mp4")
-    add_named_model_files(srv.models_dir, [LAB])  # the lab files, listed as for a user who has them
-    with srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def ui(server):
-    with ComfyFrontend(server.url) as frontend:
-        yield frontend
+def server(browser_server):
+    """The session's browser server (tests/conftest.py): bikes.mp4 and the lab files."""
+    return browser_server
 
 
 def lab_ids() -> tuple[int, int]:

@@ -17,28 +17,18 @@ import io
 import numpy as np
 import pytest
 
-from framememory.headless.browser import ComfyFrontend
-from framememory.headless.comfy_server import PACK_NAME, ComfyServer, add_demo_inputs
+from framememory.headless.comfy_server import PACK_NAME
 from framememory.headless.templates import (CAPTION_HEIGHT, NOTE_TITLE, NOTE_TYPE, TEMPLATES, THUMBNAIL_MARK,
                                             compose_thumbnail, frames_are_text)
-from framememory.headless.workflows import WORKFLOWS, add_named_model_files, template_workflows, thumbnail_path_for
+from framememory.headless.workflows import WORKFLOWS, template_workflows, thumbnail_path_for
 
 CARD = '[data-testid^="template-workflow-"]'
 
 
 @pytest.fixture(scope="module")
-def server(comfyui_dir, media_dir, tmp_path_factory):
-    srv = ComfyServer(tmp_path_factory.mktemp("comfy_base"), comfyui_dir=comfyui_dir)
-    add_demo_inputs(srv, media_dir)
-    add_named_model_files(srv.models_dir, template_workflows())  # as for a user who has every file
-    with srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def ui(server):
-    with ComfyFrontend(server.url) as frontend:
-        yield frontend
+def server(browser_server):
+    """The session's browser server (tests/conftest.py): every template's files listed."""
+    return browser_server
 
 
 @pytest.fixture(scope="module")
