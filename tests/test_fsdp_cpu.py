@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import accelerate  # noqa: F401  required (requirements-train.txt): a missing one fails, never skips
+import peft  # noqa: F401  required (requirements-train.txt): a missing one fails, never skips
 import pytest
 import torch
 
@@ -67,8 +69,6 @@ def _shapes(sd: dict) -> dict:
 
 @pytest.mark.slow  # 35 s: two FSDP processes
 def test_fsdp_two_cpu_processes_resume_and_export(comfy, tmp_path, comfyui_dir):
-    pytest.importorskip("peft")
-    pytest.importorskip("accelerate")
     _shards(tmp_path / "shards")
     out = tmp_path / "fsdp"
 

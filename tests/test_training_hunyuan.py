@@ -12,6 +12,8 @@ import json
 import sys
 from types import SimpleNamespace
 
+import accelerate  # noqa: F401  required (requirements-train.txt): a missing one fails, never skips
+import peft  # noqa: F401  required (requirements-train.txt): a missing one fails, never skips
 import pytest
 import torch
 
@@ -37,7 +39,6 @@ def _memory(tokens, pos2):
 
 @pytest.fixture()
 def setup(comfy):
-    pytest.importorskip("peft")
     from framememory.demo.tiny_hunyuan import tiny_hunyuan_dit, tiny_hunyuan_encoder_config
     from framememory.memory.encoder import HistoryEncoder
     from framememory.training import stages
@@ -298,8 +299,6 @@ def _hv_dataset(n=2, frames=6, seed=0, rate="2x2x2"):
 
 
 def test_exported_lora_is_the_same_hunyuan_model_under_comfyui_stock_loader(comfy, tmp_path):
-    pytest.importorskip("peft")
-    pytest.importorskip("accelerate")
     import comfy.model_management
     import comfy.sd
     import comfy.utils
@@ -355,8 +354,6 @@ def test_exported_lora_is_the_same_hunyuan_model_under_comfyui_stock_loader(comf
 def test_command_line_stage1_with_tiny_hunyuan_and_pooled_shards(comfy, tmp_path, comfyui_dir, monkeypatch):
     """training/train.py main (in process): --tiny-dit hunyuan_video on shards that carry the pooled embedding;
     latents are mapped to HunyuanVideo's model space; --dit loads a HunyuanVideo file through ComfyUI's detection."""
-    pytest.importorskip("peft")
-    pytest.importorskip("accelerate")
     from safetensors.torch import save_file
 
     import comfy.latent_formats

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import accelerate  # noqa: F401  required (requirements-train.txt): a missing one fails, never skips
+import peft  # noqa: F401  required (requirements-train.txt): a missing one fails, never skips
 import pytest
 import torch
 
@@ -19,8 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def parts(comfy):
-    pytest.importorskip("peft")
-    pytest.importorskip("accelerate")
     from framememory.demo.tiny_models import tiny_encoder_config, tiny_wan21_dit
     from framememory.memory.encoder import HistoryEncoder
     from framememory.training import loop

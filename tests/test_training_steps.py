@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
+import peft  # noqa: F401  required (requirements-train.txt): a missing one fails, never skips
 import pytest
 import torch
 
@@ -26,7 +27,6 @@ def lr_latent_for(latent: torch.Tensor, cfg, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture()
 def setup(comfy):
-    pytest.importorskip("peft")
     from framememory.demo.tiny_models import tiny_encoder_config, tiny_wan21_dit
     from framememory.memory.encoder import HistoryEncoder
     from framememory.training import stages
@@ -65,7 +65,6 @@ def test_lora_wraps_comfy_linears_and_freezes_the_base(setup):
 
 
 def test_default_rank_is_128(comfy):
-    pytest.importorskip("peft")
     from framememory.demo.tiny_models import tiny_wan21_dit
     from framememory.training import stages
 
@@ -418,7 +417,6 @@ def test_stage2_overfits_a_fixed_batch(setup):
 
 
 def test_deterministic_step(comfy):
-    pytest.importorskip("peft")
     from framememory.demo.tiny_models import tiny_encoder_config, tiny_wan21_dit
     from framememory.memory.encoder import HistoryEncoder
     from framememory.training import stages
