@@ -9,8 +9,10 @@ Small resolution: 256x128 pixels for the 8x-VAE families, 512x256 for Wan 2.2 (1
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
+
+import tyro
 
 from common import print_table, write_result
 
@@ -23,10 +25,15 @@ FAMILIES = {  # name: (family, width D, latent channels, vae stride, fps, 480p s
 RATES = ["4x4x2", "2x2x2", "2x2x4", "2x2x1", "2x2x8"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The encoder table of issue 3: family x rate -> tokens per second, HR parameters, encode time."""
+
+    repeats: int = 3
+    """timed encodes per family and rate"""
+
+
+def main(args: Args) -> None:
     import torch
 
     from framememory.memory.config import EncoderConfig
@@ -72,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.split("\n")[0]))

@@ -13,7 +13,7 @@ what the stock LoadVideo + GetVideoComponents route would hold (every source fra
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,8 +22,11 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import tyro
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, print_table, write_result  # noqa: E402
+from framememory.headless.comfy_import import import_comfyui  # noqa: E402
 
 MEDIA = Path(ROOT) / ".cache" / "media"
 
@@ -93,10 +96,7 @@ def read_one(clip: Path, args) -> dict:
 
     import torch
 
-    sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR") or os.path.join(ROOT, ".cache", "ComfyUI")))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    import_comfyui(cpu=True)
     import comfy.model_management  # noqa: F401
 
     from framememory.models.telemetry import peak_rss_mb, rss_mb
@@ -161,19 +161,34 @@ def merged_rows(rows: list[dict], settings: dict) -> list[dict]:
     return sorted(keep + rows, key=lambda r: r["clip_seconds"])
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Peak RSS of reading a long video file as history."""
+
+    seconds: tuple[float, ...] = (60, 600)
+    """clip lengths"""
+    source: Path = MEDIA / "bikes.mp4"
+    """real clip to loop"""
+    clip_dir: Path = Path("/tmp")
+    """where the long clips go"""
+    width: int = 256
+    """history width (pixels)"""
+    height: int = 128
+    """history height (pixels)"""
+    fps: float = 16.0
+    """history frame rate"""
+    latent_frames: int = 4
+    """latent frames per segment"""
+    lab_dir: Path = Path(ROOT) / "lab_model"
+    """the lab model set"""
+    threads: int = 1
+    """torch threads of the reading process"""
+    child: Path | None = None
+    """internal: read this clip in this process and print its row (run_child)"""
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, nargs="+", default=[60, 600], help="clip lengths (default 60 600)")
-    ap.add_argument("--source", type=Path, default=MEDIA / "bikes.mp4", help="real clip to loop (default bikes.mp4)")
-    ap.add_argument("--clip-dir", type=Path, default=Path("/tmp"), help="where the long clips go (default /tmp)")
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--height", type=int, default=128)
-    ap.add_argument("--fps", type=float, default=16.0)
-    ap.add_argument("--latent-frames", type=int, default=4)
-    ap.add_argument("--lab-dir", type=Path, default=Path(ROOT) / "lab_model")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the reading process (default 1)")
-    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.child:
         print("RESULT " + json.dumps(read_one(args.child, args)), flush=True)
         return 0

@@ -26,24 +26,23 @@ Prints both curves at every 10 s mark, checks "memory-on drift below memory-off 
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
-import sys
 import time
 
+import tyro
+
 from common import ROOT, print_table, vae_pass, write_result
+from framememory.headless.comfy_import import import_comfyui
 
 PROMPT = "a street with cyclists and pedestrians on a sunny day"
 
 
 def setup() -> None:
-    sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(ROOT, ".cache", "ComfyUI"))))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    # PyTorch SDPA, as a GPU run would attend: ComfyUI's CPU default (split / sub-quadratic attention sized to the
-    # free RAM) took 23 GB of RSS at ~7k memory tokens and was OOM-killed in a 60 s run
-    comfy.cli_args.args.use_pytorch_cross_attention = True
+    """Import ComfyUI on the CPU with PyTorch SDPA, as a GPU run would attend: ComfyUI's CPU default (split /
+    sub-quadratic attention sized to the free RAM) took 23 GB of RSS at ~7k memory tokens and was OOM-killed in a
+    60 s run."""
+    import_comfyui(cpu=True, sdpa=True)
 
 
 def history_clip(path: str, seconds: float, width: int, height: int, fps: float):
@@ -85,7 +84,9 @@ def run_arm(lab, history, mode: str, seconds: float, seed: int, steps: int, colo
     ``colour`` (0 = off; ``models.colour_match``). Returns (frames [F, H, W, 3] 0..1, report)."""
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.memory.storyboard import Shot
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder = lab
     clip = StandInTextEncoder()
@@ -162,23 +163,32 @@ def plot(curves: dict, path: str) -> None:
     fig.savefig(path, dpi=80)
 
 
-def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=60.0, help="seconds to generate (default 60)")
-    ap.add_argument("--clip", default=os.path.join(ROOT, ".cache", "media", "bikes.mp4"), help="history clip")
-    ap.add_argument("--history-seconds", type=float, default=2.8, help="seconds of the clip used as history")
-    ap.add_argument("--lab-dir", default=os.path.join(ROOT, "lab_model"), help="the lab model set")
-    ap.add_argument("--steps", type=int, default=12, help="sampling steps per segment (default 12, as the example)")
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--arms", nargs="+", default=["frame_preservation", "off"],
-                    help="arms to run: a memory mode, optionally '+colour' (colour-drift correction at "
-                         "--colour-strength), e.g. frame_preservation+colour; the first two are compared at the marks")
-    ap.add_argument("--colour-strength", type=float, default=1.0, help="strength of the '+colour' arms (default 1)")
-    ap.add_argument("--shuffled-clip", default="carphone_pristine.mp4",
-                    help="held-out clip whose first frames are the shuffled control's history ('' skips the comparison "
-                         "with the real continuation)")
-    ap.add_argument("--name", default="long_run_lab", help="result name under benchmarks/results/ (default long_run_lab)")
-    return ap.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """A long storyboard on the lab model from a real clip, memory on vs off."""
+
+    seconds: float = 60.0
+    """seconds to generate"""
+    clip: str = os.path.join(ROOT, ".cache", "media", "bikes.mp4")
+    """history clip"""
+    history_seconds: float = 2.8
+    """seconds of the clip used as history"""
+    lab_dir: str = os.path.join(ROOT, "lab_model")
+    """the lab model set"""
+    steps: int = 12
+    """sampling steps per segment (12, as the example)"""
+    seed: int = 42
+    """sampling seed"""
+    arms: tuple[str, ...] = ("frame_preservation", "off")
+    """arms to run: a memory mode, optionally '+colour' (colour-drift correction at --colour-strength), e.g.
+    frame_preservation+colour; the first two are compared at the marks"""
+    colour_strength: float = 1.0
+    """strength of the '+colour' arms"""
+    shuffled_clip: str = "carphone_pristine.mp4"
+    """held-out clip whose first frames are the shuffled control's history ('' skips the comparison with the real
+    continuation)"""
+    name: str = "long_run_lab"
+    """result name under benchmarks/results/"""
 
 
 def run_arms(args, lab, off_lab, history) -> tuple[dict, dict, dict, dict]:
@@ -212,8 +222,7 @@ def print_versus_real(vs_real: dict) -> None:
         print("NOTE:", line)
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: Args) -> None:
     setup()
     import torch
 
@@ -240,10 +249,10 @@ def main() -> None:
     print("written:", png, write_result(args.name, at, {
         "clip": os.path.basename(args.clip), "history_frames": h_frames, "seconds": args.seconds,
         "steps": args.steps, "seed": args.seed, "prompt": PROMPT, "wall_s": wall, "peak_rss_mb": rss,
-        "arms": args.arms, "colour_strength": args.colour_strength,
+        "arms": list(args.arms), "colour_strength": args.colour_strength,
         "target_met": target, "versus_real": vs_real,
         "curves": curves}))
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__))

@@ -17,12 +17,14 @@ Prints a table and writes benchmarks/results/sampling_step_<preset>.json.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+import dataclasses
 import time
+from typing import Literal
+
+import tyro
 
 from common import print_table, write_result
+from framememory.headless.comfy_import import import_comfyui
 
 PRESETS = {  # dim, ffn, heads, layers, width, height, fps, dtype, device
     "cpu-small": dict(dim=1536, ffn=8960, heads=12, layers=2, width=256, height=128, fps=16, dtype="float32", device="cpu"),
@@ -39,39 +41,28 @@ def step_flops(dim: int, ffn: int, layers: int, tokens: int, text_len: int = TEX
     return 2.0 * layers * (linear + attn)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", choices=[*PRESETS, "cpu-480p"], default="cpu-small")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-full", action="store_true", help="skip the uncompressed 20 s history case")
-    ap.add_argument("--attention", choices=["auto", "sage", "sdpa"], default="sdpa",
-                    help="attention backend (benchmark 5: run once with sage, once with sdpa); sage falls back to SDPA "
-                         "with a one-line notice without CUDA or sageattention")
-    ap.add_argument("--widths", nargs="+", choices=["1.3b", "14b"], default=["1.3b", "14b"],
-                    help="cpu-480p only: the Wan 2.1 widths whose block is measured")
-    args = ap.parse_args()
-    sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "ComfyUI"))))
-    if args.preset == "cpu-480p":
-        import sampling_step_480p
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Benchmark 3: one DiT step with and without memory tokens; measured time ratio vs FLOP ratio."""
 
-        return sampling_step_480p.run(args, step_flops)
-    p = PRESETS[args.preset]
-    import comfy.cli_args
+    preset: Literal["cpu-small", "gpu-480p", "gpu-480p-14b", "cpu-480p"] = "cpu-small"
+    """model size and device (module docstring); cpu-480p: sampling_step_480p.py"""
+    repeats: int = 3
+    """timed forwards per case (the median is reported)"""
+    skip_full: bool = False
+    """skip the uncompressed 20 s history case"""
+    attention: Literal["auto", "sage", "sdpa"] = "sdpa"
+    """attention backend (benchmark 5: run once with sage, once with sdpa); sage falls back to SDPA with a one-line
+    notice without CUDA or sageattention"""
+    widths: tuple[Literal["1.3b", "14b"], ...] = ("1.3b", "14b")
+    """cpu-480p only: the Wan 2.1 widths whose block is measured"""
 
-    comfy.cli_args.args.cpu = p["device"] == "cpu"
+
+def build_model(p: dict):
+    """ComfyUI's ``WanModel`` of preset ``p`` (random weights N(0, 0.02), eval mode) on ``p["device"]``."""
     import torch
     import comfy.ops
-    import comfy.patcher_extension
     from comfy.ldm.wan.model import WanModel
-
-    from framememory.memory.config import EncoderConfig
-    from framememory.memory.grid import memory_grid, memory_positions
-    from framememory.models import wan as adapter
-    from framememory.models.attention import attention_override, resolve_attention
-
-    backend, notice = resolve_attention(args.attention)
-    if notice:
-        print(notice)
 
     dev, dtype = torch.device(p["device"]), getattr(torch, p["dtype"])
     torch.manual_seed(0)
@@ -81,65 +72,103 @@ def main() -> None:
     with torch.no_grad():
         for prm in dm.parameters():
             prm.normal_(0, 0.02)
-    dm.eval()
+    return dm.eval()
+
+
+def product_options(p: dict, backend: str) -> dict:
+    """``transformer_options`` of the product path: the Wan adapter's per-block patches and memory wrapper, and the
+    attention ``backend``."""
+    import comfy.patcher_extension
+
+    from framememory.models import wan as adapter
+    from framememory.models.attention import attention_override
+
+    return {
+        "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, p["layers"]) for i in range(p["layers"])}},
+        "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
+        "optimized_attention_override": attention_override(backend),
+    }
+
+
+def memory_kwargs(p: dict, seconds: int | None, rate: str | None, dev, dtype) -> dict:
+    """The forward kwargs of ``seconds`` of history at ``rate``: random tokens ``[1, M, dim]`` at their real positions
+    (``memory_positions2`` ``[1, M, 3]`` int64); ``{}`` without history."""
+    import torch
+
+    from framememory.memory.config import EncoderConfig
+    from framememory.memory.grid import memory_grid, memory_positions
+
+    if not seconds:
+        return {}
+    lat = (seconds * p["fps"] - 1) // 4 + 1
+    cfg = EncoderConfig(dim=p["dim"], rate=rate)
+    grid = memory_grid((lat, p["height"] // 8, p["width"] // 8), cfg)
+    pos = memory_positions(grid, cfg, t_start=-lat)
+    tok = torch.randn(1, pos.shape[0], p["dim"], device=dev, dtype=dtype) * 0.5
+    return {"memory_tokens": tok, "memory_positions2": (pos[None] * 2).round().long().to(dev)}
+
+
+def time_step(dm, inputs: tuple, opts: dict, kw: dict, repeats: int) -> tuple[float | None, float | None]:
+    """``(median seconds of one forward over repeats, peak GiB on CUDA)`` after one warm-up; ``(None, None)`` when the
+    card runs out of memory."""
+    import torch
+
+    dev = inputs[0].device
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    try:
+        with torch.no_grad():
+            dm(*inputs, transformer_options=opts, **kw)  # warm-up
+            sync()
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                dm(*inputs, transformer_options=opts, **kw)
+                sync()
+                times.append(time.perf_counter() - t0)
+    except torch.OutOfMemoryError:
+        return None, None
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None
+    return sorted(times)[len(times) // 2], peak
+
+
+def measure_cases(p: dict, backend: str, repeats: int, skip_full: bool) -> list[dict]:
+    """One row per case (no memory, 20 / 60 s at 4x4x2 and 2x2x2, the full 20 s history unless ``skip_full``): the
+    step time, memory tokens M, video tokens N, FLOP ratio against no memory and the CUDA peak."""
+    import torch
+
+    dm = build_model(p)
+    dev, dtype = torch.device(p["device"]), getattr(torch, p["dtype"])
     h8, w8 = p["height"] // 8, p["width"] // 8
     seg_t = 4  # 1 s segment = 4 latent frames (16 frames of the continuous stream)
     n = seg_t * (h8 // 2) * (w8 // 2)
     x = torch.randn(1, 16, seg_t, h8, w8, device=dev, dtype=dtype)
     ctx = torch.randn(1, TEXT_LEN, 4096, device=dev, dtype=dtype) * 0.1
     ts = torch.tensor([500.0], device=dev)
-    opts = {
-        "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, p["layers"]) for i in range(p["layers"])}},
-        "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
-        "optimized_attention_override": attention_override(backend),
-    }
-
-    def memory(seconds: int, rate: str):
-        lat = (seconds * p["fps"] - 1) // 4 + 1
-        cfg = EncoderConfig(dim=p["dim"], rate=rate)
-        grid = memory_grid((lat, h8, w8), cfg)
-        pos = memory_positions(grid, cfg, t_start=-lat)
-        tok = torch.randn(1, pos.shape[0], p["dim"], device=dev, dtype=dtype) * 0.5
-        return tok, (pos[None] * 2).round().long().to(dev)
-
+    opts = product_options(p, backend)
     cases = [("no memory", None, None), ("20s 4x4x2", 20, "4x4x2"), ("60s 4x4x2", 60, "4x4x2"),
              ("20s 2x2x2", 20, "2x2x2"), ("60s 2x2x2", 60, "2x2x2")]
-    if not args.skip_full:
+    if not skip_full:
         cases.append(("20s full (1x1x1)", 20, "1x1x1"))
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     rows = []
     for name, secs, rate in cases:
-        kw = {}
-        if secs:
-            tok, pos2 = memory(secs, rate)
-            kw = {"memory_tokens": tok, "memory_positions2": pos2}
+        kw = memory_kwargs(p, secs, rate, dev, dtype)
         m = kw["memory_tokens"].shape[1] if kw else 0
-        peak = None
-        try:
-            with torch.no_grad():
-                dm(x, ts, ctx, transformer_options=opts, **kw)  # warm-up
-                sync()
-                if dev.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                times = []
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    dm(x, ts, ctx, transformer_options=opts, **kw)
-                    sync()
-                    times.append(time.perf_counter() - t0)
-            if dev.type == "cuda":
-                peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            sec = sorted(times)[len(times) // 2]
-        except torch.OutOfMemoryError:
-            sec = None
+        sec, peak = time_step(dm, (x, ts, ctx), opts, kw, repeats)
         rows.append({"case": name, "N": n, "M": m, "step_s": None if sec is None else round(sec, 4),
                      "flop_ratio": round(step_flops(p["dim"], p["ffn"], p["layers"], n + m) / step_flops(p["dim"], p["ffn"], p["layers"], n), 3),
                      "peak_gib": peak})
         print(f"  {name}: M={m} {rows[-1]['step_s']} s", flush=True)
+    return rows
+
+
+def report(rows: list[dict]) -> None:
+    """Add the time ratios to ``rows``, print the table and the two targets of issue 5."""
     base = rows[0]["step_s"]
     for r in rows:
         r["time_ratio"] = None if r["step_s"] is None else round(r["step_s"] / base, 3)
@@ -153,8 +182,24 @@ def main() -> None:
         speedup = round(full["step_s"] / mem20["step_s"], 1)
         print(f"target: 20 s at 4x4x2 >= 50x faster than the full 20 s history: {speedup}x "
               f"({'met' if speedup >= 50 else 'MISSED'}; FLOP ratio {round(full['flop_ratio'] / mem20['flop_ratio'], 1)}x)")
+
+
+def main(args: Args) -> None:
+    if args.preset == "cpu-480p":
+        import sampling_step_480p
+
+        return sampling_step_480p.run(args, step_flops)
+    p = PRESETS[args.preset]
+    import_comfyui(cpu=p["device"] == "cpu")
+    from framememory.models.attention import resolve_attention
+
+    backend, notice = resolve_attention(args.attention)
+    if notice:
+        print(notice)
+    rows = measure_cases(p, backend, args.repeats, args.skip_full)
+    report(rows)
     print("written:", write_result(f"sampling_step_{args.preset}_{backend}", rows, {"preset": p, "attention": backend}))
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.split("\n")[0]))

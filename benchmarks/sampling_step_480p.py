@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 
 from common import print_table, write_result
+from framememory.headless.comfy_import import import_comfyui
 
 WIDTHS = {  # Wan 2.1 block shapes and block count
     "1.3b": dict(dim=1536, ffn=8960, heads=12, blocks=30),
@@ -74,10 +75,7 @@ class HookTimer:
 
 def setup_comfy():
     """Import ComfyUI for a CPU run with PyTorch SDPA attention; returns the ``torch`` module."""
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    comfy.cli_args.args.use_pytorch_cross_attention = True  # before comfy.ldm.modules.attention is imported
+    import_comfyui(cpu=True, sdpa=True)  # SDPA before comfy.ldm.modules.attention is imported
     import torch
     import comfy.ldm.modules.attention as attention
 

@@ -15,12 +15,14 @@ benchmarks/results/storyboard_loop_<preset>.json. Target (issue 5): VRAM peak <=
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+import dataclasses
 import time
+from typing import Literal
+
+import tyro
 
 from common import print_table, write_result
+from framememory.headless.comfy_import import import_comfyui
 
 PRESETS = {
     "cpu-tiny": dict(device="cpu", width=256, height=128, steps=2, dit="tiny", vae="tiny"),
@@ -31,38 +33,46 @@ PRESETS = {
 }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", choices=list(PRESETS), default="cpu-tiny")
-    ap.add_argument("--seconds", type=float, default=60.0, help="seconds of video to generate (history grows to this)")
-    ap.add_argument("--cap-gib", type=float, default=12.0, help="VRAM the process may use (GPU presets)")
-    args = ap.parse_args()
-    p = PRESETS[args.preset]
-    ballast_bytes = 0
-    if p["device"] == "cuda":
-        import torch
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Benchmark 4: the whole storyboard loop, with per-phase time, VRAM and host RAM, under a 12 GiB VRAM cap."""
 
-        free, total = torch.cuda.mem_get_info()
-        ballast_bytes = max(0, int(free - args.cap_gib * 2**30))
-        ballast = torch.empty(ballast_bytes, dtype=torch.uint8, device="cuda")  # noqa: F841 (held to the end)
-        print(f"VRAM cap: ballast {ballast_bytes / 2**30:.1f} GiB, {torch.cuda.mem_get_info()[0] / 2**30:.1f} GiB free")
-    sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache", "ComfyUI"))))
-    import comfy.cli_args
+    preset: Literal["cpu-tiny", "gpu-1.3b", "gpu-14b-fp8"] = "cpu-tiny"
+    """model size and device (module docstring)"""
+    seconds: float = 60.0
+    """seconds of video to generate (history grows to this)"""
+    cap_gib: float = 12.0
+    """VRAM the process may use (GPU presets)"""
 
-    comfy.cli_args.args.cpu = p["device"] == "cpu"
+
+def hold_ballast(p: dict, cap_gib: float):
+    """``(ballast tensor or None, its bytes)``: on CUDA a uint8 tensor filling the card down to ``cap_gib`` GiB free,
+    made before ComfyUI is imported (hold it to the end of the run)."""
+    if p["device"] != "cuda":
+        return None, 0
     import torch
-    import comfy.sd
-    import comfy.ops
 
-    from framememory.demo.text_encoder import StandInTextEncoder
+    free, total = torch.cuda.mem_get_info()
+    ballast_bytes = max(0, int(free - cap_gib * 2**30))
+    ballast = torch.empty(ballast_bytes, dtype=torch.uint8, device="cuda")
+    print(f"VRAM cap: ballast {ballast_bytes / 2**30:.1f} GiB, {torch.cuda.mem_get_info()[0] / 2**30:.1f} GiB free")
+    return ballast, ballast_bytes
+
+
+def build_models(p: dict):
+    """``(MODEL, VAE, memory encoder)`` of preset ``p``, random weights, loaded through ComfyUI's loaders: the tiny
+    Wan 2.1 DiT and VAE on ``cpu-tiny``; otherwise the real DiT shapes (N(0, 0.02) bf16 weights, loaded in
+    ``p["dtype"]``) and the real Wan 2.1 VAE shape (base width 96)."""
+    import torch
+    import comfy.ops
+    import comfy.sd
+    from comfy.ldm.wan.model import WanModel
+    from comfy.ldm.wan.vae import WanVAE
+
     from framememory.demo.tiny_models import init_weights, tiny_encoder_config, tiny_wan21_dit, tiny_wan21_vae, TINY_DIT
     from framememory.memory.config import EncoderConfig
     from framememory.memory.encoder import HistoryEncoder
-    from framememory.memory.storyboard import Shot
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import SamplerSettings, run_storyboard
-    from comfy.ldm.wan.model import WanModel
-    from comfy.ldm.wan.vae import WanVAE
 
     if p["dit"] == "tiny":
         dit_sd = tiny_wan21_dit().state_dict()
@@ -83,7 +93,49 @@ def main() -> None:
     net = HistoryEncoder(enc_cfg)
     with torch.no_grad():
         net.hr.proj.weight.normal_(0, 0.02)
-    encoder = MemoryEncoder(enc_cfg, net.state_dict(), "benchmark-random")
+    return model, vae, MemoryEncoder(enc_cfg, net.state_dict(), "benchmark-random")
+
+
+def rss_slope(rows: list[dict]) -> float:
+    """Least-squares slope (MB per segment) of the current RSS over the second half of the segments (the output
+    frames themselves add 16 * W * H * 3 bytes per segment after the first: uint8 frames kept for the IMAGE output)."""
+    half = rows[len(rows) // 2:]
+    xs = [r["index"] for r in half]
+    ys = [r["rss_mb"] for r in half]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-9, sum((x - mx) ** 2 for x in xs))
+
+
+def summarize(p: dict, rows: list[dict], report: dict, generated_frames: int, wall: float) -> dict:
+    """The run's summary: segments, seconds per generated second, peak RSS and its slope, and on CUDA the VRAM peaks
+    per phase (GiB) against the 11.5 GiB target."""
+    frames_mb = 16 * p["width"] * p["height"] * 3 / 2**20  # one continuous stream: 16 frames per 4 latent frames
+    gen_seconds = generated_frames / 16.0
+    summary = {
+        "segments": len(rows), "generated_s": round(gen_seconds, 2), "wall_s": round(wall, 1),
+        "s_per_generated_s": round(wall / gen_seconds, 2), "final_memory_tokens": report["final_memory_tokens"],
+        "peak_rss_mb": report["peak_rss_mb"], "rss_slope_mb_per_segment_2nd_half": round(rss_slope(rows), 2),
+        "output_frames_mb_per_segment": round(frames_mb, 2),
+    }
+    if p["device"] == "cuda":
+        for ph in ("sample", "decode", "encode"):
+            summary[f"{ph}_peak_alloc_gib"] = round(max(r[f"{ph}_peak_alloc_mb"] for r in rows) / 1024, 2)
+            summary[f"{ph}_peak_reserved_gib"] = round(max(r[f"{ph}_peak_reserved_mb"] for r in rows) / 1024, 2)
+        peak = max(summary[f"{ph}_peak_reserved_gib"] for ph in ("sample", "decode", "encode"))
+        summary["target_peak_le_11.5_gib"] = "met" if peak <= 11.5 else f"MISSED ({peak} GiB)"
+    return summary
+
+
+def main(args: Args) -> None:
+    p = PRESETS[args.preset]
+    ballast, ballast_bytes = hold_ballast(p, args.cap_gib)  # noqa: F841 (held to the end)
+    import_comfyui(cpu=p["device"] == "cpu")
+    from framememory.demo.text_encoder import StandInTextEncoder
+    from framememory.memory.storyboard import Shot
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
+
+    model, vae, encoder = build_models(p)
     clip = StandInTextEncoder()
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
     shots = [Shot(0, "a long walk through a city", 0.0, args.seconds)]
@@ -100,27 +152,7 @@ def main() -> None:
     if p["device"] == "cuda":
         cols += ["sample_peak_alloc_mb", "decode_peak_alloc_mb", "encode_peak_alloc_mb", "sample_peak_reserved_mb"]
     print_table(rows, cols)
-    half = rows[len(rows) // 2:]
-    # least-squares slope of the current RSS over the second half (the output frames themselves add
-    # 16 * W * H * 3 bytes per segment after the first: uint8 frames kept for the IMAGE output)
-    xs = [r["index"] for r in half]
-    ys = [r["rss_mb"] for r in half]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(1e-9, sum((x - mx) ** 2 for x in xs))
-    frames_mb = 16 * p["width"] * p["height"] * 3 / 2**20  # one continuous stream: 16 frames per 4 latent frames
-    gen_seconds = frames.shape[0] / 16.0
-    summary = {
-        "segments": len(rows), "generated_s": round(gen_seconds, 2), "wall_s": round(wall, 1),
-        "s_per_generated_s": round(wall / gen_seconds, 2), "final_memory_tokens": report["final_memory_tokens"],
-        "peak_rss_mb": report["peak_rss_mb"], "rss_slope_mb_per_segment_2nd_half": round(slope, 2),
-        "output_frames_mb_per_segment": round(frames_mb, 2),
-    }
-    if p["device"] == "cuda":
-        for ph in ("sample", "decode", "encode"):
-            summary[f"{ph}_peak_alloc_gib"] = round(max(r[f"{ph}_peak_alloc_mb"] for r in rows) / 1024, 2)
-            summary[f"{ph}_peak_reserved_gib"] = round(max(r[f"{ph}_peak_reserved_mb"] for r in rows) / 1024, 2)
-        peak = max(summary[f"{ph}_peak_reserved_gib"] for ph in ("sample", "decode", "encode"))
-        summary["target_peak_le_11.5_gib"] = "met" if peak <= 11.5 else f"MISSED ({peak} GiB)"
+    summary = summarize(p, rows, report, frames.shape[0], wall)
     for k, v in summary.items():
         print(f"{k}: {v}")
     print("written:", write_result(f"storyboard_loop_{args.preset}", rows, {"summary": summary, "preset": args.preset,
@@ -128,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.split("\n")[0]))

@@ -2,15 +2,16 @@
 larger ``--reserve-vram``, or why it cannot and what to set instead: :func:`add_why_not`, stored in the JSON rows as
 ``why_not`` / ``set_instead``) and the README section benchmarks/results/vram_estimate.md (:func:`markdown`).
 
-Imported by vram_estimate.py's ``main`` (never at its import time: this module reads its constants)."""
+Reads the constants of benchmarks/vram_specs.py."""
 from __future__ import annotations
 
 import os
 import textwrap
 
 from common import ROOT
-from vram_estimate import (CARD_GIB, CUDA_CONTEXT_GIB, DEFAULT_RESERVE_GIB, FLAT_TOLERANCE, MARGIN, MIXED, MODE_MODELS,
-                           MODE_RATE, RATES, SSM_KEY_DIM, SSM_VALUE_DIM, TARGET_GIB, comfy_setup)
+from framememory.headless.comfy_import import import_comfyui
+from vram_specs import (CARD_GIB, CUDA_CONTEXT_GIB, DEFAULT_RESERVE_GIB, FLAT_TOLERANCE, MARGIN, MIXED, MODE_MODELS,
+                        MODE_RATE, RATES, SSM_KEY_DIM, SSM_VALUE_DIM, TARGET_GIB)
 
 PHASES = ("text", "absorb", "sample", "decode", "encode")
 
@@ -308,6 +309,6 @@ def write_markdown_from_json() -> None:
 
     with open(os.path.join(ROOT, "benchmarks", "results", "vram_estimate.json")) as f:
         data = json.load(f)
-    comfy_setup()  # the modes' text reads models.memory_modes' defaults
+    import_comfyui(cpu=True, sdpa=True)  # the modes' text reads models.memory_modes' defaults
     print("written:", write_markdown(data["rows"], data["growth"], data["validation"], data.get("parts", []),
                                      data.get("mode_rows", []), data.get("mode_growth", [])))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,13 +18,20 @@ TOLERANCE = 0.01  # fake vs real peak, relative: the tracker sees the same stora
 
 @pytest.fixture(scope="module")
 def vram(comfy, repo_root):
+    """The estimate's modules, ComfyUI imported as vram_estimate.py imports it: ``specs`` (benchmarks/vram_specs.py),
+    ``measure`` (vram_measure.py), ``plan`` (vram_plan.py), ``validate`` (vram_validate.py)."""
+    from framememory.headless.comfy_import import import_comfyui
+
     sys.path.insert(0, str(repo_root / "benchmarks"))
     try:
-        import vram_estimate
+        import vram_measure
+        import vram_plan
+        import vram_specs
+        import vram_validate
     finally:
         sys.path.remove(str(repo_root / "benchmarks"))
-    vram_estimate.comfy_setup()
-    return vram_estimate
+    import_comfyui(cpu=True, sdpa=True)
+    return SimpleNamespace(specs=vram_specs, measure=vram_measure, plan=vram_plan, validate=vram_validate)
 
 
 @pytest.mark.parametrize("case", ["wan_bf16", "wan_fp8"])
@@ -32,27 +40,27 @@ def test_fake_estimate_matches_real_cpu_run(vram, case):
     per layer by manual_cast), and the peak-only tracker equals the stock MemTracker on the real run."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    with vram.fake_mode():
-        fake = vram.measure(*vram._flat(vram.small_case(case, fake=True)))
-    run, ext = vram.small_case(case, fake=False)
-    real = vram.measure(run, *ext)
+    with vram.measure.fake_mode():
+        fake = vram.measure.measure(*vram.validate._flat(vram.validate.small_case(case, fake=True)))
+    run, ext = vram.validate.small_case(case, fake=False)
+    real = vram.measure.measure(run, *ext)
     assert fake["act"] > 0 and fake["weights"] > 0
     assert abs(real["peak"] - fake["peak"]) <= TOLERANCE * fake["peak"], (fake, real)
     assert real["act"] == pytest.approx(fake["act"], rel=TOLERANCE)
     if case == "wan_bf16":
-        assert vram.measure(run, *ext, tracker=MemTracker)["peak"] == real["peak"]
+        assert vram.measure.measure(run, *ext, tracker=MemTracker)["peak"] == real["peak"]
 
 
 def test_memory_tokens_reach_every_block(vram):
     """Through the product path, 20 s of memory at 2x2x2 adds its tokens to the inputs and grows the activations by
     more than the tokens themselves (every block carries them); 0 s adds nothing."""
-    spec = {**vram.MODELS["wan21_1.3b_bf16"], **vram.SMALL}
-    with vram.fake_mode():
-        dm = vram.build_dit(spec)
-        opts = vram.dit_options(spec, dm)
-        none, mem = (vram.dit_step(spec, dm, opts, 2, s, "2x2x2") for s in (0, 20))
+    spec = {**vram.specs.MODELS["wan21_1.3b_bf16"], **vram.specs.SMALL}
+    with vram.measure.fake_mode():
+        dm = vram.measure.build_dit(spec)
+        opts = vram.measure.dit_options(spec, dm)
+        none, mem = (vram.measure.dit_step(spec, dm, opts, 2, s, "2x2x2") for s in (0, 20))
     m, dim = mem["M"], spec["dit"]["dim"]
-    assert none["M"] == 0 and m == vram.history_tokens(spec, 20, "2x2x2")[0] > 0
+    assert none["M"] == 0 and m == vram.measure.history_tokens(spec, 20, "2x2x2")[0] > 0
     tokens_bytes = 2 * m * dim * 2  # [B=2, M, D] bf16
     assert mem["inputs"] - none["inputs"] >= tokens_bytes
     assert mem["act"] - none["act"] > tokens_bytes
@@ -69,12 +77,12 @@ def test_patcher_replay_matches_comfy_model_patcher(vram, monkeypatch):
     ops = comfy.ops.manual_cast
     net = torch.nn.ModuleDict({"a": ops.Linear(256, 512), "b": ops.Linear(512, 512), "d": ops.Conv3d(8, 16, 3),
                                "c": torch.nn.ModuleList([ops.Linear(128, 128) for _ in range(5)])})
-    monkeypatch.setattr(vram, "NUM_STREAMS", mm.NUM_STREAMS)
+    monkeypatch.setattr(vram.plan, "NUM_STREAMS", mm.NUM_STREAMS)
     cpu = torch.device("cpu")
     for budget in (0.1, 1_200_000, 2_000_000, 5_000_000):
         mp = comfy.model_patcher.ModelPatcher(net, load_device=cpu, offload_device=cpu)
         mp.load(cpu, lowvram_model_memory=budget)
-        ours = vram.Patcher("net", vram.load_list(net))
+        ours = vram.plan.Patcher("net", vram.measure.load_list(net))
         ours.load(budget, full=False)
         assert (ours.on_card, ours.buffer, ours.lowvram) == (
             net.model_loaded_weight_memory, net.model_offload_buffer_memory, net.model_lowvram), budget
@@ -89,9 +97,9 @@ def test_card_keeps_comfy_inference_reserve(vram):
     offload buffer + max(minimum_inference_memory, memory_required + reserve) fit the card."""
     import comfy.model_management as mm
 
-    gib = vram.GIB
-    card = vram.Card(12 * gib, 0.5 * gib)
-    dit = vram.Patcher("DiT", [(60 * 2**20, 60 * 2**20, True)] * 240)  # 14 GiB of 60 MiB layers
+    gib = vram.specs.GIB
+    card = vram.plan.Card(12 * gib, 0.5 * gib)
+    dit = vram.plan.Patcher("DiT", [(60 * 2**20, 60 * 2**20, True)] * 240)  # 14 GiB of 60 MiB layers
     card.load_models_gpu([dit], memory_required=2 * gib, minimum_memory_required=1 * gib)
     assert dit.lowvram and 0 < dit.on_card < dit.size
     reserve = max(mm.minimum_inference_memory(), 1 * gib + mm.extra_reserved_memory())
@@ -107,24 +115,24 @@ def test_bounded_modes_flat_while_frame_preservation_grows(vram):
     tokens (bf16 tokens, int64 positions and labels), nothing else."""
     from framememory.memory.grid import memory_grid
 
-    spec = {**vram.MODELS["wan21_1.3b_bf16"], **vram.SMALL}
-    with vram.fake_mode():
-        dm = vram.build_dit(spec)
-        opts = vram.dit_options(spec, dm)
-        ssm, reads = vram.build_state_memory(spec), []
+    spec = {**vram.specs.MODELS["wan21_1.3b_bf16"], **vram.specs.SMALL}
+    with vram.measure.fake_mode():
+        dm = vram.measure.build_dit(spec)
+        opts = vram.measure.dit_options(spec, dm)
+        ssm, reads = vram.measure.build_state_memory(spec), []
         read = ssm.read
         ssm.read = lambda i, *args: reads.append(i) or read(i, *args)  # count the read-outs (product path)
-        fp = {s: vram.dit_step(spec, dm, opts, 2, s, vram.MODE_RATE) for s in (20, 120)}
-        pf = {s: vram.mode_step(spec, dm, opts, 2, s, "pack_forcing") for s in (20, 120)}
-        ssm_rows = {s: vram.mode_step(spec, dm, opts, 2, s, "video_ssm", ssm) for s in (20, 120)}
+        fp = {s: vram.measure.dit_step(spec, dm, opts, 2, s, vram.specs.MODE_RATE) for s in (20, 120)}
+        pf = {s: vram.measure.mode_step(spec, dm, opts, 2, s, "pack_forcing") for s in (20, 120)}
+        ssm_rows = {s: vram.measure.mode_step(spec, dm, opts, 2, s, "video_ssm", ssm) for s in (20, 120)}
 
     def growth(rows: dict) -> float:
         return rows[120]["act"] / rows[20]["act"] - 1
 
-    assert fp[120]["M"] > fp[20]["M"] and growth(fp) > 4 * vram.FLAT_TOLERANCE
+    assert fp[120]["M"] > fp[20]["M"] and growth(fp) > 4 * vram.specs.FLAT_TOLERANCE
     for rows in (pf, ssm_rows):
-        assert rows[120]["M"] == rows[20]["M"] and abs(growth(rows)) <= vram.FLAT_TOLERANCE
-    cfg, dim = vram.mode_config(spec, "pack_forcing"), spec["dit"]["dim"]
+        assert rows[120]["M"] == rows[20]["M"] and abs(growth(rows)) <= vram.specs.FLAT_TOLERANCE
+    cfg, dim = vram.measure.mode_config(spec, "pack_forcing"), spec["dit"]["dim"]
     frame = (spec["height"] // 16) * (spec["width"] // 16)  # DiT tokens of one latent frame
     block = math.prod(memory_grid((2, spec["height"] // 8, spec["width"] // 8), cfg))  # one memory time step
     assert pf[120]["M"] == (cfg.sink_latent_frames + cfg.overlap_latent_frames) * frame + cfg.top_k * block
@@ -149,7 +157,7 @@ def test_plan_uses_comfy_estimate_with_the_declared_memory(vram, monkeypatch):
 
     monkeypatch.setattr(comfy.model_management, "pytorch_attention_flash_attention", lambda: True)
     for name in ("wan21_1.3b_bf16", "wan21_14b_fp8", "hunyuan_video_fp8"):
-        spec = vram.MODELS[name]
+        spec = vram.specs.MODELS[name]
         factor = (sm.HunyuanVideo.memory_usage_factor if spec["kind"] == "hunyuan" else
                   sm.WAN21_T2V({"image_model": "wan2.1", "model_type": "t2v", "dim": spec["dit"]["dim"]}).memory_usage_factor)
         model = types.SimpleNamespace(memory_usage_factor_conds=(), memory_usage_shape_process={}, manual_cast_dtype=None,
@@ -157,11 +165,11 @@ def test_plan_uses_comfy_estimate_with_the_declared_memory(vram, monkeypatch):
                                       get_dtype_inference=lambda: torch.bfloat16)
         h, w = spec["height"] // spec["stride"][1], spec["width"] // spec["stride"][2]
         for batch, attended in ((2, 0), (2, 21840), (1, 21840)):
-            shape = planned_shape([batch, spec["channels"], vram.SEGMENT_LATENTS, h, w], attended, 4)
-            assert vram.dit_memory_required(spec, batch, attended) == pytest.approx(
+            shape = planned_shape([batch, spec["channels"], vram.specs.SEGMENT_LATENTS, h, w], attended, 4)
+            assert vram.plan.dit_memory_required(spec, batch, attended) == pytest.approx(
                 comfy.model_base.BaseModel.memory_required(model, shape), rel=1e-9), (name, batch, attended)
-        extra = vram.dit_memory_required(spec, 2, 1000) - vram.dit_memory_required(spec, 2)
-        assert extra == pytest.approx(2 * (vram.dit_memory_required(spec, 1, 1000) - vram.dit_memory_required(spec, 1)))
+        extra = vram.plan.dit_memory_required(spec, 2, 1000) - vram.plan.dit_memory_required(spec, 2)
+        assert extra == pytest.approx(2 * (vram.plan.dit_memory_required(spec, 1, 1000) - vram.plan.dit_memory_required(spec, 1)))
 
 
 def test_absorb_declaration_covers_the_measured_absorb(vram):
@@ -170,11 +178,11 @@ def test_absorb_declaration_covers_the_measured_absorb(vram):
     token count that is no multiple of the delta rule's chunk."""
     from framememory.models.memory_plan import absorb_bytes
 
-    spec = {**vram.MODELS["wan21_1.3b_bf16"], **vram.SMALL}
-    with vram.fake_mode():
-        ssm = vram.build_state_memory(spec)
+    spec = {**vram.specs.MODELS["wan21_1.3b_bf16"], **vram.specs.SMALL}
+    with vram.measure.fake_mode():
+        ssm = vram.measure.build_state_memory(spec)
         for frames in (1, 4):
-            step = vram.absorb_step(spec, ssm, frames)
+            step = vram.measure.absorb_step(spec, ssm, frames)
             assert step["tokens"] % 64 and step["declared"] == absorb_bytes(ssm.cfg, step["tokens"])
             assert step["act"] + step["inputs"] <= step["declared"] <= 2 * (step["act"] + step["inputs"]), step
 
