@@ -63,12 +63,12 @@ LAB_ROW_FILES = {  # row -> (encoder file, LoRA file) in the lab folder; first e
 
 def fetch_heldout(names) -> None:
     """Fetch the clips ``names`` (file names in .cache/media) that are missing, with
-    ``training.reproduce.fetch_media`` (tree.avi from Debian's opencv-doc, the held-out webps from ComfyUI's templates
+    ``training.media.fetch_media`` (tree.avi from Debian's opencv-doc, the held-out webps from ComfyUI's templates
     package; bikes and carphone come with scripts/setup.sh). Raises SystemExit naming each clip still missing and
     why, before any model runs."""
     from pathlib import Path
 
-    from framememory.training.reproduce import fetch_media
+    from framememory.training.media import fetch_media
 
     want = tuple(dict.fromkeys(os.path.basename(n) for n in names))
     missing = fetch_media(Path(ROOT) / ".cache" / "media", want=want)["missing"]

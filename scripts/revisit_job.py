@@ -278,7 +278,7 @@ TEMPLATES_PACKAGE = "comfyui_workflow_templates_media_video"  # a ComfyUI requir
 def bundled_file(name: str, media_dir: Path) -> Path | None:
     """Where a bundled clip is: ``media_dir`` (scripts/setup.sh's media), else, for the two template webps, the
     ``templates`` folder of the installed ComfyUI requirement ``comfyui_workflow_templates_media_video`` (the same
-    files training.reproduce.fetch_media copies into .cache/media); None when neither has it."""
+    files training.media.fetch_media copies into .cache/media); None when neither has it."""
     if (media_dir / name).is_file():
         return media_dir / name
     spec = importlib.util.find_spec(TEMPLATES_PACKAGE)

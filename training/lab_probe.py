@@ -50,7 +50,7 @@ def clip_frames(name: str, frames: int):
     ``read_clip``). Raises ValueError for a training clip or a clip too short."""
     from example_eval import read_clip
 
-    from framememory.training.reproduce import HELDOUT_CLIPS, MEDIA_DIR
+    from framememory.training.media import HELDOUT_CLIPS, MEDIA_DIR
 
     if name not in HELDOUT_CLIPS:
         raise ValueError(f"{name} is not a held-out clip ({HELDOUT_CLIPS}): the probe never scores training footage")
@@ -77,7 +77,9 @@ def generate(lab, history, mode: str, prompt: str, seed: int, steps: int):
 
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.memory.storyboard import Shot
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder = lab
     clip = StandInTextEncoder()
