@@ -9,7 +9,7 @@ Usage:
                                                                               # (sampling_step_480p.py)
 
 Runs ComfyUI's own ``WanModel`` (random weights) through the product path: the memory wrapper and per-block
-patches of ``models/wan.py`` with memory tokens as the Storyboard passes them. Cases: no memory; 20 s and 60 s of
+patches of ``models/families/wan21.py`` with memory tokens as the Storyboard passes them. Cases: no memory; 20 s and 60 s of
 history at 4x4x2 and 2x2x2; the full uncompressed 20 s history. FLOPs are counted from the model's shapes: every
 block's linear layers see N + M tokens, self-attention (N + M)^2, cross-attention (N + M) x text length.
 Targets (issue 5): measured time ratio <= 1.15 x FLOP ratio; memory step >= 50x faster than the full 20 s history.
@@ -75,19 +75,13 @@ def build_model(p: dict):
     return dm.eval()
 
 
-def product_options(p: dict, backend: str) -> dict:
-    """``transformer_options`` of the product path: the Wan adapter's per-block patches and memory wrapper, and the
-    attention ``backend``."""
-    import comfy.patcher_extension
-
-    from framememory.models import wan as adapter
+def product_options(dm, backend: str) -> dict:
+    """``transformer_options`` of the product path: the memory patches on ``dm`` (``families.install_memory``: the Wan
+    per-block patches and memory wrapper), and the attention ``backend``."""
     from framememory.models.attention import attention_override
+    from framememory.models.families import install_memory
 
-    return {
-        "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, p["layers"]) for i in range(p["layers"])}},
-        "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
-        "optimized_attention_override": attention_override(backend),
-    }
+    return {**install_memory(dm), "optimized_attention_override": attention_override(backend)}
 
 
 def memory_kwargs(p: dict, seconds: int | None, rate: str | None, dev, dtype) -> dict:
@@ -150,7 +144,7 @@ def measure_cases(p: dict, backend: str, repeats: int, skip_full: bool) -> list[
     x = torch.randn(1, 16, seg_t, h8, w8, device=dev, dtype=dtype)
     ctx = torch.randn(1, TEXT_LEN, 4096, device=dev, dtype=dtype) * 0.1
     ts = torch.tensor([500.0], device=dev)
-    opts = product_options(p, backend)
+    opts = product_options(dm, backend)
     cases = [("no memory", None, None), ("20s 4x4x2", 20, "4x4x2"), ("60s 4x4x2", 60, "4x4x2"),
              ("20s 2x2x2", 20, "2x2x2"), ("60s 2x2x2", 60, "2x2x2")]
     if not skip_full:

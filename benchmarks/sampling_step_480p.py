@@ -5,7 +5,7 @@ Usage: nice -n 5 python benchmarks/sampling_step.py --preset cpu-480p --repeats 
 Block rows. ComfyUI's own ``WanModel`` with ONE block (``num_layers=1``) at the real width of Wan 2.1 1.3B (1536,
 ffn 8960, 12 heads) and 14B (5120, ffn 13824, 40 heads), random weights, float32 (this CPU class, AVX2 without bf16
 matrix units, runs bf16 matmuls far slower than fp32), through the product path: the memory wrapper and per-block
-patches of ``models/wan.py``, memory tokens as the Storyboard passes them. Attention: PyTorch SDPA
+patches of ``models/families/wan21.py``, memory tokens as the Storyboard passes them. Attention: PyTorch SDPA
 (``comfy.cli_args.args.use_pytorch_cross_attention = True`` before ComfyUI's attention module is imported, as a GPU
 run uses it, plus the ``sdpa`` override of ``models/attention.py``). Input: one 1 s segment at 832x480 = latent
 ``[1, 16, 4, 60, 104]`` = 6240 video tokens, text ``[1, 512, 4096]``. ``block_s`` is the block module alone (forward
@@ -114,15 +114,13 @@ def memory_kwargs(dim: int, seconds: int | None, rate: str | None) -> dict:
     return {"memory_tokens": tokens, "memory_positions2": (pos[None] * 2).round().long()}
 
 
-def product_options(backend: str = "sdpa") -> dict:
-    """``transformer_options`` of the product path for a one-block model (models/wan.py patches and wrapper)."""
-    import comfy.patcher_extension
-    from framememory.models import wan as adapter
+def product_options(dm, backend: str = "sdpa") -> dict:
+    """``transformer_options`` of the product path on ``dm`` (here one block): the memory patches
+    (``families.install_memory``: the Wan per-block patches and memory wrapper) and the attention ``backend``."""
     from framememory.models.attention import attention_override
+    from framememory.models.families import install_memory
 
-    return {"patches_replace": {"dit": {("double_block", 0): adapter._block_patch(0, 1)}},
-            "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
-            "optimized_attention_override": attention_override(backend)}
+    return {**install_memory(dm), "optimized_attention_override": attention_override(backend)}
 
 
 def time_forward(dm, kw: dict, repeats: int, progress: bool = False) -> tuple[float, float]:
@@ -131,7 +129,7 @@ def time_forward(dm, kw: dict, repeats: int, progress: bool = False) -> tuple[fl
 
     torch.manual_seed(1)
     x = torch.randn(1, 16, SEG_T, HEIGHT // 8, WIDTH // 8)
-    ctx, ts, opts = torch.randn(1, TEXT_LEN, 4096) * 0.1, torch.tensor([500.0]), product_options()
+    ctx, ts, opts = torch.randn(1, TEXT_LEN, 4096) * 0.1, torch.tensor([500.0]), product_options(dm)
     mods = {"block": dm.blocks[0]}
     if progress:
         mods.update({"self_attn": dm.blocks[0].self_attn, "cross_attn": dm.blocks[0].cross_attn, "ffn": dm.blocks[0].ffn})
@@ -152,7 +150,7 @@ def warm_up(dm) -> None:
     x = torch.randn(1, 16, SEG_T, 16, 16)
     kw = {"memory_tokens": torch.randn(1, 8, dm.dim), "memory_positions2": torch.zeros(1, 8, 3, dtype=torch.long)}
     with torch.no_grad():
-        dm(x, torch.tensor([500.0]), torch.randn(1, TEXT_LEN, 4096) * 0.1, transformer_options=product_options(), **kw)
+        dm(x, torch.tensor([500.0]), torch.randn(1, TEXT_LEN, 4096) * 0.1, transformer_options=product_options(dm), **kw)
 
 
 def full_case_fits(spec: dict, tokens: int) -> tuple[bool, str]:

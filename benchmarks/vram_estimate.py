@@ -8,9 +8,9 @@ Usage:
 Method (DESIGN.md section 6). ComfyUI's own model classes are built at real size under
 ``torch._subclasses.fake_tensor.FakeTensorMode`` (no weights, no GPU) and run in inference mode under
 ``torch.distributed._tools.mem_tracker.MemTracker`` (:func:`peak_tracker_class`: same accounting, global peak only).
-The DiT runs through the product path: the memory wrapper and per-block patches that the family adapter's
-``install`` registers (``models/wan.py``, ``models/wan22.py``, ``models/hunyuan.py``), collected by
-``training.dits._OptionsRecorder``, with memory tokens and positions as the Storyboard passes them, so every block
+The DiT runs through the product path: the memory wrapper and per-block patches that ``models.families.install_memory``
+installs on the bare DiT (the family modules ``models/families/wan21.py``, ``wan22.py``, ``hunyuan_video.py``, as
+``transformer_options``), with memory tokens and positions as the Storyboard passes them, so every block
 sees the extra tokens. Attention: PyTorch SDPA, chosen ComfyUI's documented way (the ``--use-pytorch-cross-attention``
 flag, ``comfy.cli_args.args.use_pytorch_cross_attention = True`` before ``comfy.model_management`` is imported, so
 ``comfy.ldm.modules.attention.optimized_attention is attention_pytorch``), and per call through
@@ -31,7 +31,7 @@ fits. A margin (:data:`MARGIN`) covers what the tracker cannot see. Rows that fi
 set instead (``why_not`` / ``set_instead``, benchmarks/vram_report.py, which also writes the README section).
 
 Bounded memory modes (:data:`MODES`, ``models/memory_modes.py``; :data:`MODE_MODELS` at 20 / 60 / 120 s): PackForcing
-(sink + top-K compressed mid blocks + recent frames, selected per forward by ``models/wan.py``'s ``pack_context``
+(sink + top-K compressed mid blocks + recent frames, selected per forward by ``models/families/wan21.py``'s ``pack_context``
 from conds that carry the whole compressed history) and VideoSSM (sink + recent frames and a gated delta-rule state per
 block, read out after every block by ``StateMemory.read``; its state modules loaded with the DiT, and the absorb of
 the frames leaving the window as a phase of its own) through the same product path and replay (:func:`mode_rows`).

@@ -106,19 +106,16 @@ def build_dit(spec: dict):
 
 
 def dit_options(spec: dict, dm) -> dict:
-    """``transformer_options`` of the product: the family adapter's ``install`` (memory wrapper + a replace patch
-    on every block) recorded by ``training.dits._OptionsRecorder``, plus the SDPA override."""
-    import importlib
-
+    """``transformer_options`` of the product: the memory patches on the bare DiT (``families.install_memory``: the
+    family's memory wrapper + a replace patch on every block), plus the SDPA override."""
     from framememory.models.attention import attention_override
-    from framememory.training.dits import _OptionsRecorder
+    from framememory.models.families import install_memory
 
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    rec = _OptionsRecorder()
     with unset_fake_temporarily():  # HunyuanVideo's install probes ComfyUI's apply_mod on real numbers
-        importlib.import_module(f"framememory.models.{spec['adapter']}").install(rec, dm)
-    return {**rec.options, "optimized_attention_override": attention_override("sdpa")}
+        options = install_memory(dm)
+    return {**options, "optimized_attention_override": attention_override("sdpa")}
 
 
 def encoder_config(spec: dict, rate: str):
@@ -275,19 +272,18 @@ def vae_encode_lr(spec: dict, vae, rate: str) -> dict:
 def encoder_append(spec: dict, dm, rate: str) -> dict:
     """Peak of ``HistoryEncoder`` (Fig. 2, paper HR widths 64, 128, 256, 512) on one segment's latent
     ``[1, C, 4, h, w]`` fp32 and its LR latent ``[1, C, Tm, 2 Hm, 2 Wm]``, the LR branch through the DiT's own patch
-    embedding (``adapter.patch_embed``), built with ``comfy.ops.manual_cast`` as ``models.encoding`` builds it.
+    embedding (the family's ``patch_embed``), built with ``comfy.ops.manual_cast`` as ``models.encoding`` builds it.
     Returns :func:`measure`'s dict plus ``encoder_bytes`` (the encoder's own weights)."""
-    import importlib
-
     import comfy.model_management
     import comfy.ops
     import torch
 
     from framememory.memory.encoder import HistoryEncoder
+    from framememory.models.families import family_for
 
     cfg = encoder_config(spec, rate)
     net = HistoryEncoder(cfg, ops=comfy.ops.manual_cast).eval()
-    adapter = importlib.import_module(f"framememory.models.{spec['adapter']}")
+    adapter = family_for(dm)
     ft, fh, fw = spec["stride"]
     lat = torch.empty(1, spec["channels"], SEGMENT_LATENTS, spec["height"] // fh, spec["width"] // fw)
     tm, hm, wm = net.grid(lat)

@@ -61,15 +61,14 @@ def small_case(name: str, fake: bool):
 
 def _encoder_case(spec: dict, dm, fake: bool):
     """``(run, external)`` of the HistoryEncoder append (4x4x2, HR widths 64..512) on one small segment."""
-    import importlib
-
     import comfy.ops
     import torch
 
     from framememory.memory.encoder import HistoryEncoder
+    from framememory.models.families import family_for
 
     net = HistoryEncoder(encoder_config(spec, "4x4x2"), ops=comfy.ops.manual_cast).eval()
-    adapter = importlib.import_module(f"framememory.models.{spec['adapter']}")
+    adapter = family_for(dm)
     lat = torch.empty(1, spec["channels"], SEGMENT_LATENTS, spec["height"] // 8, spec["width"] // 8)
     tm, hm, wm = net.grid(lat)
     lr = torch.empty(1, spec["channels"], tm, hm * 2, wm * 2)

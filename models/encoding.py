@@ -37,13 +37,13 @@ from ..memory.grid import memory_positions
 from ..memory.history import HistoryBuffer, PartKey
 from ..memory.io import load_encoder_file
 from ..memory.state_memory import StateMemory
-from . import families, hunyuan, wan
+from . import families
 from .vae_stream import VideoStream
 
 log = logging.getLogger("FrameMemory")
 UNTRAINED = "untrained (LR branch only)"
 # Families with the cross-attention add-on -> the number of DiT blocks that get a layer (EncoderConfig.dit_blocks)
-CROSS_ATTENTION_FAMILIES = {"wan21": wan.cross_blocks, "wan22": wan.cross_blocks, "hunyuan_video": hunyuan.cross_blocks}
+CROSS_ATTENTION_FAMILIES = {name: fam.cross_blocks for name, fam in families.FAMILIES.items()}
 BLOCKS_HINT = "dit_blocks counts the DiT blocks: Wan every block, HunyuanVideo double + single blocks (13B: 20 + 40 = 60)"
 
 
@@ -83,11 +83,11 @@ class MemoryEncoder:
             ValueError: naming every field that does not match the model.
             NotImplementedError: the add-on is on and the model's family has no cross-attention patches.
         """
-        adapter = families.adapter_for(model)
+        adapter = families.family_for(model)
         width = families.model_width(model)
         expect = {"family": adapter.FAMILY, "dim": width, "latent_channels": adapter.LATENT_CHANNELS,
                   "vae_stride": tuple(adapter.VAE_STRIDE), "patch_size": tuple(adapter.PATCH_SIZE)}
-        if self.cfg.memory_timestep != "zero" and adapter.FAMILY != "wan21":
+        if self.cfg.memory_timestep not in adapter.MEMORY_TIMESTEPS:
             raise ValueError(f"memory encoder '{self.name}' gives its memory tokens the {self.cfg.memory_timestep!r} "
                              f"timestep, which only Wan 2.1 supports; {adapter.FAMILY} needs 'zero'")
         if self.cfg.dim == 0:

@@ -32,7 +32,7 @@ def expert_models(model, model_low_noise=None) -> list:
     latent space of one history), TypeError for an unsupported family."""
     if model_low_noise is None:
         return [model]
-    high, low = families.adapter_for(model), families.adapter_for(model_low_noise)
+    high, low = families.family_for(model), families.family_for(model_low_noise)
     if high is not low:
         raise ValueError(f"model_low_noise is a {low.FAMILY} model but model is {high.FAMILY}: the two experts of a "
                          "pair must be of one family (Wan 2.2 A14B: two Wan 2.1-architecture DiTs)")

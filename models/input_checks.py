@@ -108,7 +108,7 @@ def check_latent_finite(latent: torch.Tensor, seed: int) -> torch.Tensor:
 def size_multiple(model) -> tuple[int, int]:
     """Pixels per DiT token ``(width, height)`` of the model's family (VAE stride x patch size): 16 for Wan 2.1 and
     HunyuanVideo, 32 for Wan 2.2 TI2V 5B; frame sizes must be multiples of it. Raises TypeError (unsupported)."""
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     return adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2], adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
 
 
@@ -129,7 +129,7 @@ def min_frame_size(model, encoder=None, mode: str = "frame_preservation") -> tup
 def check_frame_size(model, width: int, height: int, encoder=None, mode: str = "frame_preservation"):
     """Width and height: multiples of the model's token size and at least :func:`min_frame_size`. Returns the family
     adapter. Raises ValueError naming the size, the multiple and the minimum."""
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     mw, mh = size_multiple(model)
     min_w, min_h = min_frame_size(model, encoder, mode)
     if width < min_w or height < min_h:
@@ -197,7 +197,7 @@ def estimate_memory(model, vae, width: int, height: int, output_frames: int, sta
 
     from .vae_stream import CONTEXT_LATENTS, exact_supported
 
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     ft, sh, sw = adapter.VAE_STRIDE
     pt, ph, pw = adapter.PATCH_SIZE
     h, w = height // sh, width // sw
@@ -256,7 +256,7 @@ def check_memory(model, vae, width: int, height: int, output_frames: int, start_
     need = need_at(width, height)
     if _fits(need, host, device):
         return need
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     mw, mh = adapter.VAE_STRIDE[2] * adapter.PATCH_SIZE[2], adapter.VAE_STRIDE[1] * adapter.PATCH_SIZE[1]
     largest = None
     for k in range(width // mw - 1, 0, -1):  # narrower widths, height keeping the aspect ratio
@@ -344,7 +344,7 @@ def memory_file_bytes(model, encoder, mode: str, width: int, height: int, fps: f
     commits). An estimate for the free-space check. Raises TypeError for an unsupported model."""
     from .memory_modes import ENCODED_MODES
 
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     ft, sh, sw = adapter.VAE_STRIDE
     latent = adapter.LATENT_CHANNELS * latent_frames * (height // sh) * (width // sw) * 4
     seconds = ft * latent_frames / fps
@@ -426,7 +426,7 @@ def check_memory_matches(memory, model, width: int, height: int, fps: float) -> 
         raise ValueError(f"the memory was made at {memory.fps:g} fps but this run is at {fps:g} fps (its time "
                          f"positions would be wrong): set fps to {memory.fps:g}, or make the history again at "
                          f"{fps:g} fps (Load Video as History resamples a clip)")
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     _, sh, sw = adapter.VAE_STRIDE
     want = (adapter.LATENT_CHANNELS, height // sh, width // sw)
     for seg in memory.history.segments[-1:]:

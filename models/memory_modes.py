@@ -35,7 +35,6 @@ from .memory_plan import load_for_absorb
 
 MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")
 ENCODED_MODES = ("frame_preservation", "pack_forcing")  # modes that need the Fig. 2 encoder's tokens
-WAN_FAMILIES = ("wan21", "wan22")  # PackForcing's selection and VideoSSM's read-out live in models/wan.py
 SLIDING_WINDOW_FRAMES = 3
 ABSORB_FRAMES = 1  # VideoSSM: latent frames absorbed per call (absorbing in parts equals absorbing at once)  # arXiv 2512.23851's sliding-window baseline: 3 latent frames
 # PackForcing paper: sink 8 frames (2 Wan latent frames), recent 4 (we take 2 latent frames = 8 frames), top-K 16
@@ -85,9 +84,7 @@ def mode_config(encoder, model, mode: str) -> EncoderConfig:
     if len(parts) > 1 and mode in ("pack_forcing", "video_ssm"):
         raise ValueError(f"memory_mode {mode} takes one encoder, not a combination ({encoder.name})")
     cfg = parts[0].check(model)
-    if mode in ("pack_forcing", "video_ssm") and cfg.family not in WAN_FAMILIES:
-        raise ValueError(f"memory_mode {mode} is implemented for Wan 2.1 / 2.2 models, not {cfg.family}: use "
-                         "frame_preservation, sliding_window or off")
+    families.check_memory_mode(cfg.family, mode)  # the family's hooks (its MEMORY_MODES)
     if mode in ENCODED_MODES and cfg.memory_type == "video_ssm":
         raise ValueError(f"memory encoder '{encoder.name}' is a VideoSSM state memory (no compressor): set memory_mode "
                          f"to video_ssm, or load a frame_preservation / pack_forcing encoder for {mode}")

@@ -131,13 +131,13 @@ class Memory:
 
 
 def memory_model(model, encoder):
-    """Clone ``model`` with memory attention installed (``families.patch_model``; memory tokens at the timestep their
+    """Clone ``model`` with memory attention installed (``families.install_memory``; memory tokens at the timestep their
     config names, ``EncoderConfig.memory_timestep``) plus the encoder's cross-attention layers when it has that
     add-on. Raises like :meth:`MemoryEncoder.check`, and ValueError when a combination mixes timestep rules."""
     rules = {p.check(model).memory_timestep for p in encoder.parts}
     if len(rules) > 1:
         raise ValueError(f"the encoders of a combination give their memory tokens different timesteps {sorted(rules)}")
-    patched = families.patch_model(model, memory_t0=rules.pop() == "zero")
+    patched = families.install_memory(model, memory_t0=rules.pop() == "zero")
     install_cross_attention(patched, encoder)
     install_state_readout(patched, encoder)
     return patched
@@ -497,7 +497,7 @@ def storyboard_report(run: _Run, model, segments: list[dict], frames: torch.Tens
     """The report of :func:`run_storyboard` (JSON-able)."""
     mem = run.mem
     report = {
-        "model_family": families.adapter_for(model).FAMILY, "fps": mem.fps, "width": mem.width, "height": mem.height,
+        "model_family": families.family_for(model).FAMILY, "fps": mem.fps, "width": mem.width, "height": mem.height,
         "start_frames": segments[0]["start_frame"], "total_frames": int(frames.shape[0]),
         "rate": rate_str(model, mem.encoder), "encoder": mem.encoder.name, "memory_mode": mem.mode,
         "colour_correction": run.colour,

@@ -29,7 +29,7 @@ def attended_at(model, encoder, mode: str, width: int, height: int, fps: float, 
 
     if mode == "off" or history_s <= 0:
         return 0
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     ft, sh, sw = adapter.VAE_STRIDE
     pt, ph, pw = adapter.PATCH_SIZE
     frame = (height // sh // ph) * (width // sw // pw)  # DiT tokens of one latent frame
@@ -62,7 +62,7 @@ def step_bytes(model, width: int, height: int, latent_frames: int, attended: int
     ``latent_frames`` at ``width x height`` with ``attended`` memory tokens declared, plus the streamed weights."""
     from .memory_plan import planned_shape
 
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     _, sh, sw = adapter.VAE_STRIDE
     shape = [1, adapter.LATENT_CHANNELS, latent_frames, height // sh, width // sw]
     planned = planned_shape(shape, attended, math.prod(adapter.PATCH_SIZE))
@@ -79,7 +79,7 @@ def absorb_need(model, encoder, width: int, height: int) -> int:
     cfg = part.check(model)
     if len(encoder.parts) != 1 or cfg.memory_type != "video_ssm" or part.state_dict is None or not cfg.ssm_heads:
         return 0
-    adapter = families.adapter_for(model)
+    adapter = families.family_for(model)
     _, sh, sw = adapter.VAE_STRIDE
     tokens = ABSORB_FRAMES * (height // sh // adapter.PATCH_SIZE[1]) * (width // sw // adapter.PATCH_SIZE[2])
     width_proj = cfg.dit_blocks * cfg.ssm_heads * (cfg.ssm_key_dim + cfg.dim // cfg.ssm_heads + 2)
@@ -100,7 +100,7 @@ def _instead(model, encoder, mode: str, width: int, height: int, fps: float, lat
              room: int) -> str:
     """What to set instead when ``mode`` does not fit ``room`` bytes: the longest history that fits in this mode (the
     modes whose memory grows), and PackForcing (bounded) when it fits on this family."""
-    from .memory_modes import ENCODED_MODES, WAN_FAMILIES
+    from .memory_modes import ENCODED_MODES
 
     tips = []
     if mode in ENCODED_MODES and mode != "pack_forcing":
@@ -111,7 +111,7 @@ def _instead(model, encoder, mode: str, width: int, height: int, fps: float, lat
             lo, hi = (mid, hi) if fit else (lo, mid - 1)
         tips.append(f"keep at most {lo} s of history (a shorter storyboard, or chain Storyboards through their memory) "
                     "or use an encoder at a coarser rate (4x4x2)" if lo else "an encoder at a coarser rate (4x4x2)")
-    if mode != "pack_forcing" and families.adapter_for(model).FAMILY in WAN_FAMILIES:
+    if mode != "pack_forcing" and "pack_forcing" in families.family_for(model).MEMORY_MODES:
         try:
             pf = needs(model, encoder, "pack_forcing", width, height, fps, latent_frames, history_s)["sample"]
         except ValueError:  # a VideoSSM file cannot run pack_forcing: it has no compressor

@@ -34,7 +34,7 @@ log = logging.getLogger("FrameMemory")
 
 def vae_time_stride(model) -> int:
     """Video frames per latent frame of the model's VAE (4 for Wan and HunyuanVideo)."""
-    return families.adapter_for(model).VAE_STRIDE[0]
+    return families.family_for(model).VAE_STRIDE[0]
 
 
 INTERRUPTED_FOLDER = "framememory/interrupted"  # in ComfyUI's output folder

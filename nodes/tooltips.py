@@ -1,4 +1,4 @@
-"""Tooltip texts shared by several nodes: the facts that differ per supported model family (models/families.py,
+"""Tooltip texts shared by several nodes: the facts that differ per supported model family (models/families/,
 README "Supported model families"), written once so every node states them alike."""
 from __future__ import annotations
 

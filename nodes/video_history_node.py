@@ -98,7 +98,7 @@ class LoadVideoAsHistory(io.ComfyNode):
             check_memory_mode(memory, memory_mode, "this Load Video as History")
         selection = FrameSelection(fps, skip_first_seconds, select_every_nth, frame_load_cap)
         display = NodeDisplay()  # what the node shows while it reads (nodes/progress_ui.py)
-        per_segment = families.adapter_for(model).VAE_STRIDE[0] * segment_latent_frames / fps  # s per segment
+        per_segment = families.family_for(model).VAE_STRIDE[0] * segment_latent_frames / fps  # s per segment
         mem, report = history_from_video(model, vae, memory_encoder, folder_paths.get_annotated_filepath(video),
                                          selection, width, height, segment_latent_frames, memory, memory_mode,
                                          on_segment=lambda k, n: display.show(reading_text(k, n, per_segment)))

@@ -23,7 +23,7 @@ def sample_tiny_wan(model, memory, patch: bool = True) -> torch.Tensor:
     [M, 3])`` attached to both conditionings, or None; ``patch``: install memory attention first."""
     import comfy.sample
     from framememory.models.conds import attach_memory
-    from framememory.models.families import patch_model
+    from framememory.models.families import install_memory
 
     g = torch.Generator().manual_seed(3)
     pos = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
@@ -32,7 +32,7 @@ def sample_tiny_wan(model, memory, patch: bool = True) -> torch.Tensor:
     if memory is not None:
         pos, neg = attach_memory(pos, *memory), attach_memory(neg, *memory)
     noise = comfy.sample.prepare_noise(latent, 1)
-    m = patch_model(model) if patch else model
+    m = install_memory(model) if patch else model
     return comfy.sample.sample(m, noise, 2, 3.0, "euler", "simple", pos, neg, latent, seed=1, disable_pbar=True)
 
 

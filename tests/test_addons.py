@@ -218,15 +218,9 @@ def _cross_encoder(encoder, seed: int | None):
 
 
 def _dm_options(dm, layers):
-    import comfy.patcher_extension
-    from framememory.models import conds, wan
+    from framememory.models.families import install_memory
 
-    n = len(dm.blocks)
-    opts = {"patches_replace": {"dit": {("double_block", i): wan._block_patch(i, n) for i in range(n)}},
-            "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {conds.PATCH_KEY: [wan._diffusion_wrapper]}}}
-    if layers is not None:
-        opts[conds.CROSS_KEY] = layers
-    return opts
+    return install_memory(dm, cross=layers)
 
 
 def test_cross_attention_in_every_wan_block(comfy):

@@ -133,7 +133,7 @@ def test_feature_detected_layouts_are_known(comfy):
     from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
 
     from framememory.demo.tiny_hunyuan import NEW_PARAMS, TINY_DIT, tiny_hunyuan_dit
-    from framememory.models import hunyuan
+    from framememory.models.families import hunyuan_video as hunyuan
     from framememory.models.vae_stream import cache_slots
 
     assert hasattr(wan_vae, "count_cache_layers") or hasattr(wan_vae, "count_conv3d"), \

@@ -1,6 +1,8 @@
-"""The HunyuanVideo adapter on a tiny ComfyUI HunyuanVideo (CPU): memory tokens reach every double and single
-block with RoPE at their past times, are modulated as clean (timestep 0) tokens and leave before the head; no
-memory = identity; CFG batching through the stock sampler; the storyboard loop on real frames.
+"""The HunyuanVideo family (``models/families/hunyuan_video.py``) on a tiny ComfyUI HunyuanVideo (CPU): the shared
+family tests (:class:`family_contract.FamilyContract`: registry, no memory = identity, memory tokens in every double
+and single block and gone before the head, CFG batching through the stock sampler, timestep rule, memory modes) and its
+own: RoPE at the past times, clean (timestep 0) modulation, token layouts, the bounded modes refused, the storyboard
+loop on real frames, the cross-attention add-on.
 
 Reference for "memory = attending to the past": HunyuanVideo's text tokens sit at RoPE position 0, i.e. at the
 first frame of whatever video the model sees. Memory tokens at negative times therefore equal the whole video
@@ -14,6 +16,28 @@ import dataclasses
 import av
 import pytest
 import torch
+from family_contract import FamilyContract
+
+
+class TestHunyuanVideoFamily(FamilyContract):
+    family = "hunyuan_video"
+    display_name = "HunyuanVideo"
+
+    @staticmethod
+    def make_dit():
+        from framememory.demo.tiny_hunyuan import tiny_hunyuan_dit
+
+        return tiny_hunyuan_dit(seed=0)
+
+    @staticmethod
+    def forward_kwargs(g):
+        """Pooled text y, embedded guidance and a text mask with 2 padded tokens."""
+        return {"y": torch.randn(1, 768, generator=g), "guidance": torch.tensor([6.0]),
+                "attention_mask": torch.tensor([[1, 1, 1, 0, 0]])}
+
+    @staticmethod
+    def cond_extras(g):
+        return {"pooled_output": torch.randn(1, 768, generator=g)}
 
 
 @pytest.fixture(scope="module")
@@ -23,28 +47,11 @@ def hv(comfy):
     return tiny_hunyuan_dit(seed=0)
 
 
-class _Recorder:
-    """Stands in for a ModelPatcher: collects what ``hunyuan.install`` registers as transformer_options."""
-
-    def __init__(self):
-        self.options = {"patches_replace": {}, "wrappers": {}}
-
-    def remove_wrappers_with_key(self, wrapper_type, key):
-        self.options["wrappers"].get(wrapper_type, {}).pop(key, None)
-
-    def add_wrapper_with_key(self, wrapper_type, key, fn):
-        self.options["wrappers"].setdefault(wrapper_type, {}).setdefault(key, []).append(fn)
-
-    def set_model_patch_replace(self, patch, name, block_name, number):
-        self.options["patches_replace"].setdefault(name, {})[(block_name, number)] = patch
-
-
 def _options(dm):
-    from framememory.models import hunyuan
+    """The memory patches on the bare DiT, as transformer_options (``families.install_memory``)."""
+    from framememory.models.families import install_memory
 
-    rec = _Recorder()
-    hunyuan.install(rec, dm)
-    return rec.options
+    return install_memory(dm)
 
 
 def _inputs(seed=0, t=6):
@@ -59,9 +66,9 @@ def _inputs(seed=0, t=6):
 
 def _past(dm, x, frames):
     """The first ``frames`` latent frames of x, patch-embedded by the model's own img_in, at times -frames..-1."""
-    from framememory.models import hunyuan
+    from framememory.models.families import hunyuan_video
 
-    tokens = hunyuan.patch_embed(dm, x[:, :, :frames]).flatten(2).transpose(1, 2)  # [1, frames*Ht*Wt, D]
+    tokens = hunyuan_video.patch_embed(dm, x[:, :, :frames]).flatten(2).transpose(1, 2)  # [1, frames*Ht*Wt, D]
     ht, wt = x.shape[3] // 2, x.shape[4] // 2
     ids = torch.stack(torch.meshgrid(torch.arange(frames) - float(frames), torch.arange(ht * 1.0),
                                      torch.arange(wt * 1.0), indexing="ij"), -1)
@@ -125,7 +132,9 @@ def test_memory_tokens_are_clean_like_the_stock_guiding_frame(hv):
     assert (out - noisy_ref).abs().max() > 1e-3  # the memory's modulation is not the sampled timestep's
 
 
-def test_positions_matter_and_no_memory_is_identity(hv):
+def test_memory_next_to_a_reference_latent(hv):
+    """A ReferenceLatent (``ref_latent``, prepended to the video tokens by forward_orig) and memory together: the stock
+    output shape, and the memory changes the output (without a reference: :class:`TestHunyuanVideoFamily`)."""
     x, context, kw = _inputs(2, t=3)
     t = torch.tensor([500.0])
     opts = _options(hv)
@@ -134,15 +143,9 @@ def test_positions_matter_and_no_memory_is_identity(hv):
     ref = torch.randn(1, 16, 1, 8, 12)  # a ReferenceLatent (prepended at t = -1 by forward_orig)
     with torch.no_grad():
         plain = hv(x, t, context, **kw)
-        patched_no_memory = hv(x, t, context, transformer_options=opts, **kw)
-        empty = hv(x, t, context, transformer_options=opts, **kw, memory_tokens=mem[:, :0], memory_positions2=pos[:, :0])
-        a = hv(x, t, context, transformer_options=opts, **kw, memory_tokens=mem, memory_positions2=pos)
-        b = hv(x, t, context, transformer_options=opts, **kw, memory_tokens=mem, memory_positions2=pos - 20)
         with_ref = hv(x, t, context, ref_latent=ref, **kw)
         with_ref_mem = hv(x, t, context, transformer_options=opts, ref_latent=ref, **kw, memory_tokens=mem,
                           memory_positions2=pos)
-    assert torch.equal(plain, patched_no_memory) and torch.equal(plain, empty)
-    assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-5
     assert with_ref_mem.shape == plain.shape and (with_ref_mem - with_ref).abs().max() > 1e-3
 
 
@@ -153,24 +156,24 @@ def test_token_order_and_modulation_layout_are_detected_and_a_contradiction_fail
     import inspect
 
     import comfy.ldm.flux.layers as layers
-    from framememory.models import hunyuan
+    from framememory.models.families import hunyuan_video
 
-    text_first = hunyuan.text_first(hv)
+    text_first = hunyuan_video.text_first(hv)
     assert text_first == (not getattr(hv.double_blocks[0], "flipped_img_txt", False))
     sliced = "d[2]:d[2] + 1" in inspect.getsource(layers.apply_mod)  # ComfyUI >= 0.17 slices the modulation rows
-    assert hunyuan.modulation_rows() == (3 if sliced else 4)
+    assert hunyuan_video.modulation_rows() == (3 if sliced else 4)
     x, context, kw = _inputs(3, t=2)
     mem = _past(hv, x, 1)
-    monkeypatch.setattr(hunyuan, "text_first", lambda dm: not text_first)  # the double blocks "say" the other order
+    monkeypatch.setattr(hunyuan_video, "text_first", lambda dm: not text_first)  # the double blocks "say" the other order
     with pytest.raises(RuntimeError, match="HunyuanVideo token layout not recognised"), torch.no_grad():
         hv(x[:, :, 1:], torch.tensor([0.0]), context, transformer_options=_options(hv), **kw, **mem)
 
 
 def test_patch_embed_is_img_in(hv):
-    from framememory.models import hunyuan
+    from framememory.models.families import hunyuan_video
 
     x = torch.randn(2, 16, 3, 8, 12)
-    out = hunyuan.patch_embed(hv, x)
+    out = hunyuan_video.patch_embed(hv, x)
     assert out.shape == (2, hv.hidden_size, 3, 4, 6) and out.dtype == torch.float32
     with torch.no_grad():
         torch.testing.assert_close(out.flatten(2).transpose(1, 2), hv.img_in(x))
@@ -191,55 +194,33 @@ def test_stock_loader_detects_hunyuan_video(loaded, hv):
     import comfy.ldm.hunyuan_video.model
     import comfy.model_base
 
-    from framememory.models import families, hunyuan
+    from framememory.models import families
+    from framememory.models.families import hunyuan_video
 
     assert type(loaded.model) is comfy.model_base.HunyuanVideo
     assert type(loaded.model.diffusion_model) is comfy.ldm.hunyuan_video.model.HunyuanVideo
-    assert families.adapter_for(loaded) is hunyuan and families.model_width(loaded) == 128
+    assert families.family_for(loaded) is hunyuan_video and families.model_width(loaded) == 128
     for name, p in hv.state_dict().items():  # every weight arrived (detection got every shape right)
         assert torch.equal(loaded.model.diffusion_model.state_dict()[name].float(), p), name
     lat = torch.randn(1, 16, 2, 8, 8)
     assert families.patch_embed(loaded, lat).shape == (1, 128, 2, 4, 4)
-    # memory tokens always at timestep 0 (clean context); the "shared" ablation is Wan 2.1 only
-    with pytest.raises(ValueError, match="HunyuanVideo memory tokens always get timestep 0"):
-        families.patch_model(loaded, memory_t0=False)
 
 
-def test_stock_sampler_with_cfg_batches_cond_and_uncond(loaded):
-    """Through comfy.sample.sample (CFG > 1): patched without memory = unpatched; with memory in both conds the
-    result differs, and cond and uncond arrive in one batched call with memory present."""
-    import comfy.patcher_extension
-    import comfy.sample
+@pytest.mark.parametrize("mode", ["pack_forcing", "video_ssm"])
+def test_bounded_memory_modes_are_refused_naming_what_works(loaded, mode):
+    """HunyuanVideo's hooks have no PackForcing selection nor VideoSSM read-out (``MEMORY_MODES``): the memory mode is a
+    ValueError that names the family, the mode and the modes that work, when the run resolves its mode config."""
+    from framememory.memory.config import EncoderConfig
+    from framememory.models.encoding import MemoryEncoder
+    from framememory.models.families import hunyuan_video
+    from framememory.models.memory_modes import mode_config
 
-    from framememory.models import conds, families
-
-    patched = families.patch_model(loaded)
-    seen = []
-
-    def spy(executor, *args, **kwargs):
-        # x batch, and whether memory is present (a kwarg before our wrapper, in transformer_options after it)
-        seen.append((args[0].shape[0], kwargs.get(conds.TOKENS_KEY) is not None or conds.PATCH_KEY in args[-1]))
-        return executor(*args, **kwargs)
-
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "spy", spy)
-    g = torch.Generator().manual_seed(3)
-    pos_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {"pooled_output": torch.randn(1, 768, generator=g)}]]
-    neg_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {"pooled_output": torch.randn(1, 768, generator=g)}]]
-    latent = torch.zeros(1, 16, 2, 8, 8)
-    noise = comfy.sample.prepare_noise(latent, 7)
-
-    def run(m, p, n):
-        return comfy.sample.sample(m, noise, 3, 4.0, "euler", "simple", p, n, latent, seed=7, disable_pbar=True)
-
-    base = run(loaded, pos_c, neg_c)
-    same = run(patched, pos_c, neg_c)
-    tokens = torch.randn(8, 128) * 0.5
-    positions = torch.tensor([[-1.5 - 2 * (i // 4), 1.5, 1.5 + (i % 4)] for i in range(8)])
-    seen.clear()
-    withmem = run(patched, conds.attach_memory(pos_c, tokens, positions), conds.attach_memory(neg_c, tokens, positions))
-    torch.testing.assert_close(base, same)
-    assert torch.isfinite(withmem).all() and (withmem - base).abs().max() > 1e-3
-    assert seen and all(batch == 2 and has for batch, has in seen)  # cond+uncond in one call, memory present
+    assert mode not in hunyuan_video.MEMORY_MODES
+    encoder = MemoryEncoder(EncoderConfig(family="hunyuan_video", dim=0), None, "untrained")
+    with pytest.raises(ValueError, match=rf"memory_mode {mode} is not implemented for hunyuan_video models \(only for "
+                                         r"wan21, wan22\): use frame_preservation, sliding_window or off"):
+        mode_config(encoder, loaded, mode)
+    assert mode_config(encoder, loaded, "sliding_window").family == "hunyuan_video"
 
 
 def test_storyboard_from_real_clip(loaded, media_dir):
@@ -330,9 +311,9 @@ def test_cross_attention_zero_init_is_identity_and_every_block_has_its_layer(hv)
     """dit_blocks = 2 double + 2 single; zero-initialised layers leave the output bit-identical to memory without the
     add-on (and hidden states without layers are ignored when absent); trained layers change it; each of the four
     layers alone (cross.0, cross.1 after the double blocks, cross.2, cross.3 after the single blocks) changes it."""
-    from framememory.models import hunyuan
+    from framememory.models.families import hunyuan_video
 
-    assert hunyuan.cross_blocks(hv) == len(hv.double_blocks) + len(hv.single_blocks) == 4
+    assert hunyuan_video.cross_blocks(hv) == len(hv.double_blocks) + len(hv.single_blocks) == 4
     x, context, kw, mem, hidden = _cross_inputs(hv)
     t = torch.tensor([500.0])
     zero, trained = _cross_net(), _cross_net(seed=5)
@@ -363,7 +344,8 @@ def test_cross_attention_queries_are_the_video_tokens_only(hv):
     video stream, ref_latent tokens included: the first N, or after the text in single blocks where the text comes
     first); memory tokens (double blocks) and memory + text tokens (single blocks) leave the patch exactly as the block
     produced them."""
-    from framememory.models import conds, hunyuan
+    from framememory.models import conds
+    from framememory.models.families import hunyuan_video
 
     x, context, kw, mem, hidden = _cross_inputs(hv, seed=6)
     t = torch.tensor([300.0])
@@ -403,7 +385,7 @@ def test_cross_attention_queries_are_the_video_tokens_only(hv):
     order = [("double_block", 0), ("double_block", 1), ("single_block", 0), ("single_block", 1)]
     for (k, q, ctx, out), key in zip(calls, order):
         block, patched = blocks[key]["block"]["img"], blocks[key]["patch"]["img"]
-        s = txt if key[0] == "single_block" and hunyuan.text_first(hv) else 0  # [txt | video | memory] (>= 0.14)
+        s = txt if key[0] == "single_block" and hunyuan_video.text_first(hv) else 0  # [txt | video | memory] (>= 0.14)
         assert q.shape == (1, n, hv.hidden_size) and torch.equal(q, block[:, s:s + n]), key
         assert torch.equal(ctx, hidden)
         assert block.shape[1] == n + m + (txt if key[0] == "single_block" else 0)
@@ -431,7 +413,7 @@ def test_cross_attention_layers_must_match_the_block_count(hv, loaded):
     four, two = _cross_net(4), _cross_net(2)
     idx = lambda sd: sorted({int(k.split(".")[1]) for k in sd if k.startswith("cross.")})  # noqa: E731
     assert idx(four.state_dict()) == [0, 1, 2, 3] and idx(two.state_dict()) == [0, 1]
-    assert families.adapter_for(loaded).cross_blocks(loaded.model.diffusion_model) == 4
+    assert families.family_for(loaded).cross_blocks(loaded.model.diffusion_model) == 4
     ok = MemoryEncoder(four.cfg, four.state_dict(), "hv4")
     assert ok.check(loaded).dit_blocks == 4
     patched = memory_model(loaded, ok)
@@ -444,7 +426,7 @@ def test_cross_attention_layers_must_match_the_block_count(hv, loaded):
     with pytest.raises(ValueError, match=message):
         memory_model(loaded, bad)
     with pytest.raises(ValueError, match=message):
-        cross_attention.install_cross_attention(families.patch_model(loaded), bad)
+        cross_attention.install_cross_attention(families.install_memory(loaded), bad)
     with pytest.raises(ValueError, match="does not fit its own config"):
         MemoryEncoder(four.cfg, two.state_dict(), "hv4_with_2_layers").patcher(loaded)
     x, context, kw, mem, hidden = _cross_inputs(hv)

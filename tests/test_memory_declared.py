@@ -1,7 +1,7 @@
 """Issue 25 point 1: ComfyUI's loader plans for the memory tokens (models/memory_plan.py).
 
 Tiny DiTs of every family (Wan 2.1, Wan 2.2 TI2V 5B, HunyuanVideo) loaded through ComfyUI's own loader, patched by
-``families.patch_model`` (what the Storyboard and Apply Memory do) and sampled through ``comfy.sample.sample`` (the
+``families.install_memory`` (what the Storyboard and Apply Memory do) and sampled through ``comfy.sample.sample`` (the
 stock KSampler path): the ``memory_required`` / ``minimum_memory_required`` that ComfyUI's ``_prepare_sampling`` hands
 ``load_models_gpu`` grow, with memory in the conds, by exactly ComfyUI's own estimate of the memory tokens counted as
 the latent volume they stand for (``BaseModel.memory_required`` of ``prod(PATCH_SIZE)`` latent cells per token, for
@@ -112,8 +112,8 @@ def test_prepare_sampling_plans_the_memory_tokens(loaded):
     from framememory.models import conds, families
 
     family, model = loaded
-    patched = families.patch_model(model)
-    volume = math.prod(families.adapter_for(model).PATCH_SIZE)
+    patched = families.install_memory(model)
+    volume = math.prod(families.family_for(model).PATCH_SIZE)
     pos, neg = _conds(family)
     stock, _ = _sample(model, family, pos, neg)
     plain, _ = _sample(patched, family, pos, neg)
@@ -144,8 +144,8 @@ def test_cond_batching_counts_the_memory_tokens(loaded, monkeypatch):
     from framememory.models import conds, families
 
     family, model = loaded
-    patched = families.patch_model(model)
-    volume = math.prod(families.adapter_for(model).PATCH_SIZE)
+    patched = families.install_memory(model)
+    volume = math.prod(families.family_for(model).PATCH_SIZE)
     pos, neg = _conds(family)
     _sample(model, family, pos, neg)  # the unpatched model loaded (a patched clone loaded before is unloaded)
     original = tuple(model.model.memory_usage_factor_conds)
@@ -311,7 +311,7 @@ def _encoder(model, mode: str, rate: str):
     from framememory.models.encoding import MemoryEncoder
     from framememory.models.memory_modes import SSM_DEFAULTS
 
-    adapter, dim = families.adapter_for(model), families.model_width(model)
+    adapter, dim = families.family_for(model), families.model_width(model)
     common = dict(family=adapter.FAMILY, dim=dim, rate=rate, latent_channels=adapter.LATENT_CHANNELS,
                   vae_stride=adapter.VAE_STRIDE, patch_size=adapter.PATCH_SIZE)
     if mode != "video_ssm":

@@ -165,7 +165,8 @@ def test_every_mode_runs_the_storyboard(tiny_wan):
 
 def test_pack_forcing_selects_top_k_blocks_per_forward(tiny_wan):
     """The wrapper keeps sink + K mid blocks + recent and re-packs them; K = all keeps the original positions."""
-    from framememory.models import families, wan
+    from framememory.models import families
+    from framememory.models.families import wan21 as wan
     from framememory.models.storyboard import history_from_frames
 
     model, vae, _, _, video = tiny_wan

@@ -209,7 +209,7 @@ def test_lr_branch_is_img_in_of_the_lr_latent(setup):
     """Fig. 2 on HunyuanVideo: the LR branch is the DiT's own img_in (the inference adapter's patch_embed) of the LR
     latent, on the memory grid; an untrained HR branch adds nothing."""
     dm, encoder, stages = setup
-    from framememory.models import hunyuan
+    from framememory.models.families import hunyuan_video as hunyuan
 
     history = _data(6)[0]
     lr = lr_latent_for(history, encoder.cfg)  # rate 2x2x1 on 4x4 tokens: [B, 16, 4, 4, 4]

@@ -350,14 +350,15 @@ def test_memory_timestep_rule_reaches_training(setup):
 
 
 def test_training_forward_is_the_nodes_patch(comfy, tmp_path, monkeypatch):
-    """The training forward runs the patch the nodes install (families.patch_model(model, memory_t0=...)): the same
+    """The training forward runs the patch the nodes install (families.install_memory(model, memory_t0=...)): the same
     prediction for both timestep rules, and training/dits.py asks the adapter's install for the encoder's rule."""
     import comfy.patcher_extension
     import comfy.sd
     from safetensors.torch import save_file
 
     from framememory.demo.tiny_models import tiny_wan21_dit
-    from framememory.models import families, wan
+    from framememory.models import families
+    from framememory.models.families import wan21 as wan
     from framememory.training import stages
 
     path = tmp_path / "dit.safetensors"
@@ -383,7 +384,7 @@ def test_training_forward_is_the_nodes_patch(comfy, tmp_path, monkeypatch):
             calls.clear()
             training = stages.dit_forward(dm, nxt, t, context, memory)
             assert calls == [t0]  # training installed the adapter's patches with the encoder's rule
-            patched = families.patch_model(model, memory_t0=t0)  # what the nodes run
+            patched = families.install_memory(model, memory_t0=t0)  # what the nodes run
             # the transformer_options the stock sampler builds (comfy.sampler_helpers.prepare_model_patcher)
             opts = comfy.patcher_extension.copy_nested_dicts(patched.model_options["transformer_options"])
             comfy.patcher_extension.merge_nested_dicts(opts.setdefault("wrappers", {}), patched.wrappers,

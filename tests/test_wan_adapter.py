@@ -1,10 +1,23 @@
-"""The Wan adapter on a tiny ComfyUI WanModel (CPU): memory tokens reach every block with RoPE at their past
-times and leave before the head; no memory = identity; CFG batching through the stock sampler."""
+"""The Wan 2.1 family (``models/families/wan21.py``) on a tiny ComfyUI WanModel (CPU): the shared family tests
+(:class:`family_contract.FamilyContract`: registry, no memory = identity, tokens in every block, the stock sampler with
+CFG, timestep rules, memory modes) and Wan's own: memory = attending to the past under both timestep rules, Bernini
+context latents, the rules through the Storyboard's patch, conditioning, context windows."""
 from __future__ import annotations
 
 import pytest
 import torch
-from memory_checks import check_identity_and_position_effect
+from family_contract import FamilyContract
+
+
+class TestWan21Family(FamilyContract):
+    family = "wan21"
+    display_name = "Wan 2.1"
+
+    @staticmethod
+    def make_dit():
+        from framememory.demo.tiny_models import tiny_wan21_dit
+
+        return tiny_wan21_dit(seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -12,23 +25,12 @@ def wan(comfy):
     from framememory.demo.tiny_models import tiny_wan21_dit
     from types import SimpleNamespace
 
-    from framememory.models import conds, families, wan
+    from framememory.models import conds, families
 
     adapter = SimpleNamespace(  # the pieces under test, by the names the tests use
-        _block_patch=wan._block_patch, _diffusion_wrapper=wan._diffusion_wrapper, patch_model=families.patch_model,
-        attach_memory=conds.attach_memory, PATCH_KEY=conds.PATCH_KEY, TOKENS_KEY=conds.TOKENS_KEY,
-        POSITIONS_KEY=conds.POSITIONS_KEY)
+        install_memory=families.install_memory, attach_memory=conds.attach_memory, PATCH_KEY=conds.PATCH_KEY,
+        TOKENS_KEY=conds.TOKENS_KEY, POSITIONS_KEY=conds.POSITIONS_KEY)
     return tiny_wan21_dit(seed=0), adapter
-
-
-def _options(adapter, n_blocks, **block_kw):
-    import comfy.patcher_extension
-
-    return {
-        "patches_replace": {"dit": {("double_block", i): adapter._block_patch(i, n_blocks, **block_kw)
-                                    for i in range(n_blocks)}},
-        "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {adapter.PATCH_KEY: [adapter._diffusion_wrapper]}},
-    }
 
 
 def _inputs(seed=0, t=6):
@@ -48,8 +50,8 @@ def test_memory_of_the_past_equals_attending_to_the_past(wan, memory_timestep):
     dm, adapter = wan
     x, t, context = _inputs()
     whole_t = torch.tensor([[0.0, 0.0, 0.0, 500.0, 500.0, 500.0]]) if memory_timestep == "zero" else t
-    opts = _options(adapter, len(dm.blocks)) if memory_timestep == "zero" else \
-        _options(adapter, len(dm.blocks), memory_t0=False)  # the default patch is the "zero" rule
+    opts = adapter.install_memory(dm) if memory_timestep == "zero" else \
+        adapter.install_memory(dm, memory_t0=False)  # the default patch is the "zero" rule
     with torch.no_grad():
         whole = dm(x, whole_t, context)[:, :, 3:]
         past = dm.patch_embedding(x[:, :, :3].float()).flatten(2).transpose(1, 2)  # [1, 3*4*6, D]
@@ -57,7 +59,7 @@ def test_memory_of_the_past_equals_attending_to_the_past(wan, memory_timestep):
         pos2 = (ids.reshape(1, -1, 3) * 2).long()
         out = dm(x[:, :, 3:], t, context, transformer_options=opts, memory_tokens=past, memory_positions2=pos2)
         other = dm(x[:, :, 3:], t, context, memory_tokens=past, memory_positions2=pos2,
-                   transformer_options=_options(adapter, len(dm.blocks), memory_t0=memory_timestep == "shared"))
+                   transformer_options=adapter.install_memory(dm, memory_t0=memory_timestep == "shared"))
         plain = dm(x[:, :, 3:], t, context)
     assert out.shape == plain.shape == (1, 16, 3, 8, 12)
     torch.testing.assert_close(out, whole, atol=2e-4, rtol=1e-3)
@@ -77,7 +79,7 @@ def test_memory_next_to_bernini_context_latents(wan):
 
     from comfy.ldm.wan.model import WanModel
 
-    from framememory.models.wan import video_tokens
+    from framememory.models.families.wan21 import video_tokens
 
     dm, adapter = wan
     bernini = "context_latents" in inspect.getsource(WanModel._forward)
@@ -86,7 +88,7 @@ def test_memory_next_to_bernini_context_latents(wan):
     n, c, m = 3 * 4 * 6, (1 * 4 * 6 if bernini else 0), 8
     mem = {"memory_tokens": torch.randn(1, m, dm.dim, generator=torch.Generator().manual_seed(10)) * 0.5,
            "memory_positions2": torch.tensor([[[-3 + (i // 4), 1, i % 4] for i in range(m)]]) * 2}
-    opts, seen = _options(adapter, len(dm.blocks)), []
+    opts, seen = adapter.install_memory(dm), []
     replace = opts["patches_replace"]["dit"]
     for key, patch in list(replace.items()):
         def spy(args, extra, patch=patch, key=key):
@@ -111,7 +113,7 @@ def test_memory_next_to_bernini_context_latents(wan):
 
 
 def test_memory_timestep_rule_reaches_the_block_patches(wan, comfy, tmp_path):
-    """patch_model / install default to timestep 0 for Wan 2.1; memory_t0=False installs the "shared" ablation; the
+    """install_memory / install default to timestep 0 for Wan 2.1; memory_t0=False installs the "shared" ablation; the
     memory_model of the storyboard follows EncoderConfig.memory_timestep."""
     import comfy.sd
     from safetensors.torch import save_file
@@ -136,25 +138,16 @@ def test_memory_timestep_rule_reaches_the_block_patches(wan, comfy, tmp_path):
                       memory_tokens=mem, memory_positions2=pos)
 
     with torch.no_grad():
-        zero = dm(x, t, context, transformer_options=_options(adapter, len(dm.blocks), memory_t0=True),
+        zero = dm(x, t, context, transformer_options=adapter.install_memory(dm, memory_t0=True),
                   memory_tokens=mem, memory_positions2=pos)
-        shared = dm(x, t, context, transformer_options=_options(adapter, len(dm.blocks), memory_t0=False),
+        shared = dm(x, t, context, transformer_options=adapter.install_memory(dm, memory_t0=False),
                     memory_tokens=mem, memory_positions2=pos)
     assert (zero - shared).abs().max() > 1e-3
-    torch.testing.assert_close(run(adapter.patch_model(model)), zero, rtol=0, atol=0)
-    torch.testing.assert_close(run(adapter.patch_model(model, memory_t0=False)), shared, rtol=0, atol=0)
+    torch.testing.assert_close(run(adapter.install_memory(model)), zero, rtol=0, atol=0)
+    torch.testing.assert_close(run(adapter.install_memory(model, memory_t0=False)), shared, rtol=0, atol=0)
     for rule, expected in (("zero", zero), ("shared", shared)):
         enc = MemoryEncoder(EncoderConfig(dim=0, memory_timestep=rule), None, rule)  # untrained: the model width
         torch.testing.assert_close(run(memory_model(model, enc)), expected, rtol=0, atol=0)
-
-
-def test_positions_matter_and_no_memory_is_identity(wan):
-    dm, adapter = wan
-    x, t, context = _inputs(1, t=3)
-    opts = _options(adapter, len(dm.blocks))
-    mem = torch.randn(1, 6, dm.dim) * 0.5
-    pos = torch.tensor([[[-3, 0, 0], [-3, 2, 2], [-3, 4, 4], [-1, 0, 0], [-1, 2, 2], [-1, 4, 4]]]) * 2
-    check_identity_and_position_effect(dm, x, t, context, opts, mem, pos)
 
 
 def test_attach_memory_keeps_input_and_encodes_half_positions(wan):
@@ -169,46 +162,6 @@ def test_attach_memory_keeps_input_and_encodes_half_positions(wan):
     assert mc[adapter.TOKENS_KEY].cond.shape == (1, 1, 128)
     assert "model_conds" in adapter.attach_memory(out, None, None)[0][1]
     assert adapter.TOKENS_KEY not in adapter.attach_memory(out, None, None)[0][1]["model_conds"]
-
-
-def test_stock_sampler_with_cfg_batches_cond_and_uncond(wan, comfy, tmp_path):
-    """Through comfy.sample.sample (stock KSampler path, CFG > 1): a patched model without memory equals the
-    unpatched model; with memory the result differs; cond and uncond arrive in one batched call."""
-    import comfy.sample
-    import comfy.sd
-    from safetensors.torch import save_file
-
-    dm, adapter = wan
-    path = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in dm.state_dict().items()}, str(path))
-    model = comfy.sd.load_diffusion_model(str(path))
-    patched = adapter.patch_model(model)
-    seen = []
-
-    def spy(executor, *args, **kwargs):
-        # x batch, and whether memory is present (as a kwarg before our wrapper, in transformer_options after it)
-        seen.append((args[0].shape[0], kwargs.get(adapter.TOKENS_KEY) is not None or adapter.PATCH_KEY in args[5]))
-        return executor(*args, **kwargs)
-
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "spy", spy)
-    g = torch.Generator().manual_seed(3)
-    pos_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
-    neg_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {}]]
-    latent = torch.zeros(1, 16, 2, 8, 8)
-    noise = comfy.sample.prepare_noise(latent, 7)
-
-    def run(m, p, n):
-        return comfy.sample.sample(m, noise, 3, 4.0, "euler", "simple", p, n, latent, seed=7, disable_pbar=True)
-
-    base = run(model, pos_c, neg_c)
-    same = run(patched, pos_c, neg_c)
-    tokens = torch.randn(8, dm.dim) * 0.5
-    positions = torch.tensor([[-1.5 - 2 * (i // 4), 1.5, 1.5 + (i % 4)] for i in range(8)])
-    seen.clear()
-    withmem = run(patched, adapter.attach_memory(pos_c, tokens, positions), adapter.attach_memory(neg_c, tokens, positions))
-    torch.testing.assert_close(base, same)
-    assert (withmem - base).abs().max() > 1e-3
-    assert seen and all(batch == 2 and has for batch, has in seen)  # cond+uncond in one call, memory present
 
 
 def _stock_model(dm, tmp_path):
@@ -231,7 +184,7 @@ def test_memory_conds_stay_whole_in_context_windows(wan, comfy, tmp_path, monkey
     import comfy.patcher_extension
     import comfy.sample
 
-    from framememory.models import wan as wan_module
+    from framememory.models.families import wan21 as wan_module
 
     dm, adapter = wan
     windows, positions_seen, real_pop = [], [], wan_module.pop_memory
@@ -264,26 +217,28 @@ def test_memory_conds_stay_whole_in_context_windows(wan, comfy, tmp_path, monkey
     def run(m, p, n):
         return comfy.sample.sample(m, noise, 2, 4.0, "euler", "simple", p, n, latent, seed=3, disable_pbar=True)
 
-    before = run(windowed(adapter.patch_model(model)), mem_p, mem_n)  # handler set after the memory patch
+    before = run(windowed(adapter.install_memory(model)), mem_p, mem_n)  # handler set after the memory patch
     assert 2 in windows and set(windows) <= {2, 3}, windows  # windows of 2 (+ 0.33's causal fix frame after the first)
     assert positions_seen and set(positions_seen) == {(2, 8, 3)}, positions_seen  # cond + uncond, memory whole
     positions_seen.clear()
-    after = adapter.patch_model(windowed(model))  # handler set before the memory patch
+    after = adapter.install_memory(windowed(model))  # handler set before the memory patch
     torch.testing.assert_close(run(after, mem_p, mem_n), before)
     assert set(positions_seen) == {(2, 8, 3)}
     positions_seen.clear()
-    without = run(windowed(adapter.patch_model(model)), pos_c, neg_c)
+    without = run(windowed(adapter.install_memory(model)), pos_c, neg_c)
     assert not positions_seen and (before - without).abs().max() > 1e-3
 
 
 def test_non_wan_model_is_a_clear_error(comfy):
-    from framememory.models import families as adapter
+    from framememory.models import families
 
     class Fake:
         model = type("M", (), {"diffusion_model": torch.nn.Linear(1, 1)})()
 
     with pytest.raises(TypeError, match=r"supports wan21, wan22, hunyuan_video so far; this MODEL is Linear"):
-        adapter.patch_model(Fake())
+        families.install_memory(Fake())
+    with pytest.raises(TypeError, match=r"supports wan21, wan22, hunyuan_video so far; this MODEL is Linear"):
+        families.install_memory(torch.nn.Linear(1, 1))  # a bare DiT of no family
 
 
 def test_attention_falls_back_to_sdpa_with_one_line_notice(wan, monkeypatch):

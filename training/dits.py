@@ -1,11 +1,11 @@
 """The DiT families the training losses of arXiv 2512.23851 run on: one small object per family, chosen from the
-DiT's class by the inference adapters' own ``matches`` (``models/wan.py``, ``models/hunyuan.py``).
+DiT's class by the family modules' own ``matches`` (``models/families/wan21.py``, ``models/families/hunyuan_video.py``).
 
 :mod:`training.stages` is family-agnostic; it asks the family object (:func:`dit_family`) for
 
 (a) **the forward with memory** (:meth:`DitFamily.forward`): the DiT is called directly with the memory wrapper and
-    block patches that the family adapter's ``install(model, dm)`` registers at inference (recorded by
-    :class:`_OptionsRecorder` instead of a ModelPatcher, so training runs exactly the inference mechanism), each block
+    block patches that ``models.families.install_memory`` installs at inference (on a bare DiT it returns them as
+    ``transformer_options`` instead of patching a ModelPatcher, so training runs exactly the inference mechanism), each block
     patch wrapped so that the video tokens' RoPE can be replaced by per-frame times (Stage I: the frames Omega at
     their original indices in the history);
 (b) **the first projection** (:meth:`DitFamily.embed`), the LR branch's ``embed`` in Fig. 2 as at inference:
@@ -27,24 +27,6 @@ import contextlib
 import torch
 
 # ------------------------------------------------------------------------------------------- shared helpers
-
-
-class _OptionsRecorder:
-    """Stands in for the ``ModelPatcher`` that a family adapter's ``install(model, dm)`` expects and collects what it
-    registers (the ``DIFFUSION_MODEL`` wrapper and the block replace patches) as ``transformer_options`` for a direct
-    call of the DiT."""
-
-    def __init__(self) -> None:
-        self.options: dict = {"patches_replace": {}, "wrappers": {}}
-
-    def remove_wrappers_with_key(self, wrapper_type, key) -> None:
-        self.options["wrappers"].get(wrapper_type, {}).pop(key, None)
-
-    def add_wrapper_with_key(self, wrapper_type, key, fn) -> None:
-        self.options["wrappers"].setdefault(wrapper_type, {}).setdefault(key, []).append(fn)
-
-    def set_model_patch_replace(self, patch, name, block_name, number, transformer_index=None) -> None:
-        self.options["patches_replace"].setdefault(name, {})[(block_name, number)] = patch
 
 
 @contextlib.contextmanager
@@ -85,8 +67,10 @@ class DitFamily:
 
     @property
     def adapter(self):
-        """The inference adapter module of this family (``models.wan`` / ``models.hunyuan``)."""
-        raise NotImplementedError
+        """The family module of this family (``models.families.wan21`` / ``hunyuan_video``): its inference hooks."""
+        from ..models import families
+
+        return families.family(self.name)
 
     def matches(self, dm) -> bool:
         return self.adapter.matches(dm)
@@ -97,15 +81,15 @@ class DitFamily:
 
     def latent_format(self):
         """ComfyUI's latent format of the family (``process_in``: VAE latent -> model space)."""
-        raise NotImplementedError
+        return self.adapter.latent_format()
 
     def needs_pooled(self, dm) -> bool:
         """True when the DiT needs a pooled text embedding (:meth:`inputs`)."""
         return False
 
     def token_grid(self, dm, x: torch.Tensor) -> tuple[int, int]:
-        """``(Ht, Wt)`` video tokens per latent frame of ``x`` ``[B, C, k, h, w]``."""
-        raise NotImplementedError
+        """``(Ht, Wt)`` video tokens per latent frame of ``x`` ``[B, C, k, h, w]`` (the family's ``token_grid``)."""
+        return self.adapter.token_grid(dm, x)
 
     def embed(self, dm, latent: torch.Tensor) -> torch.Tensor:
         """The DiT's own first projection of a model-space latent ``[B, C, T, h, w]`` -> ``[B, D, T, Ht, Wt]``
@@ -130,20 +114,16 @@ class DitFamily:
         return comfy_training_mode()
 
     def options(self, dm, frame_pe: torch.Tensor | None, memory=None) -> dict:
-        """``transformer_options`` with the adapter's memory wrapper and block patches (as ``install`` registers
-        them at inference, with the memory's timestep rule), every block patch wrapped by :meth:`video_pe_patch`,
-        and the cross-attention add-on's layers where the memory has them (as ``install_cross_attention``)."""
-        from ..models.conds import CROSS_KEY
+        """``transformer_options`` with the memory wrapper and block patches (``models.families.install_memory`` on
+        the bare DiT, as at inference, with the memory's timestep rule), every block patch wrapped by
+        :meth:`video_pe_patch`, and the add-ons' layers where the memory has them (cross-attention, VideoSSM read-out)."""
+        from ..models.families import install_memory
 
-        rec = _OptionsRecorder()
-        self.adapter.install(rec, dm, memory_t0=True if memory is None else memory.memory_t0)
-        opts = rec.options
-        if memory is not None and memory.hidden is not None and memory.cross is not None:
-            opts[CROSS_KEY] = memory.cross
-        if memory is not None and getattr(memory, "readout", None) is not None:
-            from ..models.state_readout import STATE_MODULE_KEY
-
-            opts[STATE_MODULE_KEY] = memory.readout
+        if memory is None:
+            opts = install_memory(dm)
+        else:
+            cross = memory.cross if memory.hidden is not None else None
+            opts = install_memory(dm, memory.memory_t0, cross=cross, readout=getattr(memory, "readout", None))
         opts["patches_replace"]["dit"] = {key: self.video_pe_patch(dm, patch, frame_pe)
                                           for key, patch in opts["patches_replace"]["dit"].items()}
         return opts
@@ -171,34 +151,19 @@ class DitFamily:
 
 
 class WanFamily(DitFamily):
-    """``comfy.ldm.wan.model.WanModel`` (Wan 2.1 T2V / I2V 1.3B, 14B; :mod:`models.wan`).
+    """``comfy.ldm.wan.model.WanModel`` (Wan 2.1 T2V / I2V 1.3B, 14B; :mod:`models.families.wan21`).
 
-    * forward: block patches ``wan._block_patch`` on every block, wrapper ``wan._diffusion_wrapper``; Stage I's
+    * forward: block patches ``wan21._block_patch`` on every block, wrapper ``wan21._diffusion_wrapper``; Stage I's
       per-frame RoPE replaces ``pe`` ``[B, N, 1, d/2, 2, 2]`` (the blocks see only video tokens in ``args["pe"]``;
       the patch appends the memory RoPE) and broadcasts the memory RoPE to the batch.
-    * first projection: ``patch_embedding`` (Conv3d k=s=(1,2,2)) of :func:`models.wan.model_input` (I2V: the
-      channels of a clean known frame): :func:`models.wan.patch_embed`.
+    * first projection: ``patch_embedding`` (Conv3d k=s=(1,2,2)) of :func:`models.families.wan21.model_input` (I2V:
+      the channels of a clean known frame): :func:`models.families.wan21.patch_embed`.
     * LoRA: every block's self- and cross-attention ``q, k, v, o`` and FFN ``ffn.0``, ``ffn.2``.
     * text: ``context`` ``[B, L, 4096]`` only (``pooled`` / ``guidance`` are ignored).
     """
 
     name = "wan21"
     lora_targets = r"blocks\.\d+\.(?:(?:self_attn|cross_attn)\.(?:q|k|v|o)|ffn\.(?:0|2))"
-
-    @property
-    def adapter(self):
-        from ..models import wan
-
-        return wan
-
-    def latent_format(self):
-        import comfy.latent_formats
-
-        return comfy.latent_formats.Wan21()
-
-    def token_grid(self, dm, x):
-        _, ph, pw = dm.patch_size
-        return x.shape[3] // ph, x.shape[4] // pw
 
     def frame_rope(self, dm, frame_times, ht, wt):
         """``[B, k*ht*wt, 1, d/2, 2, 2]``, matching ``WanModel.rope_encode`` for contiguous times."""
@@ -238,7 +203,7 @@ def _clone_saved_input(module, args):
 
 
 class HunyuanFamily(DitFamily):
-    """``comfy.ldm.hunyuan_video.model.HunyuanVideo`` T2V 1.0 (13B; :mod:`models.hunyuan`).
+    """``comfy.ldm.hunyuan_video.model.HunyuanVideo`` T2V 1.0 (13B; :mod:`models.families.hunyuan_video`).
 
     * forward: the adapter's ``_double_patch`` / ``_single_patch`` on every double and single block and its
       ``_diffusion_wrapper`` (sequence ``[video N | memory M | txt L]``, memory modulated at timestep 0). The stock
@@ -248,7 +213,7 @@ class HunyuanFamily(DitFamily):
       the full clip (:func:`frame_ids`: ``(t, h, w)`` with ``t`` the frame's index in the history); text stays at
       position 0.
     * first projection: ``img_in`` (``PatchEmbed``, Conv3d k=s=(1,2,2), pads odd sizes):
-      :func:`models.hunyuan.patch_embed`.
+      :func:`models.families.hunyuan_video.patch_embed`.
     * LoRA: double blocks' ``img_attn.qkv``, ``img_attn.proj``, ``img_mlp.0``, ``img_mlp.2`` and the same four of
       the ``txt_`` stream; single blocks' ``linear1`` (fused qkv + MLP in) and ``linear2`` (fused proj + MLP out).
       The modulation linears (``img_mod.lin``, ``txt_mod.lin``, ``modulation.lin``) are left out, as Wan's
@@ -271,23 +236,8 @@ class HunyuanFamily(DitFamily):
     lora_targets = (r"(?:double_blocks\.\d+\.(?:img|txt)_(?:attn\.(?:qkv|proj)|mlp\.(?:0|2))"
                     r"|single_blocks\.\d+\.linear(?:1|2))")
 
-    @property
-    def adapter(self):
-        from ..models import hunyuan
-
-        return hunyuan
-
-    def latent_format(self):
-        import comfy.latent_formats
-
-        return comfy.latent_formats.HunyuanVideo()
-
     def needs_pooled(self, dm) -> bool:
         return dm.vector_in is not None
-
-    def token_grid(self, dm, x):
-        _, ph, pw = dm.patch_size
-        return (x.shape[3] + ph // 2) // ph, (x.shape[4] + pw // 2) // pw  # as HunyuanVideo.img_ids
 
     def frame_rope(self, dm, frame_times, ht, wt):
         """``[B, 1, k*ht*wt, d/2, 2, 2]``: ``pe_embedder`` of :func:`frame_ids`, i.e. of ``forward_orig``'s
@@ -295,11 +245,9 @@ class HunyuanFamily(DitFamily):
         return dm.pe_embedder(frame_ids(frame_times, ht, wt))
 
     def video_pe_patch(self, dm, inner, frame_pe):
-        """The stock ``pe`` is over ``cat(txt, video)`` where ``models.hunyuan.text_first(dm)`` (ComfyUI >= 0.14): the
+        """The stock ``pe`` is over ``cat(txt, video)`` where ``hunyuan_video.text_first(dm)`` (ComfyUI >= 0.14): the
         video rows are its last ``N``; else over ``cat(video, txt)``: its first ``N``."""
-        from ..models.hunyuan import text_first as txt_first
-
-        text_first = txt_first(dm)
+        text_first = self.adapter.text_first(dm)
 
         def patch(args: dict, extra: dict) -> dict:
             if frame_pe is None:

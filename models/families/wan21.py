@@ -45,7 +45,7 @@ Cross-attention add-on (``EncoderConfig.cross_attention``, arXiv 2512.23851): wh
 ``transformer_options["framememory_cross"]`` by ``encoding.install_cross_attention``) after the original block, with
 queries from the block's video tokens only and keys/values from the hidden states. Its zero-initialised output
 projection makes an untrained layer leave the output unchanged. :func:`cross_layers` and :func:`cross_attend` are
-shared with the HunyuanVideo adapter (``hunyuan.py``), which counts its blocks differently (:func:`cross_blocks`).
+shared with the HunyuanVideo adapter (``hunyuan_video.py``), which counts its blocks differently (:func:`cross_blocks`).
 """
 from __future__ import annotations
 
@@ -55,15 +55,18 @@ import torch
 
 import comfy.patcher_extension
 
-from ..memory import packing
-from .conds import BLOCKS_KEY, CROSS_KEY, PACK_KEY, PATCH_KEY, STATE_KEY, pop_hidden, pop_memory
-from .cross_attention import cross_attend, cross_layers
-from .state_readout import STATE_MODULE_KEY, state_read
+from ...memory import packing
+from ..conds import BLOCKS_KEY, CROSS_KEY, PACK_KEY, PATCH_KEY, STATE_KEY, pop_hidden, pop_memory
+from ..cross_attention import cross_attend, cross_layers
+from ..state_readout import STATE_MODULE_KEY, state_read
 
 FAMILY = "wan21"
-LATENT_CHANNELS = 16
-VAE_STRIDE = (4, 8, 8)
-PATCH_SIZE = (1, 2, 2)
+LATENT_CHANNELS = 16  # comfy.latent_formats.Wan21
+VAE_STRIDE = (4, 8, 8)  # video frames, pixels per latent cell (t, h, w)
+PATCH_SIZE = (1, 2, 2)  # latent cells per DiT token (t, h, w)
+FPS = 16  # frame rate the family was trained at
+MEMORY_TIMESTEPS = ("zero", "shared")  # EncoderConfig.memory_timestep rules; "shared" = install(memory_t0=False)
+MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")  # hooks: pack_context, state_read
 I2V_MASK_CHANNELS = 4  # WAN21.concat_cond: [noise C | mask 4 | image C]
 
 
@@ -81,9 +84,22 @@ def matches(dm) -> bool:
     return dm.model_type == "i2v" and in_dim == 2 * LATENT_CHANNELS + I2V_MASK_CHANNELS
 
 
+def latent_format():
+    """ComfyUI's latent format of the family (``process_in``: VAE latent -> model space)."""
+    import comfy.latent_formats
+
+    return comfy.latent_formats.Wan21()
+
+
 def width(dm) -> int:
     """Inner width D of the DiT (1536 for Wan 2.1 1.3B, 5120 for 14B, 3072 for Wan 2.2 5B)."""
     return int(dm.dim)
+
+
+def token_grid(dm, x: torch.Tensor) -> tuple[int, int]:
+    """``(Ht, Wt)`` video tokens per latent frame of ``x`` ``[B, C, T, h, w]`` (``h // 2``, ``w // 2``)."""
+    _, ph, pw = dm.patch_size
+    return x.shape[3] // ph, x.shape[4] // pw
 
 
 def model_input(dm, latent: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Memory tokens in ComfyUI's HunyuanVideo DiT (``comfy.ldm.hunyuan_video.model.HunyuanVideo``, T2V 1.0),
 arXiv 2512.23851 Sec. 3.
 
-Same mechanism as the Wan adapter (``wan.py``): a ``DIFFUSION_MODEL`` wrapper takes the memory out of the
+Same mechanism as the Wan adapter (``wan21.py``): a ``DIFFUSION_MODEL`` wrapper takes the memory out of the
 forward's kwargs (``conds.pop_memory``) and puts it into ``transformer_options["framememory"]``; replace patches
 on every double and single block carry the memory tokens through ComfyUI's own ``forward_orig``. What differs:
 
@@ -56,13 +56,18 @@ from einops import rearrange
 import comfy.patcher_extension
 from comfy.ldm.flux.layers import timestep_embedding
 
-from .conds import CROSS_KEY, PATCH_KEY, pop_hidden, pop_memory
-from .cross_attention import cross_attend, cross_layers
+from ..conds import CROSS_KEY, PATCH_KEY, pop_hidden, pop_memory
+from ..cross_attention import cross_attend, cross_layers
 
 FAMILY = "hunyuan_video"
-LATENT_CHANNELS = 16
-VAE_STRIDE = (4, 8, 8)
-PATCH_SIZE = (1, 2, 2)
+LATENT_CHANNELS = 16  # comfy.latent_formats.HunyuanVideo
+VAE_STRIDE = (4, 8, 8)  # video frames, pixels per latent cell (t, h, w)
+PATCH_SIZE = (1, 2, 2)  # latent cells per DiT token (t, h, w)
+FPS = 24  # frame rate the family was trained at
+MEMORY_TIMESTEPS = ("zero",)  # EncoderConfig.memory_timestep rules: memory tokens always at timestep 0
+# no pack_forcing (its per-forward block selection, wan21.pack_context) nor video_ssm (its per-block read-out,
+# wan21's state_read) in this adapter's wrapper and block patches yet
+MEMORY_MODES = ("frame_preservation", "sliding_window", "off")
 
 
 def matches(dm) -> bool:
@@ -74,9 +79,23 @@ def matches(dm) -> bool:
             and dm.in_channels == LATENT_CHANNELS and dm.vision_in is None and dm.time_r_in is None)
 
 
+def latent_format():
+    """ComfyUI's latent format of the family (``process_in``: VAE latent -> model space)."""
+    import comfy.latent_formats
+
+    return comfy.latent_formats.HunyuanVideo()
+
+
 def width(dm) -> int:
     """Inner width D of the DiT (3072 for HunyuanVideo 13B)."""
     return int(dm.hidden_size)
+
+
+def token_grid(dm, x: torch.Tensor) -> tuple[int, int]:
+    """``(Ht, Wt)`` video tokens per latent frame of ``x`` ``[B, C, T, h, w]``: ``ceil(h / 2)``, ``ceil(w / 2)``, as
+    ``HunyuanVideo.img_ids`` (``img_in`` pads odd sizes)."""
+    _, ph, pw = dm.patch_size
+    return (x.shape[3] + ph // 2) // ph, (x.shape[4] + pw // 2) // pw
 
 
 def patch_embed(dm, latent: torch.Tensor, device: str | torch.device | None = "cpu") -> torch.Tensor:
@@ -121,7 +140,7 @@ def modulation_rows() -> int:
         if out.shape == (2, 2, 1) and torch.equal(out, mult):
             return ndim
     raise NotImplementedError("comfy.ldm.flux.layers.apply_mod applies per-token modulation rows in a layout "
-                              "FrameMemory does not know (models/hunyuan.py)")
+                              "FrameMemory does not know (models/families/hunyuan_video.py)")
 
 
 def _with_memory(args: dict, mem: dict, at: int, m: int) -> dict:
@@ -151,7 +170,7 @@ def _single_video_start(args: dict, mem: dict, m: int) -> int:
     if mem["text_first"] != (img_slice is not None):
         raise RuntimeError("HunyuanVideo token layout not recognised: the double blocks put the "
                            f"{'text' if mem['text_first'] else 'video'} first, but the single blocks "
-                           f"{'have no' if img_slice is None else 'have an'} img_slice (models/hunyuan.py)")
+                           f"{'have no' if img_slice is None else 'have an'} img_slice (models/families/hunyuan_video.py)")
     if img_slice is None:
         return 0
     start, end = int(img_slice[0]), int(img_slice[1])
