@@ -320,7 +320,7 @@ def test_exported_lora_is_the_same_hunyuan_model_under_comfyui_stock_loader(comf
     with pytest.raises(ValueError, match=r"text lengths \[5, 3\]|text lengths \[3, 5\]"):
         loop.train(loop.TrainArgs(stage=2, steps=1, lora_rank=RANK, batch_size=2, segment_frames=2),
                    tiny_hunyuan_dit(seed=0), enc, uneven)
-    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, lora_alpha=4.0, lr=1e-2, segment_frames=2,
+    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, lora_alpha=4.0, learning_rate=1e-2, segment_frames=2,
                                     output_dir=str(tmp_path)), dm, enc, _hv_dataset())
     sd = comfy.utils.load_torch_file(res["exported"]["lora"])
     assert all(k.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.")) for k in sd)

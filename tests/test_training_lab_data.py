@@ -1,6 +1,7 @@
 """The lab model's training data (issue 23): leave-and-return sequences (training/lab_data.py), the Stage II crop
 that makes them returns (training.loop.crop_stage2), the sliding-window floor's memory (training.baselines
-SlidingWindow) and the LR schedule (training.vae_train.warmup_cosine): the pieces that make the training need memory."""
+SlidingWindow) and the LR schedule (training.lr_schedule.warmup_cosine): the pieces that make the training need
+memory."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from framememory.training.lab_data import LabSequences, latent_cut, plan_sequences, sequence_pixels
 from framememory.training.loop import crop_stage2
-from framememory.training.vae_train import warmup_cosine
+from framememory.training.lr_schedule import warmup_cosine
 
 
 def test_latent_cut_matches_the_causal_wan_stream():
@@ -78,7 +79,7 @@ def test_sliding_window_memory_is_the_last_three_frames_at_negative_times(comfy)
     win = SlidingWindow(dm.dim, 3)
     mem = encode_history(dm, win, hist, t_start=-10.0, overlap=True)
     embed = lambda z: dit_family(dm).embed(dm, z)  # noqa: E731
-    tokens, pos = uncompressed(embed, hist[:, :, -3:], -3.0, win.cfg)  # what mode sliding_window gives at inference
+    tokens, pos = uncompressed(embed, hist[:, :, -3:], -3.0)  # what mode sliding_window gives at inference
     assert torch.equal(mem.tokens, tokens) and mem.tokens.shape == (2, 3 * 2 * 4, dm.dim)
     assert torch.equal(mem.positions2[0], (pos * 2).round().long()) and mem.positions2[0, :, 0].tolist()[0] == -6
     assert list(win.parameters()) == []

@@ -114,7 +114,7 @@ def test_resume_from_checkpoint_takes_the_same_steps(parts, tmp_path, stage):
     fresh, loop = parts
     data = _dataset()
     common = dict(stage=stage, steps=6, lora_rank=RANK, grad_accum=2, batch_size=1, window=6, segment_frames=2,
-                  omega_frames=2, seed=3, log_every=1, lr=1e-3)
+                  omega_frames=2, seed=3, log_every=1, learning_rate=1e-3)
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     dm, enc = fresh()
     full = loop.train(loop.TrainArgs(**common, output_dir=str(full_dir), save_every=2), dm, enc, data)
@@ -142,7 +142,7 @@ def test_only_lora_and_encoder_change_and_log_has_loss_lr_throughput(parts, tmp_
     dm, enc = fresh()
     frozen = {k: v.clone() for k, v in dm.state_dict().items()}
     enc0 = {k: v.clone() for k, v in enc.state_dict().items()}
-    res = loop.train(loop.TrainArgs(stage=1, steps=4, lora_rank=RANK, log_every=2, warmup_steps=4, lr=1e-3,
+    res = loop.train(loop.TrainArgs(stage=1, steps=4, lora_rank=RANK, log_every=2, warmup_steps=4, learning_rate=1e-3,
                                     output_dir=str(tmp_path)), dm, enc, _dataset(n=3))
     for k, v in dm.state_dict().items():
         if "lora_" in k:
@@ -179,7 +179,7 @@ def test_exported_lora_is_the_same_model_under_comfyui_stock_loader(parts, tmp_p
     from framememory.training import stages
 
     dm, enc = fresh()
-    res = loop.train(loop.TrainArgs(stage=2, steps=3, lora_rank=RANK, lora_alpha=4.0, lr=1e-2, segment_frames=2,
+    res = loop.train(loop.TrainArgs(stage=2, steps=3, lora_rank=RANK, lora_alpha=4.0, learning_rate=1e-2, segment_frames=2,
                                     output_dir=str(tmp_path)), dm, enc, _dataset(n=2, frames=6))
     lora_file, enc_file = res["exported"]["lora"], res["exported"]["encoder"]
     sd = comfy.utils.load_torch_file(lora_file)
@@ -295,7 +295,7 @@ def test_exported_encoder_and_lora_run_the_storyboard(parts, tiny_wan, tmp_path)
     model, vae, _, clip, video = tiny_wan
     dm = copy.deepcopy(model.model.diffusion_model)
     enc = HistoryEncoder(EncoderConfig(family="wan21", dim=128, rate="4x4x2", hr_channels=(16, 32, 64, 64), attn_heads=4))
-    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, lr=1e-2, segment_frames=2,
+    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, learning_rate=1e-2, segment_frames=2,
                                     output_dir=str(tmp_path)), dm, enc, _dataset(n=2, frames=6, rate="4x4x2"))
     encoder = MemoryEncoder.from_file(res["exported"]["encoder"])
     lora_model, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(res["exported"]["lora"]), 1.0, 0)
@@ -336,7 +336,7 @@ def test_encoder_set_trains_together_and_exports_parts_the_nodes_combine(parts, 
     module = loop.StageModule(dm, enc, loop.TrainArgs(stage=2, segment_frames=4))
     assert module.time_unit() == 4
     before = [p.hr.proj.weight.detach().clone() for p in enc.parts]
-    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, lr=1e-2, segment_frames=4, batch_size=2,
+    res = loop.train(loop.TrainArgs(stage=2, steps=2, lora_rank=RANK, learning_rate=1e-2, segment_frames=4, batch_size=2,
                                     output_dir=str(tmp_path)), dm, enc, data)
     assert all(not torch.equal(b, p.hr.proj.weight) for b, p in zip(before, enc.parts))
     files = [res["exported"][f"encoder_part{i}"] for i in range(2)]

@@ -384,9 +384,9 @@ def build_dit(lab: _Lab, shards: Path):
 
 def _train_settings(r: LabRecipe) -> dict:
     """The ``TrainArgs`` every memory training of the recipe shares."""
-    return dict(batch_size=r.batch_size, lr=r.lr, lora_rank=r.lora_rank, warmup_steps=r.warmup_steps, log_every=25,
-                segment_frames=r.segment, timestep_loc=r.timestep_loc, seed=r.seed, min_lr_frac=r.min_lr_frac,
-                save_every=r.save_every)
+    return dict(batch_size=r.batch_size, learning_rate=r.lr, lora_rank=r.lora_rank, warmup_steps=r.warmup_steps, log_every=25,
+                segment_frames=r.segment, timestep_loc=r.timestep_loc, seed=r.seed,
+                min_learning_rate_frac=r.min_lr_frac, save_every=r.save_every)
 
 
 def _run_stage(lab: _Lab, name: str, args_kw: dict, base, encoder, dataset) -> dict:

@@ -9,7 +9,7 @@ One loop for both stages (``TrainArgs.stage``), the losses are :mod:`training.st
 * **Mixed precision** (``no`` / ``bf16`` / ``fp16``: autocast around the forward), **gradient accumulation**
   (``accelerator.accumulate``: gradients sync and the optimizer steps every ``grad_accum`` micro-batches),
   gradient clipping.
-* **Checkpoints**: ``accelerator.save_state`` into ``OUT/checkpoints/step_NNNNNNN`` (optimizer, LR scheduler, sampler epoch,
+* **Checkpoints**: ``accelerator.save_state`` into ``OUT/checkpoints/step_NNNNNNN`` (optimizer, learning-rate scheduler, sampler epoch,
   RNG states, the step counter and, through a save hook, only the *trainable* weights: LoRA + encoder, not the
   frozen base DiT); ``resume`` continues exactly: every random draw of a micro-batch (Omega, mask levels, noise,
   diffusion time, window crop) comes from a generator seeded by ``(seed, micro-batch index, process)``, and the
@@ -29,6 +29,10 @@ DiT: ComfyUI's ``WanModel`` (Wan 2.1) or ``HunyuanVideo`` (T2V); the family (:fu
 the LoRA targets, the forward with memory and the text inputs. FSDP: ``fsdp.yaml`` wraps Wan blocks,
 ``fsdp_hunyuan.yaml`` HunyuanVideo's double and single blocks.
 
+Names: ``lr`` is the paper's LR (low-resolution) branch (``lr_latent``, ``lr_fn``, as in :mod:`training.stages` and
+the shards); learning rates are spelled out (``TrainArgs.learning_rate``), except torch's param-group key ``"lr"`` and
+the ``"lr"`` column of ``log.jsonl``.
+
 LoRA: :func:`training.stages.add_lora` (peft, rank 128 by default) is injected into the DiT by :func:`train`;
 "new LoRA" for Stage II means: call :func:`train` on a fresh base DiT with the Stage I encoder.
 """
@@ -37,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +49,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..memory.encoder import EncoderSet, encoder_parts
+from ..memory.encoder import encoder_parts
 from . import stages
+from .accelerator import (CHECKPOINTS, export_trained, latest_checkpoint, make_accelerator, sync_module_states_on_cpu,
+                          trainable_only_hooks)
 from .dits import DEFAULT_GUIDANCE, dit_family
-
-CHECKPOINTS = "checkpoints"
+from .lr_schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,8 @@ class TrainArgs:
     stage: int = 1                       # 1: frame-query pretraining, 2: autoregressive fine-tuning
     steps: int = 100                     # optimizer steps
     batch_size: int = 1                  # samples per micro-batch and process
-    lr: float = 1e-4                     # learning rate of the LoRA
-    encoder_lr: float | None = None      # learning rate of the encoder (None: lr)
+    learning_rate: float = 1e-4          # learning rate of the LoRA
+    encoder_learning_rate: float | None = None  # learning rate of the encoder (None: learning_rate)
     lora_rank: int = 128                 # paper: 128
     lora_alpha: float | None = None      # None: = rank (scale 1)
     grad_accum: int = 1                  # micro-batches per optimizer step
@@ -77,7 +81,8 @@ class TrainArgs:
     resume: str | None = None            # a checkpoint folder, or "latest" (newest under output_dir/checkpoints)
     log_every: int = 10                  # optimizer steps between log lines
     warmup_steps: int = 0                # linear learning-rate warm-up (torch LinearLR)
-    min_lr_frac: float = 1.0             # cosine decay to this fraction of lr after the warm-up (1.0: constant)
+    min_learning_rate_frac: float = 1.0  # cosine decay to this fraction of the learning rate after the warm-up
+                                         # (1.0: constant)
     history_choices: tuple = ()          # Stage II: history lengths (latent frames) drawn per micro-batch; () = window
     max_grad_norm: float = 1.0           # gradient clipping; 0: off
     num_workers: int = 0                 # DataLoader workers
@@ -157,14 +162,14 @@ def crop_windows(latent: torch.Tensor, window: int, generator: torch.Generator, 
     starts = (torch.randint(0, (t - window) // unit + 1, (latent.shape[0],), generator=generator) * unit).tolist()
     out = torch.stack([latent[b, :, s: s + window] for b, s in enumerate(starts)])
 
-    def crop_lr(lr, u):
-        return torch.stack([lr[b, :, s // u: (s + window) // u] for b, s in enumerate(starts)])
+    def crop_lr_latent(x, u):
+        return torch.stack([x[b, :, s // u: (s + window) // u] for b, s in enumerate(starts)])
 
     if lr_latent is None:
         return out, None
     if isinstance(lr_latent, (list, tuple)):
-        return out, [crop_lr(lr, u) for lr, u in zip(lr_latent, lr_units or [unit] * len(lr_latent))]
-    return out, crop_lr(lr_latent, unit)
+        return out, [crop_lr_latent(x, u) for x, u in zip(lr_latent, lr_units or [unit] * len(lr_latent))]
+    return out, crop_lr_latent(lr_latent, unit)
 
 
 def crop_stage2(latent: torch.Tensor, history: int, segment: int, generator: torch.Generator, lr_latent=None,
@@ -192,14 +197,14 @@ def crop_stage2(latent: torch.Tensor, history: int, segment: int, generator: tor
         starts.append(cand[int(torch.randint(0, len(cand), (1,), generator=generator))])
     out = torch.stack([latent[i, :, s: s + window] for i, s in enumerate(starts)])
 
-    def crop_lr(lr, u):
-        return torch.stack([lr[i, :, s // u: (s + window) // u] for i, s in enumerate(starts)])
+    def crop_lr_latent(x, u):
+        return torch.stack([x[i, :, s // u: (s + window) // u] for i, s in enumerate(starts)])
 
     if lr_latent is None:
         return out, None, returns
     if isinstance(lr_latent, (list, tuple)):
-        return out, [crop_lr(lr, u) for lr, u in zip(lr_latent, lr_units or [unit] * len(lr_latent))], returns
-    return out, crop_lr(lr_latent, unit), returns
+        return out, [crop_lr_latent(x, u) for x, u in zip(lr_latent, lr_units or [unit] * len(lr_latent))], returns
+    return out, crop_lr_latent(lr_latent, unit), returns
 
 
 class StageModule(torch.nn.Module):
@@ -253,8 +258,8 @@ class StageModule(torch.nn.Module):
                 raise ValueError("Stage I trains an encoder: pass one")
             prep = stages.prepare_stage1(latent, self.stage_cfg, g, lr_latent=lr_latent,
                                          rt=units if isinstance(lr_latent, (list, tuple)) else rt)
-            lr = self.lr_fn(prep.masked) if self.lr_fn is not None else prep.lr_masked
-            loss, _ = stages.stage1_loss(self.dm, self.encoder, latent, context, prep, self.stage_cfg, lr_latent=lr,
+            lr_input = self.lr_fn(prep.masked) if self.lr_fn is not None else prep.lr_masked
+            loss, _ = stages.stage1_loss(self.dm, self.encoder, latent, context, prep, self.stage_cfg, lr_latent=lr_input,
                                          pooled=pooled)
             return loss
         k = self.args.segment_frames
@@ -262,15 +267,15 @@ class StageModule(torch.nn.Module):
             raise ValueError(f"Stage II needs samples of segment_frames={k} latent frames plus a history of whole "
                              f"memory time steps ({rt} latent frames each), got {latent.shape[2]}")
         history, target = latent[:, :, :-k], latent[:, :, -k:]
-        lr = None
+        lr_input = None  # the LR branch's input of the history
         if self.encoder is not None and self.lr_fn is not None:
-            lr = self.lr_fn(history)
+            lr_input = self.lr_fn(history)
         elif isinstance(lr_latent, (list, tuple)):
-            lr = [x[:, :, : history.shape[2] // u] for x, u in zip(lr_latent, units)]
+            lr_input = [x[:, :, : history.shape[2] // u] for x, u in zip(lr_latent, units)]
         elif lr_latent is not None and self.encoder is not None:
-            lr = lr_latent[:, :, : history.shape[2] // rt]
+            lr_input = lr_latent[:, :, : history.shape[2] // rt]
         loss, _ = stages.stage2_loss(self.dm, self.encoder, history, target, context, cfg=self.stage_cfg,
-                                     generator=g, lr_latent=lr, pooled=pooled)
+                                     generator=g, lr_latent=lr_input, pooled=pooled)
         return loss
 
 
@@ -279,140 +284,6 @@ def micro_seed(seed: int, micro: int, process: int) -> int:
     return (seed * 1_000_003 + micro * 8191 + process * 131) % (2 ** 63)
 
 
-def latest_checkpoint(output_dir: str) -> str:
-    """Newest ``output_dir/checkpoints/step_*``. Raises FileNotFoundError when there is none."""
-    root = Path(output_dir) / CHECKPOINTS
-    found = sorted(root.glob("step_*")) if root.is_dir() else []
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {root} to resume from")
-    return str(found[-1])
-
-
-def make_accelerator(args: TrainArgs):
-    """An ``accelerate.Accelerator`` for ``args`` (seedable sampler, project dir for trackers)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-
-    cpu = not torch.cuda.is_available()  # so that torchrun / --multi_gpu without GPUs means DDP over gloo
-    fsdp_plugin = _cpu_fsdp_plugin() if cpu else None
-    accelerator = Accelerator(
-        cpu=cpu, fsdp_plugin=fsdp_plugin,
-        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-        project_config=ProjectConfiguration(project_dir=args.output_dir or ".", logging_dir=args.output_dir),
-        log_with=args.report_to)
-    if fsdp_plugin is not None:
-        _fsdp_on_cpu(accelerator, fsdp_plugin)
-    return accelerator
-
-
-def _cpu_fsdp_plugin():
-    """The FSDP plugin of an FSDP launch (``ACCELERATE_USE_FSDP``, e.g. ``training/accelerate/fsdp_cpu.yaml``) on a
-    machine without GPUs, else None. Accelerate's plugin and torch's FSDP refuse ``sync_module_states`` without an
-    accelerator device, so the plugin goes without it (:func:`_sync_module_states_on_cpu` does the broadcast)."""
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.environment import str_to_bool
-
-    if not str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")):
-        return None
-    return FullyShardedDataParallelPlugin(sync_module_states=False)
-
-
-def _sync_module_states_on_cpu(accelerator, module: torch.nn.Module) -> None:
-    """FSDP on CPU (:func:`_fsdp_on_cpu`) whose config asks for ``sync_module_states``: broadcast rank 0's parameters
-    and buffers of ``module`` to every process (gloo) before wrapping, what FSDP does itself on GPUs but refuses for
-    CPU tensors."""
-    from accelerate.utils import DistributedType
-    from accelerate.utils.environment import str_to_bool
-
-    if (accelerator.distributed_type != DistributedType.FSDP or accelerator.device.type != "cpu"
-            or not str_to_bool(os.environ.get("FSDP_SYNC_MODULE_STATES", "false"))):
-        return
-    with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            torch.distributed.broadcast(t.data, src=0)
-
-
-def _fsdp_on_cpu(accelerator, plugin) -> None:
-    """Accelerate (1.x) turns a multi-process CPU launch into MULTI_CPU (DDP over gloo) even when the config asks for
-    FSDP: its FSDP branch lists only accelerator devices. torch's FSDP runs on CPU over gloo, so switch the
-    accelerator's state to FSDP with ``plugin`` (the same settings Accelerate gives a GPU launch of the config)."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType
-
-    state = accelerator.state
-    if state.distributed_type != DistributedType.MULTI_CPU:
-        return
-    if state.mixed_precision != "no":
-        plugin.set_mixed_precision(state.mixed_precision)
-    # both shared states: every later AcceleratorState() copies PartialState's fields over its own
-    for shared in (PartialState._shared_state, state._shared_state):
-        shared["distributed_type"] = DistributedType.FSDP
-        shared["device"] = torch.device("cpu")  # FSDP compares device_id with the parameters' device: cpu:0 != cpu
-    state.fsdp_plugin = plugin
-
-
-def _trainable_only_hooks(accelerator) -> None:
-    """Checkpoint only parameters with ``requires_grad`` (LoRA + encoder): the frozen base DiT is the user's file.
-    On load, the saved names must equal the model's trainable names (else ValueError: a different run/model)."""
-    from safetensors.torch import load_file
-
-    def save_hook(models, weights, output_dir):
-        for model, w in zip(models, weights):
-            keep = {n for n, p in model.named_parameters() if p.requires_grad}
-            for k in list(w):
-                if k not in keep:
-                    del w[k]
-
-    def load_hook(models, input_dir):
-        if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
-            return  # those engines save and load their own (sharded) model states
-        for i, model in enumerate(list(models)):
-            path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
-            sd = load_file(str(path))
-            keep = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
-            got = {n: tuple(t.shape) for n, t in sd.items()}
-            if got != keep:
-                extra, missing = sorted(set(got) - set(keep))[:3], sorted(set(keep) - set(got))[:3]
-                shapes = [f"{n} {got[n]} vs {keep[n]}" for n in sorted(set(got) & set(keep)) if got[n] != keep[n]][:3]
-                raise ValueError(f"checkpoint {input_dir} does not fit this model (unexpected {extra}, missing "
-                                 f"{missing}, other shapes {shapes}): resume with the same DiT, encoder config and "
-                                 "LoRA rank")
-            model.load_state_dict(sd, strict=False)
-        models.clear()  # loaded here: Accelerate must not load them again
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _export(accelerator, module, args: TrainArgs, state: TrainState) -> dict:
-    from .export import export_encoder, save_lora
-
-    out = {}
-    if not args.output_dir:
-        return out
-    full = accelerator.get_state_dict(module)  # every process takes part (FSDP gathers the shards to process 0)
-    if not accelerator.is_main_process:
-        return out
-    inner = accelerator.unwrap_model(module)
-    part = {name: {k[len(name) + 1:]: v for k, v in full.items() if k.startswith(name + ".")}
-            for name in ("dm", "encoder")}
-    meta = {"framememory_training": json.dumps({"stage": args.stage, "step": state.step,
-                                                "args": dataclasses.asdict(args)})}
-    lora_path = os.path.join(args.output_dir, f"lora_stage{args.stage}.safetensors")
-    save_lora(lora_path, inner.dm, meta, state_dict=part["dm"])
-    out["lora"] = lora_path
-    if isinstance(inner.encoder, EncoderSet):  # one file per part, combined again by the nodes
-        for i, enc in enumerate(inner.encoder.parts):
-            enc_path = os.path.join(args.output_dir, f"encoder_stage{args.stage}_part{i}.safetensors")
-            sd = {k[len(f"parts.{i}."):]: v for k, v in part["encoder"].items() if k.startswith(f"parts.{i}.")}
-            if export_encoder(enc_path, enc, state_dict=sd):
-                out[f"encoder_part{i}"] = enc_path
-    elif inner.encoder is not None:
-        enc_path = os.path.join(args.output_dir, f"encoder_stage{args.stage}.safetensors")
-        if export_encoder(enc_path, inner.encoder, state_dict=part["encoder"]):
-            out["encoder"] = enc_path
-    return out
 
 
 @dataclass
@@ -427,8 +298,7 @@ class _TrainRun:
     loader: object                       # the prepared DataLoader
     state: TrainState
     family: object                       # training.dits family of the DiT
-    base_lrs: list[float]                # per param group, before the scheduler's factor
-    scheduler: object                    # torch LR scheduler (training.vae_train.warmup_cosine), stepped per step
+    scheduler: object                    # learning-rate scheduler (training.lr_schedule.warmup_cosine), stepped per step
     log: Callable[[str], None]
     log_file: Path | None                # OUT/log.jsonl on the main process, else None
     params: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every optimized tensor (clipping)
@@ -455,34 +325,33 @@ def _check_inputs(args: TrainArgs, dm: torch.nn.Module, dataset, accelerator):
 
 
 def _make_optimizer(args: TrainArgs, dm: torch.nn.Module,
-                    encoder: torch.nn.Module | None) -> tuple[torch.optim.Optimizer, list[float], int, int]:
+                    encoder: torch.nn.Module | None) -> tuple[torch.optim.Optimizer, int, int]:
     """Inject a fresh LoRA into ``dm`` (in place), put ``encoder`` in train mode and build AdamW (no weight decay)
-    over param group 0: the LoRA at ``args.lr``, and group 1 (only when the encoder has trainable parameters): those
-    at ``args.encoder_lr or args.lr``. Returns ``(optimizer, base learning rate per group, LoRA tensors, encoder
-    tensors)`` (the last two: counts)."""
+    over param group 0: the LoRA at ``args.learning_rate``, and group 1 (only when the encoder has trainable
+    parameters): those at ``args.encoder_learning_rate or args.learning_rate``. Returns ``(optimizer, LoRA tensors,
+    encoder tensors)`` (the last two: counts)."""
     lora = stages.add_lora(dm, rank=args.lora_rank, alpha=args.lora_alpha)
     enc_params = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
     if encoder is not None:
         encoder.train()
-    groups = [{"params": lora, "lr": args.lr}]
+    groups = [{"params": lora, "lr": args.learning_rate}]  # "lr": torch's key of a group's learning rate
     if enc_params:
-        groups.append({"params": enc_params, "lr": args.encoder_lr or args.lr})
-    base_lrs = [g["lr"] for g in groups]
+        groups.append({"params": enc_params, "lr": args.encoder_learning_rate or args.learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    return optimizer, base_lrs, len(lora), len(enc_params)
+    return optimizer, len(lora), len(enc_params)
 
 
 def _prepare(args: TrainArgs, accelerator, module: StageModule, optimizer: torch.optim.Optimizer, loader, scheduler):
-    """``accelerator.prepare`` of the module, optimizer and loader, a :class:`TrainState` and the LR ``scheduler``
+    """``accelerator.prepare`` of the module, optimizer and loader, a :class:`TrainState` and the learning-rate ``scheduler``
     registered for checkpointing (the scheduler is not prepared: Accelerate would step it once per process), the
     trainable-only checkpoint hooks and (``args.report_to``) the trackers.
     Returns ``(module, optimizer, loader, state)``, the first three wrapped by Accelerate."""
-    _sync_module_states_on_cpu(accelerator, module)
+    sync_module_states_on_cpu(accelerator, module)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     accelerator.register_for_checkpointing(scheduler)
-    _trainable_only_hooks(accelerator)
+    trainable_only_hooks(accelerator)
     if args.report_to:
         accelerator.init_trackers("framememory", config={k: v for k, v in dataclasses.asdict(args).items()
                                                          if isinstance(v, (int, float, str, bool))})
@@ -518,7 +387,7 @@ def _epoch_batches(accelerator, loader, state: TrainState):
 
 def _micro_step(run: _TrainRun, batch: dict) -> torch.Tensor:
     """Forward and backward of one micro-batch (:func:`collate` output) inside ``accelerator.accumulate``; the
-    optimizer steps (at the LR scheduler's rate, with clipping) when the accumulation window is complete. Returns the
+    optimizer steps (at the scheduler's learning rate, with clipping) when the accumulation window is complete. Returns the
     loss (float32 scalar, attached). Raises ValueError: unequal text lengths in a batch for a DiT without text mask."""
     args, accelerator, optimizer, state = run.args, run.accelerator, run.optimizer, run.state
     lengths = batch["context_lengths"]
@@ -548,7 +417,7 @@ def _end_step(run: _TrainRun) -> None:
     step_loss = run.accelerator.reduce(torch.stack(run.window).mean(), reduction="mean").item()
     run.window.clear()
     if not math.isfinite(step_loss):
-        raise FloatingPointError(f"loss became {step_loss} at step {state.step}: lower --lr or use fp32")
+        raise FloatingPointError(f"loss became {step_loss} at step {state.step}: lower --learning-rate or use fp32")
     run.losses.append(step_loss)
     if state.step % args.log_every == 0 or state.step == args.steps:
         _write_log_record(run, step_loss)  # the learning rate this step used
@@ -565,7 +434,8 @@ def _write_log_record(run: _TrainRun, step_loss: float) -> None:
     now = time.perf_counter()
     rec = {"stage": args.stage, "step": state.step, "loss": step_loss,
            "loss_avg": sum(losses[-args.log_every:]) / len(losses[-args.log_every:]),
-           "lr": run.optimizer.param_groups[0]["lr"], "samples_per_s": run.samples_log / max(now - run.t_log, 1e-9),
+           "lr": run.optimizer.param_groups[0]["lr"],  # the learning rate (log.jsonl key)
+           "samples_per_s": run.samples_log / max(now - run.t_log, 1e-9),
            "elapsed_s": now - run.t0}
     if run.crops["samples"]:
         rec["return_frac"] = run.crops["returns"] / run.crops["samples"]
@@ -625,10 +495,8 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
     log = log or accelerator.print
     set_seed(args.seed)
     family = _check_inputs(args, dm, dataset, accelerator)
-    from .vae_train import warmup_cosine
-
-    optimizer, base_lrs, n_lora, n_enc = _make_optimizer(args, dm, encoder)
-    scheduler = warmup_cosine(optimizer, args.steps, args.warmup_steps, args.min_lr_frac)
+    optimizer, n_lora, n_enc = _make_optimizer(args, dm, encoder)
+    scheduler = warmup_cosine(optimizer, args.steps, args.warmup_steps, args.min_learning_rate_frac)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate, num_workers=args.num_workers)
     module = StageModule(dm, encoder, args, lr_fn)
@@ -637,14 +505,14 @@ def train(args: TrainArgs, dm: torch.nn.Module, encoder: torch.nn.Module | None,
         f"{accelerator.device}), mixed precision {accelerator.mixed_precision}, {len(dataset)} samples, "
         f"{n_lora} LoRA tensors + {n_enc} encoder tensors trainable")
     _resume(args, accelerator, state, log)
-    run = _TrainRun(args, accelerator, module, optimizer, loader, state, family, base_lrs, scheduler, log,
+    run = _TrainRun(args, accelerator, module, optimizer, loader, state, family, scheduler, log,
                     _log_file(args, accelerator), params=[p for g in optimizer.param_groups for p in g["params"]])
     run.t0 = run.t_log = time.perf_counter()
     start_micro = state.micro
     _run_steps(run)
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - run.t0
-    exported = _export(accelerator, module, args, state)
+    exported = export_trained(accelerator, module, args, state)
     if args.report_to:
         accelerator.end_training()
     tail = run.losses[-10:]

@@ -24,7 +24,7 @@ def pretrain_dit(dm: torch.nn.Module, next_batch: BatchFn, *, steps: int, lr: fl
                  log: Callable[[str], None] = print, log_every: int = 50, min_lr_frac: float = 1.0,
                  checkpoint_dir=None, save_every: int = 100) -> dict:
     """Train every weight of ``dm`` with AdamW (weight decay 0, gradient clipping 1.0) and PyTorch schedulers (linear
-    warm-up, then cosine decay to ``min_lr_frac`` of ``lr``; 1.0: constant; :func:`training.vae_train.warmup_cosine`)
+    warm-up, then cosine decay to ``min_lr_frac`` of ``lr``; 1.0: constant; :func:`training.lr_schedule.warmup_cosine`)
     on batches from ``next_batch`` for ``steps`` optimizer steps. With ``checkpoint_dir`` the state is saved every
     ``save_every`` steps (:class:`training.vae_train.Checkpoint`) and a rerun continues from it; ``next_batch`` draws
     from the saved generator, so the resumed run takes the same next step.
@@ -32,7 +32,8 @@ def pretrain_dit(dm: torch.nn.Module, next_batch: BatchFn, *, steps: int, lr: fl
     Returns ``{"losses": [float per step], "seconds": float, "final_loss": mean of the last 20}``; ``dm`` is left
     frozen (``requires_grad False``) in eval mode on ``device``. Raises ValueError for ``steps < 0``.
     """
-    from .vae_train import Checkpoint, warmup_cosine
+    from .lr_schedule import warmup_cosine
+    from .vae_train import Checkpoint
 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")

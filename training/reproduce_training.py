@@ -96,7 +96,7 @@ def _variant_data(ctx: "RunContext", dataset, cfg):
 
 def common_train_args(p: Preset) -> dict:
     """The ``TrainArgs`` fields Stage I and Stage II runs share."""
-    return dict(batch_size=p.batch_size, lr=p.lr, lora_rank=p.lora_rank, mixed_precision=p.mixed_precision,
+    return dict(batch_size=p.batch_size, learning_rate=p.lr, lora_rank=p.lora_rank, mixed_precision=p.mixed_precision,
                 warmup_steps=p.warmup_steps, log_every=50, segment_frames=p.segment, timestep_loc=p.timestep_loc)
 
 

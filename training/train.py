@@ -39,33 +39,15 @@ DiT (smoke tests; no meaning).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import tyro
 
-if __package__:  # imported as framememory.training.train: the library API is training/loop.py
-    from .loop import TrainArgs, train  # noqa: F401
-
-
-def _setup_imports(comfyui_dir: str) -> None:
-    """ComfyUI on sys.path (CPU unless CUDA is there), the repository root off it; ``framememory`` itself is the
-    installed package (``pip install -e .``)."""
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != REPO_ROOT]
-    if not os.path.isdir(os.path.join(comfyui_dir, "comfy")):
-        raise SystemExit(f"no ComfyUI at {comfyui_dir} (set --comfyui-dir or COMFYUI_DIR)")
-    sys.path.insert(0, os.path.abspath(comfyui_dir))
-    import torch
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)  # before ComfyUI picks its device
-    import comfy.cli_args
-
-    if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
+from framememory.headless.comfy_import import import_comfyui
 
 
 def load_dit(path: str, dtype: str):
@@ -173,95 +155,150 @@ def _new_state_memory(dm, family, width: int, args):
     return net
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", type=int, choices=[1, 2], required=True, help="1: frame-query pretraining, 2: autoregressive")
-    ap.add_argument("--data", required=True, help="shard folder written by training/prepare_data.py")
-    ap.add_argument("--out", required=True, help="output folder (checkpoints, log.jsonl, exported encoder and LoRA)")
-    dit = ap.add_mutually_exclusive_group(required=True)
-    dit.add_argument("--dit", help="diffusion model file, family detected by ComfyUI: Wan 2.1 T2V/I2V (1.3B, 14B) "
-                     "or HunyuanVideo T2V (bf16/fp16/fp32; HunyuanVideo needs shards with pooled text, see above)")
-    dit.add_argument("--tiny-dit", nargs="?", const="wan21", choices=["wan21", "hunyuan_video"],
-                     help="the pack's tiny random DiT of that family (default wan21; smoke tests only)")
-    ap.add_argument("--dit-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                    help="dtype of the frozen DiT weights (default float32; bfloat16 halves memory)")
-    enc = ap.add_mutually_exclusive_group()
-    enc.add_argument("--encoder", nargs="+", help="encoder file(s) to continue from (Stage II: the Stage I encoder; "
-                     "several files: the parts of an encoder set, trained together)")
-    enc.add_argument("--no-memory", action="store_true", help="Stage II without memory tokens (baseline)")
-    ap.add_argument("--rate", default="4x4x2", help="new encoder: compression HxWxT (default 4x4x2); A+B (e.g. "
-                    "4x4x2+2x2x8) trains a set of encoders whose tokens are concatenated (one file per part)")
-    ap.add_argument("--hr-channels", default="64,128,256,512", help="new encoder: HR branch widths")
-    ap.add_argument("--attn-heads", type=int, default=8, help="new encoder: heads of the HR attention")
-    ap.add_argument("--only-lr", action="store_true", help="new encoder without HR branch (ablation)")
-    ap.add_argument("--without-lr", action="store_true", help="new encoder without LR branch (ablation)")
-    mode = ap.add_argument_group("memory design (issue 12)")
-    mode.add_argument("--memory-type", default="frame_preservation", choices=["frame_preservation", "pack_forcing", "video_ssm"],
-                      help="pack_forcing: Stage II with sink + top-K mid blocks + recent frames, selection and RoPE "
-                           "re-packing in every step (start from the Stage I encoder); video_ssm: Stage II of new "
-                           "VideoSSM state modules (no Stage I)")
-    mode.add_argument("--sink-frames", type=int, default=2, help="pack_forcing / video_ssm: sink latent frames")
-    mode.add_argument("--recent-frames", type=int, default=2, help="pack_forcing / video_ssm: recent latent frames")
-    mode.add_argument("--top-k", type=int, default=16, help="pack_forcing: mid blocks kept per forward (paper: 16)")
-    mode.add_argument("--ssm-heads", type=int, default=12, help="video_ssm: state heads per block (D divisible)")
-    mode.add_argument("--ssm-key-dim", type=int, default=64, help="video_ssm: state key width")
-    ap.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    ap.add_argument("--batch-size", type=int, default=1, help="samples per micro-batch and process")
-    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    ap.add_argument("--lr", type=float, default=1e-4, help="LoRA learning rate")
-    ap.add_argument("--encoder-lr", type=float, default=None, help="encoder learning rate (default: --lr)")
-    ap.add_argument("--lora-rank", type=int, default=128, help="LoRA rank (paper: 128)")
-    ap.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: rank)")
-    ap.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
-                    help="autocast precision (default: what accelerate config says, else no)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--omega-frames", type=int, default=1, help="Stage I: |Omega| latent frames regenerated per sample")
-    ap.add_argument("--segment-frames", type=int, default=4, help="Stage II: latent frames of the next segment")
-    ap.add_argument("--window", type=int, default=0, help="latent frames per sample, random crop (default: whole shard)")
-    ap.add_argument("--timestep-loc", type=float, default=0.0,
-                    help="diffusion time t ~ logit-normal L(loc, 1); loc > 0 trains more at high noise (default 0)")
-    ap.add_argument("--guidance", type=float, default=1.0,
-                    help="HunyuanVideo: embedded guidance during training (default 1.0: the unguided flow target; "
-                         "ignored for Wan)")
-    ap.add_argument("--save-every", type=int, default=0, help="optimizer steps between checkpoints (0: none)")
-    ap.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    ap.add_argument("--log-every", type=int, default=10, help="optimizer steps between log lines")
-    ap.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
-    ap.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    ap.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    ap.add_argument("--report-to", default=None, help="Accelerate tracker: tensorboard, wandb, ... (default none)")
-    ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or os.path.join(REPO_ROOT, ".cache", "ComfyUI"),
-                    help="ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)")
-    return ap, ap.parse_args(argv)
+@dataclass(frozen=True)
+class Args:
+    """Stage I / Stage II training of a memory encoder + LoRA (flags: the module docstring's examples)."""
+
+    stage: Literal[1, 2]
+    """1: frame-query pretraining, 2: autoregressive"""
+    data: str
+    """shard folder written by training/prepare_data.py"""
+    out: str
+    """output folder (checkpoints, log.jsonl, exported encoder and LoRA)"""
+    dit: Optional[str] = None
+    """diffusion model file, family detected by ComfyUI: Wan 2.1 T2V/I2V (1.3B, 14B) or HunyuanVideo T2V
+    (bf16/fp16/fp32; HunyuanVideo needs shards with pooled text, see above); or --tiny-dit"""
+    tiny_dit: Optional[Literal["wan21", "hunyuan_video"]] = None
+    """the pack's tiny random DiT of that family (--tiny-dit alone: wan21; smoke tests only); or --dit"""
+    dit_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of the frozen DiT weights (bfloat16 halves memory)"""
+    encoder: Optional[tuple[str, ...]] = None
+    """encoder file(s) to continue from (Stage II: the Stage I encoder; several files: the parts of an encoder set,
+    trained together); excludes --no-memory"""
+    no_memory: bool = False
+    """Stage II without memory tokens (baseline)"""
+    rate: str = "4x4x2"
+    """new encoder: compression HxWxT; A+B (e.g. 4x4x2+2x2x8) trains a set of encoders whose tokens are concatenated
+    (one file per part)"""
+    hr_channels: str = "64,128,256,512"
+    """new encoder: HR branch widths"""
+    attn_heads: int = 8
+    """new encoder: heads of the HR attention"""
+    only_lr: bool = False
+    """new encoder without HR branch (ablation)"""
+    without_lr: bool = False
+    """new encoder without LR branch (ablation)"""
+    memory_type: Literal["frame_preservation", "pack_forcing", "video_ssm"] = "frame_preservation"
+    """memory design (issue 12). pack_forcing: Stage II with sink + top-K mid blocks + recent frames, selection and
+    RoPE re-packing in every step (start from the Stage I encoder); video_ssm: Stage II of new VideoSSM state modules
+    (no Stage I)"""
+    sink_frames: int = 2
+    """pack_forcing / video_ssm: sink latent frames"""
+    recent_frames: int = 2
+    """pack_forcing / video_ssm: recent latent frames"""
+    top_k: int = 16
+    """pack_forcing: mid blocks kept per forward (paper: 16)"""
+    ssm_heads: int = 12
+    """video_ssm: state heads per block (D divisible)"""
+    ssm_key_dim: int = 64
+    """video_ssm: state key width"""
+    steps: int = 1000
+    """optimizer steps"""
+    batch_size: int = 1
+    """samples per micro-batch and process"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step"""
+    learning_rate: Annotated[float, tyro.conf.arg(aliases=("--lr",))] = 1e-4
+    """LoRA learning rate"""
+    encoder_learning_rate: Annotated[Optional[float], tyro.conf.arg(aliases=("--encoder-lr",))] = None
+    """encoder learning rate (default: --learning-rate)"""
+    lora_rank: int = 128
+    """LoRA rank (paper: 128)"""
+    lora_alpha: Optional[float] = None
+    """LoRA alpha (default: rank)"""
+    mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = None
+    """autocast precision (default: what accelerate config says, else no)"""
+    seed: int = 0
+    """seed of the new encoder, the LoRA and every random draw of the run"""
+    omega_frames: int = 1
+    """Stage I: |Omega| latent frames regenerated per sample"""
+    segment_frames: int = 4
+    """Stage II: latent frames of the next segment"""
+    window: int = 0
+    """latent frames per sample, random crop (0: whole shard)"""
+    timestep_loc: float = 0.0
+    """diffusion time t ~ logit-normal L(loc, 1); loc > 0 trains more at high noise"""
+    guidance: float = 1.0
+    """HunyuanVideo: embedded guidance during training (1.0: the unguided flow target; ignored for Wan)"""
+    save_every: int = 0
+    """optimizer steps between checkpoints (0: none)"""
+    resume: Optional[str] = None
+    """'latest' or a checkpoint folder"""
+    log_every: int = 10
+    """optimizer steps between log lines"""
+    warmup_steps: int = 0
+    """linear learning-rate warm-up steps"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (0: off)"""
+    num_workers: int = 0
+    """DataLoader workers"""
+    report_to: Optional[str] = None
+    """Accelerate tracker: tensorboard, wandb, ... (default none)"""
+    comfyui_dir: Optional[str] = None
+    """ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)"""
 
 
-def main(argv=None) -> int:
-    ap, a = parse_args(argv)
+def _tiny_dit_default(argv: list[str]) -> list[str]:
+    """``argv`` with ``wan21`` after a bare ``--tiny-dit`` (one followed by nothing or by another flag): the flag's
+    value is optional, as it always was."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--tiny-dit" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("wan21")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The command line (default ``sys.argv[1:]``) as :class:`Args`. Raises SystemExit on a bad or contradicting
+    flag (tyro's usage message, or the reason)."""
+    a = tyro.cli(Args, args=_tiny_dit_default(list(sys.argv[1:] if argv is None else argv)),
+                 description=__doc__.split("\n")[0], config=(tyro.conf.FlagCreatePairsOff,))
+    if (a.dit is None) == (a.tiny_dit is None):
+        raise SystemExit("one of --dit and --tiny-dit is required (not both)")
+    if a.encoder and a.no_memory:
+        raise SystemExit("--encoder and --no-memory exclude each other")
     if a.stage == 1 and a.no_memory:
-        ap.error("--no-memory is a Stage II baseline; Stage I trains an encoder")
+        raise SystemExit("--no-memory is a Stage II baseline; Stage I trains an encoder")
     if a.only_lr and a.without_lr:
-        ap.error("--only-lr and --without-lr exclude each other")
-    _setup_imports(a.comfyui_dir)
-    from accelerate.state import PartialState
+        raise SystemExit("--only-lr and --without-lr exclude each other")
+    return a
 
-    from framememory.training.data import ModelSpaceDataset, ShardDataset
-    from framememory.training.dits import dit_family
-    from framememory.training.loop import TrainArgs, train
+
+def _train_args(a: Args):
+    """The :class:`training.loop.TrainArgs` of the command line. Raises SystemExit on settings it refuses."""
+    from framememory.training.loop import TrainArgs
 
     mixed = a.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     try:
-        args = TrainArgs(stage=a.stage, steps=a.steps, batch_size=a.batch_size, lr=a.lr, encoder_lr=a.encoder_lr,
-                         lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, grad_accum=a.grad_accum, mixed_precision=mixed,
-                         seed=a.seed, omega_frames=a.omega_frames, segment_frames=a.segment_frames, window=a.window,
-                         timestep_loc=a.timestep_loc, guidance=a.guidance,
-                         output_dir=a.out, save_every=a.save_every, resume=a.resume, log_every=a.log_every,
+        return TrainArgs(stage=a.stage, steps=a.steps, batch_size=a.batch_size, learning_rate=a.learning_rate,
+                         encoder_learning_rate=a.encoder_learning_rate, lora_rank=a.lora_rank,
+                         lora_alpha=a.lora_alpha, grad_accum=a.grad_accum, mixed_precision=mixed, seed=a.seed,
+                         omega_frames=a.omega_frames, segment_frames=a.segment_frames, window=a.window,
+                         timestep_loc=a.timestep_loc, guidance=a.guidance, output_dir=a.out,
+                         save_every=a.save_every, resume=a.resume, log_every=a.log_every,
                          warmup_steps=a.warmup_steps, max_grad_norm=a.max_grad_norm, num_workers=a.num_workers,
                          report_to=a.report_to)
     except (ValueError, FileNotFoundError) as e:
-        ap.error(str(e))
-    dm = tiny_dit(a.tiny_dit, a.seed) if a.tiny_dit else load_dit(a.dit, a.dit_dtype)
-    encoder = build_encoder(dm, a)
+        raise SystemExit(str(e)) from None
+
+
+def _dataset(a: Args, dm, encoder):
+    """The shards of ``a.data`` in ``dm``'s model space, with the LR latents of ``encoder``'s rate(s) (none without an
+    LR branch). Raises SystemExit when the shards do not fit."""
     from framememory.memory.encoder import EncoderSet, encoder_parts
+    from framememory.training.data import ModelSpaceDataset, ShardDataset
+    from framememory.training.dits import dit_family
 
     lr_rate = None
     if isinstance(encoder, EncoderSet):
@@ -269,10 +306,32 @@ def main(argv=None) -> int:
     elif encoder is not None and encoder.cfg.use_lr and encoder.cfg.memory_type != "video_ssm":  # VideoSSM: no LR branch
         lr_rate = encoder.cfg.rate_str
     try:
-        dataset = ModelSpaceDataset(ShardDataset(a.data, lr_rate=lr_rate), dit_family(dm).latent_format())
+        return ModelSpaceDataset(ShardDataset(a.data, lr_rate=lr_rate), dit_family(dm).latent_format())
     except (ValueError, FileNotFoundError) as e:
-        ap.error(str(e))
-    result = train(args, dm, encoder, dataset)
+        raise SystemExit(str(e)) from None
+
+
+def _import_comfyui(comfyui_dir: str | None) -> None:
+    """ComfyUI importable (:func:`framememory.headless.comfy_import.import_comfyui`), on this process's GPU
+    (``LOCAL_RANK``, set before ComfyUI picks its device), on the CPU without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    import_comfyui(comfyui_dir, cpu=not torch.cuda.is_available())
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    _import_comfyui(a.comfyui_dir)
+    from accelerate.state import PartialState
+
+    from framememory.training.loop import train
+
+    args = _train_args(a)
+    dm = tiny_dit(a.tiny_dit, a.seed) if a.tiny_dit else load_dit(a.dit, a.dit_dtype)
+    encoder = build_encoder(dm, a)
+    result = train(args, dm, encoder, _dataset(a, dm, encoder))
     if PartialState().is_main_process:
         print(f"stage {a.stage}: {result['steps']} steps in {result['seconds']:.1f} s, final loss "
               f"{result['final_loss']:.4f}; wrote " + ", ".join(result["exported"].values()))

@@ -33,6 +33,8 @@ from typing import Callable
 
 import torch
 
+from .lr_schedule import warmup_cosine
+
 WAN21_VAE = dict(z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)  # what comfy.sd.VAE builds for Wan 2.1
 
@@ -48,7 +50,7 @@ class VAETraining:
     frames: int = 9          # frames per crop, 4k+1 (9 -> 3 latent frames)
     lr: float = 2e-3
     warmup_steps: int = 20
-    min_lr_frac: float = 0.1   # cosine decay ends at this fraction of lr (training.vae_train.warmup_cosine)
+    min_lr_frac: float = 0.1   # cosine decay ends at this fraction of lr (training.lr_schedule.warmup_cosine)
     latent_noise: float = 0.1  # decoder input noise, in units of the Wan 2.1 latent std
     moment_weight: float = 0.05
     burn_in: int = 0         # most frames (multiple of 4) streamed without gradient before the trained ones; 0: none
@@ -161,27 +163,6 @@ def vae_loss(vae, x: torch.Tensor, s: VAETraining, g: torch.Generator) -> tuple[
     return stream_loss(vae, x, 0, s, g)
 
 
-def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup_steps: int, min_lr_frac: float):
-    """PyTorch schedulers for ``steps`` optimizer steps: linear warm-up from ``1 / warmup_steps`` of each group's
-    learning rate over ``warmup_steps`` steps (``LinearLR``), then a cosine decay to ``min_lr_frac`` of it
-    (``CosineAnnealingLR``; ``min_lr_frac`` 1.0: constant), chained by ``SequentialLR``. Step it once per optimizer
-    step. Raises ValueError for a decay over parameter groups of different learning rates (one ``eta_min``)."""
-    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
-
-    warm = max(0, warmup_steps)
-    parts = []
-    if warm > 1:
-        parts.append(LinearLR(opt, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm - 1))
-    if min_lr_frac < 1.0:
-        bases = {g["initial_lr"] if "initial_lr" in g else g["lr"] for g in opt.param_groups}
-        if len(bases) != 1:
-            raise ValueError(f"a cosine decay needs one learning rate for every parameter group, got {sorted(bases)}")
-        parts.append(CosineAnnealingLR(opt, T_max=max(1, steps - warm), eta_min=bases.pop() * min_lr_frac))
-    if not parts:
-        return ConstantLR(opt, factor=1.0, total_iters=0)
-    return parts[0] if len(parts) == 1 else SequentialLR(opt, parts, milestones=[warm])
-
-
 class Checkpoint:
     """A resumable training state in one folder: ``weights.safetensors`` (the module's state dict) plus
     ``state.pt`` (optimizer, scheduler, generator, step and history lists: tensors and numbers only, read with
@@ -225,8 +206,8 @@ def train_vae(clips: list[torch.Tensor], s: VAETraining, log: Callable[[str], No
               save_every: int = 250, evaluate: Callable[[torch.nn.Module], dict] | None = None,
               eval_every: int = 0) -> tuple[torch.nn.Module, dict]:
     """Train a :func:`make_vae` on random crops of ``clips`` (uint8 ``[F, H, W, 3]``) with AdamW and
-    :func:`warmup_cosine` (decay to ``s.min_lr_frac``). With ``checkpoint_dir`` the state is saved every
-    ``save_every`` steps (:class:`Checkpoint`) and a rerun continues from it (the same next step). ``evaluate(vae)``
+    :func:`training.lr_schedule.warmup_cosine` (decay to ``s.min_lr_frac``). With ``checkpoint_dir`` the state is
+    saved every ``save_every`` steps (:class:`Checkpoint`) and a rerun continues from it (the same next step). ``evaluate(vae)``
     (e.g. held-out PSNR) runs every ``eval_every`` steps in eval mode, its results logged and kept.
     Each batch is streamed after a burn-in of ``0..s.burn_in`` frames (:func:`stream_loss`). Raises ValueError for
     settings :meth:`VAETraining.check` refuses. Returns ``(vae in eval mode, {"losses", "seconds", "final_l1",
