@@ -21,9 +21,11 @@ PACKAGES = ("memory", "models", "nodes", "headless", "training", "demo")  # the 
 
 
 def tracked_sources() -> list[str]:
-    """The tracked .py files outside tests/ (paths relative to the repository root)."""
-    out = subprocess.check_output(["git", "ls-files", "*.py"], cwd=ROOT, text=True)
-    return [f for f in out.split() if not f.startswith("tests/")]
+    """The .py files outside tests/ that git tracks or would track (not ignored), as they are in the working tree
+    (paths relative to the repository root)."""
+    out = subprocess.check_output(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
+                                  text=True)
+    return sorted({f for f in out.split() if not f.startswith("tests/") and (ROOT / f).is_file()})
 
 
 def long_pieces(path: str, tree: ast.Module, text: str) -> list[str]:
