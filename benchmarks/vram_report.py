@@ -267,7 +267,7 @@ def _md_modes_method() -> str:
 S {pf["sink_latent_frames"]}, R {pf["overlap_latent_frames"]}, top-K {pf["top_k"]}, mid blocks from the Fig. 2
 encoder at {MODE_RATE}): the conds carry the sink and recent latent frames uncompressed (1560 tokens each on Wan 2.1
 at 832x480, 390 on Wan 2.2 5B) and every compressed mid block of the history (91 tokens a block on Wan 2.1, 18 on the
-5B); `models/wan.py`'s `pack_context` scores all mid blocks against the segment's queries and keeps K per forward, so
+5B); `models/families/wan21.py`'s `pack_context` scores all mid blocks against the segment's queries and keeps K per forward, so
 the blocks attend to a bounded M' (what the pack declares to ComfyUI) while the conds (M) and the scoring pass grow
 with the history. It appends with the Fig. 2 encoder like Frame Preservation (`encode`). *VideoSSM* (`video_ssm`, S
 {ssm["sink_latent_frames"]}, R {ssm["overlap_latent_frames"]}): sink + recent frames uncompressed and a gated

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 
 FAMILIES = ("wan21", "wan22", "hunyuan_video")
-MEMORY_TIMESTEPS = ("zero", "shared")  # see EncoderConfig.memory_timestep and models/wan.py
+MEMORY_TIMESTEPS = ("zero", "shared")  # see EncoderConfig.memory_timestep and models/families/
 # The memory designs an encoder file can hold (EncoderConfig.memory_type); models/memory_modes.py runs them.
 # "frame_preservation": arXiv 2512.23851 (all compressed history tokens); "pack_forcing": sink + top-K compressed mid
 # blocks + recent frames with RoPE re-packing (Mao et al., PackForcing); "video_ssm": sink + recent frames + a gated

@@ -1,6 +1,6 @@
 """Cross-attention add-on of arXiv 2512.23851 ("cross-attention from the encoder's last hidden states into every DiT
-block"), shared by the Wan (``models/wan.py``: one layer per block) and HunyuanVideo (``models/hunyuan.py``: one
-per double and per single block) adapters.
+block"), shared by the Wan (``models/families/wan21.py``: one layer per block) and HunyuanVideo
+(``models/families/hunyuan_video.py``: one per double and per single block) adapters.
 
 The encoder (``EncoderConfig.cross_attention``) owns one :class:`~memory.encoder.MemoryCrossAttention` per DiT block;
 its hidden states (the HR branch's last hidden states of every encoded span) travel as a third model cond
@@ -79,7 +79,7 @@ def memory_hidden(model, encoder, history: HistoryBuffer) -> torch.Tensor | None
 
 def install_cross_attention(patched, encoder) -> None:
     """Hand the cross-attention layers of ``encoder`` (if it has the add-on) to the memory block patches of
-    ``patched`` (a clone from ``families.patch_model``): they go into its ``transformer_options`` (``dit_blocks``
+    ``patched`` (a clone from ``families.install_memory``): they go into its ``transformer_options`` (``dit_blocks``
     modules, layer ``i`` after counted block ``i``) and the encoder's model patcher is loaded and offloaded with the
     DiT (``set_additional_models``). No-op without the add-on.
 

@@ -165,7 +165,8 @@ class FamilyContract:
         tokens = torch.randn(8, 128, generator=g) * 0.5
         positions = torch.tensor([[-1.5 - 2 * (i // 4), 1.5, 1.5 + (i % 4)] for i in range(8)])
         seen.clear()
-        withmem = run(patched, conds.attach_memory(pos_c, tokens, positions), conds.attach_memory(neg_c, tokens, positions))
+        mem_p, mem_n = (conds.attach_memory(c, tokens, positions) for c in (pos_c, neg_c))
+        withmem = run(patched, mem_p, mem_n)
         torch.testing.assert_close(base, same)
         assert torch.isfinite(withmem).all() and (withmem - base).abs().max() > 1e-3
         assert seen and all(batch == 2 and has for batch, has in seen)  # cond+uncond in one call, memory present

@@ -5,9 +5,9 @@ DiT's class by the family modules' own ``matches`` (``models/families/wan21.py``
 
 (a) **the forward with memory** (:meth:`DitFamily.forward`): the DiT is called directly with the memory wrapper and
     block patches that ``models.families.install_memory`` installs at inference (on a bare DiT it returns them as
-    ``transformer_options`` instead of patching a ModelPatcher, so training runs exactly the inference mechanism), each block
-    patch wrapped so that the video tokens' RoPE can be replaced by per-frame times (Stage I: the frames Omega at
-    their original indices in the history);
+    ``transformer_options`` instead of patching a ModelPatcher, so training runs exactly the inference mechanism),
+    each block patch wrapped so that the video tokens' RoPE can be replaced by per-frame times (Stage I: the frames
+    Omega at their original indices in the history);
 (b) **the first projection** (:meth:`DitFamily.embed`), the LR branch's ``embed`` in Fig. 2 as at inference:
     Wan's ``patch_embedding``, HunyuanVideo's ``img_in``;
 (c) **LoRA targets** (:attr:`DitFamily.lora_targets`, regexes of module names for peft);
@@ -116,7 +116,8 @@ class DitFamily:
     def options(self, dm, frame_pe: torch.Tensor | None, memory=None) -> dict:
         """``transformer_options`` with the memory wrapper and block patches (``models.families.install_memory`` on
         the bare DiT, as at inference, with the memory's timestep rule), every block patch wrapped by
-        :meth:`video_pe_patch`, and the add-ons' layers where the memory has them (cross-attention, VideoSSM read-out)."""
+        :meth:`video_pe_patch`, and the add-ons' layers where the memory has them (cross-attention, VideoSSM
+        read-out)."""
         from ..models.families import install_memory
 
         if memory is None:

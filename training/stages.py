@@ -2,8 +2,9 @@
 
 The DiT is ComfyUI's own model class, called directly with the memory wrapper and block patches of its inference
 adapter in ``transformer_options`` (as ``tests/test_wan_adapter.py`` / ``tests/test_hunyuan_adapter.py`` do), with
-LoRA injected by ``peft``: ``comfy.ldm.wan.model.WanModel`` (family ``wan21``, :mod:`models.wan`) or
-``comfy.ldm.hunyuan_video.model.HunyuanVideo`` T2V (family ``hunyuan_video``, :mod:`models.hunyuan`). The losses
+LoRA injected by ``peft``: ``comfy.ldm.wan.model.WanModel`` (family ``wan21``, :mod:`models.families.wan21`) or
+``comfy.ldm.hunyuan_video.model.HunyuanVideo`` T2V (family ``hunyuan_video``,
+:mod:`models.families.hunyuan_video`). The losses
 are family-agnostic; what differs per family (forward with memory and per-frame RoPE, first projection, LoRA targets,
 text conditioning) is a small object from :func:`training.dits.dit_family`, chosen from the DiT's class. The history
 encoder is :class:`memory.encoder.HistoryEncoder` (HR branch; trainable) plus an LR branch (below). All latents are in

@@ -26,7 +26,8 @@ from ..memory_plan import declare_memory
 from ..state_readout import STATE_MODULE_KEY
 from . import hunyuan_video, wan21, wan22
 
-FAMILIES = {f.FAMILY: f for f in (wan21, wan22, hunyuan_video)}  # disjoint matches: wan21 = 16 latent channels, wan22 = 48
+# by name; their matches are disjoint (wan21: 16 latent channels, wan22: 48, hunyuan_video: another DiT class)
+FAMILIES = {f.FAMILY: f for f in (wan21, wan22, hunyuan_video)}
 
 
 def family(name: str):

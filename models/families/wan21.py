@@ -66,7 +66,8 @@ VAE_STRIDE = (4, 8, 8)  # video frames, pixels per latent cell (t, h, w)
 PATCH_SIZE = (1, 2, 2)  # latent cells per DiT token (t, h, w)
 FPS = 16  # frame rate the family was trained at
 MEMORY_TIMESTEPS = ("zero", "shared")  # EncoderConfig.memory_timestep rules; "shared" = install(memory_t0=False)
-MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")  # hooks: pack_context, state_read
+# every mode: PackForcing selects per forward (pack_context), VideoSSM reads its state out per block (state_read)
+MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")
 I2V_MASK_CHANNELS = 4  # WAN21.concat_cond: [noise C | mask 4 | image C]
 
 
