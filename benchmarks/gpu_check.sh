@@ -22,7 +22,7 @@ if [ ! -f "$COMFYUI_DIR/comfy/sd.py" ]; then
 fi
 SITE=$(mktemp -d /tmp/framememory_gpu_check.XXXXXX)
 trap 'rm -rf "$SITE"' EXIT
-if compgen -G ".whl/*.whl" >/dev/null && ! "$PYTHON" -c "import torchsde, kornia" 2>/dev/null; then
+if compgen -G ".whl/*.whl" >/dev/null && ! "$PYTHON" -c "import torchsde, kornia, tyro" 2>/dev/null; then
   # the packages the machine lacks, carried as wheels (not where they are installed already, e.g. the dev venv)
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE/site" .whl/*.whl
   export PYTHONPATH=$SITE/site${PYTHONPATH:+:$PYTHONPATH}

@@ -24,14 +24,18 @@ benchmarks/results/memory_file_io.json and prints one table. Timings are on this
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shutil
 import sys
 import tempfile
 import time
+from typing import Literal
 
-from common import ROOT, print_table, write_result
+import tyro
+
+from common import print_table, write_result
+from framememory.headless.comfy_import import import_comfyui
 
 LENGTHS_S = (10, 30, 60, 120, 300, 600)
 APPENDS = 3
@@ -50,10 +54,7 @@ def lr_cache_shapes(size: dict) -> list:
     after a continuation part of the LR clip: ComfyUI's ``WanVAE`` (``dim = size["vae_dim"]``) under
     ``FakeTensorMode`` encodes the stream's first frame, then one 4-frame part (``models.vae_stream.streamed``, as
     the history stream does). Entries are shapes, ``"Rep"`` or None."""
-    sys.path.insert(0, os.path.abspath(os.environ.get("COMFYUI_DIR", os.path.join(ROOT, ".cache", "ComfyUI"))))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    import_comfyui(cpu=True)
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -194,14 +195,22 @@ def run(size_name: str, lengths, work: str | None = None, log=print) -> dict:
 TABLE = ["layout", "history_s", "bytes_per_append", "index_bytes", "s_per_append", "folder_mb", "memory1_bytes_per_append"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=list(SIZES), default="480p")
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS_S), help="history lengths in seconds")
-    parser.add_argument("--work", default=None, help="folder for the temporary memory folders (default: system temp)")
-    args = parser.parse_args()
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Bytes written and seconds per append of a memory file, 10 s to 10 min of history."""
+
+    size: Literal["480p", "tiny"] = "480p"
+    """segment shapes (:data:`SIZES`; tiny: what the tests use, no result file)"""
+    lengths: tuple[int, ...] = LENGTHS_S
+    """history lengths in seconds (each above the appends timed)"""
+    work: str | None = None
+    """folder for the temporary memory folders (default: system temp)"""
+
+
+def main(args: Args) -> None:
     if min(args.lengths) <= APPENDS:
-        parser.error(f"lengths must exceed {APPENDS} s")
+        print(f"memory_file_io.py: error: lengths must exceed {APPENDS} s", file=sys.stderr)
+        raise SystemExit(2)
     t0 = time.perf_counter()
     result = run(args.size, sorted(args.lengths), args.work)
     print_table(result["rows"], TABLE)
@@ -216,4 +225,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.split("\n")[0]))

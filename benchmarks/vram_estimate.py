@@ -48,7 +48,6 @@ Prints tables, writes benchmarks/results/vram_estimate.json (``rows``, ``mode_ro
 them) and the README section benchmarks/results/vram_estimate.md.
 """
 from __future__ import annotations
-from __future__ import annotations
 
 import dataclasses
 import time
@@ -56,9 +55,9 @@ from typing import Literal
 
 import tyro
 
-import vram_report
 from common import print_table, write_result
 from framememory.headless.comfy_import import import_comfyui
+import vram_report
 from vram_measure import (absorb_step, attention_name, build_state_memory, build_text_encoder, build_vae, build_dit,
                           dit_options, dit_step, encoder_append, fake_mode, load_list, mode_config, mode_step,
                           text_encode, vae_decode, vae_encode_lr)

@@ -65,16 +65,17 @@ def test_real_size_state_dicts_are_what_comfyui_detects(repo_root, comfy):
     sys.path.insert(0, str(repo_root / "benchmarks"))
     try:
         import gpu_check
+        import gpu_check_models
     finally:
         sys.path.remove(str(repo_root / "benchmarks"))
-    dit = gpu_check.dit_state_dict(gpu_check.SIZES["real"], "cpu", build_device="meta")
+    dit = gpu_check_models.dit_state_dict(gpu_check.SIZES["real"], "cpu", build_device="meta")
     config = comfy.model_detection.detect_unet_config(dit, "")
     assert (config["image_model"], config["dim"], config["num_layers"], config["num_heads"], config["ffn_dim"]) == \
            ("wan2.1", 1536, 30, 12, 8960)
     assert round(sum(v.numel() * v.element_size() for v in dit.values()) / 2 ** 30, 2) == 2.64
     assert {k for k, v in dit.items() if v.dtype != torch.bfloat16} == {"patch_embedding.weight",
                                                                           "patch_embedding.bias"}
-    te = gpu_check.umt5_state_dict("cpu", build_device="meta")
+    te = gpu_check_models.umt5_state_dict("cpu", build_device="meta")
     assert comfy.sd.detect_te_model(te) == comfy.sd.TEModel.T5_XXL
     if hasattr(comfy.utils, "convert_old_quants"):  # ComfyUI >= 0.4: scaled-fp8 files become per-layer quant metadata
         converted, _ = comfy.utils.convert_old_quants(dict(te), "", {})
@@ -83,6 +84,6 @@ def test_real_size_state_dicts_are_what_comfyui_detects(repo_root, comfy):
     else:
         assert t5_xxl_detect(te) == {"dtype_t5": torch.bfloat16, "t5xxl_scaled_fp8": torch.float8_e4m3fn}
     assert round(sum(v.numel() * v.element_size() for v in te.values()) / 2 ** 30, 2) == 6.27
-    tokenizer = SPieceTokenizer(gpu_check.spiece_model(gpu_check.PROMPTS))
-    ids = tokenizer(gpu_check.PROMPTS[0])["input_ids"]
+    tokenizer = SPieceTokenizer(gpu_check_models.spiece_model(gpu_check_models.PROMPTS))
+    ids = tokenizer(gpu_check_models.PROMPTS[0])["input_ids"]
     assert ids[-1] == 1 and 2 not in ids  # ends with umt5's eos, no unknown pieces
