@@ -36,10 +36,12 @@ def encode_scaled(src: Path, out: Path, width: int, height: int) -> Path:
     B-frames), at ``src``'s frame rate. Kept when it already exists. Returns ``out``."""
     import av
 
+    from framememory.models.video_reader import open_container
+
     if out.is_file():
         return out
     tmp = out.with_name(out.stem + ".part" + out.suffix)
-    with av.open(str(src)) as source, av.open(str(tmp), "w") as container:
+    with open_container(src) as source, av.open(str(tmp), "w") as container:
         rate = source.streams.video[0].average_rate or Fraction(25)
         stream = container.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "crf": "23"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -58,11 +60,13 @@ def make_long_clip(src: Path, seconds: float, out: Path, width: int = 1920, heig
     Kept when it already exists. Returns ``out``."""
     import av
 
+    from framememory.models.video_reader import open_container
+
     if out.is_file():
         return out
     loop = encode_scaled(src, out.with_name(f"{src.stem}_{width}x{height}_loop.mp4"), width, height)
     tmp = out.with_name(out.stem + ".part" + out.suffix)
-    with av.open(str(loop)) as source, av.open(str(tmp), "w") as container:
+    with open_container(loop) as source, av.open(str(tmp), "w") as container:
         vin = source.streams.video[0]
         packets = [(p.pts, p.dts, p.duration, p.is_keyframe, bytes(p)) for p in source.demux(vin) if p.size]
         vout = container.add_stream_from_template(vin)
@@ -100,7 +104,8 @@ def read_one(clip: Path, args) -> dict:
     import comfy.model_management  # noqa: F401
 
     from framememory.models.telemetry import peak_rss_mb, rss_mb
-    from framememory.models.video_history import FrameSelection, history_from_video
+    from framememory.models.video_history import history_from_video
+    from framememory.models.video_reader import FrameSelection
     from framememory.training.lab import load_lab_model
 
     torch.set_num_threads(args.threads)

@@ -21,6 +21,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models.video_reader import read_frames
+
 THUMBNAIL_SIZE = (400, 300)  # px, 4:3 like the template cards
 THUMBNAIL_MAX_BYTES = 40_000
 THUMBNAIL_MARK = "framememory-thumbnail"  # first word of the JPEG comment of a thumbnail made here
@@ -207,10 +209,7 @@ def video_frames(path: Path, count: int = 4, last: int | None = None) -> list:
 
     Raises:
         ValueError: the file has no video frames."""
-    import av
-
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    frames, _ = read_frames(path)
     if not frames:
         raise ValueError(f"{path}: no video frames")
     frames = frames[-last:] if last else frames
@@ -230,10 +229,7 @@ def input_clip_frames(api_prompt: dict, input_dir: Path, count: int = 4) -> list
     clip = next(n["inputs"]["file"] for n in api_prompt.values() if n.get("class_type") == "LoadVideo")
     pick = next((n["inputs"] for n in api_prompt.values() if n.get("class_type") == "ImageFromBatch"), None)
     first, length = (int(pick["batch_index"]), int(pick["length"])) if pick else (0, None)
-    import av
-
-    with av.open(str(Path(input_dir) / clip)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    frames, _ = read_frames(Path(input_dir) / clip)
     frames = frames[first:first + length] if length else frames[first:]
     return [frames[(2 * i + 1) * len(frames) // (2 * count)] for i in range(count)]
 

@@ -2,15 +2,11 @@
 segment at a time, instead of decoded whole as float32 (stock LoadVideo + GetVideoComponents: a 14 s 720p clip put
 the server at 7.3 GB).
 
-Frame selection follows the usual video-loader inputs, in this order: the file is resampled to the model's ``fps``
-(for each time ``k / fps`` from the first frame, the source frame nearest in time, ties the earlier one; the same rule
-as ``training/data.py``'s reader, so the history holds the pixels the training shards and the example's evaluation
-see), then ``skip_first_seconds`` drops the resampled frames before that time (the file is seeked, not decoded from
-the start), ``select_every_nth`` keeps every n-th of the rest (the history then plays n times faster) and
-``frame_load_cap`` keeps at most that many (0: all). Selected frames are center-cropped and area-resized to the
-storyboard size (:func:`memory.frames.fit_frames`, uint8) and cut into the segments of one continuous VAE stream
-exactly as :func:`models.storyboard.history_from_frames` does (the oldest frames that do not fill a segment are
-dropped): a first pass over the file's packets (no decoding) counts the selected frames, the second decodes them.
+Frames are selected, resampled to the model's ``fps`` and fitted to the storyboard size by the one video reader
+(:mod:`models.video_reader`: :class:`~models.video_reader.FrameSelection`, the frames ``training/data.py`` gives)
+and cut into the segments of one continuous VAE stream exactly as :func:`models.storyboard.history_from_frames`
+does (the oldest frames that do not fill a segment are dropped): a first pass over the file's packets (no
+decoding) counts the selected frames, the second decodes them.
 
 Each segment goes through :class:`models.storyboard.HistoryWriter` (VAE stream encode, ``HistoryBuffer.append``,
 memory tokens), the path of Encode History and the Storyboard's starting clip, and is then dropped. RAM held while
@@ -22,70 +18,22 @@ only until the LR branch has encoded them, and in the modes that encode nothing 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
-import numpy as np
 import psutil
 import torch
 
 import comfy.utils
 
-from ..memory.frames import fit_frames, resample_indexed, to_uint8
 from ..memory.storyboard import split_clip
 from .input_checks import check_memory
 from .storyboard import HistoryWriter, Memory
 from .telemetry import peak_rss_mb
-
-
-@dataclass(frozen=True)
-class FrameSelection:
-    """Which frames of a file become history (module docstring): ``fps`` the model's frame rate the file is
-    resampled to, ``skip_first_seconds`` start time (s, from the first frame), every ``select_every_nth`` resampled
-    frame, at most ``frame_load_cap`` frames (0: no cap)."""
-
-    fps: float
-    skip_first_seconds: float = 0.0
-    select_every_nth: int = 1
-    frame_load_cap: int = 0
-
-    def check(self) -> None:
-        """Raise ValueError naming the input for a value out of range."""
-        if not self.fps > 0:
-            raise ValueError(f"fps must be > 0 (the model's frame rate, 16 for Wan 2.1), got {self.fps}")
-        if not self.skip_first_seconds >= 0:
-            raise ValueError(f"skip_first_seconds must be >= 0, got {self.skip_first_seconds}")
-        if self.select_every_nth < 1:
-            raise ValueError(f"select_every_nth must be >= 1 (1 keeps every frame), got {self.select_every_nth}")
-        if self.frame_load_cap < 0:
-            raise ValueError(f"frame_load_cap must be >= 0 (0: no cap), got {self.frame_load_cap}")
-
-    @property
-    def first_index(self) -> int:
-        """Index ``k0`` (at ``fps``) of the first resampled frame at or after ``skip_first_seconds``."""
-        return max(0, math.ceil(self.skip_first_seconds * self.fps - 1e-6))
-
-
-@dataclass(frozen=True)
-class VideoPlan:
-    """What the packet pass found: the source stream (``source_fps``, ``source_frames``, ``width x height``,
-    ``duration_s``), its first frame time ``t0`` (s), ``selected`` frames the selection gives, the time (s, from
-    ``t0``) of the last source frame before the first selected one (``seek_s``, seek target; None: read from the
-    start)."""
-
-    path: str
-    source_fps: float
-    source_frames: int
-    width: int
-    height: int
-    duration_s: float
-    t0: float
-    selected: int
-    seek_s: float | None
+from .video_reader import FrameSelection, iter_frames, plan_video
 
 
 @dataclass(frozen=True)
@@ -106,100 +54,6 @@ class VideoSource:
     frames_dropped: int
     frames: int
     first_segment: int
-
-
-def select(resampled: Iterable[tuple[int, object]], sel: FrameSelection) -> Iterator[object]:
-    """The items of :func:`memory.frames.resample_indexed` (started at ``sel.first_index``) that ``select_every_nth`` and
-    ``frame_load_cap`` keep."""
-    kept = 0
-    for k, item in resampled:
-        if (k - sel.first_index) % sel.select_every_nth:
-            continue
-        yield item
-        kept += 1
-        if sel.frame_load_cap and kept >= sel.frame_load_cap:
-            return
-
-
-def _open(path: Path):
-    """``(container, video stream)``; raises ValueError naming the file and the fix."""
-    import av
-
-    if not path.is_file():
-        raise ValueError(f"video: no such file {path}; put it in ComfyUI's input folder or use the node's upload button")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as e:
-        raise ValueError(f"video: PyAV cannot open {path.name} ({e}); re-encode it, e.g. "
-                         f"`ffmpeg -i {path.name} -c:v libx264 -pix_fmt yuv420p out.mp4`") from e
-    if not container.streams.video:
-        container.close()
-        raise ValueError(f"video: {path.name} has no video stream")
-    return container, container.streams.video[0]
-
-
-def plan_video(path: str | Path, sel: FrameSelection) -> VideoPlan:
-    """Count the frames ``sel`` selects from ``path`` from its packets' timestamps (demuxing only, no decoding).
-
-    Raises:
-        ValueError: a bad selection, a missing / unreadable file, no video stream or no frame at all, or
-        ``skip_first_seconds`` past the end of the clip.
-    """
-    import av
-
-    sel.check()
-    path = Path(path)
-    container, stream = _open(path)
-    with container:
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
-        try:
-            pts = [(p.pts, p.is_discard) for p in container.demux(stream) if p.size > 0]
-        except av.error.FFmpegError as e:
-            raise ValueError(f"video: the video stream of {path.name} cannot be read ({e}); re-encode the file") from e
-        width, height = stream.codec_context.width, stream.codec_context.height
-        base = float(stream.time_base) if stream.time_base else 1.0 / rate
-    stamps = [p for p, discard in pts if not discard]
-    if not stamps:
-        raise ValueError(f"video: {path.name} has no video frames")
-    times = sorted(p * base for p in stamps) if None not in stamps else [i / rate for i in range(len(stamps))]
-    t0 = times[0]
-    times = [t - t0 for t in times]
-    if sel.first_index / sel.fps > times[-1]:
-        raise ValueError(f"skip_first_seconds {sel.skip_first_seconds:g} is past the end of {path.name} "
-                         f"({times[-1]:.2f} s); lower it")
-    selected = sum(1 for _ in select(resample_indexed(((t, None) for t in times), sel.fps, sel.first_index), sel))
-    before = [t for t in times if t < sel.first_index / sel.fps]
-    return VideoPlan(str(path), rate, len(times), width, height, round(times[-1] + 1 / rate, 3), t0, selected,
-                     before[-1] if before else None)
-
-
-def _decoded(container, stream, plan: VideoPlan) -> Iterator[tuple[float, object]]:
-    """``(time s from the first frame, av.VideoFrame)`` in presentation order, from ``plan.seek_s`` on (seeked to the
-    key frame at or before it)."""
-    rate = plan.source_fps
-    if plan.seek_s is not None and stream.time_base:
-        container.seek(int(round((plan.seek_s + plan.t0) / float(stream.time_base))), stream=stream, backward=True)
-    for i, frame in enumerate(container.decode(stream)):
-        yield (frame.time - plan.t0 if frame.time is not None else i / rate), frame
-
-
-def iter_frames(plan: VideoPlan, sel: FrameSelection, width: int, height: int) -> Iterator[torch.Tensor]:
-    """The selected frames of ``plan``'s file, each fitted to ``width x height``: uint8 ``[height, width, 3]``
-    (one source frame decoded at a time). Raises ValueError when the file cannot be decoded."""
-    import av
-
-    container, stream = _open(Path(plan.path))
-    stream.thread_type = "AUTO"
-    last = (None, None)  # (source frame, fitted): a frame repeated by the resampling is fitted once
-    with container:
-        try:
-            for frame in select(resample_indexed(_decoded(container, stream, plan), sel.fps, sel.first_index), sel):
-                if frame is not last[0]:
-                    rgb = torch.from_numpy(np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
-                    last = (frame, to_uint8(fit_frames(rgb[None], width, height))[0])
-                yield last[1]
-        except av.error.FFmpegError as e:
-            raise ValueError(f"video: decoding {Path(plan.path).name} failed ({e}); re-encode the file") from e
 
 
 def history_from_video(model, vae, encoder, path: str | Path, sel: FrameSelection, width: int, height: int,
@@ -330,5 +184,4 @@ def video_history_frames(memory, width: int, height: int) -> tuple[torch.Tensor 
     return out, ""
 
 
-__all__ = ["FrameSelection", "VideoPlan", "VideoSource", "plan_video", "select", "iter_frames", "history_from_video",
-           "video_history_frames"]
+__all__ = ["VideoSource", "history_from_video", "video_history_frames"]

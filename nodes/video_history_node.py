@@ -10,7 +10,8 @@ from comfy_api.latest import io
 from ..models.memory_modes import MEMORY_MODES
 from ..models.input_checks import check_memory_mode
 from ..models import families
-from ..models.video_history import FrameSelection, history_from_video
+from ..models.video_history import history_from_video
+from ..models.video_reader import FrameSelection
 from . import tooltips
 from .advanced_inputs import advanced
 from .history_settings import SHARED_SETTINGS, settings_conflict

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scores.py next to this file (also when loaded by path)
 import scores  # noqa: E402
 from framememory.memory.storyboard import parse_storyboard, plan_segments, segment_frames
+from framememory.models.video_reader import clip_seconds, read_frames
 from framememory.training.data import decode_frames, resample
 
 STORYBOARD = "FrameMemoryStoryboard"
@@ -159,17 +160,10 @@ def clip_frames(path: Path, fps: float) -> int | None:
     import av
 
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0] if container.streams.video else None
-            if stream is not None and stream.duration and stream.time_base:
-                seconds = float(stream.duration * stream.time_base)
-            elif container.duration:
-                seconds = container.duration / av.time_base
-            else:
-                return None
+        seconds = clip_seconds(path)
     except av.error.FFmpegError as e:
         raise EvalError(f"{Path(path).name}: PyAV cannot open it ({e})") from e
-    return math.floor(seconds * fps + 1e-6) + 1
+    return None if seconds is None else math.floor(seconds * fps + 1e-6) + 1
 
 
 def write_lossless(frames: np.ndarray, path: Path, fps: float) -> None:
@@ -191,10 +185,7 @@ def write_lossless(frames: np.ndarray, path: Path, fps: float) -> None:
 
 def decode_video_frames(path: Path) -> np.ndarray:
     """Every frame of a video file, uint8 ``[F, H, W, 3]`` RGB (PyAV, as LoadVideo decodes)."""
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return np.stack(read_frames(path)[0])
 
 
 def read_apng(path: Path, fps: float) -> np.ndarray:

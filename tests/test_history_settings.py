@@ -129,7 +129,8 @@ def test_history_node_refuses_storyboards_that_disagree_before_reading(comfy, mo
 
 def test_latents_only_memory_into_an_encoding_mode_names_memory_mode(tiny_wan, media_dir):
     from framememory.models.input_checks import check_memory_mode
-    from framememory.models.video_history import FrameSelection, history_from_video
+    from framememory.models.video_history import history_from_video
+    from framememory.models.video_reader import FrameSelection
 
     model, vae, encoder, _, _ = tiny_wan
     mem, _ = history_from_video(model, vae, encoder, media_dir / "bikes.mp4", FrameSelection(FPS, frame_load_cap=13),
@@ -160,7 +161,8 @@ def run_storyboard_node(tiny_wan, memory, include_history=True):
 def test_include_history_puts_the_clips_frames_first(tiny_wan, media_dir, tmp_path):
     import shutil
 
-    from framememory.models.video_history import FrameSelection, history_from_video, iter_frames, plan_video
+    from framememory.models.video_history import history_from_video
+    from framememory.models.video_reader import FrameSelection, iter_frames, plan_video
 
     model, vae, encoder, _, _ = tiny_wan
     clip = tmp_path / "clip.mp4"
@@ -190,7 +192,8 @@ def test_include_history_says_why_a_memory_without_source_gives_none(tiny_wan, m
     from types import SimpleNamespace
 
     from framememory.models import video_history
-    from framememory.models.video_history import FrameSelection, history_from_video, video_history_frames
+    from framememory.models.video_history import history_from_video, video_history_frames
+    from framememory.models.video_reader import FrameSelection
 
     model, vae, encoder, _, _ = tiny_wan
     mem, _ = history_from_video(model, vae, encoder, media_dir / "bikes.mp4", FrameSelection(FPS, frame_load_cap=13),

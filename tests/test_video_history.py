@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from framememory.models.video_history import FrameSelection, history_from_video, iter_frames, plan_video
+from framememory.models.video_history import history_from_video
+from framememory.models.video_reader import FrameSelection, iter_frames, plan_video
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_API = REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json"  # test-only, not a template

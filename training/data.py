@@ -70,6 +70,7 @@ from ..memory.encoder import lr_clip, lr_frames_per_span
 from ..memory.frames import fit_frames, resample_indexed, to_uint8
 from ..memory.grid import memory_grid
 from ..memory.io import write_file_atomic
+from ..models.video_reader import open_container, timed_frames
 
 log = logging.getLogger("framememory.training.data")
 
@@ -207,18 +208,11 @@ def _fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _frames_av(path: Path, width: int, height: int) -> Iterator[tuple[float, np.ndarray]]:
-    import av
-
-    with av.open(str(path)) as container:
+    with open_container(path) as container:
         if not container.streams.video:
             raise VideoReadError("no video stream")
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
-        t0 = None
-        for i, frame in enumerate(container.decode(stream)):
-            t = frame.time if frame.time is not None else i / rate
-            t0 = t if t0 is None else t0
-            yield t - t0, _fit(frame.to_ndarray(format="rgb24"), width, height)
+        for t, rgb in timed_frames(container):
+            yield t, _fit(rgb, width, height)
 
 
 def _frames_pil(path: Path, width: int, height: int) -> Iterator[tuple[float, np.ndarray]]:
