@@ -35,9 +35,11 @@ problem remains.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import tyro
 
 from framememory.headless.browser import ComfyFrontend
 from framememory.headless.comfy_server import ComfyServer, add_demo_inputs
@@ -76,24 +78,36 @@ def make_thumbnails(server: ComfyServer, paths: list[Path]) -> int:
     return failed
 
 
+@dataclass(frozen=True)
+class Args:
+    """The command line (module docstring)."""
+
+    workflows: tyro.conf.Positional[tuple[Path, ...]] = ()
+    """UI workflows (none: workflows/*.json and demo/workflows/*.json)"""
+    write: bool = False
+    """re-save each workflow (a template with its Note) with a fitted view and write its API file (off: only check)"""
+    server: str | None = None
+    """a running ComfyUI with this pack (and FRAMEMEMORY_DEMO=1 for the tiny workflows); None: start one
+    (scripts/setup.sh's ComfyUI, a temporary base directory with the tiny demo models, bikes.mp4, the lab files and
+    empty placeholders for the real weights' names)"""
+    thumbnails: bool = False
+    """remake the templates' thumbnails (runs the lab templates; needs the default server, not --server)"""
+
+
+def usage_error(message: str) -> None:
+    """Exit with status 2 and ``message`` on stderr, as a command-line parser does."""
+    print(f"sync_workflows.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workflows", nargs="*", type=Path, help="UI workflows (default: workflows/*.json and "
-                    "demo/workflows/*.json)")
-    ap.add_argument("--write", action="store_true", help="re-save each workflow (a template with its Note) with a "
-                    "fitted view and write its API file (default: only check)")
-    ap.add_argument("--server", help="a running ComfyUI with this pack (and FRAMEMEMORY_DEMO=1 for the tiny "
-                    "workflows); default: start one (scripts/setup.sh's ComfyUI, a temporary base directory with the "
-                    "tiny demo models, bikes.mp4, the lab files and empty placeholders for the real weights' names)")
-    ap.add_argument("--thumbnails", action="store_true", help="remake the templates' thumbnails (runs the lab "
-                    "templates; needs the default server, not --server)")
-    args = ap.parse_args(argv)
+    args = tyro.cli(Args, args=argv, description=__doc__, config=(tyro.conf.FlagCreatePairsOff,))
     if args.thumbnails and args.server:
-        ap.error("--thumbnails starts its own server (it needs the lab files and the clip in its folders)")
+        usage_error("--thumbnails starts its own server (it needs the lab files and the clip in its folders)")
     paths = [p.resolve() for p in args.workflows] or ui_workflows()
     for path in paths:
         if not path.is_file():
-            ap.error(f"{path}: no such workflow file")
+            usage_error(f"{path}: no such workflow file")
     if args.server:
         failed = sync(args.server, paths, args.write)
     else:

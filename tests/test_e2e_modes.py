@@ -23,11 +23,12 @@ VIDEO = "bikes.mp4"
 
 
 def _run_example():
-    """scripts/run_example.py as a module: its lab-file table and installer put the files where the main job does."""
+    """scripts/example_models.py (the main job's models) as a module: its lab-file table and installer put the files
+    where the main job does."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("framememory_run_example", REPO_ROOT / "scripts" / "run_example.py")
+    spec = importlib.util.spec_from_file_location("example_models", REPO_ROOT / "scripts" / "example_models.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
     spec.loader.exec_module(module)
     return module
