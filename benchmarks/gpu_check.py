@@ -199,7 +199,9 @@ def run_row(ctx: dict, mode: str, seconds: int, start_history) -> dict:
 
     import comfy.model_management as mm
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import Memory, SamplerSettings, run_storyboard
+    from framememory.models.memory_value import Memory
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     size, encoder = ctx["size"], encoder_for(ctx["encoders"], mode)
     start = Memory(start_history, encoder, size["fps"], size["width"], size["height"], mode)

@@ -346,7 +346,7 @@ def recall_run(lab, mode: str, clip: str, args, window: int, shuffled: bool = Fa
 
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.memory.frames import to_uint8
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
     from framememory.models.vae_stream import VideoStream
 
     model, vae, encoder = lab

@@ -9,9 +9,12 @@ with a pair without decoding anything.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
 from .encoding import HRCache, encode_pending
+from .memory_modes import ENCODED_MODES, mode_config
 
 
 def expert_keys(encoder, expert: int = 0) -> list[PartKey]:
@@ -52,4 +55,31 @@ def encode_pending_experts(models: list, vae, encoder, history: HistoryBuffer) -
     return n
 
 
-__all__ = ["expert_keys", "memory_token_count", "expert_models", "encode_pending_experts"]
+@dataclass(frozen=True)
+class BoundEncoder:
+    """The memory encoder bound once per run to the DiTs of its sampling schedule (:func:`bind_encoder`): the one
+    object a Storyboard run or a clip's ingestion passes down instead of re-checking encoder, models and mode."""
+
+    models: list  # the DiTs of the schedule (:func:`expert_models`), the high-noise expert first
+    vae: object  # their VAE (LR branch encodes, history encodes)
+    encoder: object  # MemoryEncoder or MultiEncoder
+    mode: str  # models.memory_modes.MEMORY_MODES
+
+    @property
+    def encodes(self) -> bool:
+        """Whether the mode encodes the history into compressed memory tokens (frame_preservation, pack_forcing)."""
+        return self.mode in ENCODED_MODES
+
+
+def bind_encoder(model, model_low_noise, vae, encoder, mode: str) -> BoundEncoder:
+    """``encoder`` bound to the schedule of ``model`` (and the Wan 2.2 A14B ``model_low_noise``, or None) in ``mode``,
+    each DiT checked once (:func:`models.memory_modes.mode_config`). Raises ValueError like :func:`expert_models`,
+    ``mode_config`` and :meth:`models.encoding.MemoryEncoder.check`; TypeError for an unsupported family."""
+    models = expert_models(model, model_low_noise)
+    for m in models:
+        mode_config(encoder, m, mode)
+    return BoundEncoder(models, vae, encoder, mode)
+
+
+__all__ = ["expert_keys", "memory_token_count", "expert_models", "encode_pending_experts", "BoundEncoder",
+           "bind_encoder"]

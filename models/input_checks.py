@@ -1,7 +1,7 @@
 """Checks of the pack's inputs, run before any expensive work (issue 14): each raises ValueError naming the input
 and the fix, so a bad prompt fails in milliseconds instead of after minutes of sampling, an all-black video, a raw
 Python error or an out-of-memory kill. The nodes and :func:`models.storyboard.run_storyboard` /
-:func:`models.storyboard.history_from_frames` call them first; each check is one function.
+:func:`models.history_writer.history_from_frames` call them first; each check is one function.
 
 Memory estimate (:func:`estimate_memory`, :func:`check_memory`): bytes a frame size needs, conservative, in two parts.
 Host RAM (always): the whole output as kept uint8 frames plus the float32 IMAGE the node returns
@@ -27,7 +27,7 @@ import torch
 from ..memory.grid import tokens_per_second
 from ..memory.storyboard import MAX_STORYBOARD_SECONDS, Shot, segment_frames, storyboard_seconds
 from . import families
-from .vram_check import check_vram
+from .vram_check import available_memory, check_vram
 
 SEED_SPAN = 2 ** 64  # torch.manual_seed takes 0 .. 2^64 - 1; segment k samples with seed + k (refused past the end)
 OUTPUT_BYTES_PER_VALUE = 10  # per output pixel and channel: uint8 history + uint8 segment + float32 IMAGE + float32 temp
@@ -221,21 +221,6 @@ def estimate_memory(model, vae, width: int, height: int, output_frames: int, sta
     return MemoryNeed(host, device)
 
 
-def available_memory() -> tuple[int, int | None]:
-    """``(free RAM bytes, free bytes on the torch device or None when it is the CPU)``: psutil's available RAM, and
-    ``comfy.model_management.get_free_memory`` plus what the models ComfyUI holds there would free when unloaded."""
-    import psutil
-
-    import comfy.model_management as mm
-
-    host = int(psutil.virtual_memory().available)
-    dev = mm.get_torch_device()
-    if getattr(dev, "type", "cpu") == "cpu":
-        return host, None
-    loaded = sum(m.model_loaded_memory() for m in mm.current_loaded_models if m.device == dev)
-    return host, int(mm.get_free_memory(dev)) + int(loaded)
-
-
 def _fits(need: MemoryNeed, host: int, device: int | None) -> bool:
     if device is None:
         return need.total(cpu=True) <= host
@@ -287,7 +272,7 @@ def load_naming_file(path: str, load):
 
 def check_history_inputs(model, vae, encoder, images: torch.Tensor, latent_frames: int, fps: float, width: int,
                          height: int, mode: str = "frame_preservation", name: str = "start_images") -> torch.Tensor:
-    """The checks of :func:`models.storyboard.history_from_frames`: fps, the frames (RGB, finite), the size and the
+    """The checks of :func:`models.history_writer.history_from_frames`: fps, the frames (RGB, finite), the size and the
     memory the fitted clip and its encode need. Returns the frames as RGB ``[F, H, W, 3]``."""
     from ..memory.storyboard import split_clip
 

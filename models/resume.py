@@ -21,6 +21,7 @@ from ..memory.memory_file import (MemoryRecord, StoryboardPosition, StreamState,
                                   storyboard_hash)
 from ..memory.frames import to_uint8
 from .colour_match import correct_segment, record_colour
+from .memory_value import Memory
 from .vae_stream import VideoStream
 
 log = logging.getLogger("FrameMemory")
@@ -57,7 +58,7 @@ def vae_signature(vae) -> dict:
 
 
 def memory_record(mem) -> MemoryRecord:
-    """A :class:`~memory.memory_file.MemoryRecord` of ``mem`` (a models.storyboard.Memory) for
+    """A :class:`~memory.memory_file.MemoryRecord` of ``mem`` (a :class:`models.memory_value.Memory`) for
     :func:`~memory.memory_file.save_memory`, with the :func:`vae_signature` of its LR streams' VAE."""
     history = mem.history.copy()
     vaes = [s.vae for s in history.lr_streams.values() if isinstance(s, VideoStream)]
@@ -84,8 +85,6 @@ def load_memory_file(path: str, encoder, vae):
         has another config than the file's (naming the fields) or ``vae`` is another VAE than the one the memory's
         LR streams were made with.
     """
-    from .storyboard import Memory
-
     record = load_memory(path)
     source = find_memory(path) or path
     check_encoder(encoder, record.encoders, source)

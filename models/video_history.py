@@ -31,7 +31,8 @@ import comfy.utils
 
 from ..memory.storyboard import split_clip
 from .input_checks import check_memory
-from .storyboard import HistoryWriter, Memory
+from .history_writer import HistoryWriter
+from .memory_value import Memory
 from .telemetry import peak_rss_mb
 from .video_reader import FrameSelection, iter_frames, plan_video
 

@@ -123,11 +123,26 @@ def _instead(model, encoder, mode: str, width: int, height: int, fps: float, lat
     return "; or ".join(tips) or "a smaller size or a GPU with more memory"
 
 
+def available_memory() -> tuple[int, int | None]:
+    """``(free RAM bytes, free bytes on the torch device or None when it is the CPU)``: psutil's available RAM, and
+    ``comfy.model_management.get_free_memory`` plus what the models ComfyUI holds there would free when unloaded."""
+    import psutil
+
+    import comfy.model_management as mm
+
+    host = int(psutil.virtual_memory().available)
+    dev = mm.get_torch_device()
+    if getattr(dev, "type", "cpu") == "cpu":
+        return host, None
+    loaded = sum(m.model_loaded_memory() for m in mm.current_loaded_models if m.device == dev)
+    return host, int(mm.get_free_memory(dev)) + int(loaded)
+
+
 def check_vram(model, encoder, mode: str, width: int, height: int, fps: float, latent_frames: int, history_s: float,
                device_bytes: int | None = None) -> dict | None:
     """Refuse a run whose largest step cannot fit the device however ComfyUI loads the weights, naming the step, the
     numbers and what to set instead. ``history_s``: seconds of history at the run's end. ``device_bytes``: what
-    ComfyUI can free on the device (default: free + loaded models, :func:`models.input_checks.available_memory`);
+    ComfyUI can free on the device (default: free + loaded models, :func:`available_memory`);
     None on the CPU: no check. Returns the needs (``{"sample", "absorb", "attended"}`` bytes / tokens) or None.
 
     Raises:
@@ -136,8 +151,6 @@ def check_vram(model, encoder, mode: str, width: int, height: int, fps: float, l
     import comfy.model_management
 
     if device_bytes is None:
-        from .input_checks import available_memory
-
         device_bytes = available_memory()[1]
         if device_bytes is None:
             return None

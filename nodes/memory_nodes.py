@@ -7,7 +7,8 @@ from comfy_api.latest import io
 from ..models.encoding import UNTRAINED, MemoryEncoder
 from ..models.input_checks import (check_fps, check_frame_size, check_frames, check_memory_matches, load_naming_file,
                                    size_multiple)
-from ..models.storyboard import Memory, history_from_frames
+from ..models.history_writer import history_from_frames
+from ..models.memory_value import Memory
 from . import tooltips
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 

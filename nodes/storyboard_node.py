@@ -15,12 +15,12 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..memory.storyboard import parse_storyboard, split_clip
+from ..memory.storyboard import parse_storyboard
 from ..models.input_checks import check_frames, check_memory_mode, check_run_inputs
 from ..models.memory_modes import MEMORY_MODES
-from ..models import families
-from ..models.resume import resume_memory, resumes
-from ..models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+from ..models.segment_sampler import SamplerSettings
+from ..models.storyboard import run_storyboard
+from ..models.storyboard_start import storyboard_start
 from ..models.video_history import video_history_frames
 from . import tooltips
 from .advanced_inputs import advanced
@@ -30,11 +30,6 @@ from .report_summary import report_summary
 from .sockets import CATEGORY, MemoryEncoderType, MemoryType
 
 log = logging.getLogger("FrameMemory")
-
-
-def vae_time_stride(model) -> int:
-    """Video frames per latent frame of the model's VAE (4 for Wan and HunyuanVideo)."""
-    return families.family_for(model).VAE_STRIDE[0]
 
 
 INTERRUPTED_FOLDER = "framememory/interrupted"  # in ComfyUI's output folder
@@ -99,6 +94,99 @@ def history_output(include_history: bool, start_images, dropped: int, memory, wi
 EXAMPLE = "2.0 | a cyclist rides down a sunny city street\n2.0 | the cyclist passes parked cars, camera follows"
 
 
+WIDTH_TIP = (f"Video width in pixels: {tooltips.SIZE}. Sizes whose frames, latents, VAE decode and attention would "
+             "not fit in this machine's free memory are refused before anything runs, naming the largest size that "
+             "fits.")
+SEED_TIP = ("Seed of the first segment; segment k uses seed + k, which must stay below 2^64: a seed within "
+            "(segments - 1) of the maximum is refused, not wrapped.")
+START_IMAGES_TIP = ("Optional starting clip: frames (e.g. Load Video -> Get Video Components) that become the history "
+                    "the storyboard continues, center-cropped and resized to width x height. Held in RAM as float32: "
+                    "for a long clip use Load Video as History on the memory input instead. Leave empty to start from "
+                    "nothing.")
+MEMORY_TIP = ("History to continue from: Load Video as History (which then takes width, height, fps, "
+              "segment_latent_frames and memory_mode from this node), Load Memory, or another Storyboard's memory "
+              "output.")
+SAVE_PATH_TIP = ("Memory folder (relative to ComfyUI's output folder, '.fmem' added) appended to after every segment, "
+                 "crash-safe: history, memory tokens, encoder config and where the run stands. Checked before the "
+                 "first segment (writable, free space). Empty: nothing is written while it runs, and an interrupt "
+                 "writes the finished segments to output/framememory/interrupted/ instead of losing them.")
+COLOUR_TIP = ("Colour-drift correction: match each new segment's colour (mean and spread per Lab channel) to the "
+              "history's before it is appended, so tints do not build up over a long storyboard. Changes only the "
+              "frames, not the sampled latents.")
+DESCRIPTION = ("Generates a storyboard about 1 s at a time: each segment is sampled with memory tokens of everything "
+               "before it (starting clip included), appended to the history, and only the new segment is encoded "
+               "(arXiv 2512.23851).")
+
+
+def model_inputs() -> list:
+    """The models, the text encoder, the memory encoder and the negative prompt."""
+    return [
+        io.Model.Input("model", tooltip=f"{tooltips.MODEL} With model_low_noise: the Wan 2.2 A14B high-noise expert."),
+        io.Vae.Input("vae", tooltip=tooltips.VAE),
+        io.Clip.Input("clip", tooltip=tooltips.CLIP),
+        MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
+        io.Conditioning.Input("negative", tooltip="Negative conditioning used for every segment."),
+    ]
+
+
+def video_inputs() -> list:
+    """The storyboard text and the video's geometry."""
+    return [
+        io.String.Input("storyboard", multiline=True, default=EXAMPLE, tooltip=tooltips.STORYBOARD),
+        io.Int.Input("width", default=832, min=16, max=4096, step=16, tooltip=WIDTH_TIP),
+        io.Int.Input("height", default=480, min=16, max=4096, step=16,
+                     tooltip=f"Video height in pixels: {tooltips.SIZE}; see width for the memory check."),
+        io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip=f"Frames per second: {tooltips.FPS}."),
+        io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
+                     tooltip=f"Latent frames generated per segment: {tooltips.SEGMENT}."),
+    ]
+
+
+def sampler_inputs() -> list:
+    """What the stock KSampler takes."""
+    return [
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=SEED_TIP),
+        io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per segment."),
+        io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="Sampler, as in KSampler."),
+        io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler, as in KSampler."),
+    ]
+
+
+def optional_inputs() -> list:
+    """The history, the A14B pair, the memory mode, the memory file and the colour correction (after include_history,
+    the last required input)."""
+    return [
+        io.Image.Input("start_images", optional=True, tooltip=START_IMAGES_TIP),
+        MemoryType.Input("memory", optional=True, tooltip=MEMORY_TIP),
+        io.Model.Input("model_low_noise", optional=True, tooltip=tooltips.MODEL_LOW_NOISE, **advanced()),
+        io.Int.Input("switch_step", default=0, min=0, max=10000, optional=True, tooltip=tooltips.SWITCH_STEP,
+                     **advanced()),
+        io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="frame_preservation", optional=True,
+                       tooltip=tooltips.MEMORY_MODE),
+        io.String.Input("save_path", default="", optional=True, tooltip=SAVE_PATH_TIP),
+        io.Boolean.Input("resume", default=False, optional=True, tooltip=tooltips.RESUME, **advanced()),
+        io.Combo.Input("colour_correction", options=["off", "on"], default="off", optional=True, tooltip=COLOUR_TIP),
+        io.Float.Input("colour_strength", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
+                       tooltip=tooltips.COLOUR_STRENGTH, **advanced()),
+    ]
+
+
+def with_history(frames: torch.Tensor, report: dict, include_history: bool, start_images, dropped: int, memory,
+                 width: int, height: int) -> torch.Tensor:
+    """The node's output frames: the history's (:func:`history_output`) before the generated ``frames``; ``report``
+    gets how many frames came from where (and why the history is missing, when it is)."""
+    report["start_frames_dropped"] = dropped
+    history, reason = history_output(include_history, start_images, dropped, memory, width, height)
+    report["history_frames_in_output"] = 0 if history is None else int(history.shape[0])
+    if reason:
+        report["history_frames_reason"] = reason
+    if history is not None:
+        frames = torch.cat([history, frames], dim=0)
+    report["output_frames"] = int(frames.shape[0])
+    return frames
+
+
 class Storyboard(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -106,61 +194,10 @@ class Storyboard(io.ComfyNode):
             node_id="FrameMemoryStoryboard",
             display_name="Storyboard (Memory)",
             category=CATEGORY,
-            description="Generates a storyboard about 1 s at a time: each segment is sampled with memory tokens of "
-                        "everything before it (starting clip included), appended to the history, and only the new "
-                        "segment is encoded (arXiv 2512.23851).",
-            inputs=[
-                io.Model.Input("model", tooltip=f"{tooltips.MODEL} With model_low_noise: the Wan 2.2 A14B high-noise expert."),
-                io.Vae.Input("vae", tooltip=tooltips.VAE),
-                io.Clip.Input("clip", tooltip=tooltips.CLIP),
-                MemoryEncoderType.Input("memory_encoder", tooltip="From Load Memory Encoder."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning used for every segment."),
-                io.String.Input("storyboard", multiline=True, default=EXAMPLE, tooltip=tooltips.STORYBOARD),
-                io.Int.Input("width", default=832, min=16, max=4096, step=16,
-                             tooltip=f"Video width in pixels: {tooltips.SIZE}. Sizes whose frames, latents, VAE decode "
-                                     "and attention would not fit in this machine's free memory are refused before "
-                                     "anything runs, naming the largest size that fits."),
-                io.Int.Input("height", default=480, min=16, max=4096, step=16,
-                             tooltip=f"Video height in pixels: {tooltips.SIZE}; see width for the memory check."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip=f"Frames per second: {tooltips.FPS}."),
-                io.Int.Input("segment_latent_frames", default=4, min=1, max=64,
-                             tooltip=f"Latent frames generated per segment: {tooltips.SEGMENT}."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the first segment; segment k uses seed + k, which must stay below 2^64: "
-                                     "a seed within (segments - 1) of the maximum is refused, not wrapped."),
-                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps per segment."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="Sampler, as in KSampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler, as in KSampler."),
-                io.Boolean.Input("include_history", default=True, tooltip=tooltips.INCLUDE_HISTORY),
-                io.Image.Input("start_images", optional=True,
-                               tooltip="Optional starting clip: frames (e.g. Load Video -> Get Video Components) that "
-                                       "become the history the storyboard continues, center-cropped and resized to "
-                                       "width x height. Held in RAM as float32: for a long clip use Load Video as "
-                                       "History on the memory input instead. Leave empty to start from nothing."),
-                MemoryType.Input("memory", optional=True,
-                                 tooltip="History to continue from: Load Video as History (which then takes width, "
-                                         "height, fps, segment_latent_frames and memory_mode from this node), Load "
-                                         "Memory, or another Storyboard's memory output."),
-                io.Model.Input("model_low_noise", optional=True, tooltip=tooltips.MODEL_LOW_NOISE, **advanced()),
-                io.Int.Input("switch_step", default=0, min=0, max=10000, optional=True, tooltip=tooltips.SWITCH_STEP,
-                             **advanced()),
-                io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="frame_preservation", optional=True,
-                               tooltip=tooltips.MEMORY_MODE),
-                io.String.Input("save_path", default="", optional=True,
-                                tooltip="Memory folder (relative to ComfyUI's output folder, '.fmem' added) appended to "
-                                        "after every segment, crash-safe: history, memory tokens, encoder config and where "
-                                        "the run stands. Checked before the first segment (writable, free space). "
-                                        "Empty: nothing is written while it runs, and an interrupt writes the finished "
-                                        "segments to output/framememory/interrupted/ instead of losing them."),
-                io.Boolean.Input("resume", default=False, optional=True, tooltip=tooltips.RESUME, **advanced()),
-                io.Combo.Input("colour_correction", options=["off", "on"], default="off", optional=True,
-                               tooltip="Colour-drift correction: match each new segment's colour (mean and spread per "
-                                       "Lab channel) to the history's before it is appended, so tints do not build up "
-                                       "over a long storyboard. Changes only the frames, not the sampled latents."),
-                io.Float.Input("colour_strength", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
-                               tooltip=tooltips.COLOUR_STRENGTH, **advanced()),
-            ],
+            description=DESCRIPTION,
+            inputs=[*model_inputs(), *video_inputs(), *sampler_inputs(),
+                    io.Boolean.Input("include_history", default=True, tooltip=tooltips.INCLUDE_HISTORY),
+                    *optional_inputs()],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Video frames [F, H, W, 3]."),
                 MemoryType.Output(display_name="memory", tooltip="The final history with every segment encoded (memory_mode "
@@ -179,40 +216,29 @@ class Storyboard(io.ComfyNode):
             raise ValueError("the clip input is None: load a text encoder (for Wan: umt5_xxl with type 'wan')")
         start_images = None if start_images is None else check_frames("start_images", start_images)  # RGBA -> RGB
         shots = parse_storyboard(storyboard)
+        # the run's input checks, once, here: before the starting clip is encoded (run_storyboard then skips them)
         check_run_inputs(model, vae, memory_encoder, shots, SamplerSettings(steps, cfg, sampler_name, scheduler, seed),
                          width, height, fps, segment_latent_frames, memory.history.num_frames if memory else 0,
                          memory_mode, 0 if start_images is None else int(start_images.shape[0]), include_history)
         if memory is not None:  # a latents-only memory into a mode that must encode it: named, before any work
             check_memory_mode(memory, memory_mode)
         save = memory_path(save_path) if save_path.strip() else None
-        memory = resume_memory(save, resume, memory, memory_encoder, vae, shots)  # the stopped run, or refused
-        start, dropped = memory, 0
-        if start_images is not None and resumes(memory, shots):  # the saved history already holds the clip
-            dropped = split_clip(int(start_images.shape[0]), segment_latent_frames, vae_time_stride(model))[0]
-        elif start_images is not None:
-            start, dropped = history_from_frames(model, vae, memory_encoder, start_images, segment_latent_frames,
-                                                 fps, width, height, memory, model_low_noise, memory_mode)
+        begin = storyboard_start(model, vae, memory_encoder, shots, memory, start_images, save, resume,
+                                 segment_latent_frames, fps, width, height, model_low_noise, memory_mode)
         display = NodeDisplay()  # run-wide progress, previews and the report summary (nodes/progress_ui.py)
         interrupt = None if save else interrupted_path()
         try:
             frames, final, report = run_storyboard(
                 model, vae, clip, memory_encoder, negative, shots,
                 SamplerSettings(steps, cfg, sampler_name, scheduler, seed, switch_step),
-                width, height, fps, segment_latent_frames, start, model_low_noise, memory_mode,
+                width, height, fps, segment_latent_frames, begin.start, model_low_noise, memory_mode,
                 colour_correction=colour_strength if colour_correction == "on" else 0.0, save_path=save,
-                interrupt_path=interrupt, progress=display.progress)
+                interrupt_path=interrupt, progress=display.progress, inputs_checked=not begin.loaded)
         except comfy.model_management.InterruptProcessingException:
             saved = save or (interrupt if interrupt and os.path.isdir(interrupt) else None)
             display.show(cancel_text(display.finished, display.segments, saved, save is not None))
             raise
-        report["start_frames_dropped"] = dropped
-        history, reason = history_output(include_history, start_images, dropped, memory, width, height)
-        report["history_frames_in_output"] = 0 if history is None else int(history.shape[0])
-        if reason:
-            report["history_frames_reason"] = reason
-        if history is not None:
-            frames = torch.cat([history, frames], dim=0)
-        report["output_frames"] = int(frames.shape[0])
+        frames = with_history(frames, report, include_history, start_images, begin.dropped, begin.memory, width, height)
         summary = report_summary(report)
         display.show(summary)
         # "text": as ComfyUI's PreviewText; web/framememory.js shows it again when the node's output comes from cache

@@ -155,7 +155,7 @@ def _variant(encoder, name: str, **changes):
 
 def test_combined_memory_is_the_concatenation_of_each_encoders_memory(tiny_wan):
     from framememory.models.encoding import MultiEncoder, next_memory
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, encoder, _, video = tiny_wan
     a, b = _variant(encoder, "a", rate="4x4x2"), _variant(encoder, "b", rate="2x2x8")
@@ -177,7 +177,9 @@ def test_combined_memory_is_the_concatenation_of_each_encoders_memory(tiny_wan):
 
 def test_combine_node_output_runs_a_storyboard(tiny_wan):
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
     from framememory.nodes import NODES
     from framememory.nodes.combine_node import CombineMemoryEncoders
 
@@ -291,7 +293,9 @@ def test_cross_attention_through_the_storyboard_loop(tiny_wan):
     from framememory.models.conds import HIDDEN_KEY
     from framememory.nodes.memory_nodes import ApplyMemory
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder, clip, video = tiny_wan
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))

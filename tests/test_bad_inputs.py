@@ -124,7 +124,7 @@ def test_frame_size_minimum_and_multiples(tiny_wan):
 
 def test_apply_memory_checks_the_size_as_the_storyboard_does(tiny_wan):
     from framememory.memory.history import HistoryBuffer
-    from framememory.models.storyboard import Memory
+    from framememory.models.memory_value import Memory
     from framememory.nodes.memory_nodes import ApplyMemory
 
     model, _, encoder, clip, _ = tiny_wan
@@ -181,7 +181,8 @@ def test_encoder_config_errors_name_the_file(tmp_path):
 def test_non_finite_latents_fail_the_segment(tiny_wan):
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models import families
-    from framememory.models.storyboard import SamplerSettings, run_storyboard
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     torch.set_num_threads(1)
     model, vae, encoder, clip, _ = tiny_wan
@@ -299,7 +300,7 @@ def _tiny_memory(server, position=None, fps: float = 16.0):
     """A Memory of the tiny encoder with no segments (no LR stream: no VAE bound), at 128x64."""
     from framememory.memory.history import HistoryBuffer
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import Memory
+    from framememory.models.memory_value import Memory
 
     encoder = MemoryEncoder.from_file(str(server.models_dir / "memory_encoders" / TINY_NAMES[
         ("FrameMemoryLoadEncoder", "encoder_name")]))
@@ -311,7 +312,7 @@ def _lab_memory(media_dir):
     import comfy.sd
     import comfy.utils
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model = comfy.sd.load_diffusion_model(str(LAB / "framememory_lab_wan21.safetensors"))
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(LAB / "framememory_lab_wan21_vae.safetensors")))

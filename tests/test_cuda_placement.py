@@ -52,7 +52,9 @@ def test_encoder_is_offloaded_while_the_dit_samples(cuda_comfy, tiny_wan):
     from framememory.memory.config import EncoderConfig
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, _, clip, video = tiny_wan
     dev = mm.get_torch_device()

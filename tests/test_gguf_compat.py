@@ -241,7 +241,9 @@ def test_storyboard_runs_on_the_gguf_model(tiny_wan, gguf_model, fp32_model):
     memory tokens (the DiT's F32 patch embedding + encoder) equal those of the fp32 DiT."""
     from framememory.memory.grid import memory_grid
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     _, vae, encoder, clip, video = tiny_wan
     start, dropped = history_from_frames(gguf_model, vae, encoder, video, 4, 16.0, 256, 128)

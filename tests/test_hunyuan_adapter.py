@@ -233,7 +233,9 @@ def test_storyboard_from_real_clip(loaded, media_dir):
     from framememory.memory.encoder import HistoryEncoder
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     vae = comfy.sd.VAE(sd=tiny_hunyuan_vae_state_dict())
     cfg = tiny_hunyuan_encoder_config(rate="2x2x1")
@@ -408,7 +410,7 @@ def test_cross_attention_layers_must_match_the_block_count(hv, loaded):
     from framememory.models import cross_attention, families
     from framememory.models.conds import CROSS_KEY
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import memory_model
+    from framememory.models.segment_sampler import memory_model
 
     four, two = _cross_net(4), _cross_net(2)
     idx = lambda sd: sorted({int(k.split(".")[1]) for k in sd if k.startswith("cross.")})  # noqa: E731
@@ -483,7 +485,7 @@ def test_cross_attention_through_the_stock_sampler(loaded):
 
     from framememory.models import conds
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import memory_model
+    from framememory.models.segment_sampler import memory_model
 
     g = torch.Generator().manual_seed(12)
     pos_c = [[torch.randn(1, 5, 4096, generator=g) * 0.1, {"pooled_output": torch.randn(1, 768, generator=g)}]]

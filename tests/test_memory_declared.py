@@ -188,7 +188,7 @@ W, H = 128, 64  # the tiny Wan 2.1 models' storyboard size (tests/test_memory_of
 @pytest.fixture(scope="module")
 def start(tiny_wan):
     """A 13-frame history of bikes.mp4 at 128x64 with the tiny encoder (frame_preservation tokens)."""
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, encoder, _, video = tiny_wan
     return history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H)[0]
@@ -205,7 +205,8 @@ def test_storyboard_plans_its_memory_in_every_mode(tiny_wan, start, mode):
 
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import SamplerSettings, run_storyboard
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder, clip, _ = tiny_wan
     encoder = MemoryEncoder.untrained() if mode == "video_ssm" else encoder  # the tiny file has no state modules

@@ -127,7 +127,9 @@ def _ssm_encoder(model, seed: int = 0, out_scale: float = 0.0):
 
 def _run(tiny_wan, encoder, mode: str, steps: int = 2):
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, _, clip, video = tiny_wan
     start, _ = history_from_frames(model, vae, encoder, video[:29], 4, 16.0, W, H, mode=mode)
@@ -167,7 +169,7 @@ def test_pack_forcing_selects_top_k_blocks_per_forward(tiny_wan):
     """The wrapper keeps sink + K mid blocks + recent and re-packs them; K = all keeps the original positions."""
     from framememory.models import families
     from framememory.models.families import wan21 as wan
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, _, _, video = tiny_wan
     pack = _encoder(tiny_wan, memory_type="pack_forcing", sink_latent_frames=2, overlap_latent_frames=2, top_k=1)
@@ -231,7 +233,7 @@ def test_apply_memory_with_stock_sampler(tiny_wan):
     memory changes the sample."""
     import comfy.sample
 
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, _, clip, video = tiny_wan
     pos = clip.encode_from_tokens_scheduled(clip.tokenize("a cyclist"))

@@ -11,7 +11,9 @@ SHOTS = "0.8 | a cyclist\n0.8 | a car"  # 2 segments of 16 frames after the hist
 
 def _run(tiny_wan, mode: str):
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder, clip, video = tiny_wan
     start, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H, mode=mode)
@@ -43,7 +45,7 @@ def test_off_history_can_be_encoded_later(tiny_wan):
     """A memory kept with mode "off" is unencoded, not lost: a storyboard with memory on encodes it then."""
     import dataclasses
 
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, encoder, _, video = tiny_wan
     kept, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H, mode="off")
@@ -53,7 +55,7 @@ def test_off_history_can_be_encoded_later(tiny_wan):
 
 
 def test_node_input_and_bad_mode(tiny_wan):
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
     from framememory.nodes.storyboard_node import Storyboard
 
     inputs = {i.id: i for i in Storyboard.define_schema().inputs}

@@ -62,7 +62,9 @@ def test_progress_runs_over_both_experts_of_a_wan22_a14b_pair(tiny_wan, comfy, t
     import comfy.sd
     from framememory.demo.make_tiny_models import write_family
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder, clip, video = tiny_wan
     low = comfy.sd.load_diffusion_model(write_family(str(tmp_path_factory.mktemp("low")), seed=7, vae=False)["dit"])

@@ -31,7 +31,7 @@ def test_training_tokens_equal_inference_tokens(tiny_wan, tmp_path, rate):
     from framememory.memory.encoder import HistoryEncoder
     from framememory.models.encoding import MemoryEncoder
     from framememory.models.families import diffusion_model
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
     from framememory.training import stages
     from framememory.training.data import ClipSettings, ModelSpaceDataset, ShardDataset, prepare_dataset
     from framememory.training.dits import dit_family

@@ -23,7 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def story(tiny_wan):
     """(models..., start memory from 29 real frames, negative, shots of 2 segments, sampler settings)."""
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
 
     model, vae, encoder, clip, video = tiny_wan
     torch.set_num_threads(1)
@@ -86,6 +87,7 @@ def test_interrupted_run_resumes_frame_identical(story, tmp_path, monkeypatch):
 
     import framememory.models.storyboard as storyboard
     from framememory.memory.memory_file import load_memory
+    from framememory.models.segment_sampler import SamplerSettings
     from framememory.models.resume import load_memory_file
 
     _, vae, encoder, _, start, _, _, sampler = story
@@ -119,14 +121,14 @@ def test_interrupted_run_resumes_frame_identical(story, tmp_path, monkeypatch):
     memory = load_memory_file(str(cut), encoder, vae)
     pos = memory.position
     assert (pos.next_segment, pos.next_shot, pos.next_seed, pos.elapsed_s) == (1, 1, 8, 1.0)
-    other_seed = storyboard.SamplerSettings(2, 3.0, "euler", "simple", 12345)  # the file's seed wins
+    other_seed = SamplerSettings(2, 3.0, "euler", "simple", 12345)  # the file's seed wins
     resumed, final2, report2 = _run(story, start=memory, sampler=other_seed, colour_correction=0.7)
     assert torch.equal(resumed, full), float((resumed - full).abs().max())
     assert report2["resumed_at_segment"] == 1 and [s.get("replayed", False) for s in report2["segments"]] == [True, False]
     _assert_same_history(final.history, final2.history)
     assert torch.equal(final.history.colour_stats, final2.history.colour_stats)
     with pytest.raises(ValueError, match="steps 2 .now 3"):
-        _run(story, start=memory, sampler=storyboard.SamplerSettings(3, 3.0, "euler", "simple", 7), colour_correction=0.7)
+        _run(story, start=memory, sampler=SamplerSettings(3, 3.0, "euler", "simple", 7), colour_correction=0.7)
 
 
 def test_load_memory_rejects_another_encoder(story, tmp_path):

@@ -13,7 +13,9 @@ from framememory.memory.history import PartKey
 def test_storyboard_from_real_clip(tiny_wan):
     from framememory.memory.grid import memory_grid
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder, clip, video = tiny_wan
     # one VAE stream: 13 frames (the causal first latent is one frame), then 16; 30 = 1 + 13 + 16
@@ -44,7 +46,7 @@ def test_storyboard_from_real_clip(tiny_wan):
 def test_encoder_width_mismatch_is_a_clear_error(tiny_wan):
     from framememory.memory.config import EncoderConfig
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, _, _, video = tiny_wan
     wrong = MemoryEncoder(EncoderConfig(dim=1536), None, "wan14b.safetensors")
@@ -58,7 +60,7 @@ def test_encoder_width_mismatch_is_a_clear_error(tiny_wan):
 
 def test_untrained_encoder_takes_the_model_width(tiny_wan):
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, _, _, video = tiny_wan
     mem, _ = history_from_frames(model, vae, MemoryEncoder.untrained(), video[:13], 4, 16.0, 256, 128)
@@ -74,7 +76,7 @@ def test_overlap_window_add_on(tiny_wan):
 
     from framememory.models.encoding import MemoryEncoder
     from framememory.models.families import patch_embed
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, encoder, _, video = tiny_wan
     overlap = MemoryEncoder(dataclasses.replace(encoder.cfg, overlap_latent_frames=3), encoder.state_dict, "overlap")
@@ -147,7 +149,7 @@ def test_a14b_pair_each_expert_samples_its_steps_with_its_own_memory(tiny_wan, l
     (switch_step 0 = half), each attending to memory tokens of its own patch embedding; the segment equals two
     stock KSamplerAdvanced calls; both experts encode each segment once."""
     from framememory.models import families
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
     from framememory.nodes.storyboard_node import Storyboard
 
     model, vae, encoder, clip, video = tiny_wan
@@ -202,7 +204,7 @@ def test_apply_memory_low_noise_expert_continues_a_one_model_memory(tiny_wan, lo
     (the second with expert 'low noise') into two KSamplerAdvanced give exactly the segment the Storyboard node makes
     from the same memory with the same pair; the low-noise Apply Memory needs no VAE (its tokens come from the kept
     latents and LR latents), the optional VAE changes nothing; the input memory is not changed."""
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
     from framememory.nodes.memory_nodes import EXPERTS, ApplyMemory
     from framememory.nodes.storyboard_node import Storyboard
 
@@ -241,7 +243,9 @@ def test_one_model_is_the_plain_ksampler_call(tiny_wan):
     import comfy.sample
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.conds import attach_memory
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, memory_model, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings, memory_model
+    from framememory.models.storyboard import run_storyboard
     from framememory.nodes.storyboard_node import Storyboard
 
     model, vae, encoder, clip, video = tiny_wan
@@ -280,7 +284,7 @@ def test_history_of_one_model_is_encoded_for_the_low_noise_expert(tiny_wan, low_
     from framememory.memory.history import HistoryBuffer
     from framememory.models.encoding import encode_segment
     from framememory.models.experts import encode_pending_experts
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, encoder, _, video = tiny_wan
     mem, _ = history_from_frames(model, vae, encoder, video[:13], 4, 16.0, W, H)
@@ -310,7 +314,8 @@ def test_experts_must_fit_each_other_and_the_encoder(tiny_wan, tmp_path):
     import comfy.sd
     from framememory.demo.make_tiny_models import write_family
     from framememory.demo.tiny_models import tiny_wan21_dit
-    from framememory.models.storyboard import expert_models, history_from_frames
+    from framememory.models.experts import expert_models
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, encoder, _, video = tiny_wan
     wan22 = comfy.sd.load_diffusion_model(write_family(str(tmp_path), "wan22", vae=False)["dit"])

@@ -289,7 +289,9 @@ def test_exported_encoder_and_lora_run_the_storyboard(parts, tiny_wan, tmp_path)
     from framememory.memory.encoder import HistoryEncoder
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     _, loop = parts
     model, vae, _, clip, video = tiny_wan

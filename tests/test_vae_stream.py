@@ -177,7 +177,9 @@ def test_storyboard_segments_are_one_stream(tiny_wan):
     of all the generated latents (the decode stream keeps the VAE cache). Continuing a history: segments of 16."""
     from framememory.memory.frames import to_uint8
     from framememory.memory.storyboard import parse_storyboard
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder, clip, video = tiny_wan
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))

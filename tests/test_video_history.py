@@ -71,7 +71,7 @@ def test_reader_errors_name_the_input(tmp_path, media_dir):
 
 
 def test_streamed_history_equals_history_from_frames(tiny_wan, media_dir):
-    from framememory.models.storyboard import history_from_frames
+    from framememory.models.history_writer import history_from_frames
 
     model, vae, encoder, _, _ = tiny_wan
     sel = FrameSelection(FPS, frame_load_cap=50)  # 50 frames: 5 oldest dropped, 13 + 16 + 16 kept

@@ -204,7 +204,7 @@ def test_wan22_has_no_shared_timestep_ablation(comfy, dm22, tmp_path):
 
     from framememory.memory.config import EncoderConfig
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import memory_model
+    from framememory.models.segment_sampler import memory_model
 
     model = comfy.sd.load_diffusion_model(_save(dm22, tmp_path / "wan22.safetensors"))
     shared = MemoryEncoder(EncoderConfig(family="wan22", dim=0, memory_timestep="shared"), None, "shared")
@@ -262,7 +262,9 @@ def test_storyboard_wan22_from_real_clip(comfy, wan22_files, media_dir):
     from framememory.memory.grid import memory_grid
     from framememory.memory.storyboard import parse_storyboard
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import SamplerSettings, history_from_frames, run_storyboard
+    from framememory.models.history_writer import history_from_frames
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model = comfy.sd.load_diffusion_model(wan22_files["dit"])
     vae = load_wan22_vae(tiny_wan22_vae_state_dict())

@@ -120,7 +120,7 @@ def test_memory_timestep_rule_reaches_the_block_patches(wan, comfy, tmp_path):
 
     from framememory.memory.config import EncoderConfig
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.storyboard import memory_model
+    from framememory.models.segment_sampler import memory_model
 
     dm, adapter = wan
     path = tmp_path / "tiny.safetensors"
