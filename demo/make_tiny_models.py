@@ -13,9 +13,13 @@ seeded: the video they make is NOT meaningful imagery.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import tyro
+
+from framememory.headless.comfy_import import import_comfyui
 
 FOLDERS = {"dit": "diffusion_models", "vae": "vae", "encoder": "memory_encoders"}
 STEMS = {"wan21": "framememory_tiny_wan21", "hunyuan_video": "framememory_tiny_hunyuan", "wan22": "framememory_tiny_wan22"}
@@ -67,23 +71,26 @@ def write_family(out: str, family: str = "wan21", seed: int = 0, vae: bool = Tru
     return paths
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR"), required=os.environ.get("COMFYUI_DIR") is None,
-                    help="ComfyUI source folder (default: $COMFYUI_DIR)")
-    ap.add_argument("--out", required=True, help="ComfyUI models folder to write into")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--families", default="wan21",
-                    help=f"comma-separated families to write, of {', '.join(STEMS)} (default: wan21)")
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Args:
+    """Write the pack's tiny random models (DiT, VAE, memory encoder) of some families into a ComfyUI models folder."""
+
+    out: str
+    """ComfyUI models folder to write into"""
+    comfyui_dir: Optional[str] = None
+    """ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)"""
+    seed: int = 0
+    """seed of the random weights"""
+    families: str = "wan21"
+    """comma-separated families to write, of wan21, wan22, hunyuan_video"""
+
+
+def main(args: Args) -> None:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in families if f not in STEMS]
     if unknown:
-        ap.error(f"unknown families {unknown}; choose from {', '.join(STEMS)}")
-    sys.path.insert(0, os.path.abspath(args.comfyui_dir))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+        raise SystemExit(f"unknown families {unknown}; choose from {', '.join(STEMS)}")
+    import_comfyui(args.comfyui_dir, cpu=True)
     for family in families:
         for kind, path in write_family(args.out, family, args.seed).items():
             print(f"wrote {family} {kind}: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
@@ -91,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.split("\n")[0]))

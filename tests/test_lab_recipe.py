@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from framememory.training.lab import ALL_FILES, FILES, FLOOR_FILES, META_KEY, MODE_FILES, PRESETS
+from framememory.training.lab_recipe import ALL_FILES, FILES, FLOOR_FILES, META_KEY, MODE_FILES, PRESETS
 
 
 def _metadata(path) -> dict:
@@ -45,7 +45,7 @@ def test_stock_loaders_take_the_files(comfy, smoke_lab):
     import comfy.utils
 
     from framememory.models.encoding import MemoryEncoder
-    from framememory.training.lab import LabRecipe
+    from framememory.training.lab_recipe import LabRecipe
 
     r: LabRecipe = PRESETS["smoke"]
     model = comfy.sd.load_diffusion_model(str(smoke_lab / FILES["dit"]))       # UNETLoader
@@ -119,7 +119,8 @@ def test_committed_lab_model_loads_through_stock_loaders(comfy):
     """The shipped lab_model/ set: recipe metadata of the full preset, <= 40 MB, and it loads as the nodes load it.
     Sizes come from the files' own recipe metadata (the set before issue 23 has 8 files and a width-128 DiT; the
     set after it all of ALL_FILES)."""
-    from framememory.training.lab import LAB_DIR, load_lab_model
+    from framememory.training.lab import load_lab_model
+    from framememory.training.lab_recipe import LAB_DIR
 
     present = {part: name for part, name in ALL_FILES.items() if (LAB_DIR / name).is_file()}
     assert set(present) >= set(FILES) | set(MODE_FILES)

@@ -301,8 +301,7 @@ def test_reproduce_smoke_run_end_to_end(comfy, media_dir, reproduce_script, tmp_
 
 def test_reproduce_helpers(reproduce_script):
     from framememory.training.media import HELDOUT_CLIPS, TRAIN_CLIPS
-    from framememory.training.reproduce_config import PRESETS
-    from framememory.training.reproduce_data import windows
+    from framememory.training.reproduce_config import PRESETS, windows
     from framememory.training.reproduce_report import ordering
 
     mod = reproduce_script

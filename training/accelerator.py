@@ -7,14 +7,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..memory.encoder import EncoderSet
-
-if TYPE_CHECKING:
-    from .loop import TrainArgs, TrainState
 
 CHECKPOINTS = "checkpoints"
 
@@ -28,8 +24,9 @@ def latest_checkpoint(output_dir: str) -> str:
     return str(found[-1])
 
 
-def make_accelerator(args: TrainArgs):
-    """An ``accelerate.Accelerator`` for ``args`` (seedable sampler, project dir for trackers)."""
+def make_accelerator(args):
+    """An ``accelerate.Accelerator`` for ``args`` (a :class:`training.loop.TrainArgs`: mixed precision, gradient
+    accumulation, seed, output folder, tracker), with a seedable sampler and the project dir for trackers."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
@@ -125,10 +122,11 @@ def trainable_only_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def export_trained(accelerator, module, args: TrainArgs, state: TrainState) -> dict:
+def export_trained(accelerator, module, args, state) -> dict:
     """Write the trained LoRA (``OUT/lora_stageS.safetensors``, ComfyUI keys) and encoder (``encoder_stageS``, one
     file per part of an EncoderSet) of the prepared ``module`` into ``args.output_dir``, with the run's settings as
-    metadata. Every process must call it (FSDP gathers the shards); only the main process writes. Returns
+    metadata (``args``: :class:`training.loop.TrainArgs`; ``state``: its ``TrainState``, for the step count). Every
+    process must call it (FSDP gathers the shards); only the main process writes. Returns
     ``{"lora", "encoder" | "encoder_partI": path}`` (empty without ``output_dir`` and on other processes)."""
     from .export import export_encoder, save_lora
 

@@ -171,9 +171,8 @@ def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries
     """Frame-retrieval PSNR / SSIM of frames regenerated from the memory of clean held-out histories (module docstring).
 
     Args:
-        dm: the Wan DiT (``comfy.ldm.wan.model.WanModel``, with its Stage I LoRA). encoder: a
-            :class:`memory.encoder.HistoryEncoder` or drop-in (``training.baselines.LargePatchifier``); None samples
-            without memory tokens (reference: what the DiT guesses with no history).
+        dm: the Wan DiT (``WanModel`` with its Stage I LoRA). encoder: a :class:`memory.encoder.HistoryEncoder` or
+            drop-in (``training.baselines.LargePatchifier``); None: no memory tokens (what the DiT guesses alone).
         clips: held-out histories: tensors ``[1, C, T, h, w]`` / ``[C, T, h, w]`` (model space) or dicts with
             ``"latent"`` and optional ``"context"`` ``[L, 4096]`` and ``"frames"`` ``[T, H, W, 3]`` (float 0..1 or
             uint8 0..255; the original frames, one per latent frame as with the stand-in VAE: the reference for the
@@ -199,8 +198,6 @@ def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries
         ValueError: a clip is not a 5-D single history, ``omega_frames`` exceeds its length, or its ``"frames"``
         do not have one frame per latent frame.
     """
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
     sums = {"psnr": 0.0, "ssim": 0.0, "psnr_vae": 0.0, "ssim_vae": 0.0}
     n, all_frames = 0, True
     with _evaluating(dm, encoder, context) as (device, base_ctx):
@@ -212,35 +209,55 @@ def frame_query_metrics(dm, encoder, clips: Iterable, vae, *, seed: int, queries
             if frames is not None and render is None and len(frames) != t:
                 raise ValueError(f"clip {ci}: {len(frames)} frames for {t} latent frames (need one per latent frame)")
             omega, noise, gt = _queries(history, seed, ci, queries_per_clip, omega_frames, device)  # [Q, k], ...
-            if predict is not None:
-                pred = predict(history, omega).to(device).float()
-            else:
-                ctx_q = _batch_context(base_ctx, ctx, omega.shape[0])
-                memory = _clean_memory(dm, encoder, history, lr_fn, omega.shape[0], sample)
-
-                def velocity(x, tt):
-                    return stages.dit_forward(dm, x, tt, ctx_q, memory, frame_times=omega).float()
-
-                pred = euler_sample(velocity, noise, steps)
-            if render is not None:
-                img, ref_vae, index = (v.to(device) for v in render(history, omega, pred))
-            else:
-                img = vae.decode(pred).flatten(0, 1).permute(0, 3, 1, 2)  # [Q*k, 3, H, W]
-                ref_vae = vae.decode(gt).flatten(0, 1).permute(0, 3, 1, 2)
-                index = omega.flatten()
+            pred = (predict(history, omega).to(device).float() if predict is not None else _sample_queries(
+                dm, encoder, sample, history, omega, noise, _batch_context(base_ctx, ctx, omega.shape[0]), lr_fn, steps))
+            img, ref_vae, index = _query_images(vae, render, history, omega, pred, gt, device)
             if frames is not None:
                 ref = _as_unit_frames(frames, device)[index].permute(0, 3, 1, 2)
             else:
                 all_frames, ref = False, ref_vae
-            for key, r in (("", ref), ("_vae", ref_vae)):
-                sums["psnr" + key] += peak_signal_noise_ratio(img, r, data_range=1.0, reduction="none",
-                                                              dim=(1, 2, 3)).sum().item()
-                sums["ssim" + key] += structural_similarity_index_measure(img, r, data_range=1.0,
-                                                                          reduction="none").sum().item()
+            _add_scores(sums, img, ref, ref_vae)
             n += img.shape[0]
     out = {k: v / max(n, 1) for k, v in sums.items()}
     out.update(n=n, reference="frames" if all_frames and n else "vae")
     return out
+
+
+def _sample_queries(dm, encoder, sample, history: torch.Tensor, omega: torch.Tensor, noise: torch.Tensor,
+                    ctx_q: torch.Tensor, lr_fn, steps: int) -> torch.Tensor:
+    """The frames ``omega`` ``[Q, k]`` regenerated from ``noise`` ``[Q, C, k, h, w]`` by ``steps`` Euler steps of the
+    DiT reading the clean memory of ``history`` ``[1, C, T, h, w]`` (:func:`_clean_memory`; ``encoder`` None: no
+    memory), text ``ctx_q`` ``[Q, L, 4096]``: float32 ``[Q, C, k, h, w]``."""
+    memory = _clean_memory(dm, encoder, history, lr_fn, omega.shape[0], sample)
+
+    def velocity(x, tt):
+        return stages.dit_forward(dm, x, tt, ctx_q, memory, frame_times=omega).float()
+
+    return euler_sample(velocity, noise, steps)
+
+
+def _query_images(vae, render, history: torch.Tensor, omega: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor,
+                  device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images [N, 3, H, W], decoded ground truth [N, 3, H, W], frame index [N] int64)`` of the predicted latent
+    frames ``pred`` (0..1; ``render`` when given, else ``vae.decode`` per latent frame, ``N = Q * k``)."""
+    if render is not None:
+        img, ref_vae, index = (v.to(device) for v in render(history, omega, pred))
+        return img, ref_vae, index
+    img = vae.decode(pred).flatten(0, 1).permute(0, 3, 1, 2)  # [Q*k, 3, H, W]
+    ref_vae = vae.decode(gt).flatten(0, 1).permute(0, 3, 1, 2)
+    return img, ref_vae, omega.flatten()
+
+
+def _add_scores(sums: dict, img: torch.Tensor, ref: torch.Tensor, ref_vae: torch.Tensor) -> None:
+    """Add the per-image PSNR (dB) and SSIM of ``img`` against ``ref`` (keys ``psnr``, ``ssim``) and against
+    ``ref_vae`` (``psnr_vae``, ``ssim_vae``) to ``sums``; images ``[N, 3, H, W]`` in 0..1."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    for key, r in (("", ref), ("_vae", ref_vae)):
+        sums["psnr" + key] += peak_signal_noise_ratio(img, r, data_range=1.0, reduction="none",
+                                                      dim=(1, 2, 3)).sum().item()
+        sums["ssim" + key] += structural_similarity_index_measure(img, r, data_range=1.0,
+                                                                  reduction="none").sum().item()
 
 
 @torch.no_grad()

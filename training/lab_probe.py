@@ -19,29 +19,29 @@ SSIM on the first 1, 5, 9, 17, 49 frames of each clip as one stream (:func:`vae_
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
+
+import tyro
+
+from framememory.headless.comfy_import import import_comfyui
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("frame_preservation", "frame_preservation_4x4x2", "sliding_window", "off", "pack_forcing", "video_ssm")
 PER_SECOND = 16  # frames of one generated second at 16 fps (4 latent frames)
 
 
-def setup(comfyui_dir: str, threads: int) -> None:
-    """ComfyUI and scripts/ importable; CPU, PyTorch SDPA attention (as a GPU attends; benchmarks/long_run.py)."""
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != str(REPO_ROOT)]
-    sys.path.insert(0, os.path.abspath(comfyui_dir))
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+def setup(comfyui_dir: str | None, threads: int) -> None:
+    """ComfyUI (:func:`framememory.headless.comfy_import.import_comfyui`: CPU, PyTorch SDPA attention, as a GPU
+    attends; benchmarks/long_run.py) and scripts/ importable, ``threads`` torch threads."""
     import torch
 
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    comfy.cli_args.args.use_pytorch_cross_attention = True
+    import_comfyui(comfyui_dir, cpu=True, sdpa=True)
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     torch.set_num_threads(threads)
 
 
@@ -100,7 +100,8 @@ def probe(lab_dir: str, clips: list[str], history_frames: int, arms: list[str], 
     from revisit_eval import prompt_for
     from scores import reference_frames, score
 
-    from framememory.training.lab import ALL_FILES, MODE_SET, load_lab_model
+    from framememory.training.lab import load_lab_model
+    from framememory.training.lab_recipe import ALL_FILES, MODE_SET
 
     have = [a for a in arms if a not in MODE_SET or (Path(lab_dir) / ALL_FILES[MODE_SET[a][1]]).is_file()]
     per_clip, t0 = {}, time.perf_counter()
@@ -146,33 +147,47 @@ def vae_streams(vae_file: str, clips: list[str], lengths: list[int]) -> dict:
         return {k: reconstruction_metrics(vae, {n: torch.from_numpy(f[:k]) for n, f in frames.items()}) for k in lengths}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lab-dir", default=str(REPO_ROOT / "lab_model"))
-    ap.add_argument("--clips", nargs="+", default=["carphone_pristine.mp4", "tree.avi"],
-                    help="held-out static-camera clips (default carphone_pristine.mp4 tree.avi)")
-    ap.add_argument("--history-frames", type=int, default=45, help="history frames, 13 + 16k (default 45 = 2.8 s)")
-    ap.add_argument("--modes", nargs="+", default=list(ARMS), choices=ARMS)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--steps", type=int, default=12, help="sampling steps (the main job's 12)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="result JSON (default <lab-dir>/probe_first_second.json)")
-    ap.add_argument("--vae-streams", default=None, metavar="VAE_FILE",
-                    help="instead: reconstruction PSNR of this VAE file on the first 1/5/9/17/... frames of --clips")
-    ap.add_argument("--lengths", nargs="+", type=int, default=[1, 5, 9, 17, 49])
-    ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or str(REPO_ROOT / ".cache" / "ComfyUI"))
-    a = ap.parse_args(argv)
+@dataclass(frozen=True)
+class Args:
+    """The lab recipe's check of its DiT: the first generated second after a static-camera held-out history."""
+
+    lab_dir: str = str(REPO_ROOT / "lab_model")
+    """lab set folder"""
+    clips: tuple[str, ...] = ("carphone_pristine.mp4", "tree.avi")
+    """held-out static-camera clips"""
+    history_frames: int = 45
+    """history frames, 13 + 16k (45 = 2.8 s)"""
+    modes: tuple[Literal[ARMS], ...] = ARMS  # type: ignore[valid-type]
+    """the arms to run (those the lab set has files for)"""
+    seeds: tuple[int, ...] = (0, 1)
+    """sampling seeds"""
+    steps: int = 12
+    """sampling steps (the main job's 12)"""
+    threads: int = 2
+    """torch CPU threads"""
+    out: Optional[str] = None
+    """result JSON (default <lab-dir>/probe_first_second.json)"""
+    vae_streams: Optional[str] = None
+    """instead: reconstruction PSNR of this VAE file on the first 1/5/9/17/... frames of --clips"""
+    lengths: tuple[int, ...] = (1, 5, 9, 17, 49)
+    """stream lengths (frames, 4k+1) of --vae-streams"""
+    comfyui_dir: Optional[str] = None
+    """ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = tyro.cli(Args, args=argv, description=__doc__.split("\n")[0])
     if (a.history_frames - 13) % 16 or a.history_frames < 13:
         raise SystemExit(f"--history-frames must be 13 + 16k (whole segments of the VAE stream), got {a.history_frames}")
     setup(a.comfyui_dir, a.threads)
     if a.vae_streams:
-        res = vae_streams(a.vae_streams, a.clips, a.lengths)
+        res = vae_streams(a.vae_streams, list(a.clips), list(a.lengths))
         for k, v in res.items():
             print(f"{k:4d} frames: PSNR {v['psnr_db']:.2f} dB SSIM {v['ssim']:.3f} {v['per_clip']}")
         if a.out:
             Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
         return 0
-    res = probe(a.lab_dir, a.clips, a.history_frames, a.modes, a.seeds, a.steps)
+    res = probe(a.lab_dir, list(a.clips), a.history_frames, list(a.modes), list(a.seeds), a.steps)
     print(f"{'row':28s} {'PSNR':>7s} {'SSIM':>6s} {'thumb PSNR':>10s}")
     for k, v in res["mean"].items():
         print(f"{k:28s} {v['psnr_db']:7.2f} {v['ssim']:6.3f} {v.get('thumb_psnr_db', float('nan')):10.2f}")

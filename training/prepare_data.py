@@ -17,18 +17,14 @@ shards are skipped. Captions: ``<video>.json`` sidecars ``{"shots": [{"start_s",
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sys
+from dataclasses import dataclass
+from typing import Literal, Optional
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import tyro
 
-
-def _drop_repo_root_from_path() -> None:
-    """`python training/prepare_data.py` puts training/ first on sys.path (harmless); drop the repo root if present."""
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != REPO_ROOT]
-
+from framememory.headless.comfy_import import import_comfyui
 
 CLIP_TYPES = ("wan", "hunyuan_video")
 
@@ -69,44 +65,55 @@ def build_encoders(vae_path: str, text_encoder, stand_in_text: bool, clip_type: 
     return encode_video, encode_text
 
 
+@dataclass(frozen=True)
+class Args:
+    """Precompute latents and text conditions of a video folder into safetensors shards."""
+
+    input_dir: tyro.conf.Positional[str]
+    """folder of videos (mp4/avi/mov/mkv/webm via PyAV, animated webp/gif via Pillow)"""
+    out: str
+    """output folder of shards and manifest.json"""
+    vae: str
+    """VAE safetensors file (e.g. wan_2.1_vae.safetensors)"""
+    text_encoder: Optional[tuple[str, ...]] = None
+    """ComfyUI text encoder file(s), loaded with --clip-type (Wan: umt5-xxl; HunyuanVideo: clip_l and llava_llama3);
+    or --stand-in-text"""
+    stand_in_text: bool = False
+    """the pack's weightless demo text encoder (instead of --text-encoder)"""
+    clip_type: Literal[CLIP_TYPES] = "wan"  # type: ignore[valid-type]
+    """text encoder type: wan or hunyuan_video (also stores the pooled CLIP-L embedding)"""
+    width: int = 832
+    """frame width, multiple of 16"""
+    height: int = 480
+    """frame height, multiple of 16"""
+    fps: float = 16.0
+    """resample videos to this frame rate"""
+    frames: int = 81
+    """video frames per chunk, 4k+1"""
+    stride: int = 0
+    """frames between chunk starts (0: --frames)"""
+    max_chunks: int = 0
+    """chunks per video at most (0: all)"""
+    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    """storage dtype of latents and text conditions"""
+    lr_rates: tuple[str, ...] = ("4x4x2",)
+    """rates HxWxT whose LR-branch latents the shards carry (the history encoder's rate)"""
+    default_prompt: str = ""
+    """prompt for videos without captions"""
+    comfyui_dir: Optional[str] = None
+    """ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)"""
+    cpu: bool = False
+    """run ComfyUI on the CPU"""
+    no_progress: bool = False
+    """no progress bar"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("input_dir", help="folder of videos (mp4/avi/mov/mkv/webm via PyAV, animated webp/gif via Pillow)")
-    ap.add_argument("--out", required=True, help="output folder of shards and manifest.json")
-    ap.add_argument("--vae", required=True, help="VAE safetensors file (e.g. wan_2.1_vae.safetensors)")
-    text = ap.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text-encoder", nargs="+", help="ComfyUI text encoder file(s), loaded with --clip-type "
-                      "(Wan: umt5-xxl; HunyuanVideo: clip_l and llava_llama3)")
-    text.add_argument("--stand-in-text", action="store_true", help="the pack's weightless demo text encoder")
-    ap.add_argument("--clip-type", default="wan", choices=CLIP_TYPES,
-                    help="text encoder type: wan (default) or hunyuan_video (also stores the pooled CLIP-L embedding)")
-    ap.add_argument("--width", type=int, default=832, help="frame width, multiple of 16 (default 832)")
-    ap.add_argument("--height", type=int, default=480, help="frame height, multiple of 16 (default 480)")
-    ap.add_argument("--fps", type=float, default=16.0, help="resample videos to this frame rate (default 16)")
-    ap.add_argument("--frames", type=int, default=81, help="video frames per chunk, 4k+1 (default 81)")
-    ap.add_argument("--stride", type=int, default=0, help="frames between chunk starts (default: --frames)")
-    ap.add_argument("--max-chunks", type=int, default=0, help="chunks per video at most (default: all)")
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"],
-                    help="storage dtype of latents and text conditions (default bfloat16)")
-    ap.add_argument("--lr-rates", nargs="+", default=["4x4x2"],
-                    help="rates HxWxT whose LR-branch latents the shards carry (the history encoder's rate; "
-                         "default 4x4x2)")
-    ap.add_argument("--default-prompt", default="", help="prompt for videos without captions (default: empty)")
-    ap.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR") or os.path.join(REPO_ROOT, ".cache", "ComfyUI"),
-                    help="ComfyUI source folder (default: $COMFYUI_DIR, else .cache/ComfyUI)")
-    ap.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = ap.parse_args(argv)
+    args = tyro.cli(Args, args=argv, description=__doc__.split("\n")[0], config=(tyro.conf.FlagCreatePairsOff,))
+    if bool(args.text_encoder) == args.stand_in_text:
+        raise SystemExit("one of --text-encoder and --stand-in-text is required (not both)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    _drop_repo_root_from_path()
-    if not os.path.isdir(os.path.join(args.comfyui_dir, "comfy")):
-        ap.error(f"no ComfyUI at {args.comfyui_dir} (set --comfyui-dir or COMFYUI_DIR)")
-    sys.path.insert(0, os.path.abspath(args.comfyui_dir))
-    import comfy.cli_args
-
-    if args.cpu:
-        comfy.cli_args.args.cpu = True
+    import_comfyui(args.comfyui_dir, cpu=args.cpu)
     from framememory.training.data import ClipSettings, prepare_dataset
 
     try:
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                            stride=args.stride, max_chunks=args.max_chunks, dtype=args.dtype,
                            default_prompt=args.default_prompt, lr_rates=tuple(args.lr_rates))
     except ValueError as e:
-        ap.error(str(e))
+        raise SystemExit(str(e)) from None
     encode_video, encode_text = build_encoders(args.vae, args.text_encoder, args.stand_in_text, args.clip_type)
     manifest = prepare_dataset(args.input_dir, args.out, cfg, encode_video, encode_text, progress=not args.no_progress)
     run = manifest["run"]

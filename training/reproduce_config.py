@@ -1,5 +1,6 @@
 """Settings of the small-scale reproduction (training/reproduce.py): run sizes (:class:`Preset`, :data:`PRESETS`), the
-Stage I variants and the paper's v1 numbers, the cache folder and the log line."""
+Stage I variants and the paper's v1 numbers, the cache folder, the log line and where windows of a clip start (both
+VAEs cut clips with :func:`windows`)."""
 from __future__ import annotations
 
 import time
@@ -87,3 +88,12 @@ PAPER_V1 = {  # arXiv 2512.23851 v1 frame retrieval (PSNR, SSIM, LPIPS), Wan 2.1
 def log(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+
+def windows(n: int, length: int, stride: int, limit: int = 0) -> list[int]:
+    """Start indices of windows of ``length`` in ``n`` frames every ``stride``; with ``limit``, at most that many,
+    evenly spread."""
+    starts = list(range(0, n - length + 1, stride))
+    if limit and len(starts) > limit:
+        idx = [round(i * (len(starts) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [len(starts) // 2]
+        starts = [starts[i] for i in idx]
+    return starts

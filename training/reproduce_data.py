@@ -9,23 +9,13 @@ import time
 from pathlib import Path
 
 from .media import HELDOUT_CLIPS, TRAIN_CLIPS, cached_frames, fetch_media
-from .reproduce_config import CACHE_DIR, Preset, log
+from .reproduce_config import CACHE_DIR, Preset, log, windows
 
 
 def load_clip(path: Path, p: Preset):
     """Frames of one video, sampled at ``p.fps / 4``, covering ``p.width x p.height``, at most ``p.max_seconds``:
     uint8 tensor ``[F, H, W, 3]`` (:func:`cached_frames`, cached in ``.cache/reproduction/frames/``)."""
     return cached_frames(path, p.width, p.height, p.fps / 4, p.max_seconds, CACHE_DIR / "frames")
-
-
-def windows(n: int, length: int, stride: int, limit: int = 0) -> list[int]:
-    """Start indices of windows of ``length`` in ``n`` frames every ``stride``; with ``limit``, at most that many,
-    evenly spread."""
-    starts = list(range(0, n - length + 1, stride))
-    if limit and len(starts) > limit:
-        idx = [round(i * (len(starts) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [len(starts) // 2]
-        starts = [starts[i] for i in idx]
-    return starts
 
 
 class WindowDataset:

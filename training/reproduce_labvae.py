@@ -208,7 +208,7 @@ def encode_heldout(vae: LabVideoVAE, clips: list[torch.Tensor], length: int, lim
     every ``4 * length`` frames, at most ``limit`` per clip evenly spread): dicts with ``"latent"`` ``[C, T, h, w]``,
     ``"context"``, ``"frames"`` float 0..1 ``[F, H, W, 3]`` and ``"lr_latents"`` ``{rate: [C, Tm, h', w']}`` of the
     first ``lr_latent_frames`` latent frames (default all; the history part of a (history, segment) window)."""
-    from .reproduce_data import windows
+    from .reproduce_config import windows
 
     n, items = stream_frames(length), []
     for c in clips:
