@@ -263,7 +263,7 @@ def fla_check(size_name: str, dry: bool) -> dict:
     absolute and relative differences, seconds per call (fla's first call compiles: reported apart)."""
     import torch
 
-    from framememory.memory import state_memory as sm
+    from framememory.memory.designs import video_ssm as sm
 
     dims, cuda = FLA_SIZES[size_name], not dry
     device = "cuda" if cuda else "cpu"

@@ -155,7 +155,7 @@ def encoder_files(size: dict, folder: str) -> dict:
     from framememory.memory.config import EncoderConfig
     from framememory.memory.encoder import HistoryEncoder
     from framememory.memory.io import save_encoder
-    from framememory.memory.state_memory import StateMemory
+    from framememory.memory.designs.video_ssm import StateMemory
     from framememory.models.encoding import MemoryEncoder
     from framememory.models.memory_modes import SSM_DEFAULTS
 

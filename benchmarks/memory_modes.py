@@ -116,7 +116,7 @@ def context_count(mode: str, cfg, frames: int, ht: int, wt: int, dim: int) -> di
     resolved mode config: ``tokens`` attended (PackForcing: after top-K), ``carried`` (in the conds, before
     selection), ``state_floats`` (VideoSSM), ``cost`` = tokens + state floats / ``dim`` (token-equivalents)."""
     from framememory.memory.grid import memory_grid
-    from framememory.memory.packing import partition_frames
+    from framememory.memory.designs.context import partition_frames
 
     per_frame = ht * wt
     rt = cfg.patch_size[0] * cfg.rate[2]

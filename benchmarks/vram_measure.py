@@ -356,7 +356,7 @@ def mode_config(spec: dict, mode: str):
 
 def mode_layout(spec: dict, seconds: int, mode: str) -> dict:
     """The memory conds of ``mode`` after ``seconds`` of history, as plain lists (computed outside the fake mode with
-    ``memory.packing``'s own functions, ``memory_inputs``' order sink, mid, recent): ``positions2`` ``[M, 3]`` (twice
+    ``memory.designs.pack_forcing``'s own functions, ``memory_inputs``' order sink, mid, recent): ``positions2`` ``[M, 3]`` (twice
     the RoPE positions), ``blocks`` ``[M]`` (PackForcing's labels, else None), ``pack`` ``(top_k, rt, S, R)``,
     ``carried`` M (tokens in the conds) and ``attended`` M' (after PackForcing's top-K, ``repack_positions``)."""
     import torch
@@ -422,7 +422,7 @@ class fake_constants:
 
 
 def build_state_memory(spec: dict):
-    """VideoSSM's :class:`~memory.state_memory.StateMemory` for ``spec`` as ``MemoryEncoder.network`` builds it from a
+    """VideoSSM's :class:`~memory.designs.video_ssm.StateMemory` for ``spec`` as ``MemoryEncoder.network`` builds it from a
     video_ssm file (``comfy.ops.manual_cast``; float32 parameters, whatever the file's dtype): ``absorb_proj``
     ``D x L*H*(dk + dv + 2)``, per block ``read_proj`` ``D x (H*dk + H)`` and ``out`` ``D x D``. Build it under a fake
     mode for real size."""

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 FAMILIES = ("wan21", "wan22", "hunyuan_video")
 MEMORY_TIMESTEPS = ("zero", "shared")  # see EncoderConfig.memory_timestep and models/families/
-# The memory designs an encoder file can hold (EncoderConfig.memory_type); models/memory_modes.py runs them.
+# The memory designs an encoder file can hold (EncoderConfig.memory_type), one module each in memory/designs/:
 # "frame_preservation": arXiv 2512.23851 (all compressed history tokens); "pack_forcing": sink + top-K compressed mid
 # blocks + recent frames with RoPE re-packing (Mao et al., PackForcing); "video_ssm": sink + recent frames + a gated
-# delta-rule state per DiT block (arXiv 2512.04519).
+# delta-rule state per DiT block (arXiv 2512.04519). Their settings are fields of EncoderConfig (the file's JSON).
 MEMORY_TYPES = ("frame_preservation", "pack_forcing", "video_ssm")
 
 

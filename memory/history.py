@@ -120,7 +120,7 @@ class HistoryBuffer:
         self.segments: list[HistorySegment] = list(segments or [])
         self.lr_streams: dict = {k: v.copy() for k, v in (lr_streams or {}).items()}
         self._concat: dict[PartKey, _Concat] = {}  # per key: concatenation cache of the encoded segments
-        # VideoSSM (models/memory_modes.py): per expert, (latent frames absorbed, state [1, L, H, dv, dk]); immutable
+        # VideoSSM (memory/designs/video_ssm.py, models/memory_modes.py): per expert, (latent frames absorbed, state [1, L, H, dv, dk]); immutable
         # tensors, shared by copies (absorbing more makes a new tensor)
         self.states: dict = {}
         # colour statistics of every frame appended so far (models/colour_match.py: per Lab channel pixel count, sum,

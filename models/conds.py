@@ -22,12 +22,14 @@ import torch
 
 import comfy.conds
 
+from ..memory.designs.pack_forcing import attended_tokens
+
 TOKENS_KEY = "memory_tokens"
 POSITIONS_KEY = "memory_positions2"
 HIDDEN_KEY = "memory_hidden"
-BLOCKS_KEY = "memory_blocks"  # PackForcing: [B, M] int64 partition labels (memory/packing.py)
+BLOCKS_KEY = "memory_blocks"  # PackForcing: [B, M] int64 partition labels (memory/designs/pack_forcing.py)
 PACK_KEY = "memory_pack"  # PackForcing: [B, 4] int64 (top_k, rt, sink frames S, recent frames R)
-STATE_KEY = "memory_state"  # VideoSSM: [B, L, H, dv, dk] float, the state of every DiT block (memory/state_memory.py)
+STATE_KEY = "memory_state"  # VideoSSM: [B, L, H, dv, dk] float, the state of every DiT block (memory/designs/video_ssm.py)
 PLAN_KEY = "memory_attended"  # [B, M', 0] empty: memory tokens attended per forward, counted by ComfyUI's estimate
 EXTRA_KEYS = (BLOCKS_KEY, PACK_KEY, STATE_KEY)
 MEMORY_KEYS = (TOKENS_KEY, POSITIONS_KEY, HIDDEN_KEY, PLAN_KEY, *EXTRA_KEYS)  # every model cond this pack adds
@@ -69,19 +71,6 @@ def attach_memory(conditioning: list, tokens: torch.Tensor | None, positions: to
         extra["model_conds"] = mc
         out.append([cond, extra])
     return out
-
-
-def attended_tokens(count: int, blocks: torch.Tensor | None, pack: torch.Tensor | None) -> int:
-    """Memory tokens one forward attends to, of ``count`` carried: all of them, except in PackForcing (``blocks`` ``[M]``
-    int64 labels, -1 outside the mid blocks; ``pack`` ``[4]`` with ``top_k`` first), where the sink, the recent window
-    and the ``top_k`` largest mid blocks count (blocks of one rate have equal sizes, so the bound is exact)."""
-    if blocks is None or pack is None:
-        return count
-    top_k = int(pack[0])
-    mid = blocks[blocks >= 0]
-    sizes = torch.bincount(mid).sort(descending=True).values if mid.numel() else mid
-    kept = sizes if top_k <= 0 else sizes[:top_k]
-    return int((blocks < 0).sum()) + int(kept.sum())
 
 
 def pop_memory(kwargs: dict, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:

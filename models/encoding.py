@@ -36,7 +36,7 @@ from ..memory.encoder import HistoryEncoder, lr_clip, overlap_window
 from ..memory.grid import memory_positions
 from ..memory.history import HistoryBuffer, PartKey
 from ..memory.io import load_encoder_file
-from ..memory.state_memory import StateMemory
+from ..memory.designs.video_ssm import StateMemory
 from . import families
 from .vae_stream import VideoStream
 
@@ -112,7 +112,7 @@ class MemoryEncoder:
 
     def network(self, model) -> tuple[HistoryEncoder | StateMemory, object | None]:
         """``(net, patcher)``: the Fig. 2 encoder for ``model`` (for a video_ssm file: its
-        :class:`~memory.state_memory.StateMemory`) and its model patcher (CoreModelPatcher when present), built once per
+        :class:`~memory.designs.video_ssm.StateMemory`) and its model patcher (CoreModelPatcher when present), built once per
         width; ``patcher`` is None for an encoder without weights (LR branch only)."""
         cfg = self.check(model)
         if cfg.dim not in self._patchers:

@@ -1,19 +1,13 @@
-"""The memory modes of the Storyboard and Apply Memory: what a segment attends to, per mode.
+"""The memory modes of the Storyboard and Apply Memory at inference: what a segment attends to, per mode.
 
-=====================  ===============================================================================================
-``frame_preservation``  arXiv 2512.23851: every compressed history token (Fig. 2 encoder), plus its add-ons.
-``pack_forcing``        PackForcing (Mao et al.): sink + top-K compressed mid blocks + recent frames, RoPE re-packed
-                        per forward (:mod:`memory.packing`); the compressor is our Fig. 2 encoder.
-``video_ssm``           VideoSSM (arXiv 2512.04519): sink + recent frames uncompressed (local memory) and a gated
-                        delta-rule state per DiT block that absorbs the frames leaving the window (global memory,
-                        :mod:`memory.state_memory`), read out by the video tokens through a position-aware router.
-``sliding_window``      the last :data:`SLIDING_WINDOW_FRAMES` latent frames uncompressed, nothing else (the baseline).
-``off``                 no memory.
-=====================  ===============================================================================================
+Each mode is a memory design (:mod:`memory.designs`, one module per design, looked up by mode name): its
+``encoder_config`` resolves the encoder file's settings (:func:`mode_config`), its ``context`` builds what the segment
+attends to from a :class:`memory.designs.HistoryView` of the :class:`memory.history.HistoryBuffer`
+(:func:`memory_inputs`); Stage II training builds the same context from its batch (``training/stages.py``).
 
 The settings of PackForcing / VideoSSM come from the encoder file (``EncoderConfig.memory_type`` and its fields); an
-encoder made for another design runs them with :data:`PACK_DEFAULTS` / :data:`SSM_DEFAULTS` where that is possible
-(:func:`mode_config`). The memory reaches the model as conds (``models/conds.py``) so the stock KSampler path works.
+encoder made for another design runs them with :data:`PACK_DEFAULTS` / :data:`SSM_DEFAULTS` where that is possible.
+The memory reaches the model as conds (``models/conds.py``) so the stock KSampler path works.
 """
 from __future__ import annotations
 
@@ -24,22 +18,20 @@ import torch
 
 import comfy.model_management
 
-from ..memory import packing
+from ..memory import designs
 from ..memory.config import EncoderConfig
+from ..memory.designs import ENCODED_MODES, MEMORY_MODES, Context, HistoryView, pack_forcing, video_ssm
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
-from .conds import BLOCKS_KEY, PACK_KEY, STATE_KEY, attended_tokens
+from .conds import BLOCKS_KEY, PACK_KEY, STATE_KEY
 from .cross_attention import memory_hidden
-from .encoding import next_memory
 from .memory_plan import load_for_absorb
 
-MEMORY_MODES = ("frame_preservation", "pack_forcing", "video_ssm", "sliding_window", "off")
-ENCODED_MODES = ("frame_preservation", "pack_forcing")  # modes that need the Fig. 2 encoder's tokens
-SLIDING_WINDOW_FRAMES = 3
-ABSORB_FRAMES = 1  # VideoSSM: latent frames absorbed per call (absorbing in parts equals absorbing at once)  # arXiv 2512.23851's sliding-window baseline: 3 latent frames
-# PackForcing paper: sink 8 frames (2 Wan latent frames), recent 4 (we take 2 latent frames = 8 frames), top-K 16
-PACK_DEFAULTS = {"sink_latent_frames": 2, "overlap_latent_frames": 2, "top_k": 16}
-SSM_DEFAULTS = {"sink_latent_frames": 1, "overlap_latent_frames": 3}
+SLIDING_WINDOW_FRAMES = designs.sliding_window.SlidingWindowConfig().latent_frames  # the baseline: 3 latent frames
+ABSORB_FRAMES = 1  # VideoSSM: latent frames absorbed per call (absorbing in parts equals absorbing at once)
+PACK_DEFAULTS = pack_forcing.DEFAULTS  # PackForcing paper: sink 8 frames (2 latent), recent 4 (we take 2 latent), top-K 16
+SSM_DEFAULTS = video_ssm.DEFAULTS  # VideoSSM: sink 1 latent frame, recent 3
+_CONTEXT_KEYS = {"blocks": BLOCKS_KEY, "pack": PACK_KEY, "state": STATE_KEY}  # Context field -> model cond key
 
 
 @dataclass
@@ -62,43 +54,31 @@ class MemoryInputs:
         """Memory tokens each forward attends to: :attr:`count`, except in PackForcing, where only the sink, the
         recent window and the kept mid blocks count (the per-forward top-K keeps ``top_k`` blocks;
         blocks of one rate have equal sizes, so the bound is exact)."""
-        return attended_tokens(self.count, self.extra.get(BLOCKS_KEY), self.extra.get(PACK_KEY))
+        return pack_forcing.attended_tokens(self.count, self.extra.get(BLOCKS_KEY), self.extra.get(PACK_KEY))
 
 
 def check_mode(mode: str) -> str:
     """Return ``mode``; raise ValueError unless it is one of :data:`MEMORY_MODES`."""
-    if mode not in MEMORY_MODES:
-        raise ValueError(f"memory_mode must be one of {list(MEMORY_MODES)}, got {mode!r}")
+    designs.design(mode)
     return mode
 
 
 def mode_config(encoder, model, mode: str) -> EncoderConfig:
-    """The encoder's config resolved for ``model`` (:meth:`MemoryEncoder.check`) and ``mode``.
+    """The encoder's config resolved for ``model`` (:meth:`MemoryEncoder.check`) and ``mode`` (the design's
+    ``encoder_config``).
 
     Raises:
-        ValueError: ``mode`` unknown; a combination of encoders outside frame_preservation; a VideoSSM file in a mode
-        that needs a compressor; a weighted non-VideoSSM file in mode video_ssm (it has no state modules).
+        ValueError: ``mode`` unknown; a combination of encoders in a design that takes one; a family without the
+        design's hooks (``families.check_memory_mode``); a VideoSSM file in a mode that needs a compressor; a weighted non-VideoSSM file in mode
+        video_ssm (it has no state modules).
     """
-    check_mode(mode)
+    design = designs.design(mode)
     parts = encoder.parts
-    if len(parts) > 1 and mode in ("pack_forcing", "video_ssm"):
+    if len(parts) > 1 and design.SINGLE_ENCODER:
         raise ValueError(f"memory_mode {mode} takes one encoder, not a combination ({encoder.name})")
     cfg = parts[0].check(model)
     families.check_memory_mode(cfg.family, mode)  # the family's hooks (its MEMORY_MODES)
-    if mode in ENCODED_MODES and cfg.memory_type == "video_ssm":
-        raise ValueError(f"memory encoder '{encoder.name}' is a VideoSSM state memory (no compressor): set memory_mode "
-                         f"to video_ssm, or load a frame_preservation / pack_forcing encoder for {mode}")
-    if mode == "pack_forcing" and cfg.memory_type != "pack_forcing":
-        return dataclasses.replace(cfg, memory_type="pack_forcing", **PACK_DEFAULTS)
-    if mode == "video_ssm" and cfg.memory_type != "video_ssm":
-        if parts[0].state_dict is not None:
-            raise ValueError(f"memory encoder '{encoder.name}' is a {cfg.memory_type} encoder with no VideoSSM state "
-                             "modules: load a video_ssm file (e.g. framememory_lab_wan21_videossm.safetensors) or the "
-                             "untrained encoder (local window only)")
-        return dataclasses.replace(cfg, memory_type="video_ssm", ssm_heads=0, **SSM_DEFAULTS)
-    if mode == "sliding_window":
-        return dataclasses.replace(cfg, overlap_latent_frames=SLIDING_WINDOW_FRAMES)
-    return cfg
+    return design.encoder_config(cfg, encoder.name, parts[0].state_dict is not None)
 
 
 def latent_range(model, history: HistoryBuffer):
@@ -115,42 +95,48 @@ def _embed(model):
     return lambda z: families.patch_embed(model, z)
 
 
+def history_view(model, encoder, history: HistoryBuffer, expert: int) -> HistoryView:
+    """:class:`memory.designs.HistoryView` of ``history`` for the ``expert``-th DiT ``model``: the cached Fig. 2 tokens
+    of every encoder part (``[1, M, D]``, concatenated in order), the cross-attention add-on's hidden states and
+    VideoSSM's cached, incrementally absorbed state (:func:`absorbed_state`)."""
+
+    def compressed():
+        parts = [history.memory(key=PartKey(i, expert)) for i in range(len(encoder.parts))]
+        parts = [p for p in parts if p[0] is not None]  # a slow encoder (e.g. 2x2x8) may have nothing yet
+        if not parts:
+            return None, None
+        tokens, positions = parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts))  # one: the cache view
+        return tokens[None], positions
+
+    def absorb(start: int, end: int):
+        net = encoder.parts[0].state_network(model)  # None without trained state modules: local window only
+        if net is None:
+            return None
+        return absorbed_state(model, net, history, expert, start, end, encoder.parts[0].patcher(model))
+
+    return HistoryView(history.latent_frames, _embed(model), latent_range(model, history), compressed,
+                       lambda: memory_hidden(model, encoder, history), absorb)
+
+
 def memory_inputs(model, encoder, history: HistoryBuffer, expert: int, mode: str) -> MemoryInputs:
-    """What the segment after ``history`` attends to in ``mode`` (module docstring); ``model`` is the ``expert``-th
-    DiT of the schedule. Empty for mode "off" or an empty history. Raises like :func:`mode_config`."""
+    """What the segment after ``history`` attends to in ``mode`` (the design's ``context``); ``model`` is the
+    ``expert``-th DiT of the schedule. Empty for an empty history. Raises like :func:`mode_config`."""
     cfg = mode_config(encoder, model, mode)
-    frames = history.latent_frames
-    if mode == "off" or frames == 0:
+    if history.latent_frames == 0:
         return MemoryInputs()
-    if mode == "frame_preservation":
-        tokens, positions = next_memory(model, encoder, history, expert)
-        return MemoryInputs(tokens, positions, memory_hidden(model, encoder, history))
-    if mode == "sliding_window":
-        r = min(frames, cfg.overlap_latent_frames)
-        window = packing.uncompressed(_embed(model), latent_range(model, history)(frames - r, frames), -float(r), cfg)
-        return MemoryInputs(window[0][0], window[1].float())
-    if mode == "pack_forcing":
-        compressed = history.memory(key=PartKey(0, expert))
-        tokens, positions, blocks, pack = packing.pack_inputs(_embed(model), latent_range(model, history), frames,
-                                                              compressed, cfg)
-        return MemoryInputs(tokens[0] if tokens.ndim == 3 else tokens, positions.float(), None,
-                            {BLOCKS_KEY: blocks, PACK_KEY: pack})
-    return ssm_inputs(model, encoder, history, expert, cfg)
+    design = designs.design(mode)
+    cfgs = [cfg] + ([p.check(model) for p in encoder.parts[1:]] if design.ENCODED else [])  # a combination's parts
+    return _inputs(design.context(history_view(model, encoder, history, expert), design.config(cfgs)))
 
 
-def ssm_inputs(model, encoder, history: HistoryBuffer, expert: int, cfg: EncoderConfig) -> MemoryInputs:
-    """VideoSSM's local memory (sink + recent, uncompressed) and, with trained state modules, the state of every
-    block after absorbing the frames between sink and window (incrementally: the history caches the state per expert
-    and absorbs only frames that left the window since)."""
-    frames = history.latent_frames
-    sink, recent, s, r = packing.local_context(_embed(model), latent_range(model, history), frames, cfg)
-    tokens, positions, _ = packing.assemble(sink, None, recent)
-    extra = {PACK_KEY: torch.tensor([0, 1, s, r], dtype=torch.long)}
-    net = encoder.parts[0].state_network(model)  # None without trained state modules: local window only
-    if net is not None:
-        patcher = encoder.parts[0].patcher(model)
-        extra[STATE_KEY] = absorbed_state(model, net, history, expert, s, frames - r, patcher)[0]
-    return MemoryInputs(tokens[0], positions.float(), None, extra)
+def _inputs(context: Context) -> MemoryInputs:
+    """A design's context of batch 1 as :class:`MemoryInputs` (positions float32, extras by cond key)."""
+    tokens = context.tokens
+    if tokens is not None and tokens.ndim == 3:
+        tokens = tokens[0]
+    positions = None if context.positions is None else context.positions.float()
+    extra = {_CONTEXT_KEYS[k]: v[0] if k == "state" else v for k, v in context.extras().items()}
+    return MemoryInputs(tokens, positions, context.hidden, extra)
 
 
 def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, end: int,
@@ -178,4 +164,4 @@ def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, 
 
 
 __all__ = ["MEMORY_MODES", "ENCODED_MODES", "SLIDING_WINDOW_FRAMES", "PACK_DEFAULTS", "SSM_DEFAULTS", "MemoryInputs",
-           "check_mode", "mode_config", "latent_range", "memory_inputs", "ssm_inputs", "absorbed_state"]
+           "check_mode", "mode_config", "latent_range", "history_view", "memory_inputs", "absorbed_state"]

@@ -31,7 +31,7 @@ import math
 
 from .conds import PATCH_KEY, PLAN_KEY
 
-ABSORB_CHUNK = 64  # memory.state_memory.gated_delta_rule's torch chunk (a remainder chunk is padded)
+ABSORB_CHUNK = 64  # memory.designs.video_ssm.gated_delta_rule's torch chunk (a remainder chunk is padded)
 ABSORB_FACTOR = 6.5  # VideoSSM absorb peak / its padded float32 projection: 5.7-6.0 measured (fake tensors, real sizes)
 ABSORB_STATES = 6  # plus this many float32 states per block and head (the chunk loop's temporaries; small histories)
 

@@ -1,7 +1,7 @@
 """VideoSSM's global-memory read-out inside the DiT blocks (arXiv 2512.04519), shared by training and inference.
 
-The state of every block (``memory_state`` cond ``[B, L, H, dv, dk]``, :mod:`models.memory_modes`) travels with the
-conditioning; the read-out modules (:class:`memory.state_memory.StateMemory`, from a video_ssm encoder file) are handed
+The state of every block (``memory_state`` cond ``[B, L, H, dv, dk]``, :mod:`memory.designs.video_ssm`) travels with the
+conditioning; the read-out modules (:class:`memory.designs.video_ssm.StateMemory`, from a video_ssm encoder file) are handed
 to the block patches in ``transformer_options[STATE_MODULE_KEY]`` by :func:`install_state_readout` (as the
 cross-attention add-on's layers are). After block ``i``, the video tokens get ``StateMemory.read(i, ...)`` added:
 ``W_o (g * S q)`` with a position-aware router gate ``g``; ``W_o`` is zero-initialised, so an untrained module adds

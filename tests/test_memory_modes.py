@@ -1,5 +1,5 @@
 """The memory modes (models/memory_modes.py): PackForcing's partitions, top-K selection and RoPE re-packing
-(memory/packing.py), VideoSSM's local window + state (memory/state_memory.py), the sliding-window baseline; on real
+(memory/designs/pack_forcing.py), VideoSSM's local window + state (memory/designs/video_ssm.py), the sliding-window baseline; on real
 frames through the tiny Wan 2.1 models, in the Storyboard loop and through Apply Memory + the stock sampler."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ SHOTS = "0.8 | a cyclist\n0.8 | a car"  # 2 segments of 16 frames after the hist
 def _context(history: int, sink: int, recent: int, rt: int, per_frame: int = 2):
     """A PackForcing context of a ``history``-latent-frame history: sink / mid (compressed, one token per block) /
     recent tokens with their original positions."""
-    from framememory.memory import packing
+    from framememory.memory.designs import pack_forcing as packing
 
     t_sink = torch.arange(sink).double() - history
     sink_pos = torch.stack([t_sink.repeat_interleave(per_frame), torch.zeros(sink * per_frame),
@@ -34,7 +34,7 @@ def _context(history: int, sink: int, recent: int, rt: int, per_frame: int = 2):
 
 
 def test_repack_is_identity_when_nothing_is_dropped():
-    from framememory.memory import packing
+    from framememory.memory.designs import pack_forcing as packing
 
     _, pos, blocks = _context(history=14, sink=2, recent=2, rt=2)
     kept = torch.arange(int(blocks.max()) + 1)
@@ -47,7 +47,7 @@ def test_repack_closes_gaps_and_stays_in_the_trained_range():
     """60 s of history at K = 4: the context spans exactly S + K * rt + R latent frames, gap-free, ending at -1;
     the selected blocks keep their order and the recent window its positions (the reported 5-10 s jump with a
     RoPE range mismatch cannot happen)."""
-    from framememory.memory import packing
+    from framememory.memory.designs import pack_forcing as packing
 
     s, r, rt, k = 2, 2, 2, 4
     _, pos, blocks = _context(history=240, sink=s, recent=r, rt=rt)
@@ -72,7 +72,7 @@ def test_repack_closes_gaps_and_stays_in_the_trained_range():
 
 
 def test_top_k_follows_the_affinity():
-    from framememory.memory import packing
+    from framememory.memory.designs import pack_forcing as packing
 
     keys = torch.zeros(1, 6, 4)
     blocks = torch.tensor([-1, 0, 1, 2, 3, -2])
@@ -86,7 +86,7 @@ def test_top_k_follows_the_affinity():
 
 
 def test_mid_partition_excludes_sink_and_recent():
-    from framememory.memory import packing
+    from framememory.memory.designs import pack_forcing as packing
 
     pos = torch.tensor([[-7.5, 0, 0], [-5.5, 0, 0], [-3.5, 0, 0], [-1.5, 0, 0]], dtype=torch.float64)
     tokens = torch.arange(4.0)[:, None]
@@ -108,7 +108,7 @@ def _ssm_encoder(model, seed: int = 0, out_scale: float = 0.0):
     """A VideoSSM encoder for the tiny DiT with seeded random state modules (``out_scale`` 0: W_o zero, as
     untrained)."""
     from framememory.memory.config import EncoderConfig
-    from framememory.memory.state_memory import StateMemory
+    from framememory.memory.designs.video_ssm import StateMemory
     from framememory.models import families
     from framememory.models.encoding import MemoryEncoder
 

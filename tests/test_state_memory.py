@@ -1,4 +1,4 @@
-"""Tests of VideoSSM's global state memory (memory/state_memory.py, arXiv 2512.04519): the chunked gated delta rule
+"""Tests of VideoSSM's global state memory (memory/designs/video_ssm.py, arXiv 2512.04519): the chunked gated delta rule
 against the literal per-token loop, its closed forms (pure decay, exact recall), and StateMemory's absorb / read
 (continuation, zero-init output, gradients, init, comfy.ops.manual_cast)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from framememory.memory.config import EncoderConfig
-from framememory.memory.state_memory import StateMemory, gated_delta_rule, gated_delta_rule_reference
+from framememory.memory.designs.video_ssm import StateMemory, gated_delta_rule, gated_delta_rule_reference
 
 CFG = EncoderConfig(dim=32, dit_blocks=3, ssm_heads=2, ssm_key_dim=8, memory_type="video_ssm")  # dv = 16
 

@@ -69,7 +69,7 @@ def test_crop_stage2_puts_shot_a_in_the_history_and_the_segment_in_the_return():
 
 def test_sliding_window_memory_is_the_last_three_frames_at_negative_times(comfy):
     from framememory.demo.tiny_models import tiny_wan21_dit
-    from framememory.memory.packing import uncompressed
+    from framememory.memory.designs.context import uncompressed
     from framememory.training.baselines import SlidingWindow
     from framememory.training.dits import dit_family
     from framememory.training.stages import encode_history

@@ -121,11 +121,11 @@ class SlidingWindow(nn.Module):
     """The sliding-window baseline of arXiv 2512.23851 as a Stage II "encoder": no compressed memory, only the
     history's last ``frames`` latent frames as uncompressed tokens (the DiT's own first projection at rate 1x1x1, at
     times ``-frames .. -1``: :func:`memory.encoder.overlap_window`), exactly what memory mode ``sliding_window`` gives
-    a segment at inference (``models.memory_modes``, 3 latent frames). No weights: Stage II trains only a LoRA for it
-    (the lab set's ``framememory_lab_wan21_sliding_lora.safetensors``); :func:`training.export.export_encoder` writes
-    no encoder file for it. :func:`training.stages.encode_history` recognises it by ``window_only``."""
+    a segment at inference (:mod:`memory.designs.sliding_window`, 3 latent frames). No weights: Stage II trains only a
+    LoRA for it (the lab set's ``framememory_lab_wan21_sliding_lora.safetensors``); :func:`training.export.export_encoder`
+    writes no encoder file for it. :func:`training.stages.encode_history` runs the design named by ``memory_design``."""
 
-    window_only = True
+    memory_design = "sliding_window"
 
     def __init__(self, dim: int, frames: int = 3, family: str = "wan21") -> None:
         super().__init__()

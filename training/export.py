@@ -63,11 +63,11 @@ def save_lora(path: str, dm: torch.nn.Module, metadata: dict[str, str] | None = 
 
 
 def export_encoder(path: str, encoder: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> bool:
-    """Save a :class:`memory.encoder.HistoryEncoder` or a VideoSSM :class:`memory.state_memory.StateMemory`
+    """Save a :class:`memory.encoder.HistoryEncoder` or a VideoSSM :class:`memory.designs.video_ssm.StateMemory`
     (``state_dict``: its full state dict, default its own) with its config for Load Memory Encoder. Returns False
     (writes nothing) for encoders the nodes cannot load (baselines such as ``training.baselines.LargePatchifier``)."""
     from ..memory.encoder import HistoryEncoder
-    from ..memory.state_memory import StateMemory
+    from ..memory.designs.video_ssm import StateMemory
 
     if type(encoder) not in (HistoryEncoder, StateMemory):
         return False

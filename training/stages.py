@@ -65,14 +65,16 @@ block's ``linear1``, ``linear2``. ComfyUI's ``disable_weight_init.Linear`` / ``m
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from ..memory import packing
-from ..memory.encoder import HistoryEncoder, encoder_parts, overlap_window
+from ..memory import designs
+from ..memory.designs import HistoryView
+from ..memory.encoder import HistoryEncoder, encoder_parts
 from ..memory.grid import memory_positions
 from .dits import DEFAULT_GUIDANCE, HUNYUAN, WAN, dit_family
 
@@ -151,92 +153,109 @@ def lora_state_dict(dm: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def encode_history(dm, encoder, latent: torch.Tensor, t_start: float, lr_latent=None,
                    overlap: bool = False) -> SimpleNamespace:
-    """Memory of a history for training, through Fig. 2 (:class:`memory.encoder.HistoryEncoder`, a drop-in with the
-    same call such as ``training.baselines.LargePatchifier``, or an :class:`memory.encoder.EncoderSet`).
+    """Memory of a history for training: the context of the encoder's memory design (:mod:`memory.designs`, the
+    function inference runs), with Fig. 2 (:class:`memory.encoder.HistoryEncoder`, a drop-in with the same call such as
+    ``training.baselines.LargePatchifier``, or an :class:`memory.encoder.EncoderSet`) as the compressor.
+
+    The design: Frame Preservation (Stage I, ``overlap`` False: without the overlap window); in Stage II (``overlap``
+    True) the design of ``cfg.memory_type`` (PackForcing: sink + Fig. 2 tokens of the mid history + recent frames with
+    partition labels, the DiT's wrapper selects the top-K mid blocks and re-packs RoPE in the forward; VideoSSM, the
+    encoder a :class:`memory.designs.video_ssm.StateMemory`: sink + recent frames and the state after absorbing the
+    frames between them, differentiable); the sliding-window baseline for :class:`training.baselines.SlidingWindow`.
 
     Args:
-        latent: ``[B, C, T, h, w]`` model-space history. t_start: DiT time of its first latent frame.
+        latent: ``[B, C, T, h, w]`` model-space history. t_start: DiT time of its first latent frame (Stage II:
+            ``-T``; the windows of the other designs sit at ``-N .. -1`` whatever it is).
         lr_latent: ``[B, C, Tm, h', w']`` model-space LR latent (module docstring), required when the encoder has an
             LR branch; for an EncoderSet a list with one per part (None for parts without LR branch).
-        overlap: add the overlap-window add-on's uncompressed tokens (Stage II; the longest window of the parts).
+        overlap: Stage II (the overlap-window add-on's uncompressed tokens, the longest window of the parts, and the
+            encoder's own memory design).
     Returns:
         ``tokens [B, M, D]`` (the parts' tokens concatenated), ``positions2 [B, M, 3]`` int64 (twice the RoPE
         positions, as ``models/conds.py``), ``hidden [B, M_h, Ch]`` or None and ``cross`` (the cross-attention add-on's
-        hidden states and layers, from the part that has it), ``memory_t0`` (the timestep rule).
+        hidden states and layers, from the part that has it), ``memory_t0`` (the timestep rule), ``extra`` (the
+        design's conds by key, batched) and ``readout`` (the VideoSSM read-out modules, else None).
     Raises:
         ValueError: a part with an LR branch has no LR latent (prepare the shards with ``training/prepare_data.py``),
         or shapes off the memory grid.
     """
-    embed = lambda z: dit_family(dm).embed(dm, z)  # noqa: E731  the DiT's frozen first projection
-    parts = encoder_parts(encoder)
-    if overlap and parts[0].cfg.memory_type != "frame_preservation":  # Stage II of PackForcing / VideoSSM
-        return mode_history(dm, parts[0], latent, lr_latent)
-    if getattr(parts[0], "window_only", False):  # training.baselines.SlidingWindow: the last N frames, nothing else
-        n = min(parts[0].cfg.overlap_latent_frames, latent.shape[2])
-        window, wpos = overlap_window(embed, latent[:, :, -n:].float(), parts[0].cfg)  # times -n .. -1
-        pos2 = (wpos.double() * 2).round().long()[None].expand(latent.shape[0], -1, -1).to(latent.device)
-        return SimpleNamespace(tokens=window, positions2=pos2, hidden=None, cross=None, memory_t0=True, extra={},
-                               readout=None)
-    lrs = list(lr_latent) if isinstance(lr_latent, (list, tuple)) else [lr_latent]
-    if len(lrs) != len(parts):
-        raise ValueError(f"{len(parts)} encoders need {len(parts)} LR latents, got {len(lrs)}")
-    tokens, positions, hidden, cross = [], [], None, None
-    for part, lr in zip(parts, lrs):
-        cfg = part.cfg
-        if cfg.use_lr and lr is None:
-            raise ValueError(f"the encoder's LR branch needs the LR latent of the history (rate {cfg.rate_str}): shards "
-                             "from training/prepare_data.py carry it (--lr-rates), or pass an lr_fn")
-        t_i, h_i = part(latent.float(), lr, embed)
-        tokens.append(t_i)
-        positions.append(memory_positions(part.grid(latent), cfg, t_start=t_start, dtype=torch.float64))
-        if h_i is not None and (hidden is None or cfg.cross_attention):
-            hidden, cross = h_i, getattr(part, "cross", None)
-    tokens, pos = torch.cat(tokens, dim=1), torch.cat(positions, dim=0)
-    longest = max((p.cfg for p in parts), key=lambda c: c.overlap_latent_frames)
-    if overlap and longest.overlap_latent_frames:
-        window, wpos = overlap_window(embed, latent[:, :, -longest.overlap_latent_frames:].float(), longest)
-        tokens = torch.cat([tokens, window.to(tokens)], dim=1)
-        pos = torch.cat([pos, wpos.double() + t_start + latent.shape[2]], dim=0)
-    pos2 = (pos * 2).round().long()[None].expand(latent.shape[0], -1, -1).to(latent.device)
-    return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=hidden, cross=cross,
-                           memory_t0=parts[0].cfg.memory_timestep == "zero", extra={}, readout=None)
-
-
-def mode_history(dm, part, latent: torch.Tensor, lr_latent=None) -> SimpleNamespace:
-    """Stage II memory of a PackForcing or VideoSSM ``part`` (``cfg.memory_type``) for the clean history ``latent``
-    ``[B, C, T, h, w]`` (model space, times ``-T .. -1``), built by the functions inference uses
-    (:mod:`memory.packing`, :mod:`models.memory_modes`):
-
-    - pack_forcing: sink + the Fig. 2 tokens of the mid history + recent frames, with partition labels; the DiT's
-      wrapper selects the top-K mid blocks by affinity and re-packs RoPE in the forward, exactly as at inference.
-    - video_ssm (``part`` a :class:`memory.state_memory.StateMemory`): sink + recent frames uncompressed and the state
-      of every block after absorbing the frames between them (differentiable: the state modules learn).
-
-    Returns the namespace of :func:`encode_history` with ``extra`` (the modes' conds, batched) and ``readout`` (the
-    VideoSSM read-out modules, else None)."""
     from ..models.conds import BLOCKS_KEY, PACK_KEY, STATE_KEY
 
-    embed = lambda z: dit_family(dm).embed(dm, z)  # noqa: E731
-    cfg, (b, t) = part.cfg, latent.shape[:3:2]
-    latents = lambda lo, hi: latent[:, :, lo:hi].float() if hi > lo else None  # noqa: E731
-    if cfg.memory_type == "pack_forcing":
-        compressed, _ = part(latent.float(), lr_latent, embed)  # [B, M, D]
-        cpos = memory_positions(part.grid(latent), cfg, t_start=-float(t), dtype=torch.float64)
-        tokens, pos, blocks, pack = packing.pack_inputs(embed, latents, t, (compressed, cpos), cfg)
-        extra, readout = {BLOCKS_KEY: blocks[None].expand(b, -1), PACK_KEY: pack[None].expand(b, -1)}, None
-    else:
-        sink, recent, s, r = packing.local_context(embed, latents, t, cfg)
-        tokens, pos, _ = packing.assemble(sink, None, recent)
-        evicted = latents(s, t - r)
-        state = None if evicted is None else part.absorb(embed(evicted).flatten(2).transpose(1, 2))
-        if state is None:
-            state = latent.new_zeros(b, cfg.dit_blocks, cfg.ssm_heads, cfg.dim // cfg.ssm_heads, cfg.ssm_key_dim)
-        extra = {PACK_KEY: torch.tensor([0, 1, s, r])[None].expand(b, -1), STATE_KEY: state}
-        readout = part
-    pos2 = (pos * 2).round().long()[None].expand(b, -1, -1).to(latent.device)
-    extra = {k: v.to(latent.device) for k, v in extra.items()}
-    return SimpleNamespace(tokens=tokens, positions2=pos2, hidden=None, cross=None, memory_t0=True, extra=extra,
-                           readout=readout)
+    design, parts, cfg = _training_design(encoder_parts(encoder), overlap)
+    batch = _TrainingHistory(dm, parts, latent, t_start, lr_latent)
+    ctx = design.context(HistoryView(latent.shape[2], batch.embed, batch.latents, batch.compressed,
+                                     batch.hidden, batch.absorb), cfg)
+    b = latent.shape[0]
+    pos2 = (ctx.positions * 2).round().long()[None].expand(b, -1, -1).to(latent.device)
+    keys = {"blocks": BLOCKS_KEY, "pack": PACK_KEY, "state": STATE_KEY}
+    extra = {keys[k]: (v if k == "state" else v[None].expand(b, -1)).to(latent.device)
+             for k, v in ctx.extras().items()}
+    memory_t0 = parts[0].cfg.memory_timestep == "zero" if design.FOLLOWS_MEMORY_TIMESTEP else True
+    return SimpleNamespace(tokens=ctx.tokens, positions2=pos2, hidden=ctx.hidden,
+                           cross=batch.cross if ctx.hidden is not None else None, memory_t0=memory_t0, extra=extra,
+                           readout=parts[0] if ctx.state is not None else None)
+
+
+def _training_design(parts: list, overlap: bool) -> tuple:
+    """``(design module, parts it reads, its config)`` for :func:`encode_history`: the sliding-window baseline for a
+    part with ``memory_design`` (:class:`training.baselines.SlidingWindow`); else in Stage II (``overlap``) the design
+    of ``cfg.memory_type``, in Stage I Frame Preservation without the overlap window (it would hold the queried
+    frames themselves)."""
+    mode = getattr(parts[0], "memory_design", None) or (parts[0].cfg.memory_type if overlap else "frame_preservation")
+    design = designs.design(mode)
+    parts = parts[:1] if design.SINGLE_ENCODER else parts
+    cfg = design.config([p.cfg for p in parts])
+    if not overlap and design is designs.frame_preservation:
+        cfg = dataclasses.replace(cfg, overlap_latent_frames=0)
+    return design, parts, cfg
+
+
+class _TrainingHistory:
+    """The :class:`memory.designs.HistoryView` callables of a training batch: the clean (or masked) model-space
+    history ``latent`` ``[B, C, T, h, w]`` and the encoder ``parts`` that read it."""
+
+    def __init__(self, dm, parts: list, latent: torch.Tensor, t_start: float, lr_latent) -> None:
+        self.dm, self.parts, self.latent, self.t_start, self.lr_latent = dm, parts, latent, t_start, lr_latent
+        self.hidden_states, self.cross = None, None
+
+    def embed(self, z: torch.Tensor) -> torch.Tensor:
+        """The DiT's frozen first projection."""
+        return dit_family(self.dm).embed(self.dm, z)
+
+    def latents(self, lo: int, hi: int) -> torch.Tensor | None:
+        """Latent frames ``lo .. hi - 1`` as float32, None when empty."""
+        return self.latent[:, :, lo:hi].float() if hi > lo else None
+
+    def hidden(self) -> torch.Tensor | None:
+        """The cross-attention add-on's hidden states ``[B, M_h, Ch]`` (after :meth:`compressed`)."""
+        return self.hidden_states
+
+    def compressed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fig. 2 over the history, every part: ``(tokens [B, M, D], positions [M, 3] float64)`` at ``t_start``."""
+        lrs = list(self.lr_latent) if isinstance(self.lr_latent, (list, tuple)) else [self.lr_latent]
+        if len(lrs) != len(self.parts):
+            raise ValueError(f"{len(self.parts)} encoders need {len(self.parts)} LR latents, got {len(lrs)}")
+        tokens, positions = [], []
+        for part, lr in zip(self.parts, lrs):
+            cfg = part.cfg
+            if cfg.use_lr and lr is None:
+                raise ValueError(f"the encoder's LR branch needs the LR latent of the history (rate {cfg.rate_str}): "
+                                 "shards from training/prepare_data.py carry it (--lr-rates), or pass an lr_fn")
+            t_i, h_i = part(self.latent.float(), lr, self.embed)
+            tokens.append(t_i)
+            positions.append(memory_positions(part.grid(self.latent), cfg, t_start=self.t_start, dtype=torch.float64))
+            if h_i is not None and (self.hidden_states is None or cfg.cross_attention):
+                self.hidden_states, self.cross = h_i, getattr(part, "cross", None)
+        return torch.cat(tokens, dim=1), torch.cat(positions, dim=0)
+
+    def absorb(self, start: int, end: int) -> torch.Tensor:
+        """VideoSSM's state ``[B, L, H, dv, dk]`` after absorbing latent frames ``start .. end - 1`` (zeros when
+        none), differentiable in the state modules."""
+        part, evicted = self.parts[0], self.latents(start, end)
+        if evicted is not None:
+            return part.absorb(self.embed(evicted).flatten(2).transpose(1, 2))
+        cfg, b = part.cfg, self.latent.shape[0]
+        return self.latent.new_zeros(b, cfg.dit_blocks, cfg.ssm_heads, cfg.dim // cfg.ssm_heads, cfg.ssm_key_dim)
 
 
 def mask_lr_latent(lr_latent: torch.Tensor, omega: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor,

@@ -121,7 +121,7 @@ def _load_part(path: str, family, width: int):
     """A trained encoder (HistoryEncoder) or VideoSSM state file (StateMemory) from ``path``, checked against the DiT."""
     from framememory.memory.encoder import HistoryEncoder
     from framememory.memory.io import load_encoder_file
-    from framememory.memory.state_memory import StateMemory
+    from framememory.memory.designs.video_ssm import StateMemory
 
     sd, cfg = load_encoder_file(path)
     if cfg.dim != width or cfg.family != family.name:
@@ -146,7 +146,7 @@ def _new_state_memory(dm, family, width: int, args):
     import torch
 
     from framememory.memory.config import EncoderConfig
-    from framememory.memory.state_memory import StateMemory
+    from framememory.memory.designs.video_ssm import StateMemory
 
     net = StateMemory(EncoderConfig(family=family.name, dim=width, memory_type="video_ssm", use_hr=False,
                                     dit_blocks=len(dm.blocks), ssm_heads=args.ssm_heads, ssm_key_dim=args.ssm_key_dim,

@@ -55,7 +55,7 @@ import torch
 
 import comfy.patcher_extension
 
-from ...memory import packing
+from ...memory.designs import pack_forcing as packing
 from ..conds import BLOCKS_KEY, CROSS_KEY, PACK_KEY, PATCH_KEY, STATE_KEY, pop_hidden, pop_memory
 from ..cross_attention import cross_attend, cross_layers
 from ..state_readout import STATE_MODULE_KEY, state_read
@@ -224,7 +224,7 @@ def cross_blocks(dm) -> int:
 
 def pack_context(dm, x: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor, blocks: torch.Tensor,
                  pack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """PackForcing per forward (:mod:`memory.packing`): score the mid blocks by their mean query-key affinity with the
+    """PackForcing per forward (:mod:`memory.designs.pack_forcing`): score the mid blocks by their mean query-key affinity with the
     current segment's queries at the first DiT block (its ``self_attn.q`` / ``k`` and qk norms applied to the
     patch-embedded noisy latent and to the memory tokens, before modulation: a cheap stand-in for the per-layer
     queries), keep the top-K, re-pack their RoPE times.

@@ -1,7 +1,10 @@
-"""Global state memory of VideoSSM (arXiv 2512.04519, "Autoregressive Long Video Generation with Hybrid State-Space
-Memory"): a gated delta-rule state per DiT block.
+"""VideoSSM (arXiv 2512.04519, "Autoregressive Long Video Generation with Hybrid State-Space Memory"): a local window
+of uncompressed frames (sink + recent) and a global memory, a gated delta-rule state per DiT block.
 
-History tokens that leave the local attention window are *absorbed* into one state per DiT block,
+**Local memory** (:func:`context`): the history's first ``sink_latent_frames`` and last ``recent_latent_frames``
+latent frames, uncompressed (the DiT's own first projection at rate 1x1x1, :mod:`.context`).
+
+**Global memory**: history tokens that leave the local window are *absorbed* into one state per DiT block,
 ``S [H, dv, dk]`` per sample (``H`` heads, ``dv = D // H``, ``dk`` key width), by the gated delta rule
 
     S <- alpha_n * S @ (I - beta_n k_n k_n^T) + beta_n v_n k_n^T        (one history token n at a time)
@@ -9,7 +12,7 @@ History tokens that leave the local attention window are *absorbed* into one sta
 with a data-dependent decay ``alpha`` in (0, 1] and injection strength ``beta`` in (0, 1). Each DiT block's video
 tokens *read* their block's state with an L2-normalised query (``o = S q``), weighted by a position-aware router gate
 (distance to the newest absorbed frame), through a zero-initialised output projection whose result is added to the
-block output (an untrained module adds nothing).
+block output (an untrained module adds nothing; the read-out in the DiT: ``models/state_readout.py``).
 
 :func:`gated_delta_rule` is the recurrence for a whole sequence, in the exact chunked (WY / UT-transform) form: within a
 chunk of ``C`` tokens the updates are one unit-lower-triangular solve, across chunks a short sequential loop. On CUDA,
@@ -19,18 +22,76 @@ imported (set ``FRAMEMEMORY_FLA=0`` to keep the torch path); fla is optional and
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
 import os
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import EncoderConfig
-from .encoder import TORCH_OPS
+from ..config import EncoderConfig
+from ..encoder import TORCH_OPS
+from .context import Context, HistoryView, assemble, local_context
+
+NAME = "video_ssm"
+ENCODED = False  # reads no Fig. 2 tokens: the state absorbs patch-embedded frames
+SINGLE_ENCODER = True  # runs one encoder file (its state modules), not a combination
+FOLLOWS_MEMORY_TIMESTEP = False  # training: the memory tokens always get the zero-timestep modulation
+
+
+@dataclass(frozen=True)
+class VideoSSMConfig:
+    """VideoSSM's local window (from an encoder file's ``EncoderConfig``: :func:`config`; the state's sizes stay in the
+    ``EncoderConfig``: ``dit_blocks``, ``ssm_heads``, ``ssm_key_dim``, read by :class:`StateMemory`)."""
+
+    sink_latent_frames: int = 1    # the history's first latent frames, uncompressed (attention sink)
+    recent_latent_frames: int = 3  # the last latent frames, uncompressed (EncoderConfig.overlap_latent_frames)
+
+    def encoder_fields(self) -> dict:
+        """The ``EncoderConfig`` fields that hold these settings."""
+        return {"sink_latent_frames": self.sink_latent_frames, "overlap_latent_frames": self.recent_latent_frames}
+
+
+DEFAULTS = VideoSSMConfig().encoder_fields()  # what a file made for another design runs VideoSSM with
+
+
+def config(cfgs: Sequence[EncoderConfig]) -> VideoSSMConfig:
+    """The settings of the (one) resolved encoder config ``cfgs[0]``."""
+    return VideoSSMConfig(cfgs[0].sink_latent_frames, cfgs[0].overlap_latent_frames)
+
+
+def encoder_config(cfg: EncoderConfig, name: str, weighted: bool) -> EncoderConfig:
+    """The encoder file's config ``cfg`` as VideoSSM runs it: a video_ssm file as it is; an untrained encoder of
+    another design (``weighted`` False) with :data:`DEFAULTS` and no state modules (local window only).
+
+    Raises:
+        ValueError: a weighted file of another design (it has no state modules); ``name`` names it.
+    """
+    if cfg.memory_type == NAME:
+        return cfg
+    if weighted:
+        raise ValueError(f"memory encoder '{name}' is a {cfg.memory_type} encoder with no VideoSSM state "
+                         "modules: load a video_ssm file (e.g. framememory_lab_wan21_videossm.safetensors) or the "
+                         "untrained encoder (local window only)")
+    return dataclasses.replace(cfg, memory_type=NAME, ssm_heads=0, **DEFAULTS)
+
+
+def context(history: HistoryView, cfg: VideoSSMConfig) -> Context:
+    """Sink + recent frames uncompressed, and the state of every block after absorbing the frames between them
+    (``history.absorb``; None without state modules). ``pack`` = ``(0, 1, S, R)``. Raises ValueError for an empty
+    history."""
+    sink, recent, s, r = local_context(history.embed, history.latents, history.frames, cfg.sink_latent_frames,
+                                       cfg.recent_latent_frames)
+    tokens, positions, _ = assemble(sink, None, recent)
+    pack = torch.tensor([0, 1, s, r], dtype=torch.long)
+    return Context(tokens, positions, pack=pack, state=history.absorb(s, history.frames - r))
+
 
 USE_FLA = os.environ.get("FRAMEMEMORY_FLA", "1") != "0"  # use fla's Triton kernel for CUDA tensors when importable
 ALPHA_INIT = 0.99   # decay gate at initialisation (bias logit(0.99), zero weights)
@@ -276,3 +337,7 @@ class StateMemory(nn.Module):
         g = torch.sigmoid(gate.float() + dist[:, None] * w_d)  # [B, n, H]
         y = rearrange(o * g.to(o.dtype)[..., None], "b n h v -> b n (h v)")
         return _project(self.out[index], y).to(x.dtype)
+
+
+__all__ = ["NAME", "VideoSSMConfig", "DEFAULTS", "config", "encoder_config", "context", "gated_delta_rule",
+           "gated_delta_rule_reference", "StateMemory"]

@@ -1,5 +1,6 @@
-"""PackForcing's three-partition context, top-K selection and RoPE re-packing (Mao et al., "Short Video Training
-Suffices for Long Video Sampling and Long Context Inference"; no official code: the choices below are ours).
+"""PackForcing: a three-partition context with top-K compressed mid blocks and RoPE re-packing (Mao et al., "Short
+Video Training Suffices for Long Video Sampling and Long Context Inference", arXiv 2603.25730; no official code: the
+choices below are ours; docs/design.md section 7).
 
 The context of the segment being generated (time 0 on) is, oldest first:
 
@@ -9,7 +10,7 @@ The context of the segment being generated (time 0 on) is, oldest first:
   compressor is the same HR + LR design), grouped in *blocks* of one memory time step (``rt`` latent frames, e.g. 2 at
   4x4x2); per forward only the ``top_k`` blocks of highest query-key affinity with the current segment's queries are
   kept (:func:`select_blocks`), the others stay in the history's cache (non-destructive: they can come back);
-- **recent**: the last ``overlap_latent_frames`` latent frames, uncompressed, right before the segment.
+- **recent**: the last ``recent_latent_frames`` latent frames, uncompressed, right before the segment.
 
 **RoPE re-packing** (:func:`repack_positions`): after selection, the kept blocks are moved in time so that the
 context has no gaps: recent keeps ``-R .. -1``, the selected mid blocks follow each other backwards from ``-R`` in
@@ -18,69 +19,66 @@ spans at most ``S + K * rt + R`` latent frames whatever the history's length: th
 RoPE positions as ids (ComfyUI's ``rope_embedder``), so re-packing recomputes the rotary embedding of the kept tokens
 (``M' <= (S + R) * tokens per frame + K * tokens per block`` of them) instead of rotating cached keys.
 
-Tokens are ordered sink, mid (time order), recent; ``blocks`` ``[M]`` int64 labels them: :data:`SINK`, :data:`RECENT`
-or the mid block index ``0, 1, ...`` in time order.
+:func:`context` builds the context before the forward (training and inference alike); :func:`block_affinity`,
+:func:`select_blocks` and :func:`repack_positions` run inside the forward (the Wan adapter's ``pack_context``).
+Tokens are ordered sink, mid (time order), recent; ``blocks`` ``[M]`` int64 labels them (:mod:`.context`).
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from .encoder import overlap_window
+from ..config import EncoderConfig
+from .context import (RECENT, SINK, Context, HistoryView, LatentRange, assemble, local_context, mid_block_ids,
+                      partition_frames, uncompressed)
 
-SINK, RECENT = -1, -2
-LatentRange = Callable[[int, int], "torch.Tensor | None"]  # (start, end) -> model-space latent [B, C, n, h, w] or None
-
-
-def partition_frames(history_frames: int, sink: int, recent: int) -> tuple[int, int]:
-    """``(S, R)``: latent frames of the sink and of the recent window for a history of ``history_frames`` latent
-    frames, clamped so that they never overlap (the sink first, the recent window gets what is left)."""
-    s = min(sink, history_frames)
-    return s, min(recent, history_frames - s)
+NAME = "pack_forcing"
+ENCODED = True  # reads the Fig. 2 encoder's tokens: the history is encoded while it grows
+SINGLE_ENCODER = True  # runs one encoder file, not a combination
+FOLLOWS_MEMORY_TIMESTEP = False  # training: the memory tokens always get the zero-timestep modulation
 
 
-def mid_block_ids(positions: torch.Tensor) -> torch.Tensor:
-    """Block index ``[M]`` int64 of mid tokens from their RoPE positions ``[M, 3]`` (t first): one block per distinct
-    time centre (one memory time step), numbered in time order."""
-    return torch.unique(positions[:, 0], sorted=True, return_inverse=True)[1].long()
+@dataclass(frozen=True)
+class PackForcingConfig:
+    """PackForcing's settings (from an encoder file's ``EncoderConfig``: :func:`config`)."""
+
+    sink_latent_frames: int = 2    # S: the history's first latent frames, uncompressed, never dropped (paper: 8 frames)
+    recent_latent_frames: int = 2  # R: the last latent frames, uncompressed (EncoderConfig.overlap_latent_frames; paper 4 frames, we take 8)
+    top_k: int = 16                # mid blocks kept per forward by query-key affinity (0: all of them)
+    block_latent_frames: int = 2   # rt: latent frames per mid block, one memory time step (patch_size[0] x rate T)
+
+    def encoder_fields(self) -> dict:
+        """The ``EncoderConfig`` fields that hold these settings (block_latent_frames comes from the rate)."""
+        return {"sink_latent_frames": self.sink_latent_frames, "overlap_latent_frames": self.recent_latent_frames,
+                "top_k": self.top_k}
 
 
-def assemble(sink: tuple | None, mid: tuple | None, recent: tuple | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Concatenate the three partitions (each ``(tokens [..., M_i, D], positions [M_i, 3])`` or None) into
-    ``(tokens [..., M, D], positions [M, 3], blocks [M] int64)`` in the order sink, mid, recent.
+DEFAULTS = PackForcingConfig().encoder_fields()  # what a file made for another design runs PackForcing with
+
+
+def config(cfgs: Sequence[EncoderConfig]) -> PackForcingConfig:
+    """The settings of the (one) resolved encoder config ``cfgs[0]``."""
+    cfg = cfgs[0]
+    return PackForcingConfig(cfg.sink_latent_frames, cfg.overlap_latent_frames, cfg.top_k,
+                             cfg.patch_size[0] * cfg.rate[2])
+
+
+def encoder_config(cfg: EncoderConfig, name: str, weighted: bool) -> EncoderConfig:
+    """The encoder file's config ``cfg`` as PackForcing runs it: its own settings for a pack_forcing file, else
+    :data:`DEFAULTS` (the compressor is the file's Fig. 2 encoder).
 
     Raises:
-        ValueError: every partition is empty.
+        ValueError: the file is a VideoSSM state memory (no compressor); ``name`` names it.
     """
-    parts = [(p, label) for p, label in ((sink, SINK), (mid, None), (recent, RECENT)) if p is not None and p[0].shape[-2]]
-    if not parts:
-        raise ValueError("PackForcing context is empty: the history has no latent frames")
-    blocks = [mid_block_ids(p[1]) if label is None else torch.full((p[1].shape[0],), label, dtype=torch.long)
-              for p, label in parts]
-    tokens = torch.cat([p[0] for p, _ in parts], dim=-2)
-    positions = torch.cat([p[1].to(torch.float64) for p, _ in parts], dim=0)
-    return tokens, positions, torch.cat(blocks)
-
-
-def uncompressed(embed, latent: torch.Tensor | None, t_start: float, cfg) -> tuple | None:
-    """Latent frames as uncompressed context: the DiT's first projection ``embed`` at rate 1x1x1
-    (:func:`memory.encoder.overlap_window`), ``(tokens [B, N*Ht*Wt, D], positions [N*Ht*Wt, 3] float64)`` with the
-    first frame at time ``t_start``; None for an empty ``latent``."""
-    if latent is None or latent.shape[2] == 0:
-        return None
-    tokens, pos = overlap_window(embed, latent, cfg)  # times -N .. -1
-    return tokens, pos.double() + (t_start + latent.shape[2])
-
-
-def local_context(embed, latents: LatentRange, history_frames: int, cfg) -> tuple[tuple | None, tuple | None, int, int]:
-    """Sink and recent partitions of a history of ``history_frames`` latent frames (``cfg.sink_latent_frames`` and
-    ``cfg.overlap_latent_frames``, :func:`partition_frames`): ``(sink, recent, S, R)``, each partition as
-    :func:`uncompressed` at its original time (the segment being generated starts at 0)."""
-    s, r = partition_frames(history_frames, cfg.sink_latent_frames, cfg.overlap_latent_frames)
-    sink = uncompressed(embed, latents(0, s), -float(history_frames), cfg) if s else None
-    recent = uncompressed(embed, latents(history_frames - r, history_frames), -float(r), cfg) if r else None
-    return sink, recent, s, r
+    if cfg.memory_type == "video_ssm":
+        raise ValueError(f"memory encoder '{name}' is a VideoSSM state memory (no compressor): set memory_mode "
+                         f"to video_ssm, or load a frame_preservation / pack_forcing encoder for {NAME}")
+    if cfg.memory_type != NAME:
+        return dataclasses.replace(cfg, memory_type=NAME, **DEFAULTS)
+    return cfg
 
 
 def mid_partition(tokens: torch.Tensor | None, positions: torch.Tensor | None, history_frames: int, sink: int,
@@ -98,19 +96,20 @@ def mid_partition(tokens: torch.Tensor | None, positions: torch.Tensor | None, h
     return tokens[..., index.to(tokens.device), :], positions[index].double()
 
 
-def pack_inputs(embed, latents: LatentRange, history_frames: int, compressed: tuple, cfg) -> tuple:
-    """The whole PackForcing context of a history (module docstring), for inference and training alike.
+def pack_inputs(embed, latents: LatentRange, history_frames: int, compressed: tuple,
+                cfg: PackForcingConfig) -> tuple:
+    """The whole PackForcing context of a history (module docstring).
 
     Args:
         embed: the DiT's first projection. latents: model-space latent frames of the history by range.
         history_frames: T_H latent frames. compressed: ``(tokens [..., M, D], positions [M, 3])`` of the Fig. 2
             encoder over the history, t relative to the segment being generated (``(None, None)`` if none yet).
-        cfg: the resolved config (``sink_latent_frames``, ``overlap_latent_frames``, ``top_k``, ``rate``).
     Returns:
         ``(tokens [..., M, D], positions [M, 3] float64, blocks [M] int64, pack [4] int64 = (top_k, rt, S, R))``.
     """
-    rt = cfg.patch_size[0] * cfg.rate[2]
-    sink, recent, s, r = local_context(embed, latents, history_frames, cfg)
+    rt = cfg.block_latent_frames
+    sink, recent, s, r = local_context(embed, latents, history_frames, cfg.sink_latent_frames,
+                                       cfg.recent_latent_frames)
     mid = mid_partition(*compressed, history_frames, s, r, rt)
     if mid is not None:
         ref = (sink or recent)[0]  # [B, N, D] uncompressed tokens: the mid tokens get their batch dim and device
@@ -118,6 +117,14 @@ def pack_inputs(embed, latents: LatentRange, history_frames: int, compressed: tu
         mid = (mid[0].to(ref), mid[1])
     tokens, positions, blocks = assemble(sink, mid, recent)
     return tokens, positions, blocks, torch.tensor([cfg.top_k, rt, s, r], dtype=torch.long)
+
+
+def context(history: HistoryView, cfg: PackForcingConfig) -> Context:
+    """Sink + the Fig. 2 tokens of the mid history (labelled by block) + recent frames; the forward selects the
+    top-K mid blocks and re-packs RoPE (:func:`pack_inputs`). Raises ValueError for an empty history."""
+    tokens, positions, blocks, pack = pack_inputs(history.embed, history.latents, history.frames,
+                                                  history.compressed(), cfg)
+    return Context(tokens, positions, blocks=blocks, pack=pack)
 
 
 def block_affinity(queries: torch.Tensor, keys: torch.Tensor, blocks: torch.Tensor, heads: int) -> torch.Tensor:
@@ -183,5 +190,19 @@ def repack_positions(positions: torch.Tensor, blocks: torch.Tensor, kept: torch.
     return index, pos
 
 
-__all__ = ["SINK", "RECENT", "uncompressed", "local_context", "mid_partition", "pack_inputs", "partition_frames", "mid_block_ids", "assemble", "block_affinity", "select_blocks",
-           "repack_positions"]
+def attended_tokens(count: int, blocks: torch.Tensor | None, pack: torch.Tensor | None) -> int:
+    """Memory tokens one forward attends to, of ``count`` carried: all of them, except in PackForcing (``blocks`` ``[M]``
+    int64 labels, -1 outside the mid blocks; ``pack`` ``[4]`` with ``top_k`` first), where the sink, the recent window
+    and the ``top_k`` largest mid blocks count (blocks of one rate have equal sizes, so the bound is exact)."""
+    if blocks is None or pack is None:
+        return count
+    top_k = int(pack[0])
+    mid = blocks[blocks >= 0]
+    sizes = torch.bincount(mid).sort(descending=True).values if mid.numel() else mid
+    kept = sizes if top_k <= 0 else sizes[:top_k]
+    return int((blocks < 0).sum()) + int(kept.sum())
+
+
+__all__ = ["NAME", "PackForcingConfig", "DEFAULTS", "config", "encoder_config", "context", "SINK", "RECENT",
+           "uncompressed", "partition_frames", "mid_block_ids", "assemble", "mid_partition", "pack_inputs",
+           "block_affinity", "select_blocks", "repack_positions", "attended_tokens"]
