@@ -399,22 +399,38 @@ def test_training_forward_is_the_nodes_patch(comfy, tmp_path, monkeypatch):
     assert (preds["zero"] - preds["shared"]).abs().max() > 1e-4
 
 
-def test_stage2_overfits_a_fixed_batch(setup):
-    dm, encoder, stages = setup
+def _stage2_fit(dm, encoder, stages, steps: int = 20) -> list[float]:
+    """Stage II losses of ``steps`` AdamW steps on one fixed batch (``encoder`` None: the no-memory baseline)."""
     history, nxt, context = _data(7)
-    lr = lr_latent_for(history, encoder.cfg, 7)
+    lr = None if encoder is None else lr_latent_for(history, encoder.cfg, 7)
     t = torch.tensor([0.4, 0.8])
     eps = torch.randn(nxt.shape, generator=torch.Generator().manual_seed(8))
     opt = torch.optim.AdamW(stages.trainable_parameters(dm, encoder), lr=2e-3, weight_decay=0.0)
     losses = []
-    for _ in range(20):
+    for _ in range(steps):
         opt.zero_grad()
         loss, pred = stages.stage2_loss(dm, encoder, history, nxt, context, t=t, eps=eps, lr_latent=lr)
         assert pred.shape == nxt.shape and torch.isfinite(loss)
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_stage2_overfits_a_fixed_batch(setup):
+    """Stage II fits a fixed batch, and the memory takes part in the fit: the same 20 steps from the same weights with
+    the memory disconnected (no encoder: the DiT sees no memory tokens, only the LoRA trains) end at least 5 % higher
+    (measured: 2.29 with memory, 2.62 without). A memory that never reaches the DiT makes both runs the same run."""
+    dm, encoder, stages = setup
+    losses = _stage2_fit(dm, encoder, stages)
     assert losses[-1] < 0.8 * losses[0], losses
+    from framememory.demo.tiny_models import tiny_wan21_dit
+
+    torch.manual_seed(0)  # the setup fixture's start: the same DiT and LoRA initialisation
+    plain = tiny_wan21_dit(seed=0)
+    stages.add_lora(plain, rank=RANK)
+    without = _stage2_fit(plain, None, stages)
+    assert losses[-1] < 0.95 * without[-1], (losses, without)
 
 
 def test_deterministic_step(comfy):
