@@ -35,13 +35,15 @@ and snapshotted at every gap. Writes ``<out>.json`` (every number per sequence, 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
+from typing import Literal, Optional
+
+import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ (also under PYTHONSAFEPATH)
 from common import ROOT, fetch_heldout, lab_set_files, load_lab_set, print_table, write_result  # noqa: E402  (scripts/ on sys.path)
@@ -162,7 +164,7 @@ def snapshots(lab, frames, mode: str, cuts: list[int], ret: int = 0, vae_refs: b
     import torch
 
     from framememory.memory.frames import to_uint8
-    from framememory.models.history_writer import HistoryWriter
+    from framememory.models.storyboard import HistoryWriter
     from framememory.models.vae_stream import CONTEXT_LATENTS, VideoStream
 
     model, vae, encoder = lab
@@ -255,8 +257,7 @@ def generate(lab, start, mode: str, prompt: str, frames: int, seed: int, steps: 
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.memory.frames import to_uint8
     from framememory.memory.storyboard import Shot
-    from framememory.models.segment_sampler import SamplerSettings
-    from framememory.models.storyboard import run_storyboard
+    from framememory.models.storyboard import SamplerSettings, run_storyboard
 
     model, vae, encoder = lab
     clip = StandInTextEncoder()
@@ -508,32 +509,47 @@ def main(argv=None) -> None:
     print("written:", path, args.out + ".png")
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lab-dir", default=os.path.join(ROOT, "lab_model"), help="the lab model set")
-    ap.add_argument("--rows", nargs="+", choices=list(ROW_NAMES), default=list(ROW_NAMES))
-    ap.add_argument("--gaps", nargs="+", type=float, default=[2, 5, 10, 20], help="cutaway seconds (default 2 5 10 20)")
-    ap.add_argument("--pan-gaps", nargs="*", type=float, default=[2],
-                    help="pan: seconds away, the 1 s move included (default 2; none: no pan sequences)")
-    ap.add_argument("--pan-sources", type=int, default=1, help="how many of the two held-out webps pan (default 1)")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--a-frames", type=int, default=61, help="frames of shot A (13 + 16k; default 61 = 3.81 s; a "
-                    "clip too short for it and a 1 s return gets the longest A that fits)")
-    ap.add_argument("--return-frames", type=int, default=16, help="frames of the return (16k; default 16 = 1 s)")
-    ap.add_argument("--a-clips", type=int, default=1, help="how many of tree, carphone are A (default 1: tree; the "
-                    "other gives the shuffled control's A)")
-    ap.add_argument("--size", type=int, nargs=2, default=[WIDTH, HEIGHT], help="frame width height (default 256 128)")
-    ap.add_argument("--steps", type=int, default=12, help="Euler steps per segment (default 12, as the main job)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "revisit_lab"),
-                    help="result stem: <out>.json, <out>.png")
-    ap.add_argument("--summarize", help="print the table of a result JSON (also a stopped run's _partial.json) and exit")
-    ap.add_argument("--quick", action="store_true",
-                    help="test size: 128x64, A 13 frames, a 1 s cutaway, no pan, seed 0, 2 steps")
-    args = ap.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The leave-and-return benchmark on the lab model."""
+
+    lab_dir: str = os.path.join(ROOT, "lab_model")
+    """the lab model set"""
+    rows: tuple[Literal[tuple(ROW_NAMES)], ...] = tuple(ROW_NAMES)  # type: ignore[valid-type]
+    """rows to run (keys)"""
+    gaps: tuple[float, ...] = (2, 5, 10, 20)
+    """cutaway seconds"""
+    pan_gaps: tuple[float, ...] = (2,)
+    """pan: seconds away, the 1 s move included (none: no pan sequences)"""
+    pan_sources: int = 1
+    """how many of the two held-out webps pan"""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """sampling seeds"""
+    a_frames: int = 61
+    """frames of shot A (13 + 16k; 61 = 3.81 s; a clip too short for it and a 1 s return gets the longest A that fits)"""
+    return_frames: int = 16
+    """frames of the return (16k; 16 = 1 s)"""
+    a_clips: int = 1
+    """how many of tree, carphone are A (1: tree; the other gives the shuffled control's A)"""
+    size: tuple[int, int] = (WIDTH, HEIGHT)
+    """frame width height"""
+    steps: int = 12
+    """Euler steps per segment (12, as the main job)"""
+    threads: int = 2
+    """torch CPU threads"""
+    out: str = os.path.join(ROOT, "benchmarks", "results", "revisit_lab")
+    """result stem: <out>.json, <out>.png"""
+    summarize: Optional[str] = None
+    """print the table of a result JSON (also a stopped run's _partial.json) and exit"""
+    quick: bool = False
+    """test size: 128x64, A 13 frames, a 1 s cutaway, no pan, seed 0, 2 steps"""
+
+
+def parse_args(argv=None) -> Args:
+    """The command line; ``--quick`` replaces the sizes with the test's."""
+    args = tyro.cli(Args, args=argv, description=__doc__)
     if args.quick:
-        args.gaps, args.pan_gaps, args.seeds, args.steps, args.a_frames = [1.0], [], [0], 2, 13
-        args.size = [128, 64]
+        args = dataclasses.replace(args, gaps=(1.0,), pan_gaps=(), seeds=(0,), steps=2, a_frames=13, size=(128, 64))
     return args
 
 
