@@ -164,7 +164,7 @@ def snapshots(lab, frames, mode: str, cuts: list[int], ret: int = 0, vae_refs: b
     import torch
 
     from framememory.memory.frames import to_uint8
-    from framememory.models.storyboard import HistoryWriter
+    from framememory.models.history_writer import HistoryWriter
     from framememory.models.vae_stream import CONTEXT_LATENTS, VideoStream
 
     model, vae, encoder = lab
@@ -257,7 +257,8 @@ def generate(lab, start, mode: str, prompt: str, frames: int, seed: int, steps: 
     from framememory.demo.text_encoder import StandInTextEncoder
     from framememory.memory.frames import to_uint8
     from framememory.memory.storyboard import Shot
-    from framememory.models.storyboard import SamplerSettings, run_storyboard
+    from framememory.models.segment_sampler import SamplerSettings
+    from framememory.models.storyboard import run_storyboard
 
     model, vae, encoder = lab
     clip = StandInTextEncoder()
