@@ -420,6 +420,23 @@ class ComfyServer:
         if r.status_code != 200:
             raise ServerError(f"POST /interrupt -> HTTP {r.status_code}: {r.text}" + self.log_tail_text())
 
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Make the server idle for the next caller: drop every pending prompt (POST /queue clear), interrupt the
+        running one (POST /interrupt: ComfyUI clears the flag when the next prompt starts) and wait until GET /queue
+        shows nothing running. A shared server's tests call it where an earlier test may have left a run behind.
+
+        Raises:
+            ServerError: still busy after ``timeout`` seconds, or the server died."""
+        r = requests.post(self.url + "/queue", json={"clear": True}, timeout=30)
+        if r.status_code != 200:
+            raise ServerError(f"POST /queue clear -> HTTP {r.status_code}: {r.text}" + self.log_tail_text())
+        deadline = time.monotonic() + timeout
+        while self._get("/queue").json().get("queue_running"):
+            if not self.alive() or time.monotonic() > deadline:
+                raise ServerError(f"the server is still running a prompt after {timeout:.0f} s" + self.log_tail_text())
+            self.interrupt()
+            time.sleep(1.0)
+
     # ---- outputs ------------------------------------------------------------------------------
     def output_file(self, entry: dict) -> Path:
         """Path of a UI result entry {"filename", "subfolder", "type"} on disk."""

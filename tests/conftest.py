@@ -8,10 +8,11 @@
   ``comfy.cli_args.args.cpu`` is set to True before anything imports ``comfy.model_management``
   (set FRAMEMEMORY_TEST_GPU=1 to leave ComfyUI's device choice alone).
 * Fixtures: ``comfy`` (session; the ``comfy`` package with model_management imported on CPU),
-  ``repo_root``, ``comfyui_dir``, ``media_dir``; for the browser tests ``browser_server`` (session: one server for
-  every browser test file) and ``ui`` (a page of the real frontend per test file).
+  ``repo_root``, ``comfyui_dir``, ``media_dir``; ``comfy_server`` (session: the one ComfyUI server of every
+  end-to-end and browser test) and ``ui`` (a page of the real frontend per test file).
 * Marker ``slow``: tests over ~3 minutes; marker ``cuda``: tests that need a CUDA GPU (and FRAMEMEMORY_TEST_GPU=1);
-  ``scripts/run_tests.sh`` runs ``-m "not slow and not cuda"``.
+  ``scripts/run_tests.sh`` runs ``-m "not slow and not cuda"``. Every test has pytest-timeout's 900 s (pyproject.toml,
+  set-up of its fixtures included); a longer one says ``@pytest.mark.timeout(seconds)``.
 """
 from __future__ import annotations
 
@@ -147,15 +148,19 @@ def smoke_lab(tmp_path_factory, repo_root, media_dir):
 
 
 @pytest.fixture(scope="session")
-def browser_server(comfyui_dir, media_dir, tmp_path_factory):
-    """One ComfyUI server for every browser test file (tests/test_browser*.py): the tiny demo models, bikes.mp4 in
-    its input folder, FRAMEMEMORY_DEMO=1, and every model file the workflows name listed, as for a user who has
-    them (frontend 1.48 pops an error box over the graph for a missing one): lab files linked, empty placeholders
-    for the others (never run)."""
+def comfy_server(comfyui_dir, media_dir, tmp_path_factory):
+    """The one ComfyUI server of a pytest run, shared by every end-to-end and browser test (tests/test_e2e_*.py,
+    tests/test_browser*.py): ``--cpu``, FRAMEMEMORY_DEMO=1, the tiny Wan 2.1 demo models, bikes.mp4 in its input
+    folder, and every model file the workflows name listed, as for a user who has them (frontend 1.48 pops an error
+    box over the graph for a missing one): the lab_model/ files linked into every model folder (what
+    tests/test_e2e_modes.py runs), empty placeholders for the others. A test file that needs more puts it into the
+    running server's folders itself (ComfyUI re-lists a model folder when it changes): tests/test_e2e_families.py
+    writes its family's tiny models over their placeholders. Tests that need a state (an empty interrupted-runs
+    folder, inputs not in ComfyUI's cache) make it themselves; interrupting tests leave the server idle."""
     from framememory.headless.comfy_server import ComfyServer, add_demo_inputs
     from framememory.headless.workflows import add_named_model_files, ui_workflows
 
-    srv = ComfyServer(tmp_path_factory.mktemp("comfy_browser"), comfyui_dir=comfyui_dir)
+    srv = ComfyServer(tmp_path_factory.mktemp("comfy_server"), comfyui_dir=comfyui_dir)
     add_demo_inputs(srv, media_dir)
     add_named_model_files(srv.models_dir, ui_workflows())
     with srv:
@@ -163,9 +168,10 @@ def browser_server(comfyui_dir, media_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ui(browser_server):
-    """The real frontend of :func:`browser_server` in headless Chromium, one page per test file."""
+def ui(comfy_server):
+    """The real frontend of :func:`comfy_server` in headless Chromium, one page per test file."""
     from framememory.headless.browser import ComfyFrontend
 
-    with ComfyFrontend(browser_server.url) as frontend:
+    comfy_server.wait_idle()  # nothing left running by an earlier test
+    with ComfyFrontend(comfy_server.url) as frontend:
         yield frontend

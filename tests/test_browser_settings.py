@@ -29,9 +29,9 @@ ADVANCED = ("model_low_noise", "switch_step", "resume", "colour_strength")
 
 
 @pytest.fixture(scope="module")
-def server(browser_server):
-    """The session's browser server (tests/conftest.py): bikes.mp4 and the lab files."""
-    return browser_server
+def server(comfy_server):
+    """The session's one server (tests/conftest.py ``comfy_server``): bikes.mp4 and the lab files."""
+    return comfy_server
 
 
 def lab_ids() -> tuple[int, int]:

@@ -26,9 +26,9 @@ CARD = '[data-testid^="template-workflow-"]'
 
 
 @pytest.fixture(scope="module")
-def server(browser_server):
-    """The session's browser server (tests/conftest.py): every template's files listed."""
-    return browser_server
+def server(comfy_server):
+    """The session's one server (tests/conftest.py ``comfy_server``): every template's files listed."""
+    return comfy_server
 
 
 @pytest.fixture(scope="module")

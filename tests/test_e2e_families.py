@@ -11,34 +11,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
+from framememory.headless.comfy_server import add_demo_inputs, substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "hunyuan_video": ("storyboard_hunyuan_tiny_api.json", "framememory_tiny_hunyuan"),
     "wan22": ("storyboard_wan22_tiny_api.json", "framememory_tiny_wan22"),
 }
-RUN_TIMEOUT = {"hunyuan_video": 1500, "wan22": 3600}  # seconds for the whole workflow on 2 CPU cores
+RUN_TIMEOUT = {"hunyuan_video": 1500, "wan22": 3600}  # seconds for the whole workflow on 2 (shared) CPU cores
 
 
 @pytest.fixture(scope="module", params=[
-    "hunyuan_video", pytest.param("wan22", marks=pytest.mark.slow)])
-def family_run(request, comfyui_dir, media_dir, tmp_path_factory):
+    pytest.param("hunyuan_video", marks=pytest.mark.timeout(RUN_TIMEOUT["hunyuan_video"] + 300)),
+    pytest.param("wan22", marks=[pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT["wan22"] + 300)])])
+def family_run(request, comfy_server, media_dir):
+    """The family's tiny storyboard run once on the session's one server (tests/conftest.py ``comfy_server``), its
+    tiny models written into the running server's model folders first (over the placeholders listed for the browser
+    tests): (family, events, report or None, SaveVideo mp4 paths)."""
     family = request.param
     workflow, stem = CASES[family]
-    srv = ComfyServer(tmp_path_factory.mktemp(f"comfy_{family}"), comfyui_dir=comfyui_dir)
+    srv = comfy_server
+    srv.wait_idle()  # nothing left running by an earlier test
     add_demo_inputs(srv, media_dir, "bikes.mp4", families=family)
     api = substitute_inputs(json.loads((REPO_ROOT / "demo" / "workflows" / "api" / workflow).read_text()), {
         ("UNETLoader", "unet_name"): f"{stem}.safetensors", ("VAELoader", "vae_name"): f"{stem}_vae.safetensors",
         ("FrameMemoryLoadEncoder", "encoder_name"): f"{stem}_encoder.safetensors", ("LoadVideo", "file"): "bikes.mp4"})
-    with srv:
-        prompt_id = srv.post_prompt(api)
-        events = srv.follow(prompt_id, timeout=RUN_TIMEOUT[family])
-        history = srv.history(prompt_id)
-        save = next(nid for nid, n in api.items() if n["class_type"] == "SaveVideo")
-        videos = srv.output_files(history, save, (".mp4",))
+    prompt_id = srv.post_prompt(api)
+    events = srv.follow(prompt_id, timeout=RUN_TIMEOUT[family])
+    history = srv.history(prompt_id)
+    save = next(nid for nid, n in api.items() if n["class_type"] == "SaveVideo")
+    videos = srv.output_files(history, save, (".mp4",))
     reports = [ui["framememory_report"][0] for ui in (history.get("outputs") or {}).values() if ui.get("framememory_report")]
-    yield family, events, reports[0] if reports else None, videos
+    return family, events, reports[0] if reports else None, videos
 
 
 def test_family_storyboard_end_to_end(family_run):

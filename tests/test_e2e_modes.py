@@ -1,16 +1,14 @@
 """Every memory mode end to end through a real headless ComfyUI server (headless/comfy_server.py), on the committed lab model
 (lab_model/: the DiT, VAE and, per mode, its encoder / state file and Stage II LoRA, loaded by the stock loaders):
 the shipped workflows workflows/storyboard_wan21_lab_{packforcing,videossm}_api.json, shortened to one 1 s shot and
-2 steps, plus sliding_window on the Frame Preservation workflow."""
+2 steps, plus sliding_window on the Frame Preservation workflow; on the session's one server (tests/conftest.py
+``comfy_server``)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-
-from framememory.headless.comfy_server import ComfyServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO_ROOT / "workflows" / "api"
@@ -20,6 +18,7 @@ CASES = {  # mode -> workflow (frame_preservation and off through a server: the 
     "sliding_window": "storyboard_wan21_lab_api.json",
 }
 VIDEO = "bikes.mp4"
+RUN_TIMEOUT = 600  # seconds for one mode's 1 s storyboard on 2 (shared) CPU cores
 
 
 def _run_example():
@@ -35,17 +34,17 @@ def _run_example():
 
 
 @pytest.fixture(scope="module")
-def lab_server(comfyui_dir, media_dir, tmp_path_factory):
+def lab_server(comfy_server):
+    """The session's one server (tests/conftest.py ``comfy_server``) with each mode's lab set (DiT, VAE, its encoder
+    / state file and LoRA) linked where the main job puts them."""
     example = _run_example()
-    srv = ComfyServer(tmp_path_factory.mktemp("comfy_lab"), comfyui_dir=comfyui_dir)
-    srv.prepare_base()
-    for mode in CASES:  # each mode's lab set (DiT, VAE, its encoder / state file and LoRA)
+    for mode in CASES:
         files = example.lab_files(mode)
         assert files, f"lab model files for {mode} are missing in {example.LAB_DIR}: run training/lab.py"
-        example.install_lab_model(files, srv.models_dir)
-    shutil.copy2(media_dir / VIDEO, srv.input_dir / VIDEO)
-    with srv:
-        yield srv
+        example.install_lab_model(files, comfy_server.models_dir)
+    assert (comfy_server.input_dir / VIDEO).is_file()
+    comfy_server.wait_idle()  # nothing left running by an earlier test
+    return comfy_server
 
 
 def _prompt(mode: str) -> dict:
@@ -63,7 +62,7 @@ def _prompt(mode: str) -> dict:
 def test_mode_runs_through_the_server(lab_server, mode):
     prompt = _prompt(mode)
     prompt_id = lab_server.post_prompt(prompt)
-    events = lab_server.follow(prompt_id, timeout=600)
+    events = lab_server.follow(prompt_id, timeout=RUN_TIMEOUT)
     lab_server.raise_for_events(events)
     history = lab_server.history(prompt_id)
     reports = [ui["framememory_report"][0] for ui in (history.get("outputs") or {}).values()

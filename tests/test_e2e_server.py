@@ -1,7 +1,8 @@
 """End to end through a real headless ComfyUI server (headless/comfy_server.py) with the embedded default models.
 
-One server per module: tiny random Wan 2.1 / VAE / memory encoder written by demo/make_tiny_models.py,
-bikes.mp4 from .cache/media (scripts/setup.sh fetches it) as the history video, FRAMEMEMORY_DEMO=1.
+The session's one server (tests/conftest.py ``comfy_server``, shared with every e2e and browser test): tiny random
+Wan 2.1 / VAE / memory encoder written by demo/make_tiny_models.py, bikes.mp4 from .cache/media (scripts/setup.sh
+fetches it) as the history video, FRAMEMEMORY_DEMO=1.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from framememory.headless.comfy_server import ComfyServer, add_demo_inputs, substitute_inputs
+from framememory.headless.comfy_server import substitute_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_API = REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json"  # test-only, not a template
@@ -24,16 +25,16 @@ TINY_NAMES = {
 }
 VIDEO = "bikes.mp4"
 RUN_TIMEOUT = 900  # seconds for one tiny storyboard on 2 CPU cores
+pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 300)  # the run's own budget, plus the shared server's set-up
 
 
 # ---- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(comfyui_dir, media_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    srv = ComfyServer(base, comfyui_dir=comfyui_dir)
-    add_demo_inputs(srv, media_dir, VIDEO)
-    with srv:
-        yield srv
+def server(comfy_server):
+    """The session's one server (tests/conftest.py ``comfy_server``: the tiny Wan 2.1 models, bikes.mp4)."""
+    assert comfy_server.alive(), "the shared ComfyUI server died" + comfy_server.log_tail_text()
+    comfy_server.wait_idle()  # nothing left running by an earlier test
+    return comfy_server
 
 
 @pytest.fixture(scope="module")
