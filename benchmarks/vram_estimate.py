@@ -5,7 +5,7 @@ Usage:
   python benchmarks/vram_estimate.py --models wan21_1.3b_bf16 --skip-validation   # one model, quick
   python benchmarks/vram_estimate.py --skip-modes    # without the PackForcing / VideoSSM rows
 
-Method (DESIGN.md section 6). ComfyUI's own model classes are built at real size under
+Method (docs/design.md section 6). ComfyUI's own model classes are built at real size under
 ``torch._subclasses.fake_tensor.FakeTensorMode`` (no weights, no GPU) and run in inference mode under
 ``torch.distributed._tools.mem_tracker.MemTracker`` (:func:`peak_tracker_class`: same accounting, global peak only).
 The DiT runs through the product path: the memory wrapper and per-block patches that ``models.families.install_memory``

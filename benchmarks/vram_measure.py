@@ -1,4 +1,4 @@
-"""Measurement at real size without a GPU (benchmarks/vram_estimate.py, DESIGN.md section 6): ComfyUI's own model
+"""Measurement at real size without a GPU (benchmarks/vram_estimate.py, docs/design.md section 6): ComfyUI's own model
 classes built under ``torch._subclasses.fake_tensor.FakeTensorMode`` and run in inference mode under
 ``torch.distributed._tools.mem_tracker.MemTracker`` (:func:`peak_tracker_class`), one phase of the storyboard loop at
 a time: text encoding, a DiT step with memory tokens through the product path, VAE decode and LR encode, the memory

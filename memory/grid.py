@@ -1,4 +1,4 @@
-"""Token-grid arithmetic for memory tokens (arXiv 2512.23851, Sec. 3; DESIGN.md section 1).
+"""Token-grid arithmetic for memory tokens (arXiv 2512.23851, Sec. 3; docs/design.md section 1).
 
 Units: ``T`` latent frames, ``h, w`` latent cells, ``Ht, Wt`` DiT tokens (after the 1x2x2 patchify).
 A memory token at rate ``rh x rw x rt`` covers ``rt`` latent frames and ``rh x rw`` DiT tokens; sizes that

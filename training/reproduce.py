@@ -6,7 +6,7 @@
 
 What it does (each step logged, the whole run written as JSON and printed as tables):
 
-1. **Clips.** Real videos from the registries (DESIGN.md section 3), fetched into ``.cache/media/`` only when missing
+1. **Clips.** Real videos from the registries (docs/design.md section 3), fetched into ``.cache/media/`` only when missing
    (:func:`training.media.fetch_media`): ``bikes.mp4`` and ``carphone_pristine.mp4`` (scripts/setup.sh),
    ``vtest.avi``, ``tree.avi``, ``Megamind.avi`` (Debian ``opencv-doc``), Big Buck Bunny (PyPI ``moviepy`` sdist) and
    animated webp outputs of Wan 2.1 / 2.2 and HunyuanVideo 1.5 (PyPI ``comfyui-workflow-templates-media-video``).

@@ -1,6 +1,6 @@
 """A deterministic, linear stand-in for a video VAE (reproduction runs where no real VAE weights exist).
 
-No Wan / HunyuanVideo VAE weights are reachable here (DESIGN.md section 3), and a randomly initialised VAE gives
+No Wan / HunyuanVideo VAE weights are reachable here (docs/design.md section 3), and a randomly initialised VAE gives
 latents that carry no image structure. The reproduction of arXiv 2512.23851's frame-retrieval table
 (``training/reproduce.py``) therefore uses :class:`PatchPCAVAE`, a *patch PCA*:
 

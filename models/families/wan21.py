@@ -3,7 +3,7 @@
 This module is the ``wan21`` family (Wan 2.1 T2V and I2V, 16 latent channels; also the Wan 2.2 A14B experts,
 which have the Wan 2.1 architecture) and holds the mechanism that ``wan22.py`` (Wan 2.2 TI2V 5B) reuses.
 
-Mechanism (DESIGN.md section 2), with no re-implementation of ComfyUI's forward:
+Mechanism (docs/design.md section 2), with no re-implementation of ComfyUI's forward:
 
 - The memory travels in each conditioning entry's ``model_conds`` as two ``CONDRegular`` tensors:
   ``memory_tokens`` ``[B, M, D]`` and ``memory_positions2`` ``[B, M, 3]`` int64 holding *twice* the RoPE
