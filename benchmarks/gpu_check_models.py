@@ -157,7 +157,7 @@ def encoder_files(size: dict, folder: str) -> dict:
     from framememory.memory.io import save_encoder
     from framememory.memory.designs.video_ssm import StateMemory
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.memory_modes import SSM_DEFAULTS
+    from framememory.memory.designs.video_ssm import DEFAULTS as SSM_DEFAULTS
 
     dim = size["dit"]["dim"]
     fp = EncoderConfig(family="wan21", dim=dim, rate=(4, 4, 2), hr_channels=size["hr_channels"],

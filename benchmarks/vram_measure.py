@@ -345,7 +345,8 @@ def mode_config(spec: dict, mode: str):
     encoder file of that type: PackForcing with :data:`PACK_DEFAULTS` (S 2, R 2, top-K 16) at :data:`MODE_RATE`,
     VideoSSM with :data:`SSM_DEFAULTS` (S 1, R 3) and trained state modules on every DiT block
     (``ssm_heads = D / 128``, ``ssm_key_dim`` 64)."""
-    from framememory.models.memory_modes import PACK_DEFAULTS, SSM_DEFAULTS
+    from framememory.memory.designs.pack_forcing import DEFAULTS as PACK_DEFAULTS
+    from framememory.memory.designs.video_ssm import DEFAULTS as SSM_DEFAULTS
 
     cfg = encoder_config(spec, MODE_RATE)
     if mode == "pack_forcing":

@@ -258,7 +258,9 @@ def _md_modes(modes: list[dict], growth: list[dict]) -> str:
 
 
 def _md_modes_method() -> str:
-    from framememory.models.memory_modes import ABSORB_FRAMES, PACK_DEFAULTS, SSM_DEFAULTS
+    from framememory.memory.designs.pack_forcing import DEFAULTS as PACK_DEFAULTS
+    from framememory.memory.designs.video_ssm import DEFAULTS as SSM_DEFAULTS
+    from framememory.models.memory_modes import ABSORB_FRAMES
     from framememory.models.memory_plan import ABSORB_FACTOR
 
     pf, ssm = PACK_DEFAULTS, SSM_DEFAULTS

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
 from .encoding import HRCache, encode_pending
-from .memory_modes import ENCODED_MODES, mode_config
+from ..memory.designs import ENCODED_MODES
+from .memory_modes import mode_config
 
 
 def expert_keys(encoder, expert: int = 0) -> list[PartKey]:
@@ -63,7 +64,7 @@ class BoundEncoder:
     models: list  # the DiTs of the schedule (:func:`expert_models`), the high-noise expert first
     vae: object  # their VAE (LR branch encodes, history encodes)
     encoder: object  # MemoryEncoder or MultiEncoder
-    mode: str  # models.memory_modes.MEMORY_MODES
+    mode: str  # memory.designs.MEMORY_MODES
 
     @property
     def encodes(self) -> bool:

@@ -35,7 +35,7 @@ class HistoryWriter:
         vae: their VAE. encoder: MemoryEncoder or MultiEncoder. latent_frames: T per segment.
         fps / width / height: the clip's frame rate and the size its frames are given at. memory: history to
         continue (not changed; the clip starts a new VAE stream); its size must be ``width x height``.
-        mode: :data:`models.memory_modes.MEMORY_MODES`.
+        mode: :data:`memory.designs.MEMORY_MODES`.
     Raises:
         ValueError: a bad fps or size (:mod:`models.input_checks`), a memory of another size, an encoder/DiT
         mismatch, experts of different families, or an unknown mode.

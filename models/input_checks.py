@@ -117,7 +117,7 @@ def min_frame_size(model, encoder=None, mode: str = "frame_preservation") -> tup
     on Wan 2.1) and, for the modes that encode compressed memory tokens, one memory token of every encoder (its rate
     times that: 64 px at 4x4x2 on Wan 2.1). Raises TypeError (unsupported model) and ValueError like
     ``MemoryEncoder.check``."""
-    from .memory_modes import ENCODED_MODES
+    from ..memory.designs import ENCODED_MODES
 
     w, h = size_multiple(model)
     if encoder is None or mode not in ENCODED_MODES:
@@ -294,7 +294,7 @@ def check_run_inputs(model, vae, encoder, shots: list[Shot], sampler, width: int
     On a GPU, last, the VRAM pre-flight (:func:`models.vram_check.check_vram`: the run's largest step with the memory
     at its end, as ComfyUI plans it). Returns the model's family adapter."""
     from ..memory.storyboard import SegmentSchedule, split_clip
-    from .memory_modes import ENCODED_MODES
+    from ..memory.designs import ENCODED_MODES
 
     fps = check_fps(fps)
     check_cfg(sampler.cfg)
@@ -327,7 +327,7 @@ def memory_file_bytes(model, encoder, mode: str, width: int, height: int, fps: f
     others its uint8 pixels (kept for a later encode); plus two state files (the LR streams' causal caches,
     :data:`LR_STATE_BYTES_PER_PIXEL` per pixel of every encoder's LR clip; a write keeps the old one until its index
     commits). An estimate for the free-space check. Raises TypeError for an unsupported model."""
-    from .memory_modes import ENCODED_MODES
+    from ..memory.designs import ENCODED_MODES
 
     adapter = families.family_for(model)
     ft, sh, sw = adapter.VAE_STRIDE
@@ -437,7 +437,7 @@ def check_memory_mode(memory, mode: str, where: str = "this Storyboard") -> None
     Raises:
         ValueError: naming memory_mode, the memory's mode, ``where``'s mode and the fix.
     """
-    from .memory_modes import ENCODED_MODES
+    from ..memory.designs import ENCODED_MODES
 
     if mode not in ENCODED_MODES or memory.mode in ENCODED_MODES:
         return

@@ -6,7 +6,8 @@ attends to from a :class:`memory.designs.HistoryView` of the :class:`memory.hist
 (:func:`memory_inputs`); Stage II training builds the same context from its batch (``training/stages.py``).
 
 The settings of PackForcing / VideoSSM come from the encoder file (``EncoderConfig.memory_type`` and its fields); an
-encoder made for another design runs them with :data:`PACK_DEFAULTS` / :data:`SSM_DEFAULTS` where that is possible.
+encoder made for another design runs them with :data:`memory.designs.pack_forcing.DEFAULTS` /
+:data:`memory.designs.video_ssm.DEFAULTS` where that is possible.
 The memory reaches the model as conds (``models/conds.py``) so the stock KSampler path works.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import comfy.model_management
 
 from ..memory import designs
 from ..memory.config import EncoderConfig
-from ..memory.designs import ENCODED_MODES, MEMORY_MODES, Context, HistoryView, pack_forcing, video_ssm
+from ..memory.designs import Context, HistoryView, pack_forcing, video_ssm
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
 from .conds import BLOCKS_KEY, PACK_KEY, STATE_KEY
@@ -29,8 +30,6 @@ from .memory_plan import load_for_absorb
 
 SLIDING_WINDOW_FRAMES = designs.sliding_window.SlidingWindowConfig().latent_frames  # the baseline: 3 latent frames
 ABSORB_FRAMES = 1  # VideoSSM: latent frames absorbed per call (absorbing in parts equals absorbing at once)
-PACK_DEFAULTS = pack_forcing.DEFAULTS  # PackForcing paper: sink 8 frames (2 latent), recent 4 (we take 2 latent), top-K 16
-SSM_DEFAULTS = video_ssm.DEFAULTS  # VideoSSM: sink 1 latent frame, recent 3
 _CONTEXT_KEYS = {"blocks": BLOCKS_KEY, "pack": PACK_KEY, "state": STATE_KEY}  # Context field -> model cond key
 
 
@@ -58,7 +57,7 @@ class MemoryInputs:
 
 
 def check_mode(mode: str) -> str:
-    """Return ``mode``; raise ValueError unless it is one of :data:`MEMORY_MODES`."""
+    """Return ``mode``; raise ValueError unless it is one of :data:`memory.designs.MEMORY_MODES`."""
     designs.design(mode)
     return mode
 
@@ -163,5 +162,5 @@ def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, 
     return state
 
 
-__all__ = ["MEMORY_MODES", "ENCODED_MODES", "SLIDING_WINDOW_FRAMES", "PACK_DEFAULTS", "SSM_DEFAULTS", "MemoryInputs",
+__all__ = ["SLIDING_WINDOW_FRAMES", "MemoryInputs",
            "check_mode", "mode_config", "latent_range", "history_view", "memory_inputs", "absorbed_state"]

@@ -10,14 +10,15 @@ from ..memory.history import HistoryBuffer
 from .conds import attach_memory
 from .encoding import MemoryEncoder, MultiEncoder, encode_pending
 from .experts import expert_keys
-from .memory_modes import ENCODED_MODES, MemoryInputs, memory_inputs
+from ..memory.designs import ENCODED_MODES
+from .memory_modes import MemoryInputs, memory_inputs
 from .segment_sampler import memory_model
 
 
 @dataclass
 class Memory:
     """What the MEMORY socket carries: the history buffer plus the encoder and video geometry it was made with, and
-    the memory mode (:data:`models.memory_modes.MEMORY_MODES`; only frame_preservation and pack_forcing encode the
+    the memory mode (:data:`memory.designs.MEMORY_MODES`; only frame_preservation and pack_forcing encode the
     history's spans into compressed tokens); from a Storyboard also where its run stands (``position``, a
     :class:`memory.memory_file.StoryboardPosition`: an unfinished one is resumed, :mod:`models.resume`)."""
 

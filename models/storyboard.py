@@ -127,7 +127,7 @@ def run_storyboard(model, vae, clip, encoder: MemoryEncoder | MultiEncoder, nega
         is resumed: the run continues at its next segment with its seed, and returns the frames of the whole
         storyboard (the finished segments decoded again), the same frames as the stopped run would have returned.
         model_low_noise: Wan 2.2 A14B low-noise expert, or None (see :mod:`models.experts`).
-        mode: :data:`models.memory_modes.MEMORY_MODES`; "off" samples every segment without memory tokens and encodes
+        mode: :data:`memory.designs.MEMORY_MODES`; "off" samples every segment without memory tokens and encodes
         nothing (the history still gives the output and the decode stream), the baseline for what memory buys.
         colour_correction: strength 0..1 of the colour-drift correction (:mod:`models.colour_match`: each segment's
         Lab mean / std matched to the history's before it is appended); 0 = off.

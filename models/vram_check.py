@@ -100,7 +100,7 @@ def _instead(model, encoder, mode: str, width: int, height: int, fps: float, lat
              room: int) -> str:
     """What to set instead when ``mode`` does not fit ``room`` bytes: the longest history that fits in this mode (the
     modes whose memory grows), and PackForcing (bounded) when it fits on this family."""
-    from .memory_modes import ENCODED_MODES
+    from ..memory.designs import ENCODED_MODES
 
     tips = []
     if mode in ENCODED_MODES and mode != "pack_forcing":

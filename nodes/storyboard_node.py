@@ -17,7 +17,7 @@ from comfy_api.latest import io
 
 from ..memory.storyboard import parse_storyboard
 from ..models.input_checks import check_frames, check_memory_mode, check_run_inputs
-from ..models.memory_modes import MEMORY_MODES
+from ..memory.designs import MEMORY_MODES
 from ..models.segment_sampler import SamplerSettings
 from ..models.storyboard import run_storyboard
 from ..models.storyboard_start import storyboard_start

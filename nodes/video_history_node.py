@@ -7,7 +7,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..models.memory_modes import MEMORY_MODES
+from ..memory.designs import MEMORY_MODES
 from ..models.input_checks import check_memory_mode
 from ..models import families
 from ..models.video_history import history_from_video

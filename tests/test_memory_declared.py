@@ -310,7 +310,7 @@ def _encoder(model, mode: str, rate: str):
     from framememory.memory.config import EncoderConfig
     from framememory.models import families
     from framememory.models.encoding import MemoryEncoder
-    from framememory.models.memory_modes import SSM_DEFAULTS
+    from framememory.memory.designs.video_ssm import DEFAULTS as SSM_DEFAULTS
 
     adapter, dim = families.family_for(model), families.model_width(model)
     common = dict(family=adapter.FAMILY, dim=dim, rate=rate, latent_channels=adapter.LATENT_CHANNELS,

@@ -54,7 +54,7 @@ def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1
     """The lab model set as ComfyUI's stock nodes load it: ``(MODEL with its LoRA, VAE, memory encoder)`` via
     ``comfy.sd.load_diffusion_model`` (Load Diffusion Model), ``comfy.sd.load_lora_for_models``
     (LoraLoaderModelOnly), ``comfy.sd.VAE`` (Load VAE) and ``MemoryEncoder.from_file`` (Load Memory Encoder).
-    ``mode``: a memory mode (``models.memory_modes.MEMORY_MODES``) or ``frame_preservation_4x4x2``; pack_forcing and
+    ``mode``: a memory mode (``memory.designs.MEMORY_MODES``) or ``frame_preservation_4x4x2``; pack_forcing and
     video_ssm get their own encoder / state file and LoRA, off / sliding_window their floor LoRA when the set has it
     (:data:`MODE_SET`), the others the Frame Preservation set. Needs ComfyUI importable.
     Raises FileNotFoundError naming the missing file and the command that makes it."""
