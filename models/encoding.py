@@ -36,6 +36,7 @@ from ..memory.encoder import HistoryEncoder, lr_clip, overlap_window
 from ..memory.grid import memory_positions
 from ..memory.history import HistoryBuffer, PartKey
 from ..memory.io import load_encoder_file
+from ..memory.designs import design, network_class
 from ..memory.designs.video_ssm import StateMemory
 from . import families
 from .vae_stream import VideoStream
@@ -92,7 +93,7 @@ class MemoryEncoder:
                              f"timestep, which only Wan 2.1 supports; {adapter.FAMILY} needs 'zero'")
         if self.cfg.dim == 0:
             return dataclasses.replace(self.cfg, **expect)
-        if self.cfg.memory_type == "video_ssm" and self.cfg.ssm_heads:
+        if design(self.cfg.memory_type).PER_BLOCK_STATE and self.cfg.ssm_heads:
             expect["dit_blocks"] = len(families.diffusion_model(model).blocks)
         if self.cfg.cross_attention:
             blocks = CROSS_ATTENTION_FAMILIES.get(adapter.FAMILY)
@@ -112,12 +113,12 @@ class MemoryEncoder:
 
     def network(self, model) -> tuple[HistoryEncoder | StateMemory, object | None]:
         """``(net, patcher)``: the Fig. 2 encoder for ``model`` (for a video_ssm file: its
-        :class:`~memory.designs.video_ssm.StateMemory`) and its model patcher (CoreModelPatcher when present), built once per
+        :class:`~memory.designs.video_ssm.StateMemory`; the class is the file's design's,
+        :func:`memory.designs.network_class`) and its model patcher (CoreModelPatcher when present), built once per
         width; ``patcher`` is None for an encoder without weights (LR branch only)."""
         cfg = self.check(model)
         if cfg.dim not in self._patchers:
-            kind = StateMemory if cfg.memory_type == "video_ssm" else HistoryEncoder
-            net = kind(cfg, ops=comfy.ops.manual_cast)
+            net = network_class(cfg.memory_type)(cfg, ops=comfy.ops.manual_cast)
             if self.state_dict is not None:
                 missing, unexpected = net.load_state_dict(self.state_dict, strict=False)
                 if missing or unexpected:
@@ -136,7 +137,7 @@ class MemoryEncoder:
     def state_network(self, model) -> StateMemory | None:
         """The VideoSSM state modules of a video_ssm file with weights, loaded to the compute device (ComfyUI's
         ``load_models_gpu``), or None (no state modules: local window only)."""
-        if self.cfg.memory_type != "video_ssm" or self.state_dict is None:
+        if not design(self.cfg.memory_type).PER_BLOCK_STATE or self.state_dict is None:
             return None
         net, patcher = self.network(model)
         if patcher is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from ..memory.designs import design
 from . import families
 
 NUM_STREAMS = 2  # comfy.model_management on NVIDIA: streams that prefetch low-VRAM weights (buffer = (2 + 1) x layer)
@@ -77,7 +78,8 @@ def absorb_need(model, encoder, width: int, height: int) -> int:
 
     part = encoder.parts[0]
     cfg = part.check(model)
-    if len(encoder.parts) != 1 or cfg.memory_type != "video_ssm" or part.state_dict is None or not cfg.ssm_heads:
+    absorbs = design(cfg.memory_type).PER_BLOCK_STATE
+    if len(encoder.parts) != 1 or not absorbs or part.state_dict is None or not cfg.ssm_heads:
         return 0
     adapter = families.family_for(model)
     _, sh, sw = adapter.VAE_STRIDE
@@ -88,10 +90,11 @@ def absorb_need(model, encoder, width: int, height: int) -> int:
 
 def needs(model, encoder, mode: str, width: int, height: int, fps: float, latent_frames: int,
           history_s: float) -> dict:
-    """``{"sample": bytes, "absorb": bytes}`` of the run's largest steps (module docstring) after ``history_s``."""
+    """``{"sample": bytes, "absorb": bytes}`` of the run's largest steps (module docstring) after ``history_s``; the
+    absorb only for a design with a state per DiT block (VideoSSM)."""
     attended = attended_at(model, encoder, mode, width, height, fps, history_s)
     out = {"sample": step_bytes(model, width, height, latent_frames, attended), "attended": attended}
-    if mode == "video_ssm":
+    if design(mode).PER_BLOCK_STATE:
         out["absorb"] = absorb_need(model, encoder, width, height)
     return out
 
@@ -99,11 +102,9 @@ def needs(model, encoder, mode: str, width: int, height: int, fps: float, latent
 def _instead(model, encoder, mode: str, width: int, height: int, fps: float, latent_frames: int, history_s: float,
              room: int) -> str:
     """What to set instead when ``mode`` does not fit ``room`` bytes: the longest history that fits in this mode (the
-    modes whose memory grows), and PackForcing (bounded) when it fits on this family."""
-    from ..memory.designs import ENCODED_MODES
-
+    modes whose memory grows: ``MEMORY_GROWS`` of the design), and PackForcing (bounded) when it fits on this family."""
     tips = []
-    if mode in ENCODED_MODES and mode != "pack_forcing":
+    if design(mode).MEMORY_GROWS:
         lo, hi = 0, int(history_s)  # the longest whole-second history whose DiT step fits (needs grow with it)
         while lo < hi:
             mid = (lo + hi + 1) // 2

@@ -3,8 +3,12 @@ where a number calls for it, what to change; the technical figures (rates, per-s
 Delta E per segment) stay in the report output (``report.json`` of the scripts)."""
 from __future__ import annotations
 
-MODE_NAMES = {"frame_preservation": "Frame Preservation", "pack_forcing": "PackForcing", "video_ssm": "VideoSSM",
-              "sliding_window": "sliding window", "off": "off"}
+if __package__:
+    from ..memory.designs import DESIGNS
+else:  # loaded by path (scripts/example_report.py, tests): no parent package, the installed one
+    from framememory.memory.designs import DESIGNS
+
+MODE_NAMES = {name: module.TITLE for name, module in DESIGNS.items()}  # memory mode -> the name people read
 JOIN_SMOOTH = 1.3  # seam ratio (change across a join / change between frames inside a segment) still read as smooth
 JOIN_VISIBLE = 2.0  # above it a join is a visible jump
 DRIFT_VISIBLE = 2.3  # Delta E*ab: a just noticeable colour difference

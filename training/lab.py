@@ -61,10 +61,12 @@ def load_lab_model(folder: str | os.PathLike = LAB_DIR, lora_strength: float = 1
     import comfy.sd
     import comfy.utils
 
+    from framememory.memory.designs import DESIGNS
     from framememory.models.encoding import MemoryEncoder
 
     enc_key, lora_key = MODE_SET.get(mode, ("encoder", "lora"))
-    if mode in ("off", "sliding_window") and not (Path(folder) / ALL_FILES[lora_key]).is_file():
+    floor = mode in DESIGNS and DESIGNS[mode].NETWORK is None  # off, sliding_window: no memory network of their own
+    if floor and not (Path(folder) / ALL_FILES[lora_key]).is_file():
         lora_key = "lora"
     names = {"dit": FILES["dit"], "vae": FILES["vae"], "encoder": ALL_FILES[enc_key], "lora": ALL_FILES[lora_key]}
     paths = {k: Path(folder) / f for k, f in names.items()}

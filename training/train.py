@@ -118,15 +118,15 @@ def build_encoder(dm, args):
 
 
 def _load_part(path: str, family, width: int):
-    """A trained encoder (HistoryEncoder) or VideoSSM state file (StateMemory) from ``path``, checked against the DiT."""
-    from framememory.memory.encoder import HistoryEncoder
+    """A trained encoder (HistoryEncoder) or VideoSSM state file (StateMemory) from ``path``, checked against the DiT
+    (the class is the file's design's: :func:`memory.designs.network_class`)."""
+    from framememory.memory.designs import network_class
     from framememory.memory.io import load_encoder_file
-    from framememory.memory.designs.video_ssm import StateMemory
 
     sd, cfg = load_encoder_file(path)
     if cfg.dim != width or cfg.family != family.name:
         raise SystemExit(f"{path} is for {cfg.family} width {cfg.dim}, the DiT is {family.name} width {width}")
-    enc = (StateMemory if cfg.memory_type == "video_ssm" else HistoryEncoder)(cfg)
+    enc = network_class(cfg.memory_type)(cfg)
     enc.load_state_dict(sd)
     return enc
 

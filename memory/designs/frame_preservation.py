@@ -14,12 +14,17 @@ from typing import Sequence
 import torch
 
 from ..config import EncoderConfig
+from ..encoder import HistoryEncoder
 from .context import Context, HistoryView, uncompressed
 
 NAME = "frame_preservation"
+TITLE = "Frame Preservation"  # the name people read (the Storyboard's summary)
 ENCODED = True  # reads the Fig. 2 encoder's tokens: the history is encoded while it grows
 SINGLE_ENCODER = False  # a combination of encoder files runs as one memory
 FOLLOWS_MEMORY_TIMESTEP = True  # the memory tokens' modulation follows EncoderConfig.memory_timestep
+NETWORK = HistoryEncoder  # what an encoder file of this memory_type holds: the Fig. 2 encoder
+PER_BLOCK_STATE = False  # no state per DiT block
+MEMORY_GROWS = True  # every compressed token is attended: the memory grows with the history
 
 
 @dataclass(frozen=True)
@@ -61,4 +66,4 @@ def context(history: HistoryView, cfg: FramePreservationConfig) -> Context:
     return Context(tokens, positions, hidden=history.hidden())
 
 
-__all__ = ["NAME", "FramePreservationConfig", "config", "encoder_config", "context"]
+__all__ = ["NAME", "TITLE", "NETWORK", "FramePreservationConfig", "config", "encoder_config", "context"]

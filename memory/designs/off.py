@@ -8,9 +8,13 @@ from ..config import EncoderConfig
 from .context import Context, HistoryView
 
 NAME = "off"
+TITLE = "off"  # the name people read
 ENCODED = False  # reads no Fig. 2 tokens
 SINGLE_ENCODER = False  # any encoder file (unused)
 FOLLOWS_MEMORY_TIMESTEP = False
+NETWORK = None  # no network: no memory (not an EncoderConfig.memory_type)
+PER_BLOCK_STATE = False  # no state per DiT block
+MEMORY_GROWS = False  # nothing is attended
 
 
 @dataclass(frozen=True)
@@ -32,4 +36,4 @@ def context(history: HistoryView, cfg: OffConfig) -> Context:
     return Context()
 
 
-__all__ = ["NAME", "OffConfig", "config", "encoder_config", "context"]
+__all__ = ["NAME", "TITLE", "NETWORK", "OffConfig", "config", "encoder_config", "context"]

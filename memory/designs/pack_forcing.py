@@ -32,13 +32,18 @@ from typing import Sequence
 import torch
 
 from ..config import EncoderConfig
+from ..encoder import HistoryEncoder
 from .context import (RECENT, SINK, Context, HistoryView, LatentRange, assemble, local_context, mid_block_ids,
                       partition_frames, uncompressed)
 
 NAME = "pack_forcing"
+TITLE = "PackForcing"  # the name people read (the Storyboard's summary)
 ENCODED = True  # reads the Fig. 2 encoder's tokens: the history is encoded while it grows
 SINGLE_ENCODER = True  # runs one encoder file, not a combination
 FOLLOWS_MEMORY_TIMESTEP = False  # training: the memory tokens always get the zero-timestep modulation
+NETWORK = HistoryEncoder  # what an encoder file of this memory_type holds: the Fig. 2 encoder (the compressor)
+PER_BLOCK_STATE = False  # no state per DiT block
+MEMORY_GROWS = False  # bounded: sink + top_k mid blocks + recent whatever the history (top_k 0 keeps every block)
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,6 @@ def attended_tokens(count: int, blocks: torch.Tensor | None, pack: torch.Tensor 
     return int((blocks < 0).sum()) + int(kept.sum())
 
 
-__all__ = ["NAME", "PackForcingConfig", "DEFAULTS", "config", "encoder_config", "context", "SINK", "RECENT",
-           "uncompressed", "partition_frames", "mid_block_ids", "assemble", "mid_partition", "pack_inputs",
+__all__ = ["NAME", "TITLE", "NETWORK", "PackForcingConfig", "DEFAULTS", "config", "encoder_config", "context", "SINK",
+           "RECENT", "uncompressed", "partition_frames", "mid_block_ids", "assemble", "mid_partition", "pack_inputs",
            "block_affinity", "select_blocks", "repack_positions", "attended_tokens"]

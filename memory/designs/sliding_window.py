@@ -12,9 +12,13 @@ from ..config import EncoderConfig
 from .context import Context, HistoryView, uncompressed
 
 NAME = "sliding_window"
+TITLE = "sliding window"  # the name people read (the Storyboard's summary)
 ENCODED = False  # reads no Fig. 2 tokens
 SINGLE_ENCODER = False  # any encoder file: only its family and width are used
 FOLLOWS_MEMORY_TIMESTEP = False  # training: the memory tokens always get the zero-timestep modulation
+NETWORK = None  # no network of its own (the DiT's patch embedding; not an EncoderConfig.memory_type)
+PER_BLOCK_STATE = False  # no state per DiT block
+MEMORY_GROWS = False  # bounded: the last latent frames only
 
 
 @dataclass(frozen=True)
@@ -41,4 +45,4 @@ def context(history: HistoryView, cfg: SlidingWindowConfig) -> Context:
     return Context() if window is None else Context(*window)
 
 
-__all__ = ["NAME", "SlidingWindowConfig", "config", "encoder_config", "context"]
+__all__ = ["NAME", "TITLE", "NETWORK", "SlidingWindowConfig", "config", "encoder_config", "context"]

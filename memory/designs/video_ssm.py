@@ -40,9 +40,13 @@ from ..encoder import TORCH_OPS
 from .context import Context, HistoryView, assemble, local_context
 
 NAME = "video_ssm"
+TITLE = "VideoSSM"  # the name people read (the Storyboard's summary)
 ENCODED = False  # reads no Fig. 2 tokens: the state absorbs patch-embedded frames
 SINGLE_ENCODER = True  # runs one encoder file (its state modules), not a combination
 FOLLOWS_MEMORY_TIMESTEP = False  # training: the memory tokens always get the zero-timestep modulation
+# NETWORK = StateMemory (set below the class): what an encoder file of this memory_type holds
+PER_BLOCK_STATE = True  # frames leaving the window are absorbed into a state per DiT block (EncoderConfig.dit_blocks)
+MEMORY_GROWS = False  # bounded: sink + recent frames attended, the state has a fixed size
 
 
 @dataclass(frozen=True)
@@ -339,5 +343,7 @@ class StateMemory(nn.Module):
         return _project(self.out[index], y).to(x.dtype)
 
 
-__all__ = ["NAME", "VideoSSMConfig", "DEFAULTS", "config", "encoder_config", "context", "gated_delta_rule",
-           "gated_delta_rule_reference", "StateMemory"]
+NETWORK = StateMemory  # what an encoder file of this memory_type holds: the state modules
+
+__all__ = ["NAME", "TITLE", "NETWORK", "VideoSSMConfig", "DEFAULTS", "config", "encoder_config", "context",
+           "gated_delta_rule", "gated_delta_rule_reference", "StateMemory"]
