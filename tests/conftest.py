@@ -150,7 +150,8 @@ def smoke_lab(tmp_path_factory, repo_root, media_dir):
 @pytest.fixture(scope="session")
 def comfy_server(comfyui_dir, media_dir, tmp_path_factory):
     """The one ComfyUI server of a pytest run, shared by every end-to-end and browser test (tests/test_e2e_*.py,
-    tests/test_browser*.py): ``--cpu``, FRAMEMEMORY_DEMO=1, the tiny Wan 2.1 demo models, bikes.mp4 in its input
+    tests/test_browser*.py, the server tests of test_bad_inputs, test_history_settings and test_video_history; only
+    test_resume's kill test, marked slow, starts its own): ``--cpu``, FRAMEMEMORY_DEMO=1, the tiny Wan 2.1 demo models, bikes.mp4 in its input
     folder, and every model file the workflows name listed, as for a user who has them (frontend 1.48 pops an error
     box over the graph for a missing one): the lab_model/ files linked into every model folder (what
     tests/test_e2e_modes.py runs), empty placeholders for the others. A test file that needs more puts it into the

@@ -161,18 +161,19 @@ def test_combined_memory_is_the_concatenation_of_each_encoders_memory(tiny_wan):
     a, b = _variant(encoder, "a", rate="4x4x2"), _variant(encoder, "b", rate="2x2x8")
     both = MultiEncoder([a, b])
     assert both.name == "a + b" and [c.rate_str for c in both.check(model)] == ["4x4x2", "2x2x8"]
-    combined, _ = history_from_frames(model, vae, both, video, 4, 16.0, 256, 128)
+    combined, _ = history_from_frames(model, vae, both, video, 4, 16.0, 128, 64)
     tokens, positions = combined.tokens(model)
-    parts = [history_from_frames(model, vae, e, video, 4, 16.0, 256, 128)[0].tokens(model) for e in (a, b)]
-    assert [p[0].shape[0] for p in parts] == [2 * 16, 32]  # 2 segments x 2x2x4; one 8-frame step x 4x8
+    parts = [history_from_frames(model, vae, e, video, 4, 16.0, 128, 64)[0].tokens(model) for e in (a, b)]
+    # at 128x64 the DiT grid is 4x8: 4x4x2 gives 2 segments x 2x1x2 tokens; 2x2x8 one 8-frame step x 2x4
+    assert [p[0].shape[0] for p in parts] == [2 * 4, 8]
     torch.testing.assert_close(tokens, torch.cat([p[0] for p in parts]))
     torch.testing.assert_close(positions, torch.cat([p[1] for p in parts]))
-    assert combined.history.num_tokens == 64 and all(s.frames is None for s in combined.history.segments)
+    assert combined.history.num_tokens == 16 and all(s.frames is None for s in combined.history.segments)
     # the overlap window is added once, after all encoders' tokens
     overlap = MultiEncoder([a, _variant(b, "b", overlap_latent_frames=2)])
     tokens2, _ = next_memory(model, overlap, combined.history)
-    torch.testing.assert_close(tokens2[:64], tokens)
-    assert tokens2.shape[0] == 64 + 2 * 8 * 16
+    torch.testing.assert_close(tokens2[:16], tokens)
+    assert tokens2.shape[0] == 16 + 2 * 4 * 8  # 2 latent frames of the 4x8 grid
 
 
 def test_combine_node_output_runs_a_storyboard(tiny_wan):
@@ -190,17 +191,17 @@ def test_combine_node_output_runs_a_storyboard(tiny_wan):
     model, vae, encoder, clip, video = tiny_wan
     (both,) = CombineMemoryEncoders.execute(_variant(encoder, "a", rate="4x4x2"),
                                              _variant(encoder, "b", rate="2x2x8")).args
-    start, _ = history_from_frames(model, vae, both, video, 4, 16.0, 256, 128)
+    start, _ = history_from_frames(model, vae, both, video, 4, 16.0, 128, 64)
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
     shots = parse_storyboard("0.8 | a cyclist\n0.8 | a car")
     frames, final, report = run_storyboard(model, vae, clip, both, neg, shots, SamplerSettings(2, 3.0, "euler", "simple", 1),
-                                           256, 128, 16.0, 4, start)
-    assert frames.shape == (32, 128, 256, 3) and torch.isfinite(frames).all()  # 2 segments continuing the clip: 16 each
+                                           128, 64, 16.0, 4, start)
+    assert frames.shape == (32, 64, 128, 3) and torch.isfinite(frames).all()  # 2 segments continuing the clip: 16 each
     assert report["rate"] == "4x4x2+2x2x8" and report["encoder"] == "a + b"
     segs = report["segments"]
-    assert [s["memory_tokens"] for s in segs] == [32 + 32, 48 + 32]  # 2x2x8 waits for the 4th segment
+    assert [s["memory_tokens"] for s in segs] == [8 + 8, 12 + 8]  # 2x2x8 waits for the 4th segment
     assert [s["history_frames_covered"] for s in segs] == [29, 29] and segs[1]["history_frames_total"] == 45
-    assert final.history.num_tokens == 64 + 64 and final.history.encoded_frames == 61
+    assert final.history.num_tokens == 16 + 16 and final.history.encoded_frames == 61
     assert all(s.frames is None for s in final.history.segments)  # both encoders' LR latents cover every segment
 
 
@@ -303,18 +304,18 @@ def test_cross_attention_through_the_storyboard_loop(tiny_wan):
     settings = SamplerSettings(2, 3.0, "euler", "simple", 1)
     out = {}
     for name, enc in (("plain", encoder), ("zero", _cross_encoder(encoder, None)), ("trained", _cross_encoder(encoder, 5))):
-        start, _ = history_from_frames(model, vae, enc, video, 4, 16.0, 256, 128)
+        start, _ = history_from_frames(model, vae, enc, video, 4, 16.0, 128, 64)
         if name != "plain":
             inp = start.conds(model)
             tokens, positions, hidden = inp.tokens, inp.positions, inp.hidden
-            assert hidden.shape == (32, 64) and tokens.shape == (32, 128)  # one hidden state per memory token
+            assert hidden.shape == (8, 64) and tokens.shape == (8, 128)  # one hidden state per memory token
             patched, pos_c, neg_c = ApplyMemory.execute(model, start, neg, neg).args
             assert all(HIDDEN_KEY in c[1]["model_conds"] for c in pos_c + neg_c)
             latent = torch.zeros(1, 16, 2, 16, 32)
             noise = comfy.sample.prepare_noise(latent, 0)
             out[name + "_node"] = comfy.sample.sample(patched, noise, 2, 3.0, "euler", "simple", pos_c, neg_c, latent,
                                                       seed=0, disable_pbar=True)
-        out[name] = run_storyboard(model, vae, clip, enc, neg, shots, settings, 256, 128, 16.0, 4, start)[0]
+        out[name] = run_storyboard(model, vae, clip, enc, neg, shots, settings, 128, 64, 16.0, 4, start)[0]
     assert torch.equal(out["zero"], out["plain"])
     assert (out["trained_node"] - out["zero_node"]).abs().max() > 1e-4
     assert (out["trained"] - out["plain"]).abs().max() > 1e-4

@@ -202,20 +202,18 @@ def test_non_finite_latents_fail_the_segment(tiny_wan):
 
 # ---- one real server ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(comfy, comfyui_dir, media_dir, tmp_path_factory):
+def server(comfy, comfy_server, media_dir):
+    """The session's one server (tests/conftest.py ``comfy_server``: the tiny Wan 2.1 trio of demo/make_tiny_models.py)
+    with a truncated-JSON encoder file in its memory_encoders folder and bikes.mp4's first frame in its inputs."""
     from safetensors.torch import save_file
 
-    from framememory.demo.make_tiny_models import write_family
-
-    srv = ComfyServer(tmp_path_factory.mktemp("comfy_bad_inputs"), comfyui_dir=comfyui_dir)
-    srv.prepare_base()
-    write_family(str(srv.models_dir))  # the tiny Wan 2.1 trio of demo/make_tiny_models.py, in this process
+    srv = comfy_server
+    srv.wait_idle()
     save_file({"w": torch.zeros(1)}, str(srv.models_dir / "memory_encoders" / BROKEN_ENCODER),
               {"framememory_config": '{"family": "wan21", "dim": 128,'})  # truncated JSON
     with av.open(str(media_dir / "bikes.mp4")) as container:
         next(container.decode(video=0)).to_image().save(srv.input_dir / FRAME)
-    with srv:
-        yield srv
+    return srv
 
 
 def _prompt(start: bool = False, **storyboard) -> dict:
@@ -345,7 +343,8 @@ def memory_files(server, media_dir, tmp_path_factory):
     save_file({"w": torch.zeros(1)}, str(fm / "old_json.safetensors"), {"framememory_memory": "{oops"})
     save_file({"w": torch.zeros(1)}, str(fm / "old_no_segments.safetensors"),
               {"framememory_memory": json.dumps({"format": "memory/1"})})
-    shutil.copy2(LAB / LAB_ENCODER, server.models_dir / "memory_encoders" / LAB_ENCODER)
+    if not (server.models_dir / "memory_encoders" / LAB_ENCODER).exists():  # the shared server links the lab files
+        shutil.copy2(LAB / LAB_ENCODER, server.models_dir / "memory_encoders" / LAB_ENCODER)
     save_memory_file(str(fm / "lab"), _lab_memory(media_dir))
     finished = StoryboardPosition(storyboard_hash(parse_storyboard("0.5 | a cat")), 1, 1, -1, 42, 0.5, 0, {})
     save_memory_file(str(fm / "finished"), _tiny_memory(server, finished))

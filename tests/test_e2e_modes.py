@@ -1,7 +1,7 @@
 """Every memory mode end to end through a real headless ComfyUI server (headless/comfy_server.py), on the committed lab model
 (lab_model/: the DiT, VAE and, per mode, its encoder / state file and Stage II LoRA, loaded by the stock loaders):
-the shipped workflows workflows/storyboard_wan21_lab_{packforcing,videossm}_api.json, shortened to one 1 s shot and
-2 steps, plus sliding_window on the Frame Preservation workflow; on the session's one server (tests/conftest.py
+the shipped workflows workflows/storyboard_wan21_lab_{packforcing,videossm}_api.json, shortened to one 1 s shot,
+2 steps, 128x64 and a 13-frame starting clip (the lab VAE's 3D convolutions are most of the run's CPU time), plus sliding_window on the Frame Preservation workflow; on the session's one server (tests/conftest.py
 ``comfy_server``)."""
 from __future__ import annotations
 
@@ -52,7 +52,11 @@ def _prompt(mode: str) -> dict:
     for node in api.values():
         if node["class_type"] == "FrameMemoryStoryboard":
             node["inputs"].update(storyboard="1.0 | a cyclist rides down a sunny city street", steps=2,
-                                  memory_mode=mode)
+                                  memory_mode=mode, width=128, height=64)
+        if node["class_type"] == "ImageFromBatch":  # the starting clip read as history
+            node["inputs"]["length"] = 13
+        if node["class_type"] == "FrameMemoryLoadVideoHistory":  # the video read as history
+            node["inputs"].update(width=128, height=64, frame_load_cap=13)
         if node["class_type"] == "SaveVideo":
             node["inputs"]["filename_prefix"] = f"modes/{mode}"
     return api

@@ -24,7 +24,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAB_API = REPO_ROOT / "workflows" / "api" / "storyboard_wan21_lab_api.json"
-W, H, FPS = 256, 128, 16.0
+W, H, FPS = 128, 64, 16.0  # the in-process runs (tiny models): small, the VAE's convolutions are most of their time
 
 
 def lab_prompt() -> tuple[dict, str, str]:
@@ -201,11 +201,11 @@ def test_include_history_says_why_a_memory_without_source_gives_none(tiny_wan, m
     frames, reason = video_history_frames(mem, W, H)
     assert frames.shape == (13, H, W, 3) and reason == ""
     assert video_history_frames(mem, 2 * W, H) == (None, f"the history was read at {W}x{H}, this run is {2 * W}x{H}")
-    with monkeypatch.context() as m:  # 13 frames at 256x128 float32: 5.2 MB, twice that must be free
-        m.setattr(video_history.psutil, "virtual_memory", lambda: SimpleNamespace(available=8 * 2**20))
+    with monkeypatch.context() as m:  # 13 frames at 128x64 float32: 1.2 MiB, twice that must be free
+        m.setattr(video_history.psutil, "virtual_memory", lambda: SimpleNamespace(available=1 * 2**20))
         frames, reason = video_history_frames(mem, W, H)
         assert frames is None, "frames given although they do not fit in free RAM"
-        assert reason.startswith("the history's 13 frames at 256x128 need 10 MiB of RAM in the output and 8 MiB is "
+        assert reason.startswith("the history's 13 frames at 128x64 need 2 MiB of RAM in the output and 1 MiB is "
                                  "free"), reason
         assert "switch include_history off" in reason
     as_from_file = dataclasses.replace(mem)  # what Load Memory gives: the history without its video source
@@ -215,32 +215,31 @@ def test_include_history_says_why_a_memory_without_source_gives_none(tiny_wan, m
 
 
 # ---- through a real server ----------------------------------------------------------------------------------------
-def test_server_runs_a_mismatched_prompt_with_the_storyboards_values(comfyui_dir, media_dir, tmp_path):
-    from framememory.headless.comfy_server import ComfyServer, add_demo_inputs
-    from framememory.headless.workflows import add_named_model_files, ui_workflows
-
+def test_server_runs_a_mismatched_prompt_with_the_storyboards_values(comfy_server):
+    """On the session's one server (tests/conftest.py ``comfy_server``, the lab files linked), at 128x64: the handler
+    copies the Storyboard's width and segment length onto the history node before it runs; two Storyboards that
+    disagree leave it alone and the node refuses before reading a frame."""
     api, hid, sid = lab_prompt()
-    api[hid]["inputs"].update(width=512, segment_latent_frames=2, frame_load_cap=13)  # the Storyboard: 256, 4
-    api[sid]["inputs"].update(storyboard="0.8 | a cyclist", steps=1)
-    srv = ComfyServer(tmp_path / "base", comfyui_dir=comfyui_dir)
-    add_demo_inputs(srv, media_dir)
-    add_named_model_files(srv.models_dir, [p for p in ui_workflows() if p.stem == "storyboard_wan21_lab"])
+    api[hid]["inputs"].update(width=512, segment_latent_frames=2, frame_load_cap=13)  # the Storyboard: 128, 4
+    api[sid]["inputs"].update(storyboard="0.8 | a cyclist", steps=1, width=128, height=64)
+    api[hid]["inputs"]["height"] = 64
     disagree = copy.deepcopy(api)
-    second = with_second_storyboard(disagree, sid, width=320)
-    with srv:
-        prompt_id, _ = srv.run(api, timeout=600)
-        history = srv.history(prompt_id)
-        events = srv.follow(srv.post_prompt(disagree), timeout=300)  # refused by the history node as it starts
-        log = srv.log_text()
+    with_second_storyboard(disagree, sid, width=320)
+    comfy_server.wait_idle()
+    log_start = len(comfy_server.log_text())
+    prompt_id, _ = comfy_server.run(api, timeout=600)
+    history = comfy_server.history(prompt_id)
+    events = comfy_server.follow(comfy_server.post_prompt(disagree), timeout=300)  # refused as the history node starts
+    log = comfy_server.log_text()[log_start:]
     error = events[-1]["data"]
     assert events[-1]["type"] == "execution_error" and error["node_id"] == hid, events[-1]
-    # the Storyboards disagree on width (256, 320): the handler leaves the history's 512, which the node refuses
+    # the Storyboards disagree on width (128, 320): the handler leaves the history's 512, which the node refuses
     title = api[hid]["_meta"]["title"]
     assert error["exception_message"].startswith(f"width: '{title}' (#{hid}) has 512 but the Storyboard 'Storyboard "
-                                                 f"(Memory)' (#{sid}) its memory feeds has 256"), error
+                                                 f"(Memory)' (#{sid}) its memory feeds has 128"), error
     assert not any(e["type"] == "progress" and e["data"].get("node") == hid for e in events), "frames were read"
     assert history["status"]["status_str"] == "success", history["status"]
-    assert f"'{title}' (#{hid}) width: 512 -> 256, as on the Storyboard" in log, log[-3000:]
+    assert f"'{title}' (#{hid}) width: 512 -> 128, as on the Storyboard" in log, log[-3000:]
     assert f"'{title}' (#{hid}) segment_latent_frames: 2 -> 4" in log
     report = next(ui["framememory_report"][0] for ui in history["outputs"].values() if ui.get("framememory_report"))
     assert report["history_frames_in_output"] == 13 and report["output_frames"] == 13 + 16, report

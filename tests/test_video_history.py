@@ -22,7 +22,7 @@ from framememory.models.video_reader import FrameSelection, iter_frames, plan_vi
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_API = REPO_ROOT / "demo" / "workflows" / "api" / "storyboard_wan21_tiny_api.json"  # test-only, not a template
-W, H, FPS = 256, 128, 16.0
+W, H, FPS = 128, 64, 16.0  # small: the tiny VAE's convolutions are most of these tests' time
 
 
 def training_frames(path: Path, count: int) -> np.ndarray:
@@ -152,7 +152,7 @@ def video_history_prompt(video: str, cap: int) -> dict:
         assert api.pop(node)["class_type"] in ("LoadVideo", "GetVideoComponents", "ImageFromBatch")
     sb = api["9"]["inputs"]
     del sb["start_images"]
-    sb.update(memory=["20", 0], storyboard="1.0 | a cyclist rides down a sunny city street")
+    sb.update(memory=["20", 0], storyboard="1.0 | a cyclist rides down a sunny city street", width=W, height=H)
     api["20"] = {"class_type": "FrameMemoryLoadVideoHistory", "inputs": {
         "video": video, "model": sb["model"], "vae": sb["vae"], "memory_encoder": sb["memory_encoder"],
         "width": sb["width"], "height": sb["height"], "fps": sb["fps"],
@@ -161,19 +161,19 @@ def video_history_prompt(video: str, cap: int) -> dict:
     return api
 
 
-def test_server_storyboard_continues_a_video_read_as_history(comfyui_dir, media_dir, tmp_path):
-    from framememory.headless.comfy_server import ComfyServer, PromptError, add_demo_inputs
+def test_server_storyboard_continues_a_video_read_as_history(comfy_server):
+    """On the session's one server (tests/conftest.py ``comfy_server``: the tiny models, bikes.mp4 in its input folder)."""
+    from framememory.headless.comfy_server import PromptError
 
-    srv = ComfyServer(tmp_path / "base", comfyui_dir=comfyui_dir)
-    add_demo_inputs(srv, media_dir, "bikes.mp4")
-    with srv:
-        spec = srv.object_info("FrameMemoryLoadVideoHistory")["FrameMemoryLoadVideoHistory"]["input"]["required"]
-        options = spec["video"][0] if isinstance(spec["video"][0], list) else spec["video"][1]["options"]
-        assert "bikes.mp4" in options and spec["video"][1].get("video_upload") is True, spec["video"]
-        with pytest.raises(PromptError, match="no file 'nope.mp4'"):
-            srv.post_prompt(video_history_prompt("nope.mp4", 31))
-        prompt_id, events = srv.run(video_history_prompt("bikes.mp4", 31), timeout=900)  # 31: 2 oldest dropped
-        history = srv.history(prompt_id)
+    srv = comfy_server
+    srv.wait_idle()
+    spec = srv.object_info("FrameMemoryLoadVideoHistory")["FrameMemoryLoadVideoHistory"]["input"]["required"]
+    options = spec["video"][0] if isinstance(spec["video"][0], list) else spec["video"][1]["options"]
+    assert "bikes.mp4" in options and spec["video"][1].get("video_upload") is True, spec["video"]
+    with pytest.raises(PromptError, match="no file 'nope.mp4'"):
+        srv.post_prompt(video_history_prompt("nope.mp4", 31))
+    prompt_id, events = srv.run(video_history_prompt("bikes.mp4", 31), timeout=900)  # 31: 2 oldest dropped
+    history = srv.history(prompt_id)
     assert history["status"]["status_str"] == "success", history["status"]
     report = next(ui["framememory_report"][0] for ui in history["outputs"].values() if ui.get("framememory_report"))
     assert report["start_frames"] == 29, report  # the memory's history: 13 + 16 frames of bikes.mp4 from 1 s on
