@@ -76,6 +76,17 @@ def pytest_configure(config: pytest.Config) -> None:
                             "package; deselect with -m 'not gguf'")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_threads_per_module():
+    """A module that sets torch's CPU thread count (tests/test_resume.py: 1) sets it for itself, not for every later
+    module of the run: the count is restored after each module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -184,7 +184,6 @@ def test_non_finite_latents_fail_the_segment(tiny_wan):
     from framememory.models.segment_sampler import SamplerSettings
     from framememory.models.storyboard import run_storyboard
 
-    torch.set_num_threads(1)
     model, vae, encoder, clip, _ = tiny_wan
     neg = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     weight = families.diffusion_model(model).head.head.weight

@@ -27,7 +27,7 @@ def story(tiny_wan):
     from framememory.models.segment_sampler import SamplerSettings
 
     model, vae, encoder, clip, video = tiny_wan
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # for this module only: tests/conftest.py restores the count after it
     start, _ = history_from_frames(model, vae, encoder, video, 4, 16.0, 256, 128)
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
     return model, vae, encoder, clip, start, neg, parse_storyboard("1.0 | a cyclist\n1.0 | a car"), \
