@@ -16,6 +16,7 @@ import torch
 from framememory.memory.history import PartKey
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+W, H = 128, 64  # the in-process runs: small, the VAE's convolutions are most of their time
 
 
 # ---- in process (tiny Wan 2.1 of the embedded default, real clip) -----------------------------------------------
@@ -28,7 +29,7 @@ def story(tiny_wan):
 
     model, vae, encoder, clip, video = tiny_wan
     torch.set_num_threads(1)  # for this module only: tests/conftest.py restores the count after it
-    start, _ = history_from_frames(model, vae, encoder, video, 4, 16.0, 256, 128)
+    start, _ = history_from_frames(model, vae, encoder, video, 4, 16.0, W, H)
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
     return model, vae, encoder, clip, start, neg, parse_storyboard("1.0 | a cyclist\n1.0 | a car"), \
         SamplerSettings(2, 3.0, "euler", "simple", 7)
@@ -40,7 +41,7 @@ def _run(story, **kwargs):
     model, vae, encoder, clip, start, neg, shots, sampler = story
     kwargs.setdefault("start", start)
     kwargs.setdefault("sampler", sampler)
-    return run_storyboard(model, vae, clip, encoder, neg, shots, width=256, height=128, fps=16.0, latent_frames=4,
+    return run_storyboard(model, vae, clip, encoder, neg, shots, width=W, height=H, fps=16.0, latent_frames=4,
                           **kwargs)
 
 
@@ -74,7 +75,7 @@ def test_memory_file_round_trip_is_exact(story, tmp_path):
     assert a.exact and b.exact and a.started == b.started and len(a.cache) == len(b.cache)
     for x, y in zip(a.cache, b.cache):
         assert (torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y)
-    assert (back.fps, back.width, back.height, back.mode, back.position) == (16.0, 256, 128, "frame_preservation", None)
+    assert (back.fps, back.width, back.height, back.mode, back.position) == (16.0, W, H, "frame_preservation", None)
     token, pos = back.history.memory(key=PartKey())
     assert torch.equal(token, start.history.memory(key=PartKey())[0]) and pos.shape[1] == 3
 
@@ -93,7 +94,7 @@ def test_interrupted_run_resumes_frame_identical(story, tmp_path, monkeypatch):
     _, vae, encoder, _, start, _, _, sampler = story
     full_path = tmp_path / "full.safetensors"
     full, final, report = _run(story, colour_correction=0.7, save_path=str(full_path))
-    assert full.shape == (32, 128, 256, 3) and len(report["segments"]) == 2
+    assert full.shape == (32, H, W, 3) and len(report["segments"]) == 2
     saved = load_memory(str(full_path))
     assert saved.position.finished and saved.position.next_segment == saved.position.total_segments == 2
     assert saved.position.elapsed_s == 2.0 and saved.position.run_start_segment == 2
@@ -152,7 +153,7 @@ def _assert_estimate_covers(story, folder: Path, segments: int) -> None:
 
     model, _, encoder, *_ = story
     real = sum(p.stat().st_size for p in folder.iterdir())
-    estimate = memory_file_bytes(model, encoder, "frame_preservation", 256, 128, 16.0, 4, segments)
+    estimate = memory_file_bytes(model, encoder, "frame_preservation", W, H, 16.0, 4, segments)
     assert real <= estimate, (real, estimate)
 
 
@@ -214,11 +215,11 @@ def test_mismatched_memory_and_save_path_refused_before_the_first_segment(story,
     cases = {  # start memory / run kwargs -> error fragment
         "fps": (dataclasses.replace(start, fps=24.0), {}, "memory was made at 24 fps but this run is at 16 fps"),
         "channels": (with_segments(lambda s: dataclasses.replace(s, latent=torch.zeros(48, *s.latent.shape[1:]))), {},
-                     "latents are 48 channels x 16x32 but this wan21 model at 256x128 makes 16 x 16x32"),
+                     "latents are 48 channels x 8x16 but this wan21 model at 128x64 makes 16 x 8x16"),
         "token width": (with_segments(lambda s: dataclasses.replace(s, encoded={
             k: (torch.zeros(v[0].shape[0], 3072), *v[1:]) for k, v in s.encoded.items()})), {},
             "tokens are 3072 wide but this wan21 model's width is 128"),
-        "size": (dataclasses.replace(start, width=512), {}, "the memory is 512x128 but this run is 256x128"),
+        "size": (dataclasses.replace(start, width=512), {}, "the memory is 512x64 but this run is 128x64"),
     }
     (tmp_path / "afile").write_text("x")
     (tmp_path / "taken.fmem").write_text("x")
@@ -229,7 +230,7 @@ def test_mismatched_memory_and_save_path_refused_before_the_first_segment(story,
         with pytest.raises(ValueError) as err:
             _run(story, start=memory, **kwargs)
         assert fragment in str(err.value), (case, str(err.value))
-    monkeypatch.setattr(checks.shutil, "disk_usage", lambda p: shutil_usage(free=2 ** 20))  # a disk with 1 MiB free
+    monkeypatch.setattr(checks.shutil, "disk_usage", lambda p: shutil_usage(free=2 ** 10))  # a disk with 1 KiB free
     with pytest.raises(ValueError, match=r"memory file needs about 0\.\d\d GiB but the disk holding .* has 0\.00 GiB free"):
         _run(story, save_path=str(tmp_path / "run"))
 

@@ -301,14 +301,14 @@ def test_exported_encoder_and_lora_run_the_storyboard(parts, tiny_wan, tmp_path)
                                     output_dir=str(tmp_path)), dm, enc, _dataset(n=2, frames=6, rate="4x4x2"))
     encoder = MemoryEncoder.from_file(res["exported"]["encoder"])
     lora_model, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(res["exported"]["lora"]), 1.0, 0)
-    start, _ = history_from_frames(lora_model, vae, encoder, video, 4, 16.0, 256, 128)
+    start, _ = history_from_frames(lora_model, vae, encoder, video, 4, 16.0, 128, 64)  # small: VAE time
     neg = clip.encode_from_tokens_scheduled(clip.tokenize("blurry"))
     settings = SamplerSettings(2, 3.0, "euler", "simple", 1)
     shots = parse_storyboard("0.8 | a cyclist")
-    frames, final, report = run_storyboard(lora_model, vae, clip, encoder, neg, shots, settings, 256, 128, 16.0, 4, start)
-    assert frames.shape == (16, 128, 256, 3) and torch.isfinite(frames).all()  # continues the start clip's stream
+    frames, final, report = run_storyboard(lora_model, vae, clip, encoder, neg, shots, settings, 128, 64, 16.0, 4, start)
+    assert frames.shape == (16, 64, 128, 3) and torch.isfinite(frames).all()  # continues the start clip's stream
     assert report["segments"][0]["memory_tokens"] == start.history.num_tokens > 0
-    base, _, _ = run_storyboard(model, vae, clip, encoder, neg, shots, settings, 256, 128, 16.0, 4, start)
+    base, _, _ = run_storyboard(model, vae, clip, encoder, neg, shots, settings, 128, 64, 16.0, 4, start)
     assert (frames - base).abs().max() > 1e-4  # the trained LoRA is applied by the stock loader path
 
 
