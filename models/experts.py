@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..memory.designs import ENCODED_MODES
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
 from .encoding import HRCache, encode_pending
-from ..memory.designs import ENCODED_MODES
 from .memory_modes import mode_config
 
 

@@ -21,7 +21,7 @@ import comfy.model_management
 
 from ..memory import designs
 from ..memory.config import EncoderConfig
-from ..memory.designs import Context, HistoryView, pack_forcing, video_ssm
+from ..memory.designs import Context, HistoryView, pack_forcing
 from ..memory.history import HistoryBuffer, PartKey
 from . import families
 from .conds import BLOCKS_KEY, PACK_KEY, STATE_KEY
@@ -162,5 +162,5 @@ def absorbed_state(model, net, history: HistoryBuffer, expert: int, start: int, 
     return state
 
 
-__all__ = ["SLIDING_WINDOW_FRAMES", "MemoryInputs",
-           "check_mode", "mode_config", "latent_range", "history_view", "memory_inputs", "absorbed_state"]
+__all__ = ["SLIDING_WINDOW_FRAMES", "MemoryInputs", "check_mode", "mode_config", "latent_range", "history_view",
+           "memory_inputs", "absorbed_state"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..memory.designs import ENCODED_MODES
 from ..memory.history import HistoryBuffer
 from .conds import attach_memory
 from .encoding import MemoryEncoder, MultiEncoder, encode_pending
 from .experts import expert_keys
-from ..memory.designs import ENCODED_MODES
 from .memory_modes import MemoryInputs, memory_inputs
 from .segment_sampler import memory_model
 

@@ -324,7 +324,6 @@ def _lab_memory(media_dir):
 def memory_files(server, media_dir, tmp_path_factory):
     """Memory files in the server's output folder ``fm/``: damaged, foreign and mismatched ones, a finished run."""
     import dataclasses
-    import shutil
 
     from safetensors.torch import save_file
 
@@ -342,8 +341,6 @@ def memory_files(server, media_dir, tmp_path_factory):
     save_file({"w": torch.zeros(1)}, str(fm / "old_json.safetensors"), {"framememory_memory": "{oops"})
     save_file({"w": torch.zeros(1)}, str(fm / "old_no_segments.safetensors"),
               {"framememory_memory": json.dumps({"format": "memory/1"})})
-    if not (server.models_dir / "memory_encoders" / LAB_ENCODER).exists():  # the shared server links the lab files
-        shutil.copy2(LAB / LAB_ENCODER, server.models_dir / "memory_encoders" / LAB_ENCODER)
     save_memory_file(str(fm / "lab"), _lab_memory(media_dir))
     finished = StoryboardPosition(storyboard_hash(parse_storyboard("0.5 | a cat")), 1, 1, -1, 42, 0.5, 0, {})
     save_memory_file(str(fm / "finished"), _tiny_memory(server, finished))
